@@ -1,0 +1,45 @@
+# signfeat: every target sets itself up from nothing (venv, FFmpeg, Python deps) and then runs.
+#   make demo   demo corpus -> manifest build -> curate, prints where the manifest and report are
+#   make test   the test suite (fast: tiny clips; `make test-slow` adds the full-size checks)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(VENV)/bin/pip
+DEMO   ?= demo_out
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup ffmpeg demo test test-slow bench clean
+
+setup: ffmpeg $(VENV)/.installed
+
+# torchcodec decodes through the system's FFmpeg libraries; PyAV and decord bring their own.
+ffmpeg:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  echo "installing FFmpeg (apt)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg >/dev/null; }
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1 torchcodec==0.17.0
+	$(PIP) install -q -e '.[test]'
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/signfeat demo-corpus $(DEMO)/corpus --clips 48
+	$(VENV)/bin/signfeat manifest build --annotations $(DEMO)/corpus/annotations/* $(DEMO)/corpus/PHOENIX-2014-T/annotations/manual/*.corpus.csv \
+	  --root $(DEMO)/corpus --out $(DEMO)/manifest.parquet
+	$(VENV)/bin/signfeat manifest curate $(DEMO)/manifest.parquet --out $(DEMO)/curated.parquet --report $(DEMO)/report --group-by-signer
+	@echo "manifest: $(DEMO)/manifest.parquet  curated: $(DEMO)/curated.parquet  report: $(DEMO)/report/"
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) bench/probe.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

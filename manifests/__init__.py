@@ -1,0 +1,1 @@
+"""signfeat: manifests."""

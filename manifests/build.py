@@ -1,0 +1,95 @@
+"""``signfeat manifest build``: annotation files -> parsed rows -> probed on Ray -> one Parquet manifest."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from manifests import formats
+from manifests.keys import key_from_id
+from manifests.probe import PROBED, probe_rows
+from manifests.schema import COLUMNS, MANIFEST_SCHEMA, SCHEMA_VERSION, rows_to_table, write_manifest
+from pipeline.errors import SignfeatError
+
+
+def parse_annotations(annotations: list[Path], fmt: str, root: Path, dataset: str | None = None) -> list[dict[str, Any]]:
+    if fmt not in formats.FORMATS:
+        raise SignfeatError(f"unknown annotation format {fmt!r}; choose one of {', '.join(formats.FORMATS)}")
+    if not annotations:
+        raise SignfeatError("give at least one annotation file (--annotations)")
+    for a in annotations:
+        if not a.is_file():
+            raise SignfeatError(f"annotation file not found: {a}")
+    if not root.is_dir():
+        raise SignfeatError(f"corpus root is not a folder: {root}")
+    video_index = None
+    rows: list[dict[str, Any]] = []
+    for annotation in annotations:
+        kind = formats.sniff_format(annotation) if fmt == "auto" else fmt
+        if kind == "how2sign" and video_index is None:
+            video_index = formats.index_videos(root)
+        rows.extend(formats.PARSERS[kind](annotation, root, dataset=dataset, video_index=video_index))
+    return rows
+
+
+def mark_duplicates(rows: list[dict[str, Any]]) -> None:
+    """Keep the first row of an id; later ones become ``duplicate_id`` (reported, never merged)."""
+    first: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        if row["id"] in first:
+            if row["status"] is None:
+                row["status"] = "duplicate_id"
+                row["error"] = f"id {row['id']!r} already used by manifest row {first[row['id']]}"
+        else:
+            first[row["id"]] = i
+
+
+def build_manifest(
+    annotations: list[Path],
+    out: Path,
+    *,
+    fmt: str = "auto",
+    root: Path | None = None,
+    dataset: str | None = None,
+    num_cpus: int | None = None,
+    full_decode: bool = False,
+    frame_fps: float = 25.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    annotations = [Path(a) for a in annotations]
+    root = Path(root) if root is not None else (annotations[0].parent if annotations else Path("."))
+    rows = parse_annotations(annotations, fmt, root.resolve(), dataset)
+    for i, row in enumerate(rows):
+        row["_row"] = i
+        row["key"] = key_from_id(row["id"])
+        if row["path"]:
+            row["path"] = str(Path(row["path"]).absolute())
+    mark_duplicates(rows)
+
+    to_probe = [r for r in rows if r["path"] and r["status"] != "bad_annotation"]
+    probed = probe_rows(to_probe, num_cpus=num_cpus, full_decode=full_decode, default_fps=frame_fps, progress=progress)
+    for res in probed.to_pylist():
+        row = rows[res["_row"]]
+        annotation_error = (row["status"], row["error"])
+        row.update({k: res[k] for k in PROBED})
+        if annotation_error[0] is not None:  # an annotation problem outranks what the probe found
+            row["status"], row["error"] = annotation_error
+    for row in rows:
+        if row["status"] is None:
+            row["status"], row["error"] = "bad_annotation", "row was not probed"
+
+    build_info = {
+        "annotations": [str(a.absolute()) for a in annotations],
+        "format": fmt,
+        "root": str(root.absolute()),
+        "full_decode": full_decode,
+        "frame_fps": frame_fps,
+        "schema_version": SCHEMA_VERSION,
+    }
+    table = rows_to_table(rows, build_info)
+    write_manifest(table, out)
+    counts = collections.Counter(r["status"] for r in rows)
+    return {"manifest": str(out), "rows": len(rows), "status": dict(sorted(counts.items()))}

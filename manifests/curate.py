@@ -1,0 +1,271 @@
+"""``signfeat manifest curate``: filter a probed manifest, drop exact duplicates, assign splits, report.
+
+Filters run in a fixed order and each counts what it removed from what was left by the ones before
+(status -> duration -> frames -> resolution -> fps -> text length -> duplicates), so the report's
+numbers add up to input - kept. Removed rows are not lost: they go to ``REPORT/excluded.parquet`` with
+the filter and reason that removed them (datatrove's exclusion writer, in one table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from manifests.schema import MANIFEST_SCHEMA, read_manifest, write_manifest
+from pipeline.errors import SignfeatError
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class CurateOptions:
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+    min_frames: int | None = None
+    max_frames: int | None = None
+    min_width: int | None = None
+    min_height: int | None = None
+    min_fps: float | None = None
+    max_fps: float | None = None
+    min_text_chars: int | None = 1
+    max_text_chars: int | None = None
+    dedup: bool = True
+    split_ratios: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "dev": 0.1, "test": 0.1})
+    group_by_signer: bool = False
+    split_salt: str = "signfeat"
+
+    def __post_init__(self) -> None:
+        for lo, hi in [("min_duration_s", "max_duration_s"), ("min_frames", "max_frames"), ("min_fps", "max_fps"), ("min_text_chars", "max_text_chars")]:
+            a, b = getattr(self, lo), getattr(self, hi)
+            for name, v in ((lo, a), (hi, b)):
+                if v is not None and v < 0:
+                    raise SignfeatError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+            if a is not None and b is not None and a > b:
+                raise SignfeatError(f"--{lo.replace('_', '-')} ({a}) is larger than --{hi.replace('_', '-')} ({b})")
+        for name in ("min_width", "min_height"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise SignfeatError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+        if not self.split_ratios or any(v < 0 for v in self.split_ratios.values()) or sum(self.split_ratios.values()) <= 0:
+            raise SignfeatError(f"split ratios must be non-negative and sum to more than 0, got {self.split_ratios}")
+
+
+def parse_split_ratios(text: str) -> dict[str, float]:
+    """``train=0.8,dev=0.1,test=0.1`` -> dict (normalised later)."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise SignfeatError(f"bad --split-ratios {text!r}: expected NAME=FRACTION,... like train=0.8,dev=0.1,test=0.1") from None
+    return out
+
+
+def _unit_hash(text: str, salt: str) -> float:
+    digest = hashlib.blake2b(f"{salt}|{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _split_for(u: float, ratios: dict[str, float]) -> str:
+    total = sum(ratios.values())
+    acc = 0.0
+    names = list(ratios)
+    for name in names:
+        acc += ratios[name] / total
+        if u < acc:
+            return name
+    return names[-1]
+
+
+def _person(df: pd.DataFrame) -> pd.Series:
+    return df["dataset"].fillna("").astype(str) + "/" + df["signer"].astype(str)
+
+
+def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
+    """Splits for rows that have none, by a salted hash of the key (or of the signer when grouped)."""
+    split = df["split"].copy()
+    missing = split.isna() | (split.astype(str).str.strip() == "")
+    if not missing.any():
+        return split
+    if options.group_by_signer:
+        # Signer ids are only unique inside a dataset. A signer whose other rows already sit in exactly
+        # one split keeps that split; rows with no signer are their own group.
+        person = _person(df)
+        has_both = ~missing & df["signer"].notna()
+        existing = pd.DataFrame({"person": person, "split": split})[has_both].groupby("person")["split"].unique()
+        fixed = {p: v[0] for p, v in existing.items() if len(v) == 1}
+        groups = person.where(df["signer"].notna(), "key:" + df["key"])
+        split[missing] = [
+            fixed.get(g) or _split_for(_unit_hash(str(g), options.split_salt), options.split_ratios) for g in groups[missing]
+        ]
+    else:
+        split[missing] = [_split_for(_unit_hash(k, options.split_salt), options.split_ratios) for k in df.loc[missing, "key"]]
+    return split
+
+
+def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Returns (kept rows, excluded rows with ``filter`` and ``reason``, report dict)."""
+    removed_counts: dict[str, int] = {}
+    excluded: list[pd.DataFrame] = []
+    keep = df.copy()
+
+    def drop(name: str, mask: pd.Series, reason: pd.Series | str) -> None:
+        nonlocal keep
+        mask = mask.fillna(True).astype(bool)  # a value that is missing cannot pass a range filter
+        removed_counts[name] = int(mask.sum())
+        if mask.any():
+            gone = keep[mask].copy()
+            gone["filter"] = name
+            gone["reason"] = reason[mask] if isinstance(reason, pd.Series) else reason
+            excluded.append(gone)
+        keep = keep[~mask]
+
+    def range_filter(name: str, column: str, lo: float | None, hi: float | None) -> None:
+        if lo is None and hi is None:
+            return
+        values = keep[column].astype("float64")
+        mask = pd.Series(False, index=keep.index)
+        if lo is not None:
+            mask |= ~(values >= lo)
+        if hi is not None:
+            mask |= ~(values <= hi)
+        drop(name, mask, f"{column} outside [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]")
+
+    drop("status", keep["status"] != "ok", "status=" + keep["status"].astype(str))
+    range_filter("duration", "duration_s", options.min_duration_s, options.max_duration_s)
+    range_filter("frames", "num_frames", options.min_frames, options.max_frames)
+    if options.min_width is not None or options.min_height is not None:
+        w, h = keep["width"].astype("float64"), keep["height"].astype("float64")
+        mask = pd.Series(False, index=keep.index)
+        if options.min_width is not None:
+            mask |= ~(w >= options.min_width)
+        if options.min_height is not None:
+            mask |= ~(h >= options.min_height)
+        drop("resolution", mask, f"smaller than {options.min_width or 0}x{options.min_height or 0}")
+    range_filter("fps", "fps", options.min_fps, options.max_fps)
+    if options.min_text_chars is not None or options.max_text_chars is not None:
+        keep = keep.assign(_text_chars=keep["text"].fillna("").str.len())
+        range_filter("text_length", "_text_chars", options.min_text_chars, options.max_text_chars)
+        keep = keep.drop(columns="_text_chars")
+    if options.dedup:
+        # keep the smallest id of each content hash: independent of row order, so reruns agree
+        ordered = keep.sort_values("id", kind="stable")
+        first_id = ordered.groupby("content_hash", sort=False)["id"].transform("first")
+        dup_mask = (ordered["id"] != first_id).reindex(keep.index)
+        drop("duplicate", dup_mask, "duplicate_of=" + first_id.reindex(keep.index).astype(str))
+
+    keep = keep.assign(split=assign_splits(keep, options)) if len(keep) else keep
+    excluded_df = pd.concat(excluded) if excluded else df.iloc[0:0].assign(filter=pd.Series(dtype=str), reason=pd.Series(dtype=str))
+    if "_text_chars" in excluded_df.columns:
+        excluded_df = excluded_df.drop(columns="_text_chars")
+
+    with_signer = keep[keep["signer"].notna()]
+    signer_splits = with_signer.groupby(_person(with_signer))["split"].nunique()
+    report = {
+        "input_rows": int(len(df)),
+        "kept": int(len(keep)),
+        "removed": removed_counts,
+        "removed_total": int(sum(removed_counts.values())),
+        "status_of_input": {k: int(v) for k, v in df["status"].value_counts().sort_index().items()},
+        "kept_per_split": {str(k): int(v) for k, v in keep["split"].value_counts().sort_index().items()},
+        "kept_per_dataset": {str(k): int(v) for k, v in keep["dataset"].value_counts().sort_index().items()},
+        "kept_hours": float(keep["duration_s"].sum() / 3600),
+        "kept_frames": int(keep["num_frames"].sum()),
+        "signers": int(_person(with_signer).nunique()),
+        "signers_in_several_splits": sorted(str(s) for s in signer_splits[signer_splits > 1].index),
+        "options": asdict(options),
+    }
+    return keep, excluded_df, report
+
+
+def _plot_report(df_in: pd.DataFrame, kept: pd.DataFrame, report_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok_in = df_in[df_in["status"] == "ok"]
+    text_len_in, text_len = ok_in["text"].fillna("").str.len(), kept["text"].fillna("").str.len()
+
+    def hist(ax, col_in, col_kept, title, xlabel):
+        vals_in, vals_kept = pd.Series(col_in).dropna().astype(float), pd.Series(col_kept).dropna().astype(float)
+        allv = pd.concat([vals_in, vals_kept])
+        bins = np.histogram_bin_edges(allv, bins=40) if len(allv) else 10
+        ax.hist(vals_in, bins=bins, color="lightgray", label=f"probed ok ({len(vals_in)})")
+        ax.hist(vals_kept, bins=bins, color="tab:blue", alpha=0.8, label=f"kept ({len(vals_kept)})")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("clips")
+        ax.legend(fontsize=7)
+
+    def resolution(ax):
+        ax.scatter(ok_in["width"], ok_in["height"], s=12, color="lightgray", label="probed ok")
+        ax.scatter(kept["width"], kept["height"], s=8, color="tab:blue", label="kept")
+        ax.set_title("resolution")
+        ax.set_xlabel("width (px)")
+        ax.set_ylabel("height (px)")
+        ax.legend(fontsize=7)
+
+    def bars(ax, counts: pd.Series, title: str, top: int = 30):
+        counts = counts.sort_values(ascending=False)
+        shown = counts.head(top)
+        ax.bar([str(i) for i in shown.index], shown.values, color="tab:blue")
+        ax.set_title(title + (f" (top {top} of {len(counts)})" if len(counts) > top else ""))
+        ax.set_ylabel("clips")
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+
+    panels = {
+        "duration": lambda ax: hist(ax, ok_in["duration_s"], kept["duration_s"], "duration", "seconds"),
+        "frames": lambda ax: hist(ax, ok_in["num_frames"], kept["num_frames"], "frame count", "frames"),
+        "resolution": resolution,
+        "fps": lambda ax: hist(ax, ok_in["fps"], kept["fps"], "frame rate", "fps"),
+        "text_length": lambda ax: hist(ax, text_len_in, text_len, "text length", "characters"),
+        "splits": lambda ax: bars(ax, kept["split"].fillna("(none)").value_counts(), "clips per split"),
+        "signers": lambda ax: bars(ax, _person(kept).where(kept["signer"].notna(), "(unknown)").value_counts(), "clips per signer (dataset/signer)"),
+    }
+    written = []
+    fig, axes = plt.subplots(2, 4, figsize=(20, 9))
+    for ax, (name, draw) in zip(axes.flat, panels.items()):
+        draw(ax)
+    axes.flat[-1].axis("off")
+    axes.flat[-1].text(0.0, 0.5, "\n".join(f"{k}: {v}" for k, v in [("input rows", len(df_in)), ("kept", len(kept)), ("hours kept", f"{kept['duration_s'].sum() / 3600:.3f}")]), fontsize=12)
+    fig.tight_layout()
+    fig.savefig(report_dir / "overview.png", dpi=80)
+    plt.close(fig)
+    written.append("overview.png")
+    for name, draw in panels.items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        draw(ax)
+        fig.tight_layout()
+        fig.savefig(report_dir / f"{name}.png", dpi=80)
+        plt.close(fig)
+        written.append(f"{name}.png")
+    return written
+
+
+def curate_manifest(manifest: Path, out: Path, report_dir: Path, options: CurateOptions, plots: bool = True) -> dict[str, Any]:
+    try:
+        table = read_manifest(manifest)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SignfeatError(str(exc)) from None
+    df = table.to_pandas()
+    kept, excluded, report = curate(df, options)
+    out_table = pa.Table.from_pandas(kept.reset_index(drop=True), schema=MANIFEST_SCHEMA, preserve_index=False)
+    out_table = out_table.replace_schema_metadata({**table.schema.metadata, b"signfeat.manifest.curation": json.dumps(report["options"]).encode()})
+    write_manifest(out_table, out)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    excluded.reset_index(drop=True).to_parquet(report_dir / "excluded.parquet", index=False)
+    report["manifest_in"], report["manifest_out"] = str(manifest), str(out)
+    report["plots"] = _plot_report(df, kept, report_dir) if plots else []
+    (report_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    return report

@@ -1,0 +1,254 @@
+"""Annotation formats -> manifest rows (before probing).
+
+Each parser yields plain dicts with the manifest's annotation columns (id, dataset, split, signer, text,
+source_kind, path, start_s, end_s, fps) plus ``status``/``error`` when the row itself is unusable (no
+text, unparsable line). A bad row is yielded with its error, never skipped: every annotation row ends up
+in the manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline.errors import SignfeatError
+
+FORMATS = ("auto", "phoenix", "how2sign", "table")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
+PHOENIX_HEADER = ["name", "video", "start", "end", "speaker", "orth", "translation"]
+HOW2SIGN_HEADER = ["VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START_REALIGNED", "END_REALIGNED", "SENTENCE"]
+PHOENIX_FRAMES_DIR = Path("features") / "fullFrame-210x260px"
+# Split names are normalised so every corpus uses the same three words.
+SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev", "test": "test"}
+
+
+def normalise_split(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    return SPLIT_ALIASES.get(text.lower(), text)
+
+
+def _split_from_filename(path: Path) -> str | None:
+    for token in re.split(r"[._\-]", path.name.lower()):
+        if token in SPLIT_ALIASES:
+            return SPLIT_ALIASES[token]
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _float(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return float(value)
+
+
+def _row(**kw: Any) -> dict[str, Any]:
+    row = {"status": None, "error": None, "start_s": None, "end_s": None, "fps": None, "signer": None}
+    row.update(kw)
+    if row.get("status") is None and row.get("text") is None:
+        row["status"], row["error"] = "missing_text", "the annotation gives no text for this clip"
+    return row
+
+
+def _bad_row(source: Path, line: int, message: str, clip_id: str | None = None, **kw: Any) -> dict[str, Any]:
+    return _row(
+        id=clip_id or f"{source.name}:{line}",
+        text=None,
+        source_kind=kw.pop("source_kind", "video"),
+        path=kw.pop("path", ""),
+        status="bad_annotation",
+        error=f"{source}:{line}: {message}",
+        **kw,
+    )
+
+
+def sniff_format(path: Path) -> str:
+    first = _first_line(path)
+    if first.split("|")[:5] == PHOENIX_HEADER[:5]:
+        return "phoenix"
+    if "SENTENCE_NAME" in first and "START_REALIGNED" in first:
+        return "how2sign"
+    return "table"
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return f.readline().strip()
+
+
+# ----------------------------------------------------------------------------------------------- PHOENIX-2014T
+
+
+def phoenix_root(root: Path) -> Path:
+    """The folder holding ``features/``: the given root, or one of its parents, or a PHOENIX-2014-T child."""
+    for cand in [root, *root.parents, root / "PHOENIX-2014-T"]:
+        if (cand / PHOENIX_FRAMES_DIR).is_dir():
+            return cand
+    return root
+
+
+def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_: Any) -> Iterator[dict[str, Any]]:
+    split = _split_from_filename(annotation)
+    base = phoenix_root(root) / PHOENIX_FRAMES_DIR
+    with open(annotation, encoding="utf-8-sig", newline="") as f:
+        header = f.readline().rstrip("\r\n").split("|")
+        if header[: len(PHOENIX_HEADER)] != PHOENIX_HEADER:
+            raise SignfeatError(f"{annotation}: not a PHOENIX-2014T corpus file (header {'|'.join(header)!r})")
+        for line_no, line in enumerate(f, start=2):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            cols = line.split("|")
+            if len(cols) != len(PHOENIX_HEADER):
+                yield _bad_row(annotation, line_no, f"expected {len(PHOENIX_HEADER)} '|'-separated fields, got {len(cols)}",
+                               dataset=dataset or "phoenix2014t", split=split, source_kind="frames")
+                continue
+            rec = dict(zip(PHOENIX_HEADER, cols))
+            # "video" is like "NAME/1/*.png" or "NAME/*.png": the folder is everything before the glob
+            folder = rec["video"].split("*")[0].rstrip("/") or rec["name"]
+            yield _row(
+                id=rec["name"],
+                dataset=dataset or "phoenix2014t",
+                split=split,
+                signer=_text(rec["speaker"]),
+                text=_text(rec["translation"]),
+                source_kind="frames",
+                path=str(base / (split or "") / folder),
+                fps=25.0,
+            )
+
+
+# ----------------------------------------------------------------------------------------------- How2Sign
+
+
+def index_videos(root: Path) -> dict[str, str]:
+    """Stem -> path of every video under root (one walk, shared by all annotation files of a build)."""
+    found: dict[str, str] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in VIDEO_EXTENSIONS:
+                found.setdefault(stem, os.path.join(dirpath, name))
+    return found
+
+
+def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, video_index: dict[str, str] | None = None, **_: Any) -> Iterator[dict[str, Any]]:
+    split = _split_from_filename(annotation)
+    videos = video_index if video_index is not None else index_videos(root)
+    with open(annotation, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[: len(HOW2SIGN_HEADER)]] != HOW2SIGN_HEADER:
+            raise SignfeatError(f"{annotation}: not a How2Sign realigned file (expected a tab-separated header {' '.join(HOW2SIGN_HEADER)})")
+        for cols in reader:
+            line_no = reader.line_num
+            if not any(c.strip() for c in cols):
+                continue
+            if len(cols) != len(HOW2SIGN_HEADER):
+                yield _bad_row(annotation, line_no, f"expected {len(HOW2SIGN_HEADER)} tab-separated fields, got {len(cols)}",
+                               dataset=dataset or "how2sign", split=split)
+                continue
+            rec = dict(zip(HOW2SIGN_HEADER, cols))
+            name = rec["SENTENCE_NAME"].strip()
+            common = dict(id=name, dataset=dataset or "how2sign", split=split, text=_text(rec["SENTENCE"]))
+            if name in videos:  # the sentence-level clip exists: use it whole
+                yield _row(source_kind="video", path=videos[name], **common)
+                continue
+            try:
+                start, end = float(rec["START_REALIGNED"]), float(rec["END_REALIGNED"])
+            except ValueError:
+                yield _bad_row(annotation, line_no, f"bad START/END {rec['START_REALIGNED']!r} {rec['END_REALIGNED']!r}", clip_id=name,
+                               dataset=dataset or "how2sign", split=split, source_kind="range")
+                continue
+            full = videos.get(rec["VIDEO_NAME"].strip())
+            path = full or str(root / f"{rec['VIDEO_NAME'].strip()}.mp4")  # missing: the probe reports it
+            yield _row(source_kind="range", path=path, start_s=start, end_s=end, **common)
+
+
+# ----------------------------------------------------------------------------------------------- generic table
+
+TABLE_REQUIRED = ("id", "path", "text")
+TABLE_OPTIONAL = ("split", "signer", "start", "end", "fps", "dataset")
+
+
+def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    suffix = annotation.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        with open(annotation, encoding="utf-8-sig") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    if not isinstance(rec, dict):
+                        raise ValueError("a line must hold one JSON object")
+                except ValueError as exc:
+                    yield line_no, {"__error__": f"bad JSON line: {exc}"}
+                    continue
+                yield line_no, rec
+        return
+    delimiter = "\t" if suffix in (".tsv", ".tab") else ","
+    with open(annotation, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        missing = [c for c in TABLE_REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SignfeatError(f"{annotation}: table annotations need columns {list(TABLE_REQUIRED)}; missing {missing} (found {reader.fieldnames})")
+        for rec in reader:
+            if None in rec:
+                yield reader.line_num, {"__error__": f"more fields than the header has: {rec[None]!r}", "id": rec.get("id")}
+                continue
+            yield reader.line_num, rec
+
+
+def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: Any) -> Iterator[dict[str, Any]]:
+    default_dataset = dataset or annotation.stem
+    for line_no, rec in _table_records(annotation):
+        clip_id = _text(rec.get("id"))
+        if "__error__" in rec or clip_id is None:
+            yield _bad_row(annotation, line_no, rec.get("__error__", "no id"), clip_id=clip_id, dataset=default_dataset)
+            continue
+        raw_path = _text(rec.get("path"))
+        if raw_path is None:
+            yield _bad_row(annotation, line_no, "no path", clip_id=clip_id, dataset=default_dataset)
+            continue
+        path = Path(raw_path).expanduser()
+        path = path if path.is_absolute() else root / path
+        try:
+            start, end, fps = _float(rec.get("start")), _float(rec.get("end")), _float(rec.get("fps"))
+        except (TypeError, ValueError) as exc:
+            yield _bad_row(annotation, line_no, f"bad start/end/fps: {exc}", clip_id=clip_id, dataset=default_dataset, path=str(path))
+            continue
+        if path.is_dir():
+            kind = "frames"
+        elif start is not None or end is not None:
+            kind = "range"
+        else:
+            kind = "video"
+        yield _row(
+            id=clip_id,
+            dataset=_text(rec.get("dataset")) or default_dataset,
+            split=normalise_split(rec.get("split")),
+            signer=_text(rec.get("signer")),
+            text=_text(rec.get("text")),
+            source_kind=kind,
+            path=str(path),
+            start_s=start,
+            end_s=end,
+            fps=fps,
+        )
+
+
+PARSERS = {"phoenix": parse_phoenix, "how2sign": parse_how2sign, "table": parse_table}

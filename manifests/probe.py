@@ -1,0 +1,183 @@
+"""Probing: what a clip is (frames, fps, size, codec, bytes, content hash) and whether it decodes.
+
+Videos are demuxed, not decoded (pipeline.decode.read_timeline), plus one decoded frame to prove the
+stream decodes; ``full_decode=True`` decodes every frame of the clip, for corpora one distrusts.
+Probing runs as Ray tasks over chunks of rows that share a source file (a How2Sign video with 30 ranges
+is opened and hashed once), with a bounded number of chunks in flight, so memory stays flat however
+large the corpus: only the finished rows, as compact Arrow tables, accumulate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.decode import decode_clip, list_frame_files, read_timeline, select_range, DecodeOptions
+from pipeline.errors import ClipError
+
+PROBED = ["fps", "num_frames", "width", "height", "duration_s", "codec", "bytes", "content_hash", "status", "error"]
+_HASH_CHUNK = 1 << 20
+
+
+def file_hash(path: str | Path, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
+    h = h or hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h
+
+
+def _probe_video(row: dict[str, Any], hashes: dict[str, str]) -> dict[str, Any]:
+    path = row["path"]
+    timeline = read_timeline(path)
+    if row["source_kind"] == "range":
+        idx = select_range(timeline.times_s, row.get("start_s"), row.get("end_s"), timeline.duration_s, path)
+        # duration of the frames the clip holds: first shown .. last one's end
+        duration = float(timeline.times_s[idx[-1]] - timeline.times_s[idx[0]] + timeline.frame_duration_s)
+        num = int(len(idx))
+    else:
+        duration, num = timeline.duration_s, len(timeline.times_s)
+    if path not in hashes:
+        hashes[path] = file_hash(path).hexdigest()
+    digest = hashes[path]
+    if row["source_kind"] == "range":  # same file and same range -> same clip
+        digest = hashlib.blake2b(f"{digest}|{row['start_s']!r}|{row['end_s']!r}".encode(), digest_size=16).hexdigest()
+    return {
+        "fps": num / duration if duration > 0 else None,
+        "num_frames": num,
+        "width": timeline.width,
+        "height": timeline.height,
+        "duration_s": duration,
+        "codec": timeline.codec,
+        "bytes": os.path.getsize(path),
+        "content_hash": digest,
+    }
+
+
+def _probe_frames(row: dict[str, Any], default_fps: float) -> dict[str, Any]:
+    from PIL import Image
+
+    files = list_frame_files(row["path"])
+    fps = float(row.get("fps") or default_fps)
+    h = hashlib.blake2b(digest_size=16)
+    size = None
+    formats: set[str] = set()
+    total = 0
+    for f in files:
+        try:
+            with Image.open(f) as img:  # reads the header only
+                img_size, fmt = img.size, (img.format or f.suffix.lstrip(".")).lower()
+        except Exception as exc:
+            raise ClipError("corrupt", f"cannot read frame image {f}: {exc}") from None
+        if size is None:
+            size = img_size
+        elif img_size != size:
+            raise ClipError("mixed_sizes", f"{f} is {img_size[0]}x{img_size[1]}, the folder's first frame {size[0]}x{size[1]}")
+        formats.add(fmt)
+        file_hash(f, h)
+        total += f.stat().st_size
+    return {
+        "fps": fps,
+        "num_frames": len(files),
+        "width": size[0],
+        "height": size[1],
+        "duration_s": len(files) / fps,
+        "codec": "+".join(sorted(formats)),
+        "bytes": total,
+        "content_hash": h.hexdigest(),
+    }
+
+
+def probe_clip(row: dict[str, Any], hashes: dict[str, str] | None = None, *, full_decode: bool = False, default_fps: float = 25.0) -> dict[str, Any]:
+    """The probed columns of one manifest row; errors become ``status``/``error``, never exceptions."""
+    out: dict[str, Any] = {k: None for k in PROBED}
+    try:
+        if row["source_kind"] == "frames":
+            out.update(_probe_frames(row, default_fps))
+            decode_opts = DecodeOptions(backend="pyav", max_frames=None if full_decode else 1, frame_fps=default_fps)
+            decode_clip(row, decode_opts)  # decodes the first (or every) image
+        else:
+            out.update(_probe_video(row, hashes if hashes is not None else {}))
+            if full_decode:
+                decode_clip(row, DecodeOptions(backend="pyav"))
+        out["status"] = "ok"
+    except ClipError as exc:
+        out["status"], out["error"] = exc.kind, str(exc)
+    except Exception as exc:  # a probe must never take the build down
+        out["status"], out["error"] = "probe_failed", f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def probe_chunk(rows: list[dict[str, Any]], full_decode: bool = False, default_fps: float = 25.0) -> pa.Table:
+    """Probe rows (each with a ``_row`` position) and return the probed columns as a small Arrow table."""
+    hashes: dict[str, str] = {}
+    results = []
+    for row in rows:
+        res = probe_clip(row, hashes, full_decode=full_decode, default_fps=default_fps)
+        res["_row"] = row["_row"]
+        results.append(res)
+    from manifests.schema import MANIFEST_SCHEMA
+
+    fields = [pa.field("_row", pa.int64())] + [MANIFEST_SCHEMA.field(c) for c in PROBED]
+    return pa.Table.from_pylist(results, schema=pa.schema(fields))
+
+
+def chunk_by_path(rows: list[dict[str, Any]], chunk_size: int) -> Iterator[list[dict[str, Any]]]:
+    """Chunks of about ``chunk_size`` rows; rows of one source file stay in one chunk (hashed once)."""
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_path.setdefault(row["path"], []).append(row)
+    chunk: list[dict[str, Any]] = []
+    for group in by_path.values():
+        chunk.extend(group)
+        if len(chunk) >= chunk_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def probe_rows(
+    rows: list[dict[str, Any]],
+    *,
+    num_cpus: int | None = None,
+    chunk_size: int = 16,
+    full_decode: bool = False,
+    default_fps: float = 25.0,
+    progress: bool = True,
+) -> pa.Table:
+    """Probe all rows on a local Ray instance (or the one already running); returns a table sorted by ``_row``."""
+    import ray
+    from tqdm import tqdm
+
+    from pipeline.ray_runtime import ensure_ray
+
+    ensure_ray(num_cpus=num_cpus)
+    remote = ray.remote(num_cpus=1, max_retries=2)(probe_chunk)
+    window = max(2, 2 * int(ray.available_resources().get("CPU", 1)))
+    in_flight: dict[Any, int] = {}
+    done: list[pa.Table] = []
+    bar = tqdm(total=len(rows), desc="probe", unit="clip", disable=not progress, mininterval=1.0)
+    chunks = chunk_by_path(rows, chunk_size)
+
+    def collect(refs):
+        for ref in refs:
+            table = ray.get(ref)
+            done.append(table)
+            bar.update(in_flight.pop(ref))
+
+    for chunk in chunks:
+        if len(in_flight) >= window:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            collect(ready)
+        in_flight[remote.remote(chunk, full_decode, default_fps)] = len(chunk)
+    collect(list(in_flight))
+    bar.close()
+    if not done:
+        return probe_chunk([], full_decode, default_fps)
+    return pa.concat_tables(done).sort_by("_row")

@@ -1,0 +1,79 @@
+"""The manifest: one Parquet row per clip, with an explicit schema and a schema version in the metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+SCHEMA_VERSION_KEY = b"signfeat.manifest.schema_version"
+BUILD_INFO_KEY = b"signfeat.manifest.build"
+
+# source_kind values: a whole video file, a [start_s, end_s) range inside one, or a folder of frame images.
+SOURCE_KINDS = ("video", "range", "frames")
+
+MANIFEST_FIELDS: list[pa.Field] = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("key", pa.string(), nullable=False),  # WebDataset-safe, reversible form of id (keys.py)
+    pa.field("dataset", pa.string()),
+    pa.field("split", pa.string()),
+    pa.field("signer", pa.string()),
+    pa.field("text", pa.string()),
+    pa.field("source_kind", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),  # absolute path of the video file or frame folder
+    pa.field("start_s", pa.float64()),  # range clips only
+    pa.field("end_s", pa.float64()),
+    pa.field("fps", pa.float64()),  # frames / duration for videos (so VFR gets its mean rate); given for frames
+    pa.field("num_frames", pa.int64()),  # frames the decoder yields for this clip (inside the range)
+    pa.field("width", pa.int32()),  # as displayed, after the container's rotation
+    pa.field("height", pa.int32()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("codec", pa.string()),  # video codec name, or the image format(s) of a frame folder
+    pa.field("bytes", pa.int64()),  # size on disk of the source (the whole file for ranges)
+    pa.field("content_hash", pa.string()),  # blake2b of the clip's bytes (+ range), finds exact duplicates
+    pa.field("status", pa.string(), nullable=False),  # "ok" or a short error class
+    pa.field("error", pa.string()),  # the message when status != ok
+]
+MANIFEST_SCHEMA = pa.schema(MANIFEST_FIELDS)
+COLUMNS = [f.name for f in MANIFEST_FIELDS]
+
+
+def empty_row() -> dict[str, Any]:
+    return {name: None for name in COLUMNS}
+
+
+def rows_to_table(rows: Iterable[dict[str, Any]], build_info: dict[str, Any] | None = None) -> pa.Table:
+    rows = list(rows)
+    table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=MANIFEST_SCHEMA)
+    meta = {SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()}
+    if build_info is not None:
+        meta[BUILD_INFO_KEY] = json.dumps(build_info, sort_keys=True).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def write_manifest(table: pa.Table, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)  # a reader never sees a half-written manifest
+
+
+def read_manifest(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    table = pq.read_table(path)
+    version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY)
+    if version is None:
+        raise ValueError(f"{path} is not a signfeat manifest (no {SCHEMA_VERSION_KEY.decode()} in its metadata)")
+    if version.decode() != SCHEMA_VERSION:
+        raise ValueError(f"{path} has manifest schema version {version.decode()}, this signfeat reads {SCHEMA_VERSION}")
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} lacks manifest columns {missing}")
+    return table

@@ -1,0 +1,155 @@
+"""The ``signfeat`` command. Each subcommand parses its options, validates them, and calls one function.
+
+A user error (bad path, unknown format, bad option) is one line on stderr and exit status 2; a
+traceback means a bug in signfeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.errors import SignfeatError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise SignfeatError(f"{self.prog}: {message}")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from manifests.formats import FORMATS
+
+    parser = _Parser(prog="signfeat", description="Frozen-model features of sign-language video corpora.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    manifest = sub.add_parser("manifest", help="build and curate corpus manifests")
+    msub = manifest.add_subparsers(dest="manifest_command", required=True, parser_class=_Parser)
+
+    b = msub.add_parser("build", help="annotations -> probed Parquet manifest")
+    b.add_argument("--format", default="auto", choices=FORMATS, help="annotation format (auto: guess from each file's header)")
+    b.add_argument("--annotations", nargs="+", required=True, type=Path, metavar="FILE")
+    b.add_argument("--root", type=Path, help="corpus folder that relative paths start from (default: the first annotation's folder)")
+    b.add_argument("--out", required=True, type=Path, metavar="M.parquet")
+    b.add_argument("--dataset", help="dataset name for every row (default: per format)")
+    b.add_argument("--num-cpus", type=_nonneg_int, default=None, help="CPUs of the local Ray instance (default: all)")
+    b.add_argument("--full-decode", action="store_true", help="decode every frame while probing (slow, thorough)")
+    b.add_argument("--frame-fps", type=_positive_float, default=25.0, help="fps of frame folders whose annotation gives none")
+    b.add_argument("--no-progress", action="store_true")
+
+    c = msub.add_parser("curate", help="filter, deduplicate, assign splits, write a report")
+    c.add_argument("manifest", type=Path)
+    c.add_argument("--out", required=True, type=Path, metavar="CURATED.parquet")
+    c.add_argument("--report", required=True, type=Path, metavar="DIR")
+    c.add_argument("--min-duration", type=_nonneg_float, dest="min_duration_s")
+    c.add_argument("--max-duration", type=_nonneg_float, dest="max_duration_s")
+    c.add_argument("--min-frames", type=_nonneg_int)
+    c.add_argument("--max-frames", type=_nonneg_int)
+    c.add_argument("--min-width", type=_nonneg_int)
+    c.add_argument("--min-height", type=_nonneg_int)
+    c.add_argument("--min-fps", type=_nonneg_float)
+    c.add_argument("--max-fps", type=_nonneg_float)
+    c.add_argument("--min-text-chars", type=_nonneg_int, default=1)
+    c.add_argument("--max-text-chars", type=_nonneg_int)
+    c.add_argument("--no-dedup", action="store_true", help="keep exact duplicates (same content hash)")
+    c.add_argument("--split-ratios", default="train=0.8,dev=0.1,test=0.1", help="for rows without a split")
+    c.add_argument("--group-by-signer", action="store_true", help="assign whole signers to one split")
+    c.add_argument("--split-salt", default="signfeat", help="changes the hash-based split assignment")
+    c.add_argument("--no-plots", action="store_true")
+
+    d = sub.add_parser("demo-corpus", help="write the synthetic demo corpus")
+    d.add_argument("out", type=Path)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--clips", type=int, default=48)
+    d.add_argument("--size", type=int, default=64, help="frame height in pixels")
+    return parser
+
+
+def _manifest_build(args) -> int:
+    from manifests.build import build_manifest
+
+    summary = build_manifest(
+        args.annotations, args.out, fmt=args.format, root=args.root, dataset=args.dataset, num_cpus=args.num_cpus or None,
+        full_decode=args.full_decode, frame_fps=args.frame_fps, progress=not args.no_progress,
+    )
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _manifest_curate(args) -> int:
+    from manifests.curate import CurateOptions, curate_manifest, parse_split_ratios
+
+    options = CurateOptions(
+        min_duration_s=args.min_duration_s, max_duration_s=args.max_duration_s, min_frames=args.min_frames, max_frames=args.max_frames,
+        min_width=args.min_width, min_height=args.min_height, min_fps=args.min_fps, max_fps=args.max_fps,
+        min_text_chars=args.min_text_chars, max_text_chars=args.max_text_chars, dedup=not args.no_dedup,
+        split_ratios=parse_split_ratios(args.split_ratios), group_by_signer=args.group_by_signer, split_salt=args.split_salt,
+    )
+    report = curate_manifest(args.manifest, args.out, args.report, options, plots=not args.no_plots)
+    print(json.dumps({k: report[k] for k in ("input_rows", "kept", "removed", "kept_per_split")}, indent=1))
+    print(f"curated manifest: {args.out}\nreport: {args.report / 'report.json'} (plots: {args.report / 'overview.png'})")
+    return 0
+
+
+def _demo_corpus(args) -> int:
+    from manifests.demo_corpus import make_demo_corpus
+
+    if args.clips < 8 or args.size < 16:
+        raise SignfeatError("demo-corpus needs --clips >= 8 and --size >= 16")
+    summary = make_demo_corpus(args.out, seed=args.seed, clips=args.clips, size=args.size)
+    print(f"demo corpus: {args.out} ({len(summary['truth'])} clips, annotations:)")
+    for a in summary["annotations"]:
+        print(f"  {a}")
+    return 0
+
+
+COMMANDS = {("manifest", "build"): _manifest_build, ("manifest", "curate"): _manifest_curate, ("demo-corpus", None): _demo_corpus}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler = COMMANDS[(args.command, getattr(args, "manifest_command", None))]
+        return handler(args)
+    except SignfeatError as exc:
+        print(f"signfeat: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("signfeat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

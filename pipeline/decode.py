@@ -1,0 +1,330 @@
+"""Decoding: any manifest clip -> RGB uint8 frames [T, H, W, 3] plus the fps actually used.
+
+Three source kinds (see manifests/schema.py): a video file, a [start_s, end_s) range inside a video, a
+folder of numbered frame images. The frames a clip is made of are chosen once, from a timeline of frame
+timestamps read by demuxing the container with PyAV (no decoding), and only then does the selected
+backend (decord, torchcodec or PyAV) decode exactly those frames. So the three backends cannot disagree
+on *which* frames a clip holds, and the tests check they agree on the pixels.
+
+Memory: a call holds one clip's selected frames and nothing else; the frame count and byte size of the
+result are checked against the configured limits *before* anything is decoded, so an over-long clip is a
+ClipError("too_long"), never an out-of-memory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from pipeline.errors import ClipError
+
+BACKENDS = ("decord", "torchcodec", "pyav")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# A range may end a little after the last frame (annotation rounding); more than this is an error.
+RANGE_END_TOLERANCE_S = 0.5
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    backend: str = "decord"
+    target_fps: float | None = None  # resample in time to this rate (nearest earlier frame)
+    max_frames: int | None = None  # after resampling, subsample uniformly to at most this many frames
+    frame_limit: int = 20_000  # more selected frames than this is a "too_long" error
+    max_clip_mib: float = 4096.0  # so is a decoded clip larger than this in memory
+    frame_fps: float = 25.0  # fps of a frame folder when the manifest row gives none
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"decode backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.target_fps is not None and not self.target_fps > 0:
+            raise ValueError(f"target_fps must be > 0, got {self.target_fps}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.frame_limit < 1 or not self.max_clip_mib > 0 or not self.frame_fps > 0:
+            raise ValueError("frame_limit, max_clip_mib and frame_fps must be positive")
+
+
+@dataclass
+class DecodedClip:
+    frames: np.ndarray  # uint8 [T, H, W, 3], RGB, rotation applied
+    fps: float  # rate of the returned frames (after resampling / subsampling)
+    timestamps: np.ndarray  # float64 [T], seconds from the clip's start, of each returned frame
+
+
+# ----------------------------------------------------------------------------------------------- timelines
+
+
+@dataclass
+class VideoTimeline:
+    """What demuxing a video tells without decoding it: one timestamp per frame, in presentation order."""
+
+    times_s: np.ndarray  # float64 [N], seconds since the stream's start, sorted
+    width: int  # as displayed (rotation applied)
+    height: int
+    rotation: int  # degrees counter-clockwise, as FFmpeg's display matrix reports it
+    codec: str
+    frame_duration_s: float  # median gap between frames, the length of the last frame
+
+    @property
+    def duration_s(self) -> float:
+        if len(self.times_s) == 0:
+            return 0.0
+        return float(self.times_s[-1] + self.frame_duration_s)
+
+
+def _open_container(path: str):
+    import av
+
+    p = Path(path)
+    if not p.exists():
+        raise ClipError("missing_file", f"no such file: {path}")
+    if p.is_dir():
+        raise ClipError("not_a_file", f"expected a video file, found a folder: {path}")
+    if p.stat().st_size == 0:
+        raise ClipError("empty_file", f"zero-byte file: {path}")
+    try:
+        container = av.open(str(p), metadata_errors="ignore")
+    except Exception as exc:  # av raises a zoo of FFmpeg error classes
+        raise ClipError("unreadable", f"cannot open {path} as a video: {exc}") from None
+    if not container.streams.video:
+        container.close()
+        raise ClipError("no_video_stream", f"{path} has no video stream")
+    return container
+
+
+def read_timeline(path: str) -> VideoTimeline:
+    """Demux every packet of the first video stream (fast: no decoding) to list frame timestamps."""
+    container = _open_container(path)
+    try:
+        stream = container.streams.video[0]
+        tb = float(stream.time_base)
+        pts: list[int] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.pts is not None and packet.size > 0:
+                    pts.append(packet.pts)
+        except Exception as exc:
+            raise ClipError("corrupt", f"cannot read the packets of {path}: {exc}") from None
+        if not pts:
+            raise ClipError("no_frames", f"{path} has a video stream with no frames")
+        pts_arr = np.sort(np.asarray(pts, dtype=np.int64))
+        origin = stream.start_time if stream.start_time is not None else int(pts_arr[0])
+        times = (pts_arr - origin) * tb
+        gaps = np.diff(times)
+        if len(gaps) and np.median(gaps) > 0:
+            frame_dur = float(np.median(gaps))
+        else:
+            rate = float(stream.average_rate or stream.guessed_rate or 25)
+            frame_dur = 1.0 / rate
+        ctx = stream.codec_context
+        rotation = _stream_rotation(container, stream, path)
+        width, height = int(ctx.width), int(ctx.height)
+        if rotation % 180 != 0:
+            width, height = height, width
+        return VideoTimeline(times, width, height, rotation, stream.codec_context.name, frame_dur)
+    finally:
+        container.close()
+
+
+def _stream_rotation(container, stream, path: str) -> int:
+    """Display rotation in degrees from the display matrix, as decord and torchcodec apply it.
+
+    PyAV exposes the matrix on decoded frames, so this decodes the first frame, which doubles as the
+    check that the stream is decodable at all.
+    """
+    try:
+        container.seek(0)
+        for frame in container.decode(stream):
+            return int(round(frame.rotation or 0))
+    except Exception as exc:
+        raise ClipError("corrupt", f"cannot decode the first frame of {path}: {exc}") from None
+    raise ClipError("corrupt", f"{path}: the decoder returned no frame")
+
+
+def select_range(times_s: np.ndarray, start_s: float | None, end_s: float | None, duration_s: float, path: str) -> np.ndarray:
+    """Indices of the frames presented in [start_s, end_s)."""
+    if start_s is None and end_s is None:
+        return np.arange(len(times_s))
+    start = 0.0 if start_s is None else float(start_s)
+    end = duration_s if end_s is None else float(end_s)
+    if not (np.isfinite(start) and np.isfinite(end)) or start < 0 or end <= start:
+        raise ClipError("bad_range", f"range [{start_s}, {end_s}) is empty or invalid for {path}")
+    if start >= duration_s or end > duration_s + RANGE_END_TOLERANCE_S:
+        raise ClipError(
+            "range_out_of_bounds",
+            f"range [{start:.3f}, {end:.3f}) s is past the end of {path} ({duration_s:.3f} s)",
+        )
+    eps = 1e-6  # timestamps are rationals turned into floats
+    idx = np.nonzero((times_s >= start - eps) & (times_s < end - eps))[0]
+    if len(idx) == 0:
+        raise ClipError("bad_range", f"range [{start:.3f}, {end:.3f}) s of {path} holds no frame")
+    return idx
+
+
+def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: int | None) -> tuple[np.ndarray, float]:
+    """Pick positions into ``times_s`` (the clip's frame times, from its start) and return the fps they have.
+
+    target_fps: for each instant k / target_fps inside the clip, the last frame shown at or before it
+    (works for variable frame rate, since it reads timestamps, not indices). max_frames: then keep at most
+    that many, evenly spread, first and last included.
+    """
+    n = len(times_s)
+    t0 = float(times_s[0])
+    span = float(times_s[-1] - t0)
+    natural_fps = (n - 1) / span if n > 1 and span > 0 else None
+    if target_fps is not None:
+        frame_dur = span / (n - 1) if n > 1 and span > 0 else 1.0 / target_fps
+        duration = span + frame_dur
+        count = max(1, int(np.floor(duration * target_fps + 1e-9)))
+        instants = t0 + np.arange(count) / target_fps
+        pos = np.searchsorted(times_s, instants + 1e-6, side="right") - 1
+        pos = np.clip(pos, 0, n - 1)
+        fps = float(target_fps)
+    else:
+        pos = np.arange(n)
+        fps = natural_fps
+    if max_frames is not None and len(pos) > max_frames:
+        pick = np.round(np.linspace(0, len(pos) - 1, max_frames)).astype(np.int64)
+        if fps is not None:
+            fps = fps * (max_frames - 1) / (len(pos) - 1) if max_frames > 1 else fps / len(pos)
+        pos = pos[pick]
+    return pos, fps
+
+
+def _check_limits(count: int, height: int, width: int, options: DecodeOptions, what: str) -> None:
+    if count > options.frame_limit:
+        raise ClipError("too_long", f"{what}: {count} frames to decode, over frame_limit={options.frame_limit}")
+    mib = count * height * width * 3 / 2**20
+    if mib > options.max_clip_mib:
+        raise ClipError("too_long", f"{what}: {mib:.0f} MiB decoded, over max_clip_mib={options.max_clip_mib:g}")
+
+
+# ----------------------------------------------------------------------------------------------- backends
+
+
+def _decode_decord(path: str, indices: np.ndarray, rotation: int = 0) -> np.ndarray:
+    import decord
+
+    if rotation:
+        # decord 0.6.0 applies the display rotation but mis-sizes its buffer for some frame sizes
+        # (64x48 at 90 degrees, 48x64 at 180: "DECORDArrayCopyFromTo: The size must exactly match"),
+        # so rotated videos decode through PyAV, whose frames the tests show are identical.
+        return _decode_pyav(path, indices)
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    return reader.get_batch(indices.tolist()).asnumpy()
+
+
+def _decode_torchcodec(path: str, indices: np.ndarray, rotation: int = 0) -> np.ndarray:
+    from torchcodec.decoders import VideoDecoder
+
+    decoder = VideoDecoder(path, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=1)
+    return decoder.get_frames_at(indices.tolist()).data.numpy()
+
+
+def _decode_pyav(path: str, indices: np.ndarray, rotation: int = 0) -> np.ndarray:
+    """Decode in presentation order, converting to RGB only the frames asked for."""
+    import av
+
+    wanted: dict[int, list[int]] = {}
+    for out_pos, frame_idx in enumerate(indices.tolist()):
+        wanted.setdefault(frame_idx, []).append(out_pos)
+    last = max(wanted)
+    out: list[np.ndarray | None] = [None] * len(indices)
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        # Frames leave the decoder in presentation order; index them by that order, as the other backends do.
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                rgb = frame.to_ndarray(format="rgb24")
+                if frame.rotation:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, int(round(frame.rotation)) // 90))
+                for out_pos in wanted[i]:
+                    out[out_pos] = rgb
+            if i >= last:
+                break
+    if any(f is None for f in out):
+        raise ClipError("corrupt", f"{path}: the decoder returned fewer frames than the container lists")
+    return np.stack(out)
+
+
+_DECODERS = {"decord": _decode_decord, "torchcodec": _decode_torchcodec, "pyav": _decode_pyav}
+
+
+# ----------------------------------------------------------------------------------------------- frame folders
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
+
+
+def list_frame_files(folder: str) -> list[Path]:
+    p = Path(folder)
+    if not p.exists():
+        raise ClipError("missing_file", f"no such frame folder: {folder}")
+    if not p.is_dir():
+        raise ClipError("not_a_folder", f"expected a folder of frame images, found a file: {folder}")
+    files = [f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
+    if not files:
+        raise ClipError("empty_folder", f"no frame images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return sorted(files, key=lambda f: _natural_key(f.name))
+
+
+def _load_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except Exception as exc:
+        raise ClipError("corrupt", f"cannot decode frame image {path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+
+def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions()) -> DecodedClip:
+    """Decode one manifest row (needs ``source_kind`` and ``path``; ``start_s``/``end_s`` for ranges; ``fps`` for frames)."""
+    kind = clip.get("source_kind")
+    path = str(clip.get("path"))
+    if kind == "frames":
+        files = list_frame_files(path)
+        fps = float(clip.get("fps") or options.frame_fps)
+        times = np.arange(len(files)) / fps
+        pos, out_fps = resample_indices(times, options.target_fps, options.max_frames)
+        first = _load_image(files[int(pos[0])])
+        _check_limits(len(pos), first.shape[0], first.shape[1], options, path)
+        cache = {int(pos[0]): first}
+        frames = []
+        for p in pos.tolist():
+            if p not in cache:
+                cache = {p: _load_image(files[p])}  # hold only the latest image (a repeat reuses it)
+            img = cache[p]
+            if img.shape != first.shape:
+                raise ClipError("mixed_sizes", f"{files[p]} is {img.shape[1]}x{img.shape[0]}, the folder's first frame {first.shape[1]}x{first.shape[0]}")
+            frames.append(img)
+        return DecodedClip(np.stack(frames), float(out_fps or fps), times[pos])
+    if kind not in ("video", "range"):
+        raise ClipError("bad_source_kind", f"unknown source_kind {kind!r} for {path}")
+    timeline = read_timeline(path)
+    start_s, end_s = (clip.get("start_s"), clip.get("end_s")) if kind == "range" else (None, None)
+    in_range = select_range(timeline.times_s, start_s, end_s, timeline.duration_s, path)
+    clip_times = timeline.times_s[in_range] - (float(start_s) if start_s is not None else 0.0)
+    pos, out_fps = resample_indices(clip_times, options.target_fps, options.max_frames)
+    indices = in_range[pos]
+    _check_limits(len(indices), timeline.height, timeline.width, options, path)
+    try:
+        frames = _DECODERS[options.backend](path, indices, timeline.rotation)
+    except ClipError:
+        raise
+    except Exception as exc:
+        raise ClipError("corrupt", f"{options.backend} failed to decode {path}: {type(exc).__name__}: {exc}") from None
+    if frames.shape[0] != len(indices) or frames.shape[1:] != (timeline.height, timeline.width, 3):
+        raise ClipError("corrupt", f"{options.backend} decoded {frames.shape} from {path}, expected {(len(indices), timeline.height, timeline.width, 3)}")
+    if out_fps is None:  # a single frame: report the stream's own rate
+        out_fps = 1.0 / timeline.frame_duration_s
+    return DecodedClip(np.ascontiguousarray(frames, dtype=np.uint8), float(out_fps), clip_times[pos])

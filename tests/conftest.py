@@ -1,0 +1,36 @@
+"""Shared fixtures: one local Ray instance and one small demo corpus (and its manifest) per test session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    from pipeline.ray_runtime import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> dict:
+    from manifests.demo_corpus import make_demo_corpus
+
+    root = tmp_path_factory.mktemp("demo") / "corpus"
+    return make_demo_corpus(root, seed=3, clips=16)
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(demo_corpus, ray_local, tmp_path_factory) -> Path:
+    from manifests.build import build_manifest
+
+    out = tmp_path_factory.mktemp("manifest") / "manifest.parquet"
+    build_manifest([Path(a) for a in demo_corpus["annotations"]], out, root=Path(demo_corpus["root"]), progress=False)
+    return out

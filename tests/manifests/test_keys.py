@@ -1,0 +1,45 @@
+import random
+import re
+
+import pytest
+
+from manifests.keys import id_from_key, key_from_id
+
+TRICKY = [
+    "01April_2010_Thursday_heute-6694",  # PHOENIX-2014T
+    "--7E2sU6zP4_10-5-rgb_front",  # How2Sign
+    "S000000_P0000_T00",  # CSL-Daily
+    "a.b", "a_2eb", "a__b", "a_b", "_", "__", "-", ".", "x.y.z", "Gebärde 1", "手语 视频/001", "ä", "a_", "_a",
+    "clip 1.mp4", "tab\there", "emoji 🤟", "a/b\\c", "%41", "\x00",
+]
+
+
+@pytest.mark.parametrize("clip_id", TRICKY)
+def test_key_is_safe_and_reversible(clip_id):
+    key = key_from_id(clip_id)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", key), key
+    assert "." not in key
+    assert id_from_key(key) == clip_id
+
+
+def test_safe_ids_stay_readable():
+    assert key_from_id("S000000-P0000") == "S000000-P0000"
+    assert key_from_id("a.b") == "a_2eb"
+    assert key_from_id("a_b") == "a__b"
+
+
+def test_keys_are_collision_free_on_random_ids():
+    rng = random.Random(0)
+    alphabet = "ab_-.2e_ ä手/"
+    ids = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(20000)}
+    keys = {key_from_id(i) for i in ids}
+    assert len(keys) == len(ids)
+    assert all(id_from_key(key_from_id(i)) == i for i in ids)
+
+
+@pytest.mark.parametrize("bad", ["", "a.b", "a_", "a_zz", "a b"])
+def test_bad_keys_and_ids_are_rejected(bad):
+    with pytest.raises(ValueError):
+        id_from_key(bad)
+    with pytest.raises(ValueError):
+        key_from_id("")

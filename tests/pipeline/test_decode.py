@@ -1,0 +1,187 @@
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from manifests.demo_corpus import Sentence, render_sentence
+from pipeline.decode import BACKENDS, DecodeOptions, decode_clip, read_timeline, resample_indices
+from pipeline.errors import ClipError
+from tests.helpers import frame_index, index_frame, psnr, write_video
+
+
+def _decode_all(clip, **kw):
+    return {b: decode_clip(clip, DecodeOptions(backend=b, **kw)) for b in BACKENDS}
+
+
+def _assert_same(results):
+    ref = results["pyav"]
+    for name, got in results.items():
+        assert got.frames.shape == ref.frames.shape, name
+        assert np.array_equal(got.frames, ref.frames), f"{name} differs from pyav"
+        assert got.fps == pytest.approx(ref.fps)
+        np.testing.assert_allclose(got.timestamps, ref.timestamps)
+
+
+def _ok_rows(manifest):
+    return [r for r in pq.read_table(manifest).to_pylist() if r["status"] == "ok"]
+
+
+def test_backends_identical_on_demo_videos_and_ranges(demo_manifest):
+    rows = [r for r in _ok_rows(demo_manifest) if r["source_kind"] in ("video", "range")]
+    assert {r["source_kind"] for r in rows} == {"video", "range"}
+    for row in rows:
+        results = _decode_all(row)
+        _assert_same(results)
+        assert results["decord"].frames.shape[0] == row["num_frames"]
+
+
+def test_decoded_frames_match_what_the_demo_corpus_wrote(demo_manifest, demo_corpus):
+    truth = demo_corpus["truth"]
+    seen = set()
+    for row in _ok_rows(demo_manifest):
+        t = truth[row["id"]]
+        rendered = render_sentence(Sentence(tuple(t["words"]), t["signer"]), row["width"], row["height"])
+        got = decode_clip(row, DecodeOptions(backend="decord")).frames
+        assert got.shape == rendered.shape, row["id"]
+        if t["layout"] == "phoenix":  # PNG: lossless
+            assert np.array_equal(got, rendered), row["id"]
+        else:  # H.264 / JPEG: lossy but close, and frame-aligned (a shift by one frame would fail this)
+            assert psnr(got, rendered) > 30, row["id"]
+            assert psnr(got[1:], rendered[:-1]) < psnr(got, rendered) - 3
+        seen.add(t["layout"])
+    assert seen == {"clips", "how2sign", "phoenix", "csl"}
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_videos_are_turned_upright_by_every_backend(tmp_path, rotation):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command (make setup installs it)")
+    frames = np.stack([index_frame(i) for i in range(6)])
+    plain = write_video(tmp_path / "plain.mp4", frames)
+    rotated = tmp_path / f"rot{rotation}.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(plain), "-c", "copy", "-metadata:s:v:0", f"rotate={rotation}", str(rotated)], check=True)
+    results = _decode_all({"source_kind": "video", "path": str(rotated)})
+    _assert_same(results)
+    upright = decode_clip({"source_kind": "video", "path": str(plain)}).frames
+    # FFmpeg's rotate=R means "turn R degrees counter-clockwise to display"
+    expected = np.rot90(upright, k=rotation // 90, axes=(1, 2))
+    assert np.array_equal(results["decord"].frames, expected)
+    assert read_timeline(str(rotated)).width == expected.shape[2]
+
+
+def test_variable_frame_rate_resampling_uses_timestamps(tmp_path):
+    pts = [0, 40, 80, 200, 240, 480, 520, 560]  # ms: gaps of 40, 120 and 240 ms
+    frames = np.stack([index_frame(i) for i in range(len(pts))])
+    path = write_video(tmp_path / "vfr.mp4", frames, pts_ms=pts)
+    tl = read_timeline(str(path))
+    np.testing.assert_allclose(tl.times_s, np.array(pts) / 1000, atol=1e-6)
+    results = _decode_all({"source_kind": "video", "path": str(path)}, target_fps=10)
+    _assert_same(results)
+    got = [frame_index(f) for f in results["decord"].frames]
+    # 10 fps instants 0, 100, ..., 500 ms -> the last frame shown at or before each:
+    # 0->f0 (0 ms), 100->f2 (80), 200->f3 (200), 300->f4 (240), 400->f4 (240), 500->f5 (480)
+    assert got == [0, 2, 3, 4, 4, 5]
+    assert results["decord"].fps == 10
+
+
+def test_range_is_half_open_on_frame_timestamps(tmp_path):
+    frames = np.stack([index_frame(i) for i in range(20)])
+    path = write_video(tmp_path / "long.mp4", frames, fps=10)
+    clip = {"source_kind": "range", "path": str(path), "start_s": 0.5, "end_s": 1.2}
+    results = _decode_all(clip)
+    _assert_same(results)
+    assert [frame_index(f) for f in results["torchcodec"].frames] == [5, 6, 7, 8, 9, 10, 11]
+    np.testing.assert_allclose(results["pyav"].timestamps, np.arange(7) / 10, atol=1e-6)
+    with pytest.raises(ClipError) as err:
+        decode_clip({**clip, "start_s": 5.0, "end_s": 6.0})
+    assert err.value.kind == "range_out_of_bounds"
+    with pytest.raises(ClipError) as err:
+        decode_clip({**clip, "start_s": 1.0, "end_s": 1.0})
+    assert err.value.kind == "bad_range"
+
+
+@pytest.mark.parametrize("suffix,codec", [(".mkv", "libx264"), (".webm", "libvpx-vp9"), (".avi", "mpeg4"), (".mov", "libx264")])
+def test_other_containers_decode_the_same_everywhere(tmp_path, suffix, codec):
+    frames = np.stack([index_frame(i) for i in range(8)])
+    path = write_video(tmp_path / f"Gebärde mit Leerzeichen{suffix}", frames, codec=codec)
+    results = _decode_all({"source_kind": "video", "path": str(path)})
+    _assert_same(results)
+    assert [frame_index(f) for f in results["decord"].frames] == list(range(8))
+
+
+def test_frame_folder_natural_order_mixed_formats_odd_size(tmp_path):
+    folder = tmp_path / "手语 clip"
+    folder.mkdir()
+    for i in range(12):  # images1.png .. images12: lexical order would put 10, 11 before 2
+        img = index_frame(i, height=47, width=65)
+        name = f"images{i + 1}.png" if i % 3 else f"images{i + 1}.jpg"
+        Image.fromarray(img).save(folder / name, quality=98)
+    (folder / "notes.txt").write_text("not a frame")
+    clip = decode_clip({"source_kind": "frames", "path": str(folder), "fps": 12.0})
+    assert clip.frames.shape == (12, 47, 65, 3)
+    assert [frame_index(f) for f in clip.frames] == list(range(12))
+    assert clip.fps == 12.0
+    np.testing.assert_allclose(clip.timestamps, np.arange(12) / 12)
+
+
+def test_frame_folder_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ClipError) as err:
+        decode_clip({"source_kind": "frames", "path": str(empty)})
+    assert err.value.kind == "empty_folder"
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.fromarray(index_frame(0)).save(mixed / "0001.png")
+    Image.fromarray(index_frame(1, height=30)).save(mixed / "0002.png")
+    with pytest.raises(ClipError) as err:
+        decode_clip({"source_kind": "frames", "path": str(mixed)})
+    assert err.value.kind == "mixed_sizes"
+    with pytest.raises(ClipError) as err:
+        decode_clip({"source_kind": "frames", "path": str(tmp_path / "nope")})
+    assert err.value.kind == "missing_file"
+
+
+def test_limits_fail_before_decoding(tmp_path):
+    frames = np.stack([index_frame(i) for i in range(20)])
+    path = write_video(tmp_path / "c.mp4", frames)
+    with pytest.raises(ClipError) as err:
+        decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions(frame_limit=19))
+    assert err.value.kind == "too_long"
+    with pytest.raises(ClipError) as err:  # 20 x 48 x 64 x 3 bytes = 0.18 MiB
+        decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions(max_clip_mib=0.1))
+    assert err.value.kind == "too_long"
+    # max_frames subsamples instead, so the limit then applies to what is kept
+    clip = decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions(frame_limit=5, max_frames=5))
+    assert [frame_index(f) for f in clip.frames] == [0, 5, 10, 14, 19]
+
+
+def test_resample_indices_reference_cases():
+    times = np.arange(10) / 25.0
+    pos, fps = resample_indices(times, None, None)
+    assert list(pos) == list(range(10)) and fps == pytest.approx(25)
+    pos, fps = resample_indices(times, 50.0, None)  # upsampling repeats frames
+    assert list(pos) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9] and fps == 50
+    pos, _ = resample_indices(times, 12.5, None)
+    assert list(pos) == [0, 2, 4, 6, 8]
+
+
+def test_bad_files_are_clip_errors(tmp_path):
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("hello")
+    for name, kind in [("zero.mp4", "empty_file"), ("text.mp4", "unreadable"), ("missing.mp4", "missing_file")]:
+        for backend in BACKENDS:
+            with pytest.raises(ClipError) as err:
+                decode_clip({"source_kind": "video", "path": str(tmp_path / name)}, DecodeOptions(backend=backend))
+            assert err.value.kind == kind
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError):
+        DecodeOptions(backend="opencv")
+    with pytest.raises(ValueError):
+        DecodeOptions(target_fps=0)
