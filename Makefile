@@ -29,7 +29,7 @@ demo: setup
 	$(VENV)/bin/signfeat demo-corpus $(DEMO)/corpus --clips 48
 	$(VENV)/bin/signfeat manifest build --annotations $(DEMO)/corpus/annotations/* $(DEMO)/corpus/PHOENIX-2014-T/annotations/manual/*.corpus.csv \
 	  --root $(DEMO)/corpus --out $(DEMO)/manifest.parquet
-	$(VENV)/bin/signfeat manifest curate $(DEMO)/manifest.parquet --out $(DEMO)/curated.parquet --report $(DEMO)/report --group-by-signer
+	$(VENV)/bin/signfeat manifest curate $(DEMO)/manifest.parquet --out $(DEMO)/curated.parquet --report $(DEMO)/report --config configs/curate.yaml
 	@echo "manifest: $(DEMO)/manifest.parquet  curated: $(DEMO)/curated.parquet  report: $(DEMO)/report/"
 
 test: setup

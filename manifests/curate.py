@@ -42,6 +42,14 @@ class CurateOptions:
     split_salt: str = "signfeat"
 
     def __post_init__(self) -> None:
+        for name in ("min_duration_s", "max_duration_s", "min_frames", "max_frames", "min_width", "min_height", "min_fps", "max_fps", "min_text_chars", "max_text_chars"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise SignfeatError(f"curation option {name} must be a number or null, got {v!r}")
+        if not isinstance(self.dedup, bool) or not isinstance(self.group_by_signer, bool):
+            raise SignfeatError("curation options dedup and group_by_signer must be true or false")
+        if not isinstance(self.split_ratios, dict) or not all(isinstance(v, (int, float)) for v in self.split_ratios.values()):
+            raise SignfeatError(f"split_ratios must map split names to fractions, got {self.split_ratios!r}")
         for lo, hi in [("min_duration_s", "max_duration_s"), ("min_frames", "max_frames"), ("min_fps", "max_fps"), ("min_text_chars", "max_text_chars")]:
             a, b = getattr(self, lo), getattr(self, hi)
             for name, v in ((lo, a), (hi, b)):
@@ -55,6 +63,22 @@ class CurateOptions:
                 raise SignfeatError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
         if not self.split_ratios or any(v < 0 for v in self.split_ratios.values()) or sum(self.split_ratios.values()) <= 0:
             raise SignfeatError(f"split ratios must be non-negative and sum to more than 0, got {self.split_ratios}")
+
+
+def load_curate_config(path: Path) -> dict[str, Any]:
+    """YAML of CurateOptions fields; unknown keys are an error, so a typo cannot silently do nothing."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise SignfeatError(f"curation config not found: {path}")
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise SignfeatError(f"{path}: expected a mapping of curation options")
+    known = set(CurateOptions.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SignfeatError(f"{path}: unknown curation options {unknown}; known: {sorted(known)}")
+    return data
 
 
 def parse_split_ratios(text: str) -> dict[str, float]:

@@ -166,8 +166,8 @@ def _split_of(i: int) -> str:
 
 def make_demo_corpus(out: Path, seed: int = 0, clips: int = 48, size: int = 64) -> dict:
     """Write the corpus under ``out`` (replacing it) and return a summary with the annotation paths."""
-    if clips < 8:
-        raise ValueError(f"the demo corpus needs at least 8 clips (2 per layout), got {clips}")
+    if clips < 16:
+        raise ValueError(f"the demo corpus needs at least 16 clips (4 per layout), got {clips}")
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)

@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("manifest", type=Path)
     c.add_argument("--out", required=True, type=Path, metavar="CURATED.parquet")
     c.add_argument("--report", required=True, type=Path, metavar="DIR")
+    c.add_argument("--config", type=Path, help="YAML of curation options (configs/curate.yaml); flags given here override it")
     c.add_argument("--min-duration", type=_nonneg_float, dest="min_duration_s")
     c.add_argument("--max-duration", type=_nonneg_float, dest="max_duration_s")
     c.add_argument("--min-frames", type=_nonneg_int)
@@ -81,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-height", type=_nonneg_int)
     c.add_argument("--min-fps", type=_nonneg_float)
     c.add_argument("--max-fps", type=_nonneg_float)
-    c.add_argument("--min-text-chars", type=_nonneg_int, default=1)
+    c.add_argument("--min-text-chars", type=_nonneg_int)
     c.add_argument("--max-text-chars", type=_nonneg_int)
-    c.add_argument("--no-dedup", action="store_true", help="keep exact duplicates (same content hash)")
-    c.add_argument("--split-ratios", default="train=0.8,dev=0.1,test=0.1", help="for rows without a split")
-    c.add_argument("--group-by-signer", action="store_true", help="assign whole signers to one split")
-    c.add_argument("--split-salt", default="signfeat", help="changes the hash-based split assignment")
+    c.add_argument("--no-dedup", action="store_const", const=False, dest="dedup", help="keep exact duplicates (same content hash)")
+    c.add_argument("--split-ratios", help="for rows without a split (default train=0.8,dev=0.1,test=0.1)")
+    c.add_argument("--group-by-signer", action="store_const", const=True, help="assign whole signers to one split")
+    c.add_argument("--split-salt", help="changes the hash-based split assignment")
     c.add_argument("--no-plots", action="store_true")
 
     d = sub.add_parser("demo-corpus", help="write the synthetic demo corpus")
@@ -109,14 +110,21 @@ def _manifest_build(args) -> int:
 
 
 def _manifest_curate(args) -> int:
-    from manifests.curate import CurateOptions, curate_manifest, parse_split_ratios
+    from manifests.curate import CurateOptions, curate_manifest, load_curate_config, parse_split_ratios
 
-    options = CurateOptions(
-        min_duration_s=args.min_duration_s, max_duration_s=args.max_duration_s, min_frames=args.min_frames, max_frames=args.max_frames,
-        min_width=args.min_width, min_height=args.min_height, min_fps=args.min_fps, max_fps=args.max_fps,
-        min_text_chars=args.min_text_chars, max_text_chars=args.max_text_chars, dedup=not args.no_dedup,
-        split_ratios=parse_split_ratios(args.split_ratios), group_by_signer=args.group_by_signer, split_salt=args.split_salt,
-    )
+    settings = load_curate_config(args.config) if args.config else {}
+    flags = {
+        name: getattr(args, name)
+        for name in ("min_duration_s", "max_duration_s", "min_frames", "max_frames", "min_width", "min_height", "min_fps",
+                     "max_fps", "min_text_chars", "max_text_chars", "dedup", "group_by_signer", "split_salt")
+    }
+    if args.split_ratios is not None:
+        flags["split_ratios"] = parse_split_ratios(args.split_ratios)
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        options = CurateOptions(**settings)
+    except TypeError as exc:
+        raise SignfeatError(f"bad curation options: {exc}") from None
     report = curate_manifest(args.manifest, args.out, args.report, options, plots=not args.no_plots)
     print(json.dumps({k: report[k] for k in ("input_rows", "kept", "removed", "kept_per_split")}, indent=1))
     print(f"curated manifest: {args.out}\nreport: {args.report / 'report.json'} (plots: {args.report / 'overview.png'})")
@@ -126,8 +134,8 @@ def _manifest_curate(args) -> int:
 def _demo_corpus(args) -> int:
     from manifests.demo_corpus import make_demo_corpus
 
-    if args.clips < 8 or args.size < 16:
-        raise SignfeatError("demo-corpus needs --clips >= 8 and --size >= 16")
+    if args.clips < 16 or args.size < 16:
+        raise SignfeatError("demo-corpus needs --clips >= 16 and --size >= 16")
     summary = make_demo_corpus(args.out, seed=args.seed, clips=args.clips, size=args.size)
     print(f"demo corpus: {args.out} ({len(summary['truth'])} clips, annotations:)")
     for a in summary["annotations"]:

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from manifests.build import build_manifest
+from manifests.demo_corpus import Sentence
+from manifests.keys import key_from_id
+from manifests.schema import MANIFEST_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY, read_manifest
+from pipeline.errors import SignfeatError
+
+
+def _annotation_rows(paths) -> int:
+    n = 0
+    for p in paths:
+        lines = [line for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
+        n += len(lines) - (0 if p.endswith(".jsonl") else 1)  # minus the header
+    return n
+
+
+def test_every_annotation_row_lands_in_the_manifest(demo_manifest, demo_corpus):
+    table = pq.read_table(demo_manifest)
+    assert table.num_rows == _annotation_rows(demo_corpus["annotations"])
+
+
+def test_bad_items_get_the_right_status(demo_manifest, demo_corpus):
+    rows = pq.read_table(demo_manifest).to_pylist()
+    by_id: dict[str, list[dict]] = {}
+    for r in rows:
+        by_id.setdefault(r["id"], []).append(r)
+    for clip_id, truth in demo_corpus["truth"].items():
+        first = by_id[clip_id][0]
+        assert first["status"] == truth["status"], (clip_id, first["error"])
+        if truth["status"] != "ok":
+            assert first["error"], clip_id
+    expected_bad = {"bad-truncated": "unreadable", "bad-empty": "empty_file", "bad-text": "unreadable", "bad-notext": "missing_text",
+                    "bad-empty-folder": "empty_folder", "bad-past-end": "range_out_of_bounds"}
+    for clip_id, status in expected_bad.items():
+        assert by_id[clip_id][0]["status"] == status
+    dup = [r for r in by_id["clip-0002"]]
+    assert [r["status"] for r in dup] == ["ok", "duplicate_id"]
+    assert "row" in dup[1]["error"]
+
+
+def test_probed_values_match_what_was_written(demo_manifest, demo_corpus):
+    rows = {r["id"]: r for r in pq.read_table(demo_manifest).to_pylist() if r["status"] == "ok"}
+    for clip_id, truth in demo_corpus["truth"].items():
+        if truth["status"] != "ok":
+            continue
+        row = rows[clip_id]
+        assert row["num_frames"] == Sentence(tuple(truth["words"]), truth["signer"]).num_frames, clip_id
+        assert row["key"] == key_from_id(clip_id)
+        expected_fps = 30.0 if truth["layout"] == "csl" else 25.0
+        assert row["fps"] == pytest.approx(expected_fps)
+        assert row["duration_s"] == pytest.approx(row["num_frames"] / expected_fps)
+        assert row["bytes"] > 0 and len(row["content_hash"]) == 32
+    assert rows["dup-of-clip-0003"]["content_hash"] == rows["clip-0003"]["content_hash"]
+    hashes = [r["content_hash"] for k, r in rows.items() if k != "dup-of-clip-0003"]
+    assert len(set(hashes)) == len(hashes)
+    assert rows["gebärde-1"]["codec"] == "h264" and rows["gebärde-1"]["path"].endswith("Gebärde Nr 1.mkv")
+    assert {r["codec"] for r in rows.values() if r["source_kind"] == "frames"} >= {"png", "jpeg", "jpeg+png"}
+
+
+def test_written_parquet_has_the_declared_schema(demo_manifest):
+    table = read_manifest(demo_manifest)
+    assert table.schema.equals(MANIFEST_SCHEMA, check_metadata=False)
+    assert table.schema.metadata[SCHEMA_VERSION_KEY].decode() == SCHEMA_VERSION
+    assert pq.read_schema(demo_manifest).field("num_frames").type == MANIFEST_SCHEMA.field("num_frames").type
+
+
+def test_build_rejects_bad_arguments(tmp_path, demo_corpus):
+    ann = [Path(demo_corpus["annotations"][0])]
+    with pytest.raises(SignfeatError, match="unknown annotation format"):
+        build_manifest(ann, tmp_path / "m.parquet", fmt="elan", root=tmp_path)
+    with pytest.raises(SignfeatError, match="not found"):
+        build_manifest([tmp_path / "nope.csv"], tmp_path / "m.parquet", root=tmp_path)
+    with pytest.raises(SignfeatError, match="not a folder"):
+        build_manifest(ann, tmp_path / "m.parquet", root=tmp_path / "nowhere")

@@ -1,0 +1,109 @@
+import json
+
+import pandas as pd
+import pytest
+
+from manifests.curate import CurateOptions, assign_splits, curate, curate_manifest
+from manifests.keys import key_from_id
+from pipeline.errors import SignfeatError
+
+
+def _row(i, **kw):
+    base = dict(id=f"c{i:02d}", dataset="d", split="train", signer="A", text="hello world", source_kind="video", path=f"/x/{i}.mp4",
+                start_s=None, end_s=None, fps=25.0, num_frames=50, width=320, height=240, duration_s=2.0, codec="h264",
+                bytes=1000, content_hash=f"h{i:02d}", status="ok", error=None)
+    base.update(kw)
+    base["key"] = key_from_id(base["id"])
+    return base
+
+
+def _corpus():
+    rows = [_row(i) for i in range(12)]
+    rows[0].update(status="unreadable", error="x")  # status
+    rows[1].update(status="missing_text", text=None)  # status
+    rows[2].update(duration_s=0.2, num_frames=5)  # duration (too short)
+    rows[3].update(duration_s=30.0, num_frames=750)  # duration (too long)
+    rows[4].update(num_frames=8)  # frames (duration ok, 8 < 10 frames)
+    rows[5].update(width=100, height=80)  # resolution
+    rows[6].update(fps=60.0)  # fps
+    rows[7].update(text="hi")  # text length (< 3 chars)
+    rows[8].update(content_hash="h09")  # duplicate of c09: c08 is the smaller id, so c09 goes
+    rows[10].update(split=None, signer="B")
+    rows[11].update(split=None, signer="B")
+    return pd.DataFrame(rows)
+
+
+OPTS = dict(min_duration_s=0.5, max_duration_s=20, min_frames=10, min_width=160, min_height=120, max_fps=50, min_text_chars=3)
+
+
+def test_curation_counts_match_hand_computed_expectation():
+    kept, excluded, report = curate(_corpus(), CurateOptions(**OPTS))
+    assert report["removed"] == {"status": 2, "duration": 2, "frames": 1, "resolution": 1, "fps": 1, "text_length": 1, "duplicate": 1}
+    assert sorted(kept["id"]) == ["c08", "c10", "c11"]
+    assert report["kept"] == 3 and report["removed_total"] == 9 and report["input_rows"] == 12
+    assert dict(zip(excluded["id"], excluded["filter"]))["c09"] == "duplicate"
+    assert excluded.loc[excluded["id"] == "c09", "reason"].item() == "duplicate_of=c08"
+    assert kept["split"].notna().all()
+
+
+def test_dedup_keeps_the_same_row_whatever_the_order():
+    df = _corpus()
+    a, _, _ = curate(df, CurateOptions(**OPTS))
+    b, _, _ = curate(df.iloc[::-1].reset_index(drop=True), CurateOptions(**OPTS))
+    assert sorted(a["id"]) == sorted(b["id"])
+
+
+def test_split_assignment_is_deterministic_and_grouped_by_signer():
+    rows = [_row(i, split=None, signer=f"s{i % 7}") for i in range(300)]
+    df = pd.DataFrame(rows)
+    s1 = assign_splits(df, CurateOptions())
+    s2 = assign_splits(df.sample(frac=1, random_state=1), CurateOptions()).reindex(df.index)
+    assert (s1 == s2).all()
+    counts = s1.value_counts(normalize=True)
+    assert set(counts.index) == {"train", "dev", "test"} and 0.65 < counts["train"] < 0.93
+    grouped = assign_splits(df, CurateOptions(group_by_signer=True))
+    assert (pd.DataFrame({"signer": df["signer"], "split": grouped}).groupby("signer")["split"].nunique() == 1).all()
+    # a signer already placed in one split pulls its unassigned rows there
+    df2 = df.copy()
+    df2.loc[0, "split"] = "test"  # signer s0
+    g2 = assign_splits(df2, CurateOptions(group_by_signer=True))
+    assert set(g2[df2["signer"] == "s0"]) == {"test"}
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(SignfeatError):
+        CurateOptions(min_frames=10, max_frames=5)
+    with pytest.raises(SignfeatError):
+        CurateOptions(split_ratios={"train": -1})
+
+
+def test_curate_demo_manifest_writes_report_and_plots(demo_manifest, tmp_path):
+    out, report_dir = tmp_path / "curated.parquet", tmp_path / "report"
+    report = curate_manifest(demo_manifest, out, report_dir, CurateOptions(group_by_signer=True))
+    saved = json.loads((report_dir / "report.json").read_text())
+    assert saved["kept"] == report["kept"] == report["input_rows"] - report["removed_total"]
+    assert report["removed"]["duplicate"] == 1  # dup-of-clip-0003
+    assert report["removed"]["status"] == report["input_rows"] - report["status_of_input"]["ok"]
+    kept = pd.read_parquet(out)
+    assert "dup-of-clip-0003" not in set(kept["id"]) and "clip-0003" in set(kept["id"])
+    assert kept["split"].notna().all()
+    assert len(pd.read_parquet(report_dir / "excluded.parquet")) == report["removed_total"]
+    for name in ["overview", "duration", "frames", "resolution", "fps", "text_length", "splits", "signers"]:
+        png = report_dir / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_yaml_config_is_validated_and_flags_override(tmp_path, demo_manifest):
+    from pipeline.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("min_frames: 30\ndedup: false\n")
+    assert main(["manifest", "curate", str(demo_manifest), "--out", str(tmp_path / "a.parquet"), "--report", str(tmp_path / "ra"), "--config", str(cfg), "--no-plots"]) == 0
+    rep = json.loads((tmp_path / "ra/report.json").read_text())
+    assert rep["options"]["min_frames"] == 30 and rep["options"]["dedup"] is False and rep["removed"]["frames"] > 0
+    assert main(["manifest", "curate", str(demo_manifest), "--out", str(tmp_path / "b.parquet"), "--report", str(tmp_path / "rb"), "--config", str(cfg), "--min-frames", "0", "--no-plots"]) == 0
+    assert json.loads((tmp_path / "rb/report.json").read_text())["options"]["min_frames"] == 0
+    cfg.write_text("min_frame: 30\n")  # typo
+    assert main(["manifest", "curate", str(demo_manifest), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "rc"), "--config", str(cfg)]) == 2
+    cfg.write_text("min_frames: ten\n")
+    assert main(["manifest", "curate", str(demo_manifest), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "rc"), "--config", str(cfg)]) == 2

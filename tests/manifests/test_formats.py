@@ -1,0 +1,100 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from manifests.formats import parse_how2sign, parse_phoenix, parse_table, sniff_format
+from pipeline.errors import SignfeatError
+
+
+def test_phoenix_corpus_file(tmp_path):
+    root = tmp_path / "PHOENIX-2014-T"
+    manual = root / "annotations/manual"
+    manual.mkdir(parents=True)
+    ann = manual / "PHOENIX-2014-T.dev.corpus.csv"
+    ann.write_text(
+        "name|video|start|end|speaker|orth|translation\n"
+        "01April_2010_Thursday_heute-6694|01April_2010_Thursday_heute-6694/1/*.png|-1|-1|Signer04|REGEN|morgen regnet es im süden\n"
+        "02April_2010_Friday_tagesschau-1|02April_2010_Friday_tagesschau-1/*.png|-1|-1|Signer01|WIND|\n"
+        "broken|line\n",
+        encoding="utf-8",
+    )
+    (root / "features/fullFrame-210x260px/dev").mkdir(parents=True)
+    rows = list(parse_phoenix(ann, root=manual))  # root found by walking up to the folder with features/
+    assert len(rows) == 3
+    a, b, c = rows
+    assert a["id"] == "01April_2010_Thursday_heute-6694"
+    assert a["split"] == "dev" and a["signer"] == "Signer04" and a["fps"] == 25.0
+    assert a["text"] == "morgen regnet es im süden" and a["status"] is None
+    assert a["source_kind"] == "frames"
+    assert Path(a["path"]) == root / "features/fullFrame-210x260px/dev/01April_2010_Thursday_heute-6694/1"
+    assert b["status"] == "missing_text"
+    assert c["status"] == "bad_annotation" and ":4:" in c["error"]
+    assert sniff_format(ann) == "phoenix"
+
+
+def test_how2sign_clip_files_or_ranges(tmp_path):
+    (tmp_path / "train_rgb_front_clips/raw_videos").mkdir(parents=True)
+    (tmp_path / "train_raw_videos/raw_videos").mkdir(parents=True)
+    (tmp_path / "train_rgb_front_clips/raw_videos/--7E2sU6zP4_10-5-rgb_front.mp4").write_bytes(b"x")
+    (tmp_path / "train_raw_videos/raw_videos/--7E2sU6zP4-5-rgb_front.mp4").write_bytes(b"x")
+    ann = tmp_path / "how2sign_realigned_val.csv"
+    header = "VIDEO_ID\tVIDEO_NAME\tSENTENCE_ID\tSENTENCE_NAME\tSTART_REALIGNED\tEND_REALIGNED\tSENTENCE\n"
+    ann.write_text(
+        header
+        + "--7E2sU6zP4\t--7E2sU6zP4-5-rgb_front\t--7E2sU6zP4_10\t--7E2sU6zP4_10-5-rgb_front\t129.06\t142.48\tAnd I call them \"decorative\" elements.\n"
+        + "--7E2sU6zP4\t--7E2sU6zP4-5-rgb_front\t--7E2sU6zP4_11\t--7E2sU6zP4_11-5-rgb_front\t142.8\t148.4\tSo they're not really necessary.\n"
+        + "zzz\tzzz-1-rgb_front\tzzz_0\tzzz_0-1-rgb_front\t1.0\t2.0\tNo video anywhere.\n"
+        + "short\trow\n",
+        encoding="utf-8",
+    )
+    rows = list(parse_how2sign(ann, root=tmp_path))
+    assert [r["id"] for r in rows[:3]] == ["--7E2sU6zP4_10-5-rgb_front", "--7E2sU6zP4_11-5-rgb_front", "zzz_0-1-rgb_front"]
+    clip, rng, missing, bad = rows
+    assert clip["source_kind"] == "video" and clip["path"].endswith("train_rgb_front_clips/raw_videos/--7E2sU6zP4_10-5-rgb_front.mp4")
+    assert clip["text"] == 'And I call them "decorative" elements.'
+    assert rng["source_kind"] == "range" and (rng["start_s"], rng["end_s"]) == (142.8, 148.4)
+    assert rng["path"].endswith("train_raw_videos/raw_videos/--7E2sU6zP4-5-rgb_front.mp4")
+    assert missing["source_kind"] == "range" and not Path(missing["path"]).exists()
+    assert bad["status"] == "bad_annotation"
+    assert all(r["split"] == "dev" for r in rows)  # "val" is normalised to "dev"
+    assert sniff_format(ann) == "how2sign"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_generic_table(tmp_path, suffix):
+    (tmp_path / "frames/S000001").mkdir(parents=True)
+    recs = [
+        {"id": "c1", "path": "videos/c1.mp4", "text": "你好 世界", "split": "Train", "signer": "7"},
+        {"id": "c2", "path": "frames/S000001", "text": "Guten Morgen", "fps": "30"},
+        {"id": "c3", "path": str(tmp_path / "long video.mkv"), "text": "hello", "start": "1.5", "end": "3.25"},
+        {"id": "c4", "path": "videos/c4.mp4", "text": "  "},
+    ]
+    cols = ["id", "path", "text", "split", "signer", "start", "end", "fps"]
+    ann = tmp_path / f"corpus{suffix}"
+    if suffix == ".jsonl":
+        ann.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs) + "{not json\n", encoding="utf-8")
+    else:
+        sep = "," if suffix == ".csv" else "\t"
+        lines = [sep.join(cols)] + [sep.join(r.get(c, "") for c in cols) for r in recs]
+        ann.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = list(parse_table(ann, root=tmp_path))
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["c1"]["source_kind"] == "video" and by_id["c1"]["path"] == str(tmp_path / "videos/c1.mp4")
+    assert by_id["c1"]["split"] == "train" and by_id["c1"]["signer"] == "7" and by_id["c1"]["text"] == "你好 世界"
+    assert by_id["c2"]["source_kind"] == "frames" and by_id["c2"]["fps"] == 30.0
+    assert by_id["c3"]["source_kind"] == "range" and (by_id["c3"]["start_s"], by_id["c3"]["end_s"]) == (1.5, 3.25)
+    assert by_id["c4"]["status"] == "missing_text"
+    assert all(r["dataset"] == "corpus" for r in rows)
+    if suffix == ".jsonl":
+        assert rows[-1]["status"] == "bad_annotation" and len(rows) == 5
+    else:
+        assert len(rows) == 4
+    assert sniff_format(ann) == "table"
+
+
+def test_table_without_required_columns_is_a_clear_error(tmp_path):
+    ann = tmp_path / "a.csv"
+    ann.write_text("name,file\nx,y\n")
+    with pytest.raises(SignfeatError, match="missing"):
+        list(parse_table(ann, root=tmp_path))
