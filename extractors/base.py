@@ -1,0 +1,238 @@
+"""The extractor contract (DESIGN.md): one class per frozen model, all with the same small surface.
+
+An extractor is built from an ExtractorConfig and
+
+- says what it produces: ``stream`` (the shard member name), ``width``, ``storage_dtype`` (float16);
+- ``prepare(frames)``: uint8 [T, H, W, 3] -> float32 tensor [T, 3, S, S] with the model's own resize and
+  normalisation (CPU work: the Ray job runs it next to decoding, not on the GPU actor);
+- ``units(T)``: what one model input is, as frame indices: one frame [[0], [1], ...] or a window of frames;
+- ``forward(batch)``: a batch of units [B, k, 3, S, S] -> features [B, width] (float32);
+- ``extract(clips)`` / ``extract_prepared(prepared)``: many clips in, one float16 array per clip out.
+  Units of all clips are packed into model batches of ``batch_size`` and unpacked per clip, so short and
+  long clips share forwards; a CUDA out-of-memory halves the batch and retries.
+
+``metadata()`` is what every sample's JSON records about the stream, including ``weights`` ("pretrained"
+or "random") so random features can never pass for real ones, and ``settings_hash``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from pipeline.errors import SignfeatError
+
+log = logging.getLogger(__name__)
+REGISTRY: dict[str, type["Extractor"]] = {}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def register(name: str):
+    def deco(cls):
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+@dataclass
+class ExtractorConfig:
+    name: str
+    model: str | None = None  # HF id or local folder; for backend=open_clip a pretrained tag or a checkpoint file
+    revision: str | None = None  # HF revision (branch, tag or commit)
+    backend: str = "hf"  # clip_s2 only: hf | open_clip
+    arch: str | None = None  # OpenCLIP architecture (default ViT-L-14)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # compute dtype: auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16 | fp16
+    batch_size: int | None = None  # model inputs per forward (frames, or windows for videomae); None: per-model default
+    random_weights: bool = False  # build the architecture untrained (no download); recorded as weights=random
+    tiny: bool = False  # a small random model of the same architecture, for tests and the CPU demo
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in REGISTRY:
+            raise SignfeatError(f"unknown extractor {self.name!r}; registered: {', '.join(sorted(REGISTRY))}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise SignfeatError(f"dtype must be auto, {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise SignfeatError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.tiny:
+            self.random_weights = True  # a tiny model has no pretrained weights
+        if not isinstance(self.settings, dict):
+            raise SignfeatError(f"settings of {self.name} must be a mapping, got {self.settings!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExtractorConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SignfeatError(f"unknown extractor config keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def parse_settings(settings_cls, given: dict[str, Any], extractor: str):
+    """Build a settings dataclass from a dict, refusing unknown keys and coercing ``--set`` strings."""
+    fields = {f.name: f for f in dataclasses.fields(settings_cls)}
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        raise SignfeatError(f"unknown {extractor} settings {unknown}; known: {sorted(fields)}")
+    defaults = settings_cls()
+    values = {}
+    for key, value in given.items():
+        default = getattr(defaults, key)
+        try:
+            values[key] = _coerce(value, default)
+        except (TypeError, ValueError):
+            raise SignfeatError(f"{extractor} setting {key}={value!r}: expected something like {default!r}") from None
+    try:
+        return settings_cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise SignfeatError(f"{extractor} settings: {exc}") from None
+
+
+def _coerce(value: Any, default: Any) -> Any:
+    if isinstance(default, tuple):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        kind = type(default[0]) if default else str
+        return tuple(kind(v) for v in items)
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    if isinstance(default, int):
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return str(value) if default is not None or isinstance(value, str) else value
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SignfeatError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    return dev
+
+
+class Extractor:
+    name: ClassVar[str]
+    default_model: ClassVar[str]
+    default_batch_size: ClassVar[int] = 32
+    storage_dtype: ClassVar[np.dtype] = np.dtype(np.float16)
+    Settings: ClassVar[type]
+
+    def __init__(self, config: ExtractorConfig):
+        self.config = config
+        self.settings = parse_settings(self.Settings, config.settings, self.name)
+        self.device = resolve_device(config.device)
+        dtype = config.dtype if config.dtype != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        self.compute_dtype = DTYPES[dtype]
+        self.batch_size = config.batch_size or self.default_batch_size
+        self.model_id = config.model or self.default_model
+        self.width: int = 0  # set by the subclass once its model is built
+        self.model_info: dict[str, Any] = {}  # what the subclass loaded (class, config summary)
+
+    # -------------------------------------------------------------- what subclasses implement
+
+    @property
+    def stream(self) -> str:
+        return self.name
+
+    def prepare(self, frames: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def units(self, num_frames: int) -> np.ndarray:
+        """int64 [N, k]: the frame indices of each model input (default: one frame each)."""
+        return np.arange(num_frames, dtype=np.int64)[:, None]
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe_preprocessing(self) -> dict[str, Any]:
+        return {}
+
+    # -------------------------------------------------------------- shared machinery
+
+    def metadata(self) -> dict[str, Any]:
+        """What each sample's JSON records about this stream."""
+        settings = dataclasses.asdict(self.settings)
+        identity = {
+            "extractor": self.name,
+            "model": self.model_id,
+            "revision": self.config.revision,
+            "backend": self.config.backend,
+            "arch": self.config.arch,
+            "weights": "random" if self.config.random_weights else "pretrained",
+            "tiny": self.config.tiny,
+            "compute_dtype": str(self.compute_dtype).replace("torch.", ""),
+            "settings": settings,
+            "preprocessing": self.describe_preprocessing(),
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return {**identity, "stream": self.stream, "width": self.width, "dtype": self.storage_dtype.name, "settings_hash": digest, "model_info": self.model_info}
+
+    @property
+    def settings_hash(self) -> str:
+        return self.metadata()["settings_hash"]
+
+    @torch.inference_mode()
+    def extract(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 frames of several clips -> one float16 [N_i, width] array per clip."""
+        return self.extract_prepared([self.prepare(f) for f in clips])
+
+    @torch.inference_mode()
+    def extract_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
+        units = [self.units(int(p.shape[0])) for p in prepared]
+        # Pack: one flat list of (clip, unit) so model batches cross clip boundaries.
+        owners = np.concatenate([np.full(len(u), i) for i, u in enumerate(units)]) if units else np.zeros(0, int)
+        flat = np.concatenate(units) if units else np.zeros((0, 1), int)
+        outputs: list[torch.Tensor] = []
+        start = 0
+        while start < len(flat):
+            stop = min(start + self.batch_size, len(flat))
+            batch = torch.stack([prepared[owners[j]][flat[j]] for j in range(start, stop)])  # [B, k, 3, S, S]
+            try:
+                out = self._forward_on_device(batch)
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                log.warning("%s: CUDA out of memory, batch size halved to %d", self.name, self.batch_size)
+                torch.cuda.empty_cache()
+                continue
+            outputs.append(out.float().cpu())
+            start = stop
+        merged = torch.cat(outputs) if outputs else torch.zeros(0, self.width)
+        result, offset = [], 0
+        for u in units:
+            result.append(merged[offset : offset + len(u)].numpy().astype(self.storage_dtype))
+            offset += len(u)
+        return result
+
+    def _forward_on_device(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and self.compute_dtype != torch.float32:
+            with torch.autocast("cuda", dtype=self.compute_dtype):
+                return self.forward(batch)
+        return self.forward(batch)
+
+
+def build_extractor(config: ExtractorConfig | dict[str, Any]) -> Extractor:
+    import extractors  # noqa: F401  (registers the built-in extractors)
+
+    if isinstance(config, dict):
+        config = ExtractorConfig.from_dict(config)
+    return REGISTRY[config.name](config)

@@ -1,0 +1,191 @@
+"""``clip_s2``: CLIP ViT image tower with S² multi-scale features, as SpaMo's released extraction ran it.
+
+Default: Hugging Face ``CLIPVisionModel`` of ``openai/clip-vit-large-patch14`` with its own image
+processor (shortest side 224 bicubic, center crop 224, CLIP mean/std), then the s2wrapper algorithm
+(Shi et al. 2024, ``s2wrapper.forward`` with ``num_prefix_token=1``) on the processed 224 tensor:
+
+for each scale size s (default 224 and 448):
+  the processed tensor is interpolated bicubically to s x s (from the normalised 224 input), then to
+  n·224 with n = ceil(s / 224) if s is no multiple of 224; cut into n x n tiles of 224 in chessboard
+  (row-major) order; every tile goes through the model and the chosen layer's hidden states are kept
+  (``layer=-1``: the last layer, before the post-layernorm, SpaMo's ``nth_layer``);
+  class token of the scale = mean of its tiles' class tokens; patch tokens are merged back into the
+  scale's grid and area-pooled to ceil(s / (n·224) · n·g), then to the first scale's grid;
+scales are concatenated along channels. Stored: the class token [T, len(scales)·d] (``token=cls``), or
+the mean of the merged patch tokens (``token=patch_mean``).
+
+Unlike the reference, all tiles of all scales of a batch of frames go through the model in one forward
+(they share the 224 size). Backends: ``hf`` (default) and ``open_clip`` (any OpenCLIP architecture with a
+pretrained tag or checkpoint file; same S² and token rules; the pre-projection width).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from extractors.base import Extractor, register
+from extractors.preprocess import FrameTransform
+from pipeline.errors import SignfeatError
+
+# CLIP ViT-L/14 vision tower (openai/clip-vit-large-patch14), and a tiny one of the same shape family.
+VIT_L14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14, image_size=224, projection_dim=768, hidden_act="quick_gelu")
+TINY = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=224, projection_dim=16, hidden_act="quick_gelu")
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "head_width": 16, "patch_size": 14},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@dataclass(frozen=True)
+class ClipS2Settings:
+    scales: tuple[int, ...] = (224, 448)  # image sizes in pixels; the first sets the output grid
+    layer: int = -1  # hidden_states index (-1: last layer, before the post-layernorm)
+    token: str = "cls"  # cls | patch_mean
+    resize: str = "pil"  # pil (the processor SpaMo ran) | torch (transformers 5's default processor)
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s < 1 for s in self.scales):
+            raise ValueError(f"scales must be positive pixel sizes, got {self.scales}")
+        if self.token not in ("cls", "patch_mean"):
+            raise ValueError(f"token must be cls or patch_mean, got {self.token!r}")
+        if self.resize not in ("pil", "torch"):
+            raise ValueError(f"resize must be pil or torch, got {self.resize!r}")
+
+
+def s2_tiles(x: torch.Tensor, scales: tuple[int, ...], base: int) -> tuple[torch.Tensor, list[int]]:
+    """Normalised [B, 3, base, base] -> all tiles of all scales [sum(n_s²)·B, 3, base, base] and n per scale.
+
+    Tile order inside a scale is s2wrapper's: tile-major (all B images' tile (0, 0), then (0, 1), ...).
+    """
+    tiles, splits = [], []
+    for size in scales:
+        y = F.interpolate(x.to(torch.float32), size=(size, size), mode="bicubic").to(x.dtype)
+        n = math.ceil(size / base)
+        if n * base != size:
+            y = F.interpolate(y.to(torch.float32), size=(n * base, n * base), mode="bicubic").to(x.dtype)
+        tiles.append(torch.cat([y[:, :, i * base : (i + 1) * base, j * base : (j + 1) * base] for i in range(n) for j in range(n)]))
+        splits.append(n)
+    return torch.cat(tiles), splits
+
+
+def s2_merge(hidden: torch.Tensor, batch: int, scales: tuple[int, ...], splits: list[int], base: int, token: str) -> torch.Tensor:
+    """Hidden states of every tile [sum(n²)·B, 1 + g², d] -> [B, len(scales)·d] (class token or patch mean)."""
+    per_scale = torch.split(hidden, [n * n * batch for n in splits])
+    cls_parts, maps = [], []
+    for size, n, h in zip(scales, splits, per_scale):
+        cls_parts.append(h[:, 0].reshape(n * n, batch, -1).mean(0))
+        if token == "patch_mean":
+            g = int(round(math.sqrt(h.shape[1] - 1)))
+            grid = h[:, 1:].transpose(1, 2).reshape(n * n, batch, -1, g, g)  # [tiles, B, d, g, g]
+            rows = [torch.cat([grid[i * n + j] for j in range(n)], dim=-1) for i in range(n)]
+            merged = torch.cat(rows, dim=-2)  # [B, d, n·g, n·g]
+            side = math.ceil(size / (n * base) * n * g)
+            maps.append(F.interpolate(merged.to(torch.float32), size=(side, side), mode="area").to(merged.dtype))
+    if token == "cls":
+        return torch.cat(cls_parts, dim=-1)
+    out_size = maps[0].shape[-2:]
+    pooled = torch.cat([F.interpolate(m.to(torch.float32), size=out_size, mode="area").to(m.dtype) for m in maps], dim=1)
+    return pooled.mean(dim=(-2, -1))
+
+
+@register("clip_s2")
+class ClipS2Extractor(Extractor):
+    default_model = "openai/clip-vit-large-patch14"
+    default_batch_size = 32  # frames per forward (each is 1 + 4 tiles at the default scales)
+    Settings = ClipS2Settings
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.backend == "hf":
+            self._build_hf()
+        elif config.backend == "open_clip":
+            self._build_open_clip()
+        else:
+            raise SignfeatError(f"clip_s2 backend must be hf or open_clip, got {config.backend!r}")
+        self.model.to(self.device).eval().requires_grad_(False)
+        self.width = self.hidden_width * len(self.settings.scales)
+        self.base = self.transform.crop
+
+    # ---------------------------------------------------------------- model loading
+
+    def _build_hf(self) -> None:
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+        from transformers.models.clip import CLIPImageProcessorPil
+
+        processor_cls = CLIPImageProcessorPil if self.settings.resize == "pil" else CLIPImageProcessor
+        if self.config.random_weights:
+            self.model = CLIPVisionModel(CLIPVisionConfig(**(TINY if self.config.tiny else VIT_L14)))
+            processor = processor_cls()  # the class defaults are OpenAI CLIP's processor settings
+        else:
+            kw = dict(revision=self.config.revision)
+            self.model = CLIPVisionModel.from_pretrained(self.model_id, **kw)
+            processor = processor_cls.from_pretrained(self.model_id, **kw)
+        self.transform = FrameTransform.from_hf_processor(processor, backend=self.settings.resize)
+        self.hidden_width = self.model.config.hidden_size
+        self.model_info = {"class": "transformers.CLIPVisionModel", "hidden_size": self.hidden_width, "layers": self.model.config.num_hidden_layers}
+
+    def _build_open_clip(self) -> None:
+        import open_clip
+
+        arch = self.config.arch or "ViT-L-14"
+        if self.config.tiny:
+            arch = "signfeat-tiny-ViT"
+            if arch not in open_clip.list_models():
+                open_clip.factory._MODEL_CONFIGS[arch] = TINY_OPEN_CLIP  # registering a config is what add_model_config does
+        pretrained = None if self.config.random_weights else (self.config.model or "openai")
+        try:
+            model = open_clip.create_model(arch, pretrained=pretrained)
+        except RuntimeError as exc:
+            raise SignfeatError(f"open_clip could not build {arch} with pretrained={pretrained!r}: {exc}") from None
+        self.model = model.visual
+        self.model_id = pretrained or arch
+        cfg = self.model.preprocess_cfg
+        size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+        if cfg.get("resize_mode", "shortest") != "shortest":
+            raise SignfeatError(f"open_clip resize_mode {cfg.get('resize_mode')!r} is not supported (only 'shortest')")
+        self.transform = FrameTransform(
+            shortest_edge=size, crop=size, resample=cfg.get("interpolation", "bicubic"), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+            backend=self.settings.resize, crop_rounding="round",
+        )
+        self.hidden_width = self.model.transformer.width
+        self.model_info = {"class": "open_clip.VisionTransformer", "arch": arch, "hidden_size": self.hidden_width, "layers": len(self.model.transformer.resblocks)}
+
+    # ---------------------------------------------------------------- the contract
+
+    def describe_preprocessing(self) -> dict:
+        return self.transform.describe()
+
+    def prepare(self, frames: np.ndarray) -> torch.Tensor:
+        return self.transform(frames)
+
+    def hidden_states(self, tiles: torch.Tensor) -> torch.Tensor:
+        """[N, 3, 224, 224] -> hidden states of the chosen layer [N, 1 + g², d]."""
+        layer = self.settings.layer
+        if self.config.backend == "hf":
+            if layer == -1:  # last_hidden_state is hidden_states[-1]: no post-layernorm in it
+                return self.model(pixel_values=tiles).last_hidden_state
+            return self.model(pixel_values=tiles, output_hidden_states=True).hidden_states[layer]
+        visual = self.model
+        x = visual._embeds(tiles)  # patch embed + class token + positions + ln_pre, as HF's hidden_states[0]
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        states = [x]
+        for block in visual.transformer.resblocks:
+            x = block(x)
+            states.append(x)
+        out = states[layer]
+        return out if batch_first else out.transpose(0, 1)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        frames = batch[:, 0]  # units are single frames: [B, 1, 3, S, S]
+        tiles, splits = s2_tiles(frames, self.settings.scales, self.base)
+        hidden = self.hidden_states(tiles)
+        return s2_merge(hidden, frames.shape[0], self.settings.scales, splits, self.base, self.settings.token)

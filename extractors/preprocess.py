@@ -1,0 +1,112 @@
+"""Model preprocessing of decoded frames: resize the shortest side, center crop, rescale, normalise.
+
+One parametrised transform serves every extractor; its parameters are read from the model's own image
+processor (Hugging Face) or preprocess config (OpenCLIP), and tests compare it with those processors on
+the same frames. Two resize paths:
+
+- ``pil``: PIL resize of each uint8 frame, what ``CLIPImageProcessorPil`` / ``BitImageProcessorPil`` / the
+  transformers 4.x default processors and OpenCLIP's transform do (SpaMo's release ran this one);
+- ``torch``: torchvision resize of the whole uint8 batch (antialiased), what transformers 5's default
+  (torchvision-backed) processors do. Faster, and within a few uint8 levels of ``pil``.
+
+Center-crop offsets: Hugging Face takes floor((H - h) / 2); torchvision (OpenCLIP) takes Python's
+round((H - h) / 2). They differ by a pixel when the difference is odd, so the rule is a parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values, as HF processors store them
+_RESAMPLE_NAME = {v: k for k, v in _PIL_RESAMPLE.items()}
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    shortest_edge: int  # resize so the shorter side is this (aspect kept, long side floored)
+    crop: int  # then center crop crop x crop
+    resample: str = "bicubic"  # bicubic | bilinear
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    backend: str = "pil"  # pil | torch
+    crop_rounding: str = "floor"  # floor (Hugging Face) | round (torchvision / OpenCLIP)
+    square_first: bool = False  # center-crop the largest square before resizing (LLaVA-SLT's DINOv2 336 path)
+
+    def __post_init__(self) -> None:
+        if self.resample not in _PIL_RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(_PIL_RESAMPLE)}, got {self.resample!r}")
+        if self.backend not in ("pil", "torch"):
+            raise ValueError(f"preprocessing backend must be pil or torch, got {self.backend!r}")
+        if self.crop_rounding not in ("floor", "round"):
+            raise ValueError(f"crop_rounding must be floor or round, got {self.crop_rounding!r}")
+        if self.crop > self.shortest_edge:
+            raise ValueError(f"crop {self.crop} is larger than the resized short side {self.shortest_edge}")
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_hf_processor(cls, processor, backend: str = "pil") -> "FrameTransform":
+        size, crop = processor.size, processor.crop_size
+        shortest = size["shortest_edge"] if "shortest_edge" in size and size["shortest_edge"] else None
+        if shortest is None:
+            raise ValueError(f"{type(processor).__name__} resizes to {dict(size)}, signfeat supports shortest_edge resizing only")
+        return cls(
+            shortest_edge=int(shortest),
+            crop=int(crop["height"]),
+            resample=_RESAMPLE_NAME[int(processor.resample)],
+            mean=tuple(float(v) for v in processor.image_mean),
+            std=tuple(float(v) for v in processor.image_std),
+            backend=backend,
+            crop_rounding="floor",
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _resized_size(self, height: int, width: int) -> tuple[int, int]:
+        short, long = (height, width) if height <= width else (width, height)
+        new_long = int(self.shortest_edge * long / short)
+        return (self.shortest_edge, new_long) if height <= width else (new_long, self.shortest_edge)
+
+    def _offset(self, size: int, crop: int) -> int:
+        return int(round((size - crop) / 2.0)) if self.crop_rounding == "round" else (size - crop) // 2
+
+    def _square_box(self, height: int, width: int) -> tuple[int, int, int]:
+        side = min(height, width)
+        return self._offset(height, side), self._offset(width, side), side
+
+    # ------------------------------------------------------------------ the transform
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 [T, H, W, 3] -> float32 [T, 3, crop, crop], normalised."""
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        if self.square_first:
+            top, left, side = self._square_box(frames.shape[1], frames.shape[2])
+            frames = frames[:, top : top + side, left : left + side]
+        h, w = frames.shape[1:3]
+        new_h, new_w = self._resized_size(h, w)
+        if self.backend == "pil":
+            from PIL import Image
+
+            resized = np.stack([np.asarray(Image.fromarray(f).resize((new_w, new_h), resample=_PIL_RESAMPLE[self.resample])) for f in frames])
+            x = torch.from_numpy(resized).permute(0, 3, 1, 2)
+        else:
+            import torchvision.transforms.v2.functional as tvF
+
+            mode = tvF.InterpolationMode.BICUBIC if self.resample == "bicubic" else tvF.InterpolationMode.BILINEAR
+            x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+            x = tvF.resize(x, [new_h, new_w], interpolation=mode, antialias=True)
+        top, left = self._offset(new_h, self.crop), self._offset(new_w, self.crop)
+        x = x[:, :, top : top + self.crop, left : left + self.crop]
+        # Fused rescale + normalise, as the transformers torchvision backend does: (x - 255 m) / (255 s)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        return ((x.to(torch.float32) - mean) / std).contiguous()
