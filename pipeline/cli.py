@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.errors import SignfeatError
+from pipeline.errors import ClipError, SignfeatError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,6 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split-salt", help="changes the hash-based split assignment")
     c.add_argument("--no-plots", action="store_true")
 
+    f = sub.add_parser("features", help="run one extractor on one clip (a video file or a frame folder) and save its array")
+    f.add_argument("video", type=Path, metavar="VIDEO")
+    f.add_argument("--extractor", required=True, help="clip_s2 | videomae | dinov2 | ...")
+    f.add_argument("--model", help="Hugging Face id or local folder; for OpenCLIP a pretrained tag or checkpoint file")
+    f.add_argument("--revision")
+    f.add_argument("--backend", choices=["hf", "open_clip"], help="clip_s2 backend (default hf; open_clip when --arch is given)")
+    f.add_argument("--arch", help="OpenCLIP architecture (default ViT-L-14)")
+    f.add_argument("--random-weights", action="store_true", help="the named architecture, untrained (no download)")
+    f.add_argument("--tiny", action="store_true", help="a small random model of the same architecture")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extractor setting, e.g. scales=224,448 window=13")
+    f.add_argument("--device", default="auto")
+    f.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
+    f.add_argument("--batch-size", type=_number(int, 1))
+    f.add_argument("--decode-backend", default="decord", choices=["decord", "torchcodec", "pyav"])
+    f.add_argument("--fps", type=_positive_float, help="frame rate of a frame folder (default 25)")
+    f.add_argument("--out", required=True, type=Path, metavar="f.npy")
+
     d = sub.add_parser("demo-corpus", help="write the synthetic demo corpus")
     d.add_argument("out", type=Path)
     d.add_argument("--seed", type=int, default=0)
@@ -134,7 +151,38 @@ def _demo_corpus(args) -> int:
     return 0
 
 
-COMMANDS = {("manifest", "build"): _manifest_build, ("manifest", "curate"): _manifest_curate, ("demo-corpus", None): _demo_corpus}
+def _features(args) -> int:
+    import numpy as np
+
+    from extractors import ExtractorConfig, build_extractor
+    from pipeline.decode import DecodeOptions, decode_clip
+
+    settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SignfeatError(f"--set expects KEY=VALUE, got {item!r}")
+        settings[key.strip()] = value.strip()
+    backend = args.backend or ("open_clip" if args.arch else "hf")
+    config = ExtractorConfig(
+        name=args.extractor, model=args.model, revision=args.revision, backend=backend, arch=args.arch, device=args.device,
+        dtype=args.dtype, batch_size=args.batch_size, random_weights=args.random_weights, tiny=args.tiny, settings=settings,
+    )
+    if not args.video.exists():
+        raise SignfeatError(f"no such video or frame folder: {args.video}")
+    clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
+    decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend))
+    extractor = build_extractor(config)
+    array = extractor.extract([decoded.frames])[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, array, allow_pickle=False)
+    meta = extractor.metadata()
+    print(json.dumps({"out": str(args.out), "shape": list(array.shape), "dtype": str(array.dtype), "frames": int(decoded.frames.shape[0]),
+                      "fps": decoded.fps, **{k: meta[k] for k in ("stream", "model", "weights", "settings", "settings_hash")}}, indent=1, default=str))
+    return 0
+
+
+COMMANDS = {("manifest", "build"): _manifest_build, ("manifest", "curate"): _manifest_curate, ("demo-corpus", None): _demo_corpus, ("features", None): _features}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         handler = COMMANDS[(args.command, getattr(args, "manifest_command", None))]
         return handler(args)
+    except ClipError as exc:  # one clip the user pointed at directly (signfeat features)
+        print(f"signfeat: error: {exc.kind}: {exc}", file=sys.stderr)
+        return 2
     except SignfeatError as exc:
         print(f"signfeat: error: {exc}", file=sys.stderr)
         return 2

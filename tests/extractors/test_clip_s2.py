@@ -145,3 +145,17 @@ def test_full_size_vit_l14_builds_with_width_2048():
     assert ex.width == 2048 and ex.model.config.num_hidden_layers == 24
     out = ex.extract([_frames(1)])
     assert out[0].shape == (1, 2048)
+
+
+def test_open_clip_checkpoint_file_is_loaded(tmp_path):
+    """What open_clip.create_model(arch, pretrained=FILE) loads: a state dict of the whole CLIP model."""
+    import open_clip
+
+    tiny = build_extractor(ExtractorConfig(name="clip_s2", tiny=True, backend="open_clip"))  # registers the tiny arch
+    full = open_clip.create_model("signfeat-tiny-ViT")
+    torch.save(full.state_dict(), tmp_path / "tiny.pt")
+    ex = build_extractor(ExtractorConfig(name="clip_s2", backend="open_clip", arch="signfeat-tiny-ViT", model=str(tmp_path / "tiny.pt")))
+    assert ex.metadata()["weights"] == "pretrained" and ex.model_id == str(tmp_path / "tiny.pt")
+    for name, p in ex.model.state_dict().items():
+        torch.testing.assert_close(p, full.visual.state_dict()[name])
+    assert not all(torch.equal(p, tiny.model.state_dict()[n]) for n, p in ex.model.state_dict().items())

@@ -56,3 +56,27 @@ def test_make_demo_steps_end_to_end(tmp_path):
     assert rep["kept"] == ok_truth - 1  # the byte-identical copy is dropped
     assert pq.read_metadata(curated).num_rows == rep["kept"]
     assert (report / "overview.png").exists()
+
+
+def test_features_command_writes_the_array_the_shards_would_hold(demo_manifest, tmp_path):
+    import numpy as np
+
+    from extractors import ExtractorConfig, build_extractor
+    from pipeline.cli import main
+    from pipeline.decode import decode_clip
+
+    row = next(r for r in pq.read_table(demo_manifest).to_pylist() if r["status"] == "ok" and r["source_kind"] == "frames")
+    import torch
+
+    out = tmp_path / "f.npy"
+    torch.manual_seed(0)
+    assert main(["features", row["path"], "--extractor", "videomae", "--tiny", "--set", "window=13", "--set", "stride=4", "--fps", "25", "--out", str(out)]) == 0
+    arr = np.load(out, allow_pickle=False)
+    frames = decode_clip({"source_kind": "frames", "path": row["path"]}).frames
+    n_windows = (max(len(frames), 13) - 13) // 4 + 1
+    assert arr.dtype == np.float16 and arr.shape == (n_windows, 32)
+    torch.manual_seed(0)  # the same random weights -> the library call gives the same array
+    same = build_extractor(ExtractorConfig(name="videomae", tiny=True, settings={"window": 13, "stride": 4}))
+    np.testing.assert_array_equal(same.extract([frames])[0], arr)
+    res = run("features", row["path"], "--extractor", "dinov2", "--tiny", "--set", "resolution=300", "--out", tmp_path / "g.npy")
+    assert res.returncode == 2 and "resolution must be 224 or 336" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,75 @@
+"""``dinov2``: DINOv2 ViT-B/14 class token per frame, [T, 768].
+
+``resolution=224``: the model's own image processor (``facebook/dinov2-base``: shortest side 256 bicubic,
+center crop 224, ImageNet mean/std). ``resolution=336``: LLaVA-SLT's procedure (its Appendix B): center
+crop the largest square, resize it to 384, center crop 336, ImageNet mean/std (bicubic).
+The feature is the model's class token after its final layernorm (``pooler_output``, DINOv2's
+``x_norm_clstoken``); DINOv2 interpolates its position embeddings to the 24×24 grid of 336 px.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from extractors.base import Extractor, register
+from extractors.preprocess import IMAGENET_MEAN, IMAGENET_STD, FrameTransform
+
+DINOV2_BASE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=14, image_size=518)
+TINY = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=518)
+# facebook/dinov2-base's preprocessor_config.json
+PROCESSOR = dict(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
+
+
+@dataclass(frozen=True)
+class Dinov2Settings:
+    resolution: int = 224  # 224 (the HF processor) | 336 (LLaVA-SLT: square crop, 384, crop 336)
+    resize: str = "pil"  # pil | torch
+
+    def __post_init__(self) -> None:
+        if self.resolution not in (224, 336):
+            raise ValueError(f"resolution must be 224 or 336, got {self.resolution}")
+        if self.resize not in ("pil", "torch"):
+            raise ValueError(f"resize must be pil or torch, got {self.resize!r}")
+
+
+@register("dinov2")
+class Dinov2Extractor(Extractor):
+    default_model = "facebook/dinov2-base"
+    default_batch_size = 64
+    Settings = Dinov2Settings
+
+    def __init__(self, config):
+        super().__init__(config)
+        from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+        from transformers.models.bit import BitImageProcessorPil
+
+        processor_cls = BitImageProcessorPil if self.settings.resize == "pil" else BitImageProcessor
+        if config.random_weights:
+            self.model = Dinov2Model(Dinov2Config(**(TINY if config.tiny else DINOV2_BASE)))
+            processor = processor_cls(**PROCESSOR)
+        else:
+            kw = dict(revision=config.revision)
+            self.model = Dinov2Model.from_pretrained(self.model_id, **kw)
+            processor = processor_cls.from_pretrained(self.model_id, **kw)
+        self.model.to(self.device).eval().requires_grad_(False)
+        if self.settings.resolution == 224:
+            self.transform = FrameTransform.from_hf_processor(processor, backend=self.settings.resize)
+        else:
+            self.transform = FrameTransform(
+                shortest_edge=384, crop=336, resample="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                backend=self.settings.resize, crop_rounding="floor", square_first=True,
+            )
+        self.width = self.model.config.hidden_size
+        self.model_info = {"class": "transformers.Dinov2Model", "hidden_size": self.width, "layers": self.model.config.num_hidden_layers}
+
+    def describe_preprocessing(self) -> dict:
+        return self.transform.describe()
+
+    def prepare(self, frames: np.ndarray) -> torch.Tensor:
+        return self.transform(frames)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=batch[:, 0]).pooler_output

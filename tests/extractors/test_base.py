@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+
+from extractors import REGISTRY, ExtractorConfig, build_extractor
+from pipeline.errors import SignfeatError
+
+NAMES = ["clip_s2", "videomae", "dinov2"]
+
+
+def _clips(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (n, 60, 80, 3), dtype=np.uint8) for n in lengths]
+
+
+def test_registry_has_the_three_extractors():
+    assert set(NAMES) <= set(REGISTRY)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batching_across_clips_equals_one_clip_at_a_time(name):
+    torch.manual_seed(0)
+    ex = build_extractor(ExtractorConfig(name=name, tiny=True, batch_size=3))
+    clips = _clips([1, 17, 5, 24])
+    together = ex.extract(clips)
+    alone = [ex.extract([c])[0] for c in clips]
+    for a, b in zip(together, alone):
+        assert a.dtype == np.float16 and a.shape == b.shape and a.shape[1] == ex.width
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float16_storage_error_is_bounded(name):
+    ex = build_extractor(ExtractorConfig(name=name, tiny=True))
+    prepared = [ex.prepare(c) for c in _clips([20])]
+    with torch.inference_mode():
+        units = ex.units(20)
+        fp32 = ex.forward(torch.stack([prepared[0][u] for u in units])).numpy()
+    fp16 = ex.extract_prepared(prepared)[0].astype(np.float32)
+    rel = np.abs(fp16 - fp32) / np.maximum(np.abs(fp32), 1e-3)
+    assert rel.max() < 1e-3  # float16 keeps 11 significant bits: relative error <= 2^-11 ~ 4.9e-4
+    assert np.isfinite(fp16).all()
+
+
+def test_out_of_memory_halves_the_batch_and_retries(monkeypatch):
+    ex = build_extractor(ExtractorConfig(name="dinov2", tiny=True, batch_size=8))
+    clips = _clips([7, 6])
+    want = ex.extract(clips)
+    real_forward = ex.forward
+    seen = []
+
+    def forward(batch):
+        seen.append(batch.shape[0])
+        if batch.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real_forward(batch)
+
+    monkeypatch.setattr(ex, "forward", forward)
+    got = ex.extract(clips)
+    assert ex.batch_size == 2 and seen[:3] == [8, 4, 2]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=1e-3)
+
+
+def test_metadata_and_settings_hash():
+    a = build_extractor(ExtractorConfig(name="videomae", tiny=True)).metadata()
+    b = build_extractor(ExtractorConfig(name="videomae", tiny=True)).metadata()
+    c = build_extractor(ExtractorConfig(name="videomae", tiny=True, settings={"stride": "4"})).metadata()
+    assert a["settings_hash"] == b["settings_hash"] != c["settings_hash"]
+    assert a["weights"] == "random" and a["tiny"] is True and a["settings"]["window"] == 16 and c["settings"]["stride"] == 4
+    assert a["stream"] == "videomae" and a["dtype"] == "float16" and a["width"] == 32
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(name="nope"),
+        dict(name="clip_s2", tiny=True, settings={"scale": "224"}),
+        dict(name="clip_s2", tiny=True, settings={"token": "avg"}),
+        dict(name="videomae", tiny=True, settings={"window": "sixteen"}),
+        dict(name="videomae", tiny=True, settings={"tail": "wrap"}),
+        dict(name="dinov2", tiny=True, settings={"resolution": 300}),
+        dict(name="dinov2", tiny=True, dtype="int8"),
+        dict(name="dinov2", tiny=True, batch_size=0),
+        dict(name="clip_s2", tiny=True, backend="timm"),
+        dict(name="dinov2", tiny=True, colour="blue"),
+    ],
+)
+def test_bad_configs_are_clear_errors(config):
+    with pytest.raises(SignfeatError):
+        build_extractor(config)
+
+
+def test_real_weights_from_a_local_save_pretrained_folder(tmp_path):
+    """Offline clusters hold models as save_pretrained folders: the real loading path reads them."""
+    from transformers import Dinov2Model
+    from transformers.models.bit import BitImageProcessorPil
+
+    from extractors.dinov2 import PROCESSOR
+
+    src = build_extractor(ExtractorConfig(name="dinov2", tiny=True))
+    src.model.save_pretrained(tmp_path / "dino")
+    BitImageProcessorPil(**PROCESSOR).save_pretrained(tmp_path / "dino")
+    loaded = build_extractor(ExtractorConfig(name="dinov2", model=str(tmp_path / "dino")))
+    assert loaded.metadata()["weights"] == "pretrained" and loaded.metadata()["model"] == str(tmp_path / "dino")
+    clips = _clips([4])
+    np.testing.assert_array_equal(loaded.extract(clips)[0], src.extract(clips)[0])
+    assert isinstance(loaded.model, Dinov2Model)

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from extractors import ExtractorConfig, build_extractor
+from extractors.dinov2 import PROCESSOR
+
+
+def _frames(n, h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("resize", ["pil", "torch"])
+def test_224_preprocessing_equals_the_hf_processor(resize):
+    from transformers import BitImageProcessor
+    from transformers.models.bit import BitImageProcessorPil
+
+    ex = build_extractor(ExtractorConfig(name="dinov2", tiny=True, settings={"resize": resize}))
+    cls = BitImageProcessorPil if resize == "pil" else BitImageProcessor
+    for h, w in [(260, 210), (480, 640), (57, 81)]:
+        frames = _frames(2, h, w)
+        ref = cls(**PROCESSOR)(list(frames), return_tensors="pt").pixel_values
+        torch.testing.assert_close(ex.prepare(frames), ref, atol=1e-6, rtol=0)
+
+
+def test_336_crop_box_by_hand():
+    ex = build_extractor(ExtractorConfig(name="dinov2", tiny=True, settings={"resolution": 336}))
+    # 480x640 (HxW): square crop 480x480 at left = (640 - 480) // 2 = 80; resize to 384; crop 336 at (384 - 336) // 2 = 24
+    frames = _frames(1, 480, 640)
+    from PIL import Image
+
+    square = frames[0, :, 80:560]
+    resized = np.asarray(Image.fromarray(square).resize((384, 384), resample=Image.BICUBIC))
+    crop = resized[24:360, 24:360].astype(np.float32) / 255.0
+    want = (crop - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    got = ex.prepare(frames)
+    assert got.shape == (1, 3, 336, 336)
+    np.testing.assert_allclose(got[0].permute(1, 2, 0).numpy(), want, atol=1e-5)
+    out = ex.extract([frames])[0]
+    assert out.shape == (1, 32)
+
+
+def test_feature_is_the_normed_class_token():
+    ex = build_extractor(ExtractorConfig(name="dinov2", tiny=True))
+    frames = _frames(3, 100, 120)
+    with torch.inference_mode():
+        x = ex.prepare(frames)
+        out = ex.model(pixel_values=x)
+        want = ex.model.layernorm(out.hidden_states[-1] if out.hidden_states is not None else ex.model(pixel_values=x, output_hidden_states=True).hidden_states[-1])[:, 0]
+    np.testing.assert_allclose(ex.extract([frames])[0].astype(np.float32), want.numpy(), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.slow
+def test_full_size_dinov2_base_builds_with_width_768():
+    ex = build_extractor(ExtractorConfig(name="dinov2", random_weights=True, settings={"resolution": 336}))
+    assert ex.width == 768 and ex.model.config.num_hidden_layers == 12
+    assert ex.extract([_frames(1, 64, 64)])[0].shape == (1, 768)
