@@ -3,8 +3,9 @@
 An extractor is built from an ExtractorConfig and
 
 - says what it produces: ``stream`` (the shard member name), ``width``, ``storage_dtype`` (float16);
-- ``prepare(frames)``: uint8 [T, H, W, 3] -> float32 tensor [T, 3, S, S] with the model's own resize and
-  normalisation (CPU work: the Ray job runs it next to decoding, not on the GPU actor);
+- ``prepare(frames)``: uint8 [T, H, W, 3] -> uint8 tensor [T, 3, S, S] resized and cropped as the model's
+  own processor does (CPU work: the Ray job runs it next to decoding, not on the GPU actor); the
+  processor's rescale and normalisation run on the device (``transform.normalize``);
 - ``units(T)``: what one model input is, as frame indices: one frame [[0], [1], ...] or a window of frames;
 - ``forward(batch)``: a batch of units [B, k, 3, S, S] -> features [B, width] (float32);
 - ``extract(clips)`` / ``extract_prepared(prepared)``: many clips in, one float16 array per clip out.
@@ -55,6 +56,7 @@ class ExtractorConfig:
     batch_size: int | None = None  # model inputs per forward (frames, or windows for videomae); None: per-model default
     random_weights: bool = False  # build the architecture untrained (no download); recorded as weights=random
     tiny: bool = False  # a small random model of the same architecture, for tests and the CPU demo
+    compile: bool = False  # torch.compile the forward (GPU throughput; the first batches pay the compile)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +120,20 @@ def _coerce(value: Any, default: Any) -> Any:
     return str(value) if default is not None or isinstance(value, str) else value
 
 
+def hf_processor_class(module: str, name: str, resize: str):
+    """The model's Hugging Face image processor class: the PIL one (``NamePil``, transformers >= 5; the
+    processor of transformers 4.x, which the papers ran) or the torchvision-backed default."""
+    import importlib
+
+    mod = importlib.import_module(f"transformers.models.{module}")
+    if resize == "pil":
+        cls = getattr(mod, f"{name}Pil", None)
+        if cls is None:
+            raise SignfeatError(f"transformers {importlib.import_module('transformers').__version__} has no {name}Pil; use resize=torch or transformers >= 5.0")
+        return cls
+    return getattr(mod, name)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -152,7 +168,9 @@ class Extractor:
         return self.name
 
     def prepare(self, frames: np.ndarray) -> torch.Tensor:
-        raise NotImplementedError
+        """uint8 [T, H, W, 3] -> uint8 [T, 3, S, S], resized and cropped as the model's processor does;
+        ``transform.normalize`` finishes it on the device."""
+        return self.transform.resize_crop(frames)
 
     def units(self, num_frames: int) -> np.ndarray:
         """int64 [N, k]: the frame indices of each model input (default: one frame each)."""
@@ -162,9 +180,19 @@ class Extractor:
         raise NotImplementedError
 
     def describe_preprocessing(self) -> dict[str, Any]:
-        return {}
+        return self.transform.describe()
 
     # -------------------------------------------------------------- shared machinery
+
+    def _place_model(self) -> None:
+        """Frozen and on its device; on a GPU in the compute dtype itself (bf16/fp16 weights run faster
+        than fp32 weights under autocast, and nothing is trained)."""
+        self.model.eval().requires_grad_(False)
+        self.model.to(self.device)
+        if self.device.type == "cuda" and self.compute_dtype != torch.float32:
+            self.model.to(self.compute_dtype)
+        if self.config.compile:
+            self.forward = torch.compile(self.forward, dynamic=False)
 
     def metadata(self) -> dict[str, Any]:
         """What each sample's JSON records about this stream."""
@@ -195,17 +223,25 @@ class Extractor:
 
     @torch.inference_mode()
     def extract_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
-        units = [self.units(int(p.shape[0])) for p in prepared]
-        # Pack: one flat list of (clip, unit) so model batches cross clip boundaries.
-        owners = np.concatenate([np.full(len(u), i) for i, u in enumerate(units)]) if units else np.zeros(0, int)
-        flat = np.concatenate(units) if units else np.zeros((0, 1), int)
-        outputs: list[torch.Tensor] = []
+        """Prepared uint8 clips -> float16 arrays. The frames of all clips go to the device once (uint8,
+        a quarter of float32), are normalised there, and each model batch is one gather of unit indices,
+        so windows that share frames do not copy them and batches run across clip boundaries."""
+        if not prepared:
+            return []
+        counts = [int(p.shape[0]) for p in prepared]
+        units = [self.units(c) for c in counts]
+        offsets = np.cumsum([0] + counts[:-1])
+        frames = torch.cat(prepared)
+        if self.device.type == "cuda":
+            frames = frames.pin_memory()
+        frames = self.transform.normalize(frames.to(self.device, non_blocking=True), self.input_dtype)
+        index = torch.from_numpy(np.concatenate([u + off for u, off in zip(units, offsets)])).to(self.device)
+        out = torch.empty(len(index), self.width, dtype=torch.float32, device=self.device)
         start = 0
-        while start < len(flat):
-            stop = min(start + self.batch_size, len(flat))
-            batch = torch.stack([prepared[owners[j]][flat[j]] for j in range(start, stop)])  # [B, k, 3, S, S]
+        while start < len(index):
+            stop = min(start + self.batch_size, len(index))
             try:
-                out = self._forward_on_device(batch)
+                out[start:stop] = self._forward_on_device(frames[index[start:stop]])
             except torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise
@@ -213,19 +249,20 @@ class Extractor:
                 log.warning("%s: CUDA out of memory, batch size halved to %d", self.name, self.batch_size)
                 torch.cuda.empty_cache()
                 continue
-            outputs.append(out.float().cpu())
             start = stop
-        merged = torch.cat(outputs) if outputs else torch.zeros(0, self.width)
-        result, offset = [], 0
-        for u in units:
-            result.append(merged[offset : offset + len(u)].numpy().astype(self.storage_dtype))
-            offset += len(u)
-        return result
+        stored = out.to(torch.float16 if self.storage_dtype == np.float16 else torch.float32).cpu().numpy()
+        return np.split(stored, np.cumsum([len(u) for u in units])[:-1])
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return self.compute_dtype if self.device.type == "cuda" else torch.float32
 
     def _forward_on_device(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda" and self.compute_dtype != torch.float32:
-            with torch.autocast("cuda", dtype=self.compute_dtype):
+            with torch.autocast("cuda", dtype=self.compute_dtype):  # ops outside the cast weights, too
+                return self.forward(batch)
+        if self.compute_dtype != torch.float32:  # bf16 on CPU (fp16 CPU matmuls are slow or missing)
+            with torch.autocast("cpu", dtype=self.compute_dtype):
                 return self.forward(batch)
         return self.forward(batch)
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from extractors.base import Extractor, register
+from extractors.base import Extractor, hf_processor_class, register
 from extractors.preprocess import FrameTransform
 from pipeline.errors import SignfeatError
 
@@ -109,17 +109,16 @@ class ClipS2Extractor(Extractor):
             self._build_open_clip()
         else:
             raise SignfeatError(f"clip_s2 backend must be hf or open_clip, got {config.backend!r}")
-        self.model.to(self.device).eval().requires_grad_(False)
+        self._place_model()
         self.width = self.hidden_width * len(self.settings.scales)
         self.base = self.transform.crop
 
     # ---------------------------------------------------------------- model loading
 
     def _build_hf(self) -> None:
-        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-        from transformers.models.clip import CLIPImageProcessorPil
+        from transformers import CLIPVisionConfig, CLIPVisionModel
 
-        processor_cls = CLIPImageProcessorPil if self.settings.resize == "pil" else CLIPImageProcessor
+        processor_cls = hf_processor_class("clip", "CLIPImageProcessor", self.settings.resize)
         if self.config.random_weights:
             self.model = CLIPVisionModel(CLIPVisionConfig(**(TINY if self.config.tiny else VIT_L14)))
             processor = processor_cls()  # the class defaults are OpenAI CLIP's processor settings
@@ -158,12 +157,6 @@ class ClipS2Extractor(Extractor):
         self.model_info = {"class": "open_clip.VisionTransformer", "arch": arch, "hidden_size": self.hidden_width, "layers": len(self.model.transformer.resblocks)}
 
     # ---------------------------------------------------------------- the contract
-
-    def describe_preprocessing(self) -> dict:
-        return self.transform.describe()
-
-    def prepare(self, frames: np.ndarray) -> torch.Tensor:
-        return self.transform(frames)
 
     def hidden_states(self, tiles: torch.Tensor) -> torch.Tensor:
         """[N, 3, 224, 224] -> hidden states of the chosen layer [N, 1 + g², d]."""

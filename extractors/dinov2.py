@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from extractors.base import Extractor, register
+from extractors.base import Extractor, hf_processor_class, register
 from extractors.preprocess import IMAGENET_MEAN, IMAGENET_STD, FrameTransform
 
 DINOV2_BASE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=14, image_size=518)
@@ -43,10 +43,9 @@ class Dinov2Extractor(Extractor):
 
     def __init__(self, config):
         super().__init__(config)
-        from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-        from transformers.models.bit import BitImageProcessorPil
+        from transformers import Dinov2Config, Dinov2Model
 
-        processor_cls = BitImageProcessorPil if self.settings.resize == "pil" else BitImageProcessor
+        processor_cls = hf_processor_class("bit", "BitImageProcessor", self.settings.resize)
         if config.random_weights:
             self.model = Dinov2Model(Dinov2Config(**(TINY if config.tiny else DINOV2_BASE)))
             processor = processor_cls(**PROCESSOR)
@@ -54,7 +53,7 @@ class Dinov2Extractor(Extractor):
             kw = dict(revision=config.revision)
             self.model = Dinov2Model.from_pretrained(self.model_id, **kw)
             processor = processor_cls.from_pretrained(self.model_id, **kw)
-        self.model.to(self.device).eval().requires_grad_(False)
+        self._place_model()
         if self.settings.resolution == 224:
             self.transform = FrameTransform.from_hf_processor(processor, backend=self.settings.resize)
         else:
@@ -64,12 +63,6 @@ class Dinov2Extractor(Extractor):
             )
         self.width = self.model.config.hidden_size
         self.model_info = {"class": "transformers.Dinov2Model", "hidden_size": self.width, "layers": self.model.config.num_hidden_layers}
-
-    def describe_preprocessing(self) -> dict:
-        return self.transform.describe()
-
-    def prepare(self, frames: np.ndarray) -> torch.Tensor:
-        return self.transform(frames)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=batch[:, 0]).pooler_output

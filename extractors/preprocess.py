@@ -84,8 +84,12 @@ class FrameTransform:
 
     # ------------------------------------------------------------------ the transform
 
-    def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 [T, H, W, 3] -> float32 [T, 3, crop, crop], normalised."""
+    def resize_crop(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 [T, H, W, 3] -> uint8 [T, 3, crop, crop]: the geometric part (CPU).
+
+        Both processors resize uint8 images to uint8 and only then rescale and normalise, so stopping
+        here loses nothing, and the tensor that travels to the GPU is a quarter of its float32 size.
+        """
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
         if self.square_first:
@@ -105,8 +109,15 @@ class FrameTransform:
             x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
             x = tvF.resize(x, [new_h, new_w], interpolation=mode, antialias=True)
         top, left = self._offset(new_h, self.crop), self._offset(new_w, self.crop)
-        x = x[:, :, top : top + self.crop, left : left + self.crop]
-        # Fused rescale + normalise, as the transformers torchvision backend does: (x - 255 m) / (255 s)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        return ((x.to(torch.float32) - mean) / std).contiguous()
+        return x[:, :, top : top + self.crop, left : left + self.crop].contiguous()
+
+    def normalize(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 [..., 3, S, S] (any device) -> normalised ``dtype``, computed in float32 as the processors do:
+        (x - 255 m) / (255 s), the transformers torchvision backend's fused rescale + normalise."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(3, 1, 1) * 255.0
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(3, 1, 1) * 255.0
+        return ((x.to(torch.float32) - mean) / std).to(dtype)
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 [T, H, W, 3] -> float32 [T, 3, crop, crop], normalised (what the model's processor returns)."""
+        return self.normalize(self.resize_crop(frames))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from extractors.base import Extractor, register
+from extractors.base import Extractor, hf_processor_class, register
 from extractors.preprocess import IMAGENET_MEAN, IMAGENET_STD, FrameTransform
 
 VIDEOMAE_LARGE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=16, tubelet_size=2, image_size=224)
@@ -71,10 +71,9 @@ class VideoMAEExtractor(Extractor):
 
     def __init__(self, config):
         super().__init__(config)
-        from transformers import VideoMAEConfig, VideoMAEImageProcessor, VideoMAEModel
-        from transformers.models.videomae import VideoMAEImageProcessorPil
+        from transformers import VideoMAEConfig, VideoMAEModel
 
-        processor_cls = VideoMAEImageProcessorPil if self.settings.resize == "pil" else VideoMAEImageProcessor
+        processor_cls = hf_processor_class("videomae", "VideoMAEImageProcessor", self.settings.resize)
         window = self.settings.window
         if config.random_weights:
             arch = TINY if config.tiny else VIDEOMAE_LARGE
@@ -84,16 +83,10 @@ class VideoMAEExtractor(Extractor):
             kw = dict(revision=config.revision)
             self.model = VideoMAEModel.from_pretrained(self.model_id, num_frames=window, **kw)
             processor = processor_cls.from_pretrained(self.model_id, **kw)
-        self.model.to(self.device).eval().requires_grad_(False)
+        self._place_model()
         self.transform = FrameTransform.from_hf_processor(processor, backend=self.settings.resize)
         self.width = self.model.config.hidden_size
         self.model_info = {"class": "transformers.VideoMAEModel", "hidden_size": self.width, "layers": self.model.config.num_hidden_layers, "num_frames": window}
-
-    def describe_preprocessing(self) -> dict:
-        return self.transform.describe()
-
-    def prepare(self, frames: np.ndarray) -> torch.Tensor:
-        return self.transform(frames)
 
     def units(self, num_frames: int) -> np.ndarray:
         s = self.settings

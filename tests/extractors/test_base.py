@@ -35,11 +35,20 @@ def test_float16_storage_error_is_bounded(name):
     prepared = [ex.prepare(c) for c in _clips([20])]
     with torch.inference_mode():
         units = ex.units(20)
-        fp32 = ex.forward(torch.stack([prepared[0][u] for u in units])).numpy()
+        normalised = ex.transform.normalize(prepared[0])
+        fp32 = ex.forward(torch.stack([normalised[u] for u in units])).numpy()
     fp16 = ex.extract_prepared(prepared)[0].astype(np.float32)
     rel = np.abs(fp16 - fp32) / np.maximum(np.abs(fp32), 1e-3)
     assert rel.max() < 1e-3  # float16 keeps 11 significant bits: relative error <= 2^-11 ~ 4.9e-4
     assert np.isfinite(fp16).all()
+
+
+def test_prepare_is_the_uint8_geometry_of_the_processor():
+    ex = build_extractor(ExtractorConfig(name="clip_s2", tiny=True))
+    frames = _clips([3])[0]
+    prepared = ex.prepare(frames)
+    assert prepared.dtype == torch.uint8 and prepared.shape == (3, 3, 224, 224)
+    torch.testing.assert_close(ex.transform.normalize(prepared), ex.transform(frames))
 
 
 def test_out_of_memory_halves_the_batch_and_retries(monkeypatch):

@@ -48,7 +48,7 @@ def reference_s2(model, x, sizes, token="cls", base=224):
 def test_s2_equals_a_straightforward_reference(sizes, token):
     torch.manual_seed(0)
     ex = build_extractor(ExtractorConfig(name="clip_s2", tiny=True, settings={"scales": sizes, "token": token}))
-    x = ex.prepare(_frames(2))
+    x = ex.transform(_frames(2))
     with torch.inference_mode():
         got = ex.forward(x[:, None])
         want = reference_s2(ex.model, x, sizes, token)
@@ -58,7 +58,7 @@ def test_s2_equals_a_straightforward_reference(sizes, token):
 
 def test_other_layers_and_full_pipeline_shapes():
     ex = build_extractor(ExtractorConfig(name="clip_s2", tiny=True, settings={"layer": -2}))
-    x = ex.prepare(_frames(2))
+    x = ex.transform(_frames(2))
     with torch.inference_mode():
         h = ex.model(pixel_values=x, output_hidden_states=True).hidden_states[-2]
         got = ex.hidden_states(x)
@@ -75,7 +75,7 @@ def test_preprocessing_equals_clip_image_processor():
     for resize, cls in [("pil", CLIPImageProcessorPil), ("torch", CLIPImageProcessor)]:
         ex = build_extractor(ExtractorConfig(name="clip_s2", tiny=True, settings={"resize": resize}))
         ref = cls()(list(frames), return_tensors="pt").pixel_values
-        torch.testing.assert_close(ex.prepare(frames), ref, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ex.transform(frames), ref, atol=1e-6, rtol=0)
 
 
 def _open_clip_to_hf(visual, hf_model):
@@ -117,12 +117,12 @@ def test_hf_and_open_clip_backends_agree_on_the_same_weights(token):
     _open_clip_to_hf(oc.model, hf.model)
     # 96x128 -> 224x298: the crop offset (37) is the same under both rounding rules, so inputs agree too
     frames = _frames(3)
-    torch.testing.assert_close(oc.prepare(frames), hf.prepare(frames), atol=1e-6, rtol=0)
+    torch.testing.assert_close(oc.transform(frames), hf.transform(frames), atol=1e-6, rtol=0)
     a, b = oc.extract([frames]), hf.extract([frames])
     assert oc.width == hf.width == 64
     np.testing.assert_allclose(a[0].astype(np.float32), b[0].astype(np.float32), atol=2e-3, rtol=2e-3)
     with torch.inference_mode():
-        x = hf.prepare(frames)[:, None]
+        x = hf.transform(frames)[:, None]
         torch.testing.assert_close(oc.forward(x), hf.forward(x), atol=1e-5, rtol=1e-4)
 
 
@@ -136,7 +136,7 @@ def test_open_clip_preprocessing_equals_its_own_transform():
     for h, w in [(260, 210), (299, 401), (97, 131)]:  # odd size differences exercise torchvision's rounding
         frames = _frames(2, h, w)
         ref = torch.stack([ref_tf(Image.fromarray(f)) for f in frames])
-        torch.testing.assert_close(oc.prepare(frames), ref, atol=1e-6, rtol=0)
+        torch.testing.assert_close(oc.transform(frames), ref, atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ def test_224_preprocessing_equals_the_hf_processor(resize):
     for h, w in [(260, 210), (480, 640), (57, 81)]:
         frames = _frames(2, h, w)
         ref = cls(**PROCESSOR)(list(frames), return_tensors="pt").pixel_values
-        torch.testing.assert_close(ex.prepare(frames), ref, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ex.transform(frames), ref, atol=1e-6, rtol=0)
 
 
 def test_336_crop_box_by_hand():
@@ -33,7 +33,7 @@ def test_336_crop_box_by_hand():
     resized = np.asarray(Image.fromarray(square).resize((384, 384), resample=Image.BICUBIC))
     crop = resized[24:360, 24:360].astype(np.float32) / 255.0
     want = (crop - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
-    got = ex.prepare(frames)
+    got = ex.transform(frames)
     assert got.shape == (1, 3, 336, 336)
     np.testing.assert_allclose(got[0].permute(1, 2, 0).numpy(), want, atol=1e-5)
     out = ex.extract([frames])[0]
@@ -44,7 +44,7 @@ def test_feature_is_the_normed_class_token():
     ex = build_extractor(ExtractorConfig(name="dinov2", tiny=True))
     frames = _frames(3, 100, 120)
     with torch.inference_mode():
-        x = ex.prepare(frames)
+        x = ex.transform(frames)
         out = ex.model(pixel_values=x)
         want = ex.model.layernorm(out.hidden_states[-1] if out.hidden_states is not None else ex.model(pixel_values=x, output_hidden_states=True).hidden_states[-1])[:, 0]
     np.testing.assert_allclose(ex.extract([frames])[0].astype(np.float32), want.numpy(), atol=2e-3, rtol=2e-3)
