@@ -83,7 +83,8 @@ def bare_batches(ex, prepared: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def model_forward(ex, batch: torch.Tensor) -> torch.Tensor:
     if ex.config.compile:  # compare like with like: the compiled extractor against the compiled model
-        ex._compiled_model = getattr(ex, "_compiled_model", None) or torch.compile(ex.hidden_states if ex.name == "clip_s2" else ex.model, dynamic=False)
+        if getattr(ex, "_compiled_model", None) is None:
+            ex._compiled_model = torch.compile(ex.hidden_states if ex.name == "clip_s2" else ex.model, dynamic=False)
         out = ex._compiled_model(batch) if ex.name == "clip_s2" else ex._compiled_model(pixel_values=batch)
         return out if ex.name == "clip_s2" else out.last_hidden_state
     if ex.name == "clip_s2":

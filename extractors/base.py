@@ -258,10 +258,8 @@ class Extractor:
         return self.compute_dtype if self.device.type == "cuda" else torch.float32
 
     def _forward_on_device(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda" and self.compute_dtype != torch.float32:
-            with torch.autocast("cuda", dtype=self.compute_dtype):  # ops outside the cast weights, too
-                return self.forward(batch)
-        if self.compute_dtype != torch.float32:  # bf16 on CPU (fp16 CPU matmuls are slow or missing)
+        # On a GPU the weights and inputs already are in the compute dtype (_place_model, input_dtype).
+        if self.device.type != "cuda" and self.compute_dtype != torch.float32:  # bf16 on CPU: autocast
             with torch.autocast("cpu", dtype=self.compute_dtype):
                 return self.forward(batch)
         return self.forward(batch)
