@@ -1,6 +1,6 @@
 # signfeat: every target sets itself up from nothing (venv, FFmpeg, Python deps) and then runs.
 #   make demo   demo corpus -> manifest build -> curate, prints where the manifest and report are
-#   make test   the test suite (fast: tiny clips; `make test-slow` adds the full-size checks)
+#   make test   the whole test suite, full-size model checks included (`make test-fast` skips those)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +8,7 @@ PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(VENV)/bin/pip
 DEMO   ?= demo_out
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup ffmpeg demo test test-slow bench clean
+.PHONY: setup ffmpeg demo test test-fast bench clean
 
 setup: ffmpeg $(VENV)/.installed
 
@@ -33,13 +33,14 @@ demo: setup
 	@echo "manifest: $(DEMO)/manifest.parquet  curated: $(DEMO)/curated.parquet  report: $(DEMO)/report/"
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "slow or not slow"
 
-test-slow: setup
-	$(PY) -m pytest -q -m slow
+test-fast: setup
+	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) bench/probe.py
+	$(PY) bench/extractors.py --size tiny
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
