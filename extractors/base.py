@@ -172,6 +172,15 @@ class Extractor:
         ``transform.normalize`` finishes it on the device."""
         return self.transform.resize_crop(frames)
 
+    @classmethod
+    def make_transform(cls, config: ExtractorConfig, settings) -> "FrameTransform":
+        """The model's preprocessing, built without loading weights (the CPU stage of a job needs only this)."""
+        raise NotImplementedError
+
+    @classmethod
+    def transform_for(cls, config: ExtractorConfig) -> "FrameTransform":
+        return cls.make_transform(config, parse_settings(cls.Settings, config.settings, cls.name))
+
     def units(self, num_frames: int) -> np.ndarray:
         """int64 [N, k]: the frame indices of each model input (default: one frame each)."""
         return np.arange(num_frames, dtype=np.int64)[:, None]

@@ -95,6 +95,39 @@ def s2_merge(hidden: torch.Tensor, batch: int, scales: tuple[int, ...], splits: 
     return pooled.mean(dim=(-2, -1))
 
 
+def _open_clip_arch(config) -> str:
+    import open_clip
+
+    if config.tiny:
+        if "signfeat-tiny-ViT" not in open_clip.list_models():
+            open_clip.factory._MODEL_CONFIGS["signfeat-tiny-ViT"] = TINY_OPEN_CLIP  # what add_model_config does
+        return "signfeat-tiny-ViT"
+    return config.arch or "ViT-L-14"
+
+
+def _open_clip_visual(config, load_weights: bool):
+    """(visual tower, model id): OpenCLIP architecture + pretrained tag or checkpoint file."""
+    import open_clip
+
+    arch = _open_clip_arch(config)
+    pretrained = None if config.random_weights else (config.model or "openai")
+    try:
+        model = open_clip.create_model(arch, pretrained=pretrained, load_weights=load_weights)
+    except RuntimeError as exc:
+        raise SignfeatError(f"open_clip could not build {arch} with pretrained={pretrained!r}: {exc}") from None
+    return model.visual, pretrained or arch
+
+
+def _open_clip_transform(cfg: dict, resize: str) -> FrameTransform:
+    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+    if cfg.get("resize_mode", "shortest") != "shortest":
+        raise SignfeatError(f"open_clip resize_mode {cfg.get('resize_mode')!r} is not supported (only 'shortest')")
+    return FrameTransform(
+        shortest_edge=size, crop=size, resample=cfg.get("interpolation", "bicubic"), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+        backend=resize, crop_rounding="round",  # torchvision's CenterCrop rounds the offset
+    )
+
+
 @register("clip_s2")
 class ClipS2Extractor(Extractor):
     default_model = "openai/clip-vit-large-patch14"
@@ -115,46 +148,35 @@ class ClipS2Extractor(Extractor):
 
     # ---------------------------------------------------------------- model loading
 
+    @classmethod
+    def make_transform(cls, config, settings) -> FrameTransform:
+        if config.backend == "open_clip":
+            # The architecture's preprocess config, set by create_model, without reading any weights.
+            visual, _ = _open_clip_visual(config, load_weights=False)
+            return _open_clip_transform(visual.preprocess_cfg, settings.resize)
+        processor_cls = hf_processor_class("clip", "CLIPImageProcessor", settings.resize)
+        if config.random_weights:
+            processor = processor_cls()  # the class defaults are OpenAI CLIP's processor settings
+        else:
+            processor = processor_cls.from_pretrained(config.model or cls.default_model, revision=config.revision)
+        return FrameTransform.from_hf_processor(processor, backend=settings.resize)
+
     def _build_hf(self) -> None:
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
-        processor_cls = hf_processor_class("clip", "CLIPImageProcessor", self.settings.resize)
         if self.config.random_weights:
             self.model = CLIPVisionModel(CLIPVisionConfig(**(TINY if self.config.tiny else VIT_L14)))
-            processor = processor_cls()  # the class defaults are OpenAI CLIP's processor settings
         else:
-            kw = dict(revision=self.config.revision)
-            self.model = CLIPVisionModel.from_pretrained(self.model_id, **kw)
-            processor = processor_cls.from_pretrained(self.model_id, **kw)
-        self.transform = FrameTransform.from_hf_processor(processor, backend=self.settings.resize)
+            self.model = CLIPVisionModel.from_pretrained(self.model_id, revision=self.config.revision)
+        self.transform = self.make_transform(self.config, self.settings)
         self.hidden_width = self.model.config.hidden_size
         self.model_info = {"class": "transformers.CLIPVisionModel", "hidden_size": self.hidden_width, "layers": self.model.config.num_hidden_layers}
 
     def _build_open_clip(self) -> None:
-        import open_clip
-
-        arch = self.config.arch or "ViT-L-14"
-        if self.config.tiny:
-            arch = "signfeat-tiny-ViT"
-            if arch not in open_clip.list_models():
-                open_clip.factory._MODEL_CONFIGS[arch] = TINY_OPEN_CLIP  # registering a config is what add_model_config does
-        pretrained = None if self.config.random_weights else (self.config.model or "openai")
-        try:
-            model = open_clip.create_model(arch, pretrained=pretrained)
-        except RuntimeError as exc:
-            raise SignfeatError(f"open_clip could not build {arch} with pretrained={pretrained!r}: {exc}") from None
-        self.model = model.visual
-        self.model_id = pretrained or arch
-        cfg = self.model.preprocess_cfg
-        size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
-        if cfg.get("resize_mode", "shortest") != "shortest":
-            raise SignfeatError(f"open_clip resize_mode {cfg.get('resize_mode')!r} is not supported (only 'shortest')")
-        self.transform = FrameTransform(
-            shortest_edge=size, crop=size, resample=cfg.get("interpolation", "bicubic"), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-            backend=self.settings.resize, crop_rounding="round",
-        )
+        self.model, self.model_id = _open_clip_visual(self.config, load_weights=True)
+        self.transform = _open_clip_transform(self.model.preprocess_cfg, self.settings.resize)
         self.hidden_width = self.model.transformer.width
-        self.model_info = {"class": "open_clip.VisionTransformer", "arch": arch, "hidden_size": self.hidden_width, "layers": len(self.model.transformer.resblocks)}
+        self.model_info = {"class": "open_clip.VisionTransformer", "arch": _open_clip_arch(self.config), "hidden_size": self.hidden_width, "layers": len(self.model.transformer.resblocks)}
 
     # ---------------------------------------------------------------- the contract
 

@@ -45,24 +45,28 @@ class Dinov2Extractor(Extractor):
         super().__init__(config)
         from transformers import Dinov2Config, Dinov2Model
 
-        processor_cls = hf_processor_class("bit", "BitImageProcessor", self.settings.resize)
         if config.random_weights:
             self.model = Dinov2Model(Dinov2Config(**(TINY if config.tiny else DINOV2_BASE)))
-            processor = processor_cls(**PROCESSOR)
         else:
-            kw = dict(revision=config.revision)
-            self.model = Dinov2Model.from_pretrained(self.model_id, **kw)
-            processor = processor_cls.from_pretrained(self.model_id, **kw)
+            self.model = Dinov2Model.from_pretrained(self.model_id, revision=config.revision)
         self._place_model()
-        if self.settings.resolution == 224:
-            self.transform = FrameTransform.from_hf_processor(processor, backend=self.settings.resize)
-        else:
-            self.transform = FrameTransform(
-                shortest_edge=384, crop=336, resample="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                backend=self.settings.resize, crop_rounding="floor", square_first=True,
-            )
+        self.transform = self.make_transform(config, self.settings)
         self.width = self.model.config.hidden_size
         self.model_info = {"class": "transformers.Dinov2Model", "hidden_size": self.width, "layers": self.model.config.num_hidden_layers}
+
+    @classmethod
+    def make_transform(cls, config, settings) -> FrameTransform:
+        if settings.resolution == 336:  # LLaVA-SLT: square crop, 384, crop 336
+            return FrameTransform(
+                shortest_edge=384, crop=336, resample="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                backend=settings.resize, crop_rounding="floor", square_first=True,
+            )
+        processor_cls = hf_processor_class("bit", "BitImageProcessor", settings.resize)
+        if config.random_weights:
+            processor = processor_cls(**PROCESSOR)
+        else:
+            processor = processor_cls.from_pretrained(config.model or cls.default_model, revision=config.revision)
+        return FrameTransform.from_hf_processor(processor, backend=settings.resize)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=batch[:, 0]).pooler_output

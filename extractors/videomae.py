@@ -73,20 +73,25 @@ class VideoMAEExtractor(Extractor):
         super().__init__(config)
         from transformers import VideoMAEConfig, VideoMAEModel
 
-        processor_cls = hf_processor_class("videomae", "VideoMAEImageProcessor", self.settings.resize)
         window = self.settings.window
         if config.random_weights:
             arch = TINY if config.tiny else VIDEOMAE_LARGE
             self.model = VideoMAEModel(VideoMAEConfig(**arch, num_frames=window))
-            processor = processor_cls(**PROCESSOR)
         else:
-            kw = dict(revision=config.revision)
-            self.model = VideoMAEModel.from_pretrained(self.model_id, num_frames=window, **kw)
-            processor = processor_cls.from_pretrained(self.model_id, **kw)
+            self.model = VideoMAEModel.from_pretrained(self.model_id, num_frames=window, revision=config.revision)
         self._place_model()
-        self.transform = FrameTransform.from_hf_processor(processor, backend=self.settings.resize)
+        self.transform = self.make_transform(config, self.settings)
         self.width = self.model.config.hidden_size
         self.model_info = {"class": "transformers.VideoMAEModel", "hidden_size": self.width, "layers": self.model.config.num_hidden_layers, "num_frames": window}
+
+    @classmethod
+    def make_transform(cls, config, settings) -> FrameTransform:
+        processor_cls = hf_processor_class("videomae", "VideoMAEImageProcessor", settings.resize)
+        if config.random_weights:
+            processor = processor_cls(**PROCESSOR)
+        else:
+            processor = processor_cls.from_pretrained(config.model or cls.default_model, revision=config.revision)
+        return FrameTransform.from_hf_processor(processor, backend=settings.resize)
 
     def units(self, num_frames: int) -> np.ndarray:
         s = self.settings

@@ -136,3 +136,13 @@ def test_torch_resize_path_stays_within_two_levels_of_the_pil_path():
     fa, fb = pil.extract([frames])[0].astype(np.float32), tch.extract([frames])[0].astype(np.float32)
     rel = np.linalg.norm(fa - fb) / np.linalg.norm(fa)
     assert rel < 1e-3  # measured 4e-5 here; 1.5e-4 with a random full-size ViT-L/14 (below float16 storage error)
+
+
+@pytest.mark.parametrize("config", [
+    dict(name="clip_s2", tiny=True), dict(name="clip_s2", tiny=True, backend="open_clip"), dict(name="videomae", tiny=True),
+    dict(name="dinov2", tiny=True), dict(name="dinov2", tiny=True, settings={"resolution": 336}),
+])
+def test_transform_without_weights_equals_the_built_extractors(config):
+    """The job's CPU stage builds only the preprocessing; it must be the extractor's own."""
+    cfg = ExtractorConfig(**config)
+    assert REGISTRY[cfg.name].transform_for(cfg) == build_extractor(cfg).transform

@@ -1,0 +1,157 @@
+"""The extraction job's config: one YAML file, validated into typed dataclasses before anything starts.
+
+    extractors:                 # one entry per stream; every registered extractor is treated the same way
+      - name: clip_s2
+        model: openai/clip-vit-large-patch14   # or a local folder; tiny / random_weights for tests
+        settings: {scales: [224, 448]}
+        actors: 1               # actor pool size (each keeps its model loaded)
+        num_gpus: 1             # per actor; 0 on a machine without GPUs
+        num_cpus: 1
+    decode: {backend: decord, target_fps: null, max_frames: null, frame_limit: 20000, max_clip_mib: 4096}
+    shards: {samples: 256, max_bytes: null, prefix: shard}
+    clips_per_call: 8           # clips handed to an extractor actor at once (its batches cross clips)
+    decode_retries: 2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.decode import BACKENDS, DecodeOptions
+from pipeline.errors import SignfeatError
+
+_EXTRACTOR_CONFIG_KEYS = {"name", "model", "revision", "backend", "arch", "dtype", "batch_size", "random_weights", "tiny", "compile", "settings"}
+
+
+@dataclass
+class StreamConfig:
+    extractor: dict[str, Any]  # ExtractorConfig fields (device is chosen per actor: cuda when num_gpus > 0)
+    actors: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return self.extractor["name"]
+
+
+@dataclass
+class ShardConfig:
+    samples: int = 256  # at most this many samples per shard
+    max_bytes: int | None = None  # and (estimated from frame counts) at most this many bytes
+    prefix: str = "shard"
+
+
+@dataclass
+class JobConfig:
+    streams: list[StreamConfig]
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    clips_per_call: int = 8
+    decode_retries: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "extractors": [{**s.extractor, "actors": s.actors, "num_gpus": s.num_gpus, "num_cpus": s.num_cpus} for s in self.streams],
+            "decode": dataclasses.asdict(self.decode),
+            "shards": dataclasses.asdict(self.shards),
+            "clips_per_call": self.clips_per_call,
+            "decode_retries": self.decode_retries,
+        }
+
+    def output_hash(self) -> str:
+        """Hash of what determines the output (not of resources such as actor counts or GPUs)."""
+        d = self.to_dict()
+        d["extractors"] = [{k: v for k, v in e.items() if k not in ("actors", "num_gpus", "num_cpus", "batch_size", "compile")} for e in d["extractors"]]
+        d.pop("clips_per_call")
+        d.pop("decode_retries")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise SignfeatError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+
+
+def _positive_int(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SignfeatError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def _nonneg_number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise SignfeatError(f"{where} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
+    if not isinstance(data, dict):
+        raise SignfeatError(f"{source}: expected a mapping at the top level")
+    _check_keys(source, data, {"extractors", "decode", "shards", "clips_per_call", "decode_retries"})
+    entries = data.get("extractors")
+    if not isinstance(entries, list) or not entries:
+        raise SignfeatError(f"{source}: 'extractors' must be a non-empty list")
+    from extractors import ExtractorConfig, build_extractor  # noqa: F401  (registry)
+    from extractors.base import REGISTRY, parse_settings
+
+    streams, seen = [], set()
+    for i, entry in enumerate(entries):
+        where = f"{source}: extractors[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise SignfeatError(f"{where} must be a mapping with a 'name'")
+        _check_keys(where, entry, _EXTRACTOR_CONFIG_KEYS | {"actors", "num_gpus", "num_cpus"})
+        ext = {k: v for k, v in entry.items() if k in _EXTRACTOR_CONFIG_KEYS}
+        cfg = ExtractorConfig.from_dict({**ext, "device": "cpu"})  # validates name, dtype, batch size
+        parse_settings(REGISTRY[cfg.name].Settings, cfg.settings, cfg.name)  # validates settings now, not on a GPU later
+        if cfg.name in seen:
+            raise SignfeatError(f"{where}: extractor {cfg.name!r} listed twice (one stream each)")
+        seen.add(cfg.name)
+        streams.append(StreamConfig(
+            extractor=ext,
+            actors=_positive_int(f"{where}.actors", entry.get("actors", 1)),
+            num_gpus=_nonneg_number(f"{where}.num_gpus", entry.get("num_gpus", 0)),
+            num_cpus=_nonneg_number(f"{where}.num_cpus", entry.get("num_cpus", 1)),
+        ))
+    decode_raw = data.get("decode", {}) or {}
+    _check_keys(f"{source}: decode", decode_raw, {f.name for f in dataclasses.fields(DecodeOptions)})
+    if decode_raw.get("backend", "decord") not in BACKENDS:
+        raise SignfeatError(f"{source}: decode.backend must be one of {BACKENDS}")
+    try:
+        decode = DecodeOptions(**decode_raw)
+    except (TypeError, ValueError) as exc:
+        raise SignfeatError(f"{source}: decode: {exc}") from None
+    shards_raw = data.get("shards", {}) or {}
+    _check_keys(f"{source}: shards", shards_raw, {f.name for f in dataclasses.fields(ShardConfig)})
+    shards = ShardConfig(**shards_raw)
+    _positive_int(f"{source}: shards.samples", shards.samples)
+    if shards.max_bytes is not None:
+        _positive_int(f"{source}: shards.max_bytes", shards.max_bytes)
+    if not shards.prefix or not all(c.isalnum() or c in "-_" for c in shards.prefix):
+        raise SignfeatError(f"{source}: shards.prefix must be letters, digits, '-' or '_', got {shards.prefix!r}")
+    return JobConfig(
+        streams=streams,
+        decode=decode,
+        shards=shards,
+        clips_per_call=_positive_int(f"{source}: clips_per_call", data.get("clips_per_call", 8)),
+        decode_retries=int(_nonneg_number(f"{source}: decode_retries", data.get("decode_retries", 2))),
+    )
+
+
+def load_job_config(path: str | Path) -> JobConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SignfeatError(f"extraction config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SignfeatError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_job_config(data, str(path))
