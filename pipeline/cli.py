@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fps", type=_positive_float, help="frame rate of a frame folder (default 25)")
     f.add_argument("--out", required=True, type=Path, metavar="f.npy")
 
+    x = sub.add_parser("extract", help="manifest -> WebDataset shards of features, on Ray")
+    x.add_argument("--manifest", required=True, type=Path)
+    x.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
+    x.add_argument("--config", required=True, type=Path, help="YAML job config (configs/extract_*.yaml)")
+    x.add_argument("--address", help="Ray cluster address ('auto' for the running cluster; default: RAY_ADDRESS, else a local instance)")
+    x.add_argument("--overwrite", action="store_true", help="replace what OUT holds, even from another config")
+    x.add_argument("--num-cpus", type=_nonneg_int, help="CPUs of the local Ray instance")
+    x.add_argument("--no-progress", action="store_true")
+
     d = sub.add_parser("demo-corpus", help="write the synthetic demo corpus")
     d.add_argument("out", type=Path)
     d.add_argument("--seed", type=int, default=0)
@@ -182,7 +191,22 @@ def _features(args) -> int:
     return 0
 
 
-COMMANDS = {("manifest", "build"): _manifest_build, ("manifest", "curate"): _manifest_curate, ("demo-corpus", None): _demo_corpus, ("features", None): _features}
+def _extract(args) -> int:
+    from pipeline.config import load_job_config
+    from pipeline.extract import run_extract
+
+    config = load_job_config(args.config)  # validated before Ray starts
+    summary = run_extract(args.manifest, args.out, config, address=args.address, overwrite=args.overwrite, progress=not args.no_progress,
+                          num_cpus=args.num_cpus or None)
+    weights = {s.name: ("RANDOM weights (tiny test model)" if s.extractor.get("tiny") else "RANDOM weights" if s.extractor.get("random_weights") else "pretrained")
+               for s in config.streams}
+    print(json.dumps({k: summary[k] for k in ("output", "clips_planned", "samples", "failures", "failures_by_class", "shards", "shards_skipped_as_complete", "wall_s", "clips_per_s")}, indent=1))
+    print(f"streams: {weights}")
+    print(f"shards: {summary['output']}/{{split}}/*.tar  index: index.parquet  failures: failures.parquet  summary: job.json")
+    return 0
+
+
+COMMANDS = {("manifest", "build"): _manifest_build, ("manifest", "curate"): _manifest_curate, ("demo-corpus", None): _demo_corpus, ("features", None): _features, ("extract", None): _extract}
 
 
 def main(argv: list[str] | None = None) -> int:

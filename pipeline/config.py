@@ -8,7 +8,7 @@
         num_gpus: 1             # per actor; 0 on a machine without GPUs
         num_cpus: 1
     decode: {backend: decord, target_fps: null, max_frames: null, frame_limit: 20000, max_clip_mib: 4096}
-    shards: {samples: 256, max_bytes: null, prefix: shard}
+    shards: {samples: 256, max_frames: null, prefix: shard}
     clips_per_call: 8           # clips handed to an extractor actor at once (its batches cross clips)
     decode_retries: 2
 """
@@ -43,7 +43,7 @@ class StreamConfig:
 @dataclass
 class ShardConfig:
     samples: int = 256  # at most this many samples per shard
-    max_bytes: int | None = None  # and (estimated from frame counts) at most this many bytes
+    max_frames: int | None = None  # and at most this many frames (feature bytes grow with frames)
     prefix: str = "shard"
 
 
@@ -131,8 +131,8 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
     _check_keys(f"{source}: shards", shards_raw, {f.name for f in dataclasses.fields(ShardConfig)})
     shards = ShardConfig(**shards_raw)
     _positive_int(f"{source}: shards.samples", shards.samples)
-    if shards.max_bytes is not None:
-        _positive_int(f"{source}: shards.max_bytes", shards.max_bytes)
+    if shards.max_frames is not None:
+        _positive_int(f"{source}: shards.max_frames", shards.max_frames)
     if not shards.prefix or not all(c.isalnum() or c in "-_" for c in shards.prefix):
         raise SignfeatError(f"{source}: shards.prefix must be letters, digits, '-' or '_', got {shards.prefix!r}")
     return JobConfig(

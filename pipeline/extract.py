@@ -1,0 +1,266 @@
+"""``signfeat extract``: a curated manifest -> WebDataset shards of features, on Ray.
+
+The data flow, in one place:
+
+    manifest ─► plan_shards (fixed up front) ─► skip shards whose completion marker exists
+        ─► ray.data.from_items(one row per clip, in shard order)
+        ─► map_batches(DecodePrepare)         CPU actors: decode + every stream's resize/crop (uint8)
+        ─► map_batches(ExtractStream) × N     one actor pool per extractor, model loaded once (GPU or CPU)
+        ─► iter_rows() in order               the driver groups rows by shard and commits each shard
+           (tar + index part + failures part + marker, see shards/store.py)
+        ─► merge parts into index.parquet and failures.parquet, write job.json
+
+Ray Data streams the rows with backpressure, so memory stays flat as the corpus grows, retries tasks whose
+worker died, and restarts dead actors. Rows come out in plan order (``preserve_order``), so the driver
+holds at most one shard's features.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from manifests.schema import read_manifest
+from pipeline.config import JobConfig, load_job_config
+from pipeline.errors import SignfeatError
+from pipeline.plan import ShardPlan, plan_hash, plan_shards
+from shards.sample import encode_sample, sample_checksum
+from shards.store import Store
+
+log = logging.getLogger("signfeat.extract")
+INDEX_FIELDS = ["shard", "key", "id", "split", "num_frames", "bytes", "checksum"]
+FAILURE_SCHEMA = pa.schema([("id", pa.string()), ("key", pa.string()), ("shard", pa.string()), ("split", pa.string()),
+                            ("stage", pa.string()), ("error_class", pa.string()), ("message", pa.string())])
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("signfeat", "torch", "transformers", "open_clip_torch", "ray", "webdataset", "decord", "av", "torchcodec", "pyarrow", "numpy"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _index_schema(streams: list[str]) -> pa.Schema:
+    fields = [pa.field("shard", pa.string()), pa.field("key", pa.string()), pa.field("id", pa.string()), pa.field("split", pa.string()),
+              pa.field("num_frames", pa.int64())]
+    fields += [pa.field(f"len_{s}", pa.int64()) for s in streams]
+    fields += [pa.field("bytes", pa.int64()), pa.field("checksum", pa.string())]
+    return pa.schema(fields)
+
+
+def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], streams: list[str], config_hash: str) -> dict[str, Any]:
+    """Build the shard's tar in memory (one shard's features: small), then commit it with its parts."""
+    import webdataset as wds
+
+    buf = io.BytesIO()
+    index, failures = [], []
+    with wds.TarWriter(buf) as sink:
+        for row in rows:
+            if row["error_class"]:
+                failures.append({"id": row["id"], "key": row["key"], "shard": plan.name, "split": plan.split, "stage": row["error_stage"],
+                                 "error_class": row["error_class"], "message": row["error_message"]})
+                continue
+            meta = {
+                "id": row["id"], "key": row["key"], "text": row["text"], "split": plan.split, "signer": row["signer"], "dataset": row["dataset"],
+                "fps": row["decoded_fps"], "num_frames": row["decoded_frames"],
+                "source": {"path": row["path"], "kind": row["source_kind"], "start_s": row["start_s"], "end_s": row["end_s"]},
+                "streams": {s: json.loads(row[f"meta_{s}"]) for s in streams},
+                "job": {"config_hash": config_hash, "shard": plan.name},
+            }
+            members = encode_sample(row["key"], meta, {s: row[f"feat_{s}"] for s in streams})
+            sink.write({"__key__": row["key"], **members})
+            index.append({"shard": plan.name, "key": row["key"], "id": row["id"], "split": plan.split, "num_frames": row["decoded_frames"],
+                          **{f"len_{s}": int(row[f"feat_{s}"].shape[0]) for s in streams},
+                          "bytes": sum(len(v) for v in members.values()), "checksum": sample_checksum(members)})
+    index_table = pa.Table.from_pylist(index, schema=_index_schema(streams))
+    failure_table = pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA)
+    summary = {"shard": plan.name, "samples": len(index), "failures": len(failures), "bytes": len(buf.getvalue()), "time": time.time()}
+    store.commit_shard(plan.name, buf.getvalue(), index_table, failure_table, summary)
+    return summary
+
+
+def _ray_rows(plans: list[ShardPlan]) -> list[dict[str, Any]]:
+    rows = []
+    for p in plans:
+        for pos, r in enumerate(p.rows):
+            row = {k: ("" if v is None and k in ("text", "signer", "dataset", "split") else v) for k, v in r.items()}
+            for k in ("start_s", "end_s", "fps"):
+                row[k] = float("nan") if row[k] is None else float(row[k])
+            rows.append({**row, "shard": p.name, "pos": pos})
+    return rows
+
+
+def _lost_row(plan: ShardPlan, pos: int) -> dict[str, Any]:
+    """A clip whose row never reached the writer: its worker died on it every time Ray retried."""
+    r = plan.rows[pos]
+    return {**r, "pos": pos, "error_stage": "decode", "error_class": "lost",
+            "error_message": "the worker processing this clip died on every retry (a crash in native decoding code?)"}
+
+
+def _clean_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for k in ("start_s", "end_s", "fps"):
+        v = out.get(k)
+        out[k] = None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+    for k in ("text", "signer", "dataset"):
+        out[k] = out.get(k) or None
+    return out
+
+
+def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, *, address: str | None = None, overwrite: bool = False,
+                progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
+    t_start = time.time()
+    cfg = config if isinstance(config, JobConfig) else load_job_config(config)
+    try:
+        table = read_manifest(manifest)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SignfeatError(str(exc)) from None
+    manifest_rows = table.to_pylist()
+    plans = plan_shards(manifest_rows, cfg.shards)
+    streams = [s.name for s in cfg.streams]
+    identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
+    store = Store(out)
+    if overwrite:
+        store.clear()
+    elif store.exists("_signfeat/identity.json"):
+        old = store.read_json("_signfeat/identity.json")
+        if old != identity:
+            raise SignfeatError(
+                f"{out} holds a job with config hash {old.get('config_hash')} and plan hash {old.get('plan_hash')}; this run has "
+                f"{identity['config_hash']} / {identity['plan_hash']}. Use another --out, or --overwrite to replace it."
+            )
+    store.write_json("_signfeat/identity.json", identity)
+    store.write_table("_signfeat/plan.parquet", pa.Table.from_pylist(
+        [{"shard": p.name, "key": r["key"], "id": r["id"]} for p in plans for r in p.rows],
+        schema=pa.schema([("shard", pa.string()), ("key", pa.string()), ("id", pa.string())])))
+
+    done = store.done_shards()
+    todo = [p for p in plans if p.name not in done]
+    log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.url)
+    stage_seconds: dict[str, float] = {}
+    if todo:
+        stage_seconds = _run_ray(cfg, todo, store, streams, identity["config_hash"], address=address, progress=progress, num_cpus=num_cpus)
+    summary = finalize(store, plans, streams, cfg, identity, t_start, stage_seconds, skipped=len(done))
+    return summary
+
+
+def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[str], config_hash: str, *, address, progress, num_cpus) -> dict[str, float]:
+    import ray
+    from tqdm import tqdm
+
+    from pipeline.ray_runtime import ensure_ray
+    from pipeline.stages import ExtractStream, decode_prepare, stream_geometries
+
+    needed_cpus = 1 + sum(s.actors * s.num_cpus for s in cfg.streams)
+    ensure_ray(num_cpus=num_cpus or max(os.cpu_count() or 1, int(np.ceil(needed_cpus))), address=address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False  # our own bar below says clips, rate, ETA and failures
+    ctx.max_errored_blocks = -1  # a clip whose worker keeps dying is dropped (and recorded), the job goes on
+    geometries = stream_geometries(cfg.streams)
+    streams_json = json.dumps([s.extractor for s in cfg.streams], sort_keys=True)
+
+    # One clip per block: if a worker dies on a clip for good, Ray Data drops that block alone.
+    ds = ray.data.from_items(_ray_rows(todo), override_num_blocks=sum(len(p.rows) for p in todo))
+    ds = ds.map_batches(decode_prepare, fn_kwargs={"streams_json": streams_json, "decode_options": cfg.decode}, batch_size=1,
+                        batch_format="numpy", num_cpus=1, max_retries=cfg.decode_retries)
+    for s in cfg.streams:
+        ds = ds.map_batches(ExtractStream, fn_constructor_kwargs={"extractor": s.extractor, "prep_column": geometries[s.name], "use_gpu": s.num_gpus > 0},
+                            batch_size=cfg.clips_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=s.actors),
+                            num_gpus=s.num_gpus, num_cpus=s.num_cpus, max_restarts=-1, max_task_retries=-1)
+    ds = ds.drop_columns(sorted(set(geometries.values())))
+
+    total = sum(len(p.rows) for p in todo)
+    order = {p.name: i for i, p in enumerate(todo)}
+    bar = tqdm(total=total, unit="clip", desc="extract", disable=not progress, mininterval=2.0)
+    failures = 0
+    next_shard = 0  # todo[next_shard] is the shard whose rows arrive now
+    current: dict[int, dict[str, Any]] = {}
+    t_write = 0.0
+
+    def flush(upto: int) -> None:
+        """Commit todo[next_shard:upto]: their rows have all arrived, or were dropped for good."""
+        nonlocal next_shard, current, t_write, failures
+        while next_shard < upto:
+            plan = todo[next_shard]
+            rows = [current.get(pos) or _lost_row(plan, pos) for pos in range(len(plan.rows))]
+            lost = sum(1 for pos in range(len(plan.rows)) if pos not in current)
+            failures += lost
+            bar.update(lost)
+            t = time.time()
+            write_shard(store, plan, rows, streams, config_hash)
+            t_write += time.time() - t
+            current, next_shard = {}, next_shard + 1
+
+    for row in ds.iter_rows():
+        row = _clean_row(row)
+        k = order[row["shard"]]
+        flush(k)  # rows come in plan order: a later shard's row means the earlier shards are finished
+        current[int(row["pos"])] = row
+        failures += bool(row["error_class"])
+        bar.update(1)
+        bar.set_postfix(failures=failures, refresh=False)
+        if len(current) == len(todo[k].rows):
+            flush(k + 1)
+    flush(len(todo))
+    bar.close()
+    stats = {"write_shards_s": t_write}
+    try:  # Ray Data's own per-operator wall times, when it reports them
+        stats["ray_data_stats"] = ds.stats()[:4000]
+    except Exception:
+        pass
+    return stats
+
+
+def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobConfig, identity: dict, t_start: float, stage_seconds: dict, skipped: int) -> dict[str, Any]:
+    """Merge the per-shard parts (plan order), check that every clip is in exactly one place, write job.json."""
+    index_parts, failure_parts = [], []
+    for p in plans:
+        if not store.exists(Store.marker(p.name)):
+            raise SignfeatError(f"shard {p.name} is not complete; rerun the same command to finish the job")
+        index_parts.append(store.read_table(f"_signfeat/parts/{p.name}.index.parquet"))
+        failure_parts.append(store.read_table(f"_signfeat/parts/{p.name}.failures.parquet"))
+    index = pa.concat_tables(index_parts) if index_parts else _index_schema(streams).empty_table()
+    failures = pa.concat_tables(failure_parts) if failure_parts else FAILURE_SCHEMA.empty_table()
+    planned = [r["key"] for p in plans for r in p.rows]
+    placed = index.column("key").to_pylist() + failures.column("key").to_pylist()
+    if sorted(planned) != sorted(placed):
+        raise SignfeatError(f"exactly-once check failed: {len(planned)} planned clips, {len(placed)} placed")
+    store.write_table("index.parquet", index)
+    store.write_table("failures.parquet", failures)
+    wall = time.time() - t_start
+    frames = int(pa.compute.sum(index.column("num_frames")).as_py() or 0) if index.num_rows else 0
+    summary = {
+        "output": store.url,
+        "clips_planned": len(planned),
+        "samples": index.num_rows,
+        "failures": failures.num_rows,
+        "failures_by_class": {k: int(v) for k, v in zip(*np.unique(failures.column("error_class").to_pylist(), return_counts=True))} if failures.num_rows else {},
+        "shards": len(plans),
+        "shards_skipped_as_complete": skipped,
+        "wall_s": wall,
+        "clips_per_s": len(planned) / wall if wall > 0 else None,
+        "frames_per_s": frames / wall if wall > 0 else None,
+        "frames": frames,
+        "stage_seconds": stage_seconds,
+        "streams": streams,
+        "config": cfg.to_dict(),
+        "config_hash": identity["config_hash"],
+        "plan_hash": identity["plan_hash"],
+        "versions": _versions(),
+    }
+    store.write_json("job.json", summary)
+    return summary

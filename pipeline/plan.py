@@ -1,0 +1,72 @@
+"""Shard planning: which clip goes into which shard, fixed up front from the manifest and the config.
+
+Clips with status ``ok`` are grouped by split (a clip without one goes to ``nosplit``), kept in manifest
+order, and cut into shards of at most ``samples`` clips and at most ``max_frames`` frames (frames are what
+feature bytes grow with). Same manifest + same shard settings -> same shard names -> same keys, so a
+rerun can skip complete shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import ShardConfig
+from pipeline.errors import SignfeatError
+
+NO_SPLIT = "nosplit"
+# Manifest columns a shard needs (the rest stays in the manifest).
+ROW_FIELDS = ["id", "key", "dataset", "split", "signer", "text", "source_kind", "path", "start_s", "end_s", "fps", "num_frames"]
+
+
+@dataclass
+class ShardPlan:
+    name: str  # "{split}/{prefix}-{000000}"
+    split: str
+    rows: list[dict[str, Any]]
+
+
+def plan_shards(manifest_rows: list[dict[str, Any]], shards: ShardConfig) -> list[ShardPlan]:
+    ok = [{k: r.get(k) for k in ROW_FIELDS} for r in manifest_rows if r.get("status") == "ok"]
+    seen: dict[str, str] = {}
+    for r in ok:
+        if r["key"] in seen:
+            raise SignfeatError(f"manifest has two ok clips with key {r['key']!r} (ids {seen[r['key']]!r}, {r['id']!r}); rebuild it with signfeat manifest build")
+        seen[r["key"]] = r["id"]
+    by_split: dict[str, list[dict[str, Any]]] = {}
+    for r in ok:
+        split = r["split"] or NO_SPLIT
+        if "/" in split or split.startswith("_"):
+            raise SignfeatError(f"split name {split!r} of clip {r['id']!r} cannot be a folder name")
+        by_split.setdefault(split, []).append(r)
+    plans: list[ShardPlan] = []
+    for split in sorted(by_split):
+        current: list[dict[str, Any]] = []
+        frames = 0
+        index = 0
+
+        def close():
+            nonlocal current, frames, index
+            if current:
+                plans.append(ShardPlan(f"{split}/{shards.prefix}-{index:06d}", split, current))
+                index += 1
+            current, frames = [], 0
+
+        for r in by_split[split]:
+            n = int(r["num_frames"] or 0)
+            if current and (len(current) >= shards.samples or (shards.max_frames is not None and frames + n > shards.max_frames)):
+                close()
+            current.append(r)
+            frames += n
+        close()
+    return plans
+
+
+def plan_hash(plans: list[ShardPlan]) -> str:
+    h = hashlib.sha256()
+    for p in plans:
+        for r in p.rows:
+            h.update(json.dumps([p.name, r["key"], r["path"], r["source_kind"], r["start_s"], r["end_s"], r["fps"]], default=str).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,153 @@
+"""The job's two kinds of stage for Ray Data.
+
+decode_prepare (CPU tasks): decode a clip and run every stream's preprocessing (resize + crop to uint8).
+  Streams whose preprocessing has the same geometry share one prepared array. A worker killed by a
+  native decoder crash is retried by Ray; a clip that keeps killing it is recorded as ``lost``.
+ExtractStream (GPU or CPU): one extractor with its model loaded once; runs the clips of a batch together.
+  If a batch fails, its clips are retried one by one so only the bad clip fails.
+
+Rows carry ``error_stage``/``error_class``/``error_message`` ("" when fine); a failed row flows on
+untouched, so every clip reaches the writer and lands in a shard or in failures.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ClipError
+
+ERROR_COLUMNS = ("error_stage", "error_class", "error_message")
+
+
+def geometry_key(transform) -> str:
+    t = transform
+    return f"g{t.shortest_edge}_{t.crop}_{t.resample}_{t.backend}_{t.crop_rounding}_{int(t.square_first)}"
+
+
+def stream_geometries(streams) -> dict[str, str]:
+    """stream name -> prepared column name; streams with equal resize/crop geometry share one column."""
+    from extractors import ExtractorConfig
+    from extractors.base import REGISTRY
+
+    out = {}
+    for s in streams:
+        cfg = ExtractorConfig.from_dict({**s.extractor, "device": "cpu"})
+        out[s.name] = "prep_" + geometry_key(REGISTRY[cfg.name].transform_for(cfg))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _transforms(streams_json: str) -> dict[str, Any]:
+    """Prepared column -> FrameTransform, built once per worker process (no model weights needed)."""
+    from extractors import ExtractorConfig
+    from extractors.base import REGISTRY
+
+    out = {}
+    for extractor in json.loads(streams_json):
+        cfg = ExtractorConfig.from_dict({**extractor, "device": "cpu"})
+        t = REGISTRY[cfg.name].transform_for(cfg)
+        out["prep_" + geometry_key(t)] = t
+    return out
+
+
+def _maybe_crash_for_tests(path: str) -> None:
+    """Fault injection for the tests: a decoder that dies in native code on a 'hostile' file."""
+    marker = os.environ.get("SIGNFEAT_TEST_CRASH_ON")
+    if marker and marker in path:
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_options) -> dict[str, np.ndarray]:
+    """Ray Data task (CPU): decode each clip and run every stream's resize/crop -> uint8 columns.
+
+    A clip that fails gets its error columns set and empty arrays; a worker that dies (a native crash in
+    a decoder) is retried by Ray and, if it keeps dying, its block is dropped and the writer records the
+    clip as ``lost`` (see pipeline/extract.py), so the job goes on.
+    """
+    from pipeline.decode import decode_clip
+
+    transforms = _transforms(streams_json)
+    n = len(batch["key"])
+    out: dict[str, list] = {k: list(v) for k, v in batch.items()}
+    for col in [*transforms, "decoded_frames", "decoded_fps"]:
+        out[col] = [None] * n
+    for c in ERROR_COLUMNS:
+        out[c] = [""] * n
+    for i in range(n):
+        row = {k: _py(v[i]) for k, v in batch.items()}
+        try:
+            _maybe_crash_for_tests(str(row["path"]))
+            clip = decode_clip(row, decode_options)
+            for col, t in transforms.items():
+                out[col][i] = t.resize_crop(clip.frames).numpy()
+            out["decoded_frames"][i], out["decoded_fps"][i] = int(clip.frames.shape[0]), float(clip.fps)
+            del clip
+        except Exception as exc:  # ClipError or anything else decoding raised: this clip's problem only
+            kind = exc.kind if isinstance(exc, ClipError) else type(exc).__name__
+            out["error_stage"][i], out["error_class"][i], out["error_message"][i] = "decode", kind, str(exc)[:2000]
+            for col in transforms:
+                out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
+            out["decoded_frames"][i], out["decoded_fps"][i] = 0, 0.0
+    return {k: _column(v) for k, v in out.items()}
+
+
+class ExtractStream:
+    def __init__(self, extractor: dict[str, Any], prep_column: str, use_gpu: bool):
+        from extractors import ExtractorConfig, build_extractor
+
+        self.extractor = build_extractor(ExtractorConfig.from_dict({**extractor, "device": "cuda" if use_gpu else "cpu"}))
+        self.prep_column = prep_column
+        self.name = self.extractor.stream
+        self.meta = json.dumps(self.extractor.metadata(), sort_keys=True, default=str)
+
+    def _extract(self, prepared: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        return self.extractor.extract_prepared([torch.from_numpy(np.ascontiguousarray(p)) for p in prepared])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["key"])
+        out: dict[str, list] = {k: list(v) for k, v in batch.items()}
+        feats: list[Any] = [np.zeros((0, self.extractor.width), np.float16)] * n
+        todo = [i for i in range(n) if not _py(batch["error_class"][i])]
+        results: dict[int, np.ndarray] = {}
+        try:
+            for i, f in zip(todo, self._extract([batch[self.prep_column][i] for i in todo])):
+                results[i] = f
+        except Exception:
+            for i in todo:  # isolate the clip that breaks the batch
+                try:
+                    results[i] = self._extract([batch[self.prep_column][i]])[0]
+                except Exception as exc:
+                    out["error_stage"][i], out["error_class"][i], out["error_message"][i] = f"extract:{self.name}", type(exc).__name__, str(exc)[:2000]
+        for i, f in results.items():
+            if not np.isfinite(f).all():
+                out["error_stage"][i], out["error_class"][i] = f"extract:{self.name}", "nonfinite"
+                out["error_message"][i] = f"{self.name} produced non-finite values (float16 overflow or NaN)"
+                continue
+            feats[i] = f
+        out[f"feat_{self.name}"] = feats
+        out[f"meta_{self.name}"] = [self.meta] * n
+        return {k: _column(v) for k, v in out.items()}
+
+
+def _py(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _column(values: list) -> np.ndarray:
+    """A batch column: arrays of different shapes become an object array (Ray stores them as ragged tensors)."""
+    if values and isinstance(values[0], np.ndarray):
+        col = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            col[i] = v
+        return col
+    return np.asarray(values, dtype=object) if any(v is None for v in values) else np.asarray(values)

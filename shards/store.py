@@ -1,0 +1,118 @@
+"""Where a job's output lives: a local folder or an object store URL (``s3://bucket/prefix``), through
+pyarrow.fs, with the commit protocol that makes a job exactly-once and resumable.
+
+Layout under OUT:
+    {split}/{prefix}-{000000}.tar          the shards
+    index.parquet, failures.parquet        merged at the end of a job from the per-shard parts below
+    job.json                               summary of the last run
+    _signfeat/identity.json                manifest + config hashes: a rerun with others is refused
+    _signfeat/plan.parquet                 key -> shard, fixed when the job first starts
+    _signfeat/parts/{split}/{shard}.index.parquet / .failures.parquet
+    _signfeat/done/{split}/{shard}.json    written last: a shard exists iff its marker does
+
+A shard is written under a temporary name, moved to its name, its parts written, and only then its
+marker (datatrove's completion markers). A crash before the marker leaves a shard that the next run
+overwrites; after it, the shard is skipped. On S3 a move is a copy, so the marker, not the rename, is the
+commit point.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.errors import SignfeatError
+
+
+class Store:
+    def __init__(self, out: str):
+        self.url = str(out)
+        try:
+            if "://" in self.url:
+                self.fs, root = pafs.FileSystem.from_uri(self.url)
+            else:
+                import os
+
+                self.fs, root = pafs.LocalFileSystem(), os.path.abspath(self.url)
+        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+            raise SignfeatError(f"cannot open output location {self.url}: {exc}") from None
+        self.root = root.rstrip("/")
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    # ------------------------------------------------------------------ basic io
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write to a temporary name, then move into place."""
+        final = self.path(rel)
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, final)
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=str, ensure_ascii=False).encode())
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.write_bytes(rel, buf.getvalue())
+
+    def read_table(self, rel: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(rel)))
+
+    def list_files(self, rel: str, suffix: str = "") -> list[str]:
+        """Relative paths of files under ``rel`` (recursive), sorted."""
+        base = self.path(rel)
+        if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        prefix = self.root + "/"
+        return sorted(i.path[len(prefix):] if i.path.startswith(prefix) else i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
+
+    def delete(self, rel: str) -> None:
+        info = self.fs.get_file_info(self.path(rel))
+        if info.type == pafs.FileType.File:
+            self.fs.delete_file(self.path(rel))
+        elif info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path(rel))
+
+    # ------------------------------------------------------------------ shard commit protocol
+
+    @staticmethod
+    def marker(shard: str) -> str:
+        return f"_signfeat/done/{shard}.json"
+
+    def done_shards(self) -> set[str]:
+        return {p[len("_signfeat/done/") : -len(".json")] for p in self.list_files("_signfeat/done", ".json")}
+
+    def commit_shard(self, shard: str, tar_bytes: bytes, index: pa.Table, failures: pa.Table, summary: dict) -> None:
+        self.write_bytes(f"{shard}.tar", tar_bytes)
+        self.write_table(f"_signfeat/parts/{shard}.index.parquet", index)
+        self.write_table(f"_signfeat/parts/{shard}.failures.parquet", failures)
+        self.write_json(self.marker(shard), summary)  # the commit point
+
+    def clear(self) -> None:
+        """Remove everything signfeat wrote under OUT (for --overwrite)."""
+        for rel in ["_signfeat", "index.parquet", "failures.parquet", "job.json"]:
+            self.delete(rel)
+        for rel in self.list_files("", ".tar"):
+            self.delete(rel)
