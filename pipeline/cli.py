@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--num-cpus", type=_nonneg_int, help="CPUs of the local Ray instance")
     x.add_argument("--no-progress", action="store_true")
 
+    v = sub.add_parser("verify", help="check every shard of an extract output; non-zero exit on any problem")
+    v.add_argument("out")
+    st = sub.add_parser("stats", help="counts, hours, frames and bytes per split and stream of an extract output")
+    st.add_argument("out")
+
     d = sub.add_parser("demo-corpus", help="write the synthetic demo corpus")
     d.add_argument("out", type=Path)
     d.add_argument("--seed", type=int, default=0)
@@ -206,7 +211,31 @@ def _extract(args) -> int:
     return 0
 
 
-COMMANDS = {("manifest", "build"): _manifest_build, ("manifest", "curate"): _manifest_curate, ("demo-corpus", None): _demo_corpus, ("features", None): _features, ("extract", None): _extract}
+def _verify(args) -> int:
+    from shards.verify import verify
+
+    report = verify(args.out)
+    for p in report["problems"]:
+        print(f"PROBLEM {p}")
+    print(f"{'OK' if report['ok'] else 'FAILED'}: {report.get('shards', 0)} shards, {report['samples']} samples, {report.get('failures', 0)} recorded failures, {len(report['problems'])} problems")
+    return 0 if report["ok"] else 1
+
+
+def _stats(args) -> int:
+    from shards.verify import stats
+
+    try:
+        s = stats(args.out)
+    except FileNotFoundError as exc:
+        raise SignfeatError(str(exc)) from None
+    print(f"{'split':<10}{'samples':>9}{'failures':>9}{'hours':>9}{'frames':>10}{'MiB':>9}  " + "  ".join(f"{x} rows" for x in s["streams"]))
+    for split, e in s["splits"].items():
+        print(f"{split:<10}{e['samples']:>9}{e['failures']:>9}{e['hours']:>9.3f}{e['frames']:>10}{e['bytes'] / 2**20:>9.1f}  " + "  ".join(f"{e[x + '_rows']:>{len(x) + 5}}" for x in s["streams"]))
+    print(f"{'total':<10}{s['samples']:>9}{s['failures']:>9}{s['hours']:>9.3f}{s['frames']:>10}{s['bytes'] / 2**20:>9.1f}")
+    return 0
+
+
+COMMANDS = {("manifest", "build"): _manifest_build, ("manifest", "curate"): _manifest_curate, ("demo-corpus", None): _demo_corpus, ("features", None): _features, ("extract", None): _extract, ("verify", None): _verify, ("stats", None): _stats}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ def _versions() -> dict[str, str]:
 
 def _index_schema(streams: list[str]) -> pa.Schema:
     fields = [pa.field("shard", pa.string()), pa.field("key", pa.string()), pa.field("id", pa.string()), pa.field("split", pa.string()),
-              pa.field("num_frames", pa.int64())]
+              pa.field("num_frames", pa.int64()), pa.field("duration_s", pa.float64())]
     fields += [pa.field(f"len_{s}", pa.int64()) for s in streams]
     fields += [pa.field("bytes", pa.int64()), pa.field("checksum", pa.string())]
     return pa.schema(fields)
@@ -83,6 +83,7 @@ def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], strea
             members = encode_sample(row["key"], meta, {s: row[f"feat_{s}"] for s in streams})
             sink.write({"__key__": row["key"], **members})
             index.append({"shard": plan.name, "key": row["key"], "id": row["id"], "split": plan.split, "num_frames": row["decoded_frames"],
+                          "duration_s": row["decoded_frames"] / row["decoded_fps"] if row["decoded_fps"] else None,
                           **{f"len_{s}": int(row[f"feat_{s}"].shape[0]) for s in streams},
                           "bytes": sum(len(v) for v in members.values()), "checksum": sample_checksum(members)})
     index_table = pa.Table.from_pylist(index, schema=_index_schema(streams))

@@ -1,0 +1,56 @@
+"""A small reader of signfeat shards for training and inspection: plain ``tarfile``, no pickle.
+
+    for sample in read_samples("OUT/train/shard-000000.tar"):
+        sample["key"], sample["json"]["text"], sample["clip_s2"]  # float16 [T, 2048]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Any, Iterator
+
+from shards.sample import load_npy
+
+
+def iter_members(fileobj) -> Iterator[tuple[str, str, bytes]]:
+    """(key, suffix, bytes) for each file member, in tar order. The key is the name up to the first dot."""
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = member.name.rsplit("/", 1)[-1]
+            key, _, suffix = base.partition(".")
+            yield key, suffix, tar.extractfile(member).read()
+
+
+def group_samples(members: Iterator[tuple[str, str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    key, group = None, {}
+    for k, suffix, data in members:
+        if key is not None and k != key:
+            yield key, group
+            group = {}
+        key = k
+        group[suffix] = data
+    if key is not None:
+        yield key, group
+
+
+def decode_sample(key: str, members: dict[str, bytes]) -> dict[str, Any]:
+    sample: dict[str, Any] = {"key": key}
+    for suffix, data in members.items():
+        if suffix == "json":
+            sample["json"] = json.loads(data)
+        elif suffix.endswith(".npy"):
+            sample[suffix[: -len(".npy")]] = load_npy(data)
+    return sample
+
+
+def read_samples(path_or_bytes) -> Iterator[dict[str, Any]]:
+    """Samples of one shard: a local path, or the shard's bytes."""
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        yield from (decode_sample(k, m) for k, m in group_samples(iter_members(io.BytesIO(path_or_bytes))))
+        return
+    with open(path_or_bytes, "rb") as f:
+        yield from (decode_sample(k, m) for k, m in group_samples(iter_members(f)))
