@@ -1,5 +1,5 @@
 # signfeat: every target sets itself up from nothing (venv, FFmpeg, Python deps) and then runs.
-#   make demo   demo corpus -> manifest build -> curate, prints where the manifest and report are
+#   make demo   demo corpus -> manifest build -> curate -> extract (tiny random models) -> verify -> stats
 #   make test   the whole test suite, full-size model checks included (`make test-fast` skips those)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -30,7 +30,11 @@ demo: setup
 	$(VENV)/bin/signfeat manifest build --annotations $(DEMO)/corpus/annotations/* $(DEMO)/corpus/PHOENIX-2014-T/annotations/manual/*.corpus.csv \
 	  --root $(DEMO)/corpus --out $(DEMO)/manifest.parquet
 	$(VENV)/bin/signfeat manifest curate $(DEMO)/manifest.parquet --out $(DEMO)/curated.parquet --report $(DEMO)/report --config configs/curate.yaml
-	@echo "manifest: $(DEMO)/manifest.parquet  curated: $(DEMO)/curated.parquet  report: $(DEMO)/report/"
+	@echo "NOTE: the demo extraction uses TINY RANDOM-WEIGHT extractors (configs/extract_demo.yaml): the features are not meaningful"
+	$(VENV)/bin/signfeat extract --manifest $(DEMO)/curated.parquet --out $(DEMO)/features --config configs/extract_demo.yaml --overwrite
+	$(VENV)/bin/signfeat verify $(DEMO)/features
+	$(VENV)/bin/signfeat stats $(DEMO)/features
+	@echo "manifest: $(DEMO)/manifest.parquet  curated: $(DEMO)/curated.parquet  report: $(DEMO)/report/  shards: $(DEMO)/features/"
 
 test: setup
 	$(PY) -m pytest -q -m "slow or not slow"
