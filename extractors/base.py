@@ -178,6 +178,19 @@ class Extractor:
         raise NotImplementedError
 
     @classmethod
+    def hf_transform(cls, config: ExtractorConfig, settings, module: str, processor: str, random_defaults: dict) -> "FrameTransform":
+        """The transform of a Hugging Face image processor: the model's own (from its id or folder), or,
+        for random weights, one built from ``random_defaults`` (the published model's processor config)."""
+        from extractors.preprocess import FrameTransform
+
+        processor_cls = hf_processor_class(module, processor, settings.resize)
+        if config.random_weights:
+            proc = processor_cls(**random_defaults)
+        else:
+            proc = processor_cls.from_pretrained(config.model or cls.default_model, revision=config.revision)
+        return FrameTransform.from_hf_processor(proc, backend=settings.resize)
+
+    @classmethod
     def transform_for(cls, config: ExtractorConfig) -> "FrameTransform":
         return cls.make_transform(config, parse_settings(cls.Settings, config.settings, cls.name))
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from extractors.base import Extractor, hf_processor_class, register
+from extractors.base import Extractor, register
 from extractors.preprocess import FrameTransform
 from pipeline.errors import SignfeatError
 
@@ -154,12 +154,8 @@ class ClipS2Extractor(Extractor):
             # The architecture's preprocess config, set by create_model, without reading any weights.
             visual, _ = _open_clip_visual(config, load_weights=False)
             return _open_clip_transform(visual.preprocess_cfg, settings.resize)
-        processor_cls = hf_processor_class("clip", "CLIPImageProcessor", settings.resize)
-        if config.random_weights:
-            processor = processor_cls()  # the class defaults are OpenAI CLIP's processor settings
-        else:
-            processor = processor_cls.from_pretrained(config.model or cls.default_model, revision=config.revision)
-        return FrameTransform.from_hf_processor(processor, backend=settings.resize)
+        # for random weights the processor class's defaults are OpenAI CLIP's processor settings
+        return cls.hf_transform(config, settings, "clip", "CLIPImageProcessor", {})
 
     def _build_hf(self) -> None:
         from transformers import CLIPVisionConfig, CLIPVisionModel

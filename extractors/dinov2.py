@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from extractors.base import Extractor, hf_processor_class, register
+from extractors.base import Extractor, register
 from extractors.preprocess import IMAGENET_MEAN, IMAGENET_STD, FrameTransform
 
 DINOV2_BASE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=14, image_size=518)
@@ -61,12 +61,7 @@ class Dinov2Extractor(Extractor):
                 shortest_edge=384, crop=336, resample="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
                 backend=settings.resize, crop_rounding="floor", square_first=True,
             )
-        processor_cls = hf_processor_class("bit", "BitImageProcessor", settings.resize)
-        if config.random_weights:
-            processor = processor_cls(**PROCESSOR)
-        else:
-            processor = processor_cls.from_pretrained(config.model or cls.default_model, revision=config.revision)
-        return FrameTransform.from_hf_processor(processor, backend=settings.resize)
+        return cls.hf_transform(config, settings, "bit", "BitImageProcessor", PROCESSOR)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=batch[:, 0]).pooler_output

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from extractors.base import Extractor, hf_processor_class, register
+from extractors.base import Extractor, register
 from extractors.preprocess import IMAGENET_MEAN, IMAGENET_STD, FrameTransform
 
 VIDEOMAE_LARGE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=16, tubelet_size=2, image_size=224)
@@ -86,12 +86,7 @@ class VideoMAEExtractor(Extractor):
 
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:
-        processor_cls = hf_processor_class("videomae", "VideoMAEImageProcessor", settings.resize)
-        if config.random_weights:
-            processor = processor_cls(**PROCESSOR)
-        else:
-            processor = processor_cls.from_pretrained(config.model or cls.default_model, revision=config.revision)
-        return FrameTransform.from_hf_processor(processor, backend=settings.resize)
+        return cls.hf_transform(config, settings, "videomae", "VideoMAEImageProcessor", PROCESSOR)
 
     def units(self, num_frames: int) -> np.ndarray:
         s = self.settings
