@@ -36,7 +36,6 @@ from shards.sample import encode_sample, sample_checksum
 from shards.store import Store
 
 log = logging.getLogger("signfeat.extract")
-INDEX_FIELDS = ["shard", "key", "id", "split", "num_frames", "bytes", "checksum"]
 FAILURE_SCHEMA = pa.schema([("id", pa.string()), ("key", pa.string()), ("shard", pa.string()), ("split", pa.string()),
                             ("stage", pa.string()), ("error_class", pa.string()), ("message", pa.string())])
 
