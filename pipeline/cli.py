@@ -7,11 +7,15 @@ traceback means a bug in signfeat.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 
 from pipeline.errors import ClipError, SignfeatError
+
+
+PLUGIN_MODULES = ("trainer.cli", "motion.cli")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--clips", type=int, default=48)
     d.add_argument("--size", type=int, default=64, help="frame height in pixels")
+
+    for module in PLUGIN_MODULES:  # the trainer's and the motion stream's own subcommands
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -241,7 +248,7 @@ COMMANDS = {("manifest", "build"): _manifest_build, ("manifest", "curate"): _man
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = COMMANDS[(args.command, getattr(args, "manifest_command", None))]
+        handler = getattr(args, "handler", None) or COMMANDS[(args.command, getattr(args, "manifest_command", None))]
         return handler(args)
     except ClipError as exc:  # one clip the user pointed at directly (signfeat features)
         print(f"signfeat: error: {exc.kind}: {exc}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""signfeat trainer: sign adapter + LoRA LLM training from feature shards, BLEU / ROUGE-L evaluation."""
