@@ -1,0 +1,253 @@
+"""Input A: SMPL-X parameter sequences in the layouts sign corpora and estimators ship, read into one
+normalised dict of float32 arrays (``motion.body_model.PARAM_WIDTHS`` plus ``betas`` / ``expression``, one row
+per frame, and ``world_rotation`` when the parameters live in a camera frame).
+
+    params, fps = read_params("SignAvatars/.../video.pkl")   # fps is None when the file does not say
+
+Layouts (``detect_layout`` says which one a path is):
+
+- ``signavatars``: a pickle per video with key ``smplx`` of shape (N, 182): root 0:3, body 3:66, left hand
+  66:111, right hand 111:156, jaw 156:159, betas 159:169, expression 169:179, camera translation 179:182.
+  Camera frame (X right, Y down, Z forward), so ``world_rotation`` = diag(1, -1, -1) turns it Y-up.
+- ``smplerx``: a folder of per-frame files (.npz or .pkl, natural sort order, one person per frame) as
+  SMPLer-X / OSX inference writes them: ``smplx_root_pose`` 3, ``smplx_body_pose`` 63,
+  ``smplx_lhand_pose`` 45, ``smplx_rhand_pose`` 45, ``smplx_jaw_pose`` 3, ``smplx_shape`` 10,
+  ``smplx_expr`` 10, optional ``cam_trans`` 3 (camera frame, as SignAvatars).
+- ``motionx``: Motion-X's .npy of (N, 322) per-frame vectors: root 0:3, body 3:66, hands 66:156, jaw
+  156:159, face expression 159:209 (50, FLAME), face shape 209:309, translation 309:312, betas 312:322.
+  Y-up already. The FLAME expression/shape are not SMPL-X coefficients and are not used (Motion-X's own
+  joint export passes zero SMPL-X expression too).
+- ``named``: an .npz (or pickle of a dict) of named arrays ``global_orient, body_pose, left_hand_pose,
+  right_hand_pose, jaw_pose, expression, betas, transl`` and optionally ``fps`` and ``world_rotation``.
+
+Pickles are read with :class:`RestrictedUnpickler`: numpy arrays, dtypes and plain containers only; a
+pickle that names anything else (``os.system``, a class...) is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import SignfeatError
+
+CAMERA_TO_Y_UP = np.diag([1.0, -1.0, -1.0]).astype(np.float32)  # OpenCV camera frame -> Y up, facing the camera
+
+SIGNAVATARS_SLICES = {
+    "global_orient": slice(0, 3), "body_pose": slice(3, 66), "left_hand_pose": slice(66, 111),
+    "right_hand_pose": slice(111, 156), "jaw_pose": slice(156, 159), "betas": slice(159, 169),
+    "expression": slice(169, 179), "transl": slice(179, 182),
+}
+MOTIONX_SLICES = {
+    "global_orient": slice(0, 3), "body_pose": slice(3, 66), "left_hand_pose": slice(66, 111),
+    "right_hand_pose": slice(111, 156), "jaw_pose": slice(156, 159), "transl": slice(309, 312), "betas": slice(312, 322),
+}
+SMPLERX_KEYS = {  # key -> (normalised name, width of one person)
+    "smplx_root_pose": ("global_orient", 3), "smplx_body_pose": ("body_pose", 63), "smplx_lhand_pose": ("left_hand_pose", 45),
+    "smplx_rhand_pose": ("right_hand_pose", 45), "smplx_jaw_pose": ("jaw_pose", 3), "smplx_shape": ("betas", 10),
+    "smplx_expr": ("expression", 10), "cam_trans": ("transl", 3), "smplx_transl": ("transl", 3),
+}
+NAMED_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "leye_pose", "reye_pose",
+              "expression", "betas", "transl")
+PER_FRAME_SUFFIXES = (".npz", ".pkl", ".pickle")
+
+
+# ---------------------------------------------------------------------- restricted unpickling
+
+class UnsafePickleError(SignfeatError):
+    """A pickle names something other than numpy arrays and plain containers."""
+
+
+# (module, name) a numpy array or scalar pickle needs (numpy 1.x spells numpy._core as numpy.core).
+_ALLOWED_GLOBALS = {
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # protocol 2 pickles spell bytes as _codecs.encode(text, "latin1")
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals numpy arrays, dtypes and scalars need; dicts, lists,
+    tuples, strings and numbers need none. Anything else raises before it can be called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        canonical = module.replace("numpy.core.", "numpy._core.") if module.startswith("numpy.core.") else module
+        if canonical.startswith("numpy.dtypes") and name.endswith("DType"):  # numpy 2 dtype classes (np.dtypes.Float32DType)
+            import numpy.dtypes
+
+            return getattr(numpy.dtypes, name)
+        if (canonical, name) not in _ALLOWED_GLOBALS:
+            raise UnsafePickleError(f"refusing to unpickle {module}.{name}: only numpy arrays and plain containers are allowed in parameter pickles")
+        import importlib
+
+        return getattr(importlib.import_module(canonical), name)
+
+    def persistent_load(self, pid):  # noqa: ANN001
+        raise UnsafePickleError("refusing a pickle with persistent ids: only numpy arrays and plain containers are allowed")
+
+
+def safe_load_pickle(data: bytes | Path | str) -> Any:
+    """Unpickle bytes or a file with :class:`RestrictedUnpickler` (latin1 for Python 2 numpy pickles)."""
+    raw = Path(data).read_bytes() if isinstance(data, (str, Path)) else data
+    try:
+        return RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except UnsafePickleError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a corrupt pickle is a user error)
+        raise SignfeatError(f"unreadable pickle ({type(exc).__name__}: {exc})") from None
+
+
+# ---------------------------------------------------------------------- layouts
+
+def _natural_key(path: Path) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]
+
+
+def _load_mapping(path: Path) -> dict[str, Any]:
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    if path.suffix in (".pkl", ".pickle"):
+        data = safe_load_pickle(path)
+        if not isinstance(data, dict):
+            raise SignfeatError(f"{path}: expected a pickled dict, got {type(data).__name__}")
+        return data
+    raise SignfeatError(f"{path}: unsupported parameter file type {path.suffix!r} (use .pkl, .npz or .npy)")
+
+
+def per_frame_files(folder: Path) -> list[Path]:
+    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix in PER_FRAME_SUFFIXES), key=_natural_key)
+    if not files:
+        raise SignfeatError(f"{folder}: no per-frame parameter files ({', '.join(PER_FRAME_SUFFIXES)})")
+    return files
+
+
+def detect_layout(path: str | Path) -> str:
+    """signavatars | smplerx | motionx | named (see the module doc), or a one-line error."""
+    path = Path(path)
+    if not path.exists():
+        raise SignfeatError(f"no such parameters file or folder: {path}")
+    if path.is_dir():
+        return "smplerx"
+    if path.suffix == ".npy":
+        width = np.load(path, mmap_mode="r", allow_pickle=False).shape[-1]
+        if width == 322:
+            return "motionx"
+        if width == 182:
+            return "signavatars"
+        raise SignfeatError(f"{path}: a .npy of width {width}; expected 322 (Motion-X) or 182 (SignAvatars)")
+    keys = set(_load_mapping(path))
+    if "smplx" in keys:
+        return "signavatars"
+    if keys & set(SMPLERX_KEYS):
+        return "smplerx"
+    if keys & set(NAMED_KEYS):
+        return "named"
+    raise SignfeatError(f"{path}: no SMPL-X parameters found (keys {sorted(keys)[:12]}); expected 'smplx' (SignAvatars), smplx_* (SMPLer-X/OSX) or {', '.join(NAMED_KEYS[:5])}...")
+
+
+def _rows(value: Any, name: str, where: Path) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise SignfeatError(f"{where}: {name} is not numeric") from None
+    return array.reshape(array.shape[0], -1) if array.ndim > 1 else array[None]
+
+
+def _split_columns(matrix: np.ndarray, slices: dict[str, slice]) -> dict[str, np.ndarray]:
+    return {name: np.ascontiguousarray(matrix[:, s], dtype=np.float32) for name, s in slices.items()}
+
+
+def _fps_of(value: Any) -> float | None:
+    if value is None:
+        return None
+    fps = float(np.asarray(value).reshape(-1)[0])
+    return fps if fps > 0 else None
+
+
+def _read_signavatars(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
+    if path.suffix == ".npy":
+        matrix, fps = np.load(path, allow_pickle=False), None
+    else:
+        data = _load_mapping(path)
+        matrix, fps = data["smplx"], _fps_of(data.get("fps"))
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != 182:
+        raise SignfeatError(f"{path}: SignAvatars 'smplx' must be (N, 182), got {matrix.shape}")
+    return {**_split_columns(matrix, SIGNAVATARS_SLICES), "world_rotation": CAMERA_TO_Y_UP}, fps
+
+
+def _read_motionx(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
+    matrix = np.load(path, allow_pickle=False).astype(np.float32)
+    if matrix.ndim != 2:
+        raise SignfeatError(f"{path}: Motion-X data must be (N, 322), got {matrix.shape}")
+    return _split_columns(matrix, MOTIONX_SLICES), None
+
+
+def _read_smplerx(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
+    files = per_frame_files(path) if path.is_dir() else [path]
+    columns: dict[str, list[np.ndarray]] = {}
+    for file in files:
+        frame = _load_mapping(file)
+        found = {}
+        for key, value in frame.items():
+            if key in SMPLERX_KEYS:  # (21, 3), (1, 63), (persons, 63)...: one frame, the first person
+                name, width = SMPLERX_KEYS[key]
+                flat = _rows(value, key, file).reshape(-1)
+                if flat.size < width:
+                    raise SignfeatError(f"{file}: {key} has {flat.size} values, expected {width}")
+                found[name] = flat[None, :width]
+        if "global_orient" not in found or "body_pose" not in found:
+            raise SignfeatError(f"{file}: a SMPLer-X/OSX frame needs smplx_root_pose and smplx_body_pose (has {sorted(frame)})")
+        if columns and set(found) != set(columns):
+            raise SignfeatError(f"{file}: has {sorted(found)} but earlier frames have {sorted(columns)}")
+        for name, rows in found.items():
+            columns.setdefault(name, []).append(rows)
+    return {**{k: np.concatenate(v) for k, v in columns.items()}, "world_rotation": CAMERA_TO_Y_UP}, None
+
+
+def _read_named(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
+    data = _load_mapping(path)
+    params = {k: _rows(data[k], k, path) for k in NAMED_KEYS if k in data}
+    if data.get("world_rotation") is not None:
+        rotation = np.asarray(data["world_rotation"], dtype=np.float32)
+        if rotation.shape != (3, 3):
+            raise SignfeatError(f"{path}: world_rotation must be 3x3, got {rotation.shape}")
+        params["world_rotation"] = rotation
+    return params, _fps_of(data.get("fps"))
+
+
+READERS = {"signavatars": _read_signavatars, "smplerx": _read_smplerx, "motionx": _read_motionx, "named": _read_named}
+
+
+def read_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, np.ndarray], float | None]:
+    """A parameters file or folder -> (normalised params, fps or None). ``layout``: auto | signavatars |
+    smplerx | motionx | named."""
+    path = Path(path)
+    if layout == "auto":
+        layout = detect_layout(path)
+    elif layout not in READERS:
+        raise SignfeatError(f"unknown parameters layout {layout!r}; known: auto, {', '.join(READERS)}")
+    elif not path.exists():
+        raise SignfeatError(f"no such parameters file or folder: {path}")
+    params, fps = READERS[layout](path)
+    counts = {k: len(v) for k, v in params.items() if k != "world_rotation" and len(v) != 1}
+    if len(set(counts.values())) > 1:
+        raise SignfeatError(f"{path}: parameters disagree on the number of frames: {counts}")
+    if not counts and "global_orient" not in params:
+        raise SignfeatError(f"{path}: no per-frame pose parameters")
+    return params, fps
+
+
+def is_params_path(path: str | Path) -> bool:
+    """Whether ``path`` looks like Input A (a parameters file or a folder of per-frame parameter files)
+    rather than a video or a folder of frame images."""
+    path = Path(path)
+    if path.is_dir():
+        return any(p.suffix in PER_FRAME_SUFFIXES for p in path.iterdir() if p.is_file())
+    return path.suffix in (".pkl", ".pickle", ".npz", ".npy")

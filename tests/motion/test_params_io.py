@@ -1,0 +1,146 @@
+"""Input A readers on files written here in each supported layout, and the restricted unpickler."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from motion.params_io import CAMERA_TO_Y_UP, UnsafePickleError, detect_layout, is_params_path, read_params, safe_load_pickle
+from motion.synthetic import smooth_random_params
+from pipeline.errors import SignfeatError
+
+FRAMES = 6
+
+
+@pytest.fixture()
+def params():
+    return smooth_random_params(FRAMES, seed=3)
+
+
+def _signavatars_matrix(p):
+    return np.concatenate([p["global_orient"], p["body_pose"], p["left_hand_pose"], p["right_hand_pose"], p["jaw_pose"],
+                           p["betas"], p["expression"], p["transl"]], axis=1)
+
+
+def _assert_same(read, expected, keys):
+    for key in keys:
+        np.testing.assert_array_equal(read[key], expected[key], err_msg=key)
+
+
+def test_signavatars_pickle(tmp_path, params, body_model):
+    path = tmp_path / "video.pkl"
+    path.write_bytes(pickle.dumps({"smplx": _signavatars_matrix(params), "fps": 24.0}, protocol=4))
+    assert detect_layout(path) == "signavatars" and is_params_path(path)
+    read, fps = read_params(path)
+    assert fps == 24.0
+    _assert_same(read, params, ["global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "betas", "expression", "transl"])
+    np.testing.assert_array_equal(read["world_rotation"], CAMERA_TO_Y_UP)
+    # camera frame (Y down) -> Y up: the joints are those of the same parameters turned by 180 degrees about X
+    camera = body_model.joints({k: v for k, v in read.items() if k != "world_rotation"})
+    np.testing.assert_allclose(body_model.joints(read), camera * [1, -1, -1], atol=1e-6)
+
+
+def test_signavatars_bad_width_is_an_error(tmp_path):
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(pickle.dumps({"smplx": np.zeros((4, 170), np.float32)}))
+    with pytest.raises(SignfeatError, match=r"\(N, 182\)"):
+        read_params(path)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pkl"])
+def test_smplerx_per_frame_folder(tmp_path, params, suffix):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    names = {"smplx_root_pose": "global_orient", "smplx_body_pose": "body_pose", "smplx_lhand_pose": "left_hand_pose",
+             "smplx_rhand_pose": "right_hand_pose", "smplx_jaw_pose": "jaw_pose", "smplx_shape": "betas", "smplx_expr": "expression",
+             "cam_trans": "transl"}
+    for t in range(FRAMES):  # frame 10 must come after frame 9: natural order
+        frame = {key: params[name][t].reshape(1, -1) for key, name in names.items()}
+        frame["smplx_body_pose"] = frame["smplx_body_pose"].reshape(21, 3)  # estimators write (21, 3) too
+        path = folder / f"{t * 5:05d}_0{suffix}".replace("00000", "0")
+        if suffix == ".npz":
+            np.savez(path, **frame)
+        else:
+            path.write_bytes(pickle.dumps(frame))
+    assert detect_layout(folder) == "smplerx" and is_params_path(folder)
+    read, fps = read_params(folder)
+    assert fps is None
+    _assert_same(read, params, list(names.values()))
+    np.testing.assert_array_equal(read["world_rotation"], CAMERA_TO_Y_UP)
+
+
+def test_motionx_322(tmp_path, params):
+    matrix = np.zeros((FRAMES, 322), np.float32)
+    matrix[:, :156] = np.concatenate([params["global_orient"], params["body_pose"], params["left_hand_pose"], params["right_hand_pose"]], axis=1)
+    matrix[:, 156:159] = params["jaw_pose"]
+    matrix[:, 159:309] = 7.0  # FLAME expression and shape: not SMPL-X coefficients, ignored
+    matrix[:, 309:312] = params["transl"]
+    matrix[:, 312:322] = params["betas"]
+    path = tmp_path / "000006.npy"
+    np.save(path, matrix)
+    assert detect_layout(path) == "motionx"
+    read, _ = read_params(path)
+    _assert_same(read, params, ["global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "transl", "betas"])
+    assert "expression" not in read and "world_rotation" not in read
+
+
+def test_named_npz(tmp_path, params):
+    path = tmp_path / "clip.npz"
+    np.savez(path, **params, fps=np.array(30.0))
+    assert detect_layout(path) == "named"
+    read, fps = read_params(path)
+    assert fps == 30.0
+    _assert_same(read, params, list(params))
+    np.savez(path, **{k: v for k, v in params.items() if k != "betas"}, betas=params["betas"][0])  # one row of betas
+    read, fps = read_params(path)
+    assert fps is None and read["betas"].shape == (1, 10)
+
+
+def test_unknown_or_inconsistent_files_are_clear_errors(tmp_path, params):
+    with pytest.raises(SignfeatError, match="no such parameters"):
+        read_params(tmp_path / "missing.pkl")
+    np.savez(tmp_path / "other.npz", something=np.zeros(3))
+    with pytest.raises(SignfeatError, match="no SMPL-X parameters found"):
+        read_params(tmp_path / "other.npz")
+    np.savez(tmp_path / "short.npz", global_orient=params["global_orient"], body_pose=params["body_pose"][:3])
+    with pytest.raises(SignfeatError, match="disagree on the number of frames"):
+        read_params(tmp_path / "short.npz")
+    np.save(tmp_path / "wide.npy", np.zeros((3, 100), np.float32))
+    with pytest.raises(SignfeatError, match="width 100"):
+        read_params(tmp_path / "wide.npy")
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_restricted_unpickler_refuses_a_malicious_pickle_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"smplx": _Exploit(marker)})
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(payload)
+    assert pickle.loads  # the plain unpickler would run os.system; ours refuses at the global lookup
+    with pytest.raises(UnsafePickleError, match=r"refusing to unpickle (posix|os)\.system"):
+        read_params(path)
+    with pytest.raises(UnsafePickleError):
+        safe_load_pickle(pickle.dumps(_Exploit(marker)))
+    assert not marker.exists()
+
+
+def test_restricted_unpickler_refuses_arbitrary_classes_but_reads_numpy(tmp_path):
+    from collections import Counter
+
+    with pytest.raises(UnsafePickleError, match="collections.Counter"):
+        safe_load_pickle(pickle.dumps(Counter("ab")))
+    data = {"a": np.arange(4, dtype=np.int16), "b": [np.float64(2.5), ("x", 1)], "c": b"raw"}
+    for protocol in (2, 4, 5):
+        out = safe_load_pickle(pickle.dumps(data, protocol=protocol))
+        np.testing.assert_array_equal(out["a"], data["a"])
+        assert out["b"][0] == 2.5 and out["b"][1] == ("x", 1) and out["c"] == b"raw"
