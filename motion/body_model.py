@@ -71,7 +71,10 @@ def find_model_file(model_dir: str | Path, gender: str = "neutral") -> Path:
     raise SignfeatError(f"SMPL-X model file {name} {where}: {root} (looked for {name} and smplx/{name}); {WHERE_TO_GET}")
 
 
-def _check_model_file(path: Path) -> None:
+def _check_model_file(path: Path) -> bool:
+    """Refuse what is not an SMPL-X .npz; return whether it is signfeat's synthetic test model."""
+    from motion.synthetic import SYNTHETIC_MARKER
+
     try:
         with np.load(path, allow_pickle=False) as archive:  # lists names without unpickling anything
             names = set(archive.files)
@@ -80,6 +83,7 @@ def _check_model_file(path: Path) -> None:
     missing = [n for n in REQUIRED_ARRAYS if n not in names]
     if missing:
         raise SignfeatError(f"{path} is not an SMPL-X model file: it lacks {', '.join(missing)}; {WHERE_TO_GET}")
+    return SYNTHETIC_MARKER in names
 
 
 class BodyModel:
@@ -90,7 +94,7 @@ class BodyModel:
 
         self.settings = settings
         self.path = find_model_file(settings.model_dir, settings.gender)
-        _check_model_file(self.path)
+        self.synthetic = _check_model_file(self.path)
         try:
             # smplx reads the licensed .npz with allow_pickle=True (the real file holds object arrays).
             self.smplx = smplx.SMPLX(
@@ -108,7 +112,15 @@ class BodyModel:
         depth = [0] * 55
         for j in range(1, 55):
             depth[j] = depth[int(self.parents[j])] + 1
-        self._levels = [torch.tensor([j for j in range(55) if depth[j] == d]) for d in range(1, max(depth) + 1)]
+        # Joints grouped by depth; slot = a joint's index in the depth-ordered tensor joints_torch builds.
+        slot = {0: 0}
+        self._levels = []
+        for d in range(1, max(depth) + 1):
+            level = [j for j in range(55) if depth[j] == d]
+            self._levels.append((torch.tensor(level), torch.tensor([slot[int(self.parents[j])] for j in level])))
+            for j in level:
+                slot[j] = len(slot)
+        self._joint_slot = torch.tensor([slot[j] for j in range(55)])
         # Joints of the shaped rest mesh are linear in (betas, expression): J = J0 + D @ coeffs.
         regressor = self.smplx.J_regressor
         shapedirs = torch.cat([self.smplx.shapedirs, self.smplx.expr_dirs], dim=-1)
@@ -159,20 +171,17 @@ class BodyModel:
                           full["left_hand_pose"], full["right_hand_pose"]], dim=1) + self.pose_mean
         local_rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(batch, 55, 3, 3)
         coeffs = torch.cat([full["betas"], full["expression"]], dim=1)
-        rest = self.rest_joints_template + torch.einsum("jck,bk->bjc", self.joint_shapedirs, coeffs)
+        rest = self.rest_joints_template + (coeffs @ self.joint_shapedirs.reshape(165, -1).T).reshape(batch, 55, 3)
         # smplx.lbs.batch_rigid_transform, joints only: each joint = parent joint + parent's world rotation
         # applied to the rest bone; one batched step per tree depth instead of 4x4 transforms per joint.
         bones = rest[:, 1:] - rest[:, self.parents[1:]]
-        world_rot = [local_rot[:, 0]] + [None] * 54
-        posed = [rest[:, 0]] + [None] * 54
-        for level in self._levels:
-            parent_rot = torch.stack([world_rot[int(p)] for p in self.parents[level]], dim=1)
-            parent_pos = torch.stack([posed[int(p)] for p in self.parents[level]], dim=1)
-            pos = parent_pos + torch.einsum("blij,blj->bli", parent_rot, bones[:, level - 1])
-            rot = parent_rot @ local_rot[:, level]
-            for i, j in enumerate(level.tolist()):
-                posed[j], world_rot[j] = pos[:, i], rot[:, i]
-        return torch.stack(posed, dim=1) + full["transl"][:, None, :]
+        rotations, positions = local_rot[:, :1], rest[:, :1]  # joints in depth order so far
+        for level, parent_slots in self._levels:
+            parent_rot, parent_pos = rotations[:, parent_slots], positions[:, parent_slots]
+            new_pos = parent_pos + (parent_rot @ bones[:, level - 1, :, None])[..., 0]
+            new_rot = parent_rot @ local_rot[:, level]
+            rotations, positions = torch.cat([rotations, new_rot], 1), torch.cat([positions, new_pos], 1)
+        return positions[:, self._joint_slot] + full["transl"][:, None, :]
 
     @torch.no_grad()
     def joints(self, params: dict[str, np.ndarray]) -> np.ndarray:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+SYNTHETIC_MARKER = "signfeat_synthetic"
+
 # The 55-joint SMPL-X kinematic tree (smplx's kintree_table[0], root = -1).
 SMPLX_PARENTS = (
     -1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 15, 15, 15,
@@ -111,6 +113,7 @@ def write_synthetic_smplx(model_dir: str | Path, gender: str = "neutral", vertic
         "hands_componentsl": hands_components, "hands_componentsr": hands_components.copy(),
         "hands_meanl": rng.normal(scale=0.1, size=45), "hands_meanr": rng.normal(scale=0.1, size=45),
         "lmk_faces_idx": np.arange(51, dtype=np.int64) % len(faces), "lmk_bary_coords": np.full((51, 3), 1.0 / 3.0),
+        SYNTHETIC_MARKER: np.array(True),  # so features from this model are labelled synthetic, never taken for real ones
     }
     out = Path(model_dir) / "smplx" / f"SMPLX_{gender.upper()}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -148,3 +151,30 @@ def smooth_random_params(num_frames: int, seed: int = 0, scale: float = 0.3, han
         "betas": np.broadcast_to(rng.normal(scale=0.8, size=num_betas), (num_frames, num_betas)), "transl": transl,
     }
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
+
+
+def landmarks_from_joints(joints: np.ndarray, image_size: tuple[int, int] = (480, 640), pixels_per_metre: float = 300.0):
+    """MediaPipe Holistic output that a perfect detector would give for SMPL-X joints [T, 55, 3] (Y up):
+    pose world landmarks around the hip centre, hands as image coordinates of an orthographic camera.
+    For tests and the benchmark of the video path without a video of a person."""
+    from motion.estimate import EARS, HAND_TO_SMPLX, POSE_TO_SMPLX, FrameLandmarks
+
+    height, width = image_size
+    to_camera = np.array([1.0, -1.0, -1.0])  # Y up -> camera (Y down, Z away); its own inverse
+    frames = []
+    for frame in np.asarray(joints, dtype=np.float64):
+        hips = frame[[1, 2]].mean(0)
+        world = np.zeros((33, 4))
+        for landmark, joint in POSE_TO_SMPLX.items():
+            world[landmark, :3], world[landmark, 3] = (frame[joint] - hips) * to_camera, 1.0
+        world[list(EARS), :3], world[list(EARS), 3] = (frame[15] - hips) * to_camera, 1.0
+        hands = []
+        for wrist, first in ((20, 25), (21, 40)):
+            pixels = np.zeros((21, 3))
+            pixels[0] = frame[wrist] * to_camera * pixels_per_metre
+            for landmark, slot in HAND_TO_SMPLX.items():
+                pixels[landmark] = frame[first + slot] * to_camera * pixels_per_metre
+            centre = np.array([width / 2, height / 2, 0.0]) - pixels[0] * [0, 0, 1]
+            hands.append(((pixels + centre) / np.array([width, height, width])).astype(np.float32))
+        frames.append(FrameLandmarks(pose_world=world.astype(np.float32), left_hand=hands[0], right_hand=hands[1]))
+    return frames

@@ -191,15 +191,27 @@ def _features(args) -> int:
     )
     if not args.video.exists():
         raise SignfeatError(f"no such video or frame folder: {args.video}")
-    clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
-    decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend))
-    extractor = build_extractor(config)
-    array = extractor.extract([decoded.frames])[0]
+    array = None
+    if args.extractor == "smplx623":
+        from motion.params_io import is_params_path, read_params
+
+        if is_params_path(args.video):  # Input A: SMPL-X parameters (a file or a folder of per-frame files)
+            extractor = build_extractor(config)
+            params, own_fps = read_params(args.video, extractor.settings.params_layout)
+            fps = own_fps or args.fps
+            array = extractor.extract_params([params], [fps])[0]
+            frames = len(params["global_orient"]) if "global_orient" in params else None
+    if array is None:
+        clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
+        decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend))
+        extractor = build_extractor(config)
+        array = extractor.extract([decoded.frames])[0]
+        frames, fps = int(decoded.frames.shape[0]), decoded.fps
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.out, array, allow_pickle=False)
     meta = extractor.metadata()
-    print(json.dumps({"out": str(args.out), "shape": list(array.shape), "dtype": str(array.dtype), "frames": int(decoded.frames.shape[0]),
-                      "fps": decoded.fps, **{k: meta[k] for k in ("stream", "model", "weights", "settings", "settings_hash")}}, indent=1, default=str))
+    print(json.dumps({"out": str(args.out), "shape": list(array.shape), "dtype": str(array.dtype), "frames": frames,
+                      "fps": fps, **{k: meta[k] for k in ("stream", "model", "weights", "settings", "settings_hash")}}, indent=1, default=str))
     return 0
 
 

@@ -1,0 +1,206 @@
+"""``smplx623``: SMPL-X motion as the 623-d HumanML3D vector over 52 joints per frame, float32 [T - 1, 623].
+
+Two inputs, one output (motion/ holds the machinery):
+
+- Input A, SMPL-X parameters (SignAvatars, SMPLer-X/OSX per-frame files, Motion-X, named .npz):
+  ``extract_params([params, ...], fps=[...])`` or ``extract_paths([path, ...])`` (``motion.params_io.read_params``).
+- Input B, video: ``prepare(frames)`` keeps the aspect ratio and resizes the short side to ``image_size``
+  (MediaPipe wants the whole frame: a square crop would cut off hands), ``extract_prepared`` runs MediaPipe
+  Holistic + SMPL-X fitting per clip, then the same feature step.
+
+Row i describes frame i of the (resampled) input: positions of frame i, motion from frame i to i+1; the last
+frame has no row (``metadata()["alignment"]``). Settings are validated up front; the model folder is the
+user's licensed SMPL-X download (``model_dir``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from extractors.base import Extractor, register
+from extractors.preprocess import FrameTransform
+from motion.body_model import BodyModel, BodyModelSettings
+from motion.humanml3d import FEATURE_WIDTH, LAYOUT, FeatureSettings, joints_to_features, select_motion_joints
+from pipeline.errors import ClipError, SignfeatError
+
+ALIGNMENT = ("row i = frame i of the (resampled) input: joint positions and rotations of frame i, velocities "
+             "from frame i to i+1; T frames give T-1 rows (the last frame has no row)")
+
+
+@dataclass(frozen=True)
+class Smplx623Settings:
+    # body model (motion/body_model.py)
+    model_dir: str = ""  # folder with SMPLX_NEUTRAL.npz (https://smpl-x.is.tue.mpg.de)
+    gender: str = "neutral"
+    num_betas: int = 10
+    num_expression_coeffs: int = 10
+    flat_hand_mean: bool = False
+    # features (motion/humanml3d.py); the quirks reproduce the reference code by default
+    retarget: str = "rest"  # rest (the model's zero-beta rest pose) | none (the clip's own skeleton) | path to a joints .npy
+    target_fps: float = 0.0  # Input A: resample to this fps first (HumanML3D 20, Motion-X 30); 0 keeps the input's
+    feet_threshold: float = 0.002
+    smooth_sigma: float = 20.0
+    smooth_mode: str = "nearest"
+    ik_swap_hips: bool = True
+    ik_first_frame_identity: bool = True
+    ik_chains_from_root: bool = True
+    root_velocity_sign_flip: bool = True
+    # Input A
+    params_layout: str = "auto"  # auto | signavatars | smplerx | motionx | named
+    # Input B (video): MediaPipe + fitting (motion/estimate.py, motion/fitting.py)
+    image_size: int = 512  # short side of the frames given to MediaPipe (aspect kept, no crop)
+    model_complexity: int = 1  # MediaPipe pose model 0 (lite) | 1 (full)
+    fit_iterations: int = 150
+    fit_orient_iterations: int = 30
+    fit_betas: bool = False
+
+    def __post_init__(self) -> None:
+        BodyModelSettings(self.model_dir, self.gender, self.num_betas, self.num_expression_coeffs, self.flat_hand_mean)
+        self.feature_settings()
+        if self.target_fps < 0:
+            raise ValueError(f"target_fps must be >= 0, got {self.target_fps}")
+        if self.params_layout not in ("auto", "signavatars", "smplerx", "motionx", "named"):
+            raise ValueError(f"params_layout must be auto, signavatars, smplerx, motionx or named, got {self.params_layout!r}")
+        if self.image_size < 64:
+            raise ValueError(f"image_size must be >= 64, got {self.image_size}")
+        if self.model_complexity not in (0, 1):
+            raise ValueError(f"model_complexity must be 0 or 1, got {self.model_complexity}")
+        if self.fit_iterations < 0 or self.fit_orient_iterations < 0:
+            raise ValueError("fit iterations must be >= 0")
+
+    def body_settings(self) -> BodyModelSettings:
+        return BodyModelSettings(self.model_dir, self.gender, self.num_betas, self.num_expression_coeffs, self.flat_hand_mean)
+
+    def feature_settings(self) -> FeatureSettings:
+        names = [f.name for f in dataclasses.fields(FeatureSettings)]
+        return FeatureSettings(**{n: getattr(self, n) for n in names})
+
+
+@dataclass(frozen=True)
+class KeepAspectTransform(FrameTransform):
+    """Resize the short side to ``shortest_edge`` and keep the whole frame (``crop = 0``: no crop), so its
+    geometry key differs from every cropping transform's."""
+
+    def resize_crop(self, frames: np.ndarray) -> torch.Tensor:
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        from PIL import Image
+
+        new_h, new_w = self._resized_size(*frames.shape[1:3])
+        resized = np.stack([np.asarray(Image.fromarray(f).resize((new_w, new_h), resample=2)) for f in frames])
+        return torch.from_numpy(resized).permute(0, 3, 1, 2).contiguous()
+
+
+@register("smplx623")
+class Smplx623Extractor(Extractor):
+    default_model = "SMPL-X (model_dir)"
+    default_batch_size = 8  # clips per batched forward
+    storage_dtype = np.dtype(np.float32)
+    Settings = Smplx623Settings
+
+    def __init__(self, config):
+        super().__init__(config)
+        settings = self.settings
+        if not settings.model_dir and config.model:
+            settings = self.settings = dataclasses.replace(settings, model_dir=config.model)
+        self.body = BodyModel(settings.body_settings(), device="cpu")
+        if self.body.synthetic:  # signfeat's synthetic test model: recorded as weights=random, never as real
+            self.config = dataclasses.replace(self.config, random_weights=True)
+        self.model_id = str(self.body.path)
+        self.features = settings.feature_settings()
+        self.target_joints = self._target_joints(settings.retarget)
+        self.transform = self.make_transform(config, settings)
+        self.width = FEATURE_WIDTH
+        self.model_info = {"class": "smplx.SMPLX (joints only)", "file": str(self.body.path), "num_betas": self.body.num_betas,
+                           "num_expression_coeffs": self.body.num_expression, "joints": 52, "synthetic_model": self.body.synthetic}
+        self._estimator = None
+
+    def _target_joints(self, retarget: str) -> np.ndarray | None:
+        if retarget == "none":
+            return None
+        if retarget == "rest":
+            return self.body.rest_joints()
+        path = Path(retarget)
+        if not path.is_file():
+            raise SignfeatError(f"retarget must be rest, none or a joints .npy file; no such file: {retarget}")
+        joints = np.load(path, allow_pickle=False)
+        if joints.ndim == 3:  # a clip, as HumanML3D / Motion-X take their target from 000021.npy: its first frame
+            joints = joints[0]
+        if joints.ndim != 2 or joints.shape[1] != 3 or not (joints.shape[0] == 52 or joints.shape[0] >= 55):
+            raise SignfeatError(f"{path}: target joints must be [52 or >= 55, 3] (or [T, J, 3]), got {joints.shape}")
+        return select_motion_joints(joints.astype(np.float64))
+
+    @classmethod
+    def make_transform(cls, config, settings) -> FrameTransform:
+        return KeepAspectTransform(shortest_edge=settings.image_size, crop=0, resample="bilinear", backend="pil")
+
+    def metadata(self) -> dict[str, Any]:
+        meta = super().metadata()
+        meta["alignment"] = ALIGNMENT
+        meta["layout"] = {name: [s.start, s.stop] for name, s in LAYOUT.items()}
+        return meta
+
+    # ------------------------------------------------------------------ Input A
+
+    def _resample(self, params: dict[str, np.ndarray], fps: float | None) -> dict[str, np.ndarray]:
+        if not self.settings.target_fps or fps is None or abs(fps - self.settings.target_fps) < 1e-6:
+            return params
+        from pipeline.decode import resample_indices
+
+        frames = len(params["global_orient"]) if "global_orient" in params else len(next(v for k, v in params.items() if k != "world_rotation"))
+        keep, _ = resample_indices(np.arange(frames) / fps, self.settings.target_fps, None)
+        return {k: (v if k == "world_rotation" or len(v) == 1 else v[keep]) for k, v in params.items()}
+
+    def joints_to_features(self, joints: np.ndarray) -> np.ndarray:
+        if len(joints) < 2:
+            raise ClipError("too_short", f"a motion needs at least 2 frames, got {len(joints)}")
+        if not np.isfinite(joints).all():
+            raise ClipError("bad_params", "SMPL-X joints are not finite (NaN/inf in the parameters)")
+        return joints_to_features(joints, self.target_joints, self.features)
+
+    def extract_params(self, clips: list[dict[str, np.ndarray]], fps: list[float | None] | None = None) -> list[np.ndarray]:
+        """Parameter dicts of several clips (motion.params_io layout) -> one float32 [T_i - 1, 623] each.
+        ``fps[i]``: clip i's frame rate (needed only when ``target_fps`` is set)."""
+        fps = fps or [None] * len(clips)
+        resampled = [self._resample(c, f) for c, f in zip(clips, fps)]
+        out = []
+        for start in range(0, len(resampled), self.batch_size):
+            batch = resampled[start:start + self.batch_size]
+            out += [self.joints_to_features(j) for j in self.body.joints_many(batch)]
+        return out
+
+    def extract_paths(self, paths: list[str | Path], fps: list[float | None] | None = None) -> list[np.ndarray]:
+        """Input A files or folders -> features (a file's own fps wins over ``fps[i]``)."""
+        from motion.params_io import read_params
+
+        read = [read_params(p, self.settings.params_layout) for p in paths]
+        given = fps or [None] * len(paths)
+        return self.extract_params([p for p, _ in read], [own or other for (_, own), other in zip(read, given)])
+
+    # ------------------------------------------------------------------ Input B
+
+    @property
+    def estimator(self):
+        if self._estimator is None:
+            from motion.estimate import MediaPipeEstimator, MediaPipeSettings
+            from motion.fitting import FitSettings
+
+            fit = FitSettings(iterations=self.settings.fit_iterations, orient_iterations=self.settings.fit_orient_iterations,
+                              fit_betas=self.settings.fit_betas)
+            self._estimator = MediaPipeEstimator(self.body, fit, MediaPipeSettings(model_complexity=self.settings.model_complexity))
+        return self._estimator
+
+    def extract(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 frames of several clips -> float32 [T_i - 1, 623] (no inference_mode: fitting needs autograd)."""
+        return self.extract_prepared([self.prepare(f) for f in clips])
+
+    def extract_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
+        """Prepared uint8 [T, 3, H, W] clips -> estimate (MediaPipe + fitting) -> features."""
+        params = [self.estimator.estimate(np.ascontiguousarray(p.permute(0, 2, 3, 1).cpu().numpy())) for p in prepared]
+        return self.extract_params(params)

@@ -1,0 +1,121 @@
+"""``smplx623`` through the extractor contract gives the same arrays as calling motion/ directly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from extractors import ExtractorConfig, build_extractor
+from extractors.base import REGISTRY
+from motion.estimate import landmarks_to_keypoints
+from motion.fitting import FitSettings, fit_keypoints
+from motion.humanml3d import FeatureSettings, joints_to_features
+from motion.synthetic import landmarks_from_joints, smooth_random_params
+from pipeline.errors import SignfeatError
+from pipeline.stages import geometry_key
+from tests.motion.conftest import body_model, model_dir  # noqa: F401  (the synthetic SMPL-X model fixtures)
+
+
+@pytest.fixture(scope="module")
+def extractor(model_dir):
+    return build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "fit_iterations": 40, "fit_orient_iterations": 10}})
+
+
+@pytest.fixture(scope="module")
+def body(body_model):
+    return body_model
+
+
+def test_surface_and_metadata(extractor):
+    assert "smplx623" in REGISTRY and extractor.stream == "smplx623"
+    assert extractor.width == 623 and extractor.storage_dtype == np.float32
+    meta = extractor.metadata()
+    assert meta["width"] == 623 and meta["dtype"] == "float32" and meta["weights"] == "random"  # synthetic model: never "pretrained"
+    assert meta["model_info"]["synthetic_model"] is True
+    assert "T-1 rows" in meta["alignment"] and meta["layout"]["rot6d"] == [157, 463]
+    json.dumps(meta, default=str)
+
+
+def test_input_a_through_the_contract_equals_direct_calls(extractor, body):
+    clips = [smooth_random_params(n, seed=n) for n in (12, 30, 2)]
+    clips[1]["world_rotation"] = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
+    arrays = extractor.extract_params(clips)
+    for clip, array in zip(clips, arrays):
+        direct = joints_to_features(body.joints(clip), body.rest_joints(), FeatureSettings())
+        assert array.dtype == np.float32 and array.shape == (len(clip["global_orient"]) - 1, 623)
+        np.testing.assert_allclose(array, direct, atol=1e-5)
+
+
+def test_input_a_files_and_resampling(model_dir, body, tmp_path):
+    params = smooth_random_params(61, seed=2)
+    np.savez(tmp_path / "clip.npz", **params, fps=np.array(30.0))
+    resampling = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "target_fps": 20, "retarget": "none"}})
+    (array,) = resampling.extract_paths([tmp_path / "clip.npz"])
+    keep = np.arange(40) * 3 // 2  # 61 frames at 30 fps span 2.03 s -> 40 frames at 20 fps: the frame shown at k / 20 s
+    direct = joints_to_features(body.joints({k: v[keep] for k, v in params.items()}), None)
+    np.testing.assert_allclose(array, direct, atol=1e-5)
+
+
+def test_retarget_file(model_dir, body, tmp_path):
+    target = np.repeat(body.rest_joints()[None] * 1.2, 3, axis=0)  # a [T, 55, 3] clip: its first frame is the target
+    np.save(tmp_path / "target.npy", target)
+    ex = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "retarget": str(tmp_path / "target.npy")}})
+    params = smooth_random_params(10, seed=4)
+    np.testing.assert_allclose(ex.extract_params([params])[0], joints_to_features(body.joints(params), target[0]), atol=1e-5)
+    np.save(tmp_path / "bad.npy", np.zeros((22, 3)))
+    with pytest.raises(SignfeatError, match="target joints"):
+        build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "retarget": str(tmp_path / "bad.npy")}})
+
+
+def test_video_through_the_contract_equals_direct_calls(extractor, body, monkeypatch):
+    joints = body.joints(dict(smooth_random_params(5, seed=7), betas=np.zeros((5, 10), np.float32)))
+    landmarks = landmarks_from_joints(joints)
+    monkeypatch.setattr(type(extractor.estimator), "landmarks", lambda self, frames: landmarks)
+    frames = np.random.default_rng(0).integers(0, 255, size=(5, 60, 80, 3), dtype=np.uint8)
+    prepared = extractor.prepare(frames)
+    assert prepared.dtype.is_floating_point is False and tuple(prepared.shape) == (5, 3, 512, 682)  # aspect kept, no crop
+    (array,) = extractor.extract_prepared([prepared])
+    keypoints = landmarks_to_keypoints(landmarks, (512, 682), body)
+    params, _ = fit_keypoints(body, keypoints, FitSettings(iterations=40, orient_iterations=10))
+    np.testing.assert_allclose(array, joints_to_features(body.joints(params), body.rest_joints()), atol=1e-4)
+    assert extractor.extract([frames])[0].shape == (4, 623)
+
+
+def test_transform_geometry_is_its_own(extractor):
+    config = ExtractorConfig(name="smplx623", settings={"image_size": 384})
+    transform = REGISTRY["smplx623"].transform_for(config)  # built without the model file, as the CPU stage does
+    assert geometry_key(transform) == "g384_0_bilinear_pil_floor_0"
+    assert geometry_key(extractor.transform) != geometry_key(REGISTRY["dinov2"].transform_for(ExtractorConfig(name="dinov2", random_weights=True)))
+
+
+def test_missing_model_folder_is_a_one_line_error(tmp_path):
+    with pytest.raises(SignfeatError) as err:
+        build_extractor({"name": "smplx623", "settings": {"model_dir": str(tmp_path / "none")}})
+    assert "\n" not in str(err.value) and "SMPLX_NEUTRAL.npz" in str(err.value) and "smpl-x.is.tue.mpg.de" in str(err.value)
+
+
+def test_bad_settings_are_refused(model_dir):
+    with pytest.raises(SignfeatError, match="gender"):
+        build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "gender": "other"}})
+    with pytest.raises(SignfeatError, match="unknown smplx623 settings"):
+        build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "sigma": 3}})
+
+
+def test_too_short_clip_is_a_clip_error(extractor):
+    from pipeline.errors import ClipError
+
+    with pytest.raises(ClipError, match="at least 2 frames"):
+        extractor.extract_params([smooth_random_params(1)])
+
+
+def test_cli_features_on_a_parameters_file(model_dir, extractor, tmp_path, capsys):
+    from pipeline.cli import main
+
+    params = smooth_random_params(9, seed=1)
+    np.savez(tmp_path / "clip.npz", **params)
+    assert main(["features", str(tmp_path / "clip.npz"), "--extractor", "smplx623", "--set", f"model_dir={model_dir}", "--out", str(tmp_path / "f.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "f.npy"), extractor.extract_params([params])[0], atol=1e-6)
+    assert main(["features", str(tmp_path / "clip.npz"), "--extractor", "smplx623", "--out", str(tmp_path / "g.npy")]) == 2
+    assert "model_dir is not set" in capsys.readouterr().err

@@ -1,0 +1,66 @@
+"""Input B: MediaPipe landmarks -> SMPL-X keypoints -> fitted parameters; MediaPipe itself on frames without a person."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from motion.body_model import MOTION_JOINTS
+from motion.estimate import MediaPipeEstimator, import_mediapipe, keypoint_layout, landmarks_to_keypoints
+from motion.fitting import FitSettings
+from motion.synthetic import landmarks_from_joints, smooth_random_params
+from pipeline.errors import ClipError, SignfeatError
+
+
+def _zero_shape_joints(body_model, frames, seed):
+    params = smooth_random_params(frames, seed=seed)
+    params["betas"] = np.zeros_like(params["betas"])  # the hand scale comes from the model's zero-beta palm
+    return body_model.joints(params)
+
+
+def test_landmarks_become_keypoints_of_the_right_joints(body_model):
+    joints = _zero_shape_joints(body_model, 3, seed=1)
+    keypoints = landmarks_to_keypoints(landmarks_from_joints(joints), (480, 640), body_model)
+    ids = keypoint_layout()
+    assert len(set(ids.tolist())) == len(ids) and set(ids.tolist()) <= set(MOTION_JOINTS)
+    hips = joints[:, [1, 2]].mean(1, keepdims=True)
+    np.testing.assert_allclose(keypoints.points, (joints - hips)[:, ids], atol=1e-5)  # same shape up to the hip centre
+    assert np.all(keypoints.confidence == 1.0)
+
+
+def test_missing_hands_and_frames_get_zero_confidence(body_model):
+    frames = landmarks_from_joints(_zero_shape_joints(body_model, 2, seed=2))
+    frames[0].left_hand = None
+    frames[1].pose_world = None
+    keypoints = landmarks_to_keypoints(frames, (480, 640), body_model)
+    left = np.isin(keypoint_layout(), np.arange(25, 40))
+    assert np.all(keypoints.confidence[0, left] == 0) and np.all(keypoints.confidence[0, ~left] == 1)
+    assert np.all(keypoints.confidence[1] == 0)
+
+
+def test_estimator_fits_landmarks_of_a_known_motion(body_model, monkeypatch):
+    joints = _zero_shape_joints(body_model, 6, seed=3)
+    estimator = MediaPipeEstimator(body_model, FitSettings(iterations=120))
+    monkeypatch.setattr(estimator, "landmarks", lambda frames: landmarks_from_joints(joints))
+    params = estimator.estimate(np.zeros((6, 48, 64, 3), np.uint8))
+    fitted = body_model.joints(params)
+    ids = list(MOTION_JOINTS)
+    centred = lambda j: j[:, ids] - j[:, [1, 2]].mean(1, keepdims=True)  # noqa: E731  (MediaPipe has no absolute position)
+    assert np.linalg.norm(centred(fitted) - centred(joints), axis=-1).mean() < 0.03
+    assert estimator.last_report["frames_with_pose"] == 6
+
+
+def test_mediapipe_runs_offline_and_reports_no_person(body_model):
+    pytest.importorskip("mediapipe")
+    estimator = MediaPipeEstimator(body_model)
+    with pytest.raises(ClipError, match="no person") as err:
+        estimator.estimate(np.full((2, 96, 128, 3), 127, np.uint8))
+    assert err.value.kind == "no_person"
+
+
+def test_missing_mediapipe_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    with pytest.raises(SignfeatError, match=r"pip install signfeat\[estimate\]"):
+        import_mediapipe()
