@@ -2,7 +2,49 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 def register(sub) -> None:
     """Add this package's subcommands to ``sub`` (argparse subparsers). Each subparser sets
     ``handler=function(args) -> int`` with set_defaults; SignfeatError from a handler is a one-line error."""
+    s = sub.add_parser("motion-stats", help="mean.npy / std.npy of the smplx623 stream over shards (HumanML3D's block-averaged std)")
+    s.add_argument("shards", nargs="+", type=Path, metavar="SHARDS", help=".tar shards or folders holding them")
+    s.add_argument("--out", type=Path, required=True, help="folder for mean.npy, std.npy, stats.json")
+    s.add_argument("--stream", default="smplx623", help="stream name in the shards (default smplx623)")
+    s.set_defaults(handler=_motion_stats)
+
+    r = sub.add_parser("motion-render", help="draw a clip's recovered skeleton (body + hands) to PNG frames, a GIF or an MP4")
+    r.add_argument("features", type=Path, metavar="FEATURES", help="a [T, 623] .npy file or a .tar shard")
+    r.add_argument("--out", type=Path, required=True, help="OUT.gif, OUT.mp4, or a folder for PNG frames")
+    r.add_argument("--key", help="the sample's key in a shard (default: the first sample with the stream)")
+    r.add_argument("--stream", default="smplx623")
+    r.add_argument("--fps", type=float, default=20.0, help="playback frame rate (default 20)")
+    r.add_argument("--every", type=int, default=1, help="draw every N-th frame (default 1)")
+    r.set_defaults(handler=_motion_render)
+
+
+def _motion_stats(args) -> int:
+    from motion.stats import motion_stats, write_motion_stats
+
+    stats = motion_stats(args.shards, args.stream)
+    out = write_motion_stats(stats, args.out)
+    print(json.dumps({"out": str(out), **{k: stats[k] for k in ("shards", "clips", "frames", "skipped_nan", "samples_without_stream")}}, indent=1))
+    return 0
+
+
+def _motion_render(args) -> int:
+    from motion.humanml3d import FEATURE_WIDTH, recover_from_ric
+    from motion.render import load_features, render_frames, save_images
+    from pipeline.errors import SignfeatError
+
+    if args.every < 1 or args.fps <= 0:
+        raise SignfeatError("--every must be >= 1 and --fps > 0")
+    features, key = load_features(args.features, args.key, args.stream)
+    if features.ndim != 2 or features.shape[1] != FEATURE_WIDTH:
+        raise SignfeatError(f"{args.features}: features must be [T, {FEATURE_WIDTH}], got {features.shape}")
+    images = render_frames(recover_from_ric(features), every=args.every)
+    written = save_images(images, args.out, args.fps / args.every)
+    print(json.dumps({"key": key, "frames": len(images), "out": str(args.out), "files": len(written)}, indent=1))
+    return 0

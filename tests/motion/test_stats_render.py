@@ -1,0 +1,95 @@
+"""motion-stats against a direct numpy computation on the same arrays; motion-render writes pictures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from motion.humanml3d import FEATURE_WIDTH, LAYOUT
+from motion.stats import RunningMoments, motion_stats
+from pipeline.cli import main
+from pipeline.errors import SignfeatError
+from shards.sample import encode_sample
+
+
+def _write_shard(path, clips: dict[str, np.ndarray], extra_stream: bool = False):
+    with wds.TarWriter(str(path)) as sink:
+        for key, features in clips.items():
+            streams = {"smplx623": features} if features is not None else {}
+            if extra_stream:
+                streams["dinov2"] = np.zeros((3, 4), np.float16)
+            sink.write({"__key__": key, **encode_sample(key, {"id": key}, streams)})
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    clips = {f"c{i}": (rng.normal(size=(rng.integers(3, 40), FEATURE_WIDTH)) * rng.uniform(0.1, 5, FEATURE_WIDTH) + i).astype(np.float32) for i in range(7)}
+    nan_clip = clips["c3"].copy()
+    nan_clip[1, 10] = np.nan
+    keys = sorted(clips)
+    (tmp_path / "train").mkdir()
+    _write_shard(tmp_path / "train" / "shard-000000.tar", {k: clips[k] for k in keys[:4]} | {"bad": nan_clip}, extra_stream=True)
+    _write_shard(tmp_path / "train" / "shard-000001.tar", {k: clips[k] for k in keys[4:]} | {"other": None})
+    return tmp_path, clips
+
+
+def test_motion_stats_equals_direct_numpy(corpus):
+    root, clips = corpus
+    stats = motion_stats([root])
+    data = np.concatenate(list(clips.values())).astype(np.float64)  # HumanML3D: concatenate, mean, std
+    mean, std = data.mean(0), data.std(0)
+    for block in LAYOUT.values():
+        std[block] = std[block].mean()
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(stats["std"], std, rtol=1e-6)
+    assert stats["clips"] == 7 and stats["skipped_nan"] == 1 and stats["samples_without_stream"] == 1 and stats["frames"] == len(data)
+    assert stats["std"][0] == stats["std"][0] and np.all(stats["std"][LAYOUT["ric"]] == stats["std"][4])
+
+
+def test_running_moments_merge_is_exact():
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(loc=1000, size=(n, 5)) for n in (1, 7, 300)]
+    moments = RunningMoments(5)
+    for part in parts:
+        moments.add(part)
+    whole = np.concatenate(parts)
+    np.testing.assert_allclose(moments.mean, whole.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(moments.std, whole.std(0), rtol=1e-9)
+
+
+def test_motion_stats_cli(corpus, tmp_path, capsys):
+    root, clips = corpus
+    assert main(["motion-stats", str(root / "train"), "--out", str(tmp_path / "stats")]) == 0
+    mean = np.load(tmp_path / "stats" / "mean.npy", allow_pickle=False)
+    std = np.load(tmp_path / "stats" / "std.npy", allow_pickle=False)
+    assert mean.shape == std.shape == (623,) and mean.dtype == np.float32
+    assert json.loads((tmp_path / "stats" / "stats.json").read_text())["clips"] == 7
+    assert main(["motion-stats", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "no such shard" in capsys.readouterr().err
+
+
+def test_motion_stats_without_the_stream_is_an_error(tmp_path):
+    _write_shard(tmp_path / "s.tar", {"a": None})
+    with pytest.raises(SignfeatError, match="no smplx623 frames"):
+        motion_stats([tmp_path / "s.tar"])
+
+
+def test_motion_render_gif_png_and_shard(body_model, tmp_path):
+    from motion.humanml3d import joints_to_features
+    from motion.synthetic import smooth_random_params
+
+    features = joints_to_features(body_model.joints(smooth_random_params(12, seed=1)), body_model.rest_joints())
+    np.save(tmp_path / "f.npy", features)
+    assert main(["motion-render", str(tmp_path / "f.npy"), "--out", str(tmp_path / "m.gif"), "--every", "3"]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "m.gif") as gif:
+        assert gif.n_frames == 4
+    _write_shard(tmp_path / "s.tar", {"k1": features[:5], "k2": features})
+    assert main(["motion-render", str(tmp_path / "s.tar"), "--key", "k2", "--out", str(tmp_path / "png"), "--every", "5"]) == 0
+    assert len(list((tmp_path / "png").glob("frame_*.png"))) == 3
+    assert main(["motion-render", str(tmp_path / "s.tar"), "--key", "zz", "--out", str(tmp_path / "x.gif")]) == 2
