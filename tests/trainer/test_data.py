@@ -1,0 +1,118 @@
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import SignfeatError
+from trainer.data import (Collate, ShardStream, batches, batches_per_epoch, decode_sample, list_shards, rank_pieces,
+                          shard_counts)
+
+
+class _Tok:  # a byte tokenizer stand-in: id = byte + 3, eos 1, pad 0
+    eos_token_id, pad_token_id = 1, 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [b + 3 for b in text.encode()]}
+
+
+STREAMS = ["clip_s2", "videomae"]
+
+
+def _keys(urls, counts, rank, world, batch, epoch=0, workers=0):
+    stream = ShardStream(urls, counts, STREAMS, train=True, batch_size=batch, rank=rank, world_size=world, epoch=epoch,
+                         seed=7, shuffle_buffer=5)
+    out = list(batches(stream, Collate(_Tok(), STREAMS, 64), workers, drop_last=True))
+    return [b.keys for b in out]
+
+
+def test_two_ranks_see_disjoint_samples_and_equal_batch_counts(tiny_shards):
+    urls = list_shards(str(tiny_shards), "big")
+    counts = shard_counts(urls)
+    assert counts == [8, 8, 8, 6]
+    for epoch in (0, 1):
+        rank0 = _keys(urls, counts, 0, 2, 4, epoch)
+        rank1 = _keys(urls, counts, 1, 2, 4, epoch)
+        assert len(rank0) == len(rank1) == batches_per_epoch(counts, 2, 4) == 3  # 30 // 2 // 4
+        seen0 = {k for b in rank0 for k in b}
+        seen1 = {k for b in rank1 for k in b}
+        assert len(seen0) == len(seen1) == 12 and not seen0 & seen1
+
+
+def test_one_rank_sees_every_sample_once_per_epoch_and_order_changes_with_epoch(tiny_shards):
+    urls = list_shards(str(tiny_shards), "big")
+    counts = shard_counts(urls)
+    epochs = [[k for b in _keys(urls, counts, 0, 1, 1, epoch) for k in b] for epoch in (0, 1)]
+    for keys in epochs:
+        assert sorted(keys) == [f"big-{i:05d}" for i in range(30)]
+    assert epochs[0] != epochs[1]
+    assert epochs[0] == [k for b in _keys(urls, counts, 0, 1, 1, 0) for k in b]  # replayable
+
+
+def test_rank_pieces_cover_the_epoch_without_overlap():
+    counts = [5, 3, 7, 1, 4]
+    urls = [f"s{i}" for i in range(5)]
+    covered = []
+    for rank in range(3):
+        pieces = rank_pieces(urls, counts, rank, 3, 2, epoch=4, seed=1, shuffle=True)
+        covered += [(p.url, i) for p in pieces for i in range(p.start, p.stop)]
+        assert sum(p.stop - p.start for p in pieces) == 20 // 3 // 2 * 2
+    assert len(covered) == len(set(covered))
+
+
+def test_dataloader_workers_split_the_rank_samples(tiny_shards):
+    urls = list_shards(str(tiny_shards), "big")
+    counts = shard_counts(urls)
+    single = {k for b in _keys(urls, counts, 1, 2, 3, workers=0) for k in b}
+    multi = _keys(urls, counts, 1, 2, 3, workers=2)
+    assert len(multi) == 5 and {k for b in multi for k in b} == single
+
+
+def test_eval_reads_in_order_deterministically(tiny_shards):
+    urls = list_shards(str(tiny_shards), "big")
+    stream = ShardStream(urls, shard_counts(urls), STREAMS, train=False, batch_size=4)
+    keys = [k for b in batches(stream, Collate(_Tok(), STREAMS, 64), 0, drop_last=False) for k in b.keys]
+    assert keys == [f"big-{i:05d}" for i in range(30)]
+
+
+def test_collate_pads_with_masks_lengths_and_tokenised_targets(tiny_shards):
+    urls = list_shards(str(tiny_shards), "train")
+    stream = ShardStream(urls, shard_counts(urls), STREAMS, train=False, batch_size=4)
+    (batch,) = list(batches(stream, Collate(_Tok(), STREAMS, 64), 0, drop_last=False))
+    assert batch.features["clip_s2"].dtype == torch.float32
+    assert batch.lengths["clip_s2"].tolist() == [32, 40, 32, 40]  # 8 frames per word
+    assert batch.lengths["videomae"].tolist() == [4, 5, 4, 5]
+    assert torch.all(batch.features["clip_s2"][0, 32:] == 0)
+    first = [b + 3 for b in batch.texts[0].encode()] + [1]
+    assert batch.target_ids[0, : len(first)].tolist() == first
+    assert batch.target_mask[0].sum() == len(first)
+
+
+def test_training_crop_limits_only_the_crop_streams(tiny_shards):
+    urls = list_shards(str(tiny_shards), "train")
+    stream = ShardStream(urls, shard_counts(urls), STREAMS, train=True, batch_size=4, crop_streams=("clip_s2",), max_frames=10)
+    (batch,) = list(batches(stream, Collate(_Tok(), STREAMS, 64), 0, drop_last=True))
+    assert batch.lengths["clip_s2"].tolist() == [10] * 4
+    assert sorted(batch.lengths["videomae"].tolist()) == [4, 4, 5, 5]
+
+
+def test_npy_with_objects_is_refused():
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    raw = {"__key__": "k", "__url__": "u", "json": b'{"text": "x"}', "clip_s2.npy": buf.getvalue()}
+    with pytest.raises(ValueError, match="allow_pickle"):
+        decode_sample(raw, ["clip_s2"])
+
+
+def test_missing_stream_is_a_clear_error(tiny_shards):
+    raw = {"__key__": "k", "__url__": "u", "json": b'{"text": "x"}'}
+    with pytest.raises(SignfeatError, match="no smplx623.npy"):
+        decode_sample(raw, ["smplx623"])
+
+
+def test_counts_from_tar_headers(tiny_shards):
+    urls = list_shards(str(tiny_shards), "big")
+    with tarfile.open(urls[0]) as tar:
+        assert len(tar.getnames()) == 8 * 4  # json + three streams
+    assert shard_counts(urls[:1]) == [8]

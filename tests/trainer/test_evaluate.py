@@ -1,0 +1,59 @@
+import math
+
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from trainer.evaluate import UnicodeTokenizer, bleu_scores, rouge_l, score
+
+PREDS = ["the cold wind blows from the north today", "tomorrow rain in the south", "hello thanks", "warm sun shining all day"]
+REFS = ["the cold wind comes from the north today", "tomorrow rain in the south and west", "hello thank you", "warm sun all day long"]
+
+
+def _cumulative_bleu(result, n):
+    """BLEU-n by hand from sacrebleu's 4-gram statistics: geometric mean of the first n precisions x BP."""
+    precisions = [result.counts[i] / result.totals[i] for i in range(n)]
+    bp = 1.0 if result.sys_len > result.ref_len else math.exp(1 - result.ref_len / result.sys_len)
+    return 100 * bp * math.exp(sum(math.log(p) for p in precisions) / n)
+
+
+def test_bleu_matches_sacrebleu_called_directly():
+    ours = bleu_scores(PREDS, REFS)
+    direct = sacrebleu.corpus_bleu(PREDS, [REFS])
+    assert abs(ours["bleu4"] - direct.score) < 1e-9
+    for n in range(1, 5):
+        assert abs(ours[f"bleu{n}"] - _cumulative_bleu(direct, n)) < 1e-6
+    assert "tok:13a" in ours["bleu_signature"] and "case:mixed" in ours["bleu_signature"]
+
+
+def test_bleu_lowercase_and_zh_tokenizer_match_sacrebleu():
+    preds, refs = ["Hello Rain"], ["hello rain"]
+    assert abs(bleu_scores(preds, refs, lowercase=True)["bleu4"] - sacrebleu.corpus_bleu(preds, [refs], lowercase=True).score) < 1e-9
+    assert abs(bleu_scores(preds, refs, lowercase=True)["bleu2"] - 100.0) < 1e-9 and bleu_scores(preds, refs)["bleu1"] == 0.0
+    zh_p, zh_r = ["今天冷明天下雨"], ["今天很冷明天下雨"]
+    ours = bleu_scores(zh_p, zh_r, tokenize="zh")
+    assert abs(ours["bleu4"] - sacrebleu.corpus_bleu(zh_p, [zh_r], tokenize="zh").score) < 1e-9
+    assert "tok:zh" in ours["bleu_signature"]
+
+
+def test_rouge_l_matches_rouge_score_called_directly():
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    direct = 100 * sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(PREDS, REFS)) / len(PREDS)
+    assert abs(rouge_l(PREDS, REFS) - direct) < 1e-9
+    # on ASCII text the Unicode-aware tokenizer agrees with rouge-score's own
+    assert abs(rouge_l(PREDS, REFS, unicode=True) - direct) < 1e-9
+
+
+def test_unicode_tokenizer_keeps_umlauts_and_chinese():
+    tok = UnicodeTokenizer()
+    assert tok.tokenize("Süden, Regen!") == ["süden", "regen"]
+    assert tok.tokenize("今天冷") == ["今", "天", "冷"]
+    assert tok.tokenize("raining days") == ["rain", "day"]  # Porter stemming of ASCII words
+    assert rouge_l(["今天冷"], ["今天冷"]) == 0.0  # rouge-score's own tokenizer drops Chinese entirely
+    assert rouge_l(["今天冷"], ["今天冷"], unicode=True) == 100.0
+    assert rouge_l(["süden"], ["sueden"], unicode=True) == 0.0
+
+
+def test_score_reports_names_and_settings():
+    s = score(PREDS, REFS, lowercase=True)
+    assert {"bleu1", "bleu2", "bleu3", "bleu4", "bleu_signature", "rougeL", "rougeL_unicode", "lowercase"} <= set(s)
+    assert s["lowercase"] is True and "case:lc" in s["bleu_signature"]

@@ -1,0 +1,306 @@
+"""Feature shards -> padded training batches: a WebDataset pipeline with an exact rank / worker split.
+
+How one epoch is read (same on every rank, so ranks agree without talking to each other):
+
+1. the split's shards are listed with their sample counts (``index.parquet`` next to them, else the tar
+   headers) and, in training, shuffled with ``seed + epoch``;
+2. the shards' samples, end to end, get global positions 0..N-1; rank r of W owns the contiguous range
+   ``[r * N // W, (r + 1) * N // W)`` truncated to ``per_rank = N // W`` samples, then to whole batches:
+   every rank has exactly ``N // W // batch_size`` batches, so DDP cannot hang on a missing batch; a rank
+   reads only the shards that overlap its range (no rank reads the whole corpus), and the at most
+   ``W * batch_size - 1`` samples cut off differ from epoch to epoch because the shard order does;
+3. a rank's pieces of shards are dealt round-robin to its DataLoader workers; each worker reads its tars
+   with ``webdataset``, decodes ``.npy`` with ``allow_pickle=False`` (no pickle decoders, WDS_SECURE-safe),
+   crops, and shuffles through a buffer; the main process batches and pads (so a worker never holds a
+   partial batch and the batch count stays exact).
+
+Evaluation reads its split in shard order, in order within each shard, on one process: deterministic.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.errors import SignfeatError
+
+# ------------------------------------------------------------------------------------------------ shards
+
+
+def list_shards(source: str | list[str], split: str) -> list[str]:
+    """Shard paths of ``split``: from an extraction output folder (``OUT/{split}/*.tar``), a folder of tars,
+    a list of paths, or a brace pattern (``dir/demo-{000000..000003}.tar``)."""
+    if isinstance(source, (list, tuple)):
+        urls = [str(u) for u in source]
+    elif "{" in source:
+        import braceexpand
+
+        urls = list(braceexpand.braceexpand(source))
+    else:
+        root = Path(source)
+        folder = root / split if (root / split).is_dir() else root
+        urls = sorted(str(p) for p in folder.glob("*.tar"))
+    if not urls:
+        raise SignfeatError(f"no shards for split {split!r} under {source}")
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise SignfeatError(f"shard {missing[0]}: no such file")
+    return urls
+
+
+def shard_counts(urls: list[str]) -> list[int]:
+    """Samples per shard: ``index.parquet`` of the extraction output when it lists them, else tar headers."""
+    counts = _counts_from_index(urls)
+    if counts is not None:
+        return counts
+    out = []
+    for url in urls:
+        with tarfile.open(url, mode="r:") as tar:  # seeks over member headers, reads no data
+            out.append(len({m.name.rsplit("/", 1)[-1].partition(".")[0] for m in tar.getmembers() if m.isfile()}))
+    return out
+
+
+def _counts_from_index(urls: list[str]) -> list[int] | None:
+    root = Path(urls[0]).parent.parent
+    index = root / "index.parquet"
+    if not index.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(index, columns=["shard"]).to_pydict()["shard"]
+    per_shard: dict[str, int] = {}
+    for shard in table:
+        per_shard[shard] = per_shard.get(shard, 0) + 1
+    counts = []
+    for url in urls:
+        rel = str(Path(url).relative_to(root).with_suffix(""))
+        if rel not in per_shard:
+            return None  # the index does not describe these tars: count them
+        counts.append(per_shard[rel])
+    return counts
+
+
+@dataclass(frozen=True)
+class ShardPiece:
+    """Samples ``[start, stop)`` (positions inside the shard) of one shard."""
+
+    url: str
+    start: int
+    stop: int
+
+
+def rank_pieces(urls: list[str], counts: list[int], rank: int, world_size: int, batch_size: int,
+                epoch: int, seed: int, shuffle: bool) -> list[ShardPiece]:
+    """The pieces of shards rank ``rank`` reads in ``epoch``: its contiguous range of the epoch's sample
+    order, cut to whole batches (the same number on every rank)."""
+    order = list(range(len(urls)))
+    if shuffle:
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+    total = sum(counts)
+    per_rank = (total // world_size) // batch_size * batch_size
+    lo = rank * (total // world_size)
+    hi = lo + per_rank
+    pieces, pos = [], 0
+    for i in order:
+        start, stop = max(lo, pos), min(hi, pos + counts[i])
+        if start < stop:
+            pieces.append(ShardPiece(urls[i], start - pos, stop - pos))
+        pos += counts[i]
+    return pieces
+
+
+def batches_per_epoch(counts: list[int], world_size: int, batch_size: int) -> int:
+    return sum(counts) // world_size // batch_size
+
+
+# ------------------------------------------------------------------------------------------------ samples
+
+
+def decode_sample(raw: dict[str, Any], streams: list[str]) -> dict[str, Any]:
+    """A webdataset sample (member suffix -> bytes) -> {key, meta, text, <stream>: float32 array}."""
+    if "json" not in raw:
+        raise SignfeatError(f"{raw.get('__url__')}: sample {raw.get('__key__')} has no json member")
+    meta = json.loads(raw["json"])
+    sample = {"key": raw["__key__"], "meta": meta, "text": meta.get("text", "")}
+    for name in streams:
+        data = raw.get(f"{name}.npy")
+        if data is None:
+            raise SignfeatError(f"{raw.get('__url__')}: sample {raw['__key__']} has no {name}.npy (streams in recipe: {streams})")
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        if array.ndim != 2:
+            raise SignfeatError(f"{raw['__url__']}: {raw['__key__']}.{name}.npy has shape {array.shape}, expected [T, D]")
+        sample[name] = array.astype(np.float32, copy=False)
+    return sample
+
+
+def crop(sample: dict[str, Any], crop_streams: list[str], max_frames: int, max_len: int, streams: list[str],
+         rng: random.Random | None) -> dict[str, Any]:
+    """SpaMo: a random window of at most ``max_frames`` of each crop stream in training (``rng`` given),
+    the centre window at eval; every stream capped at ``max_len`` (first positions kept)."""
+    for name in streams:
+        array = sample[name]
+        if name in crop_streams and len(array) > max_frames:
+            start = rng.randint(0, len(array) - max_frames) if rng is not None else (len(array) - max_frames) // 2
+            array = array[start : start + max_frames]
+        sample[name] = array[:max_len]
+    return sample
+
+
+def read_pieces(pieces: list[ShardPiece], streams: list[str]) -> Iterator[dict[str, Any]]:
+    """Raw samples of the pieces, in order, through webdataset's tar reader (no decoders: bytes only)."""
+    from webdataset.tariterators import tarfile_samples
+
+    for piece in pieces:
+        for position, raw in enumerate(tarfile_samples([{"url": piece.url}])):
+            if position >= piece.stop:
+                break
+            if position >= piece.start:
+                yield raw
+
+
+class ShardStream(IterableDataset):
+    """One rank's samples of one epoch (training) or a whole split in order (eval, ``train=False``)."""
+
+    def __init__(self, urls: list[str], counts: list[int], streams: list[str], *, train: bool, batch_size: int,
+                 rank: int = 0, world_size: int = 1, epoch: int = 0, seed: int = 0, shard_shuffle: bool = True,
+                 shuffle_buffer: int = 0, crop_streams: tuple[str, ...] = (), max_frames: int = 512,
+                 max_len: int = 1 << 30, zero_visual: bool = False):
+        self.urls, self.counts, self.streams, self.train = urls, counts, list(streams), train
+        self.batch_size, self.rank, self.world_size, self.epoch, self.seed = batch_size, rank, world_size, epoch, seed
+        self.shard_shuffle, self.shuffle_buffer = shard_shuffle, shuffle_buffer
+        self.crop_streams, self.max_frames, self.max_len, self.zero_visual = list(crop_streams), max_frames, max_len, zero_visual
+
+    def pieces(self) -> list[ShardPiece]:
+        if not self.train:  # every sample, in order
+            return [ShardPiece(u, 0, c) for u, c in zip(self.urls, self.counts)]
+        return rank_pieces(self.urls, self.counts, self.rank, self.world_size, self.batch_size, self.epoch,
+                           self.seed, self.shard_shuffle)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mine = self.pieces()[worker::num_workers]
+        # one generator per (seed, epoch, rank, worker): the same order every time this epoch is replayed
+        rng = random.Random(hash((self.seed, self.epoch, self.rank, worker)) if self.train else 0)
+        samples = (self._prepare(raw, rng) for raw in read_pieces(mine, self.streams))
+        if self.train and self.shuffle_buffer > 1:
+            samples = shuffle_buffer(samples, self.shuffle_buffer, rng)
+        yield from samples
+
+    def _prepare(self, raw: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        sample = decode_sample(raw, self.streams)
+        sample = crop(sample, self.crop_streams, self.max_frames, self.max_len, self.streams, rng if self.train else None)
+        if self.zero_visual:
+            for name in self.streams:
+                sample[name] = np.zeros_like(sample[name])
+        return sample
+
+
+def shuffle_buffer(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
+    buffer: list[dict] = []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) >= size:
+            i = rng.randrange(len(buffer))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+
+@dataclass
+class Batch:
+    keys: list[str]
+    texts: list[str]  # raw target strings (references)
+    metas: list[dict]
+    features: dict[str, torch.Tensor]  # stream -> float32 [B, T_max, D], zero padded
+    lengths: dict[str, torch.Tensor]  # stream -> int64 [B]
+    target_ids: torch.Tensor  # int64 [B, L] tokenised targets (+ end token), pad_token_id padded
+    target_mask: torch.Tensor  # bool [B, L]
+
+    def to(self, device) -> "Batch":
+        return Batch(self.keys, self.texts, self.metas, {k: v.to(device, non_blocking=True) for k, v in self.features.items()},
+                     {k: v.to(device) for k, v in self.lengths.items()}, self.target_ids.to(device), self.target_mask.to(device))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def pad_stream(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(a) for a in arrays], dtype=torch.long)
+    width = arrays[0].shape[1]
+    out = torch.zeros(len(arrays), max(1, int(lengths.max())), width, dtype=torch.float32)
+    for i, a in enumerate(arrays):
+        if len(a):
+            out[i, : len(a)] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return out, lengths
+
+
+def tokenize_targets(tokenizer, texts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target token ids with the tokenizer's end token, truncated on the right to ``max_tokens``."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_tokens - 1]
+        rows.append(ids + [eos])
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = True
+    return ids, mask
+
+
+class Collate:
+    def __init__(self, tokenizer, streams: list[str], max_target_tokens: int, lowercase_targets: bool = False):
+        self.tokenizer, self.streams = tokenizer, streams
+        self.max_target_tokens, self.lowercase_targets = max_target_tokens, lowercase_targets
+
+    def __call__(self, samples: list[dict[str, Any]]) -> Batch:
+        features, lengths = {}, {}
+        for name in self.streams:
+            features[name], lengths[name] = pad_stream([s[name] for s in samples])
+        texts = [s["text"] for s in samples]
+        targets = [t.lower() for t in texts] if self.lowercase_targets else texts
+        ids, mask = tokenize_targets(self.tokenizer, targets, self.max_target_tokens)
+        return Batch([s["key"] for s in samples], texts, [s["meta"] for s in samples], features, lengths, ids, mask)
+
+
+def batches(dataset: ShardStream, collate: Collate, num_workers: int, *, drop_last: bool) -> Iterator[Batch]:
+    """Samples from the workers (interleaved), batched and padded in this process."""
+    # its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
+    # which would shift the dropout masks after every epoch boundary and break exact resume
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, generator=torch.Generator().manual_seed(0),
+                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    group: list[dict] = []
+    for sample in loader:
+        group.append(sample)
+        if len(group) == dataset.batch_size:
+            yield collate(group)
+            group = []
+    if group and not drop_last:
+        yield collate(group)
+
+
+def read_split_texts(urls: list[str], field: str = "text") -> list[dict]:
+    """The JSON of every sample of some shards (no arrays decoded): in-context example pools."""
+    out = []
+    for url in urls:
+        with tarfile.open(url, mode="r:") as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    out.append(json.loads(tar.extractfile(member).read()))
+    return out

@@ -1,0 +1,155 @@
+"""``signfeat eval``: translate a split with a trained checkpoint, score BLEU-1..4 and ROUGE-L.
+
+- Decoding: deterministic beam search by default (5 beams, at most 64 new tokens). SpaMo's release
+  samples inside beam search (``do_sample=True, top_p=0.9``), so its scores move from run to run; that is
+  ``eval.do_sample=true`` here, never the default.
+- BLEU-n: sacrebleu's cumulative corpus BLEU with ``max_ngram_order=n`` (n = 1..4) and its signature;
+  tokenizer 13a by default, ``zh`` for Chinese targets. References are the raw target strings.
+- Lowercasing of predictions and references before scoring is ``eval.lowercase`` (on in the SpaMo recipe,
+  as in its release) and is reported with the scores.
+- ROUGE-L: the mean sentence F1 of rouge-score with Porter stemming, twice: with rouge-score's own
+  tokenizer (``rougeL``: it keeps only [a-z0-9], so German umlauts split words and Chinese text vanishes)
+  and with a Unicode-aware tokenizer (``rougeL_unicode``: letters of any script, CJK characters one token
+  each, stemming only for ASCII words).
+- ``predictions.jsonl`` (key, reference, prediction) is written next to ``scores.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import torch
+
+from trainer.data import Collate, ShardStream, batches, list_shards, shard_counts
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def bleu_scores(predictions: list[str], references: list[str], tokenize: str = "13a", lowercase: bool = False) -> dict:
+    """BLEU-1..4 (cumulative, corpus level) and sacrebleu's signature of BLEU-4."""
+    from sacrebleu.metrics import BLEU
+
+    out: dict = {}
+    for n in range(1, 5):
+        metric = BLEU(tokenize=tokenize, lowercase=lowercase, max_ngram_order=n)
+        out[f"bleu{n}"] = metric.corpus_score(predictions, [references]).score
+        if n == 4:
+            out["bleu_signature"] = str(metric.get_signature())
+    return out
+
+
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+
+
+class UnicodeTokenizer:
+    """A rouge-score tokenizer for any script: lowercased words of Unicode letters and digits (so ``süden``
+    stays one word), each CJK character a token; Porter stemming of ASCII words longer than 3 characters,
+    as rouge-score's own tokenizer does."""
+
+    def __init__(self, use_stemmer: bool = True):
+        from nltk.stem import porter
+
+        self.stemmer = porter.PorterStemmer() if use_stemmer else None
+
+    def tokenize(self, text: str) -> list[str]:
+        tokens = _TOKEN.findall(text.lower())
+        if self.stemmer is not None:
+            tokens = [self.stemmer.stem(t) if len(t) > 3 and t.isascii() else t for t in tokens]
+        return tokens
+
+
+def rouge_l(predictions: list[str], references: list[str], unicode: bool = False, lowercase: bool = False) -> float:
+    """Mean sentence ROUGE-L F1 (x100) of rouge-score with stemming."""
+    from rouge_score import rouge_scorer
+
+    tokenizer = UnicodeTokenizer() if unicode else None
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, tokenizer=tokenizer)
+    if not predictions:
+        return 0.0
+    total = 0.0
+    for prediction, reference in zip(predictions, references):
+        if lowercase:
+            prediction, reference = prediction.lower(), reference.lower()
+        total += scorer.score(reference, prediction)["rougeL"].fmeasure
+    return 100.0 * total / len(predictions)
+
+
+def score(predictions: list[str], references: list[str], tokenize: str = "13a", lowercase: bool = False) -> dict:
+    scores = bleu_scores(predictions, references, tokenize, lowercase)
+    scores["rougeL"] = rouge_l(predictions, references, unicode=False, lowercase=lowercase)
+    scores["rougeL_unicode"] = rouge_l(predictions, references, unicode=True, lowercase=lowercase)
+    scores.update(lowercase=lowercase, rouge="rouge-score, mean sentence F1, Porter stemming; rougeL: its default "
+                  "tokenizer ([a-z0-9] only), rougeL_unicode: Unicode-aware tokenizer", samples=len(predictions))
+    return scores
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def evaluate_model(model, recipe, split: str, out_dir: Path | None) -> dict:
+    """Translate ``split`` in order with ``model``; scores and predictions (written to ``out_dir``)."""
+    from trainer.loop import in_context_examples
+
+    e, d = recipe.eval, recipe.data
+    urls = list_shards(d.shards, split)
+    stream = ShardStream(urls, shard_counts(urls), d.streams, train=False, batch_size=e.batch_size,
+                         crop_streams=d.crop_streams, max_frames=d.max_frames, max_len=d.max_len, zero_visual=d.zero_visual)
+    collate = Collate(model.tokenizer, d.streams, d.max_target_tokens)
+    examples = in_context_examples(recipe)  # training split only; fixed seed: same prompts every run
+    rng = random.Random(recipe.llm.in_context.seed)
+    device = model.logit_scale.device
+    keys, references, predictions = [], [], []
+    was_training = model.training
+    model.eval()
+    for batch in batches(stream, collate, num_workers=0, drop_last=False):
+        if e.max_samples and len(keys) >= e.max_samples:
+            break
+        extras = [examples.draw("", rng) for _ in batch.texts] if examples is not None else None
+        with torch.no_grad(), _autocast(device):
+            predictions += model.generate(batch.to(device), num_beams=e.num_beams, max_new_tokens=e.max_new_tokens,
+                                          do_sample=e.do_sample, top_p=e.top_p, extras=extras)
+        keys += batch.keys
+        references += batch.texts
+    if e.max_samples:
+        keys, references, predictions = keys[: e.max_samples], references[: e.max_samples], predictions[: e.max_samples]
+    model.train(was_training)
+    scores = score(predictions, references, e.bleu_tokenize, e.lowercase)
+    scores.update(split=split, decoding={"num_beams": e.num_beams, "max_new_tokens": e.max_new_tokens,
+                                         "do_sample": e.do_sample, **({"top_p": e.top_p} if e.do_sample else {})},
+                  in_context=recipe.llm.in_context.enabled)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
+            for key, reference, prediction in zip(keys, references, predictions):
+                f.write(json.dumps({"key": key, "reference": reference, "prediction": prediction}, ensure_ascii=False) + "\n")
+        (out_dir / "scores.json").write_text(json.dumps(scores, indent=1, ensure_ascii=False), encoding="utf-8")
+    return {"scores": scores, "predictions": predictions, "references": references, "keys": keys}
+
+
+def _autocast(device: torch.device):
+    from trainer.loop import autocast
+
+    return autocast(device)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str] | None = None,
+                        out_dir: str | Path | None = None) -> dict:
+    """Rebuild the recipe's model from a checkpoint (recipe inside it, ``overrides`` on top), evaluate."""
+    from trainer.loop import load_checkpoint, pick_device, resolve_checkpoint
+    from trainer.llm import build_model
+    from trainer.recipe import recipe_from_dict
+
+    path = resolve_checkpoint(checkpoint)
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    recipe = recipe_from_dict(state["recipe"], overrides)
+    device = pick_device(recipe)
+    model = build_model(recipe, device)
+    load_checkpoint(path, model)
+    out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"
+    result = evaluate_model(model, recipe, split, out)
+    result["out_dir"] = str(out)
+    return result

@@ -1,0 +1,330 @@
+"""The training loop, top to bottom. One script for one process or many (``torchrun --nproc_per_node N``).
+
+    recipe -> seeds -> model (frozen LLM + LoRA + adapter) -> AdamW + warm-up/cosine -> resume?
+      -> for each optimizer step: grad_accum micro-batches (VT-Align only during its warm-up, then
+         CE + lambda * VT-Align) -> clip -> step -> log (JSON lines) -> checkpoint / eval now and then
+
+Checkpoints (``OUT/checkpoints/step-000100/``) hold no pickle and no base weights:
+``trainable.safetensors`` (adapter incl. BatchNorm statistics, LoRA, logit scale), ``optimizer.safetensors``
+(AdamW moments and step counts, RNG states) and ``state.json`` (step, data position, scheduler, optimizer
+hyperparameters, Python RNG, the recipe, a checksum of the frozen base). Resuming restores all of it and
+replays the data stream to the saved position, so it continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import SignfeatError
+from trainer.data import Batch, Collate, ShardStream, batches, batches_per_epoch, list_shards, read_split_texts, shard_counts
+from trainer.llm import InContextExamples, SignTranslator, base_checksum, build_model, load_trainable_state, trainable_state
+from trainer.recipe import Recipe
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Dist:
+    """torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; without them this is a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    import torch.distributed as dist_
+
+    if not dist_.is_initialized():
+        dist_.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist_.get_rank(), dist_.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(recipe: Recipe) -> torch.device:
+    if recipe.device == "cpu" or (recipe.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SignfeatError("device: cuda requested but no CUDA device is visible")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU (SpaMo's release trains in bf16); plain fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    """Linear warm-up from 0 to the peak over ``warmup_steps``, then cosine to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(model: SignTranslator, recipe: Recipe):
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = recipe.optim
+    # SpaMo's release: AdamW(all trainable parameters, lr, eps=1e-8), weight decay on every one of them
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    warmup = int(o.warmup_ratio * o.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, o.max_steps))
+    return optimizer, scheduler
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class DataPosition:
+    epoch: int = 0
+    batch: int = 0  # micro-batches of this epoch already consumed
+
+
+def train_batches(recipe: Recipe, tokenizer, dist: Dist, start: DataPosition) -> Iterator[tuple[DataPosition, Batch]]:
+    """Micro-batches forever, epoch after epoch; each comes with the position *after* it."""
+    d = recipe.data
+    urls = list_shards(d.shards, d.train_split)
+    counts = shard_counts(urls)
+    per_epoch = batches_per_epoch(counts, dist.world_size, d.batch_size)
+    if per_epoch == 0:
+        raise SignfeatError(f"data: {sum(counts)} training samples make no whole batch of {d.batch_size} per rank "
+                            f"({dist.world_size} ranks); lower data.batch_size")
+    collate = Collate(tokenizer, d.streams, d.max_target_tokens, d.lowercase_targets)
+    epoch, skip = start.epoch, start.batch
+    while True:
+        stream = ShardStream(urls, counts, d.streams, train=True, batch_size=d.batch_size, rank=dist.rank,
+                             world_size=dist.world_size, epoch=epoch, seed=recipe.seed, shard_shuffle=d.shard_shuffle,
+                             shuffle_buffer=d.shuffle_buffer, crop_streams=d.crop_streams, max_frames=d.max_frames,
+                             max_len=d.max_len, zero_visual=d.zero_visual)
+        for index, batch in enumerate(batches(stream, collate, d.num_workers, drop_last=True)):
+            if index < skip:  # resume: replay the epoch's order up to the saved position
+                continue
+            yield DataPosition(epoch, index + 1), batch
+        epoch, skip = epoch + 1, 0
+
+
+def in_context_examples(recipe: Recipe) -> InContextExamples | None:
+    ic = recipe.llm.in_context
+    if not ic.enabled:
+        return None
+    metas = read_split_texts(list_shards(recipe.data.shards, recipe.data.train_split))
+    return InContextExamples(metas, ic.num, ic.source_field)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, step: int, position: DataPosition,
+                    rng: random.Random, recipe: Recipe) -> Path:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    opt = optimizer.state_dict()
+    tensors = {f"state.{i}.{name}": value.detach().contiguous() for i, s in opt["state"].items() for name, value in s.items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    state = {
+        "step": step, "data_position": {"epoch": position.epoch, "batch": position.batch},
+        "scheduler": scheduler.state_dict(), "param_groups": opt["param_groups"],
+        "python_rng": _rng_to_json(rng.getstate()), "base_checksum": base_checksum(model), "recipe": recipe.to_dict(),
+    }
+    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    tmp.rename(path)  # a checkpoint folder exists only when complete
+    (path.parent / "latest.json").write_text(json.dumps({"checkpoint": path.name, "step": step}), encoding="utf-8")
+    return path
+
+
+def load_checkpoint(path: Path, model: SignTranslator, optimizer=None, scheduler=None) -> dict:
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    if state["base_checksum"] != base_checksum(model):
+        raise SignfeatError(f"checkpoint {path}: the base LLM differs from the one it was trained on (checksum)")
+    device = model.logit_scale.device
+    load_trainable_state(model, {k: v.to(device) for k, v in load_file(str(path / "trainable.safetensors")).items()})
+    if optimizer is not None:
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        opt_state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("state."):
+                _, index, name = key.split(".", 2)
+                opt_state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return state
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run / checkpoints folder (its latest checkpoint)."""
+    path = Path(path)
+    for folder in (path, path / "checkpoints"):
+        if (folder / "state.json").is_file():
+            return folder
+        if (folder / "latest.json").is_file():
+            return folder / json.loads((folder / "latest.json").read_text())["checkpoint"]
+    raise SignfeatError(f"checkpoint {path}: no state.json or checkpoints/latest.json there")
+
+
+def _rng_to_json(state):
+    return [state[0], list(state[1]), state[2]]
+
+
+def _rng_from_json(state):
+    return (state[0], tuple(state[1]), state[2])
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+class JsonLog:
+    def __init__(self, path: Path | None):
+        self.file = path.open("a", encoding="utf-8") if path is not None else None
+
+    def write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+
+def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps: int | None = None) -> dict:
+    """Train as the recipe says. ``resume``: a checkpoint (or run folder) to continue from.
+    ``stop_after_steps``: stop (with a checkpoint) after this many optimizer steps of this call, as a job
+    killed and resumed would. Returns a summary (final step, last losses, checkpoint path, eval scores)."""
+    device = pick_device(recipe)
+    dist = setup_distributed(device)
+    seed_everything(recipe.seed)
+    out_dir = Path(recipe.out_dir)
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
+
+    model = build_model(recipe, device)
+    optimizer, scheduler = build_optimizer(model, recipe)
+    rng = random.Random(recipe.seed)  # in-context example draws
+    step, position = 0, DataPosition()
+    if resume is not None:
+        state = load_checkpoint(resolve_checkpoint(resume), model, optimizer, scheduler)
+        step, position = state["step"], DataPosition(**state["data_position"])
+        rng.setstate(_rng_from_json(state["python_rng"]))
+    else:
+        torch.manual_seed(recipe.seed + dist.rank)  # dropout masks differ across ranks, repeat across runs
+
+    ddp = model
+    if dist.world_size > 1:
+        # find_unused_parameters: during the VT-Align warm-up the LoRA weights get no gradient
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    examples = in_context_examples(recipe)
+    stream = train_batches(recipe, model.tokenizer, dist, position)
+    log = JsonLog(out_dir / "log.jsonl" if dist.main else None)
+    o, vt = recipe.optim, recipe.vt_align
+    last_step = o.max_steps if stop_after_steps is None else min(o.max_steps, step + stop_after_steps)
+    progress = _progress(recipe, dist, step, o.max_steps)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    summary: dict = {"losses": []}
+    while step < last_step:
+        warming_up = vt.enabled and step < vt.warmup_steps  # VT-Align only; the LLM is not run
+        started, samples, totals = time.perf_counter(), 0, {}
+        for micro in range(o.grad_accum):
+            position, batch = next(stream)
+            batch = batch.to(device)
+            extras = [examples.draw(t, rng) for t in batch.texts] if examples is not None else None
+            sync = contextlib.nullcontext() if (micro == o.grad_accum - 1 or ddp is model) else ddp.no_sync()
+            with sync:
+                with autocast(device):
+                    losses = ddp(batch, extras, run_llm=not warming_up)
+                (losses["loss"] / o.grad_accum).backward()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach()) / o.grad_accum
+            samples += len(batch)
+        grad_norm = nn.utils.clip_grad_norm_(trainable, o.clip_grad) if o.clip_grad > 0 else None
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        seconds = time.perf_counter() - started
+        summary["losses"].append(totals["loss"])
+        record = {"step": step, "phase": "vt_align_warmup" if warming_up else "train", **totals, "lr": lr,
+                  "grad_norm": None if grad_norm is None else float(grad_norm),
+                  "samples_per_s": samples * dist.world_size / seconds, "epoch": position.epoch}
+        if dist.main and (step % recipe.log_every == 0 or step == last_step):
+            log.write(record)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{totals['loss']:.3f}", lr=f"{lr:.2e}")
+        if dist.main and recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
+            save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer, scheduler, step, position, rng, recipe)
+        if dist.main and recipe.eval.every and step % recipe.eval.every == 0 and step < o.max_steps:
+            log.write({"step": step, "eval": _evaluate(model, recipe, out_dir / "eval" / f"step-{step:06d}")})
+            model.train()
+    if progress is not None:
+        progress.close()
+    summary.update(step=step, data_position=position.__dict__)
+    if dist.main:
+        summary["checkpoint"] = str(save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer,
+                                                    scheduler, step, position, rng, recipe))
+        if step == o.max_steps and recipe.eval.at_end:
+            summary["eval"] = _evaluate(model, recipe, out_dir / "eval" / f"step-{step:06d}")
+            log.write({"step": step, "eval": summary["eval"]})
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+    summary["model"] = model
+    return summary
+
+
+def _evaluate(model: SignTranslator, recipe: Recipe, out: Path) -> dict:
+    from trainer.evaluate import evaluate_model
+
+    return evaluate_model(model, recipe, recipe.data.eval_split, out)["scores"]
+
+
+def _progress(recipe: Recipe, dist: Dist, start: int, total: int):
+    if not (recipe.progress and dist.main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=recipe.name, unit="step", dynamic_ncols=True)
