@@ -90,11 +90,19 @@ class BodyModel:
     """One loaded SMPL-X model: ``joints(params)`` -> float32 [T, 55, 3], batched over frames."""
 
     def __init__(self, settings: BodyModelSettings, device: str | torch.device = "cpu", chunk_frames: int = 8192):
-        import smplx
-
         self.settings = settings
         self.path = find_model_file(settings.model_dir, settings.gender)
         self.synthetic = _check_model_file(self.path)
+        # Built outside inference mode even when the caller is in it: the fitting differentiates through
+        # these tensors, and inference tensors cannot be saved for backward.
+        with torch.inference_mode(False):
+            self._build(settings, device)
+        self.device = torch.device(device)
+        self.chunk_frames = chunk_frames
+
+    def _build(self, settings: BodyModelSettings, device) -> None:
+        import smplx
+
         try:
             # smplx reads the licensed .npz with allow_pickle=True (the real file holds object arrays).
             self.smplx = smplx.SMPLX(
@@ -104,8 +112,6 @@ class BodyModel:
             ).to(device)
         except Exception as exc:  # noqa: BLE001
             raise SignfeatError(f"{self.path} could not be loaded as an SMPL-X model ({type(exc).__name__}: {exc}); {WHERE_TO_GET}") from None
-        self.device = torch.device(device)
-        self.chunk_frames = chunk_frames
         self.num_betas = int(self.smplx.num_betas)
         self.num_expression = int(self.smplx.num_expression_coeffs)
         self.parents = self.smplx.parents.clone()

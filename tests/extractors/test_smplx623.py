@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from extractors import ExtractorConfig, build_extractor
 from extractors.base import REGISTRY
@@ -81,6 +82,10 @@ def test_video_through_the_contract_equals_direct_calls(extractor, body, monkeyp
     params, _ = fit_keypoints(body, keypoints, FitSettings(iterations=40, orient_iterations=10))
     np.testing.assert_allclose(array, joints_to_features(body.joints(params), body.rest_joints()), atol=1e-4)
     assert extractor.extract([frames])[0].shape == (4, 623)
+    with torch.inference_mode():  # a caller in inference mode (as other extractors run): the fitting still differentiates
+        built_inside = build_extractor({"name": "smplx623", "settings": dict(extractor.settings.__dict__)})
+        monkeypatch.setattr(type(built_inside.estimator), "landmarks", lambda self, frames: landmarks)
+        np.testing.assert_allclose(built_inside.extract_prepared([prepared])[0], array, atol=1e-5)
 
 
 def test_transform_geometry_is_its_own(extractor):
