@@ -25,7 +25,7 @@ import torch
 
 from extractors.base import Extractor, register
 from extractors.preprocess import FrameTransform
-from motion.body_model import BodyModel, BodyModelSettings
+from motion.body_model import BodyModel, BodyModelSettings, num_frames_of
 from motion.humanml3d import FEATURE_WIDTH, LAYOUT, FeatureSettings, joints_to_features, select_motion_joints
 from pipeline.errors import ClipError, SignfeatError
 
@@ -42,7 +42,7 @@ class Smplx623Settings:
     num_expression_coeffs: int = 10
     flat_hand_mean: bool = False
     # features (motion/humanml3d.py); the quirks reproduce the reference code by default
-    retarget: str = "rest"  # rest (the model's zero-beta rest pose) | none (the clip's own skeleton) | path to a joints .npy
+    retarget: str = "rest"  # rest (zero-beta rest pose of SMPLX_NEUTRAL, else of the loaded model) | none (the clip's own skeleton) | a joints .npy
     target_fps: float = 0.0  # Input A: resample to this fps first (HumanML3D 20, Motion-X 30); 0 keeps the input's
     feet_threshold: float = 0.002
     smooth_sigma: float = 20.0
@@ -124,7 +124,12 @@ class Smplx623Extractor(Extractor):
     def _target_joints(self, retarget: str) -> np.ndarray | None:
         if retarget == "none":
             return None
-        if retarget == "rest":
+        if retarget == "rest":  # the neutral model's rest pose when its file is there (HumanML3D-style one skeleton for all)
+            if self.settings.gender != "neutral":
+                try:
+                    return BodyModel(dataclasses.replace(self.settings.body_settings(), gender="neutral")).rest_joints()
+                except SignfeatError:
+                    pass
             return self.body.rest_joints()
         path = Path(retarget)
         if not path.is_file():
@@ -153,8 +158,7 @@ class Smplx623Extractor(Extractor):
             return params
         from pipeline.decode import resample_indices
 
-        frames = len(params["global_orient"]) if "global_orient" in params else len(next(v for k, v in params.items() if k != "world_rotation"))
-        keep, _ = resample_indices(np.arange(frames) / fps, self.settings.target_fps, None)
+        keep, _ = resample_indices(np.arange(num_frames_of(params)) / fps, self.settings.target_fps, None)
         return {k: (v if k == "world_rotation" or len(v) == 1 else v[keep]) for k, v in params.items()}
 
     def joints_to_features(self, joints: np.ndarray) -> np.ndarray:

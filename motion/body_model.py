@@ -140,7 +140,7 @@ class BodyModel:
         """Every parameter as a float32 tensor with one row per frame (missing ones are zeros; a single
         row of betas/expression is repeated; betas beyond ``num_betas`` are refused, fewer are zero-padded)."""
         if num_frames is None:
-            num_frames = _num_frames(params)
+            num_frames = num_frames_of(params)
         out = {}
         for name, width in {**PARAM_WIDTHS, "betas": self.num_betas, "expression": self.num_expression}.items():
             value = params.get(name)
@@ -192,7 +192,7 @@ class BodyModel:
     @torch.no_grad()
     def joints(self, params: dict[str, np.ndarray]) -> np.ndarray:
         """float32 [T, 55, 3] world joints of one clip's parameters (``world_rotation`` applied), in chunks."""
-        num_frames = _num_frames(params)
+        num_frames = num_frames_of(params)
         full = self.full_params(params, num_frames)
         parts = [self.joints_torch({k: v[s:s + self.chunk_frames] for k, v in full.items()}) for s in range(0, num_frames, self.chunk_frames)]
         joints = torch.cat(parts).cpu().numpy() if parts else np.zeros((0, 55, 3), np.float32)
@@ -205,7 +205,7 @@ class BodyModel:
         """Several clips in one batched forward (frames concatenated, then split back per clip)."""
         if not clips:
             return []
-        counts = [_num_frames(c) for c in clips]
+        counts = [num_frames_of(c) for c in clips]
         merged = {}
         for name in (*PARAM_WIDTHS, *SHAPE_KEYS):
             if any(name in c for c in clips):
@@ -233,7 +233,8 @@ class BodyModel:
         return self.rest_joints_template.detach().cpu().numpy().astype(np.float32)
 
 
-def _num_frames(params: dict) -> int:
+def num_frames_of(params: dict) -> int:
+    """The number of frames of a parameters dict (rows of its first pose parameter)."""
     for name in PARAM_WIDTHS:
         if params.get(name) is not None:
             return int(np.shape(params[name])[0])

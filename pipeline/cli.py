@@ -193,6 +193,7 @@ def _features(args) -> int:
         raise SignfeatError(f"no such video or frame folder: {args.video}")
     array = None
     if args.extractor == "smplx623":
+        from motion.body_model import num_frames_of
         from motion.params_io import is_params_path, read_params
 
         if is_params_path(args.video):  # Input A: SMPL-X parameters (a file or a folder of per-frame files)
@@ -200,7 +201,7 @@ def _features(args) -> int:
             params, own_fps = read_params(args.video, extractor.settings.params_layout)
             fps = own_fps or args.fps
             array = extractor.extract_params([params], [fps])[0]
-            frames = len(params["global_orient"]) if "global_orient" in params else None
+            frames = num_frames_of(params)
     if array is None:
         clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
         decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend))

@@ -93,3 +93,7 @@ def test_motion_render_gif_png_and_shard(body_model, tmp_path):
     assert main(["motion-render", str(tmp_path / "s.tar"), "--key", "k2", "--out", str(tmp_path / "png"), "--every", "5"]) == 0
     assert len(list((tmp_path / "png").glob("frame_*.png"))) == 3
     assert main(["motion-render", str(tmp_path / "s.tar"), "--key", "zz", "--out", str(tmp_path / "x.gif")]) == 2
+    av = pytest.importorskip("av")
+    assert main(["motion-render", str(tmp_path / "f.npy"), "--out", str(tmp_path / "m.mp4"), "--every", "2"]) == 0
+    with av.open(str(tmp_path / "m.mp4")) as video:
+        assert sum(1 for _ in video.decode(video=0)) == 6
