@@ -7,8 +7,9 @@ implementation here runs offline on CPU: MediaPipe Holistic (pose, both hands; t
 fits SMPL-X to them over the whole clip at once.
 
 Keypoints (metres, Y up): body joints from MediaPipe's pose *world* landmarks (metric, origin between the
-hips; camera axes X right, Y down, Z away, turned to Y up by diag(1, -1, -1)), confidence = landmark
-visibility; finger joints from the hand landmarks (image coordinates, depth in image-width units) placed at
+hips; camera axes X right, Y down, Z away, turned to Y up by diag(1, -1, -1)), moved by the hip centre's
+image-plane motion (:func:`image_plane_translation`, so the root trajectory is not lost; depth is not
+recovered), confidence = landmark visibility; finger joints from the hand landmarks (image coordinates, depth in image-width units) placed at
 the pose's wrist and scaled so the palm (wrist to the four finger bases) is as long as the model's.
 Fingertips, face and feet beyond the ankles/toes are not SMPL-X joints and are not used.
 
@@ -49,11 +50,40 @@ def keypoint_layout() -> np.ndarray:
 @dataclass
 class FrameLandmarks:
     """One frame's MediaPipe output as arrays (None where not detected): pose_world [33, 4] (x, y, z,
-    visibility), left_hand / right_hand [21, 3] (x, y in [0, 1] of width/height, z in width units)."""
+    visibility), left_hand / right_hand [21, 3] and pose_image [33, 3] (x, y in [0, 1] of width/height, z in
+    width units)."""
 
     pose_world: np.ndarray | None
     left_hand: np.ndarray | None
     right_hand: np.ndarray | None
+    pose_image: np.ndarray | None = None
+
+
+def image_plane_translation(frames: list[FrameLandmarks], image_size: tuple[int, int]) -> np.ndarray:
+    """[T, 3] root motion in metres (Y up) that the hip-centred world landmarks lack: the hip centre's
+    movement in the image since the first detected frame, at the clip's median metres-per-pixel (world vs
+    image shoulder-to-hip lengths, a weak-perspective camera). Depth (Z) stays 0; zeros without image landmarks."""
+    height, width = image_size
+    out = np.zeros((len(frames), 3), np.float32)
+    seen = [t for t, f in enumerate(frames) if f.pose_world is not None and f.pose_image is not None]
+    if not seen:
+        return out
+    scale_px = np.array([width, height])
+    torso = ((11, 23), (12, 24), (11, 12), (23, 24))  # shoulder-hip sides, shoulders, hips
+    ratios = []
+    for t in seen:
+        image = frames[t].pose_image[:, :2] * scale_px
+        world = frames[t].pose_world[:, :3]
+        pixels = sum(np.linalg.norm(image[a] - image[b]) for a, b in torso)
+        metres = sum(np.linalg.norm(world[a] - world[b]) for a, b in torso)
+        if pixels > 1e-6:
+            ratios.append(metres / pixels)
+    metres_per_pixel = float(np.median(ratios)) if ratios else 0.0
+    hips = {t: frames[t].pose_image[[23, 24], :2].mean(0) * scale_px for t in seen}
+    for t in seen:
+        shift = (hips[t] - hips[seen[0]]) * metres_per_pixel
+        out[t] = (shift[0], -shift[1], 0.0)  # image Y down -> Y up
+    return out
 
 
 def landmarks_to_keypoints(frames: list[FrameLandmarks], image_size: tuple[int, int], body: BodyModel) -> Keypoints:
@@ -64,10 +94,11 @@ def landmarks_to_keypoints(frames: list[FrameLandmarks], image_size: tuple[int, 
     points = np.zeros((len(frames), len(joint_ids), 3), np.float32)
     confidence = np.zeros((len(frames), len(joint_ids)), np.float32)
     num_pose = len(POSE_TO_SMPLX) + 1
+    translation = image_plane_translation(frames, image_size)
     for t, frame in enumerate(frames):
         if frame.pose_world is None:
             continue
-        world = frame.pose_world[:, :3] * CAMERA_TO_Y_UP
+        world = frame.pose_world[:, :3] * CAMERA_TO_Y_UP + translation[t]
         visibility = np.clip(frame.pose_world[:, 3], 0.0, 1.0)
         for k, landmark in enumerate(POSE_TO_SMPLX):
             points[t, k], confidence[t, k] = world[landmark], visibility[landmark]
@@ -130,7 +161,8 @@ class MediaPipeEstimator:
                 result = holistic.process(np.ascontiguousarray(frame))
                 out.append(FrameLandmarks(
                     pose_world=_array(result.pose_world_landmarks, visibility=True),
-                    left_hand=_array(result.left_hand_landmarks), right_hand=_array(result.right_hand_landmarks)))
+                    left_hand=_array(result.left_hand_landmarks), right_hand=_array(result.right_hand_landmarks),
+                    pose_image=_array(result.pose_landmarks)))
         return out
 
     def estimate(self, frames: np.ndarray) -> dict[str, np.ndarray]:

@@ -162,19 +162,23 @@ def landmarks_from_joints(joints: np.ndarray, image_size: tuple[int, int] = (480
     height, width = image_size
     to_camera = np.array([1.0, -1.0, -1.0])  # Y up -> camera (Y down, Z away); its own inverse
     frames = []
+    centre = np.array([width / 2, height / 2, 0.0])
     for frame in np.asarray(joints, dtype=np.float64):
         hips = frame[[1, 2]].mean(0)
         world = np.zeros((33, 4))
         for landmark, joint in POSE_TO_SMPLX.items():
             world[landmark, :3], world[landmark, 3] = (frame[joint] - hips) * to_camera, 1.0
         world[list(EARS), :3], world[list(EARS), 3] = (frame[15] - hips) * to_camera, 1.0
+        # image landmarks: orthographic projection of the same points, not hip-centred
+        image = (world[:, :3] + hips * to_camera) * pixels_per_metre + centre
+        image[:, 2] = 0.0
         hands = []
         for wrist, first in ((20, 25), (21, 40)):
             pixels = np.zeros((21, 3))
             pixels[0] = frame[wrist] * to_camera * pixels_per_metre
             for landmark, slot in HAND_TO_SMPLX.items():
                 pixels[landmark] = frame[first + slot] * to_camera * pixels_per_metre
-            centre = np.array([width / 2, height / 2, 0.0]) - pixels[0] * [0, 0, 1]
-            hands.append(((pixels + centre) / np.array([width, height, width])).astype(np.float32))
-        frames.append(FrameLandmarks(pose_world=world.astype(np.float32), left_hand=hands[0], right_hand=hands[1]))
+            hands.append(((pixels + centre - pixels[0] * [0, 0, 1]) / np.array([width, height, width])).astype(np.float32))
+        frames.append(FrameLandmarks(pose_world=world.astype(np.float32), left_hand=hands[0], right_hand=hands[1],
+                                     pose_image=(image / np.array([width, height, width])).astype(np.float32)))
     return frames
