@@ -91,3 +91,18 @@ def test_gender_picks_its_file(tmp_path):
     assert find_model_file(tmp_path, "female").name == "SMPLX_FEMALE.npz"
     with pytest.raises(SignfeatError, match="SMPLX_MALE.npz"):
         find_model_file(tmp_path, "male")
+
+
+@pytest.mark.slow
+def test_full_size_synthetic_model_runs_smplx_forward_unpatched(tmp_path):
+    """A mesh as large as the real one (>= 9930 vertices): smplx's own forward with its real extra-joint ids."""
+    import smplx
+
+    write_synthetic_smplx(tmp_path, vertices_per_joint=181)  # 55 * 181 = 9955 vertices
+    model = smplx.create(str(tmp_path), model_type="smplx", use_pca=False, num_betas=10)
+    params = smooth_random_params(16, seed=2)
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in params.items()}, leye_pose=torch.zeros(16, 3), reye_pose=torch.zeros(16, 3))
+    assert out.vertices.shape == (16, 9955, 3)
+    ours = BodyModel(BodyModelSettings(model_dir=str(tmp_path))).joints(params)
+    np.testing.assert_allclose(ours, out.joints[:, :55].numpy(), atol=2e-5)
