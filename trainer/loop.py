@@ -81,14 +81,15 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def lr_lambda(warmup_steps: int, total_steps: int):
-    """Linear warm-up from 0 to the peak over ``warmup_steps``, then cosine to 0 at ``total_steps``."""
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
+    """Linear warm-up from 0 to the peak over ``warmup_steps``, then cosine to ``min_ratio`` x peak at
+    ``total_steps``."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
 
@@ -99,7 +100,7 @@ def build_optimizer(model: SignTranslator, recipe: Recipe):
     # SpaMo's release: AdamW(all trainable parameters, lr, eps=1e-8), weight decay on every one of them
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     warmup = int(o.warmup_ratio * o.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, o.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, o.max_steps, o.min_lr_ratio))
     return optimizer, scheduler
 
 

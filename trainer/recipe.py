@@ -168,7 +168,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-8
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # linear warm-up over this fraction of max_steps, then cosine to 0
+    warmup_ratio: float = 0.1  # linear warm-up over this fraction of max_steps, then cosine down
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * this (SpaMo release: 0; SpaMo paper: 5e-5 / 1e-4 = 0.5)
     max_steps: int = 1000  # optimizer steps
     grad_accum: int = 2
     clip_grad: float = 1.0  # 0: no clipping
@@ -179,6 +180,8 @@ class OptimConfig:
             raise SignfeatError("optim.betas: expected two numbers in [0, 1)")
         if not 0 <= self.warmup_ratio < 1:
             raise SignfeatError("optim.warmup_ratio: expected 0 <= ratio < 1")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise SignfeatError("optim.min_lr_ratio: expected 0 <= ratio <= 1")
 
 
 @dataclass
@@ -300,6 +303,11 @@ def _coerce(hint, value, path: str):
             raise SignfeatError(f"{path}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SignfeatError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -338,12 +346,31 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
     return _build(Recipe, data, "").validate()
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe file as a dict; ``base: other.yaml`` (relative to this file) is read first and this file's
+    sections are merged over it key by key (the tiny variants are their full recipe plus a few changes)."""
     if not path.is_file():
         raise SignfeatError(f"recipe {path}: no such file")
+    if path.resolve() in seen:
+        raise SignfeatError(f"recipe {path}: base recipes form a cycle")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise SignfeatError(f"recipe {path}: not valid YAML ({exc})") from None
-    return recipe_from_dict(data, overrides)
+    if not isinstance(data, dict):
+        raise SignfeatError(f"recipe {path}: expected a mapping at the top")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(_read_yaml(path.parent / str(base), seen + (path.resolve(),)), data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    return recipe_from_dict(_read_yaml(Path(path)), overrides)

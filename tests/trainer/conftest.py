@@ -31,6 +31,7 @@ def sentence_streams(words: list[int], rng: np.random.Generator) -> dict[str, np
         "clip_s2": (spatial_table[frames] + noise((len(frames), SPATIAL))).astype(np.float16),
         "videomae": (motion_table[np.array(words)] + noise((len(words), MOTION))).astype(np.float16),
         "dinov2": (frame_table[frames] + noise((len(frames), PER_FRAME))).astype(np.float16),
+        "smplx623": np.pad(frame_table[frames], ((0, 0), (0, 623 - PER_FRAME))).astype(np.float32),
     }
 
 

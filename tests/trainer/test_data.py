@@ -114,5 +114,5 @@ def test_missing_stream_is_a_clear_error(tiny_shards):
 def test_counts_from_tar_headers(tiny_shards):
     urls = list_shards(str(tiny_shards), "big")
     with tarfile.open(urls[0]) as tar:
-        assert len(tar.getnames()) == 8 * 4  # json + three streams
+        assert len(tar.getnames()) == 8 * 5  # json + four streams
     assert shard_counts(urls[:1]) == [8]

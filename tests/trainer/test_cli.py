@@ -1,0 +1,41 @@
+"""The CLI end to end on tiny recipes, plus a couple of steps of every tiny recipe on synthetic shards."""
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+from tests.trainer.conftest import PER_FRAME
+
+TINY_OVERRIDES = {
+    "spamo_tiny": ["adapter.stream_widths={clip_s2: 16, videomae: 8}", "vt_align.warmup_steps=1"],
+    "llava_slt_tiny": [f"adapter.stream_widths={{dinov2: {PER_FRAME}}}"],
+    "sl_llama_tiny": [f"adapter.stream_widths={{dinov2: {PER_FRAME}}}"],
+    "lslm_tiny": [],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_OVERRIDES))
+def test_tiny_recipes_train_and_eval_through_the_cli(name, tiny_shards, tmp_path, capsys):
+    out = tmp_path / name
+    common = [f"data.shards={tiny_shards}", "data.batch_size=2", "eval.max_new_tokens=4", "progress=false", "device=cpu"]
+    assert main(["train", "--config", f"configs/recipes/{name}.yaml", f"out_dir={out}", "optim.max_steps=3",
+                 "eval.at_end=false", *common, *TINY_OVERRIDES[name]]) == 0
+    assert "checkpoint" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(out), "--split", "test", "eval.max_new_tokens=4", "eval.num_beams=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "BLEU-4" in printed and "ROUGE-L" in printed and "nrefs:1" in printed
+    lines = (out / "checkpoints" / "step-000003" / "eval-test" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["reference"] == "hallo regen sonne morgen"
+
+
+def test_bad_override_is_a_one_line_error(capsys):
+    assert main(["train", "--config", "configs/recipes/spamo_tiny.yaml", "optim.nope=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "optim.nope: unknown key" in err
+
+
+def test_missing_shards_is_a_one_line_error(tmp_path, capsys):
+    assert main(["train", "--config", "configs/recipes/spamo_tiny.yaml", f"data.shards={tmp_path}", f"out_dir={tmp_path / 'o'}",
+                 "progress=false"]) == 2
+    assert "no shards for split 'train'" in capsys.readouterr().err

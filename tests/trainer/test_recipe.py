@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import SignfeatError
+from trainer.recipe import load_recipe, recipe_from_dict
+
+RECIPES = sorted(Path("configs/recipes").glob("*.yaml"))
+
+
+def test_every_recipe_loads_and_validates():
+    names = {p.stem for p in RECIPES}
+    assert {"spamo", "llava_slt", "sl_llama", "lslm"} <= names
+    assert {f"{n}_tiny" for n in ("spamo", "llava_slt", "sl_llama", "lslm")} <= names
+    for path in RECIPES:
+        recipe = load_recipe(path)
+        assert recipe.follows, f"{path}: say which paper / release numbers it follows"
+        assert (recipe.llm.tiny is not None) == path.stem.endswith("_tiny")
+
+
+def test_spamo_recipe_numbers():
+    r = load_recipe("configs/recipes/spamo.yaml")
+    assert (r.optim.lr, r.optim.betas, r.optim.weight_decay, r.optim.warmup_ratio) == (6e-4, [0.9, 0.98], 0.01, 0.1)
+    assert (r.data.batch_size, r.optim.grad_accum, r.optim.clip_grad, r.data.max_frames) == (8, 2, 1.0, 512)
+    assert (r.llm.lora.r, r.llm.lora.alpha, r.llm.lora.dropout, r.llm.lora.target_modules) == (16, 32, 0.1, ["q", "v"])
+    assert r.vt_align.enabled and r.vt_align.warmup_steps == 4000 and r.vt_align.weight == 1.0 and r.vt_align.pooling == "masked"
+    assert r.eval.num_beams == 5 and r.eval.max_new_tokens == 64 and not r.eval.do_sample and r.eval.lowercase
+    assert not r.llm.in_context.enabled
+    assert load_recipe("configs/recipes/llava_slt.yaml").llm.lora.r == 8
+
+
+def test_overrides_apply_and_are_typed():
+    r = load_recipe("configs/recipes/spamo.yaml", ["optim.lr=1e-4", "vt_align.pooling=unmasked", "data.streams=[clip_s2, videomae]"])
+    assert r.optim.lr == 1e-4 and r.vt_align.pooling == "unmasked"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr_max=1", "optim.lr_max: unknown key"),
+    ("optimizer.lr=1", "optimizer: unknown key"),
+    ("optim.lr=fast", "optim.lr: expected a number"),
+    ("optim.lr=-1", "optim.lr: must be > 0"),
+    ("vt_align.pooling=median", "vt_align.pooling"),
+    ("eval.bleu_tokenize=words", "eval.bleu_tokenize"),
+    ("llm.kind=decoder_only", "does not match"),
+    ("llm.prompt=no sign here", "{sign}"),
+    ("data.batch_size=2.5", "data.batch_size: expected an integer"),
+    ("lr", "expected key=value"),
+])
+def test_bad_settings_are_clear_errors(override, message):
+    with pytest.raises(SignfeatError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        load_recipe("configs/recipes/spamo.yaml", [override])
+
+
+def test_missing_recipe_file_is_an_error(tmp_path):
+    with pytest.raises(SignfeatError, match="no such file"):
+        load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("data: {streams: [clip_s2]}\nadapter: {kind: sign_adapter}\n")
+    with pytest.raises(SignfeatError, match="spatial, motion"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_defaults_validate():
+    assert recipe_from_dict({}).llm.name == "google/flan-t5-xl"
