@@ -86,8 +86,11 @@ def image_plane_translation(frames: list[FrameLandmarks], image_size: tuple[int,
     return out
 
 
-def landmarks_to_keypoints(frames: list[FrameLandmarks], image_size: tuple[int, int], body: BodyModel) -> Keypoints:
-    """MediaPipe landmarks of a clip -> 3D keypoints of SMPL-X joints (see the module doc). image_size = (H, W)."""
+def landmarks_to_keypoints(frames: list[FrameLandmarks], image_size: tuple[int, int], body: BodyModel,
+                           min_visibility: float = 0.5) -> Keypoints:
+    """MediaPipe landmarks of a clip -> 3D keypoints of SMPL-X joints (see the module doc). image_size = (H, W).
+    Body landmarks less visible than ``min_visibility`` get confidence 0 (sign videos rarely show the legs:
+    MediaPipe still guesses them, and the pose prior does better than its guesses)."""
     height, width = image_size
     joint_ids = keypoint_layout()
     rest = body.rest_joints()
@@ -100,6 +103,7 @@ def landmarks_to_keypoints(frames: list[FrameLandmarks], image_size: tuple[int, 
             continue
         world = frame.pose_world[:, :3] * CAMERA_TO_Y_UP + translation[t]
         visibility = np.clip(frame.pose_world[:, 3], 0.0, 1.0)
+        visibility = np.where(visibility >= min_visibility, visibility, 0.0)
         for k, landmark in enumerate(POSE_TO_SMPLX):
             points[t, k], confidence[t, k] = world[landmark], visibility[landmark]
         points[t, num_pose - 1] = world[list(EARS)].mean(0)

@@ -102,9 +102,17 @@ def initial_root(body: BodyModel, keypoints: Keypoints) -> tuple[np.ndarray, np.
 
 def fit_keypoints(body: BodyModel, keypoints: Keypoints, settings: FitSettings = FitSettings(),
                   betas: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Fit SMPL-X parameters to one clip's keypoints -> (params dict of float32 [T, ...], report)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        return _fit(body, keypoints, settings, betas)
+    """Fit SMPL-X parameters to one clip's keypoints -> (params dict of float32 [T, ...], report).
+
+    Runs on one CPU thread: the tensors are small (a clip's frames x 55 joints), so more threads only add
+    synchronisation, and on a shared or busy machine they made it several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            return _fit(body, keypoints, settings, betas)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fit(body: BodyModel, keypoints: Keypoints, settings: FitSettings, betas: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict]:
