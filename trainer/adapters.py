@@ -132,14 +132,38 @@ class MotionAdapter(nn.Module):
         return self.net(x) * mask[..., None], mask
 
 
+class Standardized(nn.Module):
+    """(x - mean) / std per stream and dimension before ``inner``; the statistics are buffers (they travel with
+    the adapter's weights in checkpoints) set once from the training split (``set_statistics``)."""
+
+    def __init__(self, inner: nn.Module, widths: dict[str, int]):
+        super().__init__()
+        self.inner = inner
+        for name, width in widths.items():
+            self.register_buffer(f"mean_{name}", torch.zeros(width))
+            self.register_buffer(f"std_{name}", torch.ones(width))
+
+    def set_statistics(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for name, (mean, std) in stats.items():
+            getattr(self, f"mean_{name}").copy_(mean)
+            getattr(self, f"std_{name}").copy_(std.clamp(min=1e-6))
+
+    def forward(self, features: Streams, lengths: Streams) -> tuple[torch.Tensor, torch.Tensor]:
+        normed = {name: (x - getattr(self, f"mean_{name}")) / getattr(self, f"std_{name}") for name, x in features.items()}
+        return self.inner(normed, lengths)
+
+
 def build_adapter(recipe, llm_width: int) -> nn.Module:
     cfg, streams = recipe.adapter, recipe.data.streams
     if cfg.kind == "sign_adapter":
         spatial, motion = streams
-        return SignAdapter(spatial, motion, recipe.stream_width(spatial), recipe.stream_width(motion), cfg.hidden, llm_width)
-    (stream,) = streams
-    width = recipe.stream_width(stream)
-    if cfg.kind == "mlp":
+        adapter = SignAdapter(spatial, motion, recipe.stream_width(spatial), recipe.stream_width(motion), cfg.hidden, llm_width)
+    elif cfg.kind == "mlp":
+        width = recipe.stream_width(streams[0])
         ltn = LocalWindowTransformer(width, cfg.ltn_window, cfg.ltn_layers, cfg.ltn_heads) if cfg.ltn else None
-        return MLPConnector(stream, width, llm_width, ltn)
-    return MotionAdapter(stream, width, cfg.hidden, llm_width)
+        adapter = MLPConnector(streams[0], width, llm_width, ltn)
+    else:
+        adapter = MotionAdapter(streams[0], recipe.stream_width(streams[0]), cfg.hidden, llm_width)
+    if cfg.standardize:
+        return Standardized(adapter, {name: recipe.stream_width(name) for name in streams})
+    return adapter

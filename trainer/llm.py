@@ -30,7 +30,27 @@ IGNORE = -100
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def load_tokenizer(cfg):
+def train_bpe_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE trained here on ``texts`` (no download): words of a small corpus become single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(sorted(texts), trainer)  # sorted: the same vocabulary whatever the shard order
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="</s>", bos_token="<s>")
+
+
+def load_tokenizer(cfg, recipe=None):
+    if cfg.tokenizer == "bpe":
+        from trainer.data import list_shards, read_split_texts
+
+        d = recipe.data
+        texts = [m.get("text", "") for m in read_split_texts(list_shards(d.shards, d.train_split))]
+        return train_bpe_tokenizer([t.lower() for t in texts] if d.lowercase_targets else texts, cfg.bpe_vocab_size)
     if cfg.tokenizer == "byt5":
         from transformers import ByT5Tokenizer
 
@@ -161,7 +181,8 @@ class SignTranslator(nn.Module):
         self.llm = llm
         self.adapter = build_adapter(recipe, llm.get_input_embeddings().embedding_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(recipe.vt_align.init_logit_scale)))
-        self.prompt = split_prompt(recipe.llm.prompt, recipe.llm.language)
+        self.template, self.language = recipe.llm.prompt, recipe.llm.language
+        self.language_by_dataset = dict(recipe.llm.language_by_dataset)
         self.vt = recipe.vt_align
         self.bos = [tokenizer.bos_token_id] if (self.kind == "decoder_only" and tokenizer.bos_token_id is not None
                                                 and getattr(tokenizer, "add_bos_token", True)) else []
@@ -173,15 +194,19 @@ class SignTranslator(nn.Module):
         ids = torch.as_tensor(ids, dtype=torch.long, device=table.weight.device)
         return table(ids)
 
-    def prompt_ids(self, extra: str = "") -> tuple[list[int], list[int]]:
+    def language_of(self, meta: dict | None) -> str:
+        return self.language_by_dataset.get((meta or {}).get("dataset", ""), self.language)
+
+    def prompt_ids(self, extra: str = "", language: str | None = None) -> tuple[list[int], list[int]]:
         tok = self.tokenizer
-        prefix = self.bos + tok(self.prompt.prefix, add_special_tokens=False)["input_ids"]
-        suffix = tok(self.prompt.suffix + extra, add_special_tokens=False)["input_ids"]
+        prompt = split_prompt(self.template, language or self.language)
+        prefix = self.bos + tok(prompt.prefix, add_special_tokens=False)["input_ids"]
+        suffix = tok(prompt.suffix + extra, add_special_tokens=False)["input_ids"]
         if self.kind == "encoder_decoder":
             suffix = suffix + [tok.eos_token_id]  # SpaMo: the tokenizer's end token closes the encoder input
         return prefix, suffix
 
-    def build_inputs(self, visual: torch.Tensor, visual_mask: torch.Tensor, batch: Batch | None,
+    def build_inputs(self, visual: torch.Tensor, visual_mask: torch.Tensor, batch: Batch,
                      extras: list[str] | None = None, with_targets: bool = True) -> LLMInputs:
         """Per sample [prefix][valid visual][suffix](decoder-only: [target]); padded; labels as documented."""
         rows, labels = [], []
@@ -189,7 +214,7 @@ class SignTranslator(nn.Module):
         extras = extras or [""] * n
         dtype = self.llm.get_input_embeddings().weight.dtype
         for i in range(n):
-            prefix, suffix = self.prompt_ids(extras[i])
+            prefix, suffix = self.prompt_ids(extras[i], self.language_of(batch.metas[i]))
             parts = [self.embed_ids(prefix), visual[i][visual_mask[i]].to(dtype), self.embed_ids(suffix)]
             label = [IGNORE] * (len(prefix) + int(visual_mask[i].sum()) + len(suffix))
             if self.kind == "decoder_only" and with_targets:
@@ -249,7 +274,7 @@ class SignTranslator(nn.Module):
     def generate(self, batch: Batch, *, num_beams: int = 5, max_new_tokens: int = 64, do_sample: bool = False,
                  top_p: float = 0.9, extras: list[str] | None = None) -> list[str]:
         visual, visual_mask = self.adapter(batch.features, batch.lengths)
-        inputs = self.build_inputs(visual, visual_mask, None, extras, with_targets=False)
+        inputs = self.build_inputs(visual, visual_mask, batch, extras, with_targets=False)
         options = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=do_sample,
                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
         if do_sample:
@@ -297,7 +322,7 @@ def build_model(recipe, device: torch.device) -> SignTranslator:
     cfg = recipe.llm
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype) or (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = load_tokenizer(cfg, recipe)
     llm = add_lora(load_base_llm(cfg, tokenizer, dtype), cfg)
     model = SignTranslator(recipe, tokenizer, llm)
     return model.to(device)

@@ -136,6 +136,29 @@ def train_batches(recipe: Recipe, tokenizer, dist: Dist, start: DataPosition) ->
         epoch, skip = epoch + 1, 0
 
 
+def stream_statistics(recipe: Recipe) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-dimension mean and std of each stream over the training split's first samples (in order)."""
+    d = recipe.data
+    urls = list_shards(d.shards, d.train_split)
+    sums: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
+    count = {name: 0 for name in d.streams}
+    for seen, sample in enumerate(ShardStream(urls, shard_counts(urls), d.streams, train=False, batch_size=1)):
+        if seen >= recipe.adapter.standardize_samples:
+            break
+        for name in d.streams:
+            x = sample[name].astype(np.float64)
+            sums[name] = sums.get(name, 0.0) + x.sum(0)
+            squares[name] = squares.get(name, 0.0) + (x * x).sum(0)
+            count[name] += len(x)
+    out = {}
+    for name in d.streams:
+        mean = sums[name] / max(1, count[name])
+        std = np.sqrt(np.maximum(squares[name] / max(1, count[name]) - mean * mean, 0.0))
+        out[name] = (torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
+    return out
+
+
 def in_context_examples(recipe: Recipe) -> InContextExamples | None:
     ic = recipe.llm.in_context
     if not ic.enabled:
@@ -243,6 +266,8 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
 
     model = build_model(recipe, device)
+    if recipe.adapter.standardize and resume is None:
+        model.adapter.set_statistics(stream_statistics(recipe))
     optimizer, scheduler = build_optimizer(model, recipe)
     rng = random.Random(recipe.seed)  # in-context example draws
     step, position = 0, DataPosition()

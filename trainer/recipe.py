@@ -60,6 +60,11 @@ class AdapterConfig:
     kind: str = "sign_adapter"
     hidden: int = 768  # SpaMo: common width of the projected streams (inter_hidden)
     stream_widths: dict[str, int] = field(default_factory=dict)  # overrides of STREAM_WIDTHS (tiny extractors)
+    # per-dimension standardisation of every stream with its training-split mean / std (first
+    # standardize_samples samples), stored with the adapter weights. Off in the paper recipes (their adapters
+    # see raw features); on for the demo, whose random-weight features share a large constant offset.
+    standardize: bool = False
+    standardize_samples: int = 2000
     ltn: bool = False  # SL-LLaMA: local-window transformer before the MLP
     ltn_window: int = 8  # attention limited to +-window/2 frames
     ltn_layers: int = 1
@@ -122,8 +127,14 @@ class LLMConfig:
     name: str = "google/flan-t5-xl"  # Hugging Face id or local path
     family: str = "t5"  # t5 | qwen2 | llama (the tiny variant's architecture)
     tiny: TinyLLMConfig | None = None  # set: build a random-weight model of `family` (no download)
-    tokenizer: str = ""  # "" -> the model's own; "byt5" -> ByT5Tokenizer() (no download)
+    # "" -> the model's own; "byt5" -> ByT5Tokenizer() (bytes, no download); "bpe" -> a byte-level BPE of
+    # bpe_vocab_size trained in-process on the training split's texts (deterministic; tiny models only)
+    tokenizer: str = ""
+    bpe_vocab_size: int = 512
     language: str = "German"
+    # per-sample target language from the sample JSON's ``dataset`` (SpaMo's release formats the prompt with
+    # each sample's own language); datasets not listed use ``language``
+    language_by_dataset: dict[str, str] = field(default_factory=dict)
     # "{sign}" marks where the visual embeddings go; "{language}" is filled in.
     prompt: str = "{sign}Translate the given sentence into {language}."
     lora: LoRAConfig = field(default_factory=LoRAConfig)

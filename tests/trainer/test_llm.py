@@ -98,3 +98,20 @@ def test_generate_is_deterministic_by_default(tmp_path, kind):
     first = model.generate(batch, num_beams=2, max_new_tokens=6)
     assert first == model.generate(batch, num_beams=2, max_new_tokens=6)
     assert len(first) == 2
+
+
+def test_in_process_bpe_tokenizer_round_trips_any_script():
+    from trainer.llm import train_bpe_tokenizer
+
+    texts = ["hallo regen süden", "今天冷明天", "hello rain tomorrow"] * 5
+    tok = train_bpe_tokenizer(texts, 300)
+    assert tok.decode(tok("süden 今天 rain", add_special_tokens=False)["input_ids"]) == "süden 今天 rain"
+    assert len(tok("hallo regen süden", add_special_tokens=False)["input_ids"]) < len("hallo regen süden".encode())
+    assert tok.eos_token_id is not None and tok.pad_token_id is not None
+
+
+def test_per_sample_language_from_dataset(tmp_path):
+    model = _model("t5", tmp_path, language_by_dataset={"csl": "Chinese"})
+    assert model.language_of({"dataset": "csl"}) == "Chinese" and model.language_of({"dataset": "x"}) == "German"
+    _, suffix = model.prompt_ids("", "Chinese")
+    assert model.tokenizer.decode(suffix[:-1]) == "Translate the given sentence into Chinese."

@@ -73,3 +73,17 @@ def test_warmup_then_cosine_schedule():
     f = lr_lambda(10, 100)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
+
+
+def test_standardisation_statistics_come_from_the_training_split_and_travel_with_the_adapter(tiny_shards, tmp_path):
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from shards.reader import read_samples
+
+    recipe = recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", "t5", adapter={"standardize": True}, optim={"max_steps": 1}))
+    summary = train(recipe)
+    frames = np.concatenate([s["clip_s2"].astype(np.float64) for p in sorted((tiny_shards / "train").glob("*.tar")) for s in read_samples(p)])
+    saved = load_file(str(Path(summary["checkpoint"]) / "trainable.safetensors"))
+    assert np.allclose(saved["adapter.mean_clip_s2"].numpy(), frames.mean(0), atol=1e-5)
+    assert np.allclose(saved["adapter.std_clip_s2"].numpy(), frames.std(0), atol=1e-5)
