@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer, _ = build_optimizer(model, recipe)
 
     from_shards = (b for _, b in train_batches(recipe, model.tokenizer, Dist(), DataPosition()))
-    in_memory = [b for _, b in zip(range(8), train_batches(recipe, model.tokenizer, Dist(), DataPosition()))]
+    in_memory = [batch for _, (_, batch) in zip(range(8), train_batches(recipe, model.tokenizer, Dist(), DataPosition()))]
 
     def cycle():
         while True:

@@ -87,3 +87,23 @@ def test_standardisation_statistics_come_from_the_training_split_and_travel_with
     saved = load_file(str(Path(summary["checkpoint"]) / "trainable.safetensors"))
     assert np.allclose(saved["adapter.mean_clip_s2"].numpy(), frames.mean(0), atol=1e-5)
     assert np.allclose(saved["adapter.std_clip_s2"].numpy(), frames.std(0), atol=1e-5)
+
+
+@pytest.mark.slow  # ~40 s on 2 shared cores: two processes import torch + transformers
+def test_two_process_ddp_run_with_torchrun(tiny_shards, tmp_path):
+    """The same script under torchrun (2 CPU processes, gloo): both ranks step together and rank 0 checkpoints."""
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "trainer.cli", "train", "--config", "configs/recipes/spamo_tiny.yaml",
+           f"data.shards={tiny_shards}", "data.train_split=big", "adapter.stream_widths={clip_s2: 16, videomae: 8}",
+           "data.batch_size=4", "optim.max_steps=4", "vt_align.warmup_steps=1", f"out_dir={out}", "progress=false",
+           "eval.at_end=false"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "checkpoints" / "step-000004" / "trainable.safetensors").is_file()
+    assert done.stdout.count("trained spamo_tiny: 4 steps") == 1  # printed by rank 0 only
