@@ -1,7 +1,7 @@
 """The end of ``make demo``: train a tiny model briefly on the demo corpus's shards, evaluate on its test split,
 and print BLEU next to the same model trained and evaluated with its visual input zeroed.
 
-    python -m trainer.demo --shards demo_out/features [--recipe configs/recipes/spamo_tiny.yaml] [--steps 300]
+    python -m trainer.demo --shards demo_out/features [--recipe configs/recipes/spamo_tiny.yaml] [--steps N] [key=value]
 
 The demo features come from tiny RANDOM-WEIGHT extractors, but rendered frames of different signs still give
 different features, so the adapter can learn which words were signed. The zeroed run can only learn the
@@ -18,14 +18,16 @@ import time
 from pathlib import Path
 
 
-def run(recipe_path: str, shards: str, out: Path, steps: int, extra: list[str]) -> list[dict]:
+def run(recipe_path: str, shards: str, out: Path, steps: int | None, extra: list[str]) -> list[dict]:
     from trainer.loop import train
     from trainer.recipe import load_recipe
 
     rows = []
     for label, zero in (("visual features", False), ("visual input zeroed", True)):
-        overrides = [f"data.shards={shards}", f"out_dir={out / ('zeroed' if zero else 'real')}", f"optim.max_steps={steps}",
+        overrides = [f"data.shards={shards}", f"out_dir={out / ('zeroed' if zero else 'real')}",
                      f"data.zero_visual={str(zero).lower()}", "data.eval_split=test", "eval.at_end=true", *extra]
+        if steps is not None:
+            overrides.append(f"optim.max_steps={steps}")
         recipe = load_recipe(recipe_path, overrides)
         started = time.perf_counter()
         scores = train(recipe)["eval"]
@@ -38,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default="demo_out/features", help="the demo extraction output")
     parser.add_argument("--recipe", default="configs/recipes/spamo_tiny.yaml")
     parser.add_argument("--out", type=Path, default=Path("demo_out/train"))
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     rows = run(args.recipe, args.shards, args.out, args.steps, ["progress=false", *args.overrides])
-    print(f"\ndemo: {Path(args.recipe).stem}, {args.steps} steps, test split ({rows[0]['samples']} samples)")
+    print(f"\ndemo: {Path(args.recipe).stem}, {args.steps or 'recipe'} steps, test split ({rows[0]['samples']} samples)")
     print(f"{'run':<22}{'BLEU-1':>8}{'BLEU-4':>8}{'ROUGE-L*':>10}{'train+eval s':>14}")
     for r in rows:
         print(f"{r['run']:<22}{r['bleu1']:>8.2f}{r['bleu4']:>8.2f}{r['rougeL_unicode']:>10.2f}{r['seconds']:>14.1f}")

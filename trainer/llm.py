@@ -152,13 +152,17 @@ class InContextExamples:
         if len(self.pairs) <= num:
             raise SignfeatError(f"llm.in_context: the training split has {len(self.pairs)} samples, need more than {num}")
 
-    def draw(self, own_text: str, rng: random.Random) -> str:
+    def choose(self, own_text: str, rng: random.Random) -> list[str]:
         chosen: list[str] = []
         while len(chosen) < self.num:
             target, example = self.pairs[rng.randrange(len(self.pairs))]
             if target != own_text:
                 chosen.append(example)
-        return " " + " ".join(chosen)
+        return chosen
+
+    def draw(self, own_text: str, rng: random.Random) -> str:
+        """The text appended to the prompt: `` ex1 ex2``."""
+        return " " + " ".join(self.choose(own_text, rng))
 
 
 # ------------------------------------------------------------------------------------------------ model

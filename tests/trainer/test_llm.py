@@ -115,3 +115,22 @@ def test_per_sample_language_from_dataset(tmp_path):
     assert model.language_of({"dataset": "csl"}) == "Chinese" and model.language_of({"dataset": "x"}) == "German"
     _, suffix = model.prompt_ids("", "Chinese")
     assert model.tokenizer.decode(suffix[:-1]) == "Translate the given sentence into Chinese."
+
+
+def test_in_context_examples_come_from_the_training_split_never_the_own_text(tiny_shards):
+    import random
+
+    from shards.reader import read_samples
+    from trainer.loop import in_context_examples
+
+    recipe = recipe_from_dict(tiny_recipe(tiny_shards, tiny_shards / "unused", "t5", data={"train_split": "big"},
+                                          llm={"in_context": {"enabled": True, "num": 2}}))
+    examples = in_context_examples(recipe)
+    big = sorted(s["json"]["text"] for p in sorted((tiny_shards / "big").glob("*.tar")) for s in read_samples(p))
+    assert sorted(t for t, _ in examples.pairs) == big  # the training split's texts, nothing from dev / test
+    rng, own = random.Random(0), big[0]
+    for _ in range(100):
+        chosen = examples.choose(own, rng)
+        assert len(chosen) == 2 and own not in chosen and all(c in big for c in chosen)
+    assert examples.draw(own, rng).startswith(" ")
+    assert not recipe_from_dict({}).llm.in_context.enabled  # off by default
