@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=512, help="synthetic shards: number of samples")
     p.add_argument("--frames", type=int, default=120, help="synthetic shards: max frames per clip (PHOENIX ~116)")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (2-core CPU: 0 is fastest; GPU machine: 4+)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")

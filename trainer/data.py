@@ -9,10 +9,11 @@ How one epoch is read (same on every rank, so ranks agree without talking to eac
    every rank has exactly ``N // W // batch_size`` batches, so DDP cannot hang on a missing batch; a rank
    reads only the shards that overlap its range (no rank reads the whole corpus), and the at most
    ``W * batch_size - 1`` samples cut off differ from epoch to epoch because the shard order does;
-3. a rank's pieces of shards are dealt round-robin to its DataLoader workers; each worker reads its tars
-   with ``webdataset``, decodes ``.npy`` with ``allow_pickle=False`` (no pickle decoders, WDS_SECURE-safe),
-   crops, and shuffles through a buffer; the main process batches and pads (so a worker never holds a
-   partial batch and the batch count stays exact).
+3. a rank's batches are shared among its DataLoader workers as contiguous runs of whole batches; each
+   worker reads its pieces of tars with ``webdataset``, decodes ``.npy`` with ``allow_pickle=False`` (no
+   pickle decoders, WDS_SECURE-safe), crops, shuffles through a buffer, pads and collates its own batches
+   (it holds whole batches only, so the batch count stays exact); the loader takes them from the workers in
+   turn, which is deterministic.
 
 Evaluation reads its split in shard order, in order within each shard, on one process: deterministic.
 """
@@ -99,16 +100,19 @@ class ShardPiece:
 
 
 def rank_pieces(urls: list[str], counts: list[int], rank: int, world_size: int, batch_size: int,
-                epoch: int, seed: int, shuffle: bool) -> list[ShardPiece]:
-    """The pieces of shards rank ``rank`` reads in ``epoch``: its contiguous range of the epoch's sample
-    order, cut to whole batches (the same number on every rank)."""
+                epoch: int, seed: int, shuffle: bool, worker: int = 0, num_workers: int = 1) -> list[ShardPiece]:
+    """The pieces of shards that DataLoader worker ``worker`` of rank ``rank`` reads in ``epoch``: the rank's
+    contiguous range of the epoch's sample order cut to whole batches (the same number on every rank), and
+    of that a contiguous share of whole batches per worker (each worker collates its own batches)."""
     order = list(range(len(urls)))
     if shuffle:
         random.Random(seed * 100_003 + epoch).shuffle(order)
     total = sum(counts)
-    per_rank = (total // world_size) // batch_size * batch_size
-    lo = rank * (total // world_size)
-    hi = lo + per_rank
+    rank_batches = (total // world_size) // batch_size
+    first = worker * rank_batches // num_workers
+    last = (worker + 1) * rank_batches // num_workers
+    lo = rank * (total // world_size) + first * batch_size
+    hi = rank * (total // world_size) + last * batch_size
     pieces, pos = [], 0
     for i in order:
         start, stop = max(lo, pos), min(hi, pos + counts[i])
@@ -179,16 +183,16 @@ class ShardStream(IterableDataset):
         self.shard_shuffle, self.shuffle_buffer = shard_shuffle, shuffle_buffer
         self.crop_streams, self.max_frames, self.max_len, self.zero_visual = list(crop_streams), max_frames, max_len, zero_visual
 
-    def pieces(self) -> list[ShardPiece]:
+    def pieces(self, worker: int = 0, num_workers: int = 1) -> list[ShardPiece]:
         if not self.train:  # every sample, in order
-            return [ShardPiece(u, 0, c) for u, c in zip(self.urls, self.counts)]
+            return [ShardPiece(u, 0, c) for u, c in zip(self.urls, self.counts)][worker::num_workers]
         return rank_pieces(self.urls, self.counts, self.rank, self.world_size, self.batch_size, self.epoch,
-                           self.seed, self.shard_shuffle)
+                           self.seed, self.shard_shuffle, worker, num_workers)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        mine = self.pieces()[worker::num_workers]
+        mine = self.pieces(worker, num_workers)
         # one generator per (seed, epoch, rank, worker): the same order every time this epoch is replayed
         rng = random.Random(hash((self.seed, self.epoch, self.rank, worker)) if self.train else 0)
         samples = (self._prepare(raw, rng) for raw in read_pieces(mine, self.streams))
@@ -279,20 +283,32 @@ class Collate:
         return Batch([s["key"] for s in samples], texts, [s["meta"] for s in samples], features, lengths, ids, mask)
 
 
+class _Batched(IterableDataset):
+    """A ShardStream's samples grouped and collated inside the worker that read them. In training every
+    worker holds whole batches only (``rank_pieces``), so ``drop_last`` drops nothing there."""
+
+    def __init__(self, stream: ShardStream, collate: Collate, drop_last: bool):
+        self.stream, self.collate, self.drop_last = stream, collate, drop_last
+
+    def __iter__(self) -> Iterator[Batch]:
+        group: list[dict] = []
+        for sample in self.stream:
+            group.append(sample)
+            if len(group) == self.stream.batch_size:
+                yield self.collate(group)
+                group = []
+        if group and not self.drop_last:
+            yield self.collate(group)
+
+
 def batches(dataset: ShardStream, collate: Collate, num_workers: int, *, drop_last: bool) -> Iterator[Batch]:
-    """Samples from the workers (interleaved), batched and padded in this process."""
+    """Padded batches, collated in the DataLoader workers, taken from the workers in turn (deterministic)."""
     # its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
     # which would shift the dropout masks after every epoch boundary and break exact resume
-    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, generator=torch.Generator().manual_seed(0),
-                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
-    group: list[dict] = []
-    for sample in loader:
-        group.append(sample)
-        if len(group) == dataset.batch_size:
-            yield collate(group)
-            group = []
-    if group and not drop_last:
-        yield collate(group)
+    loader = DataLoader(_Batched(dataset, collate, drop_last), batch_size=None, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(0), persistent_workers=False,
+                        prefetch_factor=4 if num_workers else None)
+    yield from loader
 
 
 def read_split_texts(urls: list[str], field: str = "text") -> list[dict]:

@@ -60,3 +60,18 @@ def test_local_window_transformer_sees_only_its_window():
     near[0, 3] += 5.0  # 3 frames away: inside
     assert torch.allclose(ltn(far, mask)[0, 0], base[0, 0], atol=1e-6)
     assert not torch.allclose(ltn(near, mask)[0, 0], base[0, 0], atol=1e-4)
+
+
+def test_spamo_sign_adapter_at_real_sizes():
+    """clip_s2 2048-d, videomae 1024-d, 768 inside, Flan-T5-XL width 2048; a PHOENIX-length clip (116 frames,
+    13 windows): 129 joined positions -> floor(117 / 4) = 29 visual tokens."""
+    from trainer.adapters import build_adapter
+    from trainer.recipe import recipe_from_dict
+
+    adapter = build_adapter(recipe_from_dict({}), 2048).eval()
+    assert adapter.spatial_proj.weight.shape == (768, 2048) and adapter.motion_proj.weight.shape == (768, 1024)
+    assert [m.weight.shape for m in adapter.mlp if hasattr(m, "weight")] == [(2048, 768), (2048, 2048)]
+    with torch.no_grad():
+        out, mask = adapter({"clip_s2": torch.randn(1, 116, 2048), "videomae": torch.randn(1, 13, 1024)},
+                            {"clip_s2": torch.tensor([116]), "videomae": torch.tensor([13])})
+    assert out.shape == (1, 29, 2048) and int(mask.sum()) == 29

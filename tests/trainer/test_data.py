@@ -56,8 +56,13 @@ def test_rank_pieces_cover_the_epoch_without_overlap():
     covered = []
     for rank in range(3):
         pieces = rank_pieces(urls, counts, rank, 3, 2, epoch=4, seed=1, shuffle=True)
-        covered += [(p.url, i) for p in pieces for i in range(p.start, p.stop)]
-        assert sum(p.stop - p.start for p in pieces) == 20 // 3 // 2 * 2
+        mine = [(p.url, i) for p in pieces for i in range(p.start, p.stop)]
+        covered += mine
+        assert len(mine) == 20 // 3 // 2 * 2
+        # two workers: contiguous runs of whole batches that together make the rank's share
+        split = [[(p.url, i) for p in rank_pieces(urls, counts, rank, 3, 2, 4, 1, True, w, 2) for i in range(p.start, p.stop)]
+                 for w in range(2)]
+        assert split[0] + split[1] == mine and all(len(part) % 2 == 0 for part in split)
     assert len(covered) == len(set(covered))
 
 
