@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -150,14 +151,14 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     done = store.done_shards()
     todo = [p for p in plans if p.name not in done]
     log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.url)
-    stage_seconds: dict[str, float] = {}
+    run_stats: dict[str, Any] = {}
     if todo:
-        stage_seconds = _run_ray(cfg, todo, store, streams, identity["config_hash"], address=address, progress=progress, num_cpus=num_cpus)
-    summary = finalize(store, plans, streams, cfg, identity, t_start, stage_seconds, skipped=len(done))
+        run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], address=address, progress=progress, num_cpus=num_cpus)
+    summary = finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=len(done))
     return summary
 
 
-def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[str], config_hash: str, *, address, progress, num_cpus) -> dict[str, float]:
+def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[str], config_hash: str, *, address, progress, num_cpus) -> dict[str, Any]:
     import ray
     from tqdm import tqdm
 
@@ -175,12 +176,19 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
 
     # One clip per block: if a worker dies on a clip for good, Ray Data drops that block alone.
     ds = ray.data.from_items(_ray_rows(todo), override_num_blocks=sum(len(p.rows) for p in todo))
-    ds = ds.map_batches(decode_prepare, fn_kwargs={"streams_json": streams_json, "decode_options": cfg.decode}, batch_size=1,
-                        batch_format="numpy", num_cpus=1, max_retries=cfg.decode_retries)
+    with warnings.catch_warnings():
+        # Ray Data retries a map task forever by default; a clip that kills its worker every time must
+        # stop after decode_retries. Ray 2.60 has no named parameter for that yet, only the (deprecated)
+        # remote-args keyword.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        ds = ds.map_batches(decode_prepare, fn_kwargs={"streams_json": streams_json, "decode_options": cfg.decode}, batch_size=1,
+                            batch_format="numpy", num_cpus=1, max_retries=cfg.decode_retries)
     for s in cfg.streams:
+        # Actor pools restart a dead actor and retry its tasks without limit by default (what we want:
+        # a killed actor is an infrastructure fault, not the clip's).
         ds = ds.map_batches(ExtractStream, fn_constructor_kwargs={"extractor": s.extractor, "prep_column": geometries[s.name], "use_gpu": s.num_gpus > 0},
                             batch_size=cfg.clips_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=s.actors),
-                            num_gpus=s.num_gpus, num_cpus=s.num_cpus, max_restarts=-1, max_task_retries=-1)
+                            num_gpus=s.num_gpus, num_cpus=s.num_cpus)
     ds = ds.drop_columns(sorted(set(geometries.values())))
 
     total = sum(len(p.rows) for p in todo)
@@ -205,8 +213,14 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
             t_write += time.time() - t
             current, next_shard = {}, next_shard + 1
 
+    busy_seconds: dict[str, float] = {}  # stage -> seconds its workers spent, summed over clips
+    clips_by_node: dict[str, dict[str, int]] = {}  # Ray node id -> stage -> clips it processed
     for row in ds.iter_rows():
         row = _clean_row(row)
+        for stage in ["decode", *streams]:
+            busy_seconds[stage] = busy_seconds.get(stage, 0.0) + float(row.get(f"secs_{stage}") or 0.0)
+            per_node = clips_by_node.setdefault(str(row.get(f"node_{stage}")), {})
+            per_node[stage] = per_node.get(stage, 0) + 1
         k = order[row["shard"]]
         flush(k)  # rows come in plan order: a later shard's row means the earlier shards are finished
         current[int(row["pos"])] = row
@@ -217,15 +231,11 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
             flush(k + 1)
     flush(len(todo))
     bar.close()
-    stats = {"write_shards_s": t_write}
-    try:  # Ray Data's own per-operator wall times, when it reports them
-        stats["ray_data_stats"] = ds.stats()[:4000]
-    except Exception:
-        pass
-    return stats
+    return {"busy_seconds": {**{f"{k}_s": round(v, 3) for k, v in busy_seconds.items()}, "write_shards_s": round(t_write, 3)},
+            "clips_by_node": clips_by_node}
 
 
-def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobConfig, identity: dict, t_start: float, stage_seconds: dict, skipped: int) -> dict[str, Any]:
+def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobConfig, identity: dict, t_start: float, run_stats: dict, skipped: int) -> dict[str, Any]:
     """Merge the per-shard parts (plan order), check that every clip is in exactly one place, write job.json."""
     index_parts, failure_parts = [], []
     for p in plans:
@@ -255,7 +265,10 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
         "clips_per_s": len(planned) / wall if wall > 0 else None,
         "frames_per_s": frames / wall if wall > 0 else None,
         "frames": frames,
-        "stage_seconds": stage_seconds,
+        # busy seconds per stage summed over its workers (decode, each extractor, the driver's shard writes),
+        # and which Ray node did how many clips of each stage (this run only: skipped shards are not counted)
+        "stage_seconds": run_stats.get("busy_seconds", {}),
+        "clips_by_node": run_stats.get("clips_by_node", {}),
         "streams": streams,
         "config": cfg.to_dict(),
         "config_hash": identity["config_hash"],

@@ -7,7 +7,8 @@ ExtractStream (GPU or CPU): one extractor with its model loaded once; runs the c
   If a batch fails, its clips are retried one by one so only the bad clip fails.
 
 Rows carry ``error_stage``/``error_class``/``error_message`` ("" when fine); a failed row flows on
-untouched, so every clip reaches the writer and lands in a shard or in failures.
+untouched, so every clip reaches the writer and lands in a shard or in failures. Each stage also adds
+``node_<stage>`` (Ray node id) and ``secs_<stage>`` (busy seconds) for job.json's per-stage accounting.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import functools
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import numpy as np
@@ -75,11 +77,13 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
     transforms = _transforms(streams_json)
     n = len(batch["key"])
     out: dict[str, list] = {k: list(v) for k, v in batch.items()}
-    for col in [*transforms, "decoded_frames", "decoded_fps"]:
+    for col in [*transforms, "decoded_frames", "decoded_fps", "secs_decode"]:
         out[col] = [None] * n
     for c in ERROR_COLUMNS:
         out[c] = [""] * n
+    out["node_decode"] = [_node_id()] * n
     for i in range(n):
+        t0 = time.perf_counter()
         row = {k: _py(v[i]) for k, v in batch.items()}
         try:
             _maybe_crash_for_tests(str(row["path"]))
@@ -94,6 +98,7 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
             for col in transforms:
                 out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
             out["decoded_frames"][i], out["decoded_fps"][i] = 0, 0.0
+        out["secs_decode"][i] = time.perf_counter() - t0
     return {k: _column(v) for k, v in out.items()}
 
 
@@ -112,6 +117,7 @@ class ExtractStream:
         return self.extractor.extract_prepared([torch.from_numpy(np.ascontiguousarray(p)) for p in prepared])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
         n = len(batch["key"])
         out: dict[str, list] = {k: list(v) for k, v in batch.items()}
         feats: list[Any] = [np.zeros((0, self.extractor.width), np.float16)] * n
@@ -134,7 +140,16 @@ class ExtractStream:
             feats[i] = f
         out[f"feat_{self.name}"] = feats
         out[f"meta_{self.name}"] = [self.meta] * n
+        out[f"node_{self.name}"] = [_node_id()] * n
+        out[f"secs_{self.name}"] = [(time.perf_counter() - t0) / n] * n  # the call's time, shared by its clips
         return {k: _column(v) for k, v in out.items()}
+
+
+def _node_id() -> str:
+    """The Ray node this worker runs on (job.json counts the clips each node decoded and extracted)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def _py(value: Any) -> Any:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+# Fault injection (pipeline/stages.py): a decode worker dies with SIGSEGV on any path containing this
+# marker, as a decoder crashing in native code on a hostile file would. Set before Ray starts so every
+# Ray worker inherits it.
+from tests.helpers import CRASH_MARKER
+
+os.environ.setdefault("SIGNFEAT_TEST_CRASH_ON", CRASH_MARKER)
 
 
 @pytest.fixture(scope="session")

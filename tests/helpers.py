@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+# A path containing this makes a decode worker die with SIGSEGV (pipeline/stages.py; enabled in conftest.py).
+CRASH_MARKER = "__crash_me__"
+
 
 def index_frame(i: int, height: int = 48, width: int = 64) -> np.ndarray:
     """A frame whose mean grey level encodes i (0..24) robustly through lossy coding, with a corner marker."""

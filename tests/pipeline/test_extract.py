@@ -3,6 +3,7 @@
 import glob
 import io
 import os
+import shutil
 import tarfile
 
 import numpy as np
@@ -14,8 +15,10 @@ from pipeline.errors import SignfeatError
 from pipeline.extract import run_extract
 from shards.reader import read_samples
 from shards.verify import stats, verify
+from tests.helpers import CRASH_MARKER
 
 CONFIG = {
+    "decode_retries": 1,
     "extractors": [
         {"name": "clip_s2", "tiny": True, "num_cpus": 0.25},
         {"name": "videomae", "tiny": True, "num_cpus": 0.25, "settings": {"window": 8, "stride": 4}},
@@ -32,21 +35,29 @@ def job(demo_manifest, ray_local, tmp_path_factory):
     # one clip that probed fine but whose file has gone by extraction time: it must land in failures
     victim = next(r for r in rows if r["status"] == "ok" and r["source_kind"] == "video")
     victim["path"] = victim["path"] + ".gone.mp4"
+    # one clip whose decoder kills its worker process every time (fault injection, see conftest.py)
+    hostile = next(r for r in rows if r["status"] == "ok" and r["source_kind"] == "video" and r is not victim)
+    hostile_copy = tmp_path_factory.mktemp("hostile") / f"{CRASH_MARKER}.mp4"
+    shutil.copyfile(hostile["path"], hostile_copy)
+    hostile["path"] = str(hostile_copy)
     import pyarrow as pa
 
     manifest = tmp_path_factory.mktemp("m") / "m.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), manifest)
     out = tmp_path_factory.mktemp("out") / "features"
     summary = run_extract(manifest, str(out), parse_job_config(CONFIG), progress=False)
-    return {"manifest": manifest, "out": out, "summary": summary, "victim": victim, "rows": rows}
+    return {"manifest": manifest, "out": out, "summary": summary, "victim": victim, "hostile": hostile, "rows": rows}
 
 
 def test_every_ok_clip_lands_exactly_once(job):
     ok = [r for r in job["rows"] if r["status"] == "ok"]
     s = job["summary"]
     assert s["clips_planned"] == len(ok) and s["samples"] + s["failures"] == len(ok)
-    failures = pq.read_table(job["out"] / "failures.parquet").to_pylist()
-    assert [f["id"] for f in failures] == [job["victim"]["id"]] and failures[0]["error_class"] == "missing_file"
+    failures = {f["id"]: f for f in pq.read_table(job["out"] / "failures.parquet").to_pylist()}
+    assert sorted(failures) == sorted([job["victim"]["id"], job["hostile"]["id"]])
+    assert failures[job["victim"]["id"]]["error_class"] == "missing_file"
+    # the worker died on every retry: the clip is recorded as lost and the job went on
+    assert failures[job["hostile"]["id"]]["error_class"] == "lost"
     report = verify(str(job["out"]))
     assert report["ok"], report["problems"]
     assert stats(str(job["out"]))["samples"] == s["samples"]
@@ -70,6 +81,20 @@ def test_shards_read_the_same_with_webdataset_and_tarfile(job):
     with tarfile.open(tars[0]) as tar:  # plain tarfile: keys have no dots, members are key.suffix
         names = tar.getnames()
     assert all(n.count(".") in (1, 2) for n in names)
+
+
+def test_ray_data_read_webdataset_reads_the_same_arrays(job):
+    import ray
+
+    tars = sorted(glob.glob(str(job["out"] / "*" / "*.tar")))
+    ours = {s["key"]: s for t in tars for s in read_samples(t)}
+    # no decoder: members arrive as bytes, decoded here with allow_pickle=False
+    rows = ray.data.read_webdataset(tars, decoder=None).take_all()
+    assert sorted(r["__key__"] for r in rows) == sorted(ours)
+    for r in rows:
+        mine = ours[r["__key__"]]
+        for stream in ("clip_s2", "videomae"):
+            np.testing.assert_array_equal(np.load(io.BytesIO(r[f"{stream}.npy"]), allow_pickle=False), mine[stream])
 
 
 def test_rerun_skips_complete_shards_and_other_config_is_refused(job):
