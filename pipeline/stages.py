@@ -120,7 +120,7 @@ class ExtractStream:
         t0 = time.perf_counter()
         n = len(batch["key"])
         out: dict[str, list] = {k: list(v) for k, v in batch.items()}
-        feats: list[Any] = [np.zeros((0, self.extractor.width), np.float16)] * n
+        feats: list[Any] = [np.zeros((0, self.extractor.width), self.extractor.storage_dtype)] * n
         todo = [i for i in range(n) if not _py(batch["error_class"][i])]
         results: dict[int, np.ndarray] = {}
         try:
@@ -131,7 +131,8 @@ class ExtractStream:
                 try:
                     results[i] = self._extract([batch[self.prep_column][i]])[0]
                 except Exception as exc:
-                    out["error_stage"][i], out["error_class"][i], out["error_message"][i] = f"extract:{self.name}", type(exc).__name__, str(exc)[:2000]
+                    kind = exc.kind if isinstance(exc, ClipError) else type(exc).__name__
+                    out["error_stage"][i], out["error_class"][i], out["error_message"][i] = f"extract:{self.name}", kind, str(exc)[:2000]
         for i, f in results.items():
             if not np.isfinite(f).all():
                 out["error_stage"][i], out["error_class"][i] = f"extract:{self.name}", "nonfinite"
