@@ -1,0 +1,89 @@
+"""The extraction job on a two-node Ray cluster on this one machine (`ray start --head` + a second
+`ray start --address` on loopback): both nodes must do work and the output must verify."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shards.verify import verify
+
+CONFIG = {
+    "extractors": [{"name": "dinov2", "tiny": True, "num_cpus": 0.5, "actors": 2}],
+    "shards": {"samples": 4, "prefix": "2n"},
+    "clips_per_call": 2,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    # Ray 2.60 enables token authentication unless told otherwise; every process of the cluster (both
+    # `ray start`s and the driver) must agree, or the second node cannot join.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    # a short temp dir of its own: Ray's unix socket paths must stay under ~107 characters, and this
+    # cluster is stopped by killing exactly its processes (`ray stop` would also stop the tests' own Ray)
+    temp = Path(tempfile.mkdtemp(prefix="sf2n", dir="/tmp"))
+    common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp}"]
+    try:
+        _ray_start([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", *common], env)
+        _ray_start([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", *common], env)
+        # one CPU per node: the two extractor actors (0.5 CPU each) and the decode tasks (1 CPU) cannot all
+        # fit on one node, so Ray must place work on both
+        yield f"127.0.0.1:{port}", env
+    finally:
+        _kill_cluster(str(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _ray_start(cmd: list[str], env: dict) -> None:
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
+
+
+def _kill_cluster(temp_dir: str) -> None:
+    """Kill the processes started for this cluster (their command lines name its temp dir) and their children."""
+    import psutil
+
+    roots = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
+    procs = {p.pid: p for r in roots for p in [r, *r.children(recursive=True)]}
+    for p in procs.values():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(procs.values()), timeout=30)
+
+
+@pytest.mark.cluster  # not passing yet (work stayed on one node; a 1+1 CPU run timed out): out of make test
+@pytest.mark.timeout(900)
+def test_extract_on_a_two_node_cluster(two_node_cluster, demo_manifest, tmp_path):
+    address, env = two_node_cluster
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    out = tmp_path / "features"
+    signfeat = str(Path(sys.executable).parent / "signfeat")
+    run = subprocess.run([signfeat, "extract", "--manifest", str(demo_manifest), "--out", str(out), "--config", str(config),
+                          "--address", address, "--no-progress"], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    job = json.loads((out / "job.json").read_text())
+    nodes = job["clips_by_node"]
+    assert len(nodes) == 2, nodes  # both nodes decoded or extracted clips
+    assert sum(n.get("decode", 0) for n in nodes.values()) == job["samples"] + job["failures"] - job["failures_by_class"].get("lost", 0)
+    report = verify(str(out))
+    assert report["ok"], report["problems"]
