@@ -191,18 +191,18 @@ def _features(args) -> int:
     )
     if not args.video.exists():
         raise SignfeatError(f"no such video or frame folder: {args.video}")
-    array = None
-    if args.extractor == "smplx623":
-        from motion.body_model import num_frames_of
-        from motion.params_io import is_params_path, read_params
+    from motion.params_io import is_params_path
 
-        if is_params_path(args.video):  # Input A: SMPL-X parameters (a file or a folder of per-frame files)
-            extractor = build_extractor(config)
-            params, own_fps = read_params(args.video, extractor.settings.params_layout)
-            fps = own_fps or args.fps
-            array = extractor.extract_params([params], [fps])[0]
-            frames = num_frames_of(params)
-    if array is None:
+    if args.extractor == "smplx623" and is_params_path(args.video):  # SMPL-X parameters (a file or a folder of per-frame files)
+        from motion.body_model import num_frames_of
+        from motion.params_io import read_params
+
+        extractor = build_extractor(config)
+        params, own_fps = read_params(args.video, extractor.settings.params_layout)
+        fps = own_fps or args.fps
+        array = extractor.extract_params([params], [fps])[0]
+        frames = num_frames_of(params)
+    else:
         clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
         decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend))
         extractor = build_extractor(config)

@@ -93,8 +93,7 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
             out["decoded_frames"][i], out["decoded_fps"][i] = int(clip.frames.shape[0]), float(clip.fps)
             del clip
         except Exception as exc:  # ClipError or anything else decoding raised: this clip's problem only
-            kind = exc.kind if isinstance(exc, ClipError) else type(exc).__name__
-            out["error_stage"][i], out["error_class"][i], out["error_message"][i] = "decode", kind, str(exc)[:2000]
+            out["error_stage"][i], out["error_class"][i], out["error_message"][i] = "decode", _error_kind(exc), str(exc)[:2000]
             for col in transforms:
                 out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
             out["decoded_frames"][i], out["decoded_fps"][i] = 0, 0.0
@@ -131,8 +130,7 @@ class ExtractStream:
                 try:
                     results[i] = self._extract([batch[self.prep_column][i]])[0]
                 except Exception as exc:
-                    kind = exc.kind if isinstance(exc, ClipError) else type(exc).__name__
-                    out["error_stage"][i], out["error_class"][i], out["error_message"][i] = f"extract:{self.name}", kind, str(exc)[:2000]
+                    out["error_stage"][i], out["error_class"][i], out["error_message"][i] = f"extract:{self.name}", _error_kind(exc), str(exc)[:2000]
         for i, f in results.items():
             if not np.isfinite(f).all():
                 out["error_stage"][i], out["error_class"][i] = f"extract:{self.name}", "nonfinite"
@@ -144,6 +142,11 @@ class ExtractStream:
         out[f"node_{self.name}"] = [_node_id()] * n
         out[f"secs_{self.name}"] = [(time.perf_counter() - t0) / n] * n  # the call's time, shared by its clips
         return {k: _column(v) for k, v in out.items()}
+
+
+def _error_kind(exc: Exception) -> str:
+    """The failures table's error class: a ClipError's kind (missing_file, no_person, ...), else the exception's class."""
+    return exc.kind if isinstance(exc, ClipError) else type(exc).__name__
 
 
 def _node_id() -> str:
