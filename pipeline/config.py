@@ -7,6 +7,8 @@
         actors: 1               # actor pool size (each keeps its model loaded)
         num_gpus: 1             # per actor; 0 on a machine without GPUs
         num_cpus: 1
+        resources: {}           # custom Ray resources per actor, e.g. {extract_node: 1} to pin actors to nodes
+        accelerator_type: null  # e.g. L40S or H100: only nodes with that GPU type (Ray's accelerator labels)
     decode: {backend: decord, target_fps: null, max_frames: null, frame_limit: 20000, max_clip_mib: 4096}
     shards: {samples: 256, max_frames: null, prefix: shard}
     clips_per_call: 8           # clips handed to an extractor actor at once (its batches cross clips)
@@ -25,6 +27,8 @@ from typing import Any
 from pipeline.decode import BACKENDS, DecodeOptions
 from pipeline.errors import SignfeatError
 
+# where and how many actors run: these do not change the features, so they stay out of the output hash
+_RESOURCE_KEYS = {"actors", "num_gpus", "num_cpus", "resources", "accelerator_type", "batch_size", "compile"}
 _EXTRACTOR_CONFIG_KEYS = {"name", "model", "revision", "backend", "arch", "dtype", "batch_size", "random_weights", "tiny", "compile", "settings"}
 
 
@@ -34,6 +38,8 @@ class StreamConfig:
     actors: int = 1
     num_gpus: float = 0.0
     num_cpus: float = 1.0
+    resources: dict[str, float] = field(default_factory=dict)
+    accelerator_type: str | None = None
 
     @property
     def name(self) -> str:
@@ -57,7 +63,8 @@ class JobConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "extractors": [{**s.extractor, "actors": s.actors, "num_gpus": s.num_gpus, "num_cpus": s.num_cpus} for s in self.streams],
+            "extractors": [{**s.extractor, "actors": s.actors, "num_gpus": s.num_gpus, "num_cpus": s.num_cpus, "resources": s.resources,
+                            "accelerator_type": s.accelerator_type} for s in self.streams],
             "decode": dataclasses.asdict(self.decode),
             "shards": dataclasses.asdict(self.shards),
             "clips_per_call": self.clips_per_call,
@@ -67,7 +74,7 @@ class JobConfig:
     def output_hash(self) -> str:
         """Hash of what determines the output (not of resources such as actor counts or GPUs)."""
         d = self.to_dict()
-        d["extractors"] = [{k: v for k, v in e.items() if k not in ("actors", "num_gpus", "num_cpus", "batch_size", "compile")} for e in d["extractors"]]
+        d["extractors"] = [{k: v for k, v in e.items() if k not in _RESOURCE_KEYS} for e in d["extractors"]]
         d.pop("clips_per_call")
         d.pop("decode_retries")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -91,6 +98,21 @@ def _nonneg_number(where: str, value: Any) -> float:
     return float(value)
 
 
+def _resources(where: str, value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise SignfeatError(f"{where} must be a mapping of Ray resource name -> amount, got {value!r}")
+    for name in value:
+        if name in ("CPU", "GPU", "memory") or not isinstance(name, str) or not name:
+            raise SignfeatError(f"{where}: {name!r} is not a custom resource name (use num_cpus / num_gpus for CPU and GPU)")
+    return {name: _nonneg_number(f"{where}.{name}", amount) for name, amount in value.items()}
+
+
+def _optional_str(where: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise SignfeatError(f"{where} must be a non-empty string or null, got {value!r}")
+    return value
+
+
 def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
     if not isinstance(data, dict):
         raise SignfeatError(f"{source}: expected a mapping at the top level")
@@ -106,7 +128,7 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
         where = f"{source}: extractors[{i}]"
         if not isinstance(entry, dict) or "name" not in entry:
             raise SignfeatError(f"{where} must be a mapping with a 'name'")
-        _check_keys(where, entry, _EXTRACTOR_CONFIG_KEYS | {"actors", "num_gpus", "num_cpus"})
+        _check_keys(where, entry, _EXTRACTOR_CONFIG_KEYS | _RESOURCE_KEYS)
         ext = {k: v for k, v in entry.items() if k in _EXTRACTOR_CONFIG_KEYS}
         cfg = ExtractorConfig.from_dict({**ext, "device": "cpu"})  # validates name, dtype, batch size
         parse_settings(REGISTRY[cfg.name].Settings, cfg.settings, cfg.name)  # validates settings now, not on a GPU later
@@ -118,6 +140,8 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
             actors=_positive_int(f"{where}.actors", entry.get("actors", 1)),
             num_gpus=_nonneg_number(f"{where}.num_gpus", entry.get("num_gpus", 0)),
             num_cpus=_nonneg_number(f"{where}.num_cpus", entry.get("num_cpus", 1)),
+            resources=_resources(f"{where}.resources", entry.get("resources") or {}),
+            accelerator_type=_optional_str(f"{where}.accelerator_type", entry.get("accelerator_type")),
         ))
     decode_raw = data.get("decode", {}) or {}
     _check_keys(f"{source}: decode", decode_raw, {f.name for f in dataclasses.fields(DecodeOptions)})

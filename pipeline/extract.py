@@ -188,7 +188,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
         # a killed actor is an infrastructure fault, not the clip's).
         ds = ds.map_batches(ExtractStream, fn_constructor_kwargs={"extractor": s.extractor, "prep_column": geometries[s.name], "use_gpu": s.num_gpus > 0},
                             batch_size=cfg.clips_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=s.actors),
-                            num_gpus=s.num_gpus, num_cpus=s.num_cpus)
+                            num_gpus=s.num_gpus, num_cpus=s.num_cpus, resources=s.resources or None, accelerator_type=s.accelerator_type)
     ds = ds.drop_columns(sorted(set(geometries.values())))
 
     total = sum(len(p.rows) for p in todo)

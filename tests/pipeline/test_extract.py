@@ -126,7 +126,20 @@ def test_a_lost_shard_is_redone_on_rerun(job):
     {"extractors": [{"name": "clip_s2"}], "shards": {"samples": 0}},
     {"extractors": [{"name": "clip_s2"}], "decode": {"backend": "opencv"}},
     {"extractors": [{"name": "clip_s2"}], "colour": "red"},
+    {"extractors": [{"name": "clip_s2", "resources": {"CPU": 1}}]},
+    {"extractors": [{"name": "clip_s2", "resources": {"slot": -1}}]},
+    {"extractors": [{"name": "clip_s2", "resources": ["slot"]}]},
+    {"extractors": [{"name": "clip_s2", "accelerator_type": 3}]},
 ])
 def test_bad_job_configs_fail_before_anything_starts(bad):
     with pytest.raises(SignfeatError):
         parse_job_config(bad)
+
+
+def test_where_actors_run_does_not_change_the_output_hash():
+    base = parse_job_config({"extractors": [{"name": "clip_s2"}]})
+    placed = parse_job_config({"extractors": [{"name": "clip_s2", "actors": 4, "num_gpus": 1, "resources": {"sf_extract": 1},
+                                                "accelerator_type": "L40S"}]})
+    assert placed.streams[0].resources == {"sf_extract": 1.0} and placed.streams[0].accelerator_type == "L40S"
+    assert placed.output_hash() == base.output_hash()
+    assert parse_job_config({"extractors": [{"name": "clip_s2", "settings": {"scales": [224]}}]}).output_hash() != base.output_hash()
