@@ -43,7 +43,7 @@ demo: setup
 	@echo "manifest: $(DEMO)/manifest.parquet  curated: $(DEMO)/curated.parquet  report: $(DEMO)/report/  shards: $(DEMO)/features/  training: $(DEMO)/train/"
 
 test: setup
-	$(PY) -m pytest -q -m "not ddp and not cluster"
+	$(PY) -m pytest -q -m "not cluster"
 
 test-fast: setup
 	$(PY) -m pytest -q

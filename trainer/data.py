@@ -10,10 +10,11 @@ How one epoch is read (same on every rank, so ranks agree without talking to eac
    reads only the shards that overlap its range (no rank reads the whole corpus), and the at most
    ``W * batch_size - 1`` samples cut off differ from epoch to epoch because the shard order does;
 3. a rank's batches are shared among its DataLoader workers as contiguous runs of whole batches; each
-   worker reads its pieces of tars with ``webdataset``, decodes ``.npy`` with ``allow_pickle=False`` (no
-   pickle decoders, WDS_SECURE-safe), crops, shuffles through a buffer, pads and collates its own batches
-   (it holds whole batches only, so the batch count stays exact); the loader takes them from the workers in
-   turn, which is deterministic.
+   worker opens its tars itself and reads its pieces with ``webdataset``'s tar reader (so ``WDS_SECURE=1``,
+   which forbids webdataset to open local files, changes nothing), decodes ``.npy`` with
+   ``allow_pickle=False`` (no pickle decoders), crops, shuffles through a buffer, pads and collates its own
+   batches (it holds whole batches only, so the batch count stays exact); the loader takes them from the
+   workers in turn, which is deterministic.
 
 Evaluation reads its split in shard order, in order within each shard, on one process: deterministic.
 """
@@ -160,15 +161,22 @@ def crop(sample: dict[str, Any], crop_streams: list[str], max_frames: int, max_l
 
 
 def read_pieces(pieces: list[ShardPiece], streams: list[str]) -> Iterator[dict[str, Any]]:
-    """Raw samples of the pieces, in order, through webdataset's tar reader (no decoders: bytes only)."""
-    from webdataset.tariterators import tarfile_samples
+    """Raw samples of the pieces, in order, through webdataset's tar reader (no decoders: bytes only).
+
+    The tars are opened here, not by webdataset: with ``WDS_SECURE=1`` in the environment webdataset's
+    ``gopen`` refuses every local path ("unsafe_gopen is False, cannot open local files"), and the shards
+    are always local files (``list_shards`` checks them); its tar expander and key grouping take the open
+    stream and are unaffected."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
 
     for piece in pieces:
-        for position, raw in enumerate(tarfile_samples([{"url": piece.url}])):
-            if position >= piece.stop:
-                break
-            if position >= piece.start:
-                yield raw
+        with open(piece.url, "rb") as stream:
+            samples = group_by_keys(tar_file_expander([{"url": piece.url, "stream": stream}]))
+            for position, raw in enumerate(samples):
+                if position >= piece.stop:
+                    break
+                if position >= piece.start:
+                    yield raw
 
 
 class ShardStream(IterableDataset):

@@ -40,6 +40,17 @@ def test_two_ranks_see_disjoint_samples_and_equal_batch_counts(tiny_shards):
         assert len(seen0) == len(seen1) == 12 and not seen0 & seen1
 
 
+def test_training_reads_local_shards_with_wds_secure(tiny_shards, monkeypatch):
+    """WDS_SECURE=1 (webdataset reads it at import: ``utils.enforce_security``) makes webdataset refuse to open
+    local files; the trainer opens its tars itself. A leaked WDS_SECURE=1 failed the torchrun DDP test in CI."""
+    import webdataset.utils
+
+    monkeypatch.setattr(webdataset.utils, "enforce_security", True)
+    urls = list_shards(str(tiny_shards), "big")
+    keys = [k for b in _keys(urls, shard_counts(urls), 0, 1, 1) for k in b]
+    assert sorted(keys) == [f"big-{i:05d}" for i in range(30)]
+
+
 def test_one_rank_sees_every_sample_once_per_epoch_and_order_changes_with_epoch(tiny_shards):
     urls = list_shards(str(tiny_shards), "big")
     counts = shard_counts(urls)
