@@ -2,7 +2,6 @@
 
 import glob
 import io
-import os
 import shutil
 import tarfile
 
@@ -63,8 +62,8 @@ def test_every_ok_clip_lands_exactly_once(job):
     assert stats(str(job["out"]))["samples"] == s["samples"]
 
 
-def test_shards_read_the_same_with_webdataset_and_tarfile(job):
-    os.environ["WDS_SECURE"] = "1"
+def test_shards_read_the_same_with_webdataset_and_tarfile(job, monkeypatch):
+    monkeypatch.setenv("WDS_SECURE", "1")
     import webdataset as wds
 
     tars = sorted(glob.glob(str(job["out"] / "*" / "*.tar")))
