@@ -43,7 +43,7 @@ demo: setup
 	@echo "manifest: $(DEMO)/manifest.parquet  curated: $(DEMO)/curated.parquet  report: $(DEMO)/report/  shards: $(DEMO)/features/  training: $(DEMO)/train/"
 
 test: setup
-	$(PY) -m pytest -q -m "not cluster"
+	$(PY) -m pytest -q -m "slow or not slow"
 
 test-fast: setup
 	$(PY) -m pytest -q
@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/extractors.py --size tiny
 	$(PY) bench/motion.py
 	$(PY) bench/train.py
+	$(PY) bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -1,0 +1,185 @@
+"""The extraction job's throughput next to two baselines, and its peak memory at 1x and 4x corpus size.
+
+    python bench/pipeline.py                       # demo config (tiny random-weight extractors), 32 clips
+    python bench/pipeline.py --clips 64 --config configs/extract_demo.yaml --scale 4
+
+All on the same machine, in one run, on the same clips (a generated demo corpus: videos, ranges and frame
+folders):
+  job       ``signfeat extract`` as a user runs it (a subprocess starting its own local Ray; wall clock from
+            launch to exit, so Ray's start-up is included), and again on the corpus listed ``--scale`` times
+            (new ids, same files) for peak memory;
+  compute   the extractors' own work alone (``extract_prepared`` on frames decoded and resized in advance,
+            batches of ``clips_per_call`` clips, one process): what the job would take if decoding,
+            transfers and writing were completely hidden behind compute. Target: job >= 0.85 of it;
+  naive     what the papers' scripts do: for each clip decode -> extract -> ``np.save``, one process,
+            sequential. Target: job >= 2x it.
+Peak RSS is sampled every 0.2 s over the job's whole process tree (driver + Ray's processes; shared
+pages such as Ray's object store count once per process that maps them, so it is an upper bound) and for
+the driver alone. Flat memory: the 4x run's peak should be close to the 1x run's, not 4x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from pipeline.config import JobConfig, load_job_config  # noqa: E402
+
+
+def make_manifests(work: Path, clips: int, scale: int, seed: int) -> tuple[Path, Path, list[dict]]:
+    """A demo corpus and its manifest (ok rows only), plus the same rows listed ``scale`` times."""
+    import ray
+
+    from manifests.build import build_manifest
+    from manifests.demo_corpus import make_demo_corpus
+
+    corpus = make_demo_corpus(work / "corpus", seed=seed, clips=clips)
+    full = work / "manifest_all.parquet"
+    build_manifest([Path(a) for a in corpus["annotations"]], full, root=Path(corpus["root"]), progress=False)
+    ray.shutdown()  # the bench's own process must not hold a Ray instance while it measures
+    table = pq.read_table(full)
+    ok = [r for r in table.to_pylist() if r["status"] == "ok"]
+    one = work / "manifest_1x.parquet"
+    pq.write_table(pa.Table.from_pylist(ok, schema=table.schema), one)
+    many = [{**r, "id": f"{r['id']}-x{c}", "key": f"{r['key']}_x{c}"} for c in range(scale) for r in ok]
+    scaled = work / f"manifest_{scale}x.parquet"
+    pq.write_table(pa.Table.from_pylist(many, schema=table.schema), scaled)
+    return one, scaled, ok
+
+
+def run_job(manifest: Path, out: Path, config: Path) -> dict:
+    """``signfeat extract`` in a subprocess; wall clock and peak RSS of its process tree and of the driver."""
+    import psutil
+
+    signfeat = str(Path(sys.executable).parent / "signfeat")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    t0, launched_at = time.perf_counter(), time.time()
+    job = subprocess.Popen([signfeat, "extract", "--manifest", str(manifest), "--out", str(out), "--config", str(config), "--no-progress", "--overwrite"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    driver = psutil.Process(job.pid)
+    peak_tree = peak_driver = 0
+    while job.poll() is None:
+        try:
+            procs = [driver, *driver.children(recursive=True)]
+            rss = 0
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            peak_tree = max(peak_tree, rss)
+            peak_driver = max(peak_driver, driver.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    if job.returncode != 0:
+        raise SystemExit(f"signfeat extract failed:\n{job.stderr.read()[-3000:]}")
+    summary = json.loads((out / "job.json").read_text())
+    # steady state: clips committed after the first shard over the time between the first and last commits
+    # (Ray's start-up, actor start-up and the pipeline's fill are before the first commit)
+    marks = sorted((m["time"], m["samples"] + m["failures"]) for m in map(json.loads, map(Path.read_text, (out / "_signfeat" / "done").rglob("*.json"))))
+    steady = sum(c for _, c in marks[1:]) / (marks[-1][0] - marks[0][0]) if len(marks) > 1 and marks[-1][0] > marks[0][0] else None
+    return {"wall_s": wall, "steady_clips_per_s": steady, "first_shard_after_s": marks[0][0] - launched_at if marks else None,
+            "peak_tree_mib": peak_tree / 2**20, "peak_driver_mib": peak_driver / 2**20, "samples": summary["samples"],
+            "failures": summary["failures"], "frames": summary["frames"], "stage_seconds": summary["stage_seconds"]}
+
+
+def build_extractors(cfg: JobConfig) -> list:
+    from extractors import ExtractorConfig, build_extractor
+
+    return [build_extractor(ExtractorConfig.from_dict({**s.extractor, "device": "cpu"})) for s in cfg.streams]
+
+
+def run_naive(rows: list[dict], cfg: JobConfig, out: Path) -> dict:
+    """For each clip: decode -> every extractor -> np.save, sequentially (models loaded once, before timing)."""
+    from pipeline.decode import decode_clip
+
+    extractors = build_extractors(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    frames_total, t0 = 0, time.perf_counter()
+    for row in rows:
+        clip = decode_clip(row, cfg.decode)
+        frames_total += clip.frames.shape[0]
+        for ex in extractors:
+            np.save(out / f"{row['key']}.{ex.stream}.npy", ex.extract([clip.frames])[0], allow_pickle=False)
+    return {"wall_s": time.perf_counter() - t0, "frames": frames_total}
+
+
+def run_compute(rows: list[dict], cfg: JobConfig) -> dict:
+    """The extractors' work alone on frames decoded and prepared in advance (untimed), in job-sized batches."""
+    from pipeline.decode import decode_clip
+
+    extractors = build_extractors(cfg)
+    prepared = {ex.stream: [] for ex in extractors}
+    for row in rows:
+        frames = decode_clip(row, cfg.decode).frames
+        for ex in extractors:
+            prepared[ex.stream].append(ex.prepare(frames))
+    for ex in extractors:  # warm-up: first calls allocate
+        ex.extract_prepared(prepared[ex.stream][:1])
+    t0 = time.perf_counter()
+    for ex in extractors:
+        clips = prepared[ex.stream]
+        for i in range(0, len(clips), cfg.clips_per_call):
+            ex.extract_prepared(clips[i : i + cfg.clips_per_call])
+    return {"wall_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/extract_demo.yaml")
+    ap.add_argument("--clips", type=int, default=32, help="clips in the generated demo corpus (>= 16)")
+    ap.add_argument("--scale", type=int, default=4, help="the corpus listed this many times for the memory run")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    args = ap.parse_args()
+    cfg = load_job_config(args.config)
+    work = Path(args.work or tempfile.mkdtemp(prefix="sf-bench-pipeline-"))
+    one, scaled, rows = make_manifests(work, args.clips, args.scale, args.seed)
+
+    job1 = run_job(one, work / "out_1x", Path(args.config))
+    naive = run_naive(rows, cfg, work / "naive")
+    compute = run_compute(rows, cfg)
+    jobn = run_job(scaled, work / f"out_{args.scale}x", Path(args.config))
+
+    n, frames = len(rows), job1["frames"]
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "config": args.config, "clips": n, "frames": frames, "failures_in_job": job1["failures"],
+        "job": {"wall_s": round(job1["wall_s"], 2), "clips_per_s": round(n / job1["wall_s"], 2), "frames_per_s": round(frames / job1["wall_s"], 1),
+                "stage_seconds": job1["stage_seconds"]},
+        # start-up (Ray, actors loading models, pipeline fill) is paid once per job; the steady rate is what a
+        # large corpus sees (measured on the larger run)
+        "job_first_shard_after_s": round(job1["first_shard_after_s"], 1),
+        f"job_{args.scale}x_steady_clips_per_s": round(jobn["steady_clips_per_s"], 3) if jobn["steady_clips_per_s"] else None,
+        "compute_alone": {"wall_s": round(compute["wall_s"], 2), "clips_per_s": round(n / compute["wall_s"], 2)},
+        "naive": {"wall_s": round(naive["wall_s"], 2), "clips_per_s": round(n / naive["wall_s"], 2)},
+        "ratio_job_over_compute": round(compute["wall_s"] / job1["wall_s"], 3),  # target >= 0.85
+        "ratio_job_over_naive": round(naive["wall_s"] / job1["wall_s"], 3),  # target >= 2
+        "ratio_steady_job_over_compute": round(jobn["steady_clips_per_s"] * compute["wall_s"] / n, 3) if jobn["steady_clips_per_s"] else None,
+        "ratio_steady_job_over_naive": round(jobn["steady_clips_per_s"] * naive["wall_s"] / n, 3) if jobn["steady_clips_per_s"] else None,
+        f"job_{args.scale}x": {"clips": n * args.scale, "wall_s": round(jobn["wall_s"], 2), "clips_per_s": round(n * args.scale / jobn["wall_s"], 2)},
+        "peak_rss_mib": {"1x_tree": round(job1["peak_tree_mib"]), f"{args.scale}x_tree": round(jobn["peak_tree_mib"]),
+                         "1x_driver": round(job1["peak_driver_mib"]), f"{args.scale}x_driver": round(jobn["peak_driver_mib"])},
+        "ratio_peak_rss_tree": round(jobn["peak_tree_mib"] / job1["peak_tree_mib"], 3),
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
