@@ -12,6 +12,10 @@ An extractor is built from an ExtractorConfig and
   Units of all clips are packed into model batches of ``batch_size`` and unpacked per clip, so short and
   long clips share forwards; a CUDA out-of-memory halves the batch and retries.
 
+``expected_rows(num_frames, settings)`` is the array length rule ``signfeat verify`` checks (one row per frame
+by default). Extractors with ``accepts_params`` also read motion-parameter files (``extract_files``, manifest
+rows with source_kind smplx); for the others such a clip is a ``needs_video`` failure.
+
 ``metadata()`` is what every sample's JSON records about the stream, including ``weights`` ("pretrained"
 or "random") so random features can never pass for real ones, and ``settings_hash``.
 """
@@ -28,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from pipeline.errors import SignfeatError
+from pipeline.errors import ClipError, SignfeatError
 
 log = logging.getLogger(__name__)
 REGISTRY: dict[str, type["Extractor"]] = {}
@@ -149,6 +153,9 @@ class Extractor:
     default_batch_size: ClassVar[int] = 32
     storage_dtype: ClassVar[np.dtype] = np.dtype(np.float16)
     Settings: ClassVar[type]
+    # Whether the extractor reads motion-parameter files itself (manifest rows with source_kind "smplx");
+    # a video-only extractor gets such a clip failed as ``needs_video`` (pipeline/stages.py).
+    accepts_params: ClassVar[bool] = False
 
     def __init__(self, config: ExtractorConfig):
         self.config = config
@@ -200,6 +207,18 @@ class Extractor:
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def expected_rows(cls, num_frames: int, settings: dict[str, Any]) -> int | None:
+        """Rows of this stream's array for a clip of ``num_frames`` frames (the sample JSON's ``num_frames``),
+        from the settings recorded in the sample JSON; None when the length cannot be told from that alone.
+        ``signfeat verify`` checks every array against it. Default: one row per frame (``units``)."""
+        return num_frames
+
+    def extract_files(self, paths: list[str], fps: list[float | None]) -> list[tuple[np.ndarray, int, float | None]]:
+        """Motion-parameter files (``accepts_params`` extractors only) -> per clip (features, frames, fps), the
+        frames and fps being those the features are aligned to (after any resampling)."""
+        raise ClipError("needs_video", f"{self.name} needs video frames; {paths[0] if paths else 'this clip'} is a motion-parameters file (source_kind=smplx)")
 
     def describe_preprocessing(self) -> dict[str, Any]:
         return self.transform.describe()

@@ -4,6 +4,8 @@ Two inputs, one output (motion/ holds the machinery):
 
 - Input A, SMPL-X parameters (SignAvatars, SMPLer-X/OSX per-frame files, Motion-X, named .npz):
   ``extract_params([params, ...], fps=[...])`` or ``extract_paths([path, ...])`` (``motion.params_io.read_params``).
+  In a job, manifest rows with ``source_kind`` smplx reach ``extract_files`` in the actor (features plus the
+  frames and fps they are aligned to, after ``target_fps``, which become the sample's num_frames and fps).
 - Input B, video: ``prepare(frames)`` keeps the aspect ratio and resizes the short side to ``image_size``
   (MediaPipe wants the whole frame: a square crop would cut off hands), ``extract_prepared`` runs MediaPipe
   Holistic + SMPL-X fitting per clip, then the same feature step.
@@ -103,6 +105,11 @@ class Smplx623Extractor(Extractor):
     default_batch_size = 8  # clips per batched forward
     storage_dtype = np.dtype(np.float32)
     Settings = Smplx623Settings
+    accepts_params = True  # manifest rows with source_kind "smplx" (Input A) are read by extract_files
+
+    @classmethod
+    def expected_rows(cls, num_frames: int, settings: dict[str, Any]) -> int | None:
+        return max(num_frames - 1, 0)  # ALIGNMENT: the last frame has no row
 
     def __init__(self, config):
         super().__init__(config)
@@ -179,13 +186,31 @@ class Smplx623Extractor(Extractor):
             out += [self.joints_to_features(j) for j in self.body.joints_many(batch)]
         return out
 
+    def load_path(self, path: str | Path, fps: float | None = None) -> tuple[dict[str, np.ndarray], float | None]:
+        """One Input A file or folder -> (params resampled to ``target_fps``, the fps they now have). The file's
+        own fps wins over ``fps`` (the manifest's); None when neither says."""
+        from motion.params_io import UnsafePickleError, read_params
+
+        try:
+            params, own = read_params(path, self.settings.params_layout)
+        except UnsafePickleError as exc:  # the clip's file, not the job, is at fault: a failures row with a clear class
+            raise ClipError("unsafe_pickle", f"{path}: {exc}") from None
+        except SignfeatError as exc:
+            raise ClipError("bad_params", str(exc)) from None
+        fps = own or fps
+        resampled = self._resample(params, fps)
+        return resampled, (float(self.settings.target_fps) if resampled is not params else fps)
+
     def extract_paths(self, paths: list[str | Path], fps: list[float | None] | None = None) -> list[np.ndarray]:
         """Input A files or folders -> features (a file's own fps wins over ``fps[i]``)."""
-        from motion.params_io import read_params
+        return [f for f, _, _ in self.extract_files(paths, fps or [None] * len(paths))]
 
-        read = [read_params(p, self.settings.params_layout) for p in paths]
-        given = fps or [None] * len(paths)
-        return self.extract_params([p for p, _ in read], [own or other for (_, own), other in zip(read, given)])
+    def extract_files(self, paths: list[str | Path], fps: list[float | None]) -> list[tuple[np.ndarray, int, float | None]]:
+        """Input A files -> per clip (features [T-1, 623], T, fps): T and fps after resampling, which the
+        pipeline writes as the sample's num_frames and fps (so verify's T-1 rule holds for them too)."""
+        loaded = [self.load_path(p, f) for p, f in zip(paths, fps)]
+        feats = self.extract_params([p for p, _ in loaded])  # already resampled: no fps, no second resampling
+        return [(f, num_frames_of(p), rate) for f, (p, rate) in zip(feats, loaded)]
 
     # ------------------------------------------------------------------ Input B
 

@@ -88,6 +88,10 @@ class VideoMAEExtractor(Extractor):
     def make_transform(cls, config, settings) -> FrameTransform:
         return cls.hf_transform(config, settings, "videomae", "VideoMAEImageProcessor", PROCESSOR)
 
+    @classmethod
+    def expected_rows(cls, num_frames: int, settings: dict) -> int | None:
+        return len(window_indices(num_frames, int(settings["window"]), int(settings["stride"]), settings["tail"]))
+
     def units(self, num_frames: int) -> np.ndarray:
         s = self.settings
         return window_indices(num_frames, s.window, s.stride, s.tail)

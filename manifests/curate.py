@@ -3,7 +3,9 @@
 Filters run in a fixed order and each counts what it removed from what was left by the ones before
 (status -> duration -> frames -> resolution -> fps -> text length -> duplicates), so the report's
 numbers add up to input - kept. Removed rows are not lost: they go to ``REPORT/excluded.parquet`` with
-the filter and reason that removed them (datatrove's exclusion writer, in one table).
+the filter and reason that removed them (datatrove's exclusion writer, in one table). SMPL-X parameter
+rows (source_kind smplx) have no width/height: the resolution filter passes them; the others apply to them
+as to videos (duration, frames and fps come from the parameters; duplicates are equal parameter bytes).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from manifests.schema import MANIFEST_SCHEMA, read_manifest, write_manifest
+from manifests.schema import MANIFEST_SCHEMA, PARAMS_KIND, read_manifest, write_manifest
 from pipeline.errors import SignfeatError
 
 SPLITS = ("train", "dev", "test")
@@ -175,6 +177,8 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
             mask |= ~(w >= options.min_width)
         if options.min_height is not None:
             mask |= ~(h >= options.min_height)
+        # SMPL-X parameter clips have no pixels (width/height null): a resolution filter does not apply to them
+        mask &= keep["source_kind"] != PARAMS_KIND
         drop("resolution", mask, f"smaller than {options.min_width or 0}x{options.min_height or 0}")
     range_filter("fps", "fps", options.min_fps, options.max_fps)
     if options.min_text_chars is not None or options.max_text_chars is not None:

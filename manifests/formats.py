@@ -181,7 +181,33 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
 # ----------------------------------------------------------------------------------------------- generic table
 
 TABLE_REQUIRED = ("id", "path", "text")
-TABLE_OPTIONAL = ("split", "signer", "start", "end", "fps", "dataset")
+TABLE_OPTIONAL = ("split", "signer", "start", "end", "fps", "dataset", "source_kind")
+
+
+def _table_kind(given: str | None, path: Path, start: float | None, end: float | None) -> str:
+    """A table row's source_kind: the ``source_kind`` column when given, else inferred from the path: SMPL-X
+    parameters (a .pkl/.npz/.npy file or a folder of per-frame parameter files), a frame folder, a range, a video.
+    Raises ValueError for a kind that is not one, or a time range on parameters."""
+    from manifests.schema import PARAMS_KIND, SOURCE_KINDS
+    from motion.params_io import is_params_path
+
+    if given is not None:
+        kind = given.lower()
+        if kind not in SOURCE_KINDS:
+            raise ValueError(f"source_kind {given!r} is not one of {', '.join(SOURCE_KINDS)}")
+        if kind == "range" and start is None and end is None:
+            raise ValueError("source_kind range needs start and/or end")
+    elif is_params_path(path):
+        kind = PARAMS_KIND
+    elif path.is_dir():
+        kind = "frames"
+    elif start is not None or end is not None:
+        kind = "range"
+    else:
+        kind = "video"
+    if kind == PARAMS_KIND and (start is not None or end is not None):
+        raise ValueError("start/end cut videos; an SMPL-X parameters clip (source_kind smplx) takes the whole file")
+    return kind
 
 
 def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -231,12 +257,11 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
         except (TypeError, ValueError) as exc:
             yield _bad_row(annotation, line_no, f"bad start/end/fps: {exc}", clip_id=clip_id, dataset=default_dataset, path=str(path))
             continue
-        if path.is_dir():
-            kind = "frames"
-        elif start is not None or end is not None:
-            kind = "range"
-        else:
-            kind = "video"
+        try:
+            kind = _table_kind(_text(rec.get("source_kind")), path, start, end)
+        except ValueError as exc:
+            yield _bad_row(annotation, line_no, str(exc), clip_id=clip_id, dataset=default_dataset, path=str(path))
+            continue
         yield _row(
             id=clip_id,
             dataset=_text(rec.get("dataset")) or default_dataset,

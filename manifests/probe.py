@@ -2,6 +2,9 @@
 
 Videos are demuxed, not decoded (pipeline.decode.read_timeline), plus one decoded frame to prove the
 stream decodes; ``full_decode=True`` decodes every frame of the clip, for corpora one distrusts.
+SMPL-X parameter clips (``source_kind`` "smplx") are read whole (small: a few hundred floats a frame) with
+motion.params_io's readers, pickles through its restricted unpickler, so a malicious pickle is a status,
+never code run.
 Probing runs as Ray tasks over chunks of rows that share a source file (a How2Sign video with 30 ranges
 is opened and hashed once), with a bounded number of chunks in flight, so memory stays flat however
 large the corpus: only the finished rows, as compact Arrow tables, accumulate.
@@ -17,6 +20,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from manifests.schema import PARAMS_KIND
 from pipeline.decode import decode_clip, list_frame_files, read_timeline, select_range, DecodeOptions
 from pipeline.errors import ClipError
 
@@ -93,11 +97,50 @@ def _probe_frames(row: dict[str, Any], default_fps: float) -> dict[str, Any]:
     }
 
 
+def _params_files(path: Path) -> list[Path]:
+    """The files a parameters clip is made of (one file, or a folder's per-frame files in order)."""
+    from motion.params_io import per_frame_files
+
+    return per_frame_files(path) if path.is_dir() else [path]
+
+
+def _probe_params(row: dict[str, Any]) -> dict[str, Any]:
+    from motion.body_model import num_frames_of
+    from motion.params_io import UnsafePickleError, detect_layout, read_params
+    from pipeline.errors import SignfeatError
+
+    path = Path(row["path"])
+    if not path.exists():
+        raise ClipError("missing_file", f"no such SMPL-X parameters file or folder: {path}")
+    try:
+        layout = detect_layout(path)
+        params, own_fps = read_params(path, layout)
+        num = num_frames_of(params)
+    except UnsafePickleError as exc:  # names code to run: refused unread, and said so
+        raise ClipError("unsafe_pickle", f"{path}: {exc}") from None
+    except SignfeatError as exc:
+        raise ClipError("bad_params", str(exc)) from None
+    except Exception as exc:  # a truncated .npz, a dict of the wrong shapes...: the file's problem, like a corrupt video
+        raise ClipError("bad_params", f"{path}: {type(exc).__name__}: {exc}") from None
+    # the file's own rate wins (it was recorded with the motion); else the annotation's; else no time base
+    fps = own_fps or (float(row["fps"]) if row.get("fps") else None)
+    if not fps:
+        raise ClipError("no_fps", f"{path} does not record its frame rate: give the clip's fps in the annotation (an fps column)")
+    files = _params_files(path)
+    h = hashlib.blake2b(digest_size=16)
+    for f in files:
+        file_hash(f, h)
+    return {"fps": fps, "num_frames": num, "width": None, "height": None, "duration_s": num / fps,
+            "codec": f"smplx:{layout}", "bytes": sum(f.stat().st_size for f in files), "content_hash": h.hexdigest()}
+
+
 def probe_clip(row: dict[str, Any], hashes: dict[str, str] | None = None, *, full_decode: bool = False, default_fps: float = 25.0) -> dict[str, Any]:
     """The probed columns of one manifest row; errors become ``status``/``error``, never exceptions."""
     out: dict[str, Any] = {k: None for k in PROBED}
     try:
-        if row["source_kind"] == "frames":
+        if row["source_kind"] == PARAMS_KIND:
+            out.update(_probe_params(row))
+        elif row["source_kind"] == "frames":
             out.update(_probe_frames(row, default_fps))
             decode_opts = DecodeOptions(backend="pyav", max_frames=None if full_decode else 1, frame_fps=default_fps)
             decode_clip(row, decode_opts)  # decodes the first (or every) image

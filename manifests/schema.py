@@ -13,8 +13,11 @@ SCHEMA_VERSION = "1"
 SCHEMA_VERSION_KEY = b"signfeat.manifest.schema_version"
 BUILD_INFO_KEY = b"signfeat.manifest.build"
 
-# source_kind values: a whole video file, a [start_s, end_s) range inside one, or a folder of frame images.
-SOURCE_KINDS = ("video", "range", "frames")
+# source_kind values: a whole video file, a [start_s, end_s) range inside one, a folder of frame images, or
+# SMPL-X parameters (a file or a folder of per-frame files, motion.params_io: SignAvatars, SMPLer-X/OSX,
+# Motion-X, named .npz), which only extractors that read parameters (smplx623) can use.
+PARAMS_KIND = "smplx"
+SOURCE_KINDS = ("video", "range", "frames", PARAMS_KIND)
 
 MANIFEST_FIELDS: list[pa.Field] = [
     pa.field("id", pa.string(), nullable=False),
@@ -24,15 +27,15 @@ MANIFEST_FIELDS: list[pa.Field] = [
     pa.field("signer", pa.string()),
     pa.field("text", pa.string()),
     pa.field("source_kind", pa.string(), nullable=False),
-    pa.field("path", pa.string(), nullable=False),  # absolute path of the video file or frame folder
+    pa.field("path", pa.string(), nullable=False),  # absolute path of the video file, frame folder or SMPL-X parameters
     pa.field("start_s", pa.float64()),  # range clips only
     pa.field("end_s", pa.float64()),
-    pa.field("fps", pa.float64()),  # frames / duration for videos (so VFR gets its mean rate); given for frames
+    pa.field("fps", pa.float64()),  # frames / duration for videos (so VFR gets its mean rate); given for frames; the file's or given for smplx
     pa.field("num_frames", pa.int64()),  # frames the decoder yields for this clip (inside the range)
-    pa.field("width", pa.int32()),  # as displayed, after the container's rotation
+    pa.field("width", pa.int32()),  # as displayed, after the container's rotation (null for smplx: no pixels)
     pa.field("height", pa.int32()),
     pa.field("duration_s", pa.float64()),
-    pa.field("codec", pa.string()),  # video codec name, or the image format(s) of a frame folder
+    pa.field("codec", pa.string()),  # video codec name, the image format(s) of a frame folder, or "smplx:LAYOUT"
     pa.field("bytes", pa.int64()),  # size on disk of the source (the whole file for ranges)
     pa.field("content_hash", pa.string()),  # blake2b of the clip's bytes (+ range), finds exact duplicates
     pa.field("status", pa.string(), nullable=False),  # "ok" or a short error class

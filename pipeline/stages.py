@@ -6,6 +6,12 @@ decode_prepare (CPU tasks): decode a clip and run every stream's preprocessing (
 ExtractStream (GPU or CPU): one extractor with its model loaded once; runs the clips of a batch together.
   If a batch fails, its clips are retried one by one so only the bad clip fails.
 
+SMPL-X parameter clips (``source_kind`` "smplx") are not decoded: decode_prepare passes them on with the
+manifest's (probed) frame count and fps, and an extractor that reads parameters (``accepts_params``:
+smplx623) reads the file in its actor and sets the frames and fps its features are aligned to (after its
+own ``target_fps`` resampling; the job's decode options are video options). In a job with a video-only
+stream such a clip fails as ``needs_video`` before any extractor runs, so it lands in failures, once.
+
 Rows carry ``error_stage``/``error_class``/``error_message`` ("" when fine); a failed row flows on
 untouched, so every clip reaches the writer and lands in a shard or in failures. Each stage also adds
 ``node_<stage>`` (Ray node id) and ``secs_<stage>`` (busy seconds) for job.json's per-stage accounting.
@@ -22,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from manifests.schema import PARAMS_KIND
 from pipeline.errors import ClipError
 
 ERROR_COLUMNS = ("error_stage", "error_class", "error_message")
@@ -58,6 +65,26 @@ def _transforms(streams_json: str) -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _video_only_streams(streams_json: str) -> tuple[str, ...]:
+    """Names of the job's streams that need video frames (cannot read SMPL-X parameter files)."""
+    from extractors import ExtractorConfig
+    from extractors.base import REGISTRY
+
+    names = [ExtractorConfig.from_dict({**e, "device": "cpu"}).name for e in json.loads(streams_json)]
+    return tuple(n for n in names if not REGISTRY[n].accepts_params)
+
+
+def _pass_params(row: dict[str, Any], streams_json: str) -> tuple[int, float]:
+    """A parameters clip skips decoding: (frames, fps) from its manifest row, or ``needs_video``."""
+    video_only = _video_only_streams(streams_json)
+    if video_only:
+        raise ClipError("needs_video", f"{row['path']} holds SMPL-X parameters (source_kind={PARAMS_KIND}), and stream(s) "
+                                       f"{', '.join(video_only)} need video frames; extract parameter clips in a job whose streams read them (smplx623)")
+    fps = row.get("fps")
+    return int(row.get("num_frames") or 0), (0.0 if fps is None or fps != fps else float(fps))
+
+
 def _maybe_crash_for_tests(path: str) -> None:
     """Fault injection for the tests: a decoder that dies in native code on a 'hostile' file."""
     marker = os.environ.get("SIGNFEAT_TEST_CRASH_ON")
@@ -87,13 +114,20 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
         row = {k: _py(v[i]) for k, v in batch.items()}
         try:
             _maybe_crash_for_tests(str(row["path"]))
+            if row["source_kind"] == PARAMS_KIND:
+                out["decoded_frames"][i], out["decoded_fps"][i] = _pass_params(row, streams_json)
+                for col in transforms:
+                    out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
+                out["secs_decode"][i] = time.perf_counter() - t0
+                continue
             clip = decode_clip(row, decode_options)
             for col, t in transforms.items():
                 out[col][i] = t.resize_crop(clip.frames).numpy()
             out["decoded_frames"][i], out["decoded_fps"][i] = int(clip.frames.shape[0]), float(clip.fps)
             del clip
         except Exception as exc:  # ClipError or anything else decoding raised: this clip's problem only
-            out["error_stage"][i], out["error_class"][i], out["error_message"][i] = "decode", _error_kind(exc), str(exc)[:2000]
+            stage = f"extract:{_video_only_streams(streams_json)[0]}" if _error_kind(exc) == "needs_video" else "decode"
+            out["error_stage"][i], out["error_class"][i], out["error_message"][i] = stage, _error_kind(exc), str(exc)[:2000]
             for col in transforms:
                 out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
             out["decoded_frames"][i], out["decoded_fps"][i] = 0, 0.0
@@ -110,10 +144,21 @@ class ExtractStream:
         self.name = self.extractor.stream
         self.meta = json.dumps(self.extractor.metadata(), sort_keys=True, default=str)
 
-    def _extract(self, prepared: list[np.ndarray]) -> list[np.ndarray]:
+    def _extract(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[tuple[np.ndarray, tuple[int, float | None] | None]]:
+        """Features of the batch's clips ``idx``: video clips from their prepared frames, parameter clips from
+        their files (extract_files). A parameter clip also gives the (frames, fps) its features are aligned to."""
         import torch
 
-        return self.extractor.extract_prepared([torch.from_numpy(np.ascontiguousarray(p)) for p in prepared])
+        files = [i for i in idx if _py(batch["source_kind"][i]) == PARAMS_KIND]
+        video = [i for i in idx if _py(batch["source_kind"][i]) != PARAMS_KIND]
+        results: dict[int, tuple] = {}
+        if video:
+            prepared = [torch.from_numpy(np.ascontiguousarray(batch[self.prep_column][i])) for i in video]
+            results.update({i: (f, None) for i, f in zip(video, self.extractor.extract_prepared(prepared))})
+        if files:
+            read = self.extractor.extract_files([str(_py(batch["path"][i])) for i in files], [_fps(batch["fps"][i]) for i in files])
+            results.update({i: (f, (n, fps)) for i, (f, n, fps) in zip(files, read)})
+        return [results[i] for i in idx]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
@@ -121,22 +166,24 @@ class ExtractStream:
         out: dict[str, list] = {k: list(v) for k, v in batch.items()}
         feats: list[Any] = [np.zeros((0, self.extractor.width), self.extractor.storage_dtype)] * n
         todo = [i for i in range(n) if not _py(batch["error_class"][i])]
-        results: dict[int, np.ndarray] = {}
+        results: dict[int, tuple] = {}
         try:
-            for i, f in zip(todo, self._extract([batch[self.prep_column][i] for i in todo])):
-                results[i] = f
+            results.update(zip(todo, self._extract(batch, todo)))
         except Exception:
             for i in todo:  # isolate the clip that breaks the batch
                 try:
-                    results[i] = self._extract([batch[self.prep_column][i]])[0]
+                    results[i] = self._extract(batch, [i])[0]
                 except Exception as exc:
                     out["error_stage"][i], out["error_class"][i], out["error_message"][i] = f"extract:{self.name}", _error_kind(exc), str(exc)[:2000]
-        for i, f in results.items():
+        for i, (f, timebase) in results.items():
             if not np.isfinite(f).all():
                 out["error_stage"][i], out["error_class"][i] = f"extract:{self.name}", "nonfinite"
                 out["error_message"][i] = f"{self.name} produced non-finite values (float16 overflow or NaN)"
                 continue
             feats[i] = f
+            if timebase is not None:  # a parameters clip: the sample's num_frames / fps are those the features have
+                out["decoded_frames"][i] = int(timebase[0])
+                out["decoded_fps"][i] = float(timebase[1]) if timebase[1] else out["decoded_fps"][i]
         out[f"feat_{self.name}"] = feats
         out[f"meta_{self.name}"] = [self.meta] * n
         out[f"node_{self.name}"] = [_node_id()] * n
@@ -154,6 +201,12 @@ def _node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
+def _fps(value: Any) -> float | None:
+    """A row's fps (NaN stands for none in Ray rows) -> float or None."""
+    value = _py(value)
+    return None if value is None or value != value or not value > 0 else float(value)
 
 
 def _py(value: Any) -> Any:

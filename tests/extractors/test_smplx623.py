@@ -124,3 +124,28 @@ def test_cli_features_on_a_parameters_file(model_dir, extractor, tmp_path, capsy
     np.testing.assert_allclose(np.load(tmp_path / "f.npy"), extractor.extract_params([params])[0], atol=1e-6)
     assert main(["features", str(tmp_path / "clip.npz"), "--extractor", "smplx623", "--out", str(tmp_path / "g.npy")]) == 2
     assert "model_dir is not set" in capsys.readouterr().err
+
+
+def test_extract_files_gives_features_and_their_time_base(model_dir, tmp_path):
+    """What a job's actor calls on a source_kind=smplx row: features plus the frames/fps they are aligned to."""
+    import types
+
+    from extractors.base import Extractor
+    from pipeline.errors import ClipError
+
+    np.savez(tmp_path / "own.npz", **smooth_random_params(12, seed=5), fps=np.array(25.0))
+    np.savez(tmp_path / "given.npz", **smooth_random_params(9, seed=6))
+    ex = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "target_fps": 20}})
+    (own, n_own, fps_own), (given, n_given, fps_given) = ex.extract_files([tmp_path / "own.npz", tmp_path / "given.npz"], [50.0, 30.0])
+    assert (n_own, fps_own, own.shape) == (9, 20.0, (8, 623))  # the file's 25 fps wins over 50; 0.48 s at 20 fps: 9 frames
+    assert (n_given, fps_given, given.shape) == (6, 20.0, (5, 623))  # 9 frames at the given 30 fps
+    np.testing.assert_allclose(own, ex.extract_paths([tmp_path / "own.npz"], [50.0])[0], atol=1e-5)  # batched with another clip or alone
+    keep = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir)}})
+    assert keep.extract_files([tmp_path / "given.npz"], [30.0])[0][1:] == (9, 30.0)  # no target_fps: the input's own
+    assert type(ex).expected_rows(9, {}) == 8 and Extractor.expected_rows(9, {}) == 9
+    with pytest.raises(ClipError) as err:
+        ex.extract_files([tmp_path / "nothing_here.npz"], [25.0])
+    assert err.value.kind == "bad_params"
+    with pytest.raises(ClipError) as err:  # a video-only extractor refuses a parameters clip with a clear class
+        Extractor.extract_files(types.SimpleNamespace(name="dinov2"), ["x.pkl"], [None])
+    assert err.value.kind == "needs_video"

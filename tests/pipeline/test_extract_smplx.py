@@ -1,0 +1,190 @@
+"""SMPL-X parameter clips (source_kind smplx) through manifest build -> extract -> shards -> verify, on the
+session's Ray: the smplx623 stream reads each file in its actor, video clips of the same manifest take the
+MediaPipe path, a video-only stream fails parameter clips as ``needs_video``; every clip lands exactly once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from extractors import build_extractor
+from manifests.build import build_manifest
+from motion.synthetic import smooth_random_params
+from pipeline.config import parse_job_config
+from pipeline.extract import run_extract
+from shards.reader import read_samples
+from shards.verify import verify
+from tests.helpers import index_frame, write_video
+from tests.manifests.test_smplx_rows import malicious_pickle, signavatars_pickle
+from tests.motion.conftest import model_dir  # noqa: F401  (the synthetic SMPL-X model folder)
+
+TARGET_FPS = 20.0
+
+
+def _settings(model_dir):
+    # small fits and 64 px frames: the video clips only have to reach MediaPipe (which finds no person in them)
+    return {"model_dir": str(model_dir), "target_fps": TARGET_FPS, "image_size": 64, "fit_iterations": 10, "fit_orient_iterations": 3}
+
+
+@pytest.fixture(scope="module")
+def corpus(model_dir, ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("smplx_corpus")
+    clips = {}  # id -> (annotation fps, expected manifest status)
+    for i, (frames, fps) in enumerate([(12, 25.0), (9, 30.0), (15, 20.0)]):  # fps recorded in the file
+        signavatars_pickle(root / f"sa{i}.pkl", smooth_random_params(frames, seed=i), fps=fps)
+        clips[f"sa{i}"] = ("", "ok")
+    np.savez(root / "nz0.npz", **smooth_random_params(11, seed=10), fps=np.array(25.0))
+    clips["nz0"] = ("", "ok")
+    np.savez(root / "nz1.npz", **smooth_random_params(10, seed=11))  # no fps inside: the annotation's
+    clips["nz1"] = ("30", "ok")
+    np.savez(root / "nofps.npz", **smooth_random_params(10, seed=12))  # no fps anywhere: refused at probe
+    clips["nofps"] = ("", "no_fps")
+    np.savez(root / "short.npz", **smooth_random_params(1, seed=13), fps=np.array(25.0))  # one frame: no motion
+    clips["short"] = ("", "ok")
+    malicious_pickle(root / "evil.pkl", root / "pwned")  # refused at probe, never planned
+    clips["evil"] = ("", "unsafe_pickle")
+    # a file that probed fine and was swapped for a malicious pickle before extraction: a failures row
+    signavatars_pickle(root / "swapped.pkl", smooth_random_params(8, seed=14), fps=25.0)
+    clips["swapped"] = ("", "ok")
+    for i in range(2):  # videos in the same manifest take smplx623's video path
+        write_video(root / f"vid{i}.mp4", np.stack([index_frame(k) for k in range(6)]))
+        clips[f"vid{i}"] = ("", "ok")
+    paths = {c: next(root.glob(f"{c}.*")).name for c in clips}
+    ann = root / "corpus.csv"
+    ann.write_text("id,path,text,fps,split\n" + "".join(f"{c},{paths[c]},text of {c},{fps},train\n" for c, (fps, _) in clips.items()))
+    manifest = root / "manifest.parquet"
+    build_manifest([ann], manifest, root=root, progress=False)
+    malicious_pickle(root / "swapped.pkl", root / "pwned")
+    return {"root": root, "manifest": manifest, "clips": clips, "paths": paths}
+
+
+@pytest.fixture(scope="module")
+def smplx_job(corpus, model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smplx_out") / "features"
+    cfg = parse_job_config({"extractors": [{"name": "smplx623", "num_cpus": 0.5, "settings": _settings(model_dir)}],
+                            "shards": {"samples": 3, "prefix": "m"}, "clips_per_call": 4, "decode": {"backend": "pyav"}})
+    summary = run_extract(corpus["manifest"], str(out), cfg, progress=False)
+    return {"out": out, "summary": summary}
+
+
+def test_manifest_rows_of_parameters(corpus):
+    rows = {r["id"]: r for r in pq.read_table(corpus["manifest"]).to_pylist()}
+    assert {c: rows[c]["status"] for c in corpus["clips"]} == {c: s for c, (_, s) in corpus["clips"].items()}
+    assert rows["sa1"]["source_kind"] == "smplx" and (rows["sa1"]["num_frames"], rows["sa1"]["fps"]) == (9, 30.0)
+    assert (rows["nz1"]["fps"], rows["nz1"]["duration_s"]) == (30.0, 10 / 30)
+    assert rows["vid0"]["source_kind"] == "video" and rows["vid0"]["num_frames"] == 6
+    assert not (corpus["root"] / "pwned").exists()
+
+
+def test_every_clip_once_and_verify_accepts_the_shards(corpus, smplx_job):
+    ok = sorted(c for c, (_, s) in corpus["clips"].items() if s == "ok")
+    s = smplx_job["summary"]
+    assert s["clips_planned"] == len(ok) and s["samples"] + s["failures"] == len(ok)
+    samples = [row for path in sorted(smplx_job["out"].glob("train/*.tar")) for row in read_samples(str(path))]
+    failures = {f["id"]: f for f in pq.read_table(smplx_job["out"] / "failures.parquet").to_pylist()}
+    placed = sorted([x["json"]["id"] for x in samples] + list(failures))
+    assert placed == ok
+    assert {c: (f["stage"], f["error_class"]) for c, f in failures.items()} == {
+        "short": ("extract:smplx623", "too_short"),
+        "swapped": ("extract:smplx623", "unsafe_pickle"),
+        "vid0": ("extract:smplx623", "no_person"),  # MediaPipe ran on the video's frames (the video path)
+        "vid1": ("extract:smplx623", "no_person"),
+    }
+    assert not (corpus["root"] / "pwned").exists()
+    report = verify(str(smplx_job["out"]))
+    assert report["ok"], report["problems"]
+    assert report["samples"] == 5
+
+
+def _meta(sample):
+    return sample["json"]
+
+
+def test_shard_arrays_equal_the_extractor_on_the_files(corpus, smplx_job, model_dir):
+    rows = {r["id"]: r for r in pq.read_table(corpus["manifest"]).to_pylist()}
+    samples = {_meta(x)["id"]: x for path in sorted(smplx_job["out"].glob("train/*.tar")) for x in read_samples(str(path))}
+    assert sorted(samples) == ["nz0", "nz1", "sa0", "sa1", "sa2"]
+    direct = build_extractor({"name": "smplx623", "settings": _settings(model_dir)})  # independent of the pipeline
+    ids = sorted(samples)
+    expected = direct.extract_paths([corpus["root"] / corpus["paths"][c] for c in ids], fps=[rows[c]["fps"] for c in ids])
+    for clip, want in zip(ids, expected):
+        got = samples[clip]["smplx623"]
+        assert got.dtype == np.float32 and got.shape == want.shape and got.shape[1] == 623
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        meta = _meta(samples[clip])
+        # the frames and rate the features are aligned to: resampled to target_fps (20), T frames -> T-1 rows
+        assert meta["fps"] == TARGET_FPS and meta["num_frames"] == len(want) + 1, (clip, meta["fps"], meta["num_frames"])
+        assert meta["source"]["kind"] == "smplx" and meta["source"]["path"] == str(corpus["root"] / corpus["paths"][clip])
+        assert meta["streams"]["smplx623"]["settings"]["target_fps"] == TARGET_FPS
+    # 12 frames at 25 fps span 0.48 s -> 9 frames at 20 fps; 15 frames already at 20 fps stay 15
+    assert (_meta(samples["sa0"])["num_frames"], _meta(samples["sa2"])["num_frames"]) == (9, 15)
+    index = {r["id"]: r for r in pq.read_table(smplx_job["out"] / "index.parquet").to_pylist()}
+    assert index["sa0"]["num_frames"] == 9 and index["sa0"]["len_smplx623"] == 8 and index["sa0"]["duration_s"] == pytest.approx(9 / 20)
+
+
+def test_verify_checks_smplx623_rows_against_num_frames(smplx_job, tmp_path):
+    """The T-1 rule is checked, not skipped: a sample whose JSON says one frame more is reported."""
+    import io
+    import shutil
+    import tarfile
+
+    copy = tmp_path / "features"
+    shutil.copytree(smplx_job["out"], copy)
+    shard = sorted(copy.glob("train/*.tar"))[0]
+    buf = io.BytesIO()
+    with tarfile.open(shard) as src, tarfile.open(fileobj=buf, mode="w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name.endswith(".json"):
+                meta = json.loads(data)
+                meta["num_frames"] += 1
+                data = json.dumps(meta).encode()
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    shard.write_bytes(buf.getvalue())
+    problems = verify(str(copy))["problems"]
+    assert any("smplx623 has" in p and "rows, expected" in p for p in problems), problems
+
+
+def _batch(rows):
+    return {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+
+
+def test_a_video_only_stream_fails_parameter_clips_as_needs_video(corpus):
+    """decode_prepare, as the job runs it: with dinov2 in the job a parameters clip fails (once, before any
+    extractor) as needs_video at dinov2's stage; a video clip of the same batch decodes. (A whole dinov2 job
+    would build its model in an actor: too slow for this suite on 2 cores.)"""
+    from pipeline.decode import DecodeOptions
+    from pipeline.stages import decode_prepare
+
+    rows = [dict(r, fps=float("nan") if r["fps"] is None else r["fps"])
+            for r in pq.read_table(corpus["manifest"]).to_pylist() if r["id"] in ("sa0", "nz1", "vid0")]
+    rows = [{k: r[k] for k in ("id", "key", "source_kind", "path", "start_s", "end_s", "fps", "num_frames")} for r in rows]
+    for r in rows:
+        r["start_s"] = r["end_s"] = float("nan")
+    video_only = json.dumps([{"name": "dinov2", "tiny": True}], sort_keys=True)
+    out = decode_prepare(_batch(rows), video_only, DecodeOptions(backend="pyav"))
+    by_id = {out["id"][i]: i for i in range(len(rows))}
+    for clip in ("sa0", "nz1"):
+        i = by_id[clip]
+        assert (out["error_stage"][i], out["error_class"][i]) == ("extract:dinov2", "needs_video")
+        assert "smplx623" in out["error_message"][i]
+    assert out["error_class"][by_id["vid0"]] == "" and out["decoded_frames"][by_id["vid0"]] == 6
+    # with only smplx623 the parameter clips pass undecoded, with the manifest's (probed) frames and fps
+    params_only = json.dumps([{"name": "smplx623", "settings": {"image_size": 64}}], sort_keys=True)
+    out = decode_prepare(_batch(rows), params_only, DecodeOptions(backend="pyav"))
+    i = by_id["nz1"]
+    assert out["error_class"][i] == "" and (out["decoded_frames"][i], out["decoded_fps"][i]) == (10, 30.0)
+    assert all(out[c][i].shape[0] == 0 for c in out if c.startswith("prep_"))
+
+
+def test_the_shipped_smplx_config_parses():
+    from pathlib import Path
+
+    from pipeline.config import load_job_config
+
+    cfg = load_job_config(Path(__file__).resolve().parents[2] / "configs" / "extract_smplx.yaml")
+    assert [s.name for s in cfg.streams] == ["smplx623"] and cfg.streams[0].extractor["settings"]["target_fps"] == 20
