@@ -107,3 +107,13 @@ def test_yaml_config_is_validated_and_flags_override(tmp_path, demo_manifest):
     assert main(["manifest", "curate", str(demo_manifest), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "rc"), "--config", str(cfg)]) == 2
     cfg.write_text("min_frames: ten\n")
     assert main(["manifest", "curate", str(demo_manifest), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "rc"), "--config", str(cfg)]) == 2
+
+
+def test_curation_passes_parameter_rows_through_the_resolution_filter():
+    smplx = dict(source_kind="smplx", width=None, height=None, codec="smplx:signavatars")
+    rows = [_row(0), _row(1, width=100, height=80), _row(2, **smplx),
+            _row(3, **smplx, num_frames=4, duration_s=0.16), _row(4, **smplx, content_hash="h02")]
+    kept, excluded, report = curate(pd.DataFrame(rows), CurateOptions(min_width=160, min_height=120, min_frames=10))
+    assert sorted(kept["id"]) == ["c00", "c02"]
+    assert dict(zip(excluded["id"], excluded["filter"])) == {"c01": "resolution", "c03": "frames", "c04": "duplicate"}
+    assert report["removed"]["resolution"] == 1

@@ -7,12 +7,9 @@ import os
 import pickle
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from manifests.curate import CurateOptions, curate
 from manifests.formats import parse_table
-from manifests.keys import key_from_id
 from manifests.probe import probe_clip
 from motion.synthetic import smooth_random_params
 
@@ -113,22 +110,3 @@ def test_probe_turns_bad_and_malicious_files_into_a_status(tmp_path):
     np.savez(tmp_path / "nothing.npz", colour=np.zeros(3))
     assert probe_clip(_row(tmp_path / "nothing.npz", fps=25.0))["status"] == "bad_params"
     assert probe_clip(_row(tmp_path / "missing.pkl", fps=25.0))["status"] == "missing_file"
-
-
-def _manifest_row(i, **kw):
-    row = dict(id=f"c{i}", dataset="d", split="train", signer="A", text="hello world", source_kind="video", path=f"/x/{i}.mp4",
-               start_s=None, end_s=None, fps=25.0, num_frames=50, width=320, height=240, duration_s=2.0, codec="h264",
-               bytes=1000, content_hash=f"h{i}", status="ok", error=None)
-    row.update(kw)
-    row["key"] = key_from_id(row["id"])
-    return row
-
-
-def test_curation_passes_parameter_rows_through_the_resolution_filter():
-    smplx = dict(source_kind="smplx", width=None, height=None, codec="smplx:signavatars")
-    rows = [_manifest_row(0), _manifest_row(1, width=100, height=80), _manifest_row(2, **smplx),
-            _manifest_row(3, **smplx, num_frames=4, duration_s=0.16), _manifest_row(4, **smplx, content_hash="h2")]
-    kept, excluded, report = curate(pd.DataFrame(rows), CurateOptions(min_width=160, min_height=120, min_frames=10))
-    assert sorted(kept["id"]) == ["c0", "c2"]
-    assert dict(zip(excluded["id"], excluded["filter"])) == {"c1": "resolution", "c3": "frames", "c4": "duplicate"}
-    assert report["removed"]["resolution"] == 1
