@@ -4,8 +4,9 @@ The data flow, in one place:
 
     manifest ─► plan_shards (fixed up front) ─► skip shards whose completion marker exists
         ─► ray.data.from_items(one row per clip, in shard order)
-        ─► map_batches(DecodePrepare)         CPU actors: decode + every stream's resize/crop (uint8)
-        ─► map_batches(ExtractStream) × N     one actor pool per extractor, model loaded once (GPU or CPU)
+        ─► map_batches(decode_prepare)        CPU tasks: decode + every stream's resize/crop (uint8)
+        ─► map_batches(ExtractStream) × N     one actor pool per extractor, model loaded once (GPU or CPU);
+                                              the last stream reading a frames column drops it
         ─► iter_rows() in order               the driver groups rows by shard and commits each shard
            (tar + index part + failures part + marker, see shards/store.py)
         ─► merge parts into index.parquet and failures.parquet, write job.json
@@ -183,13 +184,16 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(decode_prepare, fn_kwargs={"streams_json": streams_json, "decode_options": cfg.decode}, batch_size=1,
                             batch_format="numpy", num_cpus=1, max_retries=cfg.decode_retries)
-    for s in cfg.streams:
+    # each prepared-frame column is dropped by the last stream that reads it
+    last_reader = {geometries[s.name]: i for i, s in enumerate(cfg.streams)}
+    for i, s in enumerate(cfg.streams):
         # Actor pools restart a dead actor and retry its tasks without limit by default (what we want:
         # a killed actor is an infrastructure fault, not the clip's).
-        ds = ds.map_batches(ExtractStream, fn_constructor_kwargs={"extractor": s.extractor, "prep_column": geometries[s.name], "use_gpu": s.num_gpus > 0},
+        done_with = tuple(sorted(col for col, last in last_reader.items() if last == i))
+        ds = ds.map_batches(ExtractStream, fn_constructor_kwargs={"extractor": s.extractor, "prep_column": geometries[s.name], "use_gpu": s.num_gpus > 0,
+                                                                 "drop_columns": done_with},
                             batch_size=cfg.clips_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=s.actors),
                             num_gpus=s.num_gpus, num_cpus=s.num_cpus, resources=s.resources or None, accelerator_type=s.accelerator_type)
-    ds = ds.drop_columns(sorted(set(geometries.values())))
 
     total = sum(len(p.rows) for p in todo)
     order = {p.name: i for i, p in enumerate(todo)}

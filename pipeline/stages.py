@@ -136,11 +136,15 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
 
 
 class ExtractStream:
-    def __init__(self, extractor: dict[str, Any], prep_column: str, use_gpu: bool):
+    def __init__(self, extractor: dict[str, Any], prep_column: str, use_gpu: bool, drop_columns: tuple[str, ...] = ()):
+        """``drop_columns``: prepared-frame columns no later stream reads; dropped from this stream's output so
+        decoded frames do not ride along to the writer (Ray Data holds finished blocks until their turn when
+        order is preserved, and frames are most of a block's bytes)."""
         from extractors import ExtractorConfig, build_extractor
 
         self.extractor = build_extractor(ExtractorConfig.from_dict({**extractor, "device": "cuda" if use_gpu else "cpu"}))
         self.prep_column = prep_column
+        self.drop_columns = tuple(drop_columns)
         self.name = self.extractor.stream
         self.meta = json.dumps(self.extractor.metadata(), sort_keys=True, default=str)
 
@@ -185,6 +189,8 @@ class ExtractStream:
             if timebase is not None:  # a parameters clip: the sample's num_frames / fps are those the features have
                 out["decoded_frames"][i] = int(timebase[0])
                 out["decoded_fps"][i] = float(timebase[1]) if timebase[1] else out["decoded_fps"][i]
+        for col in self.drop_columns:
+            out.pop(col, None)
         out[f"feat_{self.name}"] = feats
         out[f"meta_{self.name}"] = [self.meta] * n
         out[f"node_{self.name}"] = [_node_id()] * n
