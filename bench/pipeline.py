@@ -14,7 +14,7 @@ folders):
             transfers and writing were completely hidden behind compute. Target: job >= 0.85 of it;
   naive     what the papers' scripts do: for each clip decode -> extract -> ``np.save``, one process,
             sequential. Target: job >= 2x it.
-Peak memory is sampled every 0.5 s: PSS summed over the job's whole process tree (driver + Ray's processes;
+Peak memory is sampled every second: PSS summed over the job's whole process tree (driver + Ray's processes;
 a shared page such as one of Ray's object store counts once) and the driver's RSS. Flat memory: the 4x
 run's peak should be close to the 1x run's, not 4x. The marginal rate, (4x clips - 1x clips) / (4x wall -
 1x wall), is the steady throughput with start-up cancelled out.
@@ -88,7 +88,7 @@ def run_job(manifest: Path, out: Path, config: Path) -> dict:
             peak_driver = max(peak_driver, driver.memory_info().rss)
         except psutil.NoSuchProcess:
             pass
-        time.sleep(0.5)
+        time.sleep(1.0)
     wall = time.perf_counter() - t0
     if job.returncode != 0:
         raise SystemExit(f"signfeat extract failed:\n{job.stderr.read()[-3000:]}")
