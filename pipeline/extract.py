@@ -149,6 +149,9 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
         [{"shard": p.name, "key": r["key"], "id": r["id"]} for p in plans for r in p.rows],
         schema=pa.schema([("shard", pa.string()), ("key", pa.string()), ("id", pa.string())])))
 
+    removed = store.remove_temporaries()  # a killed earlier run's half-written files
+    if removed:
+        log.warning("removed %d half-written files of an interrupted earlier run", removed)
     done = store.done_shards()
     todo = [p for p in plans if p.name not in done]
     log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.url)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import uuid
 from typing import Any
 
@@ -28,6 +29,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.errors import SignfeatError
+
+_TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")  # write_bytes' temporary names
 
 
 class Store:
@@ -60,7 +63,7 @@ class Store:
         """Write to a temporary name, then move into place."""
         final = self.path(rel)
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"  # matches _TEMP_NAME
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
         self.fs.move(tmp, final)
@@ -109,6 +112,14 @@ class Store:
         self.write_table(f"_signfeat/parts/{shard}.index.parquet", index)
         self.write_table(f"_signfeat/parts/{shard}.failures.parquet", failures)
         self.write_json(self.marker(shard), summary)  # the commit point
+
+    def remove_temporaries(self) -> int:
+        """Delete the half-written files (``NAME.tmp-XXXXXXXX``) of a run killed mid-write; returns how many.
+        Only safe when no other run writes to this OUT (signfeat never runs two drivers on one OUT)."""
+        stale = [rel for rel in self.list_files("") if _TEMP_NAME.search(rel)]
+        for rel in stale:
+            self.delete(rel)
+        return len(stale)
 
     def clear(self) -> None:
         """Remove everything signfeat wrote under OUT (for --overwrite)."""

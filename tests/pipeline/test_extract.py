@@ -111,8 +111,12 @@ def test_a_lost_shard_is_redone_on_rerun(job):
     store = Store(str(job["out"]))
     done = sorted(store.done_shards())
     store.delete(Store.marker(done[0]))
+    # and a half-written file, as a driver killed inside a write leaves one
+    half_written = job["out"] / f"{done[0]}.tar.tmp-0123abcd"
+    half_written.write_bytes(b"partial")
     before = {r["key"] for r in pq.read_table(job["out"] / "index.parquet").to_pylist()}
     again = run_extract(job["manifest"], str(job["out"]), parse_job_config(CONFIG), progress=False)
+    assert not half_written.exists()
     assert again["shards_skipped_as_complete"] == again["shards"] - 1
     assert {r["key"] for r in pq.read_table(job["out"] / "index.parquet").to_pylist()} == before
     assert verify(str(job["out"]))["ok"]

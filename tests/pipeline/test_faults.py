@@ -143,3 +143,4 @@ def test_a_killed_driver_then_a_rerun_gives_every_key_once(long_manifest, tmp_pa
     assert failures == [] and len(index) == len(planned)
     # no temporary file of the killed run is left where readers look for shards
     assert sorted(p.name for p in out.rglob("*.tar")) == sorted(f"{s.split('/')[-1]}.tar" for s in Store(str(out)).done_shards())
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # half-written files of the killed run are gone
