@@ -189,14 +189,9 @@ class Smplx623Extractor(Extractor):
     def load_path(self, path: str | Path, fps: float | None = None) -> tuple[dict[str, np.ndarray], float | None]:
         """One Input A file or folder -> (params resampled to ``target_fps``, the fps they now have). The file's
         own fps wins over ``fps`` (the manifest's); None when neither says."""
-        from motion.params_io import UnsafePickleError, read_params
+        from motion.params_io import read_clip_params
 
-        try:
-            params, own = read_params(path, self.settings.params_layout)
-        except UnsafePickleError as exc:  # the clip's file, not the job, is at fault: a failures row with a clear class
-            raise ClipError("unsafe_pickle", f"{path}: {exc}") from None
-        except SignfeatError as exc:
-            raise ClipError("bad_params", str(exc)) from None
+        params, own, _ = read_clip_params(path, self.settings.params_layout)  # a bad file: this clip's ClipError
         fps = own or fps
         resampled = self._resample(params, fps)
         return resampled, (float(self.settings.target_fps) if resampled is not params else fps)

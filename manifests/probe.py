@@ -106,20 +106,16 @@ def _params_files(path: Path) -> list[Path]:
 
 def _probe_params(row: dict[str, Any]) -> dict[str, Any]:
     from motion.body_model import num_frames_of
-    from motion.params_io import UnsafePickleError, detect_layout, read_params
-    from pipeline.errors import SignfeatError
+    from motion.params_io import read_clip_params
 
     path = Path(row["path"])
     if not path.exists():
         raise ClipError("missing_file", f"no such SMPL-X parameters file or folder: {path}")
     try:
-        layout = detect_layout(path)
-        params, own_fps = read_params(path, layout)
+        params, own_fps, layout = read_clip_params(path)
         num = num_frames_of(params)
-    except UnsafePickleError as exc:  # names code to run: refused unread, and said so
-        raise ClipError("unsafe_pickle", f"{path}: {exc}") from None
-    except SignfeatError as exc:
-        raise ClipError("bad_params", str(exc)) from None
+    except ClipError:
+        raise
     except Exception as exc:  # a truncated .npz, a dict of the wrong shapes...: the file's problem, like a corrupt video
         raise ClipError("bad_params", f"{path}: {type(exc).__name__}: {exc}") from None
     # the file's own rate wins (it was recorded with the motion); else the annotation's; else no time base

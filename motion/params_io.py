@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import SignfeatError
+from pipeline.errors import ClipError, SignfeatError
 
 CAMERA_TO_Y_UP = np.diag([1.0, -1.0, -1.0]).astype(np.float32)  # OpenCV camera frame -> Y up, facing the camera
 
@@ -242,6 +242,19 @@ def read_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, np.nd
     if not counts and "global_orient" not in params:
         raise SignfeatError(f"{path}: no per-frame pose parameters")
     return params, fps
+
+
+def read_clip_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, np.ndarray], float | None, str]:
+    """``read_params`` for one manifest clip -> (params, fps or None, the layout read). A bad file is that
+    clip's ClipError (``unsafe_pickle``, ``bad_params``), a failures row or a probe status, never the job's."""
+    try:
+        layout = detect_layout(path) if layout == "auto" else layout
+        params, fps = read_params(path, layout)
+    except UnsafePickleError as exc:  # names code to run: refused unread, and said so
+        raise ClipError("unsafe_pickle", f"{path}: {exc}") from None
+    except SignfeatError as exc:
+        raise ClipError("bad_params", str(exc)) from None
+    return params, fps, layout
 
 
 def is_params_path(path: str | Path) -> bool:

@@ -194,14 +194,8 @@ def _features(args) -> int:
     from motion.params_io import is_params_path
 
     if args.extractor == "smplx623" and is_params_path(args.video):  # SMPL-X parameters (a file or a folder of per-frame files)
-        from motion.body_model import num_frames_of
-        from motion.params_io import read_params
-
         extractor = build_extractor(config)
-        params, own_fps = read_params(args.video, extractor.settings.params_layout)
-        fps = own_fps or args.fps
-        array = extractor.extract_params([params], [fps])[0]
-        frames = num_frames_of(params)
+        array, frames, fps = extractor.extract_files([str(args.video)], [args.fps])[0]  # frames/fps the rows align to
     else:
         clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
         decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend))

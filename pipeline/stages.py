@@ -81,8 +81,7 @@ def _pass_params(row: dict[str, Any], streams_json: str) -> tuple[int, float]:
     if video_only:
         raise ClipError("needs_video", f"{row['path']} holds SMPL-X parameters (source_kind={PARAMS_KIND}), and stream(s) "
                                        f"{', '.join(video_only)} need video frames; extract parameter clips in a job whose streams read them (smplx623)")
-    fps = row.get("fps")
-    return int(row.get("num_frames") or 0), (0.0 if fps is None or fps != fps else float(fps))
+    return int(row.get("num_frames") or 0), _fps(row.get("fps")) or 0.0
 
 
 def _maybe_crash_for_tests(path: str) -> None:
