@@ -268,7 +268,9 @@ def list_frame_files(folder: str) -> list[Path]:
         raise ClipError("missing_file", f"no such frame folder: {folder}")
     if not p.is_dir():
         raise ClipError("not_a_folder", f"expected a folder of frame images, found a file: {folder}")
-    files = [f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
+    # Hidden files are not frames: macOS leaves "._0001.png" AppleDouble files (resource forks, not images)
+    # next to every image it copies to a non-Mac disk, and one of them would make the whole clip "corrupt".
+    files = [f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") and f.is_file()]
     if not files:
         raise ClipError("empty_folder", f"no frame images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     return sorted(files, key=lambda f: _natural_key(f.name))
