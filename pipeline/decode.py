@@ -281,6 +281,11 @@ def _load_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
+            if img.mode.startswith("I"):
+                # 16-bit greyscale (PNG "I;16", or "I"): PIL's convert("RGB") clips every value above 255 to
+                # white instead of scaling; scale 0..65535 to 0..255, rounded (FFmpeg's gray16 -> rgb24 is within 1).
+                grey = ((np.clip(np.asarray(img, dtype=np.int64), 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
             return np.asarray(img.convert("RGB"))
     except Exception as exc:
         raise ClipError("corrupt", f"cannot decode frame image {path}: {exc}") from None

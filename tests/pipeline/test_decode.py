@@ -185,3 +185,23 @@ def test_options_are_validated():
         DecodeOptions(backend="opencv")
     with pytest.raises(ValueError):
         DecodeOptions(target_fps=0)
+
+
+def test_frame_folder_16bit_grey_png_is_scaled_not_clipped(tmp_path):
+    # PIL's convert("RGB") clips 16-bit values to 255 (a white clip); the frames must keep their content.
+    rng = np.random.default_rng(0)
+    grey8 = rng.integers(0, 256, (3, 48, 64), dtype=np.uint8)
+    for i, g in enumerate(grey8):
+        Image.fromarray(g.astype(np.uint16) * 257).save(tmp_path / f"{i}.png")  # 16-bit PNG, mode I;16
+    assert Image.open(tmp_path / "0.png").mode.startswith("I")
+    clip = decode_clip({"source_kind": "frames", "path": str(tmp_path)})
+    assert np.array_equal(clip.frames, np.repeat(grey8[..., None], 3, axis=3))
+
+
+def test_frame_folder_skips_hidden_files(tmp_path):
+    # macOS writes "._NAME" AppleDouble files (not images) beside every file it copies to a foreign disk
+    for i in range(3):
+        Image.fromarray(index_frame(i)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"._{i}.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    clip = decode_clip({"source_kind": "frames", "path": str(tmp_path)})
+    assert [frame_index(f) for f in clip.frames] == [0, 1, 2]
