@@ -111,6 +111,9 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
     for i in range(n):
         t0 = time.perf_counter()
         row = {k: _py(v[i]) for k, v in batch.items()}
+        # the job's rows carry a missing start/end as NaN (pipeline/extract.py); decode_clip wants None, as the
+        # probe saw it: a range with only an end ("from the start") must not fail here as bad_range
+        row["start_s"], row["end_s"] = (_seconds(row.get(k)) for k in ("start_s", "end_s"))
         try:
             _maybe_crash_for_tests(str(row["path"]))
             if row["source_kind"] == PARAMS_KIND:
@@ -213,6 +216,12 @@ def _fps(value: Any) -> float | None:
     """A row's fps (NaN stands for none in Ray rows) -> float or None."""
     value = _py(value)
     return None if value is None or value != value or not value > 0 else float(value)
+
+
+def _seconds(value: Any) -> float | None:
+    """A row's start_s / end_s (NaN stands for none in Ray rows) -> float or None."""
+    value = _py(value)
+    return None if value is None or value != value else float(value)
 
 
 def _py(value: Any) -> Any:

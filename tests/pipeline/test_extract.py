@@ -146,3 +146,24 @@ def test_where_actors_run_does_not_change_the_output_hash():
     assert placed.streams[0].resources == {"sf_extract": 1.0} and placed.streams[0].accelerator_type == "L40S"
     assert placed.output_hash() == base.output_hash()
     assert parse_job_config({"extractors": [{"name": "clip_s2", "settings": {"scales": [224]}}]}).output_hash() != base.output_hash()
+
+
+def test_decode_stage_reads_a_range_with_only_an_end_from_the_start(tmp_path):
+    """The job's rows carry a missing start as NaN (extract._ray_rows); the decode stage must read it as the
+    probe did (from the start), not fail the clip as bad_range after the manifest said ok."""
+    import json
+
+    from pipeline.decode import DecodeOptions
+    from pipeline.extract import _ray_rows
+    from pipeline.plan import ShardPlan
+    from pipeline.stages import decode_prepare
+    from tests.helpers import frame_index, index_frame, write_video
+
+    path = write_video(tmp_path / "v.mp4", np.stack([index_frame(i) for i in range(10)]))
+    clip = {"id": "a", "key": "a", "dataset": "d", "split": "train", "signer": None, "text": "t", "source_kind": "range",
+            "path": str(path), "start_s": None, "end_s": 0.2, "fps": None, "num_frames": 5}
+    rows = _ray_rows([ShardPlan(name="s", split="train", rows=[clip])])
+    batch = {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+    out = decode_prepare(batch, json.dumps([{"name": "dinov2", "tiny": True}]), DecodeOptions(backend="pyav"))
+    assert out["error_class"][0] == "", out["error_message"][0]
+    assert out["decoded_frames"][0] == 5
