@@ -205,3 +205,11 @@ def test_frame_folder_skips_hidden_files(tmp_path):
         (tmp_path / f"._{i}.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
     clip = decode_clip({"source_kind": "frames", "path": str(tmp_path)})
     assert [frame_index(f) for f in clip.frames] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("height,width", [(48, 16), (16, 48), (200, 2)])
+def test_small_and_thin_frames_decode_with_every_backend(tmp_path, height, width):
+    # decord 0.6.0 fails on these sizes (DECORDArrayCopyFromTo); the clip is not corrupt
+    frames = np.stack([index_frame(i, height=height, width=width) for i in range(5)])
+    path = write_video(tmp_path / "small.mp4", frames, pix_fmt="yuv444p")
+    _assert_same(_decode_all({"source_kind": "video", "path": str(path)}))
