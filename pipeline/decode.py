@@ -105,7 +105,10 @@ def read_timeline(path: str) -> VideoTimeline:
         pts: list[int] = []
         try:
             for packet in container.demux(stream):
-                if packet.pts is not None and packet.size > 0:
+                # A discard-flagged packet is pre-roll before an edit list's start (a clip cut with
+                # "ffmpeg -ss T -c copy" keeps the frames back to the previous keyframe): decoders drop it,
+                # so it is no frame of the video and must not shift every index after it.
+                if packet.pts is not None and packet.size > 0 and not packet.is_discard:
                     pts.append(packet.pts)
         except Exception as exc:
             raise ClipError("corrupt", f"cannot read the packets of {path}: {exc}") from None

@@ -227,3 +227,16 @@ def test_pyav_converts_to_rgb_as_ffmpeg_does(tmp_path, name, codec, pix_fmt, hei
     for backend in ("pyav", "torchcodec"):
         got = decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions(backend=backend)).frames
         assert np.array_equal(got, reference), f"{backend}: max difference {np.abs(got.astype(int) - reference).max()}"
+
+
+def test_stream_copied_cut_with_edit_list_skips_the_pre_roll(tmp_path):
+    # "ffmpeg -ss T -c copy" keeps the packets back to the previous keyframe, flagged discard behind an edit
+    # list; decoders drop them. Counting them shifted every frame (decord returned wrong frames, the others
+    # failed the clip as corrupt).
+    src = write_video(tmp_path / "src.mp4", np.stack([index_frame(i) for i in range(20)]))
+    cut = tmp_path / "cut.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-ss", "0.2", "-i", str(src), "-c", "copy", str(cut)], check=True)
+    results = _decode_all({"source_kind": "video", "path": str(cut)})
+    _assert_same(results)
+    assert [frame_index(f) for f in results["decord"].frames] == list(range(5, 20))
+    assert read_timeline(str(cut)).times_s[0] == pytest.approx(0.0)
