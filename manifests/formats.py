@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -256,6 +257,11 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
             start, end, fps = _float(rec.get("start")), _float(rec.get("end")), _float(rec.get("fps"))
         except (TypeError, ValueError) as exc:
             yield _bad_row(annotation, line_no, f"bad start/end/fps: {exc}", clip_id=clip_id, dataset=default_dataset, path=str(path))
+            continue
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            # "nan", "inf", 0 or a negative rate would become a frame folder's time base (negative or NaN
+            # durations and fps in the manifest and the shards), so the row is unusable as written
+            yield _bad_row(annotation, line_no, f"fps must be a positive number, got {rec.get('fps')!r}", clip_id=clip_id, dataset=default_dataset, path=str(path))
             continue
         try:
             kind = _table_kind(_text(rec.get("source_kind")), path, start, end)

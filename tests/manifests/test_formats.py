@@ -98,3 +98,14 @@ def test_table_without_required_columns_is_a_clear_error(tmp_path):
     ann.write_text("name,file\nx,y\n")
     with pytest.raises(SignfeatError, match="missing"):
         list(parse_table(ann, root=tmp_path))
+
+
+def test_table_fps_must_be_a_positive_number(tmp_path):
+    (tmp_path / "frames").mkdir()
+    ann = tmp_path / "a.csv"
+    ann.write_text("id,path,text,fps\nneg,frames,t,-5\nzero,frames,t,0\nnan,frames,t,nan\ninf,frames,t,inf\nok,frames,t,12.5\nnone,frames,t,\n")
+    by_id = {r["id"]: r for r in parse_table(ann, root=tmp_path)}
+    for clip in ("neg", "zero", "nan", "inf"):
+        assert by_id[clip]["status"] == "bad_annotation" and "fps must be a positive number" in by_id[clip]["error"], clip
+    assert by_id["ok"]["status"] is None and by_id["ok"]["fps"] == 12.5
+    assert by_id["none"]["status"] is None and by_id["none"]["fps"] is None
