@@ -38,7 +38,9 @@ def plan_shards(manifest_rows: list[dict[str, Any]], shards: ShardConfig) -> lis
     by_split: dict[str, list[dict[str, Any]]] = {}
     for r in ok:
         split = r["split"] or NO_SPLIT
-        if "/" in split or split.startswith("_"):
+        # ".." would put shards outside OUT and "." (or any hidden name) beside its own files, where verify
+        # and readers do not look: a split must name a plain sub-folder
+        if "/" in split or split.startswith(("_", ".")):
             raise SignfeatError(f"split name {split!r} of clip {r['id']!r} cannot be a folder name")
         by_split.setdefault(split, []).append(r)
     plans: list[ShardPlan] = []

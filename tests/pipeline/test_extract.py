@@ -167,3 +167,15 @@ def test_decode_stage_reads_a_range_with_only_an_end_from_the_start(tmp_path):
     out = decode_prepare(batch, json.dumps([{"name": "dinov2", "tiny": True}]), DecodeOptions(backend="pyav"))
     assert out["error_class"][0] == "", out["error_message"][0]
     assert out["decoded_frames"][0] == 5
+
+
+@pytest.mark.parametrize("split", ["..", ".", ".hidden", "a/b", "_signfeat"])
+def test_a_split_that_is_not_a_plain_folder_name_is_refused(split):
+    """A split comes from the annotation as written; ".." would write shards outside OUT."""
+    from pipeline.config import ShardConfig
+    from pipeline.plan import plan_shards
+
+    row = {"id": "a", "key": "a", "split": split, "status": "ok", "num_frames": 3}
+    with pytest.raises(SignfeatError, match="cannot be a folder name"):
+        plan_shards([row], ShardConfig())
+    assert [p.name for p in plan_shards([{**row, "split": "train"}], ShardConfig(prefix="x"))] == ["train/x-000000"]
