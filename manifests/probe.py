@@ -41,11 +41,12 @@ def _probe_video(row: dict[str, Any], hashes: dict[str, str]) -> dict[str, Any]:
     timeline = read_timeline(path)
     if row["source_kind"] == "range":
         idx = select_range(timeline.times_s, row.get("start_s"), row.get("end_s"), timeline.duration_s, path)
-        # duration of the frames the clip holds: first shown .. last one's end
-        duration = float(timeline.times_s[idx[-1]] - timeline.times_s[idx[0]] + timeline.frame_duration_s)
-        num = int(len(idx))
     else:
-        duration, num = timeline.duration_s, len(timeline.times_s)
+        idx = np.arange(len(timeline.times_s))
+    # duration of the frames the clip holds: first shown .. last one's end (a video's first frame may be
+    # shown after the file's start, when its audio starts first)
+    duration = float(timeline.times_s[idx[-1]] - timeline.times_s[idx[0]] + timeline.frame_duration_s)
+    num = int(len(idx))
     if path not in hashes:
         hashes[path] = file_hash(path).hexdigest()
     digest = hashes[path]

@@ -62,7 +62,7 @@ class DecodedClip:
 class VideoTimeline:
     """What demuxing a video tells without decoding it: one timestamp per frame, in presentation order."""
 
-    times_s: np.ndarray  # float64 [N], seconds since the stream's start, sorted
+    times_s: np.ndarray  # float64 [N], seconds since the file's start (container start_time), sorted
     width: int  # as displayed (rotation applied)
     height: int
     rotation: int  # degrees counter-clockwise, as FFmpeg's display matrix reports it
@@ -115,8 +115,14 @@ def read_timeline(path: str) -> VideoTimeline:
         if not pts:
             raise ClipError("no_frames", f"{path} has a video stream with no frames")
         pts_arr = np.sort(np.asarray(pts, dtype=np.int64))
-        origin = stream.start_time if stream.start_time is not None else int(pts_arr[0])
-        times = (pts_arr - origin) * tb
+        # Times count from the file's start (the container's start_time), as players and "ffmpeg -ss" count
+        # them and as range annotations are written: a video stream that starts 0.4 s after the audio has
+        # its first frame at 0.4 s. (Counting from the video stream's own start shifted every range by that.)
+        if container.start_time is not None:
+            times = pts_arr * tb - container.start_time / 1_000_000  # AV_TIME_BASE: microseconds
+        else:
+            origin = stream.start_time if stream.start_time is not None else int(pts_arr[0])
+            times = (pts_arr - origin) * tb
         gaps = np.diff(times)
         if len(gaps) and np.median(gaps) > 0:
             frame_dur = float(np.median(gaps))

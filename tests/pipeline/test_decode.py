@@ -240,3 +240,18 @@ def test_stream_copied_cut_with_edit_list_skips_the_pre_roll(tmp_path):
     _assert_same(results)
     assert [frame_index(f) for f in results["decord"].frames] == list(range(5, 20))
     assert read_timeline(str(cut)).times_s[0] == pytest.approx(0.0)
+
+
+def test_range_times_count_from_the_file_start_when_the_video_starts_late(tmp_path):
+    # Audio from 0 s, video from 0.4 s: a range is in the file's time (players, "ffmpeg -ss", annotations),
+    # so [0.8, 1.0) holds video frames 10..14 (shown at 0.8..0.96 s), not frames 20..24.
+    src = write_video(tmp_path / "src.mp4", np.stack([index_frame(i) for i in range(25)]))
+    late = tmp_path / "late.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-itsoffset", "0.4", "-i", str(src), "-f", "lavfi", "-i", "sine=d=1.4",
+                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", str(late)], check=True)
+    results = _decode_all({"source_kind": "range", "path": str(late), "start_s": 0.8, "end_s": 1.0})
+    _assert_same(results)
+    assert [frame_index(f) for f in results["decord"].frames] == [10, 11, 12, 13, 14]
+    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-ss", "0.8", "-i", str(late), "-t", "0.2", "-map", "0:v", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True).stdout
+    assert [frame_index(f) for f in np.frombuffer(raw, np.uint8).reshape(-1, 48, 64, 3)] == [10, 11, 12, 13, 14]
