@@ -26,6 +26,7 @@ from pipeline.errors import ClipError
 
 PROBED = ["fps", "num_frames", "width", "height", "duration_s", "codec", "bytes", "content_hash", "status", "error"]
 _HASH_CHUNK = 1 << 20
+EXIF_ORIENTATION = 0x0112
 
 
 def file_hash(path: str | Path, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
@@ -77,6 +78,8 @@ def _probe_frames(row: dict[str, Any], default_fps: float) -> dict[str, Any]:
         try:
             with Image.open(f) as img:  # reads the header only
                 img_size, fmt = img.size, (img.format or f.suffix.lstrip(".")).lower()
+                if img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):  # shown turned by 90 degrees (decode applies it)
+                    img_size = img_size[::-1]
         except Exception as exc:
             raise ClipError("corrupt", f"cannot read frame image {f}: {exc}") from None
         if size is None:

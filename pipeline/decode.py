@@ -320,10 +320,13 @@ def list_frame_files(folder: str) -> list[Path]:
 
 
 def _load_image(path: Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
+            # A phone's photo keeps its pixels as the sensor saw them plus an EXIF Orientation tag, as a phone
+            # video keeps a display matrix; frames are returned as displayed, like rotated videos.
+            ImageOps.exif_transpose(img, in_place=True)
             if img.mode.startswith("I"):
                 # 16-bit greyscale (PNG "I;16", or "I"): PIL's convert("RGB") clips every value above 255 to
                 # white instead of scaling; scale 0..65535 to 0..255, rounded (FFmpeg's gray16 -> rgb24 is within 1).

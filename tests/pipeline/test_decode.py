@@ -255,3 +255,20 @@ def test_range_times_count_from_the_file_start_when_the_video_starts_late(tmp_pa
     raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-ss", "0.8", "-i", str(late), "-t", "0.2", "-map", "0:v", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                          check=True, capture_output=True).stdout
     assert [frame_index(f) for f in np.frombuffer(raw, np.uint8).reshape(-1, 48, 64, 3)] == [10, 11, 12, 13, 14]
+
+
+def test_frame_folder_jpeg_exif_orientation_is_applied(tmp_path):
+    # phone photos: pixels as captured + EXIF Orientation 6 ("turn 90 degrees clockwise to display")
+    from manifests.probe import probe_clip
+
+    for i in range(3):
+        img = Image.fromarray(index_frame(i))
+        exif = img.getexif()
+        exif[0x0112] = 6
+        img.save(tmp_path / f"{i}.jpg", quality=95, exif=exif)
+    clip = decode_clip({"source_kind": "frames", "path": str(tmp_path)})
+    assert clip.frames.shape == (3, 64, 48, 3)
+    for i, frame in enumerate(clip.frames):
+        assert psnr(frame, np.rot90(index_frame(i), k=-1)) > 30
+    probed = probe_clip({"source_kind": "frames", "path": str(tmp_path), "fps": None})
+    assert probed["status"] == "ok" and (probed["width"], probed["height"]) == (48, 64)
