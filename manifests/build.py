@@ -31,7 +31,10 @@ def parse_annotations(annotations: list[Path], fmt: str, root: Path, dataset: st
         kind = formats.sniff_format(annotation) if fmt == "auto" else fmt
         if kind == "how2sign" and video_index is None:
             video_index = formats.index_videos(root)
-        rows.extend(formats.PARSERS[kind](annotation, root, dataset=dataset, video_index=video_index))
+        try:
+            rows.extend(formats.PARSERS[kind](annotation, root, dataset=dataset, video_index=video_index))
+        except UnicodeDecodeError as exc:  # e.g. a table saved as Latin-1 / Windows-1252 by a spreadsheet
+            raise SignfeatError(f"{annotation} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8") from None
     return rows
 
 

@@ -109,3 +109,12 @@ def test_table_fps_must_be_a_positive_number(tmp_path):
         assert by_id[clip]["status"] == "bad_annotation" and "fps must be a positive number" in by_id[clip]["error"], clip
     assert by_id["ok"]["status"] is None and by_id["ok"]["fps"] == 12.5
     assert by_id["none"]["status"] is None and by_id["none"]["fps"] is None
+
+
+def test_an_annotation_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    from manifests.build import parse_annotations
+
+    ann = tmp_path / "latin1.csv"
+    ann.write_bytes("id,path,text\nx,a.mp4,Grüße\n".encode("latin-1"))
+    with pytest.raises(SignfeatError, match="latin1.csv is not UTF-8 text"):
+        parse_annotations([ann], "auto", tmp_path)
