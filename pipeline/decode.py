@@ -316,7 +316,9 @@ def list_frame_files(folder: str) -> list[Path]:
     files = [f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") and f.is_file()]
     if not files:
         raise ClipError("empty_folder", f"no frame images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
-    return sorted(files, key=lambda f: _natural_key(f.name))
+    # the name breaks ties ("01.png" and "1.png" have one natural key), else the order, and so the clip and
+    # its content hash, would follow the file system's listing order
+    return sorted(files, key=lambda f: (_natural_key(f.name), f.name))
 
 
 def _load_image(path: Path) -> np.ndarray:

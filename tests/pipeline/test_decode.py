@@ -272,3 +272,17 @@ def test_frame_folder_jpeg_exif_orientation_is_applied(tmp_path):
         assert psnr(frame, np.rot90(index_frame(i), k=-1)) > 30
     probed = probe_clip({"source_kind": "frames", "path": str(tmp_path), "fps": None})
     assert probed["status"] == "ok" and (probed["width"], probed["height"]) == (48, 64)
+
+
+def test_frame_order_does_not_depend_on_the_listing_order(tmp_path, monkeypatch):
+    from pipeline.decode import list_frame_files
+
+    for name in ["1.png", "01.png", "001.jpg", "2.png"]:
+        Image.fromarray(index_frame(0)).save(tmp_path / name)
+    first = [f.name for f in list_frame_files(str(tmp_path))]
+    listing = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: reversed(sorted(listing(self))))
+    again = [f.name for f in list_frame_files(str(tmp_path))]
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter(sorted(listing(self))))
+    assert first == again == [f.name for f in list_frame_files(str(tmp_path))]
+    assert first[-1] == "2.png"
