@@ -244,6 +244,9 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
     default_dataset = dataset or annotation.stem
     for line_no, rec in _table_records(annotation):
         clip_id = _text(rec.get("id"))
+        nested = [c for c in TABLE_REQUIRED + TABLE_OPTIONAL if isinstance(rec.get(c), (list, dict))]  # other keys are not read
+        if nested and "__error__" not in rec:  # a JSON line's list/object would become its Python repr as text or path
+            rec = {"__error__": f"{', '.join(map(str, nested))}: expected a string or number, got a JSON list/object"}
         if "__error__" in rec or clip_id is None:
             yield _bad_row(annotation, line_no, rec.get("__error__", "no id"), clip_id=clip_id, dataset=default_dataset)
             continue

@@ -118,3 +118,12 @@ def test_an_annotation_that_is_not_utf8_is_a_one_line_error(tmp_path):
     ann.write_bytes("id,path,text\nx,a.mp4,Grüße\n".encode("latin-1"))
     with pytest.raises(SignfeatError, match="latin1.csv is not UTF-8 text"):
         parse_annotations([ann], "auto", tmp_path)
+
+
+def test_jsonl_list_or_object_values_are_bad_annotations(tmp_path):
+    ann = tmp_path / "a.jsonl"
+    ann.write_text('{"id": "l", "path": "a.mp4", "text": ["hello"]}\n{"id": "o", "path": {"p": 1}, "text": "t"}\n{"id": 7, "path": "a.mp4", "text": "ok", "keypoints": [[1, 2]]}\n')
+    by_id = {r["id"]: r for r in parse_table(ann, root=tmp_path)}
+    assert by_id["l"]["status"] == "bad_annotation" and "text" in by_id["l"]["error"]
+    assert by_id["o"]["status"] == "bad_annotation" and "path" in by_id["o"]["error"]
+    assert by_id["7"]["status"] is None and by_id["7"]["text"] == "ok"
