@@ -68,6 +68,7 @@ class VideoTimeline:
     rotation: int  # degrees counter-clockwise, as FFmpeg's display matrix reports it
     codec: str
     frame_duration_s: float  # median gap between frames, the length of the last frame
+    container: str = ""  # FFmpeg's demuxer name ("mov,mp4,m4a,3gp,3g2,mj2", "mpegts", "gif", ...)
 
     @property
     def duration_s(self) -> float:
@@ -134,7 +135,7 @@ def read_timeline(path: str) -> VideoTimeline:
         width, height = int(ctx.width), int(ctx.height)
         if rotation % 180 != 0:
             width, height = height, width
-        return VideoTimeline(times, width, height, rotation, stream.codec_context.name, frame_dur)
+        return VideoTimeline(times, width, height, rotation, stream.codec_context.name, frame_dur, container.format.name)
     finally:
         container.close()
 
@@ -215,33 +216,33 @@ def _check_limits(count: int, height: int, width: int, options: DecodeOptions, w
 # ----------------------------------------------------------------------------------------------- backends
 
 
-def _decode_decord(path: str, indices: np.ndarray, rotation: int = 0) -> np.ndarray:
+def _decode_decord(path: str, indices: np.ndarray, rotation: int = 0, container: str = "") -> np.ndarray:
     import decord
 
-    if rotation:
+    if rotation or container == "mpegts":
         # decord 0.6.0 applies the display rotation but mis-sizes its buffer for some frame sizes
         # (64x48 at 90 degrees, 48x64 at 180: "DECORDArrayCopyFromTo: The size must exactly match"),
-        # so rotated videos decode through PyAV, whose frames the tests show are identical.
+        # so rotated videos decode through PyAV, whose frames the tests show are identical. In MPEG-TS (no
+        # index to seek by) it returns wrong frames without an error (12..19, then 19 repeated, for 20 frames).
         return _decode_pyav(path, indices)
-    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         return reader.get_batch(indices.tolist()).asnumpy()
-    except decord.DECORDError as exc:
-        # The same decord bug hits unrotated small or thin frames (16x48, 48x16, 2x200: its buffer is padded
-        # to an aligned width); the file is fine, so it decodes through PyAV rather than failing as "corrupt".
-        if "DECORDArrayCopyFromTo" not in str(exc):
-            raise
+    except decord.DECORDError:
+        # decord also fails on files FFmpeg decodes: the same buffer bug on unrotated small or thin frames
+        # (16x48, 48x16, 2x200), GIFs ("Failed to measure duration/frame-count"), ...; a file that is really
+        # broken fails in PyAV too, so it still ends as "corrupt", with PyAV's message.
         return _decode_pyav(path, indices)
 
 
-def _decode_torchcodec(path: str, indices: np.ndarray, rotation: int = 0) -> np.ndarray:
+def _decode_torchcodec(path: str, indices: np.ndarray, rotation: int = 0, container: str = "") -> np.ndarray:
     from torchcodec.decoders import VideoDecoder
 
     decoder = VideoDecoder(path, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=1)
     return decoder.get_frames_at(indices.tolist()).data.numpy()
 
 
-def _decode_pyav(path: str, indices: np.ndarray, rotation: int = 0) -> np.ndarray:
+def _decode_pyav(path: str, indices: np.ndarray, rotation: int = 0, container: str = "") -> np.ndarray:
     """Decode in presentation order, converting to RGB only the frames asked for."""
     import av
 
@@ -373,7 +374,7 @@ def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(
     indices = in_range[pos]
     _check_limits(len(indices), timeline.height, timeline.width, options, path)
     try:
-        frames = _DECODERS[options.backend](path, indices, timeline.rotation)
+        frames = _DECODERS[options.backend](path, indices, timeline.rotation, timeline.container)
     except ClipError:
         raise
     except Exception as exc:

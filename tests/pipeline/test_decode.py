@@ -286,3 +286,18 @@ def test_frame_order_does_not_depend_on_the_listing_order(tmp_path, monkeypatch)
     monkeypatch.setattr(Path, "iterdir", lambda self: iter(sorted(listing(self))))
     assert first == again == [f.name for f in list_frame_files(str(tmp_path))]
     assert first[-1] == "2.png"
+
+
+def test_decord_backend_reads_mpegts_and_gif_right(tmp_path):
+    # decord returned wrong frames from an MPEG-TS without an error (12..19, then 19 repeated) and failed
+    # on a GIF ("Failed to measure duration/frame-count"); both decode through PyAV. (torchcodec 0.17 fails
+    # on this TS: "Requested next frame while there are no more frames left to decode".)
+    frames = np.stack([index_frame(i) for i in range(20)])
+    ts = write_video(tmp_path / "broadcast.ts", frames, codec="mpeg2video")
+    gif = tmp_path / "sign.gif"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(write_video(tmp_path / "src.mp4", frames[:8])), str(gif)], check=True)
+    for path, count in [(ts, 20), (gif, 8)]:
+        clip = {"source_kind": "video", "path": str(path)}
+        got = decode_clip(clip, DecodeOptions(backend="decord")).frames
+        assert np.array_equal(got, decode_clip(clip, DecodeOptions(backend="pyav")).frames), path.name
+        assert [frame_index(f) for f in got] == list(range(count)), path.name
