@@ -94,6 +94,9 @@ def _open_container(path: str):
     if not container.streams.video:
         container.close()
         raise ClipError("no_video_stream", f"{path} has no video stream")
+    if all(s.disposition & av.stream.Disposition.attached_pic for s in container.streams.video):
+        container.close()  # an audio file's cover art is a one-picture "video stream" with no frames
+        raise ClipError("no_video_stream", f"{path} has no video stream, only a cover picture")
     return container
 
 
@@ -104,8 +107,10 @@ def read_timeline(path: str) -> VideoTimeline:
         stream = container.streams.video[0]
         tb = float(stream.time_base)
         pts: list[int] = []
+        untimed = 0
         try:
             for packet in container.demux(stream):
+                untimed += packet.pts is None and packet.size > 0
                 # A discard-flagged packet is pre-roll before an edit list's start (a clip cut with
                 # "ffmpeg -ss T -c copy" keeps the frames back to the previous keyframe): decoders drop it,
                 # so it is no frame of the video and must not shift every index after it.
@@ -113,6 +118,9 @@ def read_timeline(path: str) -> VideoTimeline:
                     pts.append(packet.pts)
         except Exception as exc:
             raise ClipError("corrupt", f"cannot read the packets of {path}: {exc}") from None
+        if not pts and untimed:
+            raise ClipError("no_frames", f"{path}: none of its {untimed} video packets has a timestamp (a raw stream such as .h264?); "
+                                         f"put it in a container first: ffmpeg -i IN -c copy OUT.mp4")
         if not pts:
             raise ClipError("no_frames", f"{path} has a video stream with no frames")
         pts_arr = np.sort(np.asarray(pts, dtype=np.int64))

@@ -301,3 +301,18 @@ def test_decord_backend_reads_mpegts_and_gif_right(tmp_path):
         got = decode_clip(clip, DecodeOptions(backend="decord")).frames
         assert np.array_equal(got, decode_clip(clip, DecodeOptions(backend="pyav")).frames), path.name
         assert [frame_index(f) for f in got] == list(range(count)), path.name
+
+
+def test_audio_with_cover_art_and_raw_h264_say_what_they_are(tmp_path):
+    cover, audio, raw = tmp_path / "cover.png", tmp_path / "song.mp4", tmp_path / "clip.h264"
+    Image.fromarray(index_frame(0)).save(cover)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=d=0.5", "-i", str(cover), "-map", "0", "-map", "1",
+                    "-c:a", "aac", "-c:v", "png", "-disposition:v", "attached_pic", str(audio)], check=True)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(write_video(tmp_path / "v.mp4", np.stack([index_frame(i) for i in range(5)]))),
+                    "-c", "copy", "-f", "h264", str(raw)], check=True)
+    with pytest.raises(ClipError, match="only a cover picture") as err:
+        read_timeline(str(audio))
+    assert err.value.kind == "no_video_stream"
+    with pytest.raises(ClipError, match="none of its .* video packets has a timestamp") as err:
+        read_timeline(str(raw))
+    assert err.value.kind == "no_frames"
