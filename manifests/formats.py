@@ -138,8 +138,11 @@ def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_:
 def index_videos(root: Path) -> dict[str, str]:
     """Stem -> path of every video under root (one walk, shared by all annotation files of a build)."""
     found: dict[str, str] = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
+    # Walked in sorted order: of two videos with one stem (a/x.mp4, b/x.mkv) the first in that order wins,
+    # not the first in the file system's listing order, which differs between machines.
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
             stem, ext = os.path.splitext(name)
             if ext.lower() in VIDEO_EXTENSIONS:
                 found.setdefault(stem, os.path.join(dirpath, name))

@@ -127,3 +127,25 @@ def test_jsonl_list_or_object_values_are_bad_annotations(tmp_path):
     assert by_id["l"]["status"] == "bad_annotation" and "text" in by_id["l"]["error"]
     assert by_id["o"]["status"] == "bad_annotation" and "path" in by_id["o"]["error"]
     assert by_id["7"]["status"] is None and by_id["7"]["text"] == "ok"
+
+
+def test_how2sign_video_index_does_not_depend_on_the_listing_order(tmp_path, monkeypatch):
+    import os
+
+    from manifests import formats
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "x.mp4").write_bytes(b"")
+    (tmp_path / "a" / "x.mkv").write_bytes(b"")
+    walk = os.walk
+
+    def reversed_walk(root):
+        for dirpath, dirs, files in walk(root):
+            dirs.reverse()
+            files.reverse()
+            yield dirpath, dirs, files
+
+    first = formats.index_videos(tmp_path)
+    monkeypatch.setattr(formats.os, "walk", reversed_walk)
+    assert formats.index_videos(tmp_path) == first == {"x": str(tmp_path / "a" / "x.mkv")}
