@@ -1,6 +1,8 @@
 """``signfeat verify OUT``: check every shard against the job's config, index and plan; list every problem.
 
-Checks: every planned shard complete and readable; each sample has its JSON and one ``.npy`` per stream;
+Checks: the job's own files readable; every planned shard complete and readable, no other ``.tar`` and no
+half-written temporary file under OUT; each sample has its JSON (an object, whose id, split and num_frames
+agree with index.parquet) and one ``.npy`` per stream, and no other member;
 dtype and width per stream as the sample's own stream metadata says; rows per stream by its extractor's
 rule (T = num_frames per frame, VideoMAE's window count, smplx623's T-1); all values finite; keys unique
 across shards; counts, bytes and checksums equal index.parquet; every planned clip in exactly one of index / failures.
@@ -13,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import SignfeatError
 from shards.reader import group_samples, iter_members
 from shards.sample import load_npy, sample_checksum
-from shards.store import Store
+from shards.store import _TEMP_NAME, Store
 
 
 def expected_length(stream: str, num_frames: int, meta: dict[str, Any]) -> int | None:
@@ -33,6 +36,46 @@ def _extractor_class(name: str):
     return REGISTRY.get(name)
 
 
+_COLUMNS = {"_signfeat/plan.parquet": ["shard", "key"], "index.parquet": ["shard", "key", "id", "split", "num_frames", "bytes", "checksum"],
+            "failures.parquet": ["key", "split"]}
+
+
+def _load(store: Store, out: str, name: str, columns: list[str] = ()) -> Any:
+    """One of the job's own files (JSON or Parquet), or a SignfeatError saying which file is missing or damaged:
+    a user handed a damaged output gets a line naming the file, not a pyarrow / json traceback."""
+    if not store.exists(name):
+        raise SignfeatError(f"{out}: missing {name} (not a finished signfeat extract output?)")
+    try:
+        if name.endswith(".json"):
+            obj = store.read_json(name)
+            if not isinstance(obj, dict):
+                raise ValueError(f"a JSON {type(obj).__name__}, not an object")
+            return obj
+        table = store.read_table(name)
+    except (OSError, ValueError) as exc:  # pa.ArrowInvalid and json.JSONDecodeError are ValueErrors
+        raise SignfeatError(f"{out}: {name} is unreadable: {exc}") from None
+    absent = [c for c in [*_COLUMNS.get(name, []), *columns] if c not in table.column_names]
+    if absent:
+        raise SignfeatError(f"{out}: {name} lacks columns {absent}")
+    return table
+
+
+def _streams(store: Store, out: str) -> list[str]:
+    streams = _load(store, out, "_signfeat/identity.json").get("streams")
+    if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
+        raise SignfeatError(f"{out}: _signfeat/identity.json lists no streams")
+    return streams
+
+
+def _stream_problem(meta: Any, stream: str) -> str | None:
+    """Why the sample JSON's record of a stream cannot be checked against, or None."""
+    smeta = meta.get("streams", {}).get(stream) if isinstance(meta.get("streams"), dict) else None
+    if not isinstance(smeta, dict):
+        return f"json has no metadata for stream {stream}"
+    absent = [k for k in ("dtype", "width") if k not in smeta]
+    return f"json metadata of stream {stream} lacks {absent}" if absent else None
+
+
 def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
     import io
     import json
@@ -44,14 +87,18 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
         if len(problems) < max_problems:
             problems.append(msg)
 
-    for name in ("_signfeat/identity.json", "_signfeat/plan.parquet", "index.parquet", "failures.parquet", "job.json"):
-        if not store.exists(name):
-            return {"ok": False, "problems": [f"{out}: missing {name} (not a finished signfeat extract output?)"], "samples": 0}
-    identity = store.read_json("_signfeat/identity.json")
-    streams = identity["streams"]
-    plan = store.read_table("_signfeat/plan.parquet").to_pylist()
-    index = {r["key"]: r for r in store.read_table("index.parquet").to_pylist()}
-    failures = store.read_table("failures.parquet").to_pylist()
+    try:
+        streams = _streams(store, out)
+        plan = _load(store, out, "_signfeat/plan.parquet").to_pylist()
+        index_rows = _load(store, out, "index.parquet", [f"len_{s}" for s in streams]).to_pylist()
+        failures = _load(store, out, "failures.parquet").to_pylist()
+        _load(store, out, "job.json")
+    except SignfeatError as exc:
+        return {"ok": False, "problems": [str(exc)], "samples": 0}
+    index = {r["key"]: r for r in index_rows}
+    for key, n in Counter(r["key"] for r in index_rows).items():
+        if n > 1:  # the dict above keeps one of them: say so, or a doubled row passes unseen
+            problem(f"index.parquet lists key {key} {n} times")
     failed_keys = Counter(r["key"] for r in failures)
     planned_keys = Counter(r["key"] for r in plan)
     for key, n in planned_keys.items():
@@ -70,6 +117,9 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
         if not store.exists(Store.marker(shard)):
             problem(f"shard {shard}: not complete (no completion marker)")
             continue
+        if not store.exists(f"{shard}.tar"):
+            problem(f"shard {shard}: {shard}.tar is missing (its completion marker exists)")
+            continue
         try:
             data = store.read_bytes(f"{shard}.tar")
             samples = list(group_samples(iter_members(io.BytesIO(data))))
@@ -86,24 +136,44 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
             if row is None:
                 problem(f"{where}: sample not in index.parquet")
                 continue
-            missing = [m for m in ["json", *(f"{s}.npy" for s in streams)] if m not in members]
+            expected = ["json", *(f"{s}.npy" for s in streams)]
+            missing = [m for m in expected if m not in members]
             if missing:
                 problem(f"{where}: missing members {missing}")
                 continue
+            extra = sorted(set(members) - set(expected))
+            if extra:  # webdataset readers would hand them to training as they are
+                problem(f"{where}: unexpected members {extra}")
             if sample_checksum(members) != row["checksum"] or sum(len(v) for v in members.values()) != row["bytes"]:
                 problem(f"{where}: checksum or size differs from index.parquet")
-            meta = json.loads(members["json"])
+            try:
+                meta = json.loads(members["json"])
+                if not isinstance(meta, dict):
+                    raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+            except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+                problem(f"{where}: json member unreadable: {exc}")
+                continue
             if meta.get("key") != key:
                 problem(f"{where}: json key {meta.get('key')!r} differs from the member name")
+            # index.parquet's own columns are what `signfeat stats` and the trainer's shard counts read
+            for col in ("id", "split", "num_frames"):
+                if meta.get(col) != row.get(col):
+                    problem(f"{where}: json {col} {meta.get(col)!r} differs from index.parquet ({row.get(col)!r})")
             for s in streams:
                 try:
                     arr = load_npy(members[f"{s}.npy"])
                 except Exception as exc:
                     problem(f"{where}: {s}.npy unreadable without pickle: {exc}")
                     continue
+                why = _stream_problem(meta, s)
+                if why is not None:
+                    problem(f"{where}: {why}")
+                    continue
                 smeta = meta["streams"][s]
                 if str(arr.dtype) != smeta["dtype"] or arr.ndim != 2 or arr.shape[1] != smeta["width"]:
                     problem(f"{where}: {s} is {arr.dtype} {arr.shape}, expected {smeta['dtype']} [*, {smeta['width']}]")
+                    if arr.ndim == 0 or arr.dtype.kind != "f":  # no rows to count, or no values to test for finiteness
+                        continue
                 try:
                     want = expected_length(s, int(meta["num_frames"]), smeta)
                 except Exception as exc:  # a num_frames the rule cannot take (0 frames for VideoMAE...)
@@ -115,6 +185,15 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
                     problem(f"{where}: {s} length {arr.shape[0]} differs from index.parquet ({row.get(f'len_{s}')})")
                 if not np.isfinite(arr.astype(np.float32)).all():
                     problem(f"{where}: {s} has non-finite values")
+    # files the plan does not name: a renamed or copied shard is read by anything globbing {split}/*.tar (the
+    # trainer does), so its samples would be trained on twice or from the wrong split; a half-written
+    # temporary means a run was killed after this output was finished
+    planned_files = {f"{shard}.tar" for shard in shards}
+    for rel in store.list_files(""):
+        if _TEMP_NAME.search(rel):
+            problem(f"{rel}: half-written temporary file of an interrupted run")
+        elif rel.endswith(".tar") and not rel.startswith("_signfeat/") and rel not in planned_files:
+            problem(f"{rel}: shard not in the plan (renamed, copied or left from another job?)")
     for key, n in seen.items():
         if n > 1:
             problem(f"key {key} appears in {n} samples across shards")
@@ -127,12 +206,10 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
 def stats(out: str) -> dict[str, Any]:
     """Counts, hours, frames and bytes per split and stream, from index.parquet and job.json."""
     store = Store(out)
-    if not store.exists("index.parquet"):
-        raise FileNotFoundError(f"{out}: no index.parquet (not a finished signfeat extract output?)")
-    index = store.read_table("index.parquet").to_pandas()
-    failures = store.read_table("failures.parquet").to_pandas()
-    streams = store.read_json("_signfeat/identity.json")["streams"]
-    plan = store.read_table("_signfeat/plan.parquet").to_pandas()
+    streams = _streams(store, out)
+    index = _load(store, out, "index.parquet", [f"len_{s}" for s in streams] + ["duration_s"]).to_pandas()
+    failures = _load(store, out, "failures.parquet").to_pandas()
+    plan = _load(store, out, "_signfeat/plan.parquet").to_pandas()
     per_split = {}
     for split, g in index.groupby("split"):
         entry = {"samples": int(len(g)), "failures": int((failures["split"] == split).sum()), "hours": float(g["duration_s"].sum() / 3600),
@@ -140,7 +217,7 @@ def stats(out: str) -> dict[str, Any]:
         for s in streams:
             entry[f"{s}_rows"] = int(g[f"len_{s}"].sum())
         per_split[str(split)] = entry
-    job = store.read_json("job.json")
+    job = _load(store, out, "job.json")
     return {"splits": per_split, "streams": streams, "samples": int(len(index)), "failures": int(len(failures)), "planned": int(len(plan)),
             "frames": int(index["num_frames"].sum()) if len(index) else 0, "bytes": int(index["bytes"].sum()) if len(index) else 0,
             "hours": float(index["duration_s"].sum() / 3600) if len(index) else 0.0, "wall_s": job.get("wall_s")}

@@ -1,0 +1,207 @@
+"""``signfeat verify`` / ``stats`` on damaged outputs: every damage is a problem naming the file, shard or key,
+never a traceback. The output is written by the job's own shard writer and finaliser (no Ray, fake features)."""
+
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import parse_job_config
+from pipeline.extract import finalize, write_shard
+from pipeline.plan import plan_hash, plan_shards
+from shards.store import Store
+from shards.verify import stats, verify
+
+CONFIG = parse_job_config({"extractors": [{"name": "clip_s2", "tiny": True}, {"name": "dinov2", "tiny": True}], "shards": {"samples": 2, "prefix": "t"}})
+STREAMS = ["clip_s2", "dinov2"]
+WIDTH = {"clip_s2": 6, "dinov2": 4}
+SHARD = "train/t-000000"  # holds k0 and k1
+KEY = "k0"
+
+
+def _row(i: int, split: str) -> dict:
+    return {"id": f"k{i}", "key": f"k{i}", "dataset": "d", "split": split, "signer": "s", "text": f"text {i}", "source_kind": "video",
+            "path": f"/videos/{i}.mp4", "start_s": None, "end_s": None, "fps": 25.0, "num_frames": 3 + i, "status": "ok"}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A finished output: train (5 clips, one of them failed) in 3 shards, test (1 clip)."""
+    manifest = [_row(i, "train") for i in range(5)] + [_row(5, "test")]
+    plans = plan_shards(manifest, CONFIG.shards)
+    out = tmp_path_factory.mktemp("out") / "features"
+    store = Store(str(out))
+    identity = {"config_hash": CONFIG.output_hash(), "plan_hash": plan_hash(plans), "streams": STREAMS}
+    store.write_json("_signfeat/identity.json", identity)
+    store.write_table("_signfeat/plan.parquet", pa.Table.from_pylist([{"shard": p.name, "key": r["key"], "id": r["id"]} for p in plans for r in p.rows]))
+    rng = np.random.default_rng(0)
+    for p in plans:
+        rows = []
+        for r in p.rows:
+            row = {**r, "decoded_fps": 25.0, "decoded_frames": r["num_frames"], "error_class": None}
+            if r["key"] == "k3":
+                row.update(error_class="corrupt", error_stage="decode", error_message="bad bytes")
+            for s in STREAMS:
+                row[f"feat_{s}"] = rng.standard_normal((r["num_frames"], WIDTH[s])).astype(np.float16)
+                row[f"meta_{s}"] = json.dumps({"extractor": s, "dtype": "float16", "width": WIDTH[s], "settings": {}})
+            rows.append(row)
+        write_shard(store, p, rows, STREAMS, identity["config_hash"])
+    finalize(store, plans, STREAMS, CONFIG, identity, 0.0, {}, skipped=0)
+    return out
+
+
+@pytest.fixture
+def out(pristine, tmp_path):
+    dst = tmp_path / "features"
+    shutil.copytree(pristine, dst)
+    return dst
+
+
+def _members(path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+
+
+def _write_tar(path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _replace(out, name: str, data: bytes) -> None:
+    path = out / f"{SHARD}.tar"
+    _write_tar(path, [(n, data if n == name else d) for n, d in _members(path)])
+
+
+def _npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def _problems(out) -> list[str]:
+    report = verify(str(out))
+    assert not report["ok"] and report["problems"]
+    return report["problems"]
+
+
+def test_pristine_output_verifies(out, capsys):
+    assert verify(str(out))["ok"], verify(str(out))["problems"]
+    assert main(["verify", str(out)]) == 0
+    assert main(["stats", str(out)]) == 0
+    assert stats(str(out))["samples"] == 5
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (b"{not json", f"{SHARD}:{KEY}: json member unreadable"),
+    (b"[1, 2]", f"{SHARD}:{KEY}: json member unreadable: a JSON list"),
+    (json.dumps({"key": KEY, "id": KEY, "split": "train", "num_frames": 3}).encode(), f"{SHARD}:{KEY}: json has no metadata for stream clip_s2"),
+    (json.dumps({"key": KEY, "id": KEY, "split": "train", "num_frames": 3, "streams": {"clip_s2": {"width": 6}, "dinov2": {}}}).encode(),
+     f"{SHARD}:{KEY}: json metadata of stream clip_s2 lacks ['dtype']"),
+])
+def test_damaged_json_member_is_a_problem(out, damage, expected):
+    _replace(out, f"{KEY}.json", damage)
+    assert any(p.startswith(expected) for p in _problems(out)), _problems(out)
+
+
+@pytest.mark.parametrize("array, expected", [
+    (np.float16(1.0), "dinov2 is float16 ()"),  # 0-d: no rows to count
+    (np.array([["abc"]]), "dinov2 is <U3 (1, 1)"),  # not numbers: no finiteness to test
+    (np.zeros((3, 4), np.float64), "dinov2 is float64 (3, 4), expected float16"),
+    (np.zeros((3, 5), np.float16), "dinov2 is float16 (3, 5), expected float16 [*, 4]"),
+    (np.full((3, 4), np.inf, np.float16), "dinov2 has non-finite values"),
+    (np.array([{"a": 1}], dtype=object), "dinov2.npy unreadable without pickle"),
+])
+def test_damaged_array_is_a_problem(out, array, expected):
+    _replace(out, f"{KEY}.dinov2.npy", _npy(array))
+    assert any(p.startswith(f"{SHARD}:{KEY}: {expected}") for p in _problems(out)), _problems(out)
+
+
+def test_unexpected_member_is_named(out):
+    path = out / f"{SHARD}.tar"
+    _write_tar(path, [*_members(path)[:3], (f"{KEY}.extra.npy", _npy(np.zeros((1, 1), np.float16))), *_members(path)[3:]])
+    assert f"{SHARD}:{KEY}: unexpected members ['extra.npy']" in _problems(out)
+
+
+@pytest.mark.parametrize("name", ["index.parquet", "failures.parquet", "_signfeat/plan.parquet", "_signfeat/identity.json", "job.json"])
+@pytest.mark.parametrize("content", [b"", b"not what it should be"])
+def test_unreadable_job_file_is_a_problem_and_a_stats_error(out, name, content, capsys):
+    (out / name).write_bytes(content)
+    problems = _problems(out)
+    assert problems == [f"{out}: {name} is unreadable: " + problems[0].split(" is unreadable: ", 1)[-1]]
+    assert main(["verify", str(out)]) == 1
+    assert main(["stats", str(out)]) == 2  # a one-line error, no traceback
+    assert f"{name} is unreadable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["index.parquet", "failures.parquet", "_signfeat/plan.parquet", "_signfeat/identity.json", "job.json"])
+def test_missing_job_file_is_a_stats_error(out, name, capsys):
+    (out / name).unlink()
+    assert main(["stats", str(out)]) == 2
+    assert f"missing {name}" in capsys.readouterr().err
+
+
+def _rewrite_index(out, fn) -> None:
+    table = pq.read_table(out / "index.parquet")
+    pq.write_table(pa.Table.from_pylist(fn(table.to_pylist()), schema=table.schema), out / "index.parquet")
+
+
+def test_index_row_listed_twice_is_a_problem(out):
+    _rewrite_index(out, lambda rows: rows + [r for r in rows if r["key"] == KEY])
+    assert f"index.parquet lists key {KEY} 2 times" in _problems(out)
+
+
+@pytest.mark.parametrize("column, value", [("num_frames", 30), ("split", "test"), ("id", "other")])
+def test_index_disagreeing_with_sample_json_is_a_problem(out, column, value):
+    _rewrite_index(out, lambda rows: [dict(r, **{column: value}) if r["key"] == KEY else r for r in rows])
+    assert any(p.startswith(f"{SHARD}:{KEY}: json {column} ") and "differs from index.parquet" in p for p in _problems(out)), _problems(out)
+
+
+def test_shard_not_in_the_plan_is_a_problem(out):
+    # a copy (or a rename) under {split}/ is read by anything globbing {split}/*.tar, e.g. the trainer
+    shutil.copyfile(out / f"{SHARD}.tar", out / "train" / "t-000009.tar")
+    assert _problems(out) == ["train/t-000009.tar: shard not in the plan (renamed, copied or left from another job?)"]
+
+
+def test_renamed_shard_is_missing_and_unplanned(out):
+    (out / f"{SHARD}.tar").rename(out / "train" / "t-000009.tar")
+    problems = _problems(out)
+    assert f"shard {SHARD}: {SHARD}.tar is missing (its completion marker exists)" in problems
+    assert "train/t-000009.tar: shard not in the plan (renamed, copied or left from another job?)" in problems
+
+
+def test_stale_temporary_files_are_problems(out):
+    (out / f"{SHARD}.tar.tmp-0123abcd").write_bytes(b"half")
+    (out / "_signfeat" / "done" / "train" / "t-000001.json.tmp-89abcdef").write_bytes(b"")
+    assert sorted(_problems(out)) == [f"_signfeat/done/train/t-000001.json.tmp-89abcdef: half-written temporary file of an interrupted run",
+                                      f"{SHARD}.tar.tmp-0123abcd: half-written temporary file of an interrupted run"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "extra_key_elsewhere"])
+def test_shard_damage_names_the_shard(out, damage):
+    path = out / f"{SHARD}.tar"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    elif damage == "deleted":
+        path.unlink()
+    else:  # k0 also in the next shard
+        other = out / "train" / "t-000001.tar"
+        _write_tar(other, _members(other) + [m for m in _members(path) if m[0].startswith(f"{KEY}.")])
+    problems = _problems(out)
+    assert any(SHARD in p for p in problems) or any(KEY in p for p in problems), problems
+    assert "index.parquet lists k1 but no shard holds it" in problems or damage == "extra_key_elsewhere"
+
+
+def test_clip_in_both_index_and_failures(out):
+    failures = pq.read_table(out / "failures.parquet")
+    extra = {"id": KEY, "key": KEY, "shard": SHARD, "split": "train", "stage": "decode", "error_class": "corrupt", "message": "x"}
+    pq.write_table(pa.Table.from_pylist(failures.to_pylist() + [extra], schema=failures.schema), out / "failures.parquet")
+    assert f"clip {KEY}: in index 1x and in failures 1x (must be exactly once)" in _problems(out)
