@@ -71,6 +71,28 @@ def shard_counts(urls: list[str]) -> list[int]:
     return out
 
 
+def require_streams(urls: list[str], streams: list[str]) -> None:
+    """Fail up front, before any model is built, when shards lack a stream the recipe reads: otherwise the
+    first batch fails after the LLM is loaded, inside a DataLoader worker (a traceback, not a line). Reads the
+    member headers of the first sample of every shard (an empty shard has none to check)."""
+    for url in urls:
+        with tarfile.open(url, mode="r:") as tar:
+            key, suffixes = None, set()
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, _, suffix = member.name.rsplit("/", 1)[-1].partition(".")
+                if key is not None and k != key:
+                    break
+                key = k
+                suffixes.add(suffix)
+        missing = [s for s in streams if f"{s}.npy" not in suffixes]
+        if key is not None and missing:
+            have = sorted(s[: -len(".npy")] for s in suffixes if s.endswith(".npy"))
+            raise SignfeatError(f"{url}: shards have no stream {', '.join(missing)} (they hold {have or 'none'}); "
+                                f"data.streams {streams} must name streams the extraction wrote")
+
+
 def _counts_from_index(urls: list[str]) -> list[int] | None:
     root = Path(urls[0]).parent.parent
     index = root / "index.parquet"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.data import Collate, ShardStream, batches, list_shards, shard_counts
+from trainer.data import Collate, ShardStream, batches, list_shards, require_streams, shard_counts
 
 # ------------------------------------------------------------------------------------------------ metrics
 
@@ -147,6 +147,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str]
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     recipe = recipe_from_dict(state["recipe"], overrides)
     device = pick_device(recipe)
+    require_streams(list_shards(recipe.data.shards, split), recipe.data.streams)  # before the model is loaded
     model = build_model(recipe, device)
     load_checkpoint(path, model)
     out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"

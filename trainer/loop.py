@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import SignfeatError
-from trainer.data import Batch, Collate, ShardStream, batches, batches_per_epoch, list_shards, read_split_texts, shard_counts
+from trainer.data import Batch, Collate, ShardStream, batches, batches_per_epoch, list_shards, read_split_texts, require_streams, shard_counts
 from trainer.llm import InContextExamples, SignTranslator, base_checksum, build_model, load_trainable_state, trainable_state
 from trainer.recipe import Recipe
 
@@ -265,6 +265,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
 
+    require_streams(list_shards(recipe.data.shards, recipe.data.train_split), recipe.data.streams)  # before the LLM loads
     model = build_model(recipe, device)
     if recipe.adapter.standardize and resume is None:
         model.adapter.set_statistics(stream_statistics(recipe))

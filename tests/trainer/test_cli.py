@@ -39,3 +39,36 @@ def test_missing_shards_is_a_one_line_error(tmp_path, capsys):
     assert main(["train", "--config", "configs/recipes/spamo_tiny.yaml", f"data.shards={tmp_path}", f"out_dir={tmp_path / 'o'}",
                  "progress=false"]) == 2
     assert "no shards for split 'train'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_recipe_stream_the_shards_lack_fails_before_the_model_is_built(tiny_shards, tmp_path, capsys, monkeypatch, workers):
+    import tarfile
+
+    import trainer.llm
+    import trainer.loop
+    from trainer.recipe import load_recipe
+
+    shards = tmp_path / "dinov2_only"
+    for split in ("train", "test"):
+        (shards / split).mkdir(parents=True)
+        with tarfile.open(tiny_shards / split / "syn-000000.tar") as src, tarfile.open(shards / split / "syn-000000.tar", "w") as dst:
+            for m in src.getmembers():
+                if m.name.endswith((".json", ".dinov2.npy")):
+                    dst.addfile(m, src.extractfile(m))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the shards were checked")
+
+    monkeypatch.setattr(trainer.loop, "build_model", no_model)
+    monkeypatch.setattr(trainer.llm, "build_model", no_model)  # what eval imports
+    assert main(["train", "--config", "configs/recipes/spamo_tiny.yaml", f"data.shards={shards}", f"out_dir={tmp_path / 'o'}",
+                 "progress=false", "device=cpu", f"data.num_workers={workers}", "adapter.standardize=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no stream clip_s2, videomae (they hold ['dinov2'])" in err
+    # a checkpoint evaluated on these shards: the same line, before the model is rebuilt
+    (tmp_path / "ck").mkdir()
+    recipe = load_recipe("configs/recipes/spamo_tiny.yaml").to_dict()
+    (tmp_path / "ck" / "state.json").write_text(json.dumps({"recipe": recipe}))
+    assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--split", "test", f"data.shards={shards}"]) == 2
+    assert "no stream clip_s2, videomae (they hold ['dinov2'])" in capsys.readouterr().err

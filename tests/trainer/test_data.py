@@ -7,7 +7,7 @@ import torch
 
 from pipeline.errors import SignfeatError
 from trainer.data import (Collate, ShardStream, batches, batches_per_epoch, decode_sample, list_shards, rank_pieces,
-                          shard_counts)
+                          require_streams, shard_counts)
 
 
 class _Tok:  # a byte tokenizer stand-in: id = byte + 3, eos 1, pad 0
@@ -125,6 +125,21 @@ def test_missing_stream_is_a_clear_error(tiny_shards):
     raw = {"__key__": "k", "__url__": "u", "json": b'{"text": "x"}'}
     with pytest.raises(SignfeatError, match="no smplx623.npy"):
         decode_sample(raw, ["smplx623"])
+
+
+def test_require_streams_names_what_the_shards_hold(tiny_shards, tmp_path):
+    urls = list_shards(str(tiny_shards), "big")
+    require_streams(urls, ["clip_s2", "videomae", "dinov2", "smplx623"])
+    one = tmp_path / "one.tar"
+    with tarfile.open(urls[0]) as src, tarfile.open(one, "w") as dst:  # a shard holding dinov2 only
+        for m in src.getmembers():
+            if m.name.endswith((".json", ".dinov2.npy")):
+                dst.addfile(m, src.extractfile(m))
+    with pytest.raises(SignfeatError, match=r"no stream clip_s2, videomae \(they hold \['dinov2'\]\)"):
+        require_streams([*urls, str(one)], ["clip_s2", "videomae"])
+    empty = tmp_path / "empty.tar"
+    tarfile.open(empty, "w").close()
+    require_streams([str(empty)], ["clip_s2"])  # no sample, nothing to check
 
 
 def test_counts_from_tar_headers(tiny_shards):
