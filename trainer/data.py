@@ -157,7 +157,8 @@ def decode_sample(raw: dict[str, Any], streams: list[str]) -> dict[str, Any]:
     if "json" not in raw:
         raise SignfeatError(f"{raw.get('__url__')}: sample {raw.get('__key__')} has no json member")
     meta = json.loads(raw["json"])
-    sample = {"key": raw["__key__"], "meta": meta, "text": meta.get("text", "")}
+    # extract writes a clip's empty text as null (and shards from elsewhere may have none): both mean ""
+    sample = {"key": raw["__key__"], "meta": meta, "text": meta.get("text") or ""}
     for name in streams:
         data = raw.get(f"{name}.npy")
         if data is None:

@@ -49,7 +49,7 @@ def load_tokenizer(cfg, recipe=None):
         from trainer.data import list_shards, read_split_texts
 
         d = recipe.data
-        texts = [m.get("text", "") for m in read_split_texts(list_shards(d.shards, d.train_split))]
+        texts = [m.get("text") or "" for m in read_split_texts(list_shards(d.shards, d.train_split))]  # null text: ""
         return train_bpe_tokenizer([t.lower() for t in texts] if d.lowercase_targets else texts, cfg.bpe_vocab_size)
     if cfg.tokenizer == "byt5":
         from transformers import ByT5Tokenizer
@@ -146,13 +146,16 @@ class InContextExamples:
         self.num = num
         self.pairs = []
         for meta in metas:
-            target = meta.get("text", "")
+            target = meta.get("text") or ""  # null text (extract's empty text): ""
             source = meta.get(source_field, "") if source_field else ""
             self.pairs.append((target, f"{source}={target}" if source else target))
         if len(self.pairs) <= num:
             raise SignfeatError(f"llm.in_context: the training split has {len(self.pairs)} samples, need more than {num}")
+        self.targets = {target for target, _ in self.pairs}
 
     def choose(self, own_text: str, rng: random.Random) -> list[str]:
+        if self.targets == {own_text}:  # every example is the sample's own text: the draw below would never end
+            raise SignfeatError(f"llm.in_context: every training sample has the text {own_text!r}; no other text to show as an example")
         chosen: list[str] = []
         while len(chosen) < self.num:
             target, example = self.pairs[rng.randrange(len(self.pairs))]

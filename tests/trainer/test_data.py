@@ -142,6 +142,17 @@ def test_require_streams_names_what_the_shards_hold(tiny_shards, tmp_path):
     require_streams([str(empty)], ["clip_s2"])  # no sample, nothing to check
 
 
+@pytest.mark.parametrize("meta", [b'{"text": null}', b'{}', b'{"text": ""}'])
+def test_null_or_missing_text_is_the_empty_target(meta):
+    # extract writes a clip's empty text as null; the collate and tokenizers need a string
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((2, 3), np.float16))
+    sample = decode_sample({"__key__": "k", "__url__": "u", "json": meta, "clip_s2.npy": buf.getvalue()}, ["clip_s2"])
+    assert sample["text"] == ""
+    batch = Collate(_Tok(), ["clip_s2"], 8)([sample])
+    assert batch.texts == [""] and batch.target_ids.tolist() == [[_Tok.eos_token_id]]
+
+
 def test_counts_from_tar_headers(tiny_shards):
     urls = list_shards(str(tiny_shards), "big")
     with tarfile.open(urls[0]) as tar:

@@ -134,3 +134,22 @@ def test_in_context_examples_come_from_the_training_split_never_the_own_text(tin
         assert len(chosen) == 2 and own not in chosen and all(c in big for c in chosen)
     assert examples.draw(own, rng).startswith(" ")
     assert not recipe_from_dict({}).llm.in_context.enabled  # off by default
+
+
+def test_in_context_examples_with_only_the_own_text_to_show_is_an_error_not_a_hang():
+    import random
+    import signal
+
+    from pipeline.errors import SignfeatError
+    from trainer.llm import InContextExamples
+
+    examples = InContextExamples([{"text": None}, {"text": ""}, {}], num=2, source_field="")  # extract writes "" as null
+    assert [t for t, _ in examples.pairs] == ["", "", ""]
+    signal.signal(signal.SIGALRM, lambda *a: pytest.fail("choose() never returned"))
+    signal.alarm(10)
+    try:
+        with pytest.raises(SignfeatError, match="every training sample has the text ''"):
+            examples.choose("", random.Random(0))
+        assert examples.choose("other", random.Random(0)) == ["", ""]
+    finally:
+        signal.alarm(0)
