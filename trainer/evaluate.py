@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.errors import SignfeatError
 from trainer.data import Collate, ShardStream, batches, list_shards, require_streams, shard_counts
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -90,13 +91,24 @@ def score(predictions: list[str], references: list[str], tokenize: str = "13a", 
 # ------------------------------------------------------------------------------------------------ running
 
 
+def eval_shards(recipe, split: str) -> tuple[list[str], list[int]]:
+    """The split's shards and sample counts, checked: the recipe's streams are there and there is a sample
+    (a split whose clips all failed extraction has only empty shards; the scorers cannot take zero)."""
+    urls = list_shards(recipe.data.shards, split)
+    require_streams(urls, recipe.data.streams)
+    counts = shard_counts(urls)
+    if not sum(counts):
+        raise SignfeatError(f"split {split!r}: its {len(urls)} shard(s) under {recipe.data.shards} hold no samples; nothing to evaluate")
+    return urls, counts
+
+
 def evaluate_model(model, recipe, split: str, out_dir: Path | None) -> dict:
     """Translate ``split`` in order with ``model``; scores and predictions (written to ``out_dir``)."""
     from trainer.loop import in_context_examples
 
     e, d = recipe.eval, recipe.data
-    urls = list_shards(d.shards, split)
-    stream = ShardStream(urls, shard_counts(urls), d.streams, train=False, batch_size=e.batch_size,
+    urls, counts = eval_shards(recipe, split)
+    stream = ShardStream(urls, counts, d.streams, train=False, batch_size=e.batch_size,
                          crop_streams=d.crop_streams, max_frames=d.max_frames, max_len=d.max_len, zero_visual=d.zero_visual)
     collate = Collate(model.tokenizer, d.streams, d.max_target_tokens)
     examples = in_context_examples(recipe)  # training split only; fixed seed: same prompts every run
@@ -147,7 +159,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str]
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     recipe = recipe_from_dict(state["recipe"], overrides)
     device = pick_device(recipe)
-    require_streams(list_shards(recipe.data.shards, split), recipe.data.streams)  # before the model is loaded
+    eval_shards(recipe, split)  # before the model is loaded
     model = build_model(recipe, device)
     load_checkpoint(path, model)
     out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"

@@ -265,7 +265,13 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
 
-    require_streams(list_shards(recipe.data.shards, recipe.data.train_split), recipe.data.streams)  # before the LLM loads
+    # the shards checked before the LLM loads: a missing stream, or an eval split that is missing or empty,
+    # would otherwise fail after the model is built, or after the whole training run
+    require_streams(list_shards(recipe.data.shards, recipe.data.train_split), recipe.data.streams)
+    if recipe.eval.at_end or recipe.eval.every:
+        from trainer.evaluate import eval_shards
+
+        eval_shards(recipe, recipe.data.eval_split)
     model = build_model(recipe, device)
     if recipe.adapter.standardize and resume is None:
         model.adapter.set_statistics(stream_statistics(recipe))

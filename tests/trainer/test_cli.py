@@ -1,6 +1,7 @@
 """The CLI end to end on tiny recipes, plus a couple of steps of every tiny recipe on synthetic shards."""
 
 import json
+import shutil
 
 import pytest
 
@@ -72,3 +73,31 @@ def test_recipe_stream_the_shards_lack_fails_before_the_model_is_built(tiny_shar
     (tmp_path / "ck" / "state.json").write_text(json.dumps({"recipe": recipe}))
     assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--split", "test", f"data.shards={shards}"]) == 2
     assert "no stream clip_s2, videomae (they hold ['dinov2'])" in capsys.readouterr().err
+
+
+def test_empty_or_missing_eval_split_fails_before_training(tiny_shards, tmp_path, capsys, monkeypatch):
+    import tarfile
+
+    import trainer.loop
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards / "train", shards / "train")
+    monkeypatch.setattr(trainer.loop, "build_model", lambda *a, **k: pytest.fail("the model was built before the splits were checked"))
+    args = ["train", "--config", "configs/recipes/spamo_tiny.yaml", f"data.shards={shards}", f"out_dir={tmp_path / 'o'}",
+            "progress=false", "device=cpu", "adapter.stream_widths={clip_s2: 16, videomae: 8}"]
+    assert main(args) == 2  # no dev split at all: it was found missing only after training
+    assert "no shards for split 'dev'" in capsys.readouterr().err
+    (shards / "dev").mkdir()
+    tarfile.open(shards / "dev" / "syn-000000.tar", "w").close()  # every dev clip failed extraction: an empty shard
+    assert main(args) == 2  # was an IndexError inside sacrebleu after training
+    assert "split 'dev': its 1 shard(s) under" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(_checkpoint_dir(tmp_path)), "--split", "dev", f"data.shards={shards}"]) == 2
+    assert "hold no samples; nothing to evaluate" in capsys.readouterr().err
+
+
+def _checkpoint_dir(tmp_path):
+    from trainer.recipe import load_recipe
+
+    (tmp_path / "ck").mkdir(exist_ok=True)
+    (tmp_path / "ck" / "state.json").write_text(json.dumps({"recipe": load_recipe("configs/recipes/spamo_tiny.yaml").to_dict()}))
+    return tmp_path / "ck"
