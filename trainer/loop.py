@@ -113,15 +113,25 @@ class DataPosition:
     batch: int = 0  # micro-batches of this epoch already consumed
 
 
+def train_shards(recipe: Recipe, dist: Dist) -> tuple[list[str], list[int]]:
+    """The training split's shards and sample counts, checked: the recipe's streams are there and they make
+    at least one whole batch per rank."""
+    d = recipe.data
+    urls = list_shards(d.shards, d.train_split)
+    require_streams(urls, d.streams)
+    counts = shard_counts(urls)
+    if not sum(counts):  # every training clip failed extraction: its shards are empty
+        raise SignfeatError(f"data: the {len(urls)} shard(s) of split {d.train_split!r} under {d.shards} hold no samples")
+    if batches_per_epoch(counts, dist.world_size, d.batch_size) == 0:
+        raise SignfeatError(f"data: {sum(counts)} training samples make no whole batch of {d.batch_size} per rank "
+                            f"({dist.world_size} ranks); lower data.batch_size")
+    return urls, counts
+
+
 def train_batches(recipe: Recipe, tokenizer, dist: Dist, start: DataPosition) -> Iterator[tuple[DataPosition, Batch]]:
     """Micro-batches forever, epoch after epoch; each comes with the position *after* it."""
     d = recipe.data
-    urls = list_shards(d.shards, d.train_split)
-    counts = shard_counts(urls)
-    per_epoch = batches_per_epoch(counts, dist.world_size, d.batch_size)
-    if per_epoch == 0:
-        raise SignfeatError(f"data: {sum(counts)} training samples make no whole batch of {d.batch_size} per rank "
-                            f"({dist.world_size} ranks); lower data.batch_size")
+    urls, counts = train_shards(recipe, dist)
     collate = Collate(tokenizer, d.streams, d.max_target_tokens, d.lowercase_targets)
     epoch, skip = start.epoch, start.batch
     while True:
@@ -267,7 +277,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
 
     # the shards checked before the LLM loads: a missing stream, or an eval split that is missing or empty,
     # would otherwise fail after the model is built, or after the whole training run
-    require_streams(list_shards(recipe.data.shards, recipe.data.train_split), recipe.data.streams)
+    train_shards(recipe, dist)  # also before stream_statistics, which cannot take zero samples
     if recipe.eval.at_end or recipe.eval.every:
         from trainer.evaluate import eval_shards
 

@@ -84,7 +84,7 @@ def test_empty_or_missing_eval_split_fails_before_training(tiny_shards, tmp_path
     shutil.copytree(tiny_shards / "train", shards / "train")
     monkeypatch.setattr(trainer.loop, "build_model", lambda *a, **k: pytest.fail("the model was built before the splits were checked"))
     args = ["train", "--config", "configs/recipes/spamo_tiny.yaml", f"data.shards={shards}", f"out_dir={tmp_path / 'o'}",
-            "progress=false", "device=cpu", "adapter.stream_widths={clip_s2: 16, videomae: 8}"]
+            "progress=false", "device=cpu", "data.batch_size=2", "adapter.stream_widths={clip_s2: 16, videomae: 8}"]
     assert main(args) == 2  # no dev split at all: it was found missing only after training
     assert "no shards for split 'dev'" in capsys.readouterr().err
     (shards / "dev").mkdir()
@@ -101,3 +101,19 @@ def _checkpoint_dir(tmp_path):
     (tmp_path / "ck").mkdir(exist_ok=True)
     (tmp_path / "ck" / "state.json").write_text(json.dumps({"recipe": load_recipe("configs/recipes/spamo_tiny.yaml").to_dict()}))
     return tmp_path / "ck"
+
+
+def test_empty_train_split_fails_before_the_model_is_built(tiny_shards, tmp_path, capsys, monkeypatch):
+    import tarfile
+
+    import trainer.loop
+
+    shards = tmp_path / "shards"
+    (shards / "train").mkdir(parents=True)
+    tarfile.open(shards / "train" / "syn-000000.tar", "w").close()  # every training clip failed extraction
+    monkeypatch.setattr(trainer.loop, "build_model", lambda *a, **k: pytest.fail("the model was built before the split was checked"))
+    # standardize: the statistics pass over zero samples was a KeyError traceback
+    assert main(["train", "--config", "configs/recipes/spamo_tiny.yaml", f"data.shards={shards}", f"out_dir={tmp_path / 'o'}",
+                 "progress=false", "device=cpu", "eval.at_end=false", "adapter.standardize=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "split 'train' under" in err and "hold no samples" in err
