@@ -231,8 +231,13 @@ def _verify(args) -> int:
     report = verify(args.out)
     for p in report["problems"]:
         print(f"PROBLEM {p}")
-    print(f"{'OK' if report['ok'] else 'FAILED'}: {report.get('shards', 0)} shards, {report['samples']} samples, {report.get('failures', 0)} recorded failures, {len(report['problems'])} problems")
+    print(f"{'OK' if report['ok'] else 'FAILED'}: {report.get('shards', 0)} shards, {report['samples']} samples, {report.get('failures', 0)} recorded failures, {_problem_count(report)}")
     return 0 if report["ok"] else 1
+
+
+def _problem_count(report: dict) -> str:
+    total, listed = report.get("problems_total", len(report["problems"])), len(report["problems"])
+    return f"{total} problems" + (f" (the first {listed} listed)" if total > listed else "")
 
 
 def _stats(args) -> int:

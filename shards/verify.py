@@ -82,8 +82,11 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
 
     store = Store(out)
     problems: list[str] = []
+    total = 0  # problems found; only the first max_problems are listed
 
     def problem(msg: str) -> None:
+        nonlocal total
+        total += 1
         if len(problems) < max_problems:
             problems.append(msg)
 
@@ -200,7 +203,8 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
     for key in index:
         if key not in seen:
             problem(f"index.parquet lists {key} but no shard holds it")
-    return {"ok": not problems, "problems": problems, "samples": sum(seen.values()), "failures": len(failures), "shards": len(shards)}
+    return {"ok": not problems, "problems": problems, "problems_total": total, "samples": sum(seen.values()), "failures": len(failures),
+            "shards": len(shards)}
 
 
 def stats(out: str) -> dict[str, Any]:

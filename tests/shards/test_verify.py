@@ -205,3 +205,16 @@ def test_clip_in_both_index_and_failures(out):
     extra = {"id": KEY, "key": KEY, "shard": SHARD, "split": "train", "stage": "decode", "error_class": "corrupt", "message": "x"}
     pq.write_table(pa.Table.from_pylist(failures.to_pylist() + [extra], schema=failures.schema), out / "failures.parquet")
     assert f"clip {KEY}: in index 1x and in failures 1x (must be exactly once)" in _problems(out)
+
+
+def test_problems_beyond_the_listed_ones_are_counted(out, capsys):
+    (out / f"{SHARD}.tar").unlink()
+    for i in range(5):
+        (out / f"{SHARD}.tar.tmp-0000000{i}").write_bytes(b"")
+    report = verify(str(out), max_problems=3)
+    assert len(report["problems"]) == 3 and report["problems_total"] == 8  # the missing tar, its 2 keys, 5 temporaries
+    from pipeline.cli import _problem_count
+
+    assert _problem_count(report) == "8 problems (the first 3 listed)"
+    assert main(["verify", str(out)]) == 1
+    assert "8 problems" in capsys.readouterr().out
