@@ -156,14 +156,22 @@ def decode_sample(raw: dict[str, Any], streams: list[str]) -> dict[str, Any]:
     """A webdataset sample (member suffix -> bytes) -> {key, meta, text, <stream>: float32 array}."""
     if "json" not in raw:
         raise SignfeatError(f"{raw.get('__url__')}: sample {raw.get('__key__')} has no json member")
-    meta = json.loads(raw["json"])
+    try:
+        meta = json.loads(raw["json"])
+    except ValueError as exc:  # a damaged shard: name it (`signfeat verify` lists every such sample)
+        raise SignfeatError(f"{raw.get('__url__')}: {raw.get('__key__')}.json is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise SignfeatError(f"{raw.get('__url__')}: {raw.get('__key__')}.json is not a JSON object")
     # extract writes a clip's empty text as null (and shards from elsewhere may have none): both mean ""
     sample = {"key": raw["__key__"], "meta": meta, "text": meta.get("text") or ""}
     for name in streams:
         data = raw.get(f"{name}.npy")
         if data is None:
             raise SignfeatError(f"{raw.get('__url__')}: sample {raw['__key__']} has no {name}.npy (streams in recipe: {streams})")
-        array = np.load(io.BytesIO(data), allow_pickle=False)
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as exc:  # a pickled (object) array, or not .npy at all
+            raise SignfeatError(f"{raw.get('__url__')}: {raw['__key__']}.{name}.npy is unreadable without pickle: {exc}") from None
         if array.ndim != 2:
             raise SignfeatError(f"{raw['__url__']}: {raw['__key__']}.{name}.npy has shape {array.shape}, expected [T, D]")
         sample[name] = array.astype(np.float32, copy=False)
@@ -321,15 +329,26 @@ class _Batched(IterableDataset):
     def __init__(self, stream: ShardStream, collate: Collate, drop_last: bool):
         self.stream, self.collate, self.drop_last = stream, collate, drop_last
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator["Batch | _WorkerError"]:
         group: list[dict] = []
-        for sample in self.stream:
-            group.append(sample)
-            if len(group) == self.stream.batch_size:
+        try:
+            for sample in self.stream:
+                group.append(sample)
+                if len(group) == self.stream.batch_size:
+                    yield self.collate(group)
+                    group = []
+            if group and not self.drop_last:
                 yield self.collate(group)
-                group = []
-        if group and not self.drop_last:
-            yield self.collate(group)
+        except SignfeatError as exc:  # handed over as a value: see batches()
+            yield _WorkerError(str(exc))
+
+
+@dataclass
+class _WorkerError:
+    """A SignfeatError raised in a DataLoader worker. Raised there, the DataLoader re-raises it in the main
+    process with the worker's whole traceback as its message, which the CLI would print instead of one line."""
+
+    message: str
 
 
 def batches(dataset: ShardStream, collate: Collate, num_workers: int, *, drop_last: bool) -> Iterator[Batch]:
@@ -339,7 +358,10 @@ def batches(dataset: ShardStream, collate: Collate, num_workers: int, *, drop_la
     loader = DataLoader(_Batched(dataset, collate, drop_last), batch_size=None, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0), persistent_workers=False,
                         prefetch_factor=4 if num_workers else None)
-    yield from loader
+    for item in loader:
+        if isinstance(item, _WorkerError):
+            raise SignfeatError(item.message)
+        yield item
 
 
 def read_split_texts(urls: list[str], field: str = "text") -> list[dict]:

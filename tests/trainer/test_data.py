@@ -117,7 +117,7 @@ def test_npy_with_objects_is_refused():
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     raw = {"__key__": "k", "__url__": "u", "json": b'{"text": "x"}', "clip_s2.npy": buf.getvalue()}
-    with pytest.raises(ValueError, match="allow_pickle"):
+    with pytest.raises(SignfeatError, match="u: k.clip_s2.npy is unreadable without pickle: .*allow_pickle"):
         decode_sample(raw, ["clip_s2"])
 
 
@@ -151,6 +151,20 @@ def test_null_or_missing_text_is_the_empty_target(meta):
     assert sample["text"] == ""
     batch = Collate(_Tok(), ["clip_s2"], 8)([sample])
     assert batch.texts == [""] and batch.target_ids.tolist() == [[_Tok.eos_token_id]]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_damaged_sample_is_a_one_line_error_also_from_a_dataloader_worker(tiny_shards, tmp_path, workers):
+    url = tmp_path / "damaged.tar"
+    with tarfile.open(tiny_shards / "test" / "syn-000000.tar") as src, tarfile.open(url, "w") as dst:
+        for m in src.getmembers():
+            data = b"{not json" if m.name == "test-00002.json" else src.extractfile(m).read()
+            m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    stream = ShardStream([str(url)], [4], STREAMS, train=False, batch_size=2)
+    with pytest.raises(SignfeatError) as info:
+        list(batches(stream, Collate(_Tok(), STREAMS, 64), workers, drop_last=False))
+    assert str(info.value).startswith(f"{url}: test-00002.json is not valid JSON") and "\n" not in str(info.value)
 
 
 def test_counts_from_tar_headers(tiny_shards):
