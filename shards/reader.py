@@ -15,14 +15,16 @@ from shards.sample import load_npy
 
 
 def iter_members(fileobj) -> Iterator[tuple[str, str, bytes]]:
-    """(key, suffix, bytes) for each file member, in tar order. The key is the name up to the first dot."""
+    """(key, suffix, bytes) for each file member, in tar order. The key is the name up to the first dot of its
+    last component, folders included, as webdataset keys it (``a/b.c.npy`` -> ``a/b``, ``c.npy``): dropping the
+    folder would make this reader, and so ``signfeat verify``, see other keys than the trainer's webdataset."""
     with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
-            base = member.name.rsplit("/", 1)[-1]
+            folder, _, base = member.name.rpartition("/")
             key, _, suffix = base.partition(".")
-            yield key, suffix, tar.extractfile(member).read()
+            yield f"{folder}/{key}" if folder else key, suffix, tar.extractfile(member).read()
 
 
 def group_samples(members: Iterator[tuple[str, str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -218,3 +218,17 @@ def test_problems_beyond_the_listed_ones_are_counted(out, capsys):
     assert _problem_count(report) == "8 problems (the first 3 listed)"
     assert main(["verify", str(out)]) == 1
     assert "8 problems" in capsys.readouterr().out
+
+
+def test_reader_keys_members_in_a_folder_as_webdataset_does(out):
+    from webdataset.tariterators import group_by_keys, tar_file_expander  # the trainer's reader
+
+    from shards.reader import read_samples
+
+    path = out / f"{SHARD}.tar"
+    _write_tar(path, [(f"sub/{n}" if n.startswith(f"{KEY}.") else n, d) for n, d in _members(path)])
+    ours = [s["key"] for s in read_samples(path.read_bytes())]
+    with path.open("rb") as f:
+        theirs = [s["__key__"] for s in group_by_keys(tar_file_expander([{"url": str(path), "stream": f}]))]
+    assert ours == theirs == [f"sub/{KEY}", "k1"]
+    assert f"{SHARD}:sub/{KEY}: sample not in index.parquet" in _problems(out)  # was passed as k0
