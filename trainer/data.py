@@ -66,9 +66,17 @@ def shard_counts(urls: list[str]) -> list[int]:
         return counts
     out = []
     for url in urls:
-        with tarfile.open(url, mode="r:") as tar:  # seeks over member headers, reads no data
-            out.append(len({m.name.rsplit("/", 1)[-1].partition(".")[0] for m in tar.getmembers() if m.isfile()}))
+        try:
+            with tarfile.open(url, mode="r:") as tar:  # seeks over member headers, reads no data
+                out.append(len({m.name.rsplit("/", 1)[-1].partition(".")[0] for m in tar.getmembers() if m.isfile()}))
+        except tarfile.TarError as exc:
+            raise _damaged(url, exc) from None
     return out
+
+
+def _damaged(url: str, exc: Exception) -> SignfeatError:
+    """A shard tarfile cannot read (truncated, not a tar): one line naming it instead of a traceback."""
+    return SignfeatError(f"{url}: unreadable shard ({exc.args[0] if exc.args else exc}); `signfeat verify` lists what is damaged")
 
 
 def require_streams(urls: list[str], streams: list[str]) -> None:
@@ -76,16 +84,19 @@ def require_streams(urls: list[str], streams: list[str]) -> None:
     first batch fails after the LLM is loaded, inside a DataLoader worker (a traceback, not a line). Reads the
     member headers of the first sample of every shard (an empty shard has none to check)."""
     for url in urls:
-        with tarfile.open(url, mode="r:") as tar:
-            key, suffixes = None, set()
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, _, suffix = member.name.rsplit("/", 1)[-1].partition(".")
-                if key is not None and k != key:
-                    break
-                key = k
-                suffixes.add(suffix)
+        key, suffixes = None, set()
+        try:
+            with tarfile.open(url, mode="r:") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    k, _, suffix = member.name.rsplit("/", 1)[-1].partition(".")
+                    if key is not None and k != key:
+                        break
+                    key = k
+                    suffixes.add(suffix)
+        except tarfile.TarError as exc:
+            raise _damaged(url, exc) from None
         missing = [s for s in streams if f"{s}.npy" not in suffixes]
         if key is not None and missing:
             have = sorted(s[: -len(".npy")] for s in suffixes if s.endswith(".npy"))
@@ -100,7 +111,10 @@ def _counts_from_index(urls: list[str]) -> list[int] | None:
         return None
     import pyarrow.parquet as pq
 
-    table = pq.read_table(index, columns=["shard"]).to_pydict()["shard"]
+    try:
+        table = pq.read_table(index, columns=["shard"]).to_pydict()["shard"]
+    except (OSError, ValueError) as exc:  # pa.ArrowInvalid is a ValueError
+        raise SignfeatError(f"{index}: unreadable ({exc}); `signfeat verify` lists what is damaged") from None
     per_shard: dict[str, int] = {}
     for shard in table:
         per_shard[shard] = per_shard.get(shard, 0) + 1
@@ -203,11 +217,14 @@ def read_pieces(pieces: list[ShardPiece], streams: list[str]) -> Iterator[dict[s
     for piece in pieces:
         with open(piece.url, "rb") as stream:
             samples = group_by_keys(tar_file_expander([{"url": piece.url, "stream": stream}]))
-            for position, raw in enumerate(samples):
-                if position >= piece.stop:
-                    break
-                if position >= piece.start:
-                    yield raw
+            try:
+                for position, raw in enumerate(samples):
+                    if position >= piece.stop:
+                        break
+                    if position >= piece.start:
+                        yield raw
+            except tarfile.TarError as exc:  # webdataset re-raises tarfile's error (its args extended)
+                raise _damaged(piece.url, exc) from None
 
 
 class ShardStream(IterableDataset):

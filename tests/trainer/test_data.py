@@ -167,6 +167,23 @@ def test_damaged_sample_is_a_one_line_error_also_from_a_dataloader_worker(tiny_s
     assert str(info.value).startswith(f"{url}: test-00002.json is not valid JSON") and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_truncated_shard_is_a_one_line_error(tiny_shards, tmp_path, workers):
+    data = (tiny_shards / "test" / "syn-000000.tar").read_bytes()
+    url = tmp_path / "test" / "syn-000000.tar"
+    url.parent.mkdir()
+    url.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SignfeatError, match=f"{url}: unreadable shard"):
+        shard_counts([str(url)])  # from the tar headers: there is no index.parquet
+    stream = ShardStream([str(url)], [4], STREAMS, train=False, batch_size=2)  # counts as an index.parquet would say
+    with pytest.raises(SignfeatError) as info:
+        list(batches(stream, Collate(_Tok(), STREAMS, 64), workers, drop_last=False))
+    assert str(info.value).startswith(f"{url}: unreadable shard") and "\n" not in str(info.value)
+    (tmp_path / "index.parquet").write_bytes(b"not parquet")
+    with pytest.raises(SignfeatError, match="index.parquet: unreadable"):
+        shard_counts([str(url)])
+
+
 def test_counts_from_tar_headers(tiny_shards):
     urls = list_shards(str(tiny_shards), "big")
     with tarfile.open(urls[0]) as tar:
