@@ -118,6 +118,31 @@ def _open_clip_visual(config, load_weights: bool):
     return model.visual, pretrained or arch
 
 
+def _open_clip_preprocess_cfg(config) -> dict:
+    """The preprocessing config ``open_clip.create_model`` gives this architecture and pretrained tag, read
+    from open_clip's registries without building the model: ``create_model(load_weights=False)`` still
+    downloads a tagged checkpoint (open_clip 3.3), and the job's CPU decode workers need only the transform."""
+    import dataclasses
+
+    import open_clip
+    from open_clip.factory import merge_preprocess_dict
+    from open_clip.transform import PreprocessCfg
+    from open_clip.utils import to_2tuple
+
+    arch = _open_clip_arch(config)
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:  # an hf-hub: / local-dir: name: its config lives with the weights
+        visual, _ = _open_clip_visual(config, load_weights=False)
+        return dict(visual.preprocess_cfg)
+    cfg = dataclasses.asdict(PreprocessCfg())
+    pretrained = None if config.random_weights else (config.model or "openai")
+    if pretrained:
+        cfg = merge_preprocess_dict(cfg, open_clip.get_pretrained_cfg(arch, pretrained))  # {} for a checkpoint file
+    # create_model takes the size from the built tower, which holds its image_size as a pair
+    cfg["size"] = to_2tuple(model_cfg.get("vision_cfg", {}).get("image_size", cfg["size"]))
+    return cfg
+
+
 def _open_clip_transform(cfg: dict, resize: str) -> FrameTransform:
     size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
     if cfg.get("resize_mode", "shortest") != "shortest":
@@ -151,9 +176,7 @@ class ClipS2Extractor(Extractor):
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:
         if config.backend == "open_clip":
-            # The architecture's preprocess config, set by create_model, without reading any weights.
-            visual, _ = _open_clip_visual(config, load_weights=False)
-            return _open_clip_transform(visual.preprocess_cfg, settings.resize)
+            return _open_clip_transform(_open_clip_preprocess_cfg(config), settings.resize)
         # for random weights the processor class's defaults are OpenAI CLIP's processor settings
         return cls.hf_transform(config, settings, "clip", "CLIPImageProcessor", {})
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from extractors import ExtractorConfig, build_extractor
+from extractors.clip_s2 import ClipS2Extractor
+from pipeline.errors import SignfeatError
 
 
 def _frames(n=3, h=96, w=128, seed=0):
@@ -159,3 +161,32 @@ def test_open_clip_checkpoint_file_is_loaded(tmp_path):
     for name, p in ex.model.state_dict().items():
         torch.testing.assert_close(p, full.visual.state_dict()[name])
     assert not all(torch.equal(p, tiny.model.state_dict()[n]) for n, p in ex.model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["ViT-B-32", "ViT-B-16-plus-240"])
+def test_open_clip_preprocess_cfg_equals_create_models(arch):
+    """The transform's config, read from open_clip's registries, is the one create_model sets on the model."""
+    import open_clip
+
+    from extractors.clip_s2 import _open_clip_preprocess_cfg
+
+    model = open_clip.create_model(arch, pretrained=None, load_weights=False)
+    assert _open_clip_preprocess_cfg(ExtractorConfig(name="clip_s2", backend="open_clip", arch=arch, random_weights=True)) == dict(model.visual.preprocess_cfg)
+
+
+def test_open_clip_transform_of_a_pretrained_tag_downloads_nothing(monkeypatch):
+    """The job's decode workers build only the transform: a pretrained tag's preprocessing without its checkpoint."""
+    import open_clip
+    import open_clip.factory
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the transform must not download weights")
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", no_download)
+    monkeypatch.setattr(open_clip.factory, "download_pretrained_from_hf", no_download)
+    tag = open_clip.get_pretrained_cfg("ViT-B-16", "openai")
+    tf = ClipS2Extractor.make_transform(ExtractorConfig(name="clip_s2", backend="open_clip", arch="ViT-B-16", model="openai"), ClipS2Extractor.Settings())
+    assert (tf.shortest_edge, tf.crop, tf.mean, tf.std) == (224, 224, tuple(tag["mean"]), tuple(tag["std"]))
+    # the tag's own settings are read, not the defaults: CLIPA's datacomp1b weights squash the image
+    with pytest.raises(SignfeatError, match="squash"):
+        ClipS2Extractor.make_transform(ExtractorConfig(name="clip_s2", backend="open_clip", arch="ViT-L-14-CLIPA", model="datacomp1b"), ClipS2Extractor.Settings())
