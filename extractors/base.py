@@ -37,6 +37,7 @@ from pipeline.errors import ClipError, SignfeatError
 log = logging.getLogger(__name__)
 REGISTRY: dict[str, type["Extractor"]] = {}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+RANDOM_WEIGHTS_SEED = 0  # random_weights / tiny models are initialised from this seed (build_extractor)
 
 
 def register(name: str):
@@ -311,4 +312,11 @@ def build_extractor(config: ExtractorConfig | dict[str, Any]) -> Extractor:
 
     if isinstance(config, dict):
         config = ExtractorConfig.from_dict(config)
-    return REGISTRY[config.name](config)
+    if not config.random_weights:
+        return REGISTRY[config.name](config)
+    # Random weights come from a fixed seed, so every actor of a stream (and a resumed job, and the
+    # ``features`` command) builds the same model: otherwise shards with one settings_hash would hold
+    # features of different random networks. The caller's RNG state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return REGISTRY[config.name](config)

@@ -146,3 +146,20 @@ def test_transform_without_weights_equals_the_built_extractors(config):
     """The job's CPU stage builds only the preprocessing; it must be the extractor's own."""
     cfg = ExtractorConfig(**config)
     assert REGISTRY[cfg.name].transform_for(cfg) == build_extractor(cfg).transform
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_random_weights_are_the_same_in_every_build(name):
+    """Every actor of a stream (and a resumed job, and ``signfeat features``) builds its own model: with random
+    weights they must be the same model, since the shards record one settings_hash for all of them."""
+    clip = _clips([16])
+    torch.manual_seed(1)
+    a = build_extractor(ExtractorConfig(name=name, tiny=True))
+    state = torch.random.get_rng_state()
+    torch.manual_seed(2)
+    b = build_extractor(ExtractorConfig(name=name, tiny=True))
+    assert a.settings_hash == b.settings_hash
+    np.testing.assert_array_equal(a.extract(clip)[0], b.extract(clip)[0])
+    torch.manual_seed(1)
+    build_extractor(ExtractorConfig(name=name, tiny=True))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left as it was
