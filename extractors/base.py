@@ -65,11 +65,21 @@ class ExtractorConfig:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.name not in REGISTRY:
+        if not isinstance(self.name, str) or self.name not in REGISTRY:
             raise SignfeatError(f"unknown extractor {self.name!r}; registered: {', '.join(sorted(REGISTRY))}")
+        # A YAML string such as "false" is truthy: `random_weights: "false"` would silently give random features.
+        for key in ("random_weights", "tiny", "compile"):
+            if not isinstance(getattr(self, key), bool):
+                raise SignfeatError(f"{self.name}: {key} must be true or false, got {getattr(self, key)!r}")
+        for key in ("model", "revision", "arch"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise SignfeatError(f"{self.name}: {key} must be a non-empty string or null, got {value!r}")
+        if self.backend not in ("hf", "open_clip"):  # checked here, not when the model loads on an actor
+            raise SignfeatError(f"{self.name}: backend must be hf or open_clip, got {self.backend!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise SignfeatError(f"dtype must be auto, {', '.join(DTYPES)}; got {self.dtype!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise SignfeatError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.tiny:
             self.random_weights = True  # a tiny model has no pretrained weights
@@ -108,14 +118,18 @@ def parse_settings(settings_cls, given: dict[str, Any], extractor: str):
 def _coerce(value: Any, default: Any) -> Any:
     if isinstance(default, tuple):
         items = value.split(",") if isinstance(value, str) else list(value)
-        kind = type(default[0]) if default else str
-        return tuple(kind(v) for v in items)
+        # each item as a scalar setting of the default's kind: `scales: [224.5]` or `[true]` is refused, not truncated
+        return tuple(_coerce(v, default[0]) for v in items) if default else tuple(str(v) for v in items)
     if isinstance(default, bool):
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(value)
             return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool) and value not in (0, 1):  # bool(2) or bool([]) would hide a typo
+            raise ValueError(value)
         return bool(value)
+    if isinstance(default, (int, float)) and isinstance(value, bool):  # int(True) == 1: YAML's `layer: yes`
+        raise ValueError(value)
     if isinstance(default, int):
         if isinstance(value, float) and not value.is_integer():
             raise ValueError(value)

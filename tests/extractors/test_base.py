@@ -93,6 +93,16 @@ def test_metadata_and_settings_hash():
         dict(name="dinov2", tiny=True, batch_size=0),
         dict(name="clip_s2", tiny=True, backend="timm"),
         dict(name="dinov2", tiny=True, colour="blue"),
+        # wrong types that were accepted and used: a truthy string, a truncated float, a bool as a number
+        dict(name="dinov2", random_weights="false"),
+        dict(name="dinov2", tiny="no"),
+        dict(name="dinov2", tiny=True, compile="no"),
+        dict(name="dinov2", tiny=True, model=3),
+        dict(name="dinov2", tiny=True, batch_size=True),
+        dict(name=["dinov2"]),
+        dict(name="clip_s2", tiny=True, settings={"scales": [224.5]}),
+        dict(name="clip_s2", tiny=True, settings={"scales": [True]}),
+        dict(name="clip_s2", tiny=True, settings={"layer": True}),
     ],
 )
 def test_bad_configs_are_clear_errors(config):
