@@ -92,10 +92,32 @@ def _positive_int(where: str, value: Any) -> int:
     return value
 
 
+def _nonneg_int(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:  # 1.5 retries is not silently 1
+        raise SignfeatError(f"{where} must be an integer >= 0, got {value!r}")
+    return value
+
+
 def _nonneg_number(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise SignfeatError(f"{where} must be a number >= 0, got {value!r}")
     return float(value)
+
+
+def _positive_number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise SignfeatError(f"{where} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _mapping(where: str, value: Any) -> dict:
+    """A section that may be left out or empty; anything but a mapping is refused (a string would otherwise be
+    reported as a list of its letters as unknown keys)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SignfeatError(f"{where} must be a mapping, got {value!r}")
+    return value
 
 
 def _resources(where: str, value: Any) -> dict[str, float]:
@@ -130,8 +152,11 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
             raise SignfeatError(f"{where} must be a mapping with a 'name'")
         _check_keys(where, entry, _EXTRACTOR_CONFIG_KEYS | _RESOURCE_KEYS)
         ext = {k: v for k, v in entry.items() if k in _EXTRACTOR_CONFIG_KEYS}
-        cfg = ExtractorConfig.from_dict({**ext, "device": "cpu"})  # validates name, dtype, batch size
-        parse_settings(REGISTRY[cfg.name].Settings, cfg.settings, cfg.name)  # validates settings now, not on a GPU later
+        try:
+            cfg = ExtractorConfig.from_dict({**ext, "device": "cpu"})  # validates name, dtype, batch size
+            parse_settings(REGISTRY[cfg.name].Settings, cfg.settings, cfg.name)  # validates settings now, not on a GPU later
+        except SignfeatError as exc:  # say which file and entry: a config may list several extractors
+            raise SignfeatError(f"{where}: {exc}") from None
         if cfg.name in seen:
             raise SignfeatError(f"{where}: extractor {cfg.name!r} listed twice (one stream each)")
         seen.add(cfg.name)
@@ -143,28 +168,35 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
             resources=_resources(f"{where}.resources", entry.get("resources") or {}),
             accelerator_type=_optional_str(f"{where}.accelerator_type", entry.get("accelerator_type")),
         ))
-    decode_raw = data.get("decode", {}) or {}
+    decode_raw = _mapping(f"{source}: decode", data.get("decode"))
     _check_keys(f"{source}: decode", decode_raw, {f.name for f in dataclasses.fields(DecodeOptions)})
     if decode_raw.get("backend", "decord") not in BACKENDS:
         raise SignfeatError(f"{source}: decode.backend must be one of {BACKENDS}")
+    # types here, so that `max_frames: 2.5` or `target_fps: "25"` is named, not passed on or reported as a TypeError
+    for key in ("max_frames", "frame_limit"):
+        if key in decode_raw and (decode_raw[key] is not None or key != "max_frames"):
+            _positive_int(f"{source}: decode.{key}", decode_raw[key])
+    for key in ("target_fps", "max_clip_mib", "frame_fps"):
+        if key in decode_raw and (decode_raw[key] is not None or key != "target_fps"):
+            _positive_number(f"{source}: decode.{key}", decode_raw[key])
     try:
         decode = DecodeOptions(**decode_raw)
     except (TypeError, ValueError) as exc:
         raise SignfeatError(f"{source}: decode: {exc}") from None
-    shards_raw = data.get("shards", {}) or {}
+    shards_raw = _mapping(f"{source}: shards", data.get("shards"))
     _check_keys(f"{source}: shards", shards_raw, {f.name for f in dataclasses.fields(ShardConfig)})
     shards = ShardConfig(**shards_raw)
     _positive_int(f"{source}: shards.samples", shards.samples)
     if shards.max_frames is not None:
         _positive_int(f"{source}: shards.max_frames", shards.max_frames)
-    if not shards.prefix or not all(c.isalnum() or c in "-_" for c in shards.prefix):
+    if not isinstance(shards.prefix, str) or not shards.prefix or not all(c.isalnum() or c in "-_" for c in shards.prefix):
         raise SignfeatError(f"{source}: shards.prefix must be letters, digits, '-' or '_', got {shards.prefix!r}")
     return JobConfig(
         streams=streams,
         decode=decode,
         shards=shards,
         clips_per_call=_positive_int(f"{source}: clips_per_call", data.get("clips_per_call", 8)),
-        decode_retries=int(_nonneg_number(f"{source}: decode_retries", data.get("decode_retries", 2))),
+        decode_retries=_nonneg_int(f"{source}: decode_retries", data.get("decode_retries", 2)),
     )
 
 

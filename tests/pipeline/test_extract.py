@@ -133,10 +133,29 @@ def test_a_lost_shard_is_redone_on_rerun(job):
     {"extractors": [{"name": "clip_s2", "resources": {"slot": -1}}]},
     {"extractors": [{"name": "clip_s2", "resources": ["slot"]}]},
     {"extractors": [{"name": "clip_s2", "accelerator_type": 3}]},
+    {"extractors": [{"name": "clip_s2", "random_weights": "false"}]},
+    {"extractors": [{"name": "clip_s2"}], "decode": {"max_frames": 2.5}},
+    {"extractors": [{"name": "clip_s2"}], "decode": {"frame_limit": True}},
+    {"extractors": [{"name": "clip_s2"}], "decode": "pyav"},
+    {"extractors": [{"name": "clip_s2"}], "shards": {"prefix": 5}},
+    {"extractors": [{"name": "clip_s2"}], "decode_retries": 1.5},
 ])
 def test_bad_job_configs_fail_before_anything_starts(bad):
     with pytest.raises(SignfeatError):
         parse_job_config(bad)
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ({"decode": {"target_fps": "25"}}, "C.yaml: decode.target_fps must be a number > 0, got '25'"),
+    ({"decode": ["pyav"]}, "C.yaml: decode must be a mapping"),
+    ({"shards": "big"}, "C.yaml: shards must be a mapping"),
+    ({"extractors": [{"name": "clip_s2"}, {"name": "dinov2", "dtype": "fp64"}]}, "C.yaml: extractors[1]: dtype must be"),
+])
+def test_job_config_errors_name_the_key(bad, needle):
+    """The message names the file and key at fault, not a Python TypeError or the letters of a string."""
+    with pytest.raises(SignfeatError) as err:
+        parse_job_config({"extractors": [{"name": "clip_s2"}], **bad}, "C.yaml")
+    assert needle in str(err.value)
 
 
 def test_where_actors_run_does_not_change_the_output_hash():
