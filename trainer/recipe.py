@@ -9,6 +9,7 @@ is checked against the field's type and the section's own ``validate`` before an
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -73,7 +74,9 @@ class AdapterConfig:
     def validate(self) -> None:
         if self.kind not in ("sign_adapter", "mlp", "motion"):
             raise SignfeatError(f"adapter.kind: expected sign_adapter, mlp or motion, got {self.kind!r}")
-        _positive("adapter", hidden=self.hidden, ltn_window=self.ltn_window, ltn_layers=self.ltn_layers, ltn_heads=self.ltn_heads)
+        _positive("adapter", hidden=self.hidden, ltn_window=self.ltn_window, ltn_layers=self.ltn_layers, ltn_heads=self.ltn_heads,
+                  standardize_samples=self.standardize_samples)
+        _positive("adapter.stream_widths", **self.stream_widths)
         if self.ltn and self.kind != "mlp":
             raise SignfeatError("adapter.ltn: the local-window transformer belongs to the mlp connector")
 
@@ -169,7 +172,7 @@ class VTAlignConfig:
     def validate(self) -> None:
         if self.pooling not in ("masked", "unmasked"):
             raise SignfeatError(f"vt_align.pooling: expected masked or unmasked, got {self.pooling!r}")
-        if self.warmup_steps < 0 or self.weight < 0:
+        if self.warmup_steps < 0 or not 0 <= self.weight < math.inf:  # NaN is neither
             raise SignfeatError("vt_align: warmup_steps and weight must be >= 0")
 
 
@@ -186,7 +189,9 @@ class OptimConfig:
     clip_grad: float = 1.0  # 0: no clipping
 
     def validate(self) -> None:
-        _positive("optim", lr=self.lr, max_steps=self.max_steps, grad_accum=self.grad_accum)
+        _positive("optim", lr=self.lr, max_steps=self.max_steps, grad_accum=self.grad_accum, eps=self.eps)
+        # AdamW refuses these only once the model is loaded; a negative clip_grad would silently mean "no clipping"
+        _nonneg("optim", weight_decay=self.weight_decay, clip_grad=self.clip_grad)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise SignfeatError("optim.betas: expected two numbers in [0, 1)")
         if not 0 <= self.warmup_ratio < 1:
@@ -210,6 +215,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         _positive("eval", num_beams=self.num_beams, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        _nonneg("eval", every=self.every, max_samples=self.max_samples)  # -1 would evaluate every step / no sample
         if not 0 < self.top_p <= 1:
             raise SignfeatError("eval.top_p: expected 0 < top_p <= 1")
         from sacrebleu.metrics.bleu import BLEU
@@ -242,6 +248,7 @@ class Recipe:
         self.vt_align.validate()
         self.optim.validate()
         self.eval.validate()
+        _nonneg("", checkpoint_every=self.checkpoint_every)  # -1 would checkpoint every step (step % -1 == 0)
         if self.device not in ("auto", "cpu", "cuda"):
             raise SignfeatError(f"device: expected auto, cpu or cuda, got {self.device!r}")
         if self.adapter.kind == "sign_adapter" and len(self.data.streams) != 2:
@@ -268,8 +275,14 @@ class Recipe:
 
 def _positive(section: str, **values) -> None:
     for key, value in values.items():
-        if not value > 0:
+        if not 0 < value < math.inf:  # NaN and inf too (optim.lr=.inf would train on NaN)
             raise SignfeatError(f"{section}.{key}: must be > 0, got {value!r}")
+
+
+def _nonneg(section: str, **values) -> None:
+    for key, value in values.items():
+        if not 0 <= value < math.inf:
+            raise SignfeatError(f"{section + '.' if section else ''}{key}: must be >= 0, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------- building

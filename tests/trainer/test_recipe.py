@@ -45,6 +45,18 @@ def test_overrides_apply_and_are_typed():
     ("llm.prompt=no sign here", "{sign}"),
     ("data.batch_size=2.5", "data.batch_size: expected an integer"),
     ("lr", "expected key=value"),
+    # accepted before, then misused: every step checkpointed / evaluated, no eval sample, NaN training,
+    # negative clip_grad read as "no clipping", AdamW's own error only after the model loaded
+    ("checkpoint_every=-1", "checkpoint_every: must be >= 0"),
+    ("eval.every=-1", "eval.every: must be >= 0"),
+    ("eval.max_samples=-1", "eval.max_samples: must be >= 0"),
+    ("optim.lr=.inf", "optim.lr: must be > 0"),
+    ("optim.eps=-1", "optim.eps: must be > 0"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay: must be >= 0"),
+    ("optim.clip_grad=-1", "optim.clip_grad: must be >= 0"),
+    ("vt_align.weight=.nan", "vt_align"),
+    ("adapter.stream_widths.clip_s2=0", "adapter.stream_widths.clip_s2: must be > 0"),
+    ("adapter.standardize_samples=0", "adapter.standardize_samples: must be > 0"),
 ])
 def test_bad_settings_are_clear_errors(override, message):
     with pytest.raises(SignfeatError, match=message.replace("{", r"\{").replace("}", r"\}")):
