@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from manifests.formats import normalise_split
 from manifests.schema import MANIFEST_SCHEMA, PARAMS_KIND, read_manifest, write_manifest
 from pipeline.errors import SignfeatError
 
@@ -50,8 +51,19 @@ class CurateOptions:
                 raise SignfeatError(f"curation option {name} must be a number or null, got {v!r}")
         if not isinstance(self.dedup, bool) or not isinstance(self.group_by_signer, bool):
             raise SignfeatError("curation options dedup and group_by_signer must be true or false")
-        if not isinstance(self.split_ratios, dict) or not all(isinstance(v, (int, float)) for v in self.split_ratios.values()):
+        if not isinstance(self.split_ratios, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.split_ratios.values()):
             raise SignfeatError(f"split_ratios must map split names to fractions, got {self.split_ratios!r}")
+        # The names assigned become split folders of the shards and what `train` reads: normalise them as the
+        # build does (val -> dev), and refuse one that cannot be a folder name now rather than at extraction.
+        ratios: dict[str, float] = {}
+        for name, v in self.split_ratios.items():
+            split = normalise_split(name)
+            if not split or "/" in split or split.startswith(("_", ".")):
+                raise SignfeatError(f"split_ratios: {name!r} cannot be a split name (a plain folder name, like train, dev, test)")
+            if split in ratios:
+                raise SignfeatError(f"split_ratios: {name!r} names split {split!r} twice")
+            ratios[split] = v
+        self.split_ratios = ratios
         for lo, hi in [("min_duration_s", "max_duration_s"), ("min_frames", "max_frames"), ("min_fps", "max_fps"), ("min_text_chars", "max_text_chars")]:
             a, b = getattr(self, lo), getattr(self, hi)
             for name, v in ((lo, a), (hi, b)):
@@ -73,7 +85,10 @@ def load_curate_config(path: Path) -> dict[str, Any]:
 
     if not Path(path).is_file():
         raise SignfeatError(f"curation config not found: {path}")
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SignfeatError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SignfeatError(f"{path}: expected a mapping of curation options")
     known = set(CurateOptions.__dataclass_fields__)

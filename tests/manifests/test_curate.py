@@ -75,6 +75,27 @@ def test_bad_options_are_rejected():
         CurateOptions(min_frames=10, max_frames=5)
     with pytest.raises(SignfeatError):
         CurateOptions(split_ratios={"train": -1})
+    # an assigned split becomes a shard folder: "../x" used to pass curation and fail at extraction
+    for bad in ({"../x": 1}, {"_x": 1}, {"val": 1, "dev": 1}, {"train": True}):
+        with pytest.raises(SignfeatError, match="split"):
+            CurateOptions(split_ratios=bad)
+
+
+def test_split_ratio_names_are_normalised_as_the_build_does():
+    """`val` in split_ratios used to assign split "val" while the build turns a `val` annotation into dev."""
+    assert CurateOptions(split_ratios={"training": 0.8, "val": 0.2}).split_ratios == {"train": 0.8, "dev": 0.2}
+    rows = pd.DataFrame([_row(i, split=None) for i in range(50)])
+    assert set(assign_splits(rows, CurateOptions(split_ratios={"train": 0.5, "val": 0.5}))) == {"train", "dev"}
+
+
+def test_a_curation_config_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("min_frames: [1\n")
+    assert main(["manifest", "curate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "r"),
+                 "--config", str(cfg)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
 
 
 def test_curate_demo_manifest_writes_report_and_plots(demo_manifest, tmp_path):
