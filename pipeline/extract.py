@@ -135,6 +135,13 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     streams = [s.name for s in cfg.streams]
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
     store = Store(out)
+    if "://" not in store.url:  # a local OUT that is a file (or under one), or not writable: say so, not a pyarrow traceback
+        if Path(store.root).exists() and not Path(store.root).is_dir():
+            raise SignfeatError(f"--out {out} is a file, not a folder")
+        try:
+            Path(store.root).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SignfeatError(f"--out {out}: cannot create the output folder ({exc.strerror}: {exc.filename})") from None
     if overwrite:
         store.clear()
     elif store.exists("_signfeat/identity.json"):
@@ -162,6 +169,32 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     return summary
 
 
+def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
+    """Refuse a job whose actors cannot all be placed on a local Ray instance. Ray Data would wait for them
+    forever ("No available node types can fulfill resource request {'GPU': 1.0}"): num_gpus > 0 on a machine
+    without GPUs, --num-cpus smaller than the actors plus one decode task, a custom resource or
+    accelerator_type the machine does not have. A joined cluster (--address, RAY_ADDRESS) may autoscale, so
+    it is not checked."""
+    need: dict[str, float] = {"CPU": 1.0}  # one decode task must run next to the actors
+    for s in cfg.streams:
+        asks = {"CPU": s.num_cpus, "GPU": s.num_gpus, **s.resources}
+        if s.accelerator_type:
+            asks[f"accelerator_type:{s.accelerator_type}"] = 0.001  # Ray's label resource for the GPU type
+        for name, amount in asks.items():
+            need[name] = need.get(name, 0.0) + s.actors * amount
+    for name, amount in need.items():
+        have = total.get(name, 0.0)
+        if amount > 0 and have + 1e-9 < amount:
+            users = [f"{s.name} ({s.actors} actor{'s' * (s.actors > 1)})" for s in cfg.streams
+                     if (name == "CPU" and s.num_cpus) or (name == "GPU" and s.num_gpus) or name in s.resources
+                     or name == f"accelerator_type:{s.accelerator_type}"]
+            key = {"CPU": "num_cpus", "GPU": "num_gpus"}.get(name, "accelerator_type" if name.startswith("accelerator_type:") else f"resources.{name}")
+            raise SignfeatError(
+                f"the extractors' {key} need {amount:g} {name} in all ({', '.join(users)}{' + 1 decode task' if name == 'CPU' else ''}), "
+                f"but the local Ray instance has {have:g}: lower {key} or actors in the config"
+                + (", or raise --num-cpus" if name == "CPU" else "") + ", or run on a cluster with --address (the job would wait forever)")
+
+
 def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[str], config_hash: str, *, address, progress, num_cpus) -> dict[str, Any]:
     import ray
     from tqdm import tqdm
@@ -171,6 +204,8 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
 
     needed_cpus = 1 + sum(s.actors * s.num_cpus for s in cfg.streams)
     ensure_ray(num_cpus=num_cpus or max(os.cpu_count() or 1, int(np.ceil(needed_cpus))), address=address)
+    if not (address or os.environ.get("RAY_ADDRESS")):  # a local instance never grows: what it lacks now, it lacks for good
+        check_local_resources(cfg, ray.cluster_resources())
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False  # our own bar below says clips, rate, ETA and failures

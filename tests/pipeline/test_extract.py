@@ -198,3 +198,27 @@ def test_a_split_that_is_not_a_plain_folder_name_is_refused(split):
     with pytest.raises(SignfeatError, match="cannot be a folder name"):
         plan_shards([row], ShardConfig())
     assert [p.name for p in plan_shards([{**row, "split": "train"}], ShardConfig(prefix="x"))] == ["train/x-000000"]
+
+
+@pytest.mark.parametrize("entry,total,needle", [
+    ({"num_gpus": 1}, {"CPU": 2.0}, "num_gpus need 1 GPU"),  # a GPU config on a machine without one
+    ({"num_cpus": 1, "actors": 2}, {"CPU": 2.0}, "num_cpus need 3 CPU"),  # two actors + the decode task
+    ({"resources": {"sf_extract": 1}}, {"CPU": 2.0}, "resources.sf_extract need 1"),
+    ({"num_gpus": 1, "accelerator_type": "L40S"}, {"CPU": 2.0, "GPU": 1.0, "accelerator_type:H100": 1.0}, "accelerator_type need"),
+])
+def test_actors_a_local_ray_instance_cannot_place_are_refused(entry, total, needle):
+    """Ray Data would wait forever for such actors ("No available node types can fulfill resource request")."""
+    from pipeline.extract import check_local_resources
+
+    cfg = parse_job_config({"extractors": [{"name": "dinov2", "tiny": True, **entry}]})
+    with pytest.raises(SignfeatError, match=needle):
+        check_local_resources(cfg, total)
+    check_local_resources(cfg, {**total, "CPU": 3.0, "GPU": 1.0, "sf_extract": 1.0, "accelerator_type:L40S": 1.0})  # enough: no error
+
+
+def test_an_out_that_is_a_file_is_a_one_line_error(demo_manifest, tmp_path):
+    """It was a pyarrow NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("x")
+    for out, needle in ((tmp_path / "afile", "is a file"), (tmp_path / "afile" / "sub", "cannot create the output folder")):
+        with pytest.raises(SignfeatError, match=needle):
+            run_extract(demo_manifest, str(out), parse_job_config(CONFIG), progress=False)
