@@ -191,6 +191,12 @@ def _features(args) -> int:
     )
     if not args.video.exists():
         raise SignfeatError(f"no such video or frame folder: {args.video}")
+    try:  # before the model loads and runs, not after: a bad --out would waste that work
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SignfeatError(f"--out {args.out}: cannot create its folder ({exc.strerror}: {exc.filename})") from None
+    if args.out.is_dir():
+        raise SignfeatError(f"--out {args.out} is a folder; give a file name such as f.npy")
     from motion.params_io import is_params_path
 
     if args.extractor == "smplx623" and is_params_path(args.video):  # SMPL-X parameters (a file or a folder of per-frame files)
@@ -202,7 +208,6 @@ def _features(args) -> int:
         extractor = build_extractor(config)
         array = extractor.extract([decoded.frames])[0]
         frames, fps = int(decoded.frames.shape[0]), decoded.fps
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.out, array, allow_pickle=False)
     meta = extractor.metadata()
     print(json.dumps({"out": str(args.out), "shape": list(array.shape), "dtype": str(array.dtype), "frames": frames,

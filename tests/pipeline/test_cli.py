@@ -80,3 +80,17 @@ def test_features_command_writes_the_array_the_shards_would_hold(demo_manifest, 
     np.testing.assert_array_equal(same.extract([frames])[0], arr)
     res = run("features", row["path"], "--extractor", "dinov2", "--tiny", "--set", "resolution=300", "--out", tmp_path / "g.npy")
     assert res.returncode == 2 and "resolution must be 224 or 336" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_features_refuses_a_bad_out_before_the_model_runs(tmp_path, capsys):
+    """--out under a file was a FileExistsError traceback, after the model had loaded and run."""
+    import numpy as np
+
+    from pipeline.cli import main
+    from tests.helpers import index_frame, write_video
+
+    video = write_video(tmp_path / "v.mp4", np.stack([index_frame(i) for i in range(4)]))
+    (tmp_path / "afile").write_text("x")
+    for out, needle in ((tmp_path / "afile" / "f.npy", "cannot create its folder"), (tmp_path, "is a folder")):
+        assert main(["features", str(video), "--extractor", "dinov2", "--tiny", "--out", str(out)]) == 2
+        assert needle in capsys.readouterr().err
