@@ -235,6 +235,15 @@ class Extractor:
         frames and fps being those the features are aligned to (after any resampling)."""
         raise ClipError("needs_video", f"{self.name} needs video frames; {paths[0] if paths else 'this clip'} is a motion-parameters file (source_kind=smplx)")
 
+    def _check_layer(self) -> None:
+        """``settings.layer`` indexes the hidden states (embeddings + one per block): checked once the model's
+        depth is known, so an out-of-range layer is one line when the extractor is built, not an IndexError
+        on every clip."""
+        layers = self.model_info["layers"]
+        if not -(layers + 1) <= self.settings.layer <= layers:
+            raise SignfeatError(f"{self.name} setting layer={self.settings.layer}: the model has {layers} layers "
+                                f"(hidden states 0..{layers}, or -1..-{layers + 1} from the end)")
+
     def describe_preprocessing(self) -> dict[str, Any]:
         return self.transform.describe()
 

@@ -167,6 +167,7 @@ class ClipS2Extractor(Extractor):
             self._build_open_clip()
         else:
             raise SignfeatError(f"clip_s2 backend must be hf or open_clip, got {config.backend!r}")
+        self._check_layer()
         self._place_model()
         self.width = self.hidden_width * len(self.settings.scales)
         self.base = self.transform.crop

@@ -83,6 +83,7 @@ class VideoMAEExtractor(Extractor):
         self.transform = self.make_transform(config, self.settings)
         self.width = self.model.config.hidden_size
         self.model_info = {"class": "transformers.VideoMAEModel", "hidden_size": self.width, "layers": self.model.config.num_hidden_layers, "num_frames": window}
+        self._check_layer()
 
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:

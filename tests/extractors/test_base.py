@@ -103,6 +103,9 @@ def test_metadata_and_settings_hash():
         dict(name="clip_s2", tiny=True, settings={"scales": [224.5]}),
         dict(name="clip_s2", tiny=True, settings={"scales": [True]}),
         dict(name="clip_s2", tiny=True, settings={"layer": True}),
+        # beyond the model's depth (the tiny models have 2 layers): was an IndexError on every forward
+        dict(name="clip_s2", tiny=True, settings={"layer": 100}),
+        dict(name="videomae", tiny=True, settings={"layer": -4}),
     ],
 )
 def test_bad_configs_are_clear_errors(config):
