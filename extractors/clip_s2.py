@@ -163,10 +163,8 @@ class ClipS2Extractor(Extractor):
         super().__init__(config)
         if config.backend == "hf":
             self._build_hf()
-        elif config.backend == "open_clip":
+        else:  # open_clip (ExtractorConfig refuses any other backend)
             self._build_open_clip()
-        else:
-            raise SignfeatError(f"clip_s2 backend must be hf or open_clip, got {config.backend!r}")
         self._check_layer()
         self._place_model()
         self.width = self.hidden_width * len(self.settings.scales)

@@ -173,12 +173,12 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
     if decode_raw.get("backend", "decord") not in BACKENDS:
         raise SignfeatError(f"{source}: decode.backend must be one of {BACKENDS}")
     # types here, so that `max_frames: 2.5` or `target_fps: "25"` is named, not passed on or reported as a TypeError
-    for key in ("max_frames", "frame_limit"):
-        if key in decode_raw and (decode_raw[key] is not None or key != "max_frames"):
-            _positive_int(f"{source}: decode.{key}", decode_raw[key])
-    for key in ("target_fps", "max_clip_mib", "frame_fps"):
-        if key in decode_raw and (decode_raw[key] is not None or key != "target_fps"):
-            _positive_number(f"{source}: decode.{key}", decode_raw[key])
+    checks = {"max_frames": _positive_int, "frame_limit": _positive_int, "target_fps": _positive_number, "max_clip_mib": _positive_number,
+              "frame_fps": _positive_number}
+    nullable = {"max_frames", "target_fps"}  # null: no cap / the clip's own rate
+    for key, check in checks.items():
+        if key in decode_raw and not (decode_raw[key] is None and key in nullable):
+            check(f"{source}: decode.{key}", decode_raw[key])
     try:
         decode = DecodeOptions(**decode_raw)
     except (TypeError, ValueError) as exc:

@@ -135,13 +135,7 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     streams = [s.name for s in cfg.streams]
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
     store = Store(out)
-    if "://" not in store.url:  # a local OUT that is a file (or under one), or not writable: say so, not a pyarrow traceback
-        if Path(store.root).exists() and not Path(store.root).is_dir():
-            raise SignfeatError(f"--out {out} is a file, not a folder")
-        try:
-            Path(store.root).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SignfeatError(f"--out {out}: cannot create the output folder ({exc.strerror}: {exc.filename})") from None
+    store.make_writable()
     if overwrite:
         store.clear()
     elif store.exists("_signfeat/identity.json"):

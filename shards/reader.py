@@ -14,17 +14,21 @@ from typing import Any, Iterator
 from shards.sample import load_npy
 
 
+def member_key(name: str) -> tuple[str, str]:
+    """A member name -> (key, suffix). The key is the name up to the first dot of its last component, folders
+    included, as webdataset keys it (``a/b.c.npy`` -> ``a/b``, ``c.npy``): dropping the folder would make this
+    reader, and so ``signfeat verify``, see other keys than the trainer's webdataset."""
+    folder, _, base = name.rpartition("/")
+    key, _, suffix = base.partition(".")
+    return (f"{folder}/{key}" if folder else key), suffix
+
+
 def iter_members(fileobj) -> Iterator[tuple[str, str, bytes]]:
-    """(key, suffix, bytes) for each file member, in tar order. The key is the name up to the first dot of its
-    last component, folders included, as webdataset keys it (``a/b.c.npy`` -> ``a/b``, ``c.npy``): dropping the
-    folder would make this reader, and so ``signfeat verify``, see other keys than the trainer's webdataset."""
+    """(key, suffix, bytes) for each file member, in tar order (keys as ``member_key`` makes them)."""
     with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
         for member in tar:
-            if not member.isfile():
-                continue
-            folder, _, base = member.name.rpartition("/")
-            key, _, suffix = base.partition(".")
-            yield f"{folder}/{key}" if folder else key, suffix, tar.extractfile(member).read()
+            if member.isfile():
+                yield *member_key(member.name), tar.extractfile(member).read()
 
 
 def group_samples(members: Iterator[tuple[str, str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -47,6 +47,21 @@ class Store:
             raise SignfeatError(f"cannot open output location {self.url}: {exc}") from None
         self.root = root.rstrip("/")
 
+    def make_writable(self) -> None:
+        """Before a job writes: a local OUT that is a file (or under one), or cannot be created, is one line, not
+        a pyarrow traceback at the first write. (Object stores have no folders to check.)"""
+        if "://" in self.url:
+            return
+        from pathlib import Path
+
+        root = Path(self.root)
+        if root.exists() and not root.is_dir():
+            raise SignfeatError(f"--out {self.url} is a file, not a folder")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SignfeatError(f"--out {self.url}: cannot create the output folder ({exc.strerror}: {exc.filename})") from None
+
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 

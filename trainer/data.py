@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import SignfeatError
+from shards.reader import member_key
 
 # ------------------------------------------------------------------------------------------------ shards
 
@@ -68,7 +69,7 @@ def shard_counts(urls: list[str]) -> list[int]:
     for url in urls:
         try:
             with tarfile.open(url, mode="r:") as tar:  # seeks over member headers, reads no data
-                out.append(len({m.name.rsplit("/", 1)[-1].partition(".")[0] for m in tar.getmembers() if m.isfile()}))
+                out.append(len({member_key(m.name)[0] for m in tar.getmembers() if m.isfile()}))
         except tarfile.TarError as exc:
             raise _damaged(url, exc) from None
     return out
@@ -90,7 +91,7 @@ def require_streams(urls: list[str], streams: list[str]) -> None:
                 for member in tar:
                     if not member.isfile():
                         continue
-                    k, _, suffix = member.name.rsplit("/", 1)[-1].partition(".")
+                    k, suffix = member_key(member.name)
                     if key is not None and k != key:
                         break
                     key = k
