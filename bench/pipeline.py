@@ -14,6 +14,8 @@ folders):
             transfers and writing were completely hidden behind compute. Target: job >= 0.85 of it;
   naive     what the papers' scripts do: for each clip decode -> extract -> ``np.save``, one process,
             sequential. Target: job >= 2x it.
+compute and naive run in a process with the config's ``worker_env`` (the job's workers get it from the config;
+the job's own processes do not): the same allocator settings, so the ratios compare pipelines, not mallocs.
 Peak memory is sampled every second: PSS summed over the job's whole process tree (driver + Ray's processes;
 a shared page such as one of Ray's object store counts once) and the driver's RSS. Flat memory: the 4x
 run's peak should be close to the 1x run's, not 4x. The marginal rate, (4x clips - 1x clips) / (4x wall -
@@ -68,7 +70,7 @@ def run_job(manifest: Path, out: Path, config: Path) -> dict:
     import psutil
 
     signfeat = str(Path(sys.executable).parent / "signfeat")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in os.environ.get("SF_BENCH_WORKER_ENV_KEYS", "").split(",")}
     t0, launched_at = time.perf_counter(), time.time()
     job = subprocess.Popen([signfeat, "extract", "--manifest", str(manifest), "--out", str(out), "--config", str(config), "--no-progress", "--overwrite"],
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -159,6 +161,10 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     args = ap.parse_args()
     cfg = load_job_config(args.config)
+    if any(os.environ.get(k) != v for k, v in cfg.worker_env.items()):
+        # glibc reads its malloc settings when a process starts: start this one again with the config's worker_env
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  {**os.environ, **cfg.worker_env, "SF_BENCH_WORKER_ENV_KEYS": ",".join(cfg.worker_env)})
     work = Path(args.work or tempfile.mkdtemp(prefix="sf-bench-pipeline-"))
     one, scaled, rows = make_manifests(work, args.clips, args.scale, args.seed)
 
@@ -171,7 +177,7 @@ def main() -> None:
     marginal = n * (args.scale - 1) / (jobn["wall_s"] - job1["wall_s"])
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "config": args.config, "clips": n, "frames": frames, "failures_in_job": job1["failures"],
+        "config": args.config, "worker_env": cfg.worker_env, "clips": n, "frames": frames, "failures_in_job": job1["failures"],
         "job": {"wall_s": round(job1["wall_s"], 2), "clips_per_s": round(n / job1["wall_s"], 2), "frames_per_s": round(frames / job1["wall_s"], 1),
                 "stage_seconds": job1["stage_seconds"]},
         # start-up (Ray, actors loading models, pipeline fill) is paid once per job; the marginal rate between

@@ -13,6 +13,7 @@
     shards: {samples: 256, max_frames: null, prefix: shard}
     clips_per_call: 8           # clips handed to an extractor actor at once (its batches cross clips)
     decode_retries: 2
+    worker_env: {MALLOC_ARENA_MAX: "1", ...}   # env vars of the job's Ray workers; default DEFAULT_WORKER_ENV
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ from pipeline.errors import SignfeatError
 # where and how many actors run: these do not change the features, so they stay out of the output hash
 _RESOURCE_KEYS = {"actors", "num_gpus", "num_cpus", "resources", "accelerator_type", "batch_size", "compile"}
 _EXTRACTOR_CONFIG_KEYS = {"name", "model", "revision", "backend", "arch", "dtype", "batch_size", "random_weights", "tiny", "compile", "settings"}
+
+
+# Environment of the job's Ray workers (decode tasks and extractor actors) unless the config gives `worker_env`.
+# glibc's malloc hands every allocation above a few MiB back to the kernel when it is freed (mmap / trim) and,
+# in a thread other than the main one (an actor runs its calls in one), allocates from per-thread arenas
+# that do the same; a forward pass then refaults its activations page by page on every call. Measured on
+# the 2-core dev VM (tiny clip_s2, 49 clips, one thread, the call in a non-main thread as in an actor):
+# 39.2 s wall with 11.3 s of it in the kernel, 26.8 s and 0.1 s with these settings (README, "Performance").
+# The heap then keeps its high-water mark (about one batch's activations) instead of returning it. Other C
+# libraries ignore these variables.
+DEFAULT_WORKER_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 
 
 @dataclass
@@ -60,6 +72,7 @@ class JobConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     clips_per_call: int = 8
     decode_retries: int = 2
+    worker_env: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +82,7 @@ class JobConfig:
             "shards": dataclasses.asdict(self.shards),
             "clips_per_call": self.clips_per_call,
             "decode_retries": self.decode_retries,
+            "worker_env": self.worker_env,
         }
 
     def output_hash(self) -> str:
@@ -77,6 +91,7 @@ class JobConfig:
         d["extractors"] = [{k: v for k, v in e.items() if k not in _RESOURCE_KEYS} for e in d["extractors"]]
         d.pop("clips_per_call")
         d.pop("decode_retries")
+        d.pop("worker_env")  # how fast, not what
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -135,10 +150,24 @@ def _optional_str(where: str, value: Any) -> str | None:
     return value
 
 
+def _worker_env(where: str, value: Any) -> dict[str, str]:
+    """Variable name -> value; numbers are written as they read (`MALLOC_ARENA_MAX: 1`), anything else is refused."""
+    if not isinstance(value, dict):
+        raise SignfeatError(f"{where} must be a mapping of environment variable -> value, got {value!r}")
+    out = {}
+    for name, v in value.items():
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise SignfeatError(f"{where}: {name!r} is not an environment variable name")
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)) or "\0" in str(v):
+            raise SignfeatError(f"{where}.{name} must be a string or a number, got {v!r}")
+        out[name] = str(v)
+    return out
+
+
 def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
     if not isinstance(data, dict):
         raise SignfeatError(f"{source}: expected a mapping at the top level")
-    _check_keys(source, data, {"extractors", "decode", "shards", "clips_per_call", "decode_retries"})
+    _check_keys(source, data, {"extractors", "decode", "shards", "clips_per_call", "decode_retries", "worker_env"})
     entries = data.get("extractors")
     if not isinstance(entries, list) or not entries:
         raise SignfeatError(f"{source}: 'extractors' must be a non-empty list")
@@ -197,6 +226,7 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
         shards=shards,
         clips_per_call=_positive_int(f"{source}: clips_per_call", data.get("clips_per_call", 8)),
         decode_retries=_nonneg_int(f"{source}: decode_retries", data.get("decode_retries", 2)),
+        worker_env=_worker_env(f"{source}: worker_env", data["worker_env"] or {}) if "worker_env" in data else dict(DEFAULT_WORKER_ENV),
     )
 
 

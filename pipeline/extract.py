@@ -206,6 +206,8 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     ctx.max_errored_blocks = -1  # a clip whose worker keeps dying is dropped (and recorded), the job goes on
     geometries = stream_geometries(cfg.streams)
     streams_json = json.dumps([s.extractor for s in cfg.streams], sort_keys=True)
+    # the config's environment for every worker of the job (Ray merges it into a submitted job's runtime_env)
+    worker_env = {"runtime_env": {"env_vars": cfg.worker_env}} if cfg.worker_env else {}
 
     # One clip per block: if a worker dies on a clip for good, Ray Data drops that block alone.
     ds = ray.data.from_items(_ray_rows(todo), override_num_blocks=sum(len(p.rows) for p in todo))
@@ -215,7 +217,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
         # remote-args keyword.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(decode_prepare, fn_kwargs={"streams_json": streams_json, "decode_options": cfg.decode}, batch_size=1,
-                            batch_format="numpy", num_cpus=1, max_retries=cfg.decode_retries)
+                            batch_format="numpy", num_cpus=1, max_retries=cfg.decode_retries, **worker_env)
     # each prepared-frame column is dropped by the last stream that reads it
     last_reader = {geometries[s.name]: i for i, s in enumerate(cfg.streams)}
     for i, s in enumerate(cfg.streams):
@@ -225,7 +227,8 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
         ds = ds.map_batches(ExtractStream, fn_constructor_kwargs={"extractor": s.extractor, "prep_column": geometries[s.name], "use_gpu": s.num_gpus > 0,
                                                                  "drop_columns": done_with},
                             batch_size=cfg.clips_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=s.actors),
-                            num_gpus=s.num_gpus, num_cpus=s.num_cpus, resources=s.resources or None, accelerator_type=s.accelerator_type)
+                            num_gpus=s.num_gpus, num_cpus=s.num_cpus, resources=s.resources or None, accelerator_type=s.accelerator_type,
+                            **worker_env)
 
     total = sum(len(p.rows) for p in todo)
     order = {p.name: i for i, p in enumerate(todo)}

@@ -139,6 +139,10 @@ def test_a_lost_shard_is_redone_on_rerun(job):
     {"extractors": [{"name": "clip_s2"}], "decode": "pyav"},
     {"extractors": [{"name": "clip_s2"}], "shards": {"prefix": 5}},
     {"extractors": [{"name": "clip_s2"}], "decode_retries": 1.5},
+    {"extractors": [{"name": "clip_s2"}], "worker_env": ["MALLOC_ARENA_MAX=1"]},
+    {"extractors": [{"name": "clip_s2"}], "worker_env": {"A=B": "1"}},
+    {"extractors": [{"name": "clip_s2"}], "worker_env": {"A": True}},
+    {"extractors": [{"name": "clip_s2"}], "worker_env": {"A": {"b": 1}}},
 ])
 def test_bad_job_configs_fail_before_anything_starts(bad):
     with pytest.raises(SignfeatError):
@@ -149,6 +153,7 @@ def test_bad_job_configs_fail_before_anything_starts(bad):
     ({"decode": {"target_fps": "25"}}, "C.yaml: decode.target_fps must be a number > 0, got '25'"),
     ({"decode": ["pyav"]}, "C.yaml: decode must be a mapping"),
     ({"shards": "big"}, "C.yaml: shards must be a mapping"),
+    ({"worker_env": {"OMP_NUM_THREADS": None}}, "C.yaml: worker_env.OMP_NUM_THREADS must be a string or a number, got None"),
     ({"extractors": [{"name": "clip_s2"}, {"name": "dinov2", "dtype": "fp64"}]}, "C.yaml: extractors[1]: dtype must be"),
 ])
 def test_job_config_errors_name_the_key(bad, needle):
@@ -165,6 +170,40 @@ def test_where_actors_run_does_not_change_the_output_hash():
     assert placed.streams[0].resources == {"sf_extract": 1.0} and placed.streams[0].accelerator_type == "L40S"
     assert placed.output_hash() == base.output_hash()
     assert parse_job_config({"extractors": [{"name": "clip_s2", "settings": {"scales": [224]}}]}).output_hash() != base.output_hash()
+
+
+def test_worker_env_defaults_replaces_and_leaves_the_output_hash_alone():
+    from pipeline.config import DEFAULT_WORKER_ENV
+
+    base = parse_job_config({"extractors": [{"name": "clip_s2"}]})
+    assert base.worker_env == DEFAULT_WORKER_ENV and base.worker_env is not DEFAULT_WORKER_ENV
+    given = parse_job_config({"extractors": [{"name": "clip_s2"}], "worker_env": {"OMP_NUM_THREADS": 2, "X": "y"}})
+    assert given.worker_env == {"OMP_NUM_THREADS": "2", "X": "y"}  # replaces the defaults, numbers as written
+    assert parse_job_config({"extractors": [{"name": "clip_s2"}], "worker_env": None}).worker_env == {}
+    assert given.output_hash() == base.output_hash()  # how fast, not what
+
+
+def test_worker_env_reaches_the_decode_workers(demo_manifest, ray_local, tmp_path):
+    """The config's worker_env is set in the job's Ray workers, over what they inherit: here the fault-injection
+    variable (conftest.py sets it for every process) is replaced by one naming a single clip's file, whose
+    worker then dies on every try (lost), while the others decode."""
+    import pyarrow as pa
+
+    table = pq.read_table(demo_manifest)
+    rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["source_kind"] == "video"]
+    by_path: dict[str, list] = {}
+    for r in rows:
+        by_path.setdefault(r["path"], []).append(r)
+    picked = [group[0] for group in by_path.values() if len(group) == 1][:3]
+    assert len(picked) == 3
+    marker = picked[1]["path"]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(picked, schema=table.schema), manifest)
+    config = {**CONFIG, "extractors": CONFIG["extractors"][:1], "decode_retries": 0, "worker_env": {"SIGNFEAT_TEST_CRASH_ON": marker}}
+    summary = run_extract(manifest, str(tmp_path / "out"), parse_job_config(config), progress=False)
+    failures = pq.read_table(tmp_path / "out" / "failures.parquet").to_pylist()
+    assert [(f["id"], f["error_class"]) for f in failures] == [(picked[1]["id"], "lost")]
+    assert summary["samples"] == 2
 
 
 def test_decode_stage_reads_a_range_with_only_an_end_from_the_start(tmp_path):
