@@ -38,7 +38,7 @@ _EXTRACTOR_CONFIG_KEYS = {"name", "model", "revision", "backend", "arch", "dtype
 # in a thread other than the main one (an actor runs its calls in one), allocates from per-thread arenas
 # that do the same; a forward pass then refaults its activations page by page on every call. Measured on
 # the 2-core dev VM (tiny clip_s2, 49 clips, one thread, the call in a non-main thread as in an actor):
-# 39.2 s wall with 11.3 s of it in the kernel, 26.8 s and 0.1 s with these settings (README, "Performance").
+# 46.5 s wall with 12.9 s of it in the kernel, 31.3 s and 0.1 s with these settings (README, "Benchmarks").
 # The heap then keeps its high-water mark (about one batch's activations) instead of returning it. Other C
 # libraries ignore these variables.
 DEFAULT_WORKER_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
