@@ -65,12 +65,13 @@ def make_manifests(work: Path, clips: int, scale: int, seed: int) -> tuple[Path,
     return one, scaled, ok
 
 
-def run_job(manifest: Path, out: Path, config: Path) -> dict:
-    """``signfeat extract`` in a subprocess; wall clock and peak RSS of its process tree and of the driver."""
+def run_job(manifest: Path, out: Path, config: Path, worker_env: dict[str, str]) -> dict:
+    """``signfeat extract`` in a subprocess; wall clock and peak RSS of its process tree and of the driver. The job
+    gets ``worker_env`` from its config, as a user's job does: this process's copy is not passed on."""
     import psutil
 
     signfeat = str(Path(sys.executable).parent / "signfeat")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in os.environ.get("SF_BENCH_WORKER_ENV_KEYS", "").split(",")}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in worker_env}
     t0, launched_at = time.perf_counter(), time.time()
     job = subprocess.Popen([signfeat, "extract", "--manifest", str(manifest), "--out", str(out), "--config", str(config), "--no-progress", "--overwrite"],
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -163,15 +164,14 @@ def main() -> None:
     cfg = load_job_config(args.config)
     if any(os.environ.get(k) != v for k, v in cfg.worker_env.items()):
         # glibc reads its malloc settings when a process starts: start this one again with the config's worker_env
-        os.execve(sys.executable, [sys.executable, *sys.argv],
-                  {**os.environ, **cfg.worker_env, "SF_BENCH_WORKER_ENV_KEYS": ",".join(cfg.worker_env)})
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **cfg.worker_env})
     work = Path(args.work or tempfile.mkdtemp(prefix="sf-bench-pipeline-"))
     one, scaled, rows = make_manifests(work, args.clips, args.scale, args.seed)
 
-    job1 = run_job(one, work / "out_1x", Path(args.config))
+    job1 = run_job(one, work / "out_1x", Path(args.config), cfg.worker_env)
     naive = run_naive(rows, cfg, work / "naive")
     compute = run_compute(rows, cfg)
-    jobn = run_job(scaled, work / f"out_{args.scale}x", Path(args.config))
+    jobn = run_job(scaled, work / f"out_{args.scale}x", Path(args.config), cfg.worker_env)
 
     n, frames = len(rows), job1["frames"]
     marginal = n * (args.scale - 1) / (jobn["wall_s"] - job1["wall_s"])

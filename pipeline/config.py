@@ -34,7 +34,7 @@ _EXTRACTOR_CONFIG_KEYS = {"name", "model", "revision", "backend", "arch", "dtype
 
 
 # Environment of the job's Ray workers (decode tasks and extractor actors) unless the config gives `worker_env`.
-# glibc's malloc hands every allocation above a few MiB back to the kernel when it is freed (mmap / trim) and,
+# glibc's malloc hands large freed blocks back to the kernel (mmap'd chunks, heap trimming) and,
 # in a thread other than the main one (an actor runs its calls in one), allocates from per-thread arenas
 # that do the same; a forward pass then refaults its activations page by page on every call. Measured on
 # the 2-core dev VM (tiny clip_s2, 49 clips, one thread, the call in a non-main thread as in an actor):
