@@ -69,6 +69,11 @@ class VideoTimeline:
     codec: str
     frame_duration_s: float  # median gap between frames, the length of the last frame
     container: str = ""  # FFmpeg's demuxer name ("mov,mp4,m4a,3gp,3g2,mj2", "mpegts", "gif", ...)
+    pts: np.ndarray | None = None  # int64 [N]: each frame's timestamp in the stream's time base (times_s's source)
+    keyframe_pts: np.ndarray | None = None  # int64, sorted: timestamps of the key frames (where decoding may start)
+    pix_fmt: str = ""  # the decoder's pixel format ("yuv420p", "yuv420p10le", ...)
+    video_streams: int = 1  # video streams in the file (cover pictures not counted); frames come from the first
+    discarded: int = 0  # packets flagged discard (an edit list's pre-roll): in the file, never shown
 
     @property
     def duration_s(self) -> float:
@@ -102,20 +107,26 @@ def _open_container(path: str):
 
 def read_timeline(path: str) -> VideoTimeline:
     """Demux every packet of the first video stream (fast: no decoding) to list frame timestamps."""
+    import av
+
     container = _open_container(path)
     try:
         stream = container.streams.video[0]
         tb = float(stream.time_base)
         pts: list[int] = []
-        untimed = 0
+        keyframes: list[int] = []
+        untimed = discarded = 0
         try:
             for packet in container.demux(stream):
                 untimed += packet.pts is None and packet.size > 0
                 # A discard-flagged packet is pre-roll before an edit list's start (a clip cut with
                 # "ffmpeg -ss T -c copy" keeps the frames back to the previous keyframe): decoders drop it,
                 # so it is no frame of the video and must not shift every index after it.
+                discarded += bool(packet.is_discard and packet.size > 0)
                 if packet.pts is not None and packet.size > 0 and not packet.is_discard:
                     pts.append(packet.pts)
+                    if packet.is_keyframe:
+                        keyframes.append(packet.pts)
         except Exception as exc:
             raise ClipError("corrupt", f"cannot read the packets of {path}: {exc}") from None
         if not pts and untimed:
@@ -143,7 +154,10 @@ def read_timeline(path: str) -> VideoTimeline:
         width, height = int(ctx.width), int(ctx.height)
         if rotation % 180 != 0:
             width, height = height, width
-        return VideoTimeline(times, width, height, rotation, stream.codec_context.name, frame_dur, container.format.name)
+        video_streams = sum(1 for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic)
+        return VideoTimeline(times, width, height, rotation, stream.codec_context.name, frame_dur, container.format.name, pts=pts_arr,
+                             keyframe_pts=np.sort(np.asarray(keyframes, dtype=np.int64)), pix_fmt=str(ctx.pix_fmt or ""),
+                             video_streams=video_streams, discarded=discarded)
     finally:
         container.close()
 
@@ -224,41 +238,93 @@ def _check_limits(count: int, height: int, width: int, options: DecodeOptions, w
 # ----------------------------------------------------------------------------------------------- backends
 
 
-def _decode_decord(path: str, indices: np.ndarray, rotation: int = 0, container: str = "") -> np.ndarray:
+# Pixel formats decord 0.6.0 turns into the same RGB as FFmpeg, on even frame sizes: on odd sizes, 10-bit and
+# 4:2:2 frames its chroma is off (mean 4-5, max 186 levels against the ffmpeg CLI).
+_DECORD_EXACT_PIX_FMTS = ("yuv420p", "yuvj420p", "yuv444p", "yuvj444p", "gray")
+# Containers a backend mis-seeks in (wrong frames, no error) or cannot read to the end.
+_DECORD_WRONG_CONTAINERS = ("mpegts", "mpeg")
+_TORCHCODEC_WRONG_CONTAINERS = ("mpegts", "mpeg", "avi")
+
+
+def pyav_instead(backend: str, timeline: VideoTimeline, indices: np.ndarray) -> str | None:
+    """Why ``backend`` must not decode these frames of this video, or None when it may.
+
+    Each case below returned wrong frames or wrong pixels *without an error* in our tests
+    (tests/pipeline/test_decode.py), so decode_clip decodes such clips through PyAV, whose frames match
+    the ffmpeg CLI's. decord seeks to a key frame whenever the frames asked for are not consecutive from
+    the first, and a seek into an open GOP (x265's default, and x264 with open-gop) or into a stream-copied
+    cut decodes the frames after it with broken references, so decord only ever reads from the start.
+    """
+    if backend == "pyav":
+        return None
+    if timeline.video_streams > 1:
+        return f"{timeline.video_streams} video streams (it may read another one than the first)"
+    if timeline.discarded:
+        return "discarded pre-roll packets (a stream-copied cut)"
+    if backend == "torchcodec" and timeline.container in _TORCHCODEC_WRONG_CONTAINERS:
+        return f"the {timeline.container} container"
+    if backend == "decord":
+        if timeline.rotation:  # it mis-sizes its buffer for some rotated sizes (64x48 at 90 degrees)
+            return "a display rotation"
+        if timeline.container in _DECORD_WRONG_CONTAINERS:
+            return f"the {timeline.container} container"
+        if timeline.pix_fmt not in _DECORD_EXACT_PIX_FMTS or timeline.width % 2 or timeline.height % 2:
+            return f"{timeline.pix_fmt} frames of {timeline.width}x{timeline.height}"
+        steps = np.diff(indices)
+        if int(indices[0]) != 0 or (steps > 1).any() or (steps < 0).any():
+            return "frames that need a seek"
+    return None
+
+
+def _decode_decord(path: str, indices: np.ndarray, timeline: VideoTimeline) -> np.ndarray:
     import decord
 
-    if rotation or container == "mpegts":
-        # decord 0.6.0 applies the display rotation but mis-sizes its buffer for some frame sizes
-        # (64x48 at 90 degrees, 48x64 at 180: "DECORDArrayCopyFromTo: The size must exactly match"),
-        # so rotated videos decode through PyAV, whose frames the tests show are identical. In MPEG-TS (no
-        # index to seek by) it returns wrong frames without an error (12..19, then 19 repeated, for 20 frames).
-        return _decode_pyav(path, indices)
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        if len(reader) != len(timeline.times_s):  # it counts frames the decoder never shows: its indices are not ours
+            return _decode_pyav(path, indices, timeline)
         return reader.get_batch(indices.tolist()).asnumpy()
     except decord.DECORDError:
         # decord also fails on files FFmpeg decodes: the same buffer bug on unrotated small or thin frames
         # (16x48, 48x16, 2x200), GIFs ("Failed to measure duration/frame-count"), ...; a file that is really
         # broken fails in PyAV too, so it still ends as "corrupt", with PyAV's message.
-        return _decode_pyav(path, indices)
+        return _decode_pyav(path, indices, timeline)
 
 
-def _decode_torchcodec(path: str, indices: np.ndarray, rotation: int = 0, container: str = "") -> np.ndarray:
+def _decode_torchcodec(path: str, indices: np.ndarray, timeline: VideoTimeline) -> np.ndarray:
     from torchcodec.decoders import VideoDecoder
 
     decoder = VideoDecoder(path, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=1)
+    if decoder.metadata.num_frames != len(timeline.times_s):
+        # it counts frames the decoder never shows (a stream-copied cut into Matroska: 91 and 93 for 90), so its
+        # frame indices are not the timeline's and it returned frames 1-4 early without an error
+        return _decode_pyav(path, indices, timeline)
     return decoder.get_frames_at(indices.tolist()).data.numpy()
 
 
-def _decode_pyav(path: str, indices: np.ndarray, rotation: int = 0, container: str = "") -> np.ndarray:
-    """Decode in presentation order, converting to RGB only the frames asked for."""
-    import av
+def _decode_pyav(path: str, indices: np.ndarray, timeline: VideoTimeline) -> np.ndarray:
+    """The frames at ``indices`` (positions in the timeline, presentation order), converted to RGB only when asked for.
 
+    A clip that starts after the video's first key frame is decoded from the last key frame at or before its
+    first frame (frames matched by timestamp); if that cannot be done exactly (untimed frames, a seek that
+    lands late), from the file's start, counting frames in presentation order as the other backends do.
+    """
     wanted: dict[int, list[int]] = {}
     for out_pos, frame_idx in enumerate(indices.tolist()):
         wanted.setdefault(frame_idx, []).append(out_pos)
+    out = _pyav_from_keyframe(path, wanted, len(indices), timeline)
+    if out is None:
+        out = _pyav_from_start(path, wanted, len(indices))
+    if any(f is None for f in out):
+        raise ClipError("corrupt", f"{path}: the decoder returned fewer frames than the container lists")
+    return np.stack(out)
+
+
+def _pyav_from_start(path: str, wanted: dict[int, list[int]], count: int) -> list[np.ndarray | None]:
+    import av
+
+    out: list[np.ndarray | None] = [None] * count
     last = max(wanted)
-    out: list[np.ndarray | None] = [None] * len(indices)
     to_rgb = _RgbConverter()
     with av.open(path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
@@ -266,16 +332,55 @@ def _decode_pyav(path: str, indices: np.ndarray, rotation: int = 0, container: s
         # Frames leave the decoder in presentation order; index them by that order, as the other backends do.
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                rgb = to_rgb(frame)
-                if frame.rotation:
-                    rgb = np.ascontiguousarray(np.rot90(rgb, int(round(frame.rotation)) // 90))
-                for out_pos in wanted[i]:
-                    out[out_pos] = rgb
+                _place(out, wanted[i], to_rgb(frame), frame)
             if i >= last:
                 break
-    if any(f is None for f in out):
-        raise ClipError("corrupt", f"{path}: the decoder returned fewer frames than the container lists")
-    return np.stack(out)
+    return out
+
+
+def _pyav_from_keyframe(path: str, wanted: dict[int, list[int]], count: int, timeline: VideoTimeline) -> list[np.ndarray | None] | None:
+    """Decode from the last key frame at or before the first wanted frame; None when that is no help or not exact."""
+    import av
+
+    first_pts, last_pts = int(timeline.pts[min(wanted)]), int(timeline.pts[max(wanted)])
+    keys = timeline.keyframe_pts
+    at = np.searchsorted(keys, first_pts, side="right") - 1 if keys is not None and len(keys) else -1
+    if at < 0 or int(keys[at]) <= int(timeline.pts[0]):
+        return None  # no key frame after the video's first one to start from: decode from the start
+    key_pts = int(keys[at])
+    index_of = {int(p): i for i, p in enumerate(timeline.pts)}
+    out: list[np.ndarray | None] = [None] * count
+    to_rgb = _RgbConverter()
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            container.seek(key_pts, stream=stream, backward=True)
+        except av.error.FFmpegError:
+            return None
+        reached_key = False
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                return None
+            if frame.pts < key_pts:
+                continue  # before the key frame (the seek may land earlier; an open GOP's leading frames may be broken)
+            if not reached_key:
+                if frame.pts != key_pts:
+                    return None  # the seek landed after the key frame: frames before this one would be missed
+                reached_key = True
+            i = index_of.get(int(frame.pts))
+            if i in wanted:
+                _place(out, wanted[i], to_rgb(frame), frame)
+            if frame.pts >= last_pts:
+                break
+    return out if all(f is not None for f in out) else None
+
+
+def _place(out: list, positions: list[int], rgb: np.ndarray, frame) -> None:
+    if frame.rotation:
+        rgb = np.ascontiguousarray(np.rot90(rgb, int(round(frame.rotation)) // 90))
+    for pos in positions:
+        out[pos] = rgb
 
 
 class _RgbConverter:
@@ -381,14 +486,15 @@ def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(
     pos, out_fps = resample_indices(clip_times, options.target_fps, options.max_frames)
     indices = in_range[pos]
     _check_limits(len(indices), timeline.height, timeline.width, options, path)
+    backend = "pyav" if pyav_instead(options.backend, timeline, indices) else options.backend
     try:
-        frames = _DECODERS[options.backend](path, indices, timeline.rotation, timeline.container)
+        frames = _DECODERS[backend](path, indices, timeline)
     except ClipError:
         raise
     except Exception as exc:
-        raise ClipError("corrupt", f"{options.backend} failed to decode {path}: {type(exc).__name__}: {exc}") from None
+        raise ClipError("corrupt", f"{backend} failed to decode {path}: {type(exc).__name__}: {exc}") from None
     if frames.shape[0] != len(indices) or frames.shape[1:] != (timeline.height, timeline.width, 3):
-        raise ClipError("corrupt", f"{options.backend} decoded {frames.shape} from {path}, expected {(len(indices), timeline.height, timeline.width, 3)}")
+        raise ClipError("corrupt", f"{backend} decoded {frames.shape} from {path}, expected {(len(indices), timeline.height, timeline.width, 3)}")
     if out_fps is None:  # a single frame: report the stream's own rate
         out_fps = 1.0 / timeline.frame_duration_s
     return DecodedClip(np.ascontiguousarray(frames, dtype=np.uint8), float(out_fps), clip_times[pos])

@@ -1,3 +1,4 @@
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -316,3 +317,100 @@ def test_audio_with_cover_art_and_raw_h264_say_what_they_are(tmp_path):
     with pytest.raises(ClipError, match="none of its .* video packets has a timestamp") as err:
         read_timeline(str(raw))
     assert err.value.kind == "no_frames"
+
+
+# ---- clips where decord or torchcodec returned wrong frames without an error: each is checked against the ffmpeg CLI
+
+_FF = ["ffmpeg", "-loglevel", "error", "-y"]
+
+
+def _cli_frames(path: Path) -> np.ndarray:
+    """Every frame of the first video stream as the ffmpeg CLI decodes it (the independent reference), sized by ffprobe."""
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "json", str(path)],
+                           check=True, capture_output=True, text=True).stdout
+    stream = json.loads(probe)["streams"][0]
+    width, height = int(stream["width"]), int(stream["height"])
+    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
+def _open_gop_videos(tmp_path: Path) -> dict[str, Path]:
+    src = "testsrc2=size=64x48:rate=30:duration=4"
+    x264 = tmp_path / "open_gop.mp4"  # x264 with open GOPs: key frames every 30, B-frames before them reference the previous GOP
+    subprocess.run(_FF + ["-f", "lavfi", "-i", src, "-c:v", "libx264", "-x264-params", "open-gop=1:keyint=30:min-keyint=30:scenecut=0:bframes=3", str(x264)], check=True)
+    x265 = tmp_path / "open_gop_hevc.mkv"  # x265's default GOPs are open
+    subprocess.run(_FF + ["-f", "lavfi", "-i", src, "-c:v", "libx265", "-x265-params", "log-level=error:keyint=30:min-keyint=30:open-gop=1:bframes=4:scenecut=0",
+                          str(x265)], check=True)
+    cut = tmp_path / "cut_hevc.mkv"  # a stream-copied cut of it: starts with frames the decoder never shows
+    subprocess.run(_FF + ["-ss", "1.5", "-i", str(x265), "-c", "copy", str(cut)], check=True)
+    return {"x264": x264, "x265": x265, "cut": cut}
+
+
+def test_ranges_and_resampling_in_open_gop_and_cut_videos_match_the_ffmpeg_cli(tmp_path):
+    # decord seeks to the key frame of a range's first frame; in an open GOP that decoded the frames after it
+    # with broken references (x264: ~1 level off, some frames one late; the HEVC cut: frames 1-15 for 30-44).
+    # torchcodec counted 93 frames in the 90-frame cut and returned frames 1-4 early.
+    for name, path in _open_gop_videos(tmp_path).items():
+        reference = _cli_frames(path)
+        tl = read_timeline(str(path))
+        assert len(tl.times_s) == len(reference), name
+        for backend in BACKENDS:
+            got = decode_clip({"source_kind": "range", "path": str(path), "start_s": 1.0, "end_s": 1.5}, DecodeOptions(backend=backend)).frames
+            assert np.array_equal(got, reference[30:45]), f"{name} {backend}: range [1.0, 1.5)"
+            got = decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions(backend=backend, target_fps=10)).frames
+            assert np.array_equal(got, reference[::3]), f"{name} {backend}: target_fps=10"
+            got = decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions(backend=backend)).frames
+            assert np.array_equal(got, reference), f"{name} {backend}: whole clip"
+
+
+def test_pyav_starts_a_late_range_at_its_key_frame_with_the_same_frames(tmp_path):
+    # a range deep in a long video must not decode everything before it; the frames are those decoded from the start
+    from pipeline.decode import _pyav_from_keyframe, _pyav_from_start
+
+    for name, path in _open_gop_videos(tmp_path).items():
+        tl = read_timeline(str(path))
+        assert len(tl.keyframe_pts) >= 2, name
+        for first in (31, 59, 60, 75):
+            wanted = {i: [i - first] for i in range(first, min(first + 12, len(tl.times_s)))}
+            from_key = _pyav_from_keyframe(str(path), wanted, len(wanted), tl)
+            assert from_key is not None, f"{name}: no seek from frame {first}"
+            from_start = _pyav_from_start(str(path), wanted, len(wanted))
+            assert all(np.array_equal(a, b) for a, b in zip(from_key, from_start)), f"{name}: from frame {first}"
+
+
+def test_mpeg_program_stream_ranges_match_the_ffmpeg_cli(tmp_path):
+    # decord returned frames ~10 early for a range of an .mpg (MPEG-PS has no index to seek by), no error
+    mpg = tmp_path / "clip.mpg"
+    subprocess.run(_FF + ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=3", "-c:v", "mpeg2video", "-g", "6", "-bf", "2", str(mpg)], check=True)
+    reference = _cli_frames(mpg)
+    tl = read_timeline(str(mpg))
+    expected = reference[np.nonzero((tl.times_s >= 0.5 - 1e-6) & (tl.times_s < 1.2 - 1e-6))[0]]
+    assert len(expected) == 17
+    for backend in BACKENDS:
+        got = decode_clip({"source_kind": "range", "path": str(mpg), "start_s": 0.5, "end_s": 1.2}, DecodeOptions(backend=backend)).frames
+        assert np.array_equal(got, expected), backend
+
+
+def test_a_file_with_two_video_streams_decodes_its_first_everywhere(tmp_path):
+    # decord picked the other stream (max difference 255); the timeline, and so the manifest, describe the first
+    both = tmp_path / "two.mp4"
+    subprocess.run(_FF + ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=1", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=1",
+                          "-map", "0:v", "-map", "1:v", "-c:v", "libx264", str(both)], check=True)
+    reference = _cli_frames(both)
+    assert read_timeline(str(both)).video_streams == 2
+    for backend in BACKENDS:
+        assert np.array_equal(decode_clip({"source_kind": "video", "path": str(both)}, DecodeOptions(backend=backend)).frames, reference), backend
+
+
+@pytest.mark.parametrize("name,codec,pix_fmt,height,width", [("odd.mkv", "ffv1", "yuv420p", 47, 65), ("odd.webm", "libvpx-vp9", "yuv420p", 47, 65),
+                                                             ("ten.mp4", "libx264", "yuv420p10le", 48, 64), ("odd422.mov", "mjpeg", "yuvj422p", 47, 65)])
+def test_decord_backend_gives_ffmpeg_pixels_on_odd_sizes_and_deep_colour(tmp_path, name, codec, pix_fmt, height, width):
+    # decord's own RGB conversion was off by mean 4-5, max 186 levels on these (chroma); such clips go through PyAV
+    path = tmp_path / name
+    subprocess.run(_FF + ["-f", "lavfi", "-i", f"testsrc=size={width}x{height}:rate=25", "-frames:v", "6", "-pix_fmt", pix_fmt, "-c:v", codec, str(path)], check=True)
+    reference = _cli_frames(path)
+    assert reference.shape[1:3] == (height, width)
+    for backend in BACKENDS:
+        got = decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions(backend=backend)).frames
+        assert np.array_equal(got, reference), f"{backend}: max difference {np.abs(got.astype(int) - reference).max()}"
