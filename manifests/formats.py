@@ -209,8 +209,13 @@ def _table_kind(given: str | None, path: Path, start: float | None, end: float |
         kind = "range"
     else:
         kind = "video"
-    if kind == PARAMS_KIND and (start is not None or end is not None):
-        raise ValueError("start/end cut videos; an SMPL-X parameters clip (source_kind smplx) takes the whole file")
+    if start is not None or end is not None:  # a time range is only ever applied to a range row: never drop it silently
+        if kind == PARAMS_KIND:
+            raise ValueError("start/end cut videos; an SMPL-X parameters clip (source_kind smplx) takes the whole file")
+        if kind == "frames":
+            raise ValueError("start/end cut videos; a frame folder is one whole clip (put the clip's frames in a folder of their own)")
+        if kind == "video":
+            raise ValueError("source_kind video takes the whole file; a row with start/end is source_kind range")
     return kind
 
 
@@ -230,9 +235,12 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     continue
                 yield line_no, rec
         return
-    delimiter = "\t" if suffix in (".tsv", ".tab") else ","
+    # CSV is RFC 4180 (quoted fields may hold commas, quotes, newlines); TSV is IANA text/tab-separated-values: no
+    # quoting, a field holds no tab or newline, so a quote is a character of the text (a text starting with '"'
+    # must not swallow the rows after it until the next quote)
+    tsv = suffix in (".tsv", ".tab")
     with open(annotation, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.DictReader(f, delimiter=",")
         missing = [c for c in TABLE_REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
             raise SignfeatError(f"{annotation}: table annotations need columns {list(TABLE_REQUIRED)}; missing {missing} (found {reader.fieldnames})")

@@ -97,7 +97,8 @@ def _probe_frames(row: dict[str, Any], default_fps: float) -> dict[str, Any]:
         "duration_s": len(files) / fps,
         "codec": "+".join(sorted(formats)),
         "bytes": total,
-        "content_hash": h.hexdigest(),
+        # the images and the rate they are shown at: the same folder annotated at another fps is another clip
+        "content_hash": hashlib.blake2b(f"{h.hexdigest()}|{fps!r}".encode(), digest_size=16).hexdigest(),
     }
 
 

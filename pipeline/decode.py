@@ -232,7 +232,7 @@ def _check_limits(count: int, height: int, width: int, options: DecodeOptions, w
         raise ClipError("too_long", f"{what}: {count} frames to decode, over frame_limit={options.frame_limit}")
     mib = count * height * width * 3 / 2**20
     if mib > options.max_clip_mib:
-        raise ClipError("too_long", f"{what}: {mib:.0f} MiB decoded, over max_clip_mib={options.max_clip_mib:g}")
+        raise ClipError("too_long", f"{what}: {mib:.3g} MiB decoded, over max_clip_mib={options.max_clip_mib:g}")
 
 
 # ----------------------------------------------------------------------------------------------- backends
@@ -427,7 +427,9 @@ def list_frame_files(folder: str) -> list[Path]:
         raise ClipError("not_a_folder", f"expected a folder of frame images, found a file: {folder}")
     # Hidden files are not frames: macOS leaves "._0001.png" AppleDouble files (resource forks, not images)
     # next to every image it copies to a non-Mac disk, and one of them would make the whole clip "corrupt".
-    files = [f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") and f.is_file()]
+    # a link to an image that is gone stays in (is_file() is False for it): reading it fails the clip as corrupt,
+    # where skipping it would silently drop a frame
+    files = [f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") and (f.is_file() or f.is_symlink())]
     if not files:
         raise ClipError("empty_folder", f"no frame images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     # the name breaks ties ("01.png" and "1.png" have one natural key), else the order, and so the clip and

@@ -149,3 +149,30 @@ def test_how2sign_video_index_does_not_depend_on_the_listing_order(tmp_path, mon
     first = formats.index_videos(tmp_path)
     monkeypatch.setattr(formats.os, "walk", reversed_walk)
     assert formats.index_videos(tmp_path) == first == {"x": str(tmp_path / "a" / "x.mkv")}
+
+
+def test_tsv_quotes_are_characters_of_the_text_and_csv_quoting_still_works(tmp_path):
+    # A TSV read with CSV quoting let a text starting with '"' swallow the rows after it (3 rows for 4, no error)
+    tsv = tmp_path / "a.tsv"
+    tsv.write_text('id\tpath\ttext\nt1\ta.mp4\t"Guten" Morgen\nt2\ta.mp4\t"open quote never closed\nt3\ta.mp4\tthird, row\nt4\ta.mp4\tvierte\n', encoding="utf-8")
+    by_id = {r["id"]: r["text"] for r in parse_table(tsv, root=tmp_path)}
+    assert by_id == {"t1": '"Guten" Morgen', "t2": '"open quote never closed', "t3": "third, row", "t4": "vierte"}
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text('id,path,text\nc1,a.mp4,"Guten ""Morgen"", Welt"\nc2,a.mp4,"two\nlines"\n', encoding="utf-8")
+    assert {r["id"]: r["text"] for r in parse_table(csv_file, root=tmp_path)} == {"c1": 'Guten "Morgen", Welt', "c2": "two\nlines"}
+
+
+def test_start_end_on_a_row_that_is_not_a_range_is_a_bad_annotation(tmp_path):
+    # they were dropped silently: a frame folder with start/end gave all its frames, as did source_kind video
+    (tmp_path / "frames").mkdir()
+    ann = tmp_path / "a.jsonl"
+    recs = [{"id": "folder", "path": "frames", "text": "t", "start": 0.1, "end": 0.2},
+            {"id": "video", "path": "a.mp4", "text": "t", "source_kind": "video", "start": 1.0},
+            {"id": "range", "path": "a.mp4", "text": "t", "end": 2.0},
+            {"id": "whole", "path": "a.mp4", "text": "t", "source_kind": "video"}]
+    ann.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    by_id = {r["id"]: r for r in parse_table(ann, root=tmp_path)}
+    assert by_id["folder"]["status"] == "bad_annotation" and "frame folder is one whole clip" in by_id["folder"]["error"]
+    assert by_id["video"]["status"] == "bad_annotation" and "source_kind range" in by_id["video"]["error"]
+    assert by_id["range"]["status"] is None and by_id["range"]["source_kind"] == "range"
+    assert by_id["whole"]["status"] is None and by_id["whole"]["source_kind"] == "video"

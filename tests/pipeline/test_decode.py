@@ -414,3 +414,26 @@ def test_decord_backend_gives_ffmpeg_pixels_on_odd_sizes_and_deep_colour(tmp_pat
     for backend in BACKENDS:
         got = decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions(backend=backend)).frames
         assert np.array_equal(got, reference), f"{backend}: max difference {np.abs(got.astype(int) - reference).max()}"
+
+
+def test_a_frame_folder_with_a_dangling_link_is_corrupt_not_a_frame_short(tmp_path):
+    from manifests.probe import probe_clip
+
+    for i in range(3):
+        Image.fromarray(index_frame(i)).save(tmp_path / f"{i:04d}.png")
+    (tmp_path / "0003.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(ClipError) as err:
+        decode_clip({"source_kind": "frames", "path": str(tmp_path)})
+    assert err.value.kind == "corrupt" and "0003.png" in str(err.value)
+    assert probe_clip({"source_kind": "frames", "path": str(tmp_path), "fps": 25.0})["status"] == "corrupt"
+
+
+def test_a_frame_folder_s_content_hash_includes_its_fps(tmp_path):
+    # the same folder annotated at two rates is two different clips: curation must not drop one as a duplicate
+    from manifests.probe import probe_clip
+
+    for i in range(3):
+        Image.fromarray(index_frame(i)).save(tmp_path / f"{i:04d}.png")
+    row = {"source_kind": "frames", "path": str(tmp_path)}
+    at25, again, at30 = (probe_clip({**row, "fps": fps})["content_hash"] for fps in (25.0, 25.0, 30.0))
+    assert at25 == again != at30
