@@ -148,8 +148,8 @@ class BodyModel:
                 out[name] = torch.zeros(num_frames, width, device=self.device)
                 continue
             tensor = torch.as_tensor(value, dtype=torch.float32, device=self.device)
-            if tensor.ndim == 1:
-                tensor = tensor[None].expand(num_frames, -1)
+            if tensor.ndim == 1 or (name in SHAPE_KEYS and tensor.shape[0] == 1):  # one shape vector for the whole clip
+                tensor = tensor.reshape(1, -1).expand(num_frames, -1)
             tensor = tensor.reshape(tensor.shape[0], -1)
             if tensor.shape[0] != num_frames:
                 raise SignfeatError(f"parameter {name} has {tensor.shape[0]} rows, the other parameters {num_frames}")
@@ -223,7 +223,13 @@ class BodyModel:
         if value is None:
             return np.zeros((num_frames, width), np.float32)
         value = np.asarray(value, np.float32)
-        value = np.broadcast_to(value, (num_frames, value.shape[-1])) if value.ndim == 1 else value.reshape(num_frames, -1)
+        if value.ndim == 1 or (name in SHAPE_KEYS and value.shape[0] == 1):  # one shape vector (betas (10,) or (1, 10)): every frame
+            value = value.reshape(1, -1)
+            value = np.broadcast_to(value, (num_frames, value.shape[1]))
+        elif value.shape[0] != num_frames:  # a reshape would silently spread one frame's numbers over several
+            raise SignfeatError(f"parameter {name} has {value.shape[0]} rows, the other parameters {num_frames}")
+        else:
+            value = value.reshape(num_frames, -1)
         if name in SHAPE_KEYS and value.shape[1] != width:  # pad/trim per clip so clips can be stacked
             value = self.full_params({name: value}, num_frames)[name].cpu().numpy()
         return value

@@ -106,3 +106,18 @@ def test_full_size_synthetic_model_runs_smplx_forward_unpatched(tmp_path):
     assert out.vertices.shape == (16, 9955, 3)
     ours = BodyModel(BodyModelSettings(model_dir=str(tmp_path))).joints(params)
     np.testing.assert_allclose(ours, out.joints[:, :55].numpy(), atol=2e-5)
+
+
+@pytest.mark.parametrize("num_frames", [5, 7])
+def test_one_shape_vector_is_used_on_every_frame(body_model, num_frames):
+    # A named .npz's betas is usually one vector (10,) (read as (1, 10)); joints_many reshaped it to (T, -1):
+    # an error when T does not divide 10, and silently scrambled shapes when it does (T=5: 3.7 cm off)
+    params = smooth_random_params(num_frames, seed=3)
+    shape = np.linspace(-1, 1, 10, dtype=np.float32)
+    tiled = body_model.joints(dict(params, betas=np.tile(shape, (num_frames, 1))))
+    for betas in (shape, shape[None]):
+        clip = dict(params, betas=betas)
+        np.testing.assert_allclose(body_model.joints(clip), tiled, atol=1e-6)
+        np.testing.assert_allclose(body_model.joints_many([clip, smooth_random_params(3, seed=1)])[0], tiled, atol=1e-6)
+    with pytest.raises(SignfeatError, match="rows"):  # a pose with another frame count is refused, not spread over the frames
+        body_model.joints_many([dict(params, left_hand_pose=np.zeros((num_frames * 3, 15), np.float32))])
