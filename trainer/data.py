@@ -80,12 +80,14 @@ def _damaged(url: str, exc: Exception) -> SignfeatError:
     return SignfeatError(f"{url}: unreadable shard ({exc.args[0] if exc.args else exc}); `signfeat verify` lists what is damaged")
 
 
-def require_streams(urls: list[str], streams: list[str]) -> None:
-    """Fail up front, before any model is built, when shards lack a stream the recipe reads: otherwise the
-    first batch fails after the LLM is loaded, inside a DataLoader worker (a traceback, not a line). Reads the
-    member headers of the first sample of every shard (an empty shard has none to check)."""
+def require_streams(urls: list[str], streams: list[str], widths: dict[str, int] | None = None) -> None:
+    """Fail up front, before any model is built, when shards lack a stream the recipe reads, or hold it with
+    another width than ``widths`` (the adapter's) says: otherwise the first batch fails after the LLM is loaded,
+    inside a DataLoader worker (a traceback, not a line). Reads the first sample of every shard: member names
+    and .npy headers only (an empty shard has none to check)."""
+    widths = widths or {}
     for url in urls:
-        key, suffixes = None, set()
+        key, suffixes, shapes = None, set(), {}
         try:
             with tarfile.open(url, mode="r:") as tar:
                 for member in tar:
@@ -96,13 +98,27 @@ def require_streams(urls: list[str], streams: list[str]) -> None:
                         break
                     key = k
                     suffixes.add(suffix)
-        except tarfile.TarError as exc:
+                    stream = suffix[: -len(".npy")] if suffix.endswith(".npy") else None
+                    if stream in widths and stream in streams:
+                        shapes[stream] = _npy_shape(tar.extractfile(member))
+        except (tarfile.TarError, ValueError) as exc:
             raise _damaged(url, exc) from None
         missing = [s for s in streams if f"{s}.npy" not in suffixes]
         if key is not None and missing:
             have = sorted(s[: -len(".npy")] for s in suffixes if s.endswith(".npy"))
             raise SignfeatError(f"{url}: shards have no stream {', '.join(missing)} (they hold {have or 'none'}); "
                                 f"data.streams {streams} must name streams the extraction wrote")
+        for stream, shape in shapes.items():
+            if not shape or shape[-1] != widths[stream]:
+                raise SignfeatError(f"{url}: stream {stream} of sample {key} has shape {shape}, but adapter.stream_widths.{stream} "
+                                    f"is {widths[stream]}; set it to the width the extraction wrote")
+
+
+def _npy_shape(fileobj) -> tuple[int, ...]:
+    """The shape in a .npy header (numpy's own header reader; nothing else of the array is read)."""
+    version = np.lib.format.read_magic(fileobj)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return tuple(read_header(fileobj)[0])
 
 
 def _counts_from_index(urls: list[str]) -> list[int] | None:

@@ -95,7 +95,7 @@ def eval_shards(recipe, split: str) -> tuple[list[str], list[int]]:
     """The split's shards and sample counts, checked: the recipe's streams are there and there is a sample
     (a split whose clips all failed extraction has only empty shards; the scorers cannot take zero)."""
     urls = list_shards(recipe.data.shards, split)
-    require_streams(urls, recipe.data.streams)
+    require_streams(urls, recipe.data.streams, {s: recipe.stream_width(s) for s in recipe.data.streams})
     counts = shard_counts(urls)
     if not sum(counts):
         raise SignfeatError(f"split {split!r}: its {len(urls)} shard(s) under {recipe.data.shards} hold no samples; nothing to evaluate")
@@ -160,7 +160,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str]
     recipe = recipe_from_dict(state["recipe"], overrides)
     device = pick_device(recipe)
     eval_shards(recipe, split)  # before the model is loaded
-    model = build_model(recipe, device)
+    model = build_model(recipe, device, tokenizer_dir=path)
     load_checkpoint(path, model)
     out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"
     result = evaluate_model(model, recipe, split, out)

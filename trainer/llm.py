@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,7 +45,16 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="</s>", bos_token="<s>")
 
 
-def load_tokenizer(cfg, recipe=None):
+TOKENIZER_FILE = "tokenizer.json"  # a checkpoint's BPE tokenizer (tokenizers' JSON format)
+
+
+def load_tokenizer(cfg, recipe=None, saved: Path | None = None):
+    """The recipe's tokenizer. ``saved``: a checkpoint folder; its BPE tokenizer is used instead of training one
+    (the training split's texts may have changed since, and another vocabulary would change every prediction)."""
+    if cfg.tokenizer == "bpe" and saved is not None and (saved / TOKENIZER_FILE).is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast(tokenizer_file=str(saved / TOKENIZER_FILE), pad_token="<pad>", eos_token="</s>", bos_token="<s>")
     if cfg.tokenizer == "bpe":
         from trainer.data import list_shards, read_split_texts
 
@@ -325,11 +335,12 @@ def base_checksum(model: SignTranslator) -> str:
     return h.hexdigest()
 
 
-def build_model(recipe, device: torch.device) -> SignTranslator:
+def build_model(recipe, device: torch.device, tokenizer_dir: Path | None = None) -> SignTranslator:
+    """The recipe's model; ``tokenizer_dir``: a checkpoint whose saved tokenizer to use (see load_tokenizer)."""
     cfg = recipe.llm
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype) or (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
-    tokenizer = load_tokenizer(cfg, recipe)
+    tokenizer = load_tokenizer(cfg, recipe, saved=tokenizer_dir)
     llm = add_lora(load_base_llm(cfg, tokenizer, dtype), cfg)
     model = SignTranslator(recipe, tokenizer, llm)
     return model.to(device)

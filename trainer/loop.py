@@ -6,7 +6,8 @@
 
 Checkpoints (``OUT/checkpoints/step-000100/``) hold no pickle and no base weights:
 ``trainable.safetensors`` (adapter incl. BatchNorm statistics, LoRA, logit scale), ``optimizer.safetensors``
-(AdamW moments and step counts, RNG states) and ``state.json`` (step, data position, scheduler, optimizer
+(AdamW moments and step counts, RNG states), ``tokenizer.json`` (only for ``llm.tokenizer: bpe``, trained on
+the run's training texts) and ``state.json`` (step, data position, scheduler, optimizer
 hyperparameters, Python RNG, the recipe, a checksum of the frozen base). Resuming restores all of it and
 replays the data stream to the saved position, so it continues exactly as if never stopped.
 """
@@ -29,7 +30,7 @@ from torch import nn
 
 from pipeline.errors import SignfeatError
 from trainer.data import Batch, Collate, ShardStream, batches, batches_per_epoch, list_shards, read_split_texts, require_streams, shard_counts
-from trainer.llm import InContextExamples, SignTranslator, base_checksum, build_model, load_trainable_state, trainable_state
+from trainer.llm import TOKENIZER_FILE, InContextExamples, SignTranslator, base_checksum, build_model, load_trainable_state, trainable_state
 from trainer.recipe import Recipe
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -118,7 +119,7 @@ def train_shards(recipe: Recipe, dist: Dist) -> tuple[list[str], list[int]]:
     at least one whole batch per rank."""
     d = recipe.data
     urls = list_shards(d.shards, d.train_split)
-    require_streams(urls, d.streams)
+    require_streams(urls, d.streams, {s: recipe.stream_width(s) for s in d.streams})
     counts = shard_counts(urls)
     if not sum(counts):  # every training clip failed extraction: its shards are empty
         raise SignfeatError(f"data: the {len(urls)} shard(s) of split {d.train_split!r} under {d.shards} hold no samples")
@@ -163,6 +164,10 @@ def stream_statistics(recipe: Recipe) -> dict[str, tuple[torch.Tensor, torch.Ten
             count[name] += len(x)
     out = {}
     for name in d.streams:
+        if not (np.isfinite(sums[name]).all() and np.isfinite(squares[name]).all()):
+            # one NaN / inf feature would make every standardised input, and so every loss, NaN
+            raise SignfeatError(f"data: stream {name} of split {d.train_split!r} under {d.shards} holds non-finite values "
+                                f"(run `signfeat verify` on the shards)")
         mean = sums[name] / max(1, count[name])
         std = np.sqrt(np.maximum(squares[name] / max(1, count[name]) - mean * mean, 0.0))
         out[name] = (torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
@@ -199,6 +204,8 @@ def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, ste
         "python_rng": _rng_to_json(rng.getstate()), "base_checksum": base_checksum(model), "recipe": recipe.to_dict(),
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    if recipe.llm.tokenizer == "bpe":  # trained on this run's training texts: eval and resume must not retrain it
+        model.tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_FILE))
     if path.exists():
         import shutil
 
@@ -282,14 +289,15 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         from trainer.evaluate import eval_shards
 
         eval_shards(recipe, recipe.data.eval_split)
-    model = build_model(recipe, device)
+    resume_from = resolve_checkpoint(resume) if resume is not None else None
+    model = build_model(recipe, device, tokenizer_dir=resume_from)
     if recipe.adapter.standardize and resume is None:
         model.adapter.set_statistics(stream_statistics(recipe))
     optimizer, scheduler = build_optimizer(model, recipe)
     rng = random.Random(recipe.seed)  # in-context example draws
     step, position = 0, DataPosition()
     if resume is not None:
-        state = load_checkpoint(resolve_checkpoint(resume), model, optimizer, scheduler)
+        state = load_checkpoint(resume_from, model, optimizer, scheduler)
         step, position = state["step"], DataPosition(**state["data_position"])
         rng.setstate(_rng_from_json(state["python_rng"]))
     else:
@@ -324,6 +332,12 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
                 totals[name] = totals.get(name, 0.0) + float(value.detach()) / o.grad_accum
             samples += len(batch)
         grad_norm = nn.utils.clip_grad_norm_(trainable, o.clip_grad) if o.clip_grad > 0 else None
+        # Stop before a non-finite update reaches the weights: every later step and checkpoint would be NaN.
+        # The gradient norm is the same on every rank (after DDP's all-reduce), so all ranks stop together.
+        if not math.isfinite(totals["loss"]) or (grad_norm is not None and not math.isfinite(float(grad_norm))):
+            raise SignfeatError(f"step {step + 1}: the loss is {totals['loss']} and the gradient norm {None if grad_norm is None else float(grad_norm)}; "
+                                f"stopped before the update (last checkpoint: step {step - step % recipe.checkpoint_every if recipe.checkpoint_every else 0}). "
+                                f"Lower optim.lr, or check the features (`signfeat verify`)")
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -342,7 +356,10 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         if dist.main and recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
             save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer, scheduler, step, position, rng, recipe)
         if dist.main and recipe.eval.every and step % recipe.eval.every == 0 and step < o.max_steps:
-            log.write({"step": step, "eval": _evaluate(model, recipe, out_dir / "eval" / f"step-{step:06d}")})
+            # sampling during eval (eval.do_sample) draws from torch's RNG: fork it, so training after the eval
+            # draws what a run resumed from this step's checkpoint (saved before the eval) draws
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                log.write({"step": step, "eval": _evaluate(model, recipe, out_dir / "eval" / f"step-{step:06d}")})
             model.train()
     if progress is not None:
         progress.close()

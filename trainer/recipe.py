@@ -92,6 +92,12 @@ class TinyLLMConfig:
     ffn: int = 128
     init_seed: int = 0  # the base weights are not in checkpoints: they are rebuilt from this seed
 
+    def validate(self) -> None:
+        _positive("llm.tiny", hidden=self.hidden, layers=self.layers, heads=self.heads, kv_heads=self.kv_heads, ffn=self.ffn)
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise SignfeatError(f"llm.tiny: hidden ({self.hidden}) must be a multiple of heads ({self.heads}), "
+                                f"and heads a multiple of kv_heads ({self.kv_heads})")
+
 
 @dataclass
 class LoRAConfig:
@@ -155,6 +161,8 @@ class LLMConfig:
             raise SignfeatError("llm.prompt: must contain {sign} exactly once (where the visual embeddings go)")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise SignfeatError(f"llm.dtype: expected auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.tiny is not None:
+            self.tiny.validate()
         self.lora.validate()
         self.in_context.validate()
 
@@ -174,6 +182,8 @@ class VTAlignConfig:
             raise SignfeatError(f"vt_align.pooling: expected masked or unmasked, got {self.pooling!r}")
         if self.warmup_steps < 0 or not 0 <= self.weight < math.inf:  # NaN is neither
             raise SignfeatError("vt_align: warmup_steps and weight must be >= 0")
+        if not -math.inf < self.init_logit_scale <= math.log(100):  # CLIP caps the scale exp(s) at 100; NaN fails too
+            raise SignfeatError(f"vt_align.init_logit_scale: expected a number <= ln(100) = 4.605 (CLIP's cap), got {self.init_logit_scale!r}")
 
 
 @dataclass

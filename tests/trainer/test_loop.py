@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,3 +193,75 @@ def test_two_process_ddp_run_with_torchrun(tiny_shards, tmp_path):
     assert torch.allclose(torch.cat([vt[0]["visual_grad"], vt[1]["visual_grad"]]) / 2, visual.grad, atol=1e-6)
     assert torch.allclose(torch.cat([vt[0]["text_grad"], vt[1]["text_grad"]]) / 2, text.grad, atol=1e-6)
     assert float((vt[0]["scale_grad"] + vt[1]["scale_grad"]) / 2) == pytest.approx(float(scale.grad), rel=1e-5)
+
+
+def test_bpe_tokenizer_travels_with_the_checkpoint(tiny_shards, tmp_path, monkeypatch):
+    # eval retrained the BPE on whatever the training split held at eval time: one more training shard changed
+    # every prediction of the same checkpoint (BLEU-1 30 -> 0), without an error
+    import shutil
+
+    import trainer.llm
+    from tests.trainer.conftest import random_sentences, write_shards
+    from trainer.evaluate import evaluate_checkpoint
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards)
+    recipe = recipe_from_dict(tiny_recipe(shards, tmp_path / "run", "t5", llm={"tokenizer": "bpe", "bpe_vocab_size": 300},
+                                          optim={"max_steps": 3}, eval={"num_beams": 1, "max_new_tokens": 8}))
+    checkpoint = Path(train(recipe)["checkpoint"])
+    assert (checkpoint / "tokenizer.json").is_file()
+    before = evaluate_checkpoint(checkpoint, "test", out_dir=tmp_path / "e1")
+    write_shards(shards, "train", random_sentences(12, seed=9, min_words=1, max_words=6), per_shard=12, prefix="more")
+    monkeypatch.setattr(trainer.llm, "train_bpe_tokenizer", lambda *a, **k: pytest.fail("the tokenizer was trained again"))
+    after = evaluate_checkpoint(checkpoint, "test", out_dir=tmp_path / "e2")
+    assert after["predictions"] == before["predictions"]
+    resumed = train(recipe_from_dict({**recipe.to_dict(), "optim": {**recipe.to_dict()["optim"], "max_steps": 4}}), resume=checkpoint)
+    assert resumed["step"] == 4
+
+
+def test_resume_is_exact_when_periodic_eval_samples(tiny_shards, tmp_path):
+    # the checkpoint is saved before the periodic eval; sampling in that eval drew from torch's RNG, so the
+    # straight run's dropout masks after it differed from a resumed run's (14 of 16 steps)
+    def recipe(out):
+        return recipe_from_dict(tiny_recipe(tiny_shards, out, "t5", data={"train_split": "big"}, llm={"lora": {"dropout": 0.1, "target_modules": ["q", "v"]}},
+                                            optim={"max_steps": 6}, checkpoint_every=3,
+                                            eval={"every": 3, "do_sample": True, "num_beams": 1, "max_new_tokens": 4, "at_end": False}))
+
+    straight = train(recipe(tmp_path / "a"))  # checkpoint at step 3, then the eval, then steps 4-6
+    resumed = train(recipe(tmp_path / "b"), resume=tmp_path / "a" / "checkpoints" / "step-000003")
+    assert resumed["losses"] == pytest.approx(straight["losses"][3:], rel=0, abs=0)
+
+
+def test_non_finite_features_or_loss_stop_training_with_a_clear_error(tmp_path, monkeypatch):
+    # one NaN in one sample's features made every step NaN (standardisation statistics poisoned), and the run
+    # exited 0 with a NaN checkpoint
+    import tests.trainer.conftest as synthetic
+    from pipeline.errors import SignfeatError
+
+    clean = synthetic.sentence_streams
+
+    def one_nan(words, rng):
+        streams = clean(words, rng)
+        if words == [4, 5, 6, 7, 8]:
+            streams["clip_s2"][3, 2] = np.nan
+        return streams
+
+    monkeypatch.setattr(synthetic, "sentence_streams", one_nan)
+    for split in ("train", "dev", "test"):
+        synthetic.write_shards(tmp_path / "shards", split, [[0, 1, 2, 3], [4, 5, 6, 7, 8], [9, 2, 5, 1], [3, 7, 0, 6, 4]], per_shard=4)
+    with pytest.raises(SignfeatError, match="stream clip_s2 .* non-finite"):
+        train(recipe_from_dict(tiny_recipe(tmp_path / "shards", tmp_path / "a", "t5", adapter={"standardize": True})))
+    with pytest.raises(SignfeatError, match="step 1: the loss is nan"):
+        train(recipe_from_dict(tiny_recipe(tmp_path / "shards", tmp_path / "b", "t5", adapter={"standardize": False})))
+    assert not (tmp_path / "b" / "checkpoints").exists()
+
+
+def test_a_stream_width_unlike_the_shards_fails_before_the_model_is_built(tiny_shards, tmp_path, monkeypatch):
+    import trainer.loop
+    from pipeline.errors import SignfeatError
+
+    monkeypatch.setattr(trainer.loop, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    recipe = tiny_recipe(tiny_shards, tmp_path / "run", "t5")
+    recipe["adapter"]["stream_widths"] = {**recipe["adapter"]["stream_widths"], "clip_s2": 65}
+    with pytest.raises(SignfeatError, match="stream clip_s2 .* shape .* adapter.stream_widths.clip_s2 is 65"):
+        train(recipe_from_dict(recipe))

@@ -57,6 +57,9 @@ def test_overrides_apply_and_are_typed():
     ("vt_align.weight=.nan", "vt_align"),
     ("adapter.stream_widths.clip_s2=0", "adapter.stream_widths.clip_s2: must be > 0"),
     ("adapter.standardize_samples=0", "adapter.standardize_samples: must be > 0"),
+    # accepted before: NaN logits from the first VT-Align step on
+    ("vt_align.init_logit_scale=.nan", "vt_align.init_logit_scale"),
+    ("vt_align.init_logit_scale=1000", "vt_align.init_logit_scale"),
 ])
 def test_bad_settings_are_clear_errors(override, message):
     with pytest.raises(SignfeatError, match=message.replace("{", r"\{").replace("}", r"\}")):
@@ -73,3 +76,17 @@ def test_missing_recipe_file_is_an_error(tmp_path):
 
 def test_defaults_validate():
     assert recipe_from_dict({}).llm.name == "google/flan-t5-xl"
+
+
+@pytest.mark.parametrize("override, message", [
+    # each gave a traceback only after the model was built (ZeroDivisionError, a negative dimension, a size
+    # mismatch inside attention, "Target modules not found")
+    ("llm.tiny.hidden=0", "llm.tiny.hidden: must be > 0"),
+    ("llm.tiny.ffn=-5", "llm.tiny.ffn: must be > 0"),
+    ("llm.tiny.layers=0", "llm.tiny.layers: must be > 0"),
+    ("llm.tiny.heads=3", "multiple of heads"),
+    ("llm.tiny.kv_heads=3", "multiple of kv_heads"),
+])
+def test_bad_tiny_llm_settings_are_clear_errors(override, message):
+    with pytest.raises(SignfeatError, match=message):
+        load_recipe("configs/recipes/llava_slt_tiny.yaml", [override])
