@@ -163,10 +163,9 @@ class Smplx623Extractor(Extractor):
     def _resample(self, params: dict[str, np.ndarray], fps: float | None) -> dict[str, np.ndarray]:
         if not self.settings.target_fps or fps is None or abs(fps - self.settings.target_fps) < 1e-6:
             return params
-        from pipeline.decode import resample_indices
+        from motion.params_io import resample_params
 
-        keep, _ = resample_indices(np.arange(num_frames_of(params)) / fps, self.settings.target_fps, None)
-        return {k: (v if k == "world_rotation" or len(v) == 1 else v[keep]) for k, v in params.items()}
+        return resample_params(params, fps, self.settings.target_fps)  # interpolated: see resample_params for why
 
     def joints_to_features(self, joints: np.ndarray) -> np.ndarray:
         if len(joints) < 2:

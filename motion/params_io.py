@@ -264,3 +264,61 @@ def is_params_path(path: str | Path) -> bool:
     if path.is_dir():
         return any(p.suffix in PER_FRAME_SUFFIXES for p in path.iterdir() if p.is_file())
     return path.suffix in (".pkl", ".pickle", ".npz", ".npy")
+
+
+# Axis-angle parameters (one rotation per joint) are interpolated on the sphere; the rest linearly.
+ROTATION_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "leye_pose", "reye_pose")
+
+
+def resample_params(params: dict[str, np.ndarray], fps: float, target_fps: float) -> dict[str, np.ndarray]:
+    """A clip's parameters at ``target_fps``: for each instant k / target_fps inside the clip (as many as
+    pipeline.decode.resample_indices gives), the pose interpolated between the two frames around it: joint
+    rotations by slerp (scipy's Rotation), translation and per-frame shape linearly.
+
+    Why not pick frames (as for video): at a rate ratio that is not an integer (25 -> 20, 30 -> 20) the picked
+    frames are unevenly spaced in time, so every velocity block of the 623-d features spikes periodically (a root
+    moving at 1 m/s read 0.04, 0.04, 0.04, 0.08 m per row). At an integer ratio (60 -> 20, HumanML3D's
+    ``poses[::down_sample]``) the instants fall on frames, and this returns exactly those frames.
+    """
+    from scipy.spatial.transform import Rotation
+
+    from motion.body_model import num_frames_of
+    from pipeline.decode import resample_indices
+
+    n = num_frames_of(params)
+    count = len(resample_indices(np.arange(n) / fps, target_fps, None)[0])
+    position = np.minimum(np.arange(count) * (fps / target_fps), n - 1)  # in source frames
+    lower = np.floor(position + 1e-9).astype(np.int64).clip(0, n - 1)
+    upper = np.minimum(lower + 1, n - 1)
+    weight = np.clip(position - lower, 0.0, 1.0)
+    weight[weight < 1e-9] = 0.0
+    out: dict[str, np.ndarray] = {}
+    for name, value in params.items():
+        value = np.asarray(value)
+        if name == "world_rotation" or value.ndim == 0 or len(value) != n:  # one vector / matrix for the whole clip
+            out[name] = value
+            continue
+        flat = value.reshape(n, -1).astype(np.float64)
+        if name in ROTATION_KEYS:
+            quats = Rotation.from_rotvec(flat.reshape(-1, 3)).as_quat().reshape(n, -1, 4)
+            q0, q1 = quats[lower], quats[upper]
+            q1 = np.where((q0 * q1).sum(-1, keepdims=True) < 0, -q1, q1)  # the shorter way round
+            cos = np.clip((q0 * q1).sum(-1, keepdims=True), -1.0, 1.0)
+            angle = np.arccos(cos)
+            w = weight[:, None, None]
+            sin = np.sin(angle)
+            near = sin < 1e-6  # (nearly) the same rotation: linear blend, renormalised below
+            safe = np.where(near, 1.0, sin)
+            a = np.where(near, 1 - w, np.sin((1 - w) * angle) / safe)
+            b = np.where(near, w, np.sin(w * angle) / safe)
+            blended = a * q0 + b * q1
+            blended /= np.linalg.norm(blended, axis=-1, keepdims=True)
+            rotvec = Rotation.from_quat(blended.reshape(-1, 4)).as_rotvec().reshape(count, -1)
+            # frames that fall exactly on a source frame keep its numbers (no round trip through quaternions)
+            exact = weight == 0
+            rotvec[exact] = flat[lower[exact]]
+            resampled = rotvec
+        else:
+            resampled = flat[lower] * (1 - weight[:, None]) + flat[upper] * weight[:, None]
+        out[name] = resampled.reshape((count, *value.shape[1:])).astype(value.dtype if value.dtype.kind == "f" else np.float32)
+    return out

@@ -144,3 +144,38 @@ def test_restricted_unpickler_refuses_arbitrary_classes_but_reads_numpy(tmp_path
         out = safe_load_pickle(pickle.dumps(data, protocol=protocol))
         np.testing.assert_array_equal(out["a"], data["a"])
         assert out["b"][0] == 2.5 and out["b"][1] == ("x", 1) and out["c"] == b"raw"
+
+
+def test_resampling_interpolates_poses_at_the_new_instants():
+    # picking frames at 25 -> 20 fps spaced them unevenly in time: a root at constant speed read 0.04, 0.04,
+    # 0.04, 0.08 m per row. Reference: a pose that changes uniformly (constant velocity, a joint turning at a
+    # constant rate about a fixed axis) must come out exactly at each instant k / 20 s.
+    from scipy.spatial.transform import Rotation
+
+    from motion.params_io import resample_params
+
+    n, fps = 26, 25.0  # 1.04 s -> 20 frames at 20 fps
+    t = np.arange(n) / fps
+    axis = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
+    params = {"transl": np.stack([t * 1.0, 0 * t, 0.2 * t], 1).astype(np.float32),  # 1 m/s forward
+              "global_orient": (axis[None] * (0.4 + 2.0 * t[:, None])).astype(np.float32),  # 2 rad/s about one axis
+              "body_pose": np.zeros((n, 63), np.float32), "betas": np.ones((1, 10), np.float32), "world_rotation": np.eye(3)}
+    out = resample_params(params, fps, 20.0)
+    k = np.arange(20) / 20.0
+    np.testing.assert_allclose(out["transl"][:, 0], k, atol=1e-6)
+    np.testing.assert_allclose(np.diff(out["transl"][:, 0]), 0.05, atol=1e-6)  # even steps
+    expected = Rotation.from_rotvec(axis[None] * (0.4 + 2.0 * k[:, None]))
+    got = Rotation.from_rotvec(out["global_orient"].astype(np.float64))
+    assert np.degrees((expected.inv() * got).magnitude()).max() < 1e-3
+    assert out["betas"].shape == (1, 10) and np.array_equal(out["world_rotation"], np.eye(3))
+
+
+def test_resampling_at_an_integer_ratio_picks_every_kth_frame_as_humanml3d_does():
+    from motion.params_io import resample_params
+    from motion.synthetic import smooth_random_params
+
+    params = smooth_random_params(60, seed=1)  # 1 s at 60 fps -> 20 fps: HumanML3D's poses[::3]
+    out = resample_params(params, 60.0, 20.0)
+    for name, value in params.items():
+        if name != "betas" or len(value) == 60:
+            assert np.array_equal(out[name], value[::3]), name
