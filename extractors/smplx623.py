@@ -192,6 +192,8 @@ class Smplx623Extractor(Extractor):
 
         params, own, _ = read_clip_params(path, self.settings.params_layout)  # a bad file: this clip's ClipError
         fps = own or fps
+        if self.settings.target_fps and not fps:  # keeping the file's unknown rate would silently break target_fps
+            raise ClipError("no_fps", f"{path}: target_fps={self.settings.target_fps:g} needs the clip's frame rate; the file has no fps and none was given")
         resampled = self._resample(params, fps)
         return resampled, (float(self.settings.target_fps) if resampled is not params else fps)
 

@@ -89,7 +89,7 @@ def motion_stats(paths: list[str | Path], stream: str = "smplx623") -> dict:
                 continue
             if features.ndim != 2 or features.shape[1] != FEATURE_WIDTH:
                 raise SignfeatError(f"{shard}: sample {sample['key']} has {stream} of shape {features.shape}, expected [T, {FEATURE_WIDTH}]")
-            if np.isnan(features).any():
+            if not np.isfinite(features).all():  # HumanML3D skips NaN clips; an inf would make 153 std dimensions non-finite
                 skipped_nan += 1
                 continue
             moments.add(features)

@@ -80,6 +80,8 @@ def rouge_l(predictions: list[str], references: list[str], unicode: bool = False
 
 
 def score(predictions: list[str], references: list[str], tokenize: str = "13a", lowercase: bool = False) -> dict:
+    if len(predictions) != len(references):  # zip-like scorers would silently score the shorter list only
+        raise SignfeatError(f"{len(predictions)} predictions for {len(references)} references")
     scores = bleu_scores(predictions, references, tokenize, lowercase)
     scores["rougeL"] = rouge_l(predictions, references, unicode=False, lowercase=lowercase)
     scores["rougeL_unicode"] = rouge_l(predictions, references, unicode=True, lowercase=lowercase)

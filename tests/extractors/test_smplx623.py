@@ -145,6 +145,9 @@ def test_extract_files_gives_features_and_their_time_base(model_dir, tmp_path):
     np.testing.assert_allclose(own, ex.extract_paths([tmp_path / "own.npz"], [50.0])[0], atol=1e-5)  # batched with another clip or alone
     keep = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir)}})
     assert keep.extract_files([tmp_path / "given.npz"], [30.0])[0][1:] == (9, 30.0)  # no target_fps: the input's own
+    with pytest.raises(ClipError) as err:  # target_fps and no rate anywhere: kept silently at the unknown rate before
+        ex.extract_files([tmp_path / "given.npz"], [None])
+    assert err.value.kind == "no_fps"
     assert type(ex).expected_rows(9, {}) == 8 and Extractor.expected_rows(9, {}) == 9
     with pytest.raises(ClipError) as err:
         ex.extract_files([tmp_path / "nothing_here.npz"], [25.0])

@@ -30,10 +30,12 @@ def corpus(tmp_path):
     clips = {f"c{i}": (rng.normal(size=(rng.integers(3, 40), FEATURE_WIDTH)) * rng.uniform(0.1, 5, FEATURE_WIDTH) + i).astype(np.float32) for i in range(7)}
     nan_clip = clips["c3"].copy()
     nan_clip[1, 10] = np.nan
+    inf_clip = clips["c5"].copy()
+    inf_clip[2, 70] = np.inf  # an inf made 153 std dimensions non-finite
     keys = sorted(clips)
     (tmp_path / "train").mkdir()
     _write_shard(tmp_path / "train" / "shard-000000.tar", {k: clips[k] for k in keys[:4]} | {"bad": nan_clip}, extra_stream=True)
-    _write_shard(tmp_path / "train" / "shard-000001.tar", {k: clips[k] for k in keys[4:]} | {"other": None})
+    _write_shard(tmp_path / "train" / "shard-000001.tar", {k: clips[k] for k in keys[4:]} | {"other": None, "infinite": inf_clip})
     return tmp_path, clips
 
 
@@ -46,7 +48,7 @@ def test_motion_stats_equals_direct_numpy(corpus):
         std[block] = std[block].mean()
     np.testing.assert_allclose(stats["mean"], mean, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(stats["std"], std, rtol=1e-6)
-    assert stats["clips"] == 7 and stats["skipped_nan"] == 1 and stats["samples_without_stream"] == 1 and stats["frames"] == len(data)
+    assert stats["clips"] == 7 and stats["skipped_nan"] == 2 and stats["samples_without_stream"] == 1 and stats["frames"] == len(data)
     assert stats["std"][0] == stats["std"][0] and np.all(stats["std"][LAYOUT["ric"]] == stats["std"][4])
 
 

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
@@ -57,3 +58,10 @@ def test_score_reports_names_and_settings():
     s = score(PREDS, REFS, lowercase=True)
     assert {"bleu1", "bleu2", "bleu3", "bleu4", "bleu_signature", "rougeL", "rougeL_unicode", "lowercase"} <= set(s)
     assert s["lowercase"] is True and "case:lc" in s["bleu_signature"]
+
+
+def test_score_refuses_lists_of_different_lengths():
+    from pipeline.errors import SignfeatError
+
+    with pytest.raises(SignfeatError, match="2 predictions for 3 references"):
+        score(["a b", "c"], ["a b", "c", "d"])
