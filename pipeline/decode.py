@@ -211,7 +211,9 @@ def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: 
     if target_fps is not None:
         frame_dur = span / (n - 1) if n > 1 and span > 0 else 1.0 / target_fps
         duration = span + frame_dur
-        count = max(1, int(np.floor(duration * target_fps + 1e-9)))
+        # every instant k / target_fps inside the clip: k < duration * target_fps (HumanML3D's poses[::k] keeps ceil(n / k))
+        # minus 5% of a frame: millisecond timestamps (Matroska) put a 4 s clip at 4.0003 s, which is no 41st instant at 10 fps
+        count = max(1, int(np.ceil(duration * target_fps - 0.05)))
         instants = t0 + np.arange(count) / target_fps
         pos = np.searchsorted(times_s, instants + 1e-6, side="right") - 1
         pos = np.clip(pos, 0, n - 1)

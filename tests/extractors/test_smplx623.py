@@ -54,11 +54,11 @@ def test_input_a_files_and_resampling(model_dir, body, tmp_path):
     np.savez(tmp_path / "clip.npz", **params, fps=np.array(30.0))
     resampling = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "target_fps": 20, "retarget": "none"}})
     (array,) = resampling.extract_paths([tmp_path / "clip.npz"])
-    # 61 frames at 30 fps span 2.03 s -> 40 frames at 20 fps, the pose at k / 20 s (interpolated: motion/params_io)
+    # 61 frames at 30 fps last 2.03 s -> 41 frames at 20 fps, the pose at k / 20 s (interpolated: motion/params_io)
     from motion.params_io import resample_params
 
     direct = joints_to_features(body.joints(resample_params(params, 30.0, 20.0)), None)
-    assert direct.shape == (39, 623)
+    assert direct.shape == (40, 623)
     np.testing.assert_allclose(array, direct, atol=1e-5)
 
 
@@ -140,7 +140,7 @@ def test_extract_files_gives_features_and_their_time_base(model_dir, tmp_path):
     np.savez(tmp_path / "given.npz", **smooth_random_params(9, seed=6))
     ex = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "target_fps": 20}})
     (own, n_own, fps_own), (given, n_given, fps_given) = ex.extract_files([tmp_path / "own.npz", tmp_path / "given.npz"], [50.0, 30.0])
-    assert (n_own, fps_own, own.shape) == (9, 20.0, (8, 623))  # the file's 25 fps wins over 50; 0.48 s at 20 fps: 9 frames
+    assert (n_own, fps_own, own.shape) == (10, 20.0, (9, 623))  # the file's 25 fps wins over 50; 0.48 s at 20 fps: 10 frames
     assert (n_given, fps_given, given.shape) == (6, 20.0, (5, 623))  # 9 frames at the given 30 fps
     np.testing.assert_allclose(own, ex.extract_paths([tmp_path / "own.npz"], [50.0])[0], atol=1e-5)  # batched with another clip or alone
     keep = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir)}})

@@ -154,14 +154,14 @@ def test_resampling_interpolates_poses_at_the_new_instants():
 
     from motion.params_io import resample_params
 
-    n, fps = 26, 25.0  # 1.04 s -> 20 frames at 20 fps
+    n, fps = 26, 25.0  # 1.04 s -> 21 frames at 20 fps (instants 0, 0.05, ..., 1.0 s)
     t = np.arange(n) / fps
     axis = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
     params = {"transl": np.stack([t * 1.0, 0 * t, 0.2 * t], 1).astype(np.float32),  # 1 m/s forward
               "global_orient": (axis[None] * (0.4 + 2.0 * t[:, None])).astype(np.float32),  # 2 rad/s about one axis
               "body_pose": np.zeros((n, 63), np.float32), "betas": np.ones((1, 10), np.float32), "world_rotation": np.eye(3)}
     out = resample_params(params, fps, 20.0)
-    k = np.arange(20) / 20.0
+    k = np.arange(21) / 20.0
     np.testing.assert_allclose(out["transl"][:, 0], k, atol=1e-6)
     np.testing.assert_allclose(np.diff(out["transl"][:, 0]), 0.05, atol=1e-6)  # even steps
     expected = Rotation.from_rotvec(axis[None] * (0.4 + 2.0 * k[:, None]))

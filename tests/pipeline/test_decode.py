@@ -83,9 +83,10 @@ def test_variable_frame_rate_resampling_uses_timestamps(tmp_path):
     results = _decode_all({"source_kind": "video", "path": str(path)}, target_fps=10)
     _assert_same(results)
     got = [frame_index(f) for f in results["decord"].frames]
-    # 10 fps instants 0, 100, ..., 500 ms -> the last frame shown at or before each:
-    # 0->f0 (0 ms), 100->f2 (80), 200->f3 (200), 300->f4 (240), 400->f4 (240), 500->f5 (480)
-    assert got == [0, 2, 3, 4, 4, 5]
+    # the clip lasts 640 ms (last frame at 560 + the mean gap of 80): 10 fps instants 0, 100, ..., 600 ms lie in
+    # it -> the last frame shown at or before each:
+    # 0->f0 (0 ms), 100->f2 (80), 200->f3 (200), 300->f4 (240), 400->f4 (240), 500->f5 (480), 600->f7 (560)
+    assert got == [0, 2, 3, 4, 4, 5, 7]
     assert results["decord"].fps == 10
 
 
@@ -169,6 +170,11 @@ def test_resample_indices_reference_cases():
     assert list(pos) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9] and fps == 50
     pos, _ = resample_indices(times, 12.5, None)
     assert list(pos) == [0, 2, 4, 6, 8]
+    # every instant inside the clip: 22 frames at 25 fps last 0.88 s, so 0.8 s is one (floor(8.8) dropped it);
+    # 61 frames at 60 fps to 20 fps: HumanML3D's poses[::3], 21 frames
+    pos, _ = resample_indices(np.arange(22) / 25.0, 10.0, None)
+    assert list(pos) == [0, 2, 5, 7, 10, 12, 15, 17, 20]
+    assert list(resample_indices(np.arange(61) / 60.0, 20.0, None)[0]) == list(range(0, 61, 3))
 
 
 def test_bad_files_are_clip_errors(tmp_path):
