@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +250,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise SignfeatError(f"checkpoint {path}: no state.json or checkpoints/latest.json there")
 
 
+def recipe_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between a checkpoint's recipe and the current one
+    (where the run writes and whether it shows a progress bar do not count)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        if name in ("out_dir", "progress"):
+            continue
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += recipe_changes(old, new, f"{name}.")
+        elif old != new:
+            out.append(f"{name}: {old!r} -> {new!r}")
+    return out
+
+
 def _rng_to_json(state):
     return [state[0], list(state[1]), state[2]]
 
@@ -298,6 +315,9 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     step, position = 0, DataPosition()
     if resume is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        changed = recipe_changes(state["recipe"], recipe.to_dict())
+        if changed and dist.main:  # allowed (a longer run, another eval setting), but never silently
+            print(f"resuming {resume_from} with a changed recipe: {'; '.join(changed)}", file=sys.stderr)
         step, position = state["step"], DataPosition(**state["data_position"])
         rng.setstate(_rng_from_json(state["python_rng"]))
     else:

@@ -219,6 +219,16 @@ def test_bpe_tokenizer_travels_with_the_checkpoint(tiny_shards, tmp_path, monkey
     assert resumed["step"] == 4
 
 
+def test_resuming_with_a_changed_recipe_says_what_changed(tiny_shards, tmp_path, capsys):
+    recipe = tiny_recipe(tiny_shards, tmp_path / "run", "t5", optim={"max_steps": 2})
+    train(recipe_from_dict(recipe))
+    capsys.readouterr()
+    longer = {**recipe, "out_dir": str(tmp_path / "other"), "optim": {**recipe["optim"], "max_steps": 3, "lr": 1e-3}}
+    train(recipe_from_dict(longer), resume=tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "changed recipe: optim.lr: 0.003 -> 0.001; optim.max_steps: 2 -> 3" in err and "out_dir" not in err
+
+
 def test_resume_is_exact_when_periodic_eval_samples(tiny_shards, tmp_path):
     # the checkpoint is saved before the periodic eval; sampling in that eval drew from torch's RNG, so the
     # straight run's dropout masks after it differed from a resumed run's (14 of 16 steps)
