@@ -37,9 +37,13 @@ def file_hash(path: str | Path, h: "hashlib._Hash | None" = None) -> "hashlib._H
     return h
 
 
-def _probe_video(row: dict[str, Any], hashes: dict[str, str]) -> dict[str, Any]:
+def _probe_video(row: dict[str, Any], hashes: dict[str, str], timelines: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``hashes`` / ``timelines``: per-chunk caches, so a long video with many ranges is hashed and demuxed once."""
     path = row["path"]
-    timeline = read_timeline(path)
+    timelines = {} if timelines is None else timelines
+    if path not in timelines:
+        timelines[path] = read_timeline(path)
+    timeline = timelines[path]
     if row["source_kind"] == "range":
         idx = select_range(timeline.times_s, row.get("start_s"), row.get("end_s"), timeline.duration_s, path)
     else:
@@ -135,7 +139,8 @@ def _probe_params(row: dict[str, Any]) -> dict[str, Any]:
             "codec": f"smplx:{layout}", "bytes": sum(f.stat().st_size for f in files), "content_hash": h.hexdigest()}
 
 
-def probe_clip(row: dict[str, Any], hashes: dict[str, str] | None = None, *, full_decode: bool = False, default_fps: float = 25.0) -> dict[str, Any]:
+def probe_clip(row: dict[str, Any], hashes: dict[str, str] | None = None, *, full_decode: bool = False, default_fps: float = 25.0,
+               timelines: dict[str, Any] | None = None) -> dict[str, Any]:
     """The probed columns of one manifest row; errors become ``status``/``error``, never exceptions."""
     out: dict[str, Any] = {k: None for k in PROBED}
     try:
@@ -146,7 +151,7 @@ def probe_clip(row: dict[str, Any], hashes: dict[str, str] | None = None, *, ful
             decode_opts = DecodeOptions(backend="pyav", max_frames=None if full_decode else 1, frame_fps=default_fps)
             decode_clip(row, decode_opts)  # decodes the first (or every) image
         else:
-            out.update(_probe_video(row, hashes if hashes is not None else {}))
+            out.update(_probe_video(row, hashes if hashes is not None else {}, timelines))
             if full_decode:
                 decode_clip(row, DecodeOptions(backend="pyav"))
         out["status"] = "ok"
@@ -160,9 +165,10 @@ def probe_clip(row: dict[str, Any], hashes: dict[str, str] | None = None, *, ful
 def probe_chunk(rows: list[dict[str, Any]], full_decode: bool = False, default_fps: float = 25.0) -> pa.Table:
     """Probe rows (each with a ``_row`` position) and return the probed columns as a small Arrow table."""
     hashes: dict[str, str] = {}
+    timelines: dict[str, Any] = {}
     results = []
     for row in rows:
-        res = probe_clip(row, hashes, full_decode=full_decode, default_fps=default_fps)
+        res = probe_clip(row, hashes, full_decode=full_decode, default_fps=default_fps, timelines=timelines)
         res["_row"] = row["_row"]
         results.append(res)
     from manifests.schema import MANIFEST_SCHEMA

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -76,3 +77,20 @@ def test_build_rejects_bad_arguments(tmp_path, demo_corpus):
         build_manifest([tmp_path / "nope.csv"], tmp_path / "m.parquet", root=tmp_path)
     with pytest.raises(SignfeatError, match="not a folder"):
         build_manifest(ann, tmp_path / "m.parquet", root=tmp_path / "nowhere")
+
+
+def test_a_chunk_demuxes_and_hashes_a_long_video_once_for_all_its_ranges(tmp_path, monkeypatch):
+    import manifests.probe as probe
+    from tests.helpers import index_frame, write_video
+
+    video = write_video(tmp_path / "long.mp4", np.stack([index_frame(i % 25) for i in range(30)]))
+    rows = [{"_row": i, "source_kind": "range", "path": str(video), "start_s": s, "end_s": s + 0.4} for i, s in enumerate((0.0, 0.4, 0.8))]
+    alone = [probe.probe_clip(r) for r in rows]
+    calls = {"timeline": 0, "hash": 0}
+    timeline, file_hash = probe.read_timeline, probe.file_hash
+    monkeypatch.setattr(probe, "read_timeline", lambda p: calls.__setitem__("timeline", calls["timeline"] + 1) or timeline(p))
+    monkeypatch.setattr(probe, "file_hash", lambda p, h=None: calls.__setitem__("hash", calls["hash"] + 1) or file_hash(p, h))
+    chunk = probe.probe_chunk(rows).to_pylist()
+    assert calls == {"timeline": 1, "hash": 1}
+    assert [{k: v for k, v in r.items() if k != "_row"} for r in chunk] == alone
+    assert [r["num_frames"] for r in chunk] == [10, 10, 10]
