@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -135,7 +136,10 @@ def _coerce(value: Any, default: Any) -> Any:
             raise ValueError(value)
         return int(value)
     if isinstance(default, float):
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):  # nan / inf pass every range check a setting makes
+            raise ValueError(value)
+        return number
     return str(value) if default is not None or isinstance(value, str) else value
 
 
@@ -235,14 +239,25 @@ class Extractor:
         frames and fps being those the features are aligned to (after any resampling)."""
         raise ClipError("needs_video", f"{self.name} needs video frames; {paths[0] if paths else 'this clip'} is a motion-parameters file (source_kind=smplx)")
 
+    @classmethod
+    def layers_from_config(cls, config: ExtractorConfig) -> int | None:
+        """The model's depth when the config alone tells it (a tiny or random-weights model of a fixed
+        architecture), else None (a checkpoint's depth is known once it loads)."""
+        return None
+
+    @classmethod
+    def check_config(cls, config: ExtractorConfig, settings) -> None:
+        """Checks that need no weights, run at job config validation (before Ray starts): an out-of-range
+        ``layer`` of a model whose depth the config tells is one line there, not a Ray traceback later."""
+        layers = cls.layers_from_config(config)
+        if layers is not None and hasattr(settings, "layer"):
+            _check_layer(cls.name, settings.layer, layers)
+
     def _check_layer(self) -> None:
         """``settings.layer`` indexes the hidden states (embeddings + one per block): checked once the model's
         depth is known, so an out-of-range layer is one line when the extractor is built, not an IndexError
         on every clip."""
-        layers = self.model_info["layers"]
-        if not -(layers + 1) <= self.settings.layer <= layers:
-            raise SignfeatError(f"{self.name} setting layer={self.settings.layer}: the model has {layers} layers "
-                                f"(hidden states 0..{layers}, or -1..-{layers + 1} from the end)")
+        _check_layer(self.name, self.settings.layer, self.model_info["layers"])
 
     def describe_preprocessing(self) -> dict[str, Any]:
         return self.transform.describe()
@@ -328,6 +343,12 @@ class Extractor:
             with torch.autocast("cpu", dtype=self.compute_dtype):
                 return self.forward(batch)
         return self.forward(batch)
+
+
+def _check_layer(name: str, layer: int, layers: int) -> None:
+    if not -(layers + 1) <= layer <= layers:
+        raise SignfeatError(f"{name} setting layer={layer}: the model has {layers} layers "
+                            f"(hidden states 0..{layers}, or -1..-{layers + 1} from the end)")
 
 
 def build_extractor(config: ExtractorConfig | dict[str, Any]) -> Extractor:

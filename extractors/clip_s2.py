@@ -173,6 +173,14 @@ class ClipS2Extractor(Extractor):
     # ---------------------------------------------------------------- model loading
 
     @classmethod
+    def layers_from_config(cls, config) -> int | None:
+        if config.backend == "hf" and config.random_weights:
+            return (TINY if config.tiny else VIT_L14)["num_hidden_layers"]
+        if config.backend == "open_clip" and config.tiny:
+            return TINY_OPEN_CLIP["vision_cfg"]["layers"]
+        return None  # a checkpoint's or an OpenCLIP architecture's depth: known once it is built
+
+    @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:
         if config.backend == "open_clip":
             return _open_clip_transform(_open_clip_preprocess_cfg(config), settings.resize)

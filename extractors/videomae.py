@@ -86,6 +86,12 @@ class VideoMAEExtractor(Extractor):
         self._check_layer()
 
     @classmethod
+    def layers_from_config(cls, config) -> int | None:
+        if not config.random_weights:
+            return None
+        return (TINY if config.tiny else VIDEOMAE_LARGE)["num_hidden_layers"]
+
+    @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:
         return cls.hf_transform(config, settings, "videomae", "VideoMAEImageProcessor", PROCESSOR)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def _number(cast, lower: float, inclusive: bool = True):
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if cast is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):  # "nan" passes the bound check below, "inf" is no rate or size
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value < lower or (not inclusive and value == lower):
             raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
         return value
@@ -222,12 +225,29 @@ def _extract(args) -> int:
     config = load_job_config(args.config)  # validated before Ray starts
     summary = run_extract(args.manifest, args.out, config, address=args.address, overwrite=args.overwrite, progress=not args.no_progress,
                           num_cpus=args.num_cpus or None)
-    weights = {s.name: ("RANDOM weights (tiny test model)" if s.extractor.get("tiny") else "RANDOM weights" if s.extractor.get("random_weights") else "pretrained")
-               for s in config.streams}
+    weights = {s.name: _weights_label(s.extractor) for s in config.streams}
     print(json.dumps({k: summary[k] for k in ("output", "clips_planned", "samples", "failures", "failures_by_class", "shards", "shards_skipped_as_complete", "wall_s", "clips_per_s")}, indent=1))
     print(f"streams: {weights}")
     print(f"shards: {summary['output']}/{{split}}/*.tar  index: index.parquet  failures: failures.parquet  summary: job.json")
     return 0
+
+
+def _weights_label(extractor: dict) -> str:
+    """What the job's summary says a stream's model is: random features must never pass for real ones."""
+    if extractor.get("tiny"):
+        return "RANDOM weights (tiny test model)"
+    if extractor.get("random_weights"):
+        return "RANDOM weights"
+    if extractor.get("name") == "smplx623":  # no network weights: the body model file decides (the samples say the same)
+        from motion.body_model import _check_model_file, find_model_file
+
+        settings = extractor.get("settings") or {}
+        try:
+            synthetic = _check_model_file(find_model_file(settings.get("model_dir", ""), settings.get("gender", "neutral")))
+        except Exception:  # noqa: BLE001  (a cluster's model folder may exist on the workers only)
+            return "SMPL-X model from model_dir"
+        return "SYNTHETIC SMPL-X test model (random shapes)" if synthetic else "SMPL-X model from model_dir"
+    return "pretrained"
 
 
 def _verify(args) -> int:

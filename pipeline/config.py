@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,31 @@ class JobConfig:
         }
 
     def output_hash(self) -> str:
-        """Hash of what determines the output (not of resources such as actor counts or GPUs)."""
+        """Hash of what determines the output (not of resources such as actor counts or GPUs). Each extractor
+        is hashed as it is built (defaults filled in), so configs that mean the same hash the same: a resume
+        with `settings: {}`, `dtype: auto` or an explicit default setting is not refused as another job."""
         d = self.to_dict()
-        d["extractors"] = [{k: v for k, v in e.items() if k not in _RESOURCE_KEYS} for e in d["extractors"]]
+        d["extractors"] = [_built_extractor(s.extractor, on_gpu=s.num_gpus > 0) for s in self.streams]
         d.pop("clips_per_call")
         d.pop("decode_retries")
         d.pop("worker_env")  # how fast, not what
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _built_extractor(entry: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
+    """An extractor entry as the job builds it: every ExtractorConfig field and setting with its default filled
+    in (`tiny` implies `random_weights`, `dtype: auto` is the dtype the actor's device gets: bf16 on a GPU, fp32
+    on a CPU, so the same config resumed on the other kind of machine is another job), less what only says
+    where or how fast it runs."""
+    from extractors import ExtractorConfig
+    from extractors.base import REGISTRY, parse_settings
+
+    cfg = ExtractorConfig.from_dict({**entry, "device": "cpu"})  # the device is chosen per actor
+    built = dataclasses.asdict(cfg)
+    built["settings"] = dataclasses.asdict(parse_settings(REGISTRY[cfg.name].Settings, cfg.settings, cfg.name))
+    if built["dtype"] == "auto":  # as Extractor.__init__ resolves it (extractors/base.py)
+        built["dtype"] = "bf16" if on_gpu else "fp32"
+    return {k: v for k, v in built.items() if k not in _RESOURCE_KEYS and k != "device"}
 
 
 def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
@@ -113,14 +132,24 @@ def _nonneg_int(where: str, value: Any) -> int:
     return value
 
 
+def _number(where: str, value: Any, rule: str) -> float:
+    """A YAML number, finite: NaN passes every comparison check (`nan < 0` is False) and .inf is > 0, and
+    either breaks Ray's scheduling or every clip's decoding later, with a traceback or a job of failures."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SignfeatError(f"{where} must be a number {rule}, got {value!r}")
+    if not math.isfinite(value):
+        raise SignfeatError(f"{where} must be a finite number {rule}, got {value!r}")
+    return float(value)
+
+
 def _nonneg_number(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if _number(where, value, ">= 0") < 0:
         raise SignfeatError(f"{where} must be a number >= 0, got {value!r}")
     return float(value)
 
 
 def _positive_number(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if not _number(where, value, "> 0") > 0:
         raise SignfeatError(f"{where} must be a number > 0, got {value!r}")
     return float(value)
 
@@ -183,7 +212,8 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
         ext = {k: v for k, v in entry.items() if k in _EXTRACTOR_CONFIG_KEYS}
         try:
             cfg = ExtractorConfig.from_dict({**ext, "device": "cpu"})  # validates name, dtype, batch size
-            parse_settings(REGISTRY[cfg.name].Settings, cfg.settings, cfg.name)  # validates settings now, not on a GPU later
+            settings = parse_settings(REGISTRY[cfg.name].Settings, cfg.settings, cfg.name)  # validates settings now, not on a GPU later
+            REGISTRY[cfg.name].check_config(cfg, settings)  # what the config alone tells (a tiny model's layer count)
         except SignfeatError as exc:  # say which file and entry: a config may list several extractors
             raise SignfeatError(f"{where}: {exc}") from None
         if cfg.name in seen:

@@ -53,6 +53,9 @@ class DecodedClip:
     frames: np.ndarray  # uint8 [T, H, W, 3], RGB, rotation applied
     fps: float  # rate of the returned frames (after resampling / subsampling)
     timestamps: np.ndarray  # float64 [T], seconds from the clip's start, of each returned frame
+    # seconds of source the clip covers, before any resampling (as the probe measures a manifest row's
+    # duration_s): frames / fps is not it once max_frames has thinned the frames out
+    source_duration_s: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------- timelines
@@ -480,7 +483,7 @@ def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(
             if img.shape != first.shape:
                 raise ClipError("mixed_sizes", f"{files[p]} is {img.shape[1]}x{img.shape[0]}, the folder's first frame {first.shape[1]}x{first.shape[0]}")
             frames.append(img)
-        return DecodedClip(np.stack(frames), float(out_fps or fps), times[pos])
+        return DecodedClip(np.stack(frames), float(out_fps or fps), times[pos], len(files) / fps)
     if kind not in ("video", "range"):
         raise ClipError("bad_source_kind", f"unknown source_kind {kind!r} for {path}")
     timeline = read_timeline(path)
@@ -501,4 +504,5 @@ def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(
         raise ClipError("corrupt", f"{backend} decoded {frames.shape} from {path}, expected {(len(indices), timeline.height, timeline.width, 3)}")
     if out_fps is None:  # a single frame: report the stream's own rate
         out_fps = 1.0 / timeline.frame_duration_s
-    return DecodedClip(np.ascontiguousarray(frames, dtype=np.uint8), float(out_fps), clip_times[pos])
+    source_duration_s = float(timeline.times_s[in_range[-1]] - timeline.times_s[in_range[0]] + timeline.frame_duration_s)
+    return DecodedClip(np.ascontiguousarray(frames, dtype=np.uint8), float(out_fps), clip_times[pos], source_duration_s)

@@ -2,7 +2,7 @@
 
 The data flow, in one place:
 
-    manifest ─► plan_shards (fixed up front) ─► skip shards whose completion marker exists
+    manifest ─► plan_shards (fixed up front) ─► skip complete shards (marker + tar of its size + parts)
         ─► ray.data.from_items(one row per clip, in shard order)
         ─► map_batches(decode_prepare)        CPU tasks: decode + every stream's resize/crop (uint8)
         ─► map_batches(ExtractStream) × N     one actor pool per extractor, model loaded once (GPU or CPU);
@@ -84,7 +84,7 @@ def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], strea
             members = encode_sample(row["key"], meta, {s: row[f"feat_{s}"] for s in streams})
             sink.write({"__key__": row["key"], **members})
             index.append({"shard": plan.name, "key": row["key"], "id": row["id"], "split": plan.split, "num_frames": row["decoded_frames"],
-                          "duration_s": row["decoded_frames"] / row["decoded_fps"] if row["decoded_fps"] else None,
+                          "duration_s": _duration_s(row),
                           **{f"len_{s}": int(row[f"feat_{s}"].shape[0]) for s in streams},
                           "bytes": sum(len(v) for v in members.values()), "checksum": sample_checksum(members)})
     index_table = pa.Table.from_pylist(index, schema=_index_schema(streams))
@@ -92,6 +92,14 @@ def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], strea
     summary = {"shard": plan.name, "samples": len(index), "failures": len(failures), "bytes": len(buf.getvalue()), "time": time.time()}
     store.commit_shard(plan.name, buf.getvalue(), index_table, failure_table, summary)
     return summary
+
+
+def _duration_s(row: dict[str, Any]) -> float | None:
+    """Seconds of source the sample covers: the decode stage's measure, which max_frames subsampling does not
+    shrink (frames / fps would be the thinned-out rate's span); frames / fps for a row without it."""
+    if row.get("decoded_duration_s"):
+        return float(row["decoded_duration_s"])
+    return row["decoded_frames"] / row["decoded_fps"] if row["decoded_fps"] else None
 
 
 def _ray_rows(plans: list[ShardPlan]) -> list[dict[str, Any]]:
@@ -136,31 +144,62 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
     store = Store(out)
     store.make_writable()
-    if overwrite:
-        store.clear()
-    elif store.exists("_signfeat/identity.json"):
-        old = store.read_json("_signfeat/identity.json")
-        if old != identity:
-            raise SignfeatError(
-                f"{out} holds a job with config hash {old.get('config_hash')} and plan hash {old.get('plan_hash')}; this run has "
-                f"{identity['config_hash']} / {identity['plan_hash']}. Use another --out, or --overwrite to replace it."
-            )
-    store.write_json("_signfeat/identity.json", identity)
-    store.write_table("_signfeat/plan.parquet", pa.Table.from_pylist(
-        [{"shard": p.name, "key": r["key"], "id": r["id"]} for p in plans for r in p.rows],
-        schema=pa.schema([("shard", pa.string()), ("key", pa.string()), ("id", pa.string())])))
+    claim_output(store, identity, plans, overwrite=overwrite)
 
     removed = store.remove_temporaries()  # a killed earlier run's half-written files
     if removed:
         log.warning("removed %d half-written files of an interrupted earlier run", removed)
-    done = store.done_shards()
+    done = shards_to_skip(store, plans)
     todo = [p for p in plans if p.name not in done]
     log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.url)
     run_stats: dict[str, Any] = {}
     if todo:
         run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], address=address, progress=progress, num_cpus=num_cpus)
-    summary = finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=len(done))
+    summary = finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done)
     return summary
+
+
+def _read_identity(store: Store) -> dict[str, Any]:
+    """The job record OUT holds; a damaged one reads as {} (another job's, as far as a rerun can tell)."""
+    try:
+        old = store.read_json("_signfeat/identity.json")
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan], *, overwrite: bool) -> None:
+    """Record this job (identity + plan) in OUT. Another job's output is refused while it holds a complete
+    shard (that is work a mistyped --out would destroy); one that completed nothing, such as a job that
+    died on a bad setting before its first shard, is replaced, so the corrected config is not refused."""
+    if overwrite:
+        store.clear()
+    elif store.exists("_signfeat/identity.json"):
+        old = _read_identity(store)
+        if old != identity:
+            if store.complete_shards():
+                raise SignfeatError(
+                    f"{store.url} holds a job with config hash {old.get('config_hash')} and plan hash {old.get('plan_hash')}; this run has "
+                    f"{identity['config_hash']} / {identity['plan_hash']}. Use another --out, or --overwrite to replace it."
+                )
+            store.clear()  # nothing complete: the old job's unfinished files would only be in the way
+    store.write_json("_signfeat/identity.json", identity)
+    store.write_table("_signfeat/plan.parquet", pa.Table.from_pylist(
+        [{"shard": p.name, "key": r["key"], "id": r["id"]} for p in plans for r in p.rows],
+        schema=pa.schema([("shard", pa.string()), ("key", pa.string()), ("id", pa.string())])))
+
+
+def shards_to_skip(store: Store, plans: list[ShardPlan]) -> set[str]:
+    """The planned shards a rerun may skip (``Store.shard_is_complete``). A marker whose tar was deleted or
+    truncated, or whose parts are lost or damaged, is removed first, so the shard is redone and a run
+    killed while redoing it cannot leave the old marker vouching for new, unfinished files."""
+    planned = {p.name for p in plans}
+    marked = store.done_shards() & planned
+    complete = {shard for shard in marked if store.shard_is_complete(shard)}
+    for shard in sorted(marked - complete):
+        log.warning("shard %s has a completion marker but a missing or damaged tar or part: redoing it", shard)
+        store.delete(Store.marker(shard))
+    return complete
 
 
 def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
@@ -274,8 +313,10 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
             "clips_by_node": clips_by_node}
 
 
-def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobConfig, identity: dict, t_start: float, run_stats: dict, skipped: int) -> dict[str, Any]:
-    """Merge the per-shard parts (plan order), check that every clip is in exactly one place, write job.json."""
+def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobConfig, identity: dict, t_start: float, run_stats: dict,
+             skipped: set[str] = frozenset()) -> dict[str, Any]:
+    """Merge the per-shard parts (plan order), check that every clip is in exactly one place, write job.json.
+    ``skipped``: the shards this run found complete and did not redo."""
     index_parts, failure_parts = [], []
     for p in plans:
         if not store.exists(Store.marker(p.name)):
@@ -292,6 +333,9 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
     store.write_table("failures.parquet", failures)
     wall = time.time() - t_start
     frames = int(pa.compute.sum(index.column("num_frames")).as_py() or 0) if index.num_rows else 0
+    clips_skipped = sum(len(p.rows) for p in plans if p.name in skipped)
+    frames_skipped = sum(n for shard, n in zip(index.column("shard").to_pylist(), index.column("num_frames").to_pylist()) if shard in skipped)
+    clips_this_run, frames_this_run = len(planned) - clips_skipped, frames - frames_skipped
     summary = {
         "output": store.url,
         "clips_planned": len(planned),
@@ -299,10 +343,14 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
         "failures": failures.num_rows,
         "failures_by_class": {k: int(v) for k, v in zip(*np.unique(failures.column("error_class").to_pylist(), return_counts=True))} if failures.num_rows else {},
         "shards": len(plans),
-        "shards_skipped_as_complete": skipped,
+        "shards_skipped_as_complete": len(skipped),
+        "clips_skipped_as_complete": clips_skipped,
+        "clips_this_run": clips_this_run,  # clips of the shards this run wrote (samples + failures)
+        "frames_this_run": frames_this_run,
         "wall_s": wall,
-        "clips_per_s": len(planned) / wall if wall > 0 else None,
-        "frames_per_s": frames / wall if wall > 0 else None,
+        # rates of this run's own work: clips of shards skipped as complete took no time and are not counted
+        "clips_per_s": clips_this_run / wall if wall > 0 else None,
+        "frames_per_s": frames_this_run / wall if wall > 0 else None,
         "frames": frames,
         # busy seconds per stage summed over its workers (decode, each extractor, the driver's shard writes),
         # and which Ray node did how many clips of each stage (this run only: skipped shards are not counted)

@@ -18,7 +18,7 @@ from pipeline.errors import SignfeatError
 
 NO_SPLIT = "nosplit"
 # Manifest columns a shard needs (the rest stays in the manifest).
-ROW_FIELDS = ["id", "key", "dataset", "split", "signer", "text", "source_kind", "path", "start_s", "end_s", "fps", "num_frames"]
+ROW_FIELDS = ["id", "key", "dataset", "split", "signer", "text", "source_kind", "path", "start_s", "end_s", "fps", "num_frames", "content_hash"]
 
 
 @dataclass
@@ -67,8 +67,11 @@ def plan_shards(manifest_rows: list[dict[str, Any]], shards: ShardConfig) -> lis
 
 
 def plan_hash(plans: list[ShardPlan]) -> str:
+    """Hash of every row field a shard carries: each is written into the sample (id, key, text, signer, dataset,
+    split, source) or decides its content (path, range, fps, content_hash), so a manifest that changes any of
+    them (a corrected text...) is another job, not a resume that would keep the shards' stale values."""
     h = hashlib.sha256()
     for p in plans:
         for r in p.rows:
-            h.update(json.dumps([p.name, r["key"], r["path"], r["source_kind"], r["start_s"], r["end_s"], r["fps"]], default=str).encode())
+            h.update(json.dumps([p.name, {k: r.get(k) for k in ROW_FIELDS}], sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]

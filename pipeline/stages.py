@@ -103,7 +103,7 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
     transforms = _transforms(streams_json)
     n = len(batch["key"])
     out: dict[str, list] = {k: list(v) for k, v in batch.items()}
-    for col in [*transforms, "decoded_frames", "decoded_fps", "secs_decode"]:
+    for col in [*transforms, "decoded_frames", "decoded_fps", "decoded_duration_s", "secs_decode"]:
         out[col] = [None] * n
     for c in ERROR_COLUMNS:
         out[c] = [""] * n
@@ -118,6 +118,8 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
             _maybe_crash_for_tests(str(row["path"]))
             if row["source_kind"] == PARAMS_KIND:
                 out["decoded_frames"][i], out["decoded_fps"][i] = _pass_params(row, streams_json)
+                frames, fps = out["decoded_frames"][i], out["decoded_fps"][i]
+                out["decoded_duration_s"][i] = frames / fps if fps else 0.0  # the file's own span (the extractor may resample)
                 for col in transforms:
                     out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
                 out["secs_decode"][i] = time.perf_counter() - t0
@@ -126,13 +128,14 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
             for col, t in transforms.items():
                 out[col][i] = t.resize_crop(clip.frames).numpy()
             out["decoded_frames"][i], out["decoded_fps"][i] = int(clip.frames.shape[0]), float(clip.fps)
+            out["decoded_duration_s"][i] = float(clip.source_duration_s)
             del clip
         except Exception as exc:  # ClipError or anything else decoding raised: this clip's problem only
             stage = f"extract:{_video_only_streams(streams_json)[0]}" if _error_kind(exc) == "needs_video" else "decode"
             out["error_stage"][i], out["error_class"][i], out["error_message"][i] = stage, _error_kind(exc), str(exc)[:2000]
             for col in transforms:
                 out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
-            out["decoded_frames"][i], out["decoded_fps"][i] = 0, 0.0
+            out["decoded_frames"][i], out["decoded_fps"][i], out["decoded_duration_s"][i] = 0, 0.0, 0.0
         out["secs_decode"][i] = time.perf_counter() - t0
     return {k: _column(v) for k, v in out.items()}
 

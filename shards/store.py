@@ -12,8 +12,9 @@ Layout under OUT:
 
 A shard is written under a temporary name, moved to its name, its parts written, and only then its
 marker (datatrove's completion markers). A crash before the marker leaves a shard that the next run
-overwrites; after it, the shard is skipped. On S3 a move is a copy, so the marker, not the rename, is the
-commit point.
+overwrites; after it, the shard is skipped, as long as its tar (of the size the marker records) and both
+parts are still there and readable (``complete_shards``). On S3 a move is a copy, so the marker, not the
+rename, is the commit point.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ class Store:
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
             raise SignfeatError(f"cannot open output location {self.url}: {exc}") from None
         self.root = root.rstrip("/")
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)  # a plain path or a file:// URL
+        if not self.local and not self.root:  # "s3://": every write would go to the store's top level, and fail there
+            raise SignfeatError(f"output location {self.url} names no bucket; give s3://bucket/prefix")
 
     def make_writable(self) -> None:
-        """Before a job writes: a local OUT that is a file (or under one), or cannot be created, is one line, not
-        a pyarrow traceback at the first write. (Object stores have no folders to check.)"""
-        if "://" in self.url:
+        """Before a job writes: a local OUT (a path or a file:// URL) that is a file (or under one), or cannot be
+        created, is one line, not a pyarrow traceback at the first write. (Object stores have no folders to check.)"""
+        if not self.local:
             return
         from pathlib import Path
 
@@ -122,6 +126,24 @@ class Store:
     def done_shards(self) -> set[str]:
         return {p[len("_signfeat/done/") : -len(".json")] for p in self.list_files("_signfeat/done", ".json")}
 
+    def shard_is_complete(self, shard: str) -> bool:
+        """The marker exists, the tar has the size the marker recorded, and both parts read: anything less (a
+        deleted or truncated tar, a lost or damaged part) means the shard must be written again."""
+        try:
+            summary = self.read_json(self.marker(shard))
+            tar = self.fs.get_file_info(self.path(f"{shard}.tar"))
+            if not isinstance(summary, dict) or tar.type != pafs.FileType.File or tar.size != summary.get("bytes"):
+                return False
+            for part in ("index", "failures"):
+                self.read_table(f"_signfeat/parts/{shard}.{part}.parquet")
+        except (OSError, ValueError):  # missing (FileNotFoundError) or damaged (pa.ArrowInvalid, JSONDecodeError)
+            return False
+        return True
+
+    def complete_shards(self) -> set[str]:
+        """Shards with a marker that ``shard_is_complete`` accepts (what a rerun skips)."""
+        return {shard for shard in self.done_shards() if self.shard_is_complete(shard)}
+
     def commit_shard(self, shard: str, tar_bytes: bytes, index: pa.Table, failures: pa.Table, summary: dict) -> None:
         self.write_bytes(f"{shard}.tar", tar_bytes)
         self.write_table(f"_signfeat/parts/{shard}.index.parquet", index)
@@ -137,8 +159,23 @@ class Store:
         return len(stale)
 
     def clear(self) -> None:
-        """Remove everything signfeat wrote under OUT (for --overwrite)."""
+        """Remove what signfeat wrote under OUT (for --overwrite): the shards of the previous job's plan and of
+        its completion markers, the merged files and ``_signfeat/``; nothing else (a ``.tar`` of the user's
+        stays). An OUT that holds files but no job record is refused rather than guessed at."""
+        files = [rel for rel in self.list_files("") if not _TEMP_NAME.search(rel)]
+        if not files:
+            return
+        if not self.exists("_signfeat/identity.json"):
+            raise SignfeatError(f"--overwrite: {self.url} holds {len(files)} file{'s' * (len(files) != 1)} but no signfeat job record (_signfeat/identity.json); "
+                                "refusing to delete them: give an empty or new --out, or remove them yourself")
+        shards = self.done_shards()
+        try:
+            shards |= set(self.read_table("_signfeat/plan.parquet").column("shard").to_pylist())
+        except (OSError, ValueError, KeyError):  # no readable plan: the markers still name the shards written
+            pass
+        self.remove_temporaries()
+        for shard in sorted(shards):
+            if isinstance(shard, str) and ".." not in shard.split("/") and not shard.startswith("/"):  # never outside OUT
+                self.delete(f"{shard}.tar")
         for rel in ["_signfeat", "index.parquet", "failures.parquet", "job.json"]:
-            self.delete(rel)
-        for rel in self.list_files("", ".tar"):
             self.delete(rel)

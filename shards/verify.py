@@ -1,6 +1,6 @@
 """``signfeat verify OUT``: check every shard against the job's config, index and plan; list every problem.
 
-Checks: the job's own files readable; every planned shard complete and readable, no other ``.tar`` and no
+Checks: the job's own files readable; every sample made with the output's config (its JSON's job.config_hash); every planned shard complete and readable, no other ``.tar`` and no
 half-written temporary file under OUT; each sample has its JSON (an object, whose id, split and num_frames
 agree with index.parquet) and one ``.npy`` per stream, and no other member;
 dtype and width per stream as the sample's own stream metadata says; rows per stream by its extractor's
@@ -67,6 +67,13 @@ def _streams(store: Store, out: str) -> list[str]:
     return streams
 
 
+def _config_hash(store: Store, out: str) -> str:
+    config_hash = _load(store, out, "_signfeat/identity.json").get("config_hash")
+    if not isinstance(config_hash, str) or not config_hash:
+        raise SignfeatError(f"{out}: _signfeat/identity.json records no config_hash")
+    return config_hash
+
+
 def _stream_problem(meta: Any, stream: str) -> str | None:
     """Why the sample JSON's record of a stream cannot be checked against, or None."""
     smeta = meta.get("streams", {}).get(stream) if isinstance(meta.get("streams"), dict) else None
@@ -92,6 +99,7 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
 
     try:
         streams = _streams(store, out)
+        config_hash = _config_hash(store, out)
         plan = _load(store, out, "_signfeat/plan.parquet").to_pylist()
         index_rows = _load(store, out, "index.parquet", [f"len_{s}" for s in streams]).to_pylist()
         failures = _load(store, out, "failures.parquet").to_pylist()
@@ -158,6 +166,10 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
                 continue
             if meta.get("key") != key:
                 problem(f"{where}: json key {meta.get('key')!r} differs from the member name")
+            # a shard copied in from another job's output (another config) would mix features of two configs
+            made_with = meta.get("job", {}).get("config_hash") if isinstance(meta.get("job"), dict) else None
+            if made_with != config_hash:
+                problem(f"{where}: made with config hash {made_with!r}, this output's is {config_hash!r} (_signfeat/identity.json)")
             # index.parquet's own columns are what `signfeat stats` and the trainer's shard counts read
             for col in ("id", "split", "num_frames"):
                 if meta.get(col) != row.get(col):
@@ -215,7 +227,9 @@ def stats(out: str) -> dict[str, Any]:
     failures = _load(store, out, "failures.parquet").to_pandas()
     plan = _load(store, out, "_signfeat/plan.parquet").to_pandas()
     per_split = {}
-    for split, g in index.groupby("split"):
+    # every split with a sample or a failure: a split whose clips all failed is a row too, so the rows add up to the totals
+    for split in sorted(set(index["split"]) | set(failures["split"]), key=str):
+        g = index[index["split"] == split]
         entry = {"samples": int(len(g)), "failures": int((failures["split"] == split).sum()), "hours": float(g["duration_s"].sum() / 3600),
                  "frames": int(g["num_frames"].sum()), "bytes": int(g["bytes"].sum())}
         for s in streams:

@@ -94,3 +94,12 @@ def test_features_refuses_a_bad_out_before_the_model_runs(tmp_path, capsys):
     for out, needle in ((tmp_path / "afile" / "f.npy", "cannot create its folder"), (tmp_path, "is a folder")):
         assert main(["features", str(video), "--extractor", "dinov2", "--tiny", "--out", str(out)]) == 2
         assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_numbers_on_the_command_line_are_refused(value, capsys):
+    """"nan" passed the bound check (every comparison with NaN is False)."""
+    from pipeline.cli import main
+
+    assert main(["manifest", "build", "--annotations", "a.csv", "--out", "m.parquet", "--frame-fps", value]) == 2
+    assert f"expected a finite number, got '{value}'" in capsys.readouterr().err

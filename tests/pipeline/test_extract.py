@@ -105,7 +105,8 @@ def test_rerun_skips_complete_shards_and_other_config_is_refused(job):
 
 
 def test_a_lost_shard_is_redone_on_rerun(job):
-    """A driver killed between shards: the shards without a marker are redone, the rest skipped."""
+    """A driver killed between shards: the shards without a marker are redone (and those whose tar or part is
+    gone or damaged), the rest skipped."""
     from shards.store import Store
 
     store = Store(str(job["out"]))
@@ -114,10 +115,14 @@ def test_a_lost_shard_is_redone_on_rerun(job):
     # and a half-written file, as a driver killed inside a write leaves one
     half_written = job["out"] / f"{done[0]}.tar.tmp-0123abcd"
     half_written.write_bytes(b"partial")
+    # a committed shard whose tar was deleted, and one whose index part is damaged: redone too, no traceback
+    (job["out"] / f"{done[1]}.tar").unlink()
+    (job["out"] / "_signfeat" / "parts" / f"{done[2]}.index.parquet").write_bytes(b"damaged")
     before = {r["key"] for r in pq.read_table(job["out"] / "index.parquet").to_pylist()}
     again = run_extract(job["manifest"], str(job["out"]), parse_job_config(CONFIG), progress=False)
-    assert not half_written.exists()
-    assert again["shards_skipped_as_complete"] == again["shards"] - 1
+    assert not half_written.exists() and (job["out"] / f"{done[1]}.tar").exists()
+    assert again["shards_skipped_as_complete"] == again["shards"] - 3
+    assert again["clips_skipped_as_complete"] + again["clips_this_run"] == again["clips_planned"]
     assert {r["key"] for r in pq.read_table(job["out"] / "index.parquet").to_pylist()} == before
     assert verify(str(job["out"]))["ok"]
 
@@ -143,6 +148,22 @@ def test_a_lost_shard_is_redone_on_rerun(job):
     {"extractors": [{"name": "clip_s2"}], "worker_env": {"A=B": "1"}},
     {"extractors": [{"name": "clip_s2"}], "worker_env": {"A": True}},
     {"extractors": [{"name": "clip_s2"}], "worker_env": {"A": {"b": 1}}},
+    # non-finite numbers pass every comparison check (`nan < 0` is False)
+    {"extractors": [{"name": "clip_s2", "num_cpus": float("nan")}]},
+    {"extractors": [{"name": "clip_s2", "num_cpus": float("inf")}]},
+    {"extractors": [{"name": "clip_s2", "num_gpus": float("nan")}]},
+    {"extractors": [{"name": "clip_s2", "resources": {"slot": float("nan")}}]},
+    {"extractors": [{"name": "clip_s2"}], "decode": {"target_fps": float("inf")}},
+    {"extractors": [{"name": "clip_s2"}], "decode": {"target_fps": float("nan")}},
+    {"extractors": [{"name": "clip_s2"}], "decode": {"max_clip_mib": float("inf")}},
+    {"extractors": [{"name": "clip_s2"}], "decode": {"frame_fps": float("nan")}},
+    {"extractors": [{"name": "smplx623", "settings": {"target_fps": float("inf")}}]},  # an extractor's own float setting
+    # a layer the model does not have, when the config alone tells its depth (tiny / random weights)
+    {"extractors": [{"name": "videomae", "tiny": True, "settings": {"layer": 7}}]},
+    {"extractors": [{"name": "videomae", "tiny": True, "settings": {"layer": -4}}]},
+    {"extractors": [{"name": "clip_s2", "tiny": True, "settings": {"layer": 3}}]},
+    {"extractors": [{"name": "clip_s2", "tiny": True, "backend": "open_clip", "settings": {"layer": 3}}]},
+    {"extractors": [{"name": "clip_s2", "random_weights": True, "settings": {"layer": 25}}]},
 ])
 def test_bad_job_configs_fail_before_anything_starts(bad):
     with pytest.raises(SignfeatError):
@@ -155,6 +176,10 @@ def test_bad_job_configs_fail_before_anything_starts(bad):
     ({"shards": "big"}, "C.yaml: shards must be a mapping"),
     ({"worker_env": {"OMP_NUM_THREADS": None}}, "C.yaml: worker_env.OMP_NUM_THREADS must be a string or a number, got None"),
     ({"extractors": [{"name": "clip_s2"}, {"name": "dinov2", "dtype": "fp64"}]}, "C.yaml: extractors[1]: dtype must be"),
+    ({"extractors": [{"name": "dinov2", "num_cpus": float("nan")}]}, "C.yaml: extractors[0].num_cpus must be a finite number >= 0, got nan"),
+    ({"decode": {"target_fps": float("inf")}}, "C.yaml: decode.target_fps must be a finite number > 0, got inf"),
+    ({"extractors": [{"name": "videomae", "tiny": True, "settings": {"layer": 7}}]},
+     "C.yaml: extractors[0]: videomae setting layer=7: the model has 2 layers (hidden states 0..2, or -1..-3 from the end)"),
 ])
 def test_job_config_errors_name_the_key(bad, needle):
     """The message names the file and key at fault, not a Python TypeError or the letters of a string."""
@@ -163,13 +188,52 @@ def test_job_config_errors_name_the_key(bad, needle):
     assert needle in str(err.value)
 
 
+def test_layers_a_tiny_model_has_pass_validation():
+    for layer in (0, 2, -1, -3):
+        parse_job_config({"extractors": [{"name": "videomae", "tiny": True, "settings": {"layer": layer}},
+                                         {"name": "clip_s2", "tiny": True, "settings": {"layer": layer}}]})
+    parse_job_config({"extractors": [{"name": "videomae", "settings": {"layer": 30}}]})  # a checkpoint's depth: known when it loads
+
+
+@pytest.mark.parametrize("field", ["id", "key", "text", "signer", "dataset", "split", "path", "source_kind", "start_s", "end_s", "fps",
+                                   "content_hash"])
+def test_plan_hash_covers_every_field_a_sample_is_made_from(field):
+    """A rerun with a corrected text (or any field written into a sample or deciding its content) is another job:
+    were it a resume, the complete shards would keep the old values."""
+    from pipeline.config import ShardConfig
+    from pipeline.plan import plan_hash, plan_shards
+
+    row = {"id": "a", "key": "a", "dataset": "d", "split": "train", "signer": "s", "text": "hello", "source_kind": "range",
+           "path": "/v.mp4", "start_s": 1.0, "end_s": 2.0, "fps": 25.0, "num_frames": 25, "content_hash": "c0", "status": "ok"}
+    changed = {**row, field: {"start_s": 1.5, "end_s": 2.5, "fps": 30.0}.get(field, f"{row[field]}-changed")}
+    assert plan_hash(plan_shards([row], ShardConfig())) != plan_hash(plan_shards([changed], ShardConfig()))
+
+
 def test_where_actors_run_does_not_change_the_output_hash():
-    base = parse_job_config({"extractors": [{"name": "clip_s2"}]})
-    placed = parse_job_config({"extractors": [{"name": "clip_s2", "actors": 4, "num_gpus": 1, "resources": {"sf_extract": 1},
+    base = parse_job_config({"extractors": [{"name": "clip_s2", "dtype": "bf16"}]})
+    placed = parse_job_config({"extractors": [{"name": "clip_s2", "dtype": "bf16", "actors": 4, "num_gpus": 1, "resources": {"sf_extract": 1},
                                                 "accelerator_type": "L40S"}]})
     assert placed.streams[0].resources == {"sf_extract": 1.0} and placed.streams[0].accelerator_type == "L40S"
     assert placed.output_hash() == base.output_hash()
-    assert parse_job_config({"extractors": [{"name": "clip_s2", "settings": {"scales": [224]}}]}).output_hash() != base.output_hash()
+    assert parse_job_config({"extractors": [{"name": "clip_s2", "dtype": "bf16", "settings": {"scales": [224]}}]}).output_hash() != base.output_hash()
+
+
+def test_dtype_auto_hashes_as_the_dtype_the_actor_s_device_gets():
+    # auto computes in bf16 on a GPU and fp32 on a CPU: the same config resumed on the other kind of machine
+    # would mix the two in one output
+    def job(**entry):
+        return parse_job_config({"extractors": [{"name": "clip_s2", **entry}]}).output_hash()
+
+    assert job(num_gpus=1) == job(num_gpus=1, dtype="bf16") != job() == job(dtype="fp32")
+
+
+@pytest.mark.parametrize("same", [{"random_weights": True}, {"settings": {}}, {"settings": {"window": 16, "stride": 8}}, {"dtype": "auto"},
+                                  {"model": None}, {"compile": False, "batch_size": 4}])
+def test_configs_that_mean_the_same_hash_the_same(same):
+    """A resume with an explicit default (or `settings: {}`) was refused as another config."""
+    base = parse_job_config({"extractors": [{"name": "videomae", "tiny": True}]})
+    assert parse_job_config({"extractors": [{"name": "videomae", "tiny": True, **same}]}).output_hash() == base.output_hash()
+    assert parse_job_config({"extractors": [{"name": "videomae", "tiny": True, "settings": {"stride": 4}}]}).output_hash() != base.output_hash()
 
 
 def test_worker_env_defaults_replaces_and_leaves_the_output_hash_alone():
@@ -253,6 +317,40 @@ def test_actors_a_local_ray_instance_cannot_place_are_refused(entry, total, need
     with pytest.raises(SignfeatError, match=needle):
         check_local_resources(cfg, total)
     check_local_resources(cfg, {**total, "CPU": 3.0, "GPU": 1.0, "sf_extract": 1.0, "accelerator_type:L40S": 1.0})  # enough: no error
+
+
+def test_an_out_url_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    """A file:// URL naming a file, and an s3:// URL without a bucket, were pyarrow tracebacks."""
+    from shards.store import Store
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SignfeatError, match="is a file, not a folder"):
+        Store(f"file://{tmp_path / 'afile'}").make_writable()
+    with pytest.raises(SignfeatError, match="names no bucket"):
+        Store("s3://")
+    Store(f"file://{tmp_path / 'new'}").make_writable()
+    assert (tmp_path / "new").is_dir()
+
+
+def test_decode_stage_reports_the_source_span_under_max_frames(tmp_path):
+    """index.parquet's duration_s comes from it: frames / fps of the subsampled clip overstates the length."""
+    import json
+
+    from pipeline.decode import DecodeOptions
+    from pipeline.extract import _ray_rows
+    from pipeline.plan import ShardPlan
+    from pipeline.stages import decode_prepare
+    from tests.helpers import index_frame, write_video
+
+    path = write_video(tmp_path / "v.mp4", np.stack([index_frame(i) for i in range(22)]))
+    clip = {"id": "a", "key": "a", "dataset": "d", "split": "train", "signer": None, "text": "t", "source_kind": "video",
+            "path": str(path), "start_s": None, "end_s": None, "fps": 25.0, "num_frames": 22}
+    rows = _ray_rows([ShardPlan(name="s", split="train", rows=[clip])])
+    batch = {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+    out = decode_prepare(batch, json.dumps([{"name": "dinov2", "tiny": True}]), DecodeOptions(backend="pyav", max_frames=2))
+    assert out["error_class"][0] == "", out["error_message"][0]
+    assert out["decoded_frames"][0] == 2 and out["decoded_fps"][0] == pytest.approx(25 / 21)
+    assert out["decoded_duration_s"][0] == pytest.approx(22 / 25)
 
 
 def test_an_out_that_is_a_file_is_a_one_line_error(demo_manifest, tmp_path):

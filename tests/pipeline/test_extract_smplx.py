@@ -119,10 +119,11 @@ def test_shard_arrays_equal_the_extractor_on_the_files(corpus, smplx_job, model_
         assert meta["fps"] == TARGET_FPS and meta["num_frames"] == len(want) + 1, (clip, meta["fps"], meta["num_frames"])
         assert meta["source"]["kind"] == "smplx" and meta["source"]["path"] == str(corpus["root"] / corpus["paths"][clip])
         assert meta["streams"]["smplx623"]["settings"]["target_fps"] == TARGET_FPS
-    # 12 frames at 25 fps span 0.48 s -> 9 frames at 20 fps; 15 frames already at 20 fps stay 15
-    assert (_meta(samples["sa0"])["num_frames"], _meta(samples["sa2"])["num_frames"]) == (9, 15)
+    # 12 frames at 25 fps last 0.48 s -> 10 frames at 20 fps (instants 0, 0.05, ..., 0.45); 15 frames already at 20 fps stay 15
+    assert (_meta(samples["sa0"])["num_frames"], _meta(samples["sa2"])["num_frames"]) == (10, 15)
     index = {r["id"]: r for r in pq.read_table(smplx_job["out"] / "index.parquet").to_pylist()}
-    assert index["sa0"]["num_frames"] == 9 and index["sa0"]["len_smplx623"] == 8 and index["sa0"]["duration_s"] == pytest.approx(9 / 20)
+    # duration_s: the source's 0.48 s, whatever rate the features were resampled to
+    assert index["sa0"]["num_frames"] == 10 and index["sa0"]["len_smplx623"] == 9 and index["sa0"]["duration_s"] == pytest.approx(12 / 25)
 
 
 def test_verify_checks_smplx623_rows_against_num_frames(smplx_job, tmp_path):
@@ -188,3 +189,12 @@ def test_the_shipped_smplx_config_parses():
 
     cfg = load_job_config(Path(__file__).resolve().parents[2] / "configs" / "extract_smplx.yaml")
     assert [s.name for s in cfg.streams] == ["smplx623"] and cfg.streams[0].extractor["settings"]["target_fps"] == 20
+
+
+def test_the_job_summary_calls_the_synthetic_body_model_what_it_is(model_dir, tmp_path):
+    # the summary printed "pretrained" for signfeat's synthetic SMPL-X test model (the samples said random)
+    from pipeline.cli import _weights_label
+
+    assert _weights_label({"name": "smplx623", "settings": {"model_dir": str(model_dir)}}).startswith("SYNTHETIC")
+    assert _weights_label({"name": "smplx623", "settings": {"model_dir": str(tmp_path / "nowhere")}}) == "SMPL-X model from model_dir"
+    assert _weights_label({"name": "clip_s2", "tiny": True}).startswith("RANDOM") and _weights_label({"name": "clip_s2"}) == "pretrained"

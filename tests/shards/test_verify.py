@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import parse_job_config
+from pipeline.errors import SignfeatError
 from pipeline.extract import finalize, write_shard
 from pipeline.plan import plan_hash, plan_shards
 from shards.store import Store
@@ -52,7 +53,7 @@ def pristine(tmp_path_factory):
                 row[f"meta_{s}"] = json.dumps({"extractor": s, "dtype": "float16", "width": WIDTH[s], "settings": {}})
             rows.append(row)
         write_shard(store, p, rows, STREAMS, identity["config_hash"])
-    finalize(store, plans, STREAMS, CONFIG, identity, 0.0, {}, skipped=0)
+    finalize(store, plans, STREAMS, CONFIG, identity, 0.0, {})
     return out
 
 
@@ -232,3 +233,97 @@ def test_reader_keys_members_in_a_folder_as_webdataset_does(out):
         theirs = [s["__key__"] for s in group_by_keys(tar_file_expander([{"url": str(path), "stream": f}]))]
     assert ours == theirs == [f"sub/{KEY}", "k1"]
     assert f"{SHARD}:sub/{KEY}: sample not in index.parquet" in _problems(out)  # was passed as k0
+
+
+def test_a_sample_made_with_another_config_is_a_problem(out):
+    """A shard copied in from another job's output (another config) must not pass as this job's."""
+    meta = json.loads(dict(_members(out / f"{SHARD}.tar"))[f"{KEY}.json"])
+    meta["job"]["config_hash"] = "0123456789abcdef"
+    _replace(out, f"{KEY}.json", json.dumps(meta).encode())
+    assert f"{SHARD}:{KEY}: made with config hash '0123456789abcdef', this output's is '{CONFIG.output_hash()}' (_signfeat/identity.json)" in _problems(out)
+
+
+def test_stats_lists_a_split_whose_clips_all_failed(out):
+    failures = pq.read_table(out / "failures.parquet")
+    extra = {"id": "k9", "key": "k9", "shard": "dev/t-000000", "split": "dev", "stage": "decode", "error_class": "corrupt", "message": "x"}
+    pq.write_table(pa.Table.from_pylist(failures.to_pylist() + [extra], schema=failures.schema), out / "failures.parquet")
+    s = stats(str(out))
+    assert s["splits"]["dev"]["samples"] == 0 and s["splits"]["dev"]["failures"] == 1
+    for column in ("samples", "failures", "frames", "bytes"):
+        assert sum(e[column] for e in s["splits"].values()) == s[column]
+
+
+def test_index_duration_is_the_source_span_not_frames_over_the_subsampled_rate(tmp_path):
+    """With decode.max_frames the clip keeps few frames at a low rate; frames / fps overstates its length."""
+    plan = plan_shards([_row(0, "train")], CONFIG.shards)[0]
+    row = {**plan.rows[0], "decoded_fps": 25 / 21, "decoded_frames": 2, "decoded_duration_s": 0.88, "error_class": None}
+    for s in STREAMS:
+        row[f"feat_{s}"] = np.zeros((2, WIDTH[s]), np.float16)
+        row[f"meta_{s}"] = json.dumps({"extractor": s, "dtype": "float16", "width": WIDTH[s], "settings": {}})
+    store = Store(str(tmp_path / "o"))
+    write_shard(store, plan, [row], STREAMS, CONFIG.output_hash())
+    assert store.read_table(f"_signfeat/parts/{plan.name}.index.parquet").column("duration_s").to_pylist() == [0.88]
+
+
+# ------------------------------------------------------------------ what a rerun skips, replaces or deletes
+
+
+@pytest.mark.parametrize("damage", ["tar deleted", "tar truncated", "index part deleted", "failures part damaged", "marker damaged"])
+def test_a_shard_with_a_missing_tar_or_a_damaged_part_is_redone(out, damage):
+    from pipeline.extract import shards_to_skip
+
+    files = {"tar deleted": f"{SHARD}.tar", "tar truncated": f"{SHARD}.tar", "index part deleted": f"_signfeat/parts/{SHARD}.index.parquet",
+             "failures part damaged": f"_signfeat/parts/{SHARD}.failures.parquet", "marker damaged": Store.marker(SHARD)}
+    path = out / files[damage]
+    if damage.endswith("deleted"):
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:20])
+    store = Store(str(out))
+    plans = plan_shards([_row(i, "train") for i in range(5)] + [_row(5, "test")], CONFIG.shards)
+    assert not store.shard_is_complete(SHARD)
+    assert shards_to_skip(store, plans) == {p.name for p in plans} - {SHARD}
+    assert not (out / Store.marker(SHARD)).exists()  # its stale marker cannot vouch for the redone files
+
+
+def test_overwrite_deletes_only_what_signfeat_wrote(out):
+    (out / "my_data").mkdir()
+    (out / "my_data" / "precious.tar").write_bytes(b"mine")
+    (out / "train" / "mine.tar").write_bytes(b"mine too")
+    Store(str(out)).clear()
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == ["my_data/precious.tar", "train/mine.tar"]
+
+
+def test_overwrite_of_a_folder_without_a_job_record_is_refused(tmp_path):
+    (tmp_path / "data.tar").write_bytes(b"not signfeat's")
+    with pytest.raises(SignfeatError, match="no signfeat job record"):
+        Store(str(tmp_path)).clear()
+    assert (tmp_path / "data.tar").exists()
+    Store(str(tmp_path / "new")).clear()  # nothing there: nothing to refuse
+
+
+def test_another_job_is_refused_only_while_its_output_holds_a_complete_shard(out):
+    """A job that died before its first shard (a bad setting found on the actors) must not lock OUT to its config."""
+    from pipeline.extract import claim_output
+
+    plans = plan_shards([_row(i, "train") for i in range(5)] + [_row(5, "test")], CONFIG.shards)
+    other = {"config_hash": "0123456789abcdef", "plan_hash": plan_hash(plans), "streams": STREAMS}
+    store = Store(str(out))
+    with pytest.raises(SignfeatError, match="holds a job with config hash"):
+        claim_output(store, other, plans, overwrite=False)
+    for marker in store.list_files("_signfeat/done"):
+        store.delete(marker)  # no shard complete any more
+    claim_output(store, other, plans, overwrite=False)
+    assert store.read_json("_signfeat/identity.json") == other
+    assert not list(out.rglob("*.tar"))  # the old job's unfinished shards went with it
+
+
+def test_job_rates_count_only_this_runs_clips(out):
+    plans = plan_shards([_row(i, "train") for i in range(5)] + [_row(5, "test")], CONFIG.shards)
+    identity = Store(str(out)).read_json("_signfeat/identity.json")
+    summary = finalize(Store(str(out)), plans, STREAMS, CONFIG, identity, 0.0, {}, skipped={p.name for p in plans})
+    assert summary["clips_this_run"] == summary["frames_this_run"] == summary["clips_per_s"] == summary["frames_per_s"] == 0
+    assert summary["clips_skipped_as_complete"] == 6 and summary["shards_skipped_as_complete"] == 4
+    summary = finalize(Store(str(out)), plans, STREAMS, CONFIG, identity, 0.0, {}, skipped={SHARD})
+    assert summary["clips_this_run"] == 4 and summary["frames_this_run"] == summary["frames"] - (3 + 4)
