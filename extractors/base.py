@@ -82,6 +82,11 @@ class ExtractorConfig:
             raise SignfeatError(f"dtype must be auto, {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise SignfeatError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        # settings that would be ignored are refused: a user who wrote them expects them to matter
+        if self.name != "clip_s2" and (self.backend != "hf" or self.arch is not None):
+            raise SignfeatError(f"{self.name}: backend and arch choose clip_s2's OpenCLIP model; {self.name} has one loader (drop them)")
+        if self.tiny and (self.model is not None or self.revision is not None):
+            raise SignfeatError(f"{self.name}: tiny builds a small random model from a config, so model/revision would be ignored (drop them, or drop tiny)")
         if self.tiny:
             self.random_weights = True  # a tiny model has no pretrained weights
         if not isinstance(self.settings, dict):

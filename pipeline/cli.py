@@ -97,12 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--arch", help="OpenCLIP architecture (default ViT-L-14)")
     f.add_argument("--random-weights", action="store_true", help="the named architecture, untrained (no download)")
     f.add_argument("--tiny", action="store_true", help="a small random model of the same architecture")
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extractor setting, e.g. scales=224,448 window=13")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extractor setting, one per --set: --set scales=224,448 --set layer=-2")
     f.add_argument("--device", default="auto")
     f.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
     f.add_argument("--batch-size", type=_number(int, 1))
     f.add_argument("--decode-backend", default="decord", choices=["decord", "torchcodec", "pyav"])
     f.add_argument("--fps", type=_positive_float, help="frame rate of a frame folder (default 25)")
+    # the job's decode options, so one clip's array can be compared with what a job's shard holds
+    f.add_argument("--target-fps", type=_positive_float, help="resample the frames in time, as the job's decode.target_fps")
+    f.add_argument("--max-frames", type=_number(int, 1), help="keep at most this many frames, as the job's decode.max_frames")
     f.add_argument("--out", required=True, type=Path, metavar="f.npy")
 
     x = sub.add_parser("extract", help="manifest -> WebDataset shards of features, on Ray")
@@ -207,7 +210,7 @@ def _features(args) -> int:
         array, frames, fps = extractor.extract_files([str(args.video)], [args.fps])[0]  # frames/fps the rows align to
     else:
         clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
-        decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend))
+        decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend, target_fps=args.target_fps, max_frames=args.max_frames))
         extractor = build_extractor(config)
         array = extractor.extract([decoded.frames])[0]
         frames, fps = int(decoded.frames.shape[0]), decoded.fps

@@ -139,6 +139,12 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     except (FileNotFoundError, ValueError) as exc:
         raise SignfeatError(str(exc)) from None
     manifest_rows = table.to_pylist()
+    if not any(r.get("status") == "ok" for r in manifest_rows):  # a job of nothing that "succeeds" hides the mistake
+        statuses = {str(r.get("status")): 0 for r in manifest_rows}
+        for r in manifest_rows:
+            statuses[str(r.get("status"))] += 1
+        raise SignfeatError(f"{manifest}: no clip has status ok ({len(manifest_rows)} rows: {statuses or 'none'}); nothing to extract. "
+                            f"See the manifest's error column, or `signfeat manifest curate`'s report")
     plans = plan_shards(manifest_rows, cfg.shards)
     streams = [s.name for s in cfg.streams]
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}

@@ -106,6 +106,11 @@ def test_metadata_and_settings_hash():
         # beyond the model's depth (the tiny models have 2 layers): was an IndexError on every forward
         dict(name="clip_s2", tiny=True, settings={"layer": 100}),
         dict(name="videomae", tiny=True, settings={"layer": -4}),
+        # settings that were silently ignored
+        dict(name="dinov2", tiny=True, model="facebook/dinov2-base"),
+        dict(name="videomae", tiny=True, revision="main"),
+        dict(name="dinov2", arch="ViT-L-14"),
+        dict(name="videomae", backend="open_clip"),
     ],
 )
 def test_bad_configs_are_clear_errors(config):

@@ -103,3 +103,20 @@ def test_non_finite_numbers_on_the_command_line_are_refused(value, capsys):
 
     assert main(["manifest", "build", "--annotations", "a.csv", "--out", "m.parquet", "--frame-fps", value]) == 2
     assert f"expected a finite number, got '{value}'" in capsys.readouterr().err
+
+
+def test_features_takes_the_job_s_decode_options(demo_manifest, tmp_path):
+    # without them, the array of a job run with decode.target_fps / max_frames could not be reproduced for one clip
+    import numpy as np
+
+    from extractors import ExtractorConfig, build_extractor
+    from pipeline.cli import main
+    from pipeline.decode import DecodeOptions, decode_clip
+
+    row = next(r for r in pq.read_table(demo_manifest).to_pylist() if r["status"] == "ok" and r["source_kind"] == "video")
+    out = tmp_path / "f.npy"
+    assert main(["features", row["path"], "--extractor", "dinov2", "--tiny", "--target-fps", "10", "--max-frames", "5", "--out", str(out)]) == 0
+    frames = decode_clip({"source_kind": "video", "path": row["path"]}, DecodeOptions(target_fps=10, max_frames=5)).frames
+    assert len(frames) == 5
+    expected = build_extractor(ExtractorConfig(name="dinov2", tiny=True)).extract([frames])[0]  # random weights are seeded
+    np.testing.assert_array_equal(np.load(out, allow_pickle=False), expected)

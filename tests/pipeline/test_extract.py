@@ -359,3 +359,17 @@ def test_an_out_that_is_a_file_is_a_one_line_error(demo_manifest, tmp_path):
     for out, needle in ((tmp_path / "afile", "is a file"), (tmp_path / "afile" / "sub", "cannot create the output folder")):
         with pytest.raises(SignfeatError, match=needle):
             run_extract(demo_manifest, str(out), parse_job_config(CONFIG), progress=False)
+
+
+def test_a_manifest_without_an_ok_clip_is_a_one_line_error(demo_manifest, tmp_path):
+    """It 'succeeded' with 0 shards and no word."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(demo_manifest)
+    bad = table.filter(pa.compute.not_equal(table.column("status"), "ok"))
+    assert bad.num_rows > 0
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    with pytest.raises(SignfeatError, match=r"no clip has status ok \(\d+ rows: \{.*'empty_file': 1"):
+        run_extract(tmp_path / "bad.parquet", str(tmp_path / "out"), parse_job_config(CONFIG), progress=False)
+    assert not (tmp_path / "out").exists()
