@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import unicodedata
 from pathlib import Path
 
 import torch
@@ -57,7 +58,9 @@ class UnicodeTokenizer:
         self.stemmer = porter.PorterStemmer() if use_stemmer else None
 
     def tokenize(self, text: str) -> list[str]:
-        tokens = _TOKEN.findall(text.lower())
+        # NFC first: a decomposed "ü" (u + combining diaeresis, as macOS file names and some corpora write it)
+        # would otherwise split the word at the combining mark
+        tokens = _TOKEN.findall(unicodedata.normalize("NFC", text).lower())
         if self.stemmer is not None:
             tokens = [self.stemmer.stem(t) if len(t) > 3 and t.isascii() else t for t in tokens]
         return tokens
@@ -85,8 +88,9 @@ def score(predictions: list[str], references: list[str], tokenize: str = "13a", 
     scores = bleu_scores(predictions, references, tokenize, lowercase)
     scores["rougeL"] = rouge_l(predictions, references, unicode=False, lowercase=lowercase)
     scores["rougeL_unicode"] = rouge_l(predictions, references, unicode=True, lowercase=lowercase)
-    scores.update(lowercase=lowercase, rouge="rouge-score, mean sentence F1, Porter stemming; rougeL: its default "
-                  "tokenizer ([a-z0-9] only), rougeL_unicode: Unicode-aware tokenizer", samples=len(predictions))
+    scores.update(lowercase=lowercase, rouge="rouge-score, mean sentence F1, Porter stemming, case-insensitive whatever lowercase says "
+                  "(both tokenizers lowercase, as rouge-score's does); rougeL: its default tokenizer ([a-z0-9] only), "
+                  "rougeL_unicode: Unicode-aware tokenizer (NFC)", samples=len(predictions))
     return scores
 
 

@@ -65,3 +65,13 @@ def test_score_refuses_lists_of_different_lengths():
 
     with pytest.raises(SignfeatError, match="2 predictions for 3 references"):
         score(["a b", "c"], ["a b", "c", "d"])
+
+
+def test_unicode_tokenizer_reads_decomposed_letters_as_one_word():
+    import unicodedata
+
+    composed = "Süden Übermorgen"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    assert UnicodeTokenizer().tokenize(decomposed) == UnicodeTokenizer().tokenize(composed) == ["süden", "übermorgen"]
+    assert rouge_l([decomposed], [composed], unicode=True) == 100.0
