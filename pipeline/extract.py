@@ -152,7 +152,7 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     store.make_writable()
     claim_output(store, identity, plans, overwrite=overwrite)
 
-    removed = store.remove_temporaries()  # a killed earlier run's half-written files
+    removed = store.remove_temporaries({p.name for p in plans})  # a killed earlier run's half-written files
     if removed:
         log.warning("removed %d half-written files of an interrupted earlier run", removed)
     done = shards_to_skip(store, plans)
@@ -180,15 +180,16 @@ def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan],
     died on a bad setting before its first shard, is replaced, so the corrected config is not refused."""
     if overwrite:
         store.clear()
-    elif store.exists("_signfeat/identity.json"):
-        old = _read_identity(store)
+    else:
+        old = _read_identity(store)  # {} when missing or damaged: then complete shards are another job's as far as we know
         if old != identity:
             if store.complete_shards():
                 raise SignfeatError(
                     f"{store.url} holds a job with config hash {old.get('config_hash')} and plan hash {old.get('plan_hash')}; this run has "
                     f"{identity['config_hash']} / {identity['plan_hash']}. Use another --out, or --overwrite to replace it."
                 )
-            store.clear()  # nothing complete: the old job's unfinished files would only be in the way
+            if old:
+                store.clear()  # nothing complete: the old job's unfinished files would only be in the way
     store.write_json("_signfeat/identity.json", identity)
     store.write_table("_signfeat/plan.parquet", pa.Table.from_pylist(
         [{"shard": p.name, "key": r["key"], "id": r["id"]} for p in plans for r in p.rows],

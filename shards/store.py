@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import SignfeatError
 
 _TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")  # write_bytes' temporary names
+MERGED_FILES = ("index.parquet", "failures.parquet", "job.json")  # written at the end of every run
 
 
 class Store:
@@ -150,13 +151,29 @@ class Store:
         self.write_table(f"_signfeat/parts/{shard}.failures.parquet", failures)
         self.write_json(self.marker(shard), summary)  # the commit point
 
-    def remove_temporaries(self) -> int:
-        """Delete the half-written files (``NAME.tmp-XXXXXXXX``) of a run killed mid-write; returns how many.
+    def remove_temporaries(self, shards: set[str] | None = None) -> int:
+        """Delete the half-written files (``NAME.tmp-XXXXXXXX``) a run killed mid-write left; returns how many.
+        Only signfeat's own: NAME under ``_signfeat/``, one of the merged files, or the tar of one of ``shards``
+        (default: the recorded plan's and markers' shards), never a user's file that happens to end alike.
         Only safe when no other run writes to this OUT (signfeat never runs two drivers on one OUT)."""
-        stale = [rel for rel in self.list_files("") if _TEMP_NAME.search(rel)]
+        shards = self.recorded_shards() if shards is None else shards
+        stale = [rel for rel in self.list_files("") if _TEMP_NAME.search(rel) and self._ours(_TEMP_NAME.sub("", rel), shards)]
         for rel in stale:
             self.delete(rel)
         return len(stale)
+
+    @staticmethod
+    def _ours(rel: str, shards: set[str]) -> bool:
+        return rel.startswith("_signfeat/") or rel in MERGED_FILES or (rel.endswith(".tar") and rel[: -len(".tar")] in shards)
+
+    def recorded_shards(self) -> set[str]:
+        """The shards this OUT's job record names: its plan's and its completion markers'."""
+        shards = self.done_shards()
+        try:
+            shards |= set(self.read_table("_signfeat/plan.parquet").column("shard").to_pylist())
+        except (OSError, ValueError, KeyError):  # no readable plan: the markers still name the shards written
+            pass
+        return {s for s in shards if isinstance(s, str) and ".." not in s.split("/") and not s.startswith("/")}  # never outside OUT
 
     def clear(self) -> None:
         """Remove what signfeat wrote under OUT (for --overwrite): the shards of the previous job's plan and of
@@ -168,14 +185,8 @@ class Store:
         if not self.exists("_signfeat/identity.json"):
             raise SignfeatError(f"--overwrite: {self.url} holds {len(files)} file{'s' * (len(files) != 1)} but no signfeat job record (_signfeat/identity.json); "
                                 "refusing to delete them: give an empty or new --out, or remove them yourself")
-        shards = self.done_shards()
-        try:
-            shards |= set(self.read_table("_signfeat/plan.parquet").column("shard").to_pylist())
-        except (OSError, ValueError, KeyError):  # no readable plan: the markers still name the shards written
-            pass
-        self.remove_temporaries()
-        for shard in sorted(shards):
-            if isinstance(shard, str) and ".." not in shard.split("/") and not shard.startswith("/"):  # never outside OUT
-                self.delete(f"{shard}.tar")
-        for rel in ["_signfeat", "index.parquet", "failures.parquet", "job.json"]:
+        shards = self.recorded_shards()
+        self.remove_temporaries(shards)
+        # the job record (_signfeat/) goes last: an --overwrite killed half-way leaves an OUT it can clear again
+        for rel in [*(f"{shard}.tar" for shard in sorted(shards)), *MERGED_FILES, "_signfeat"]:
             self.delete(rel)

@@ -327,3 +327,64 @@ def test_job_rates_count_only_this_runs_clips(out):
     assert summary["clips_skipped_as_complete"] == 6 and summary["shards_skipped_as_complete"] == 4
     summary = finalize(Store(str(out)), plans, STREAMS, CONFIG, identity, 0.0, {}, skipped={SHARD})
     assert summary["clips_this_run"] == 4 and summary["frames_this_run"] == summary["frames"] - (3 + 4)
+
+
+def test_a_missing_job_record_with_complete_shards_is_refused(out):
+    """With identity.json gone, the check was skipped and another job's shards were adopted as complete
+    (a corrected text stayed stale, a changed config went unnoticed)."""
+    from pipeline.extract import claim_output
+
+    plans = plan_shards([_row(i, "train") for i in range(5)] + [_row(5, "test")], CONFIG.shards)
+    (out / "_signfeat" / "identity.json").unlink()
+    store = Store(str(out))
+    with pytest.raises(SignfeatError, match="holds a job with config hash None"):
+        claim_output(store, {"config_hash": "0123456789abcdef", "plan_hash": plan_hash(plans), "streams": STREAMS}, plans, overwrite=False)
+
+
+def test_a_user_file_named_like_a_temporary_survives_every_run(out):
+    """Every run deleted any file ending in .tmp- and 8 hex digits, anywhere under OUT."""
+    store = Store(str(out))
+    shard = sorted(store.done_shards())[0]
+    ours = [f"{shard}.tar.tmp-0123abcd", "_signfeat/identity.json.tmp-89abcdef", "job.json.tmp-deadbeef"]
+    for rel in ours:
+        (out / rel).write_bytes(b"half")
+    (out / "my_notes").mkdir()
+    (out / "my_notes" / "backup.tmp-20261124").write_bytes(b"mine")
+    (out / "train" / "other.tar.tmp-0123abcd").write_bytes(b"not a planned shard")
+    assert store.remove_temporaries() == 3
+    assert not any((out / rel).exists() for rel in ours)
+    assert (out / "my_notes" / "backup.tmp-20261124").exists() and (out / "train" / "other.tar.tmp-0123abcd").exists()
+
+
+def test_an_overwrite_killed_half_way_can_be_run_again(out, tmp_path, monkeypatch):
+    """The job record went before the merged files: an --overwrite killed between them left signfeat's own
+    files, which the same --overwrite then refused as 'files but no job record'. Killed after each deletion in
+    turn, the rerun must clear what is left."""
+    import shutil
+
+    real_delete = Store.delete
+    kill_at = 0
+    while True:
+        copy = tmp_path / f"out{kill_at}"
+        shutil.copytree(out, copy)
+        deleted = []
+
+        def dies(self, rel):
+            if len(deleted) == kill_at:
+                raise KeyboardInterrupt
+            deleted.append(rel)
+            real_delete(self, rel)
+
+        monkeypatch.setattr(Store, "delete", dies)
+        try:
+            Store(str(copy)).clear()
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        monkeypatch.setattr(Store, "delete", real_delete)
+        Store(str(copy)).clear()
+        assert not [p for p in copy.rglob("*") if p.is_file()], kill_at
+        if finished:
+            break
+        kill_at += 1
+    assert kill_at > 3
