@@ -77,6 +77,7 @@ class VideoTimeline:
     pix_fmt: str = ""  # the decoder's pixel format ("yuv420p", "yuv420p10le", ...)
     video_streams: int = 1  # video streams in the file (cover pictures not counted); frames come from the first
     discarded: int = 0  # packets flagged discard (an edit list's pre-roll): in the file, never shown
+    untimed: int = 0  # packets with no timestamp (not in the timeline), e.g. a Matroska cut's pre-roll
 
     @property
     def duration_s(self) -> float:
@@ -160,7 +161,7 @@ def read_timeline(path: str) -> VideoTimeline:
         video_streams = sum(1 for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic)
         return VideoTimeline(times, width, height, rotation, stream.codec_context.name, frame_dur, container.format.name, pts=pts_arr,
                              keyframe_pts=np.sort(np.asarray(keyframes, dtype=np.int64)), pix_fmt=str(ctx.pix_fmt or ""),
-                             video_streams=video_streams, discarded=discarded)
+                             video_streams=video_streams, discarded=discarded, untimed=untimed)
     finally:
         container.close()
 
@@ -258,14 +259,15 @@ def pyav_instead(backend: str, timeline: VideoTimeline, indices: np.ndarray) -> 
     (tests/pipeline/test_decode.py), so decode_clip decodes such clips through PyAV, whose frames match
     the ffmpeg CLI's. decord seeks to a key frame whenever the frames asked for are not consecutive from
     the first, and a seek into an open GOP (x265's default, and x264 with open-gop) or into a stream-copied
-    cut decodes the frames after it with broken references, so decord only ever reads from the start.
+    cut decodes the frames after it with broken references; torchcodec's seeks went wrong on H.264 intra
+    refresh; so both only ever read from the start, and PyAV does every seek.
     """
     if backend == "pyav":
         return None
     if timeline.video_streams > 1:
         return f"{timeline.video_streams} video streams (it may read another one than the first)"
-    if timeline.discarded:
-        return "discarded pre-roll packets (a stream-copied cut)"
+    if timeline.discarded or timeline.untimed:  # frames the decoder may show that the timeline does not list
+        return "pre-roll packets that are discarded or have no timestamp (a stream-copied cut)"
     if backend == "torchcodec" and timeline.container in _TORCHCODEC_WRONG_CONTAINERS:
         return f"the {timeline.container} container"
     if backend == "decord":
@@ -275,9 +277,10 @@ def pyav_instead(backend: str, timeline: VideoTimeline, indices: np.ndarray) -> 
             return f"the {timeline.container} container"
         if timeline.pix_fmt not in _DECORD_EXACT_PIX_FMTS or timeline.width % 2 or timeline.height % 2:
             return f"{timeline.pix_fmt} frames of {timeline.width}x{timeline.height}"
-        steps = np.diff(indices)
-        if int(indices[0]) != 0 or (steps > 1).any() or (steps < 0).any():
-            return "frames that need a seek"
+    # torchcodec's seeks also went wrong (H.264 intra refresh: frames 26-30 for 20-24), so both read from the start
+    steps = np.diff(indices)
+    if int(indices[0]) != 0 or (steps > 1).any() or (steps < 0).any():
+        return "frames that need a seek"
     return None
 
 
@@ -318,6 +321,8 @@ def _decode_pyav(path: str, indices: np.ndarray, timeline: VideoTimeline) -> np.
     for out_pos, frame_idx in enumerate(indices.tolist()):
         wanted.setdefault(frame_idx, []).append(out_pos)
     out = _pyav_from_keyframe(path, wanted, len(indices), timeline)
+    if out is None and timeline.untimed:  # untimed pre-roll frames are decoded but not in the timeline: match by timestamp
+        out = _pyav_by_timestamp(path, wanted, len(indices), timeline)
     if out is None:
         out = _pyav_from_start(path, wanted, len(indices))
     if any(f is None for f in out):
@@ -341,6 +346,27 @@ def _pyav_from_start(path: str, wanted: dict[int, list[int]], count: int) -> lis
             if i >= last:
                 break
     return out
+
+
+def _pyav_by_timestamp(path: str, wanted: dict[int, list[int]], count: int, timeline: VideoTimeline) -> list[np.ndarray | None] | None:
+    """From the start, each decoded frame placed by its timestamp (frames without one, or not in the timeline,
+    are not the clip's); None when a wanted frame never shows up."""
+    import av
+
+    index_of = {int(p): i for i, p in enumerate(timeline.pts)}
+    last_pts = int(timeline.pts[max(wanted)])
+    out: list[np.ndarray | None] = [None] * count
+    to_rgb = _RgbConverter()
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            i = index_of.get(int(frame.pts)) if frame.pts is not None else None
+            if i in wanted:
+                _place(out, wanted[i], to_rgb(frame), frame)
+            if frame.pts is not None and frame.pts >= last_pts:
+                break
+    return out if all(f is not None for f in out) else None
 
 
 def _pyav_from_keyframe(path: str, wanted: dict[int, list[int]], count: int, timeline: VideoTimeline) -> list[np.ndarray | None] | None:

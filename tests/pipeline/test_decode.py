@@ -330,13 +330,13 @@ def test_audio_with_cover_art_and_raw_h264_say_what_they_are(tmp_path):
 _FF = ["ffmpeg", "-loglevel", "error", "-y"]
 
 
-def _cli_frames(path: Path) -> np.ndarray:
+def _cli_frames(path: Path, *extra: str) -> np.ndarray:
     """Every frame of the first video stream as the ffmpeg CLI decodes it (the independent reference), sized by ffprobe."""
     probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "json", str(path)],
                            check=True, capture_output=True, text=True).stdout
     stream = json.loads(probe)["streams"][0]
     width, height = int(stream["width"]), int(stream["height"])
-    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-map", "0:v:0", *extra, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                          check=True, capture_output=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
@@ -443,3 +443,34 @@ def test_a_frame_folder_s_content_hash_includes_its_fps(tmp_path):
     row = {"source_kind": "frames", "path": str(tmp_path)}
     at25, again, at30 = (probe_clip({**row, "fps": fps})["content_hash"] for fps in (25.0, 25.0, 30.0))
     assert at25 == again != at30
+
+
+
+def test_h264_intra_refresh_ranges_match_the_ffmpeg_cli(tmp_path):
+    # torchcodec's seek returned frames 26-30 for a range of 20-24 (and failed near the end), no error
+    path = tmp_path / "intra_refresh.mp4"
+    subprocess.run(_FF + ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-t", "6", "-c:v", "libx264", "-x264-params", "intra-refresh=1:keyint=20",
+                          "-pix_fmt", "yuv420p", str(path)], check=True)
+    reference = _cli_frames(path)
+    for backend in BACKENDS:
+        for (start, end), frames in [((0.8, 1.0), reference[20:25]), ((5.88, 6.0), reference[147:150])]:
+            got = decode_clip({"source_kind": "range", "path": str(path), "start_s": start, "end_s": end}, DecodeOptions(backend=backend)).frames
+            assert np.array_equal(got, frames), (backend, start)
+
+
+def test_untimed_pre_roll_frames_are_not_counted_as_frames_of_the_clip(tmp_path):
+    # a cut kept with negative timestamps (-avoid_negative_ts disabled) starts with packets that have no
+    # timestamp: decoders show them, the timeline does not list them, so every index was shifted by 8 (the
+    # whole clip held the pre-roll and lost its last 8 frames) on every backend
+    src = write_video(tmp_path / "src.mp4", np.stack([index_frame(i % 25) for i in range(100)]))
+    cut = tmp_path / "cut.mkv"
+    subprocess.run(_FF + ["-ss", "1.3", "-i", str(src), "-c", "copy", "-avoid_negative_ts", "disabled", str(cut)], check=True)
+    tl = read_timeline(str(cut))
+    shown = _cli_frames(cut, "-fps_mode", "passthrough")  # every decoded frame, pre-roll included
+    preroll = len(shown) - len(tl.times_s)
+    assert tl.untimed == preroll > 0
+    timed = shown[preroll:]
+    for backend in BACKENDS:
+        assert np.array_equal(decode_clip({"source_kind": "video", "path": str(cut)}, DecodeOptions(backend=backend)).frames, timed), backend
+        got = decode_clip({"source_kind": "range", "path": str(cut), "start_s": 0.0, "end_s": 0.4}, DecodeOptions(backend=backend)).frames
+        assert np.array_equal(got, timed[np.nonzero(tl.times_s < 0.4 - 1e-6)[0]]), backend
