@@ -217,7 +217,8 @@ def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: 
         duration = span + frame_dur
         # every instant k / target_fps inside the clip: k < duration * target_fps (HumanML3D's poses[::k] keeps ceil(n / k))
         # minus 5% of a frame: millisecond timestamps (Matroska) put a 4 s clip at 4.0003 s, which is no 41st instant at 10 fps
-        count = max(1, int(np.ceil(duration * target_fps - 0.05)))
+        # (rounded first, so a clip that ends right on the boundary gives one count, not one that float error picks)
+        count = max(1, int(np.ceil(round(duration * target_fps - 0.05, 6))))
         instants = t0 + np.arange(count) / target_fps
         pos = np.searchsorted(times_s, instants + 1e-6, side="right") - 1
         pos = np.clip(pos, 0, n - 1)

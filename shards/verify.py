@@ -203,11 +203,14 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
     # files the plan does not name: a renamed or copied shard is read by anything globbing {split}/*.tar (the
     # trainer does), so its samples would be trained on twice or from the wrong split; a half-written
     # temporary means a run was killed after this output was finished
+    # (a user's own files elsewhere under OUT, which --overwrite keeps, are not the output's business)
     planned_files = {f"{shard}.tar" for shard in shards}
+    split_folders = {shard.rsplit("/", 1)[0] for shard in shards if "/" in shard}
     for rel in store.list_files(""):
         if _TEMP_NAME.search(rel):
-            problem(f"{rel}: half-written temporary file of an interrupted run")
-        elif rel.endswith(".tar") and not rel.startswith("_signfeat/") and rel not in planned_files:
+            if Store._ours(_TEMP_NAME.sub("", rel), set(shards)):
+                problem(f"{rel}: half-written temporary file of an interrupted run")
+        elif rel.endswith(".tar") and "/" in rel and rel.rsplit("/", 1)[0] in split_folders and rel not in planned_files:
             problem(f"{rel}: shard not in the plan (renamed, copied or left from another job?)")
     for key, n in seen.items():
         if n > 1:

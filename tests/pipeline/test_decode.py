@@ -175,6 +175,9 @@ def test_resample_indices_reference_cases():
     pos, _ = resample_indices(np.arange(22) / 25.0, 10.0, None)
     assert list(pos) == [0, 2, 5, 7, 10, 12, 15, 17, 20]
     assert list(resample_indices(np.arange(61) / 60.0, 20.0, None)[0]) == list(range(0, 61, 3))
+    # right on the slack's boundary (150 frames at 29.97 fps last 5.005 s): one answer, not float error's pick
+    counts = {len(resample_indices(np.arange(150) * (1001 / 30000) + offset, 10.0, None)[0]) for offset in (0.0, 1e-15, 0.1, 7.3)}
+    assert counts == {50}
 
 
 def test_bad_files_are_clip_errors(tmp_path):

@@ -388,3 +388,13 @@ def test_an_overwrite_killed_half_way_can_be_run_again(out, tmp_path, monkeypatc
             break
         kill_at += 1
     assert kill_at > 3
+
+
+def test_a_user_s_files_outside_the_split_folders_are_not_problems(out):
+    """After an --overwrite that kept them on purpose, verify failed the output for a user's own tar."""
+    (out / "my_data").mkdir()
+    (out / "my_data" / "precious.tar").write_bytes(b"mine")
+    (out / "my_data" / "notes.tmp-20261124").write_bytes(b"mine")
+    assert verify(str(out))["ok"], verify(str(out))["problems"]
+    (out / "train" / "copy.tar").write_bytes(b"a copy in a split folder is still read by {split}/*.tar globs")
+    assert _problems(out) == ["train/copy.tar: shard not in the plan (renamed, copied or left from another job?)"]
