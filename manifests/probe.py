@@ -50,7 +50,7 @@ def _probe_video(row: dict[str, Any], hashes: dict[str, str], timelines: dict[st
         idx = np.arange(len(timeline.times_s))
     # duration of the frames the clip holds: first shown .. last one's end (a video's first frame may be
     # shown after the file's start, when its audio starts first)
-    duration = float(timeline.times_s[idx[-1]] - timeline.times_s[idx[0]] + timeline.frame_duration_s)
+    duration = timeline.span_s(idx)
     num = int(len(idx))
     if path not in hashes:
         hashes[path] = file_hash(path).hexdigest()

@@ -300,20 +300,10 @@ def resample_params(params: dict[str, np.ndarray], fps: float, target_fps: float
             continue
         flat = value.reshape(n, -1).astype(np.float64)
         if name in ROTATION_KEYS:
-            quats = Rotation.from_rotvec(flat.reshape(-1, 3)).as_quat().reshape(n, -1, 4)
-            q0, q1 = quats[lower], quats[upper]
-            q1 = np.where((q0 * q1).sum(-1, keepdims=True) < 0, -q1, q1)  # the shorter way round
-            cos = np.clip((q0 * q1).sum(-1, keepdims=True), -1.0, 1.0)
-            angle = np.arccos(cos)
-            w = weight[:, None, None]
-            sin = np.sin(angle)
-            near = sin < 1e-6  # (nearly) the same rotation: linear blend, renormalised below
-            safe = np.where(near, 1.0, sin)
-            a = np.where(near, 1 - w, np.sin((1 - w) * angle) / safe)
-            b = np.where(near, w, np.sin(w * angle) / safe)
-            blended = a * q0 + b * q1
-            blended /= np.linalg.norm(blended, axis=-1, keepdims=True)
-            rotvec = Rotation.from_quat(blended.reshape(-1, 4)).as_rotvec().reshape(count, -1)
+            # slerp: from the lower frame's rotation, the weighted part of the (shortest) turn to the upper one's
+            r0, r1 = Rotation.from_rotvec(flat[lower].reshape(-1, 3)), Rotation.from_rotvec(flat[upper].reshape(-1, 3))
+            w = np.repeat(weight, flat.shape[1] // 3)[:, None]
+            rotvec = (r0 * Rotation.from_rotvec((r0.inv() * r1).as_rotvec() * w)).as_rotvec().reshape(count, -1)
             # frames that fall exactly on a source frame keep its numbers (no round trip through quaternions)
             exact = weight == 0
             rotvec[exact] = flat[lower[exact]]

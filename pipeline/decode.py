@@ -79,6 +79,10 @@ class VideoTimeline:
     discarded: int = 0  # packets flagged discard (an edit list's pre-roll): in the file, never shown
     untimed: int = 0  # packets with no timestamp (not in the timeline), e.g. a Matroska cut's pre-roll
 
+    def span_s(self, idx: np.ndarray) -> float:
+        """Seconds the frames ``idx`` (sorted positions) are shown: the first one's start to the last one's end."""
+        return float(self.times_s[idx[-1]] - self.times_s[idx[0]] + self.frame_duration_s)
+
     @property
     def duration_s(self) -> float:
         if len(self.times_s) == 0:
@@ -321,7 +325,8 @@ def _decode_pyav(path: str, indices: np.ndarray, timeline: VideoTimeline) -> np.
     wanted: dict[int, list[int]] = {}
     for out_pos, frame_idx in enumerate(indices.tolist()):
         wanted.setdefault(frame_idx, []).append(out_pos)
-    out = _pyav_from_keyframe(path, wanted, len(indices), timeline)
+    key_pts = _key_frame_before(wanted, timeline)
+    out = _pyav_by_timestamp(path, wanted, len(indices), timeline, key_pts) if key_pts is not None else None
     if out is None and timeline.untimed:  # untimed pre-roll frames are decoded but not in the timeline: match by timestamp
         out = _pyav_by_timestamp(path, wanted, len(indices), timeline)
     if out is None:
@@ -349,9 +354,20 @@ def _pyav_from_start(path: str, wanted: dict[int, list[int]], count: int) -> lis
     return out
 
 
-def _pyav_by_timestamp(path: str, wanted: dict[int, list[int]], count: int, timeline: VideoTimeline) -> list[np.ndarray | None] | None:
-    """From the start, each decoded frame placed by its timestamp (frames without one, or not in the timeline,
-    are not the clip's); None when a wanted frame never shows up."""
+def _key_frame_before(wanted: dict[int, list[int]], timeline: VideoTimeline) -> int | None:
+    """pts of the last key frame at or before the first wanted frame, when it is not the video's first frame."""
+    keys = timeline.keyframe_pts
+    if keys is None or not len(keys):
+        return None
+    at = np.searchsorted(keys, int(timeline.pts[min(wanted)]), side="right") - 1
+    return int(keys[at]) if at >= 0 and int(keys[at]) > int(timeline.pts[0]) else None
+
+
+def _pyav_by_timestamp(path: str, wanted: dict[int, list[int]], count: int, timeline: VideoTimeline,
+                       key_pts: int | None = None) -> list[np.ndarray | None] | None:
+    """Each decoded frame placed by its timestamp (a frame without one, or not in the timeline, is not the
+    clip's): from the file's start, or, with ``key_pts``, from that key frame (a seek). None when this cannot be
+    exact: a seek that lands after the key frame, an untimed frame after a seek, a wanted frame never seen."""
     import av
 
     index_of = {int(p): i for i, p in enumerate(timeline.pts)}
@@ -361,40 +377,18 @@ def _pyav_by_timestamp(path: str, wanted: dict[int, list[int]], count: int, time
     with av.open(path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            i = index_of.get(int(frame.pts)) if frame.pts is not None else None
-            if i in wanted:
-                _place(out, wanted[i], to_rgb(frame), frame)
-            if frame.pts is not None and frame.pts >= last_pts:
-                break
-    return out if all(f is not None for f in out) else None
-
-
-def _pyav_from_keyframe(path: str, wanted: dict[int, list[int]], count: int, timeline: VideoTimeline) -> list[np.ndarray | None] | None:
-    """Decode from the last key frame at or before the first wanted frame; None when that is no help or not exact."""
-    import av
-
-    first_pts, last_pts = int(timeline.pts[min(wanted)]), int(timeline.pts[max(wanted)])
-    keys = timeline.keyframe_pts
-    at = np.searchsorted(keys, first_pts, side="right") - 1 if keys is not None and len(keys) else -1
-    if at < 0 or int(keys[at]) <= int(timeline.pts[0]):
-        return None  # no key frame after the video's first one to start from: decode from the start
-    key_pts = int(keys[at])
-    index_of = {int(p): i for i, p in enumerate(timeline.pts)}
-    out: list[np.ndarray | None] = [None] * count
-    to_rgb = _RgbConverter()
-    with av.open(path, metadata_errors="ignore") as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        try:
-            container.seek(key_pts, stream=stream, backward=True)
-        except av.error.FFmpegError:
-            return None
-        reached_key = False
+        if key_pts is not None:
+            try:
+                container.seek(key_pts, stream=stream, backward=True)
+            except av.error.FFmpegError:
+                return None
+        reached_key = key_pts is None
         for frame in container.decode(stream):
             if frame.pts is None:
-                return None
-            if frame.pts < key_pts:
+                if key_pts is not None:
+                    return None
+                continue
+            if key_pts is not None and frame.pts < key_pts:
                 continue  # before the key frame (the seek may land earlier; an open GOP's leading frames may be broken)
             if not reached_key:
                 if frame.pts != key_pts:
@@ -531,5 +525,4 @@ def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(
         raise ClipError("corrupt", f"{backend} decoded {frames.shape} from {path}, expected {(len(indices), timeline.height, timeline.width, 3)}")
     if out_fps is None:  # a single frame: report the stream's own rate
         out_fps = 1.0 / timeline.frame_duration_s
-    source_duration_s = float(timeline.times_s[in_range[-1]] - timeline.times_s[in_range[0]] + timeline.frame_duration_s)
-    return DecodedClip(np.ascontiguousarray(frames, dtype=np.uint8), float(out_fps), clip_times[pos], source_duration_s)
+    return DecodedClip(np.ascontiguousarray(frames, dtype=np.uint8), float(out_fps), clip_times[pos], timeline.span_s(in_range))

@@ -18,6 +18,7 @@ holds at most one shard's features.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import logging
@@ -140,9 +141,7 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
         raise SignfeatError(str(exc)) from None
     manifest_rows = table.to_pylist()
     if not any(r.get("status") == "ok" for r in manifest_rows):  # a job of nothing that "succeeds" hides the mistake
-        statuses = {str(r.get("status")): 0 for r in manifest_rows}
-        for r in manifest_rows:
-            statuses[str(r.get("status"))] += 1
+        statuses = dict(collections.Counter(str(r.get("status")) for r in manifest_rows))
         raise SignfeatError(f"{manifest}: no clip has status ok ({len(manifest_rows)} rows: {statuses or 'none'}); nothing to extract. "
                             f"See the manifest's error column, or `signfeat manifest curate`'s report")
     plans = plan_shards(manifest_rows, cfg.shards)

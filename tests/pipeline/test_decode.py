@@ -375,7 +375,11 @@ def test_ranges_and_resampling_in_open_gop_and_cut_videos_match_the_ffmpeg_cli(t
 
 def test_pyav_starts_a_late_range_at_its_key_frame_with_the_same_frames(tmp_path):
     # a range deep in a long video must not decode everything before it; the frames are those decoded from the start
-    from pipeline.decode import _pyav_from_keyframe, _pyav_from_start
+    from pipeline.decode import _key_frame_before, _pyav_by_timestamp, _pyav_from_start
+
+    def _pyav_from_keyframe(path, wanted, count, tl):  # the seek path of _decode_pyav
+        key_pts = _key_frame_before(wanted, tl)
+        return None if key_pts is None else _pyav_by_timestamp(path, wanted, count, tl, key_pts)
 
     for name, path in _open_gop_videos(tmp_path).items():
         tl = read_timeline(str(path))
