@@ -304,6 +304,7 @@ class Extractor:
     @torch.inference_mode()
     def extract(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         """uint8 frames of several clips -> one float16 [N_i, width] array per clip."""
+        _refuse_empty_clips(self.name, [len(f) for f in clips])
         return self.extract_prepared([self.prepare(f) for f in clips])
 
     @torch.inference_mode()
@@ -314,6 +315,7 @@ class Extractor:
         if not prepared:
             return []
         counts = [int(p.shape[0]) for p in prepared]
+        _refuse_empty_clips(self.name, counts)
         units = [self.units(c) for c in counts]
         offsets = np.cumsum([0] + counts[:-1])
         frames = torch.cat(prepared)
@@ -348,6 +350,13 @@ class Extractor:
             with torch.autocast("cpu", dtype=self.compute_dtype):
                 return self.forward(batch)
         return self.forward(batch)
+
+
+def _refuse_empty_clips(name: str, counts: list[int]) -> None:
+    # decoding never returns an empty clip (ClipError no_frames); an API caller might, and a clip's rows
+    # cannot be told apart from its neighbours' without frames
+    if 0 in counts:
+        raise ValueError(f"{name}: clip {counts.index(0)} of {len(counts)} has no frames")
 
 
 def _check_layer(name: str, layer: int, layers: int) -> None:

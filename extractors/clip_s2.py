@@ -4,7 +4,8 @@ Default: Hugging Face ``CLIPVisionModel`` of ``openai/clip-vit-large-patch14`` w
 processor (shortest side 224 bicubic, center crop 224, CLIP mean/std), then the s2wrapper algorithm
 (Shi et al. 2024, ``s2wrapper.forward`` with ``num_prefix_token=1``) on the processed 224 tensor:
 
-for each scale size s (default 224 and 448):
+for each scale size s (default: the model's input size and twice it, s2wrapper's scale factors [1, 2]:
+224 and 448 for ViT-L/14, 336 and 672 for a 336-px CLIP; sizes below the input size are refused):
   the processed tensor is interpolated bicubically to s x s (from the normalised 224 input), then to
   n·224 with n = ceil(s / 224) if s is no multiple of 224; cut into n x n tiles of 224 in chessboard
   (row-major) order; every tile goes through the model and the chosen layer's hidden states are kept
@@ -15,12 +16,14 @@ scales are concatenated along channels. Stored: the class token [T, len(scales)�
 the mean of the merged patch tokens (``token=patch_mean``).
 
 Unlike the reference, all tiles of all scales of a batch of frames go through the model in one forward
-(they share the 224 size). Backends: ``hf`` (default) and ``open_clip`` (any OpenCLIP architecture with a
-pretrained tag or checkpoint file; same S² and token rules; the pre-projection width).
+(they share the 224 size). Backends: ``hf`` (default) and ``open_clip`` (any OpenCLIP ViT architecture with
+a pretrained tag or checkpoint file; same S² and token rules; the pre-projection width; ResNet and timm
+towers are refused: S² needs the ViT's class token and patch grid).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -45,7 +48,9 @@ TINY_OPEN_CLIP = {
 
 @dataclass(frozen=True)
 class ClipS2Settings:
-    scales: tuple[int, ...] = (224, 448)  # image sizes in pixels; the first sets the output grid
+    # image sizes in pixels; the first sets the output grid. Not given: the model's input size x (1, 2), so
+    # (224, 448) for ViT-L/14 and (336, 672) for a 336-px CLIP (ClipS2Extractor records the sizes it used)
+    scales: tuple[int, ...] = (224, 448)
     layer: int = -1  # hidden_states index (-1: last layer, before the post-layernorm)
     token: str = "cls"  # cls | patch_mean
     resize: str = "pil"  # pil (the processor SpaMo ran) | torch (transformers 5's default processor)
@@ -95,6 +100,18 @@ def s2_merge(hidden: torch.Tensor, batch: int, scales: tuple[int, ...], splits: 
     return pooled.mean(dim=(-2, -1))
 
 
+def resolve_scales(settings: ClipS2Settings, given: bool, base: int) -> ClipS2Settings:
+    """The scales a model of input size ``base`` runs: s2wrapper's factors [1, 2] of it when the config gave
+    none; given sizes below it are refused (the image would be shrunk and blown up again: a blurred copy)."""
+    if not given:
+        return dataclasses.replace(settings, scales=(base, 2 * base))
+    small = [s for s in settings.scales if s < base]
+    if small:
+        raise SignfeatError(f"clip_s2 scales {list(settings.scales)}: {small} below the model's input size {base} "
+                            f"(s2wrapper's scale factors [1, 2] are [{base}, {2 * base}] for this model)")
+    return settings
+
+
 def _open_clip_arch(config) -> str:
     import open_clip
 
@@ -116,6 +133,14 @@ def _open_clip_visual(config, load_weights: bool):
     except RuntimeError as exc:
         raise SignfeatError(f"open_clip could not build {arch} with pretrained={pretrained!r}: {exc}") from None
     return model.visual, pretrained or arch
+
+
+def _check_vit_tower(arch: str, tower: str | None) -> None:
+    """S² runs on a ViT's class token and patch grid: an OpenCLIP ResNet or timm tower (SigLIP, PE-Core, ...)
+    has neither in the form this extractor reads. ``tower``: a description of the other tower, None if a ViT."""
+    if tower:
+        raise SignfeatError(f"clip_s2 backend open_clip: {arch} has {tower}; clip_s2 needs an OpenCLIP VisionTransformer "
+                            "(ViT-B-16, ViT-L-14, ViT-L-14-336, ...)")
 
 
 def _open_clip_preprocess_cfg(config) -> dict:
@@ -167,8 +192,9 @@ class ClipS2Extractor(Extractor):
             self._build_open_clip()
         self._check_layer()
         self._place_model()
-        self.width = self.hidden_width * len(self.settings.scales)
         self.base = self.transform.crop
+        self.settings = resolve_scales(self.settings, "scales" in config.settings, self.base)
+        self.width = self.hidden_width * len(self.settings.scales)
 
     # ---------------------------------------------------------------- model loading
 
@@ -179,6 +205,21 @@ class ClipS2Extractor(Extractor):
         if config.backend == "open_clip" and config.tiny:
             return TINY_OPEN_CLIP["vision_cfg"]["layers"]
         return None  # a checkpoint's or an OpenCLIP architecture's depth: known once it is built
+
+    @classmethod
+    def check_config(cls, config, settings) -> None:
+        """Up front, what the config tells: a ResNet / timm OpenCLIP tower, scales below a known input size."""
+        super().check_config(config, settings)
+        if config.backend == "open_clip" and not config.tiny:
+            import open_clip
+
+            vision = (open_clip.get_model_config(_open_clip_arch(config)) or {}).get("vision_cfg", {})
+            # a ResNet's vision_cfg gives its stages' depths as a list
+            tower = (f"a timm tower ({vision['timm_model_name']})" if vision.get("timm_model_name")
+                     else "a ResNet tower" if isinstance(vision.get("layers"), (list, tuple)) else None)
+            _check_vit_tower(_open_clip_arch(config), tower)
+        if config.random_weights:  # the input size is the architecture's, known without any download
+            resolve_scales(settings, "scales" in config.settings, cls.make_transform(config, settings).crop)
 
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:
@@ -200,6 +241,8 @@ class ClipS2Extractor(Extractor):
 
     def _build_open_clip(self) -> None:
         self.model, self.model_id = _open_clip_visual(self.config, load_weights=True)
+        if not hasattr(self.model, "transformer") or not hasattr(self.model, "_embeds"):
+            _check_vit_tower(_open_clip_arch(self.config), f"a {type(self.model).__name__} tower")
         self.transform = _open_clip_transform(self.model.preprocess_cfg, self.settings.resize)
         self.hidden_width = self.model.transformer.width
         self.model_info = {"class": "open_clip.VisionTransformer", "arch": _open_clip_arch(self.config), "hidden_size": self.hidden_width, "layers": len(self.model.transformer.resblocks)}

@@ -41,8 +41,8 @@ class VideoMAESettings:
     def __post_init__(self) -> None:
         if self.window < 2:
             raise ValueError(f"window must be >= 2 frames (a tubelet is 2), got {self.window}")
-        if self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if not 1 <= self.stride <= self.window:  # a longer stride leaves frames between windows in none of them
+            raise ValueError(f"stride must be 1..window ({self.window}) so that every frame is in a window, got {self.stride}")
         if self.tail not in ("drop", "pad"):
             raise ValueError(f"tail must be drop or pad, got {self.tail!r}")
         if self.pooling not in ("first", "mean"):

@@ -476,6 +476,11 @@ def _load_image(path: Path) -> np.ndarray:
                 # white instead of scaling; scale 0..65535 to 0..255, rounded (FFmpeg's gray16 -> rgb24 is within 1).
                 grey = ((np.clip(np.asarray(img, dtype=np.int64), 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
                 return np.repeat(grey[..., None], 3, axis=2)
+            if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+                # transparent pixels onto white, as the models' Hugging Face processors do (transformers'
+                # convert_to_rgb): convert("RGB") would drop the alpha and show whatever colour lies under it
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255)), rgba)
             return np.asarray(img.convert("RGB"))
     except Exception as exc:
         raise ClipError("corrupt", f"cannot decode frame image {path}: {exc}") from None

@@ -106,6 +106,8 @@ def test_metadata_and_settings_hash():
         # beyond the model's depth (the tiny models have 2 layers): was an IndexError on every forward
         dict(name="clip_s2", tiny=True, settings={"layer": 100}),
         dict(name="videomae", tiny=True, settings={"layer": -4}),
+        # a stride longer than the window left the frames between windows in none of them
+        dict(name="videomae", tiny=True, settings={"window": 16, "stride": 20}),
         # settings that were silently ignored
         dict(name="dinov2", tiny=True, model="facebook/dinov2-base"),
         dict(name="videomae", tiny=True, revision="main"),
@@ -116,6 +118,16 @@ def test_metadata_and_settings_hash():
 def test_bad_configs_are_clear_errors(config):
     with pytest.raises(SignfeatError):
         build_extractor(config)
+
+
+@pytest.mark.parametrize("name", ["clip_s2", "videomae", "dinov2"])
+def test_a_clip_without_frames_is_named_not_a_numpy_error(name):
+    ex = build_extractor(ExtractorConfig(name=name, tiny=True))
+    clip = np.zeros((3, 40, 50, 3), np.uint8)
+    with pytest.raises(ValueError, match=f"{name}: clip 1 of 2 has no frames"):
+        ex.extract([clip, clip[:0]])
+    with pytest.raises(ValueError, match=f"{name}: clip 0 of 1 has no frames"):
+        ex.extract_prepared([ex.prepare(clip)[:0]])
 
 
 def test_real_weights_from_a_local_save_pretrained_folder(tmp_path):

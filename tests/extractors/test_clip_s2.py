@@ -190,3 +190,49 @@ def test_open_clip_transform_of_a_pretrained_tag_downloads_nothing(monkeypatch):
     # the tag's own settings are read, not the defaults: CLIPA's datacomp1b weights squash the image
     with pytest.raises(SignfeatError, match="squash"):
         ClipS2Extractor.make_transform(ExtractorConfig(name="clip_s2", backend="open_clip", arch="ViT-L-14-CLIPA", model="datacomp1b"), ClipS2Extractor.Settings())
+
+
+def _clip336(folder):
+    """A local 336-px CLIP checkpoint laid out as openai/clip-vit-large-patch14-336 (random weights, tiny)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                     patch_size=14, image_size=336)).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(folder)
+    return str(folder)
+
+
+def test_default_scales_follow_the_models_input_size(tmp_path):
+    """s2wrapper's scale factors [1, 2] of a 336-px CLIP are 336 and 672: its first scale is the plain model on its
+    own input (224 would shrink and blow up the image), and the sample JSON records the sizes used."""
+    ex = build_extractor(ExtractorConfig(name="clip_s2", model=_clip336(tmp_path / "clip336")))
+    assert ex.settings.scales == (336, 672) and list(ex.metadata()["settings"]["scales"]) == [336, 672] and ex.width == 64
+    frames = _frames(2, 120, 160)
+    x = ex.transform(frames)
+    with torch.inference_mode():
+        plain_cls = ex.model(pixel_values=x).last_hidden_state[:, 0]
+        got = ex.forward(x[:, None])
+        want = reference_s2(ex.model, x, (336, 672), base=336)
+    torch.testing.assert_close(got[:, :32], plain_cls, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(SignfeatError, match=r"\[224\] below the model's input size 336"):
+        build_extractor(ExtractorConfig(name="clip_s2", model=str(tmp_path / "clip336"), settings={"scales": [224, 448]}))
+
+
+def test_scales_below_the_input_size_are_refused_up_front():
+    from pipeline.config import parse_job_config
+
+    with pytest.raises(SignfeatError, match=r"\[224\] below the model's input size 336"):
+        parse_job_config({"extractors": [{"name": "clip_s2", "backend": "open_clip", "arch": "ViT-L-14-336", "random_weights": True,
+                                          "settings": {"scales": [224, 448]}}]})
+    ex = build_extractor(ExtractorConfig(name="clip_s2", tiny=True, settings={"scales": [448]}))  # above it: fine
+    assert ex.settings.scales == (448,)
+
+
+@pytest.mark.parametrize("arch, tower", [("RN50", "a ResNet tower"), ("ViT-B-16-SigLIP", "a timm tower")])
+def test_open_clip_towers_without_a_vit_are_refused_up_front(arch, tower):
+    from pipeline.config import parse_job_config
+
+    with pytest.raises(SignfeatError, match=f"{arch} has {tower}"):
+        parse_job_config({"extractors": [{"name": "clip_s2", "backend": "open_clip", "arch": arch, "random_weights": True}]})

@@ -208,6 +208,31 @@ def test_frame_folder_16bit_grey_png_is_scaled_not_clipped(tmp_path):
     assert np.array_equal(clip.frames, np.repeat(grey8[..., None], 3, axis=3))
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_frame_folder_transparency_is_composited_onto_white_as_the_hf_processors_do(tmp_path, mode):
+    # convert("RGB") dropped the alpha and showed the colours under transparent pixels; the models' Hugging
+    # Face processors (transformers' convert_to_rgb) put them onto white
+    from transformers.image_transforms import convert_to_rgb
+
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        rgba = rng.integers(0, 256, (30, 40, 4), dtype=np.uint8)
+        rgba[..., 3] = rng.choice([0, 128, 255], (30, 40))
+        img = Image.fromarray(rgba if mode == "RGBA" else rgba[..., [0, 3]], "RGBA" if mode == "RGBA" else "LA")
+        if mode == "P":  # a palette image with one transparent palette entry (tRNS)
+            img = Image.fromarray(rgba[..., :3]).quantize(16)
+            img.info["transparency"] = 3
+        img.save(tmp_path / f"{i}.png", **({"transparency": 3} if mode == "P" else {}))
+    clip = decode_clip({"source_kind": "frames", "path": str(tmp_path)})
+    for i in range(2):
+        with Image.open(tmp_path / f"{i}.png") as img:
+            assert img.mode == mode
+            want = np.asarray(convert_to_rgb(img))
+        assert np.array_equal(clip.frames[i], want)
+    # the transparent pixels (a third of them; one palette entry of 16 for P) are white, not what lay under them
+    assert (clip.frames == 255).all(axis=-1).mean() > (0.04 if mode == "P" else 0.3)
+
+
 def test_frame_folder_skips_hidden_files(tmp_path):
     # macOS writes "._NAME" AppleDouble files (not images) beside every file it copies to a foreign disk
     for i in range(3):
