@@ -287,7 +287,14 @@ COMMANDS = {("manifest", "build"): _manifest_build, ("manifest", "curate"): _man
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # argparse takes a positional list in one run: `eval k=v --out D k2=v2` left k2=v2 unrecognised
+            if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+                args.overrides = [*args.overrides, *extra]
+            else:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
         handler = getattr(args, "handler", None) or COMMANDS[(args.command, getattr(args, "manifest_command", None))]
         return handler(args)
     except ClipError as exc:  # one clip the user pointed at directly (signfeat features)

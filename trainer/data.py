@@ -40,8 +40,11 @@ from shards.reader import member_key
 
 
 def list_shards(source: str | list[str], split: str) -> list[str]:
-    """Shard paths of ``split``: from an extraction output folder (``OUT/{split}/*.tar``), a folder of tars,
-    a list of paths, or a brace pattern (``dir/demo-{000000..000003}.tar``)."""
+    """Shard paths of ``split``: from an extraction output folder (``OUT/{split}/*.tar``), or from shards named
+    without their split (a folder of tars, a list of paths, a brace pattern ``dir/demo-{000000..000003}.tar``):
+    then only the shards whose samples are of ``split`` (each shard holds one split, recorded in every
+    sample's JSON), so a training pattern does not also serve as the dev and test sets."""
+    root = None
     if isinstance(source, (list, tuple)):
         urls = [str(u) for u in source]
     elif "{" in source:
@@ -50,14 +53,41 @@ def list_shards(source: str | list[str], split: str) -> list[str]:
         urls = list(braceexpand.braceexpand(source))
     else:
         root = Path(source)
-        folder = root / split if (root / split).is_dir() else root
-        urls = sorted(str(p) for p in folder.glob("*.tar"))
+        if (root / split).is_dir():
+            return _existing(sorted(str(p) for p in (root / split).glob("*.tar")), split, source)
+        urls = sorted(str(p) for p in root.glob("*.tar"))
+    urls = _existing(urls, split, source)
+    splits = {u: shard_split(u) for u in urls}
+    mine = [u for u in urls if splits[u] == split]
+    if not mine:
+        held = sorted({s or "samples that record no split" for s in splits.values() if s is not None})
+        raise SignfeatError(f"no shards of split {split!r} among the {len(urls)} shard(s) of {source} (they hold "
+                            f"{', '.join(held) or 'no samples'}); name the {split} shards, or the extraction output folder "
+                            f"(OUT/{split}/*.tar)")
+    return mine
+
+
+def _existing(urls: list[str], split: str, source) -> list[str]:
     if not urls:
         raise SignfeatError(f"no shards for split {split!r} under {source}")
     missing = [u for u in urls if not Path(u).is_file()]
     if missing:
         raise SignfeatError(f"shard {missing[0]}: no such file")
     return urls
+
+
+def shard_split(url: str) -> str | None:
+    """The split of a shard's samples, from its first sample's JSON (None for a shard without samples, "" when
+    the sample records none)."""
+    try:
+        with tarfile.open(url, mode="r:") as tar:
+            for member in tar:
+                if member.isfile() and member_key(member.name)[1] == "json":
+                    meta = json.loads(tar.extractfile(member).read())
+                    return str(meta.get("split") or "") if isinstance(meta, dict) else ""
+    except (tarfile.TarError, ValueError) as exc:
+        raise _damaged(url, exc) from None
+    return None
 
 
 def shard_counts(urls: list[str]) -> list[int]:
@@ -183,8 +213,9 @@ def batches_per_epoch(counts: list[int], world_size: int, batch_size: int) -> in
 # ------------------------------------------------------------------------------------------------ samples
 
 
-def decode_sample(raw: dict[str, Any], streams: list[str]) -> dict[str, Any]:
-    """A webdataset sample (member suffix -> bytes) -> {key, meta, text, <stream>: float32 array}."""
+def decode_sample(raw: dict[str, Any], streams: list[str], widths: dict[str, int] | None = None) -> dict[str, Any]:
+    """A webdataset sample (member suffix -> bytes) -> {key, meta, text, <stream>: float32 array}, each array
+    checked to be [T, D] with D = ``widths[stream]`` where given (require_streams sees only a shard's first sample)."""
     if "json" not in raw:
         raise SignfeatError(f"{raw.get('__url__')}: sample {raw.get('__key__')} has no json member")
     try:
@@ -203,8 +234,10 @@ def decode_sample(raw: dict[str, Any], streams: list[str]) -> dict[str, Any]:
             array = np.load(io.BytesIO(data), allow_pickle=False)
         except ValueError as exc:  # a pickled (object) array, or not .npy at all
             raise SignfeatError(f"{raw.get('__url__')}: {raw['__key__']}.{name}.npy is unreadable without pickle: {exc}") from None
-        if array.ndim != 2:
-            raise SignfeatError(f"{raw['__url__']}: {raw['__key__']}.{name}.npy has shape {array.shape}, expected [T, D]")
+        width = (widths or {}).get(name)
+        if array.ndim != 2 or (width is not None and array.shape[1] != width):
+            raise SignfeatError(f"{raw['__url__']}: {raw['__key__']}.{name}.npy has shape {array.shape}, expected [T, {width or 'D'}]"
+                                + (f" (adapter.stream_widths.{name})" if width is not None else ""))
         sample[name] = array.astype(np.float32, copy=False)
     return sample
 
@@ -250,8 +283,9 @@ class ShardStream(IterableDataset):
     def __init__(self, urls: list[str], counts: list[int], streams: list[str], *, train: bool, batch_size: int,
                  rank: int = 0, world_size: int = 1, epoch: int = 0, seed: int = 0, shard_shuffle: bool = True,
                  shuffle_buffer: int = 0, crop_streams: tuple[str, ...] = (), max_frames: int = 512,
-                 max_len: int = 1 << 30, zero_visual: bool = False):
+                 max_len: int = 1 << 30, zero_visual: bool = False, widths: dict[str, int] | None = None):
         self.urls, self.counts, self.streams, self.train = urls, counts, list(streams), train
+        self.widths = dict(widths or {})  # each sample's arrays are checked against them (the adapter's)
         self.batch_size, self.rank, self.world_size, self.epoch, self.seed = batch_size, rank, world_size, epoch, seed
         self.shard_shuffle, self.shuffle_buffer = shard_shuffle, shuffle_buffer
         self.crop_streams, self.max_frames, self.max_len, self.zero_visual = list(crop_streams), max_frames, max_len, zero_visual
@@ -274,7 +308,7 @@ class ShardStream(IterableDataset):
         yield from samples
 
     def _prepare(self, raw: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        sample = decode_sample(raw, self.streams)
+        sample = decode_sample(raw, self.streams, self.widths)
         sample = crop(sample, self.crop_streams, self.max_frames, self.max_len, self.streams, rng if self.train else None)
         if self.zero_visual:
             for name in self.streams:

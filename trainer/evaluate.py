@@ -17,8 +17,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import random
-import re
+import regex
 import unicodedata
 from pathlib import Path
 
@@ -43,13 +44,16 @@ def bleu_scores(predictions: list[str], references: list[str], tokenize: str = "
     return out
 
 
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+# Chinese characters and Japanese kana: one token each (no spaces between words). Other scripts: words of
+# letters, combining marks (Devanagari's and Thai's vowel signs: without them "का" and "कि" were one word)
+# and digits; Korean is written with spaces, so a Hangul word stays one token.
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
+_TOKEN = regex.compile(rf"[{_CJK}]|(?:(?![{_CJK}])[\p{{L}}\p{{M}}\p{{N}}])+")
 
 
 class UnicodeTokenizer:
-    """A rouge-score tokenizer for any script: lowercased words of Unicode letters and digits (so ``süden``
-    stays one word), each CJK character a token; Porter stemming of ASCII words longer than 3 characters,
+    """A rouge-score tokenizer for any script: lowercased words of Unicode letters, combining marks and digits
+    (so ``süden`` and ``किताब`` stay one word), each Chinese character or kana a token; Porter stemming of ASCII words longer than 3 characters,
     as rouge-score's own tokenizer does."""
 
     def __init__(self, use_stemmer: bool = True):
@@ -85,6 +89,8 @@ def rouge_l(predictions: list[str], references: list[str], unicode: bool = False
 def score(predictions: list[str], references: list[str], tokenize: str = "13a", lowercase: bool = False) -> dict:
     if len(predictions) != len(references):  # zip-like scorers would silently score the shorter list only
         raise SignfeatError(f"{len(predictions)} predictions for {len(references)} references")
+    if not predictions:  # sacrebleu fails with an IndexError; a mean over no sentence is no score
+        raise SignfeatError("no predictions to score")
     scores = bleu_scores(predictions, references, tokenize, lowercase)
     scores["rougeL"] = rouge_l(predictions, references, unicode=False, lowercase=lowercase)
     scores["rougeL_unicode"] = rouge_l(predictions, references, unicode=True, lowercase=lowercase)
@@ -101,20 +107,21 @@ def eval_shards(recipe, split: str) -> tuple[list[str], list[int]]:
     """The split's shards and sample counts, checked: the recipe's streams are there and there is a sample
     (a split whose clips all failed extraction has only empty shards; the scorers cannot take zero)."""
     urls = list_shards(recipe.data.shards, split)
-    require_streams(urls, recipe.data.streams, {s: recipe.stream_width(s) for s in recipe.data.streams})
+    require_streams(urls, recipe.data.streams, recipe.stream_widths())
     counts = shard_counts(urls)
     if not sum(counts):
         raise SignfeatError(f"split {split!r}: its {len(urls)} shard(s) under {recipe.data.shards} hold no samples; nothing to evaluate")
     return urls, counts
 
 
-def evaluate_model(model, recipe, split: str, out_dir: Path | None) -> dict:
-    """Translate ``split`` in order with ``model``; scores and predictions (written to ``out_dir``)."""
+def evaluate_model(model, recipe, split: str, out_dir: Path | None, extra: dict | None = None) -> dict:
+    """Translate ``split`` in order with ``model``; scores (with ``extra`` added) and predictions (written to
+    ``out_dir``)."""
     from trainer.loop import in_context_examples
 
     e, d = recipe.eval, recipe.data
     urls, counts = eval_shards(recipe, split)
-    stream = ShardStream(urls, counts, d.streams, train=False, batch_size=e.batch_size,
+    stream = ShardStream(urls, counts, d.streams, train=False, batch_size=e.batch_size, widths=recipe.stream_widths(),
                          crop_streams=d.crop_streams, max_frames=d.max_frames, max_len=d.max_len, zero_visual=d.zero_visual)
     collate = Collate(model.tokenizer, d.streams, d.max_target_tokens)
     examples = in_context_examples(recipe)  # training split only; fixed seed: same prompts every run
@@ -138,7 +145,7 @@ def evaluate_model(model, recipe, split: str, out_dir: Path | None) -> dict:
     scores = score(predictions, references, e.bleu_tokenize, e.lowercase)
     scores.update(split=split, decoding={"num_beams": e.num_beams, "max_new_tokens": e.max_new_tokens,
                                          "do_sample": e.do_sample, **({"top_p": e.top_p} if e.do_sample else {})},
-                  in_context=recipe.llm.in_context.enabled)
+                  in_context=recipe.llm.in_context.enabled, **(extra or {}))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
@@ -157,18 +164,22 @@ def _autocast(device: torch.device):
 def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str] | None = None,
                         out_dir: str | Path | None = None) -> dict:
     """Rebuild the recipe's model from a checkpoint (recipe inside it, ``overrides`` on top), evaluate."""
-    from trainer.loop import load_checkpoint, pick_device, resolve_checkpoint
+    from trainer.loop import load_checkpoint, pick_device, recipe_changes, refuse_model_changes, resolve_checkpoint
     from trainer.llm import build_model
     from trainer.recipe import recipe_from_dict
 
     path = resolve_checkpoint(checkpoint)
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     recipe = recipe_from_dict(state["recipe"], overrides)
+    changed = recipe_changes(state["recipe"], recipe.to_dict())
+    refuse_model_changes(path, changed)  # the scores would be of another model than the checkpoint's
+    if changed:  # another split's shards, beam size, ...: allowed, never silently (scores.json records them)
+        print(f"evaluating {path} with a changed recipe: {'; '.join(changed)}", file=sys.stderr)
     device = pick_device(recipe)
     eval_shards(recipe, split)  # before the model is loaded
     model = build_model(recipe, device, tokenizer_dir=path)
     load_checkpoint(path, model)
     out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"
-    result = evaluate_model(model, recipe, split, out)
+    result = evaluate_model(model, recipe, split, out, extra={"recipe_changes": changed})
     result["out_dir"] = str(out)
     return result

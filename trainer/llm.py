@@ -313,12 +313,16 @@ def trainable_state(model: SignTranslator) -> dict[str, torch.Tensor]:
 
 def load_trainable_state(model: SignTranslator, state: dict[str, torch.Tensor]) -> None:
     adapter = {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")}
-    model.adapter.load_state_dict(adapter)
     lora = {k[len("llm."):]: v for k, v in state.items() if k.startswith("llm.")}
     missing = [k for k in model.llm.state_dict() if "lora_" in k and k not in lora]
     if missing:
         raise SignfeatError(f"checkpoint: LoRA weight {missing[0]} missing (recipe's LoRA settings differ?)")
-    model.llm.load_state_dict(lora, strict=False)
+    try:
+        model.adapter.load_state_dict(adapter)
+        model.llm.load_state_dict(lora, strict=False)
+    except RuntimeError as exc:  # torch's size-mismatch report: one line of it, not a state-dict dump
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line or "Missing" in line or "Unexpected" in line), str(exc)[:300])
+        raise SignfeatError(f"checkpoint: its weights do not fit the model the recipe builds ({detail})") from None
     with torch.no_grad():
         model.logit_scale.copy_(state["logit_scale"])
 

@@ -120,7 +120,7 @@ def train_shards(recipe: Recipe, dist: Dist) -> tuple[list[str], list[int]]:
     at least one whole batch per rank."""
     d = recipe.data
     urls = list_shards(d.shards, d.train_split)
-    require_streams(urls, d.streams, {s: recipe.stream_width(s) for s in d.streams})
+    require_streams(urls, d.streams, recipe.stream_widths())
     counts = shard_counts(urls)
     if not sum(counts):  # every training clip failed extraction: its shards are empty
         raise SignfeatError(f"data: the {len(urls)} shard(s) of split {d.train_split!r} under {d.shards} hold no samples")
@@ -140,7 +140,7 @@ def train_batches(recipe: Recipe, tokenizer, dist: Dist, start: DataPosition) ->
         stream = ShardStream(urls, counts, d.streams, train=True, batch_size=d.batch_size, rank=dist.rank,
                              world_size=dist.world_size, epoch=epoch, seed=recipe.seed, shard_shuffle=d.shard_shuffle,
                              shuffle_buffer=d.shuffle_buffer, crop_streams=d.crop_streams, max_frames=d.max_frames,
-                             max_len=d.max_len, zero_visual=d.zero_visual)
+                             max_len=d.max_len, zero_visual=d.zero_visual, widths=recipe.stream_widths())
         for index, batch in enumerate(batches(stream, collate, d.num_workers, drop_last=True)):
             if index < skip:  # resume: replay the epoch's order up to the saved position
                 continue
@@ -155,7 +155,7 @@ def stream_statistics(recipe: Recipe) -> dict[str, tuple[torch.Tensor, torch.Ten
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     count = {name: 0 for name in d.streams}
-    for seen, sample in enumerate(ShardStream(urls, shard_counts(urls), d.streams, train=False, batch_size=1)):
+    for seen, sample in enumerate(ShardStream(urls, shard_counts(urls), d.streams, train=False, batch_size=1, widths=recipe.stream_widths())):
         if seen >= recipe.adapter.standardize_samples:
             break
         for name in d.streams:
@@ -266,6 +266,31 @@ def recipe_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# Recipe keys under adapter. / llm. (and data.streams) build the model whose trainable weights a checkpoint
+# holds; these few do not change what those weights mean: the base model's location (its weights are checked by
+# checksum), the compute dtype, LoRA dropout (a training setting) and the prompt's wording.
+_SAME_MODEL = ("llm.name", "llm.revision", "llm.dtype", "llm.lora.dropout", "llm.language", "llm.language_by_dataset",
+               "llm.prompt", "llm.in_context")
+
+
+def model_changes(changes: list[str]) -> list[str]:
+    """The ``recipe_changes`` that would build another model than a checkpoint's (other shapes, another LoRA
+    scaling, another tokenizer): refused at resume and eval, where they were size-mismatch tracebacks or,
+    worse, silently different scores."""
+    def key(change: str) -> str:
+        return change.split(":", 1)[0]
+
+    return [c for c in changes if (key(c).startswith(("adapter.", "llm.")) or key(c) == "data.streams")
+            and not any(key(c) == k or key(c).startswith(k + ".") for k in _SAME_MODEL)]
+
+
+def refuse_model_changes(path: Path, changes: list[str]) -> None:
+    refused = model_changes(changes)
+    if refused:
+        raise SignfeatError(f"checkpoint {path}: {'; '.join(refused)} would build another model than the one trained "
+                            "(its adapter / LoRA / tokenizer); drop the override, or train a new run")
+
+
 def _rng_to_json(state):
     return [state[0], list(state[1]), state[2]]
 
@@ -307,6 +332,13 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
 
         eval_shards(recipe, recipe.data.eval_split)
     resume_from = resolve_checkpoint(resume) if resume is not None else None
+    if resume_from is not None:  # what the checkpoint cannot continue, refused before the model loads
+        saved = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))
+        changed = recipe_changes(saved["recipe"], recipe.to_dict())
+        refuse_model_changes(resume_from, changed)
+        if saved["step"] > recipe.optim.max_steps:
+            raise SignfeatError(f"checkpoint {resume_from} is at step {saved['step']}, past optim.max_steps {recipe.optim.max_steps}: "
+                                "resuming it trains nothing (give a larger optim.max_steps, or evaluate it with `signfeat eval`)")
     model = build_model(recipe, device, tokenizer_dir=resume_from)
     if recipe.adapter.standardize and resume is None:
         model.adapter.set_statistics(stream_statistics(recipe))
@@ -315,7 +347,6 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     step, position = 0, DataPosition()
     if resume is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
-        changed = recipe_changes(state["recipe"], recipe.to_dict())
         if changed and dist.main:  # allowed (a longer run, another eval setting), but never silently
             print(f"resuming {resume_from} with a changed recipe: {'; '.join(changed)}", file=sys.stderr)
         step, position = state["step"], DataPosition(**state["data_position"])

@@ -8,6 +8,7 @@ is checked against the field's type and the section's own ``validate`` before an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -25,7 +26,9 @@ STREAM_WIDTHS = {"clip_s2": 2048, "videomae": 1024, "dinov2": 768, "smplx623": 6
 
 @dataclass
 class DataConfig:
-    shards: str = ""  # the extraction output folder (OUT/{split}/*.tar) or a list of shard paths / brace URL
+    # the extraction output folder (OUT/{split}/*.tar), or a folder of tars / a brace pattern
+    # (dir/demo-{000000..000003}.tar), of which each split takes the shards whose samples are of it
+    shards: str = ""
     train_split: str = "train"
     eval_split: str = "dev"
     streams: list[str] = field(default_factory=lambda: ["clip_s2", "videomae"])
@@ -279,6 +282,10 @@ class Recipe:
             raise SignfeatError(f"stream {name!r}: width unknown; set adapter.stream_widths.{name}")
         return widths[name]
 
+    def stream_widths(self) -> dict[str, int]:
+        """The width the adapter takes of each stream the recipe reads."""
+        return {name: self.stream_width(name) for name in self.data.streams}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -376,7 +383,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
-    data = apply_overrides(dict(data or {}), list(overrides or []))
+    # a deep copy: overrides write into nested sections, and the caller's dict (a checkpoint's recipe, compared
+    # with the result to report what changed) must keep its values
+    data = apply_overrides(copy.deepcopy(dict(data or {})), list(overrides or []))
     return _build(Recipe, data, "").validate()
 
 

@@ -117,3 +117,15 @@ def test_empty_train_split_fails_before_the_model_is_built(tiny_shards, tmp_path
                  "progress=false", "device=cpu", "eval.at_end=false", "adapter.standardize=true"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "split 'train' under" in err and "hold no samples" in err
+
+
+def test_overrides_may_follow_options(tiny_shards, tmp_path, capsys):
+    # argparse took the positional overrides in one run: `eval k=v --out D k2=v2` was "unrecognized arguments"
+    out = tmp_path / "run"
+    assert main(["train", "--config", "configs/recipes/spamo_tiny.yaml", f"data.shards={tiny_shards}", "optim.max_steps=2",
+                 *TINY_OVERRIDES["spamo_tiny"], "data.batch_size=2", "eval.at_end=false", "progress=false", f"out_dir={out}"]) == 0
+    assert main(["eval", "--checkpoint", str(out), "eval.num_beams=1", "--out", str(tmp_path / "e"), "eval.max_samples=2",
+                 "eval.max_new_tokens=4"]) == 0
+    assert "(2 samples)" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(out), "--bogus", "x=1"]) == 2  # anything else unknown is still an error
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -189,3 +189,41 @@ def test_counts_from_tar_headers(tiny_shards):
     with tarfile.open(urls[0]) as tar:
         assert len(tar.getnames()) == 8 * 5  # json + four streams
     assert shard_counts(urls[:1]) == [8]
+
+
+def test_shards_named_without_their_split_serve_only_their_own_split(tiny_shards, tmp_path):
+    # a brace pattern (or a flat folder, a list) of training shards was also the dev and test split: the
+    # dev eval and `signfeat eval --split test` scored the training samples
+    import shutil
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(tiny_shards / "train" / "syn-000000.tar", flat / "a-000000.tar")
+    shutil.copy(tiny_shards / "dev" / "syn-000000.tar", flat / "a-000001.tar")
+    assert list_shards(str(flat), "train") == [str(flat / "a-000000.tar")]
+    assert list_shards(str(flat), "dev") == [str(flat / "a-000001.tar")]
+    pattern = str(flat / "a-{000000..000001}.tar")
+    assert list_shards(pattern, "dev") == [str(flat / "a-000001.tar")]
+    with pytest.raises(SignfeatError, match="no shards of split 'test' among the 2 shard"):
+        list_shards(pattern, "test")
+    with pytest.raises(SignfeatError, match="they hold train"):
+        list_shards([str(flat / "a-000000.tar")], "dev")
+    assert list_shards(str(tiny_shards), "dev") == [str(tiny_shards / "dev" / "syn-000000.tar")]  # the extraction layout
+
+
+def test_a_later_sample_of_another_width_is_a_one_line_error(tmp_path):
+    # require_streams reads a shard's first sample only: a later one of another width failed inside pad_stream
+    import webdataset as wds
+
+    from shards.sample import encode_sample
+
+    (tmp_path / "train").mkdir()
+    url = str(tmp_path / "train" / "w-000000.tar")
+    with wds.TarWriter(url, encoder=False) as sink:
+        for i, width in enumerate([16, 20]):
+            key = f"k{i}"
+            streams = {"clip_s2": np.zeros((4, width), np.float16), "videomae": np.zeros((1, 8), np.float16)}
+            sink.write({"__key__": key, **encode_sample(key, {"id": key, "text": "x", "split": "train"}, streams)})
+    stream = ShardStream([url], [2], ["clip_s2", "videomae"], train=False, batch_size=2, widths={"clip_s2": 16, "videomae": 8})
+    with pytest.raises(SignfeatError, match=r"k1.clip_s2.npy has shape \(4, 20\), expected \[T, 16\] \(adapter.stream_widths.clip_s2\)"):
+        list(stream)

@@ -75,3 +75,21 @@ def test_unicode_tokenizer_reads_decomposed_letters_as_one_word():
     assert decomposed != composed
     assert UnicodeTokenizer().tokenize(decomposed) == UnicodeTokenizer().tokenize(composed) == ["süden", "übermorgen"]
     assert rouge_l([decomposed], [composed], unicode=True) == 100.0
+
+
+def test_unicode_tokenizer_keeps_vowel_signs_and_hangul_words():
+    # combining vowel signs (Devanagari, Thai) were dropped: different words scored 100; Hangul is written with
+    # spaces between words, so a Korean word is one token, not one per syllable
+    tok = UnicodeTokenizer()
+    assert tok.tokenize("किताब का") == ["किताब", "का"]
+    assert rouge_l(["का"], ["कि"], unicode=True) == 0.0
+    assert rouge_l(["ดี"], ["ดู"], unicode=True) == 0.0
+    assert tok.tokenize("안녕하세요 세계") == ["안녕하세요", "세계"]
+    assert tok.tokenize("カタカナです") == ["カ", "タ", "カ", "ナ", "で", "す"]
+
+
+def test_score_of_nothing_is_a_clear_error():
+    from pipeline.errors import SignfeatError
+
+    with pytest.raises(SignfeatError, match="no predictions to score"):
+        score([], [])

@@ -275,3 +275,33 @@ def test_a_stream_width_unlike_the_shards_fails_before_the_model_is_built(tiny_s
     recipe["adapter"]["stream_widths"] = {**recipe["adapter"]["stream_widths"], "clip_s2": 65}
     with pytest.raises(SignfeatError, match="stream clip_s2 .* shape .* adapter.stream_widths.clip_s2 is 65"):
         train(recipe_from_dict(recipe))
+
+
+def test_resume_refuses_another_model_and_a_shorter_run(tiny_shards, tmp_path):
+    from pipeline.errors import SignfeatError
+
+    recipe = tiny_recipe(tiny_shards, tmp_path / "run", "t5", optim={"max_steps": 2})
+    train(recipe_from_dict(recipe))
+    wider = {**recipe, "adapter": {**recipe["adapter"], "hidden": 48}, "optim": {**recipe["optim"], "max_steps": 3}}
+    with pytest.raises(SignfeatError, match="adapter.hidden: 32 -> 48 would build another model"):
+        train(recipe_from_dict(wider), resume=tmp_path / "run")  # was a size-mismatch traceback
+    scaled = {**recipe, "llm": {**recipe["llm"], "lora": {**recipe["llm"]["lora"], "alpha": 64}}, "optim": {**recipe["optim"], "max_steps": 3}}
+    with pytest.raises(SignfeatError, match="llm.lora.alpha: 32 -> 64"):
+        train(recipe_from_dict(scaled), resume=tmp_path / "run")
+    with pytest.raises(SignfeatError, match="at step 2, past optim.max_steps 1"):
+        train(recipe_from_dict({**recipe, "optim": {**recipe["optim"], "max_steps": 1}}), resume=tmp_path / "run")
+
+
+def test_eval_refuses_overrides_that_change_the_model_and_records_the_others(tiny_shards, tmp_path, capsys):
+    import json
+
+    from pipeline.errors import SignfeatError
+    from trainer.evaluate import evaluate_checkpoint
+
+    train(recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", "t5", optim={"max_steps": 1}, eval={"max_new_tokens": 4})))
+    with pytest.raises(SignfeatError, match="llm.lora.alpha: 32 -> 64 would build another model"):
+        evaluate_checkpoint(tmp_path / "run", "test", ["llm.lora.alpha=64"])  # silently other scores before
+    capsys.readouterr()
+    evaluate_checkpoint(tmp_path / "run", "test", ["eval.num_beams=2"], out_dir=tmp_path / "e")
+    assert "changed recipe: eval.num_beams: 1 -> 2" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e" / "scores.json").read_text())["recipe_changes"] == ["eval.num_beams: 1 -> 2"]
