@@ -310,8 +310,8 @@ class Extractor:
     @torch.inference_mode()
     def extract_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
         """Prepared uint8 clips -> float16 arrays. The frames of all clips go to the device once (uint8,
-        a quarter of float32), are normalised there, and each model batch is one gather of unit indices,
-        so windows that share frames do not copy them and batches run across clip boundaries."""
+        a quarter of float32) and stay uint8 there; each model batch is one gather of unit indices, normalised
+        on its own, so windows that share frames do not copy them and batches run across clip boundaries."""
         if not prepared:
             return []
         counts = [int(p.shape[0]) for p in prepared]
@@ -321,14 +321,17 @@ class Extractor:
         frames = torch.cat(prepared)
         if self.device.type == "cuda":
             frames = frames.pin_memory()
-        frames = self.transform.normalize(frames.to(self.device, non_blocking=True), self.input_dtype)
+        # uint8 on the device, normalised one model batch at a time: a float32 copy of a whole call's frames
+        # is 4x their bytes, and its arithmetic's temporaries as much again (4 clips of 1200 frames: ~9 GB)
+        frames = frames.to(self.device, non_blocking=True)
         index = torch.from_numpy(np.concatenate([u + off for u, off in zip(units, offsets)])).to(self.device)
         out = torch.empty(len(index), self.width, dtype=torch.float32, device=self.device)
         start = 0
         while start < len(index):
             stop = min(start + self.batch_size, len(index))
             try:
-                out[start:stop] = self._forward_on_device(frames[index[start:stop]])
+                batch = self.transform.normalize(frames[index[start:stop]], self.input_dtype)
+                out[start:stop] = self._forward_on_device(batch)
             except torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise

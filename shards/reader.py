@@ -25,19 +25,24 @@ def member_key(name: str) -> tuple[str, str]:
 
 def iter_members(fileobj) -> Iterator[tuple[str, str, bytes]]:
     """(key, suffix, bytes) for each file member, in tar order (keys as ``member_key`` makes them)."""
-    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+    # "r|": an uncompressed tar, as signfeat writes and the trainer reads (a gzip named .tar is not a shard)
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
         for member in tar:
             if member.isfile():
                 yield *member_key(member.name), tar.extractfile(member).read()
 
 
 def group_samples(members: Iterator[tuple[str, str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Consecutive members of one key -> (key, {suffix: bytes}). A member repeated within a sample is an error,
+    as webdataset makes it: keeping one of the two would hide a damaged shard."""
     key, group = None, {}
     for k, suffix, data in members:
         if key is not None and k != key:
             yield key, group
             group = {}
         key = k
+        if suffix in group:
+            raise ValueError(f"sample {key}: member {key}.{suffix} appears twice")
         group[suffix] = data
     if key is not None:
         yield key, group

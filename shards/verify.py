@@ -133,6 +133,9 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
             continue
         try:
             data = store.read_bytes(f"{shard}.tar")
+            recorded = store.read_json(Store.marker(shard)).get("bytes")
+            if len(data) != recorded:  # what a rerun checks before it skips a shard (Store.shard_is_complete)
+                problem(f"shard {shard}: {shard}.tar is {len(data)} bytes, its completion marker says {recorded}")
             samples = list(group_samples(iter_members(io.BytesIO(data))))
         except Exception as exc:
             problem(f"shard {shard}: unreadable tar: {exc}")
@@ -147,6 +150,8 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
             if row is None:
                 problem(f"{where}: sample not in index.parquet")
                 continue
+            if row["shard"] != shard:  # two shards swapped (or one copied over another): the index would misplace it
+                problem(f"{where}: index.parquet places it in shard {row['shard']}")
             expected = ["json", *(f"{s}.npy" for s in streams)]
             missing = [m for m in expected if m not in members]
             if missing:

@@ -398,3 +398,32 @@ def test_a_user_s_files_outside_the_split_folders_are_not_problems(out):
     assert verify(str(out))["ok"], verify(str(out))["problems"]
     (out / "train" / "copy.tar").write_bytes(b"a copy in a split folder is still read by {split}/*.tar globs")
     assert _problems(out) == ["train/copy.tar: shard not in the plan (renamed, copied or left from another job?)"]
+
+
+def test_a_member_repeated_within_a_sample_is_a_problem(out):
+    # signfeat's reader kept the last of the two (verify said OK) where webdataset and the trainer fail
+    path = out / f"{SHARD}.tar"
+    members = _members(path)
+    _write_tar(path, [members[0], members[0], *members[1:]])
+    assert any(f"unreadable tar: sample {KEY}: member {members[0][0]} appears twice" in p for p in _problems(out)), _problems(out)
+
+
+def test_swapped_shards_are_problems(out):
+    # two tars swapped (same number of samples): every sample was intact, but index.parquet misplaced them
+    a, b = out / f"{SHARD}.tar", out / "train" / "t-000001.tar"
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    problems = _problems(out)
+    assert f"{SHARD}:k2: index.parquet places it in shard train/t-000001" in problems, problems
+
+
+def test_a_compressed_tar_is_a_problem(out):
+    # a gzip under the .tar name read fine through tarfile's "r|*"; the trainer opens shards as plain tars
+    import gzip
+
+    path = out / f"{SHARD}.tar"
+    path.write_bytes(gzip.compress(path.read_bytes()))
+    problems = _problems(out)
+    assert any(p.startswith(f"shard {SHARD}: {SHARD}.tar is ") and "completion marker says" in p for p in problems), problems
+    assert any(p.startswith(f"shard {SHARD}: unreadable tar") for p in problems), problems
