@@ -10,14 +10,22 @@ Encoding (reversible and collision-free, readable for the ids real corpora use):
 
 Decoding reads ``__`` as ``_`` and ``_hh`` as a byte, so ``id_from_key(key_from_id(x)) == x`` for every
 string, which makes the map injective: two ids can never share a key.
+
+A key longer than ``MAX_KEY`` characters (27 Chinese characters already make 243: nine per character) would
+give member names over the 255 bytes a file name may have (``tar xf`` fails on them): it keeps its first
+characters (never half an escape) and ends in ``_h`` + 16 hex digits of the id's SHA-256. ``_h`` is no escape,
+so such a key cannot equal an encoded one; it is not decoded (the sample's JSON holds the id).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 _KEY_RE = re.compile(r"^(?:[A-Za-z0-9-]|__|_[0-9a-f]{2})+$")
+MAX_KEY = 200  # + ".{stream}.npy" stays under 255 bytes
+_HASHED = 18  # "_h" + 16 hex digits
 
 
 def key_from_id(clip_id: str) -> str:
@@ -31,10 +39,21 @@ def key_from_id(clip_id: str) -> str:
             out.append("__")
         else:
             out.extend(f"_{b:02x}" for b in ch.encode("utf-8"))
-    return "".join(out)
+    key = "".join(out)
+    if len(key) <= MAX_KEY:
+        return key
+    head, size = [], 0
+    for piece in out:  # whole escapes only
+        if size + len(piece) > MAX_KEY - _HASHED:
+            break
+        head.append(piece)
+        size += len(piece)
+    return "".join(head) + "_h" + hashlib.sha256(clip_id.encode("utf-8")).hexdigest()[:16]
 
 
 def id_from_key(key: str) -> str:
+    if len(key or "") > MAX_KEY - _HASHED and re.search(r"_h[0-9a-f]{16}$", key) and _KEY_RE.match(key[:-_HASHED]):
+        raise ValueError(f"key {key[:40]}...: a long id's shortened key, not decodable (the sample's JSON holds the id)")
     if not _KEY_RE.match(key or ""):
         raise ValueError(f"not a signfeat sample key: {key!r}")
     raw = bytearray()

@@ -17,6 +17,7 @@ from pipeline.config import ShardConfig
 from pipeline.errors import SignfeatError
 
 NO_SPLIT = "nosplit"
+_OUTPUT_FILES = {"index.parquet", "failures.parquet", "job.json"}  # what the job writes next to the split folders
 # Manifest columns a shard needs (the rest stays in the manifest).
 ROW_FIELDS = ["id", "key", "dataset", "split", "signer", "text", "source_kind", "path", "start_s", "end_s", "fps", "num_frames", "content_hash"]
 
@@ -39,9 +40,12 @@ def plan_shards(manifest_rows: list[dict[str, Any]], shards: ShardConfig) -> lis
     for r in ok:
         split = r["split"] or NO_SPLIT
         # ".." would put shards outside OUT and "." (or any hidden name) beside its own files, where verify
-        # and readers do not look: a split must name a plain sub-folder
-        if "/" in split or split.startswith(("_", ".")):
-            raise SignfeatError(f"split name {split!r} of clip {r['id']!r} cannot be a folder name")
+        # and readers do not look; a split named like the output's own files (index.parquet) crashed the job at
+        # its end; glob and brace characters make OUT/{split}/*.tar and brace patterns match other splits
+        if ("/" in split or "\\" in split or split.startswith(("_", ".")) or split.lower() in _OUTPUT_FILES
+                or any(c in split for c in "*?[]{}")):
+            raise SignfeatError(f"split name {split!r} of clip {r['id']!r} cannot be a folder of the output: no '/', '\\' "
+                                f"or glob characters *?[]{{}}, no leading '_' or '.', not {', '.join(sorted(_OUTPUT_FILES))}")
         by_split.setdefault(split, []).append(r)
     plans: list[ShardPlan] = []
     for split in sorted(by_split):

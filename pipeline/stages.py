@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -162,8 +163,12 @@ class ExtractStream:
         video = [i for i in idx if _py(batch["source_kind"][i]) != PARAMS_KIND]
         results: dict[int, tuple] = {}
         if video:
-            # Ray hands out read-only views of its object store; torch wants writable memory (copied only then)
-            prepared = [torch.from_numpy(np.require(batch[self.prep_column][i], requirements=["C", "W"])) for i in video]
+            # Ray hands out read-only views of its object store; the extractors only read them (extract_prepared
+            # concatenates them into its own tensor), so they are wrapped as they are: a writable copy of each
+            # was one more copy of the call's frames
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                prepared = [torch.from_numpy(np.ascontiguousarray(batch[self.prep_column][i])) for i in video]
             results.update({i: (f, None) for i, f in zip(video, self.extractor.extract_prepared(prepared))})
         if files:
             read = self.extractor.extract_files([str(_py(batch["path"][i])) for i in files], [_fps(batch["fps"][i]) for i in files])

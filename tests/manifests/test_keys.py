@@ -43,3 +43,19 @@ def test_bad_keys_and_ids_are_rejected(bad):
         id_from_key(bad)
     with pytest.raises(ValueError):
         key_from_id("")
+
+
+@pytest.mark.parametrize("clip_id", ["手" * 27, "a" * 201, "_" * 150, "x.y" * 100, "🤟" * 60])
+def test_long_ids_give_keys_that_fit_a_file_name(clip_id):
+    # 27 Chinese characters made a 243-character key: member names over 255 bytes, which `tar xf` cannot write
+    key = key_from_id(clip_id)
+    assert len(f"{key}.smplx623.npy".encode()) <= 255 and re.fullmatch(r"[A-Za-z0-9_-]+", key), key
+    assert key == key_from_id(clip_id) and key != key_from_id(clip_id + "!")  # deterministic, distinct
+    assert re.fullmatch(r"(?:[A-Za-z0-9-]|__|_[0-9a-f]{2})+", key[:-18])  # whole escapes only, none cut in half
+    with pytest.raises(ValueError, match="shortened key"):
+        id_from_key(key)
+
+
+def test_ids_up_to_the_limit_keep_their_reversible_key():
+    clip_id = "a" * 200
+    assert key_from_id(clip_id) == clip_id and id_from_key(clip_id) == clip_id

@@ -291,14 +291,18 @@ def test_decode_stage_reads_a_range_with_only_an_end_from_the_start(tmp_path):
     assert out["decoded_frames"][0] == 5
 
 
-@pytest.mark.parametrize("split", ["..", ".", ".hidden", "a/b", "_signfeat"])
+@pytest.mark.parametrize("split", ["..", ".", ".hidden", "a/b", "_signfeat", "a\\b",
+                                   # named like the output's files: the job crashed at its very end (IsADirectoryError)
+                                   "index.parquet", "job.json", "Failures.parquet",
+                                   # glob / brace characters: OUT/tr*in/*.tar also matched train's shards
+                                   "tr*in", "te?t", "[dev]", "{a,b}"])
 def test_a_split_that_is_not_a_plain_folder_name_is_refused(split):
     """A split comes from the annotation as written; ".." would write shards outside OUT."""
     from pipeline.config import ShardConfig
     from pipeline.plan import plan_shards
 
     row = {"id": "a", "key": "a", "split": split, "status": "ok", "num_frames": 3}
-    with pytest.raises(SignfeatError, match="cannot be a folder name"):
+    with pytest.raises(SignfeatError, match="cannot be a folder of the output"):
         plan_shards([row], ShardConfig())
     assert [p.name for p in plan_shards([{**row, "split": "train"}], ShardConfig(prefix="x"))] == ["train/x-000000"]
 
