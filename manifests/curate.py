@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from manifests.formats import normalise_split
 from manifests.schema import MANIFEST_SCHEMA, PARAMS_KIND, read_manifest, write_manifest
@@ -47,12 +49,15 @@ class CurateOptions:
     def __post_init__(self) -> None:
         for name in ("min_duration_s", "max_duration_s", "min_frames", "max_frames", "min_width", "min_height", "min_fps", "max_fps", "min_text_chars", "max_text_chars"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise SignfeatError(f"curation option {name} must be a number or null, got {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                # NaN compares false with everything: min_duration_s: .nan removed every row
+                raise SignfeatError(f"curation option {name} must be a finite number or null, got {v!r}")
         if not isinstance(self.dedup, bool) or not isinstance(self.group_by_signer, bool):
             raise SignfeatError("curation options dedup and group_by_signer must be true or false")
-        if not isinstance(self.split_ratios, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.split_ratios.values()):
-            raise SignfeatError(f"split_ratios must map split names to fractions, got {self.split_ratios!r}")
+        if not isinstance(self.split_ratios, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                                              for v in self.split_ratios.values()):
+            # train=nan (or inf) sent every unsplit row to the last split
+            raise SignfeatError(f"split_ratios must map split names to finite fractions, got {self.split_ratios!r}")
         # The names assigned become split folders of the shards and what `train` reads: normalise them as the
         # build does (val -> dev), and refuse one that cannot be a folder name now rather than at extraction.
         ratios: dict[str, float] = {}
@@ -171,19 +176,22 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
             excluded.append(gone)
         keep = keep[~mask]
 
-    def range_filter(name: str, column: str, lo: float | None, hi: float | None) -> None:
+    def range_filter(name: str, column: str, lo: float | None, hi: float | None, slack: float = 0.0) -> None:
+        """Drop rows outside [lo, hi], with a relative ``slack``: a measured duration or rate carries float and
+        timestamp noise (a 2.5 s range at 24 fps measures 2.4999999999999996 s, a 30 fps Matroska file 30.02 fps
+        from its millisecond timestamps), which must not decide a boundary the user wrote."""
         if lo is None and hi is None:
             return
         values = keep[column].astype("float64")
         mask = pd.Series(False, index=keep.index)
         if lo is not None:
-            mask |= ~(values >= lo)
+            mask |= ~(values >= lo * (1 - slack))
         if hi is not None:
-            mask |= ~(values <= hi)
+            mask |= ~(values <= hi * (1 + slack))
         drop(name, mask, f"{column} outside [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]")
 
     drop("status", keep["status"] != "ok", "status=" + keep["status"].astype(str))
-    range_filter("duration", "duration_s", options.min_duration_s, options.max_duration_s)
+    range_filter("duration", "duration_s", options.min_duration_s, options.max_duration_s, slack=1e-9)
     range_filter("frames", "num_frames", options.min_frames, options.max_frames)
     if options.min_width is not None or options.min_height is not None:
         w, h = keep["width"].astype("float64"), keep["height"].astype("float64")
@@ -195,7 +203,7 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
         # SMPL-X parameter clips have no pixels (width/height null): a resolution filter does not apply to them
         mask &= keep["source_kind"] != PARAMS_KIND
         drop("resolution", mask, f"smaller than {options.min_width or 0}x{options.min_height or 0}")
-    range_filter("fps", "fps", options.min_fps, options.max_fps)
+    range_filter("fps", "fps", options.min_fps, options.max_fps, slack=0.002)  # 30.05 counts as 30, 30.1 does not
     if options.min_text_chars is not None or options.max_text_chars is not None:
         keep = keep.assign(_text_chars=keep["text"].fillna("").str.len())
         range_filter("text_length", "_text_chars", options.min_text_chars, options.max_text_chars)
@@ -307,7 +315,11 @@ def curate_manifest(manifest: Path, out: Path, report_dir: Path, options: Curate
     out_table = out_table.replace_schema_metadata({**table.schema.metadata, b"signfeat.manifest.curation": json.dumps(report["options"]).encode()})
     write_manifest(out_table, out)
     report_dir.mkdir(parents=True, exist_ok=True)
-    excluded.reset_index(drop=True).to_parquet(report_dir / "excluded.parquet", index=False)
+    # the manifest's own schema (ints stay ints, the schema version is kept) plus filter and reason, so the
+    # excluded rows read back as a manifest and join the curated one
+    schema = MANIFEST_SCHEMA.append(pa.field("filter", pa.string())).append(pa.field("reason", pa.string()))
+    excluded_table = pa.Table.from_pandas(excluded.reset_index(drop=True), schema=schema, preserve_index=False)
+    pq.write_table(excluded_table.replace_schema_metadata(table.schema.metadata), report_dir / "excluded.parquet")
     report["manifest_in"], report["manifest_out"] = str(manifest), str(out)
     report["plots"] = _plot_report(df, kept, report_dir) if plots else []
     (report_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))

@@ -53,6 +53,8 @@ def _text(value: Any) -> str | None:
 def _float(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if isinstance(value, bool):  # JSON's true is no number of seconds (float(True) == 1.0)
+        raise ValueError(f"expected a number, got {value!r}")
     return float(value)
 
 
@@ -118,18 +120,29 @@ def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_:
                                dataset=dataset or "phoenix2014t", split=split, source_kind="frames")
                 continue
             rec = dict(zip(PHOENIX_HEADER, cols))
-            # "video" is like "NAME/1/*.png" or "NAME/*.png": the folder is everything before the glob
-            folder = rec["video"].split("*")[0].rstrip("/") or rec["name"]
+            if not rec["name"].strip():
+                yield _bad_row(annotation, line_no, "no name (the clip id)", dataset=dataset or "phoenix2014t", split=split, source_kind="frames")
+                continue
             yield _row(
-                id=rec["name"],
+                id=rec["name"].strip(),
                 dataset=dataset or "phoenix2014t",
                 split=split,
                 signer=_text(rec["speaker"]),
                 text=_text(rec["translation"]),
                 source_kind="frames",
-                path=str(base / (split or "") / folder),
+                path=str(_phoenix_folder(base / (split or ""), rec["video"], rec["name"].strip())),
                 fps=25.0,
             )
+
+
+def _phoenix_folder(split_dir: Path, video: str, name: str) -> Path:
+    """The frame folder of a PHOENIX row. ``video`` is like ``NAME/1/*.png``: the folder is everything before the
+    glob; but PHOENIX-2014-T's release keeps the frames in ``NAME/`` itself (``NAME/images0001.png``: no ``1/``,
+    which only the older PHOENIX-2014 layout has), so a missing ``NAME/1`` falls back to ``NAME``."""
+    folder = split_dir / (video.split("*")[0].rstrip("/") or name)
+    if not folder.is_dir() and folder.name == "1" and folder.parent.is_dir():
+        return folder.parent
+    return folder
 
 
 # ----------------------------------------------------------------------------------------------- How2Sign
@@ -167,6 +180,9 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
                 continue
             rec = dict(zip(HOW2SIGN_HEADER, cols))
             name = rec["SENTENCE_NAME"].strip()
+            if not name:
+                yield _bad_row(annotation, line_no, "no SENTENCE_NAME (the clip id)", dataset=dataset or "how2sign", split=split)
+                continue
             common = dict(id=name, dataset=dataset or "how2sign", split=split, text=_text(rec["SENTENCE"]))
             if name in videos:  # the sentence-level clip exists: use it whole
                 yield _row(source_kind="video", path=videos[name], **common)
@@ -221,6 +237,15 @@ def _table_kind(given: str | None, path: Path, start: float | None, end: float |
 
 def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = annotation.suffix.lower()
+    if suffix == ".json":  # a JSON array of records (or one object); JSON lines otherwise, as .jsonl
+        try:
+            whole = json.loads(annotation.read_text(encoding="utf-8-sig"))
+        except ValueError:
+            whole = None
+        if isinstance(whole, (list, dict)):
+            for number, rec in enumerate(whole if isinstance(whole, list) else [whole], start=1):  # record N, not a line
+                yield number, rec if isinstance(rec, dict) else {"__error__": f"record {number} is not a JSON object"}
+            return
     if suffix in (".jsonl", ".json", ".ndjson"):
         with open(annotation, encoding="utf-8-sig") as f:
             for line_no, line in enumerate(f, start=1):

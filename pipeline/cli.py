@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--annotations", nargs="+", required=True, type=Path, metavar="FILE")
     b.add_argument("--root", type=Path, help="corpus folder that relative paths start from (default: the first annotation's folder)")
     b.add_argument("--out", required=True, type=Path, metavar="M.parquet")
-    b.add_argument("--dataset", help="dataset name for every row (default: per format)")
+    b.add_argument("--dataset", help="dataset name of the rows whose annotation names none (default: per format; a table's file name)")
     b.add_argument("--num-cpus", type=_nonneg_int, default=None, help="CPUs of the local Ray instance (default: all)")
     b.add_argument("--full-decode", action="store_true", help="decode every frame while probing (slow, thorough)")
     b.add_argument("--frame-fps", type=_positive_float, default=25.0, help="fps of frame folders whose annotation gives none")
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-text-chars", type=_nonneg_int)
     c.add_argument("--no-dedup", action="store_const", const=False, dest="dedup", help="keep exact duplicates (same content hash)")
     c.add_argument("--split-ratios", help="for rows without a split (default train=0.8,dev=0.1,test=0.1)")
-    c.add_argument("--group-by-signer", action="store_const", const=True, help="assign whole signers to one split")
+    c.add_argument("--group-by-signer", action=argparse.BooleanOptionalAction, default=None,
+                   help="assign whole signers to one split (--no-group-by-signer: turn the config's off)")
     c.add_argument("--split-salt", help="changes the hash-based split assignment")
     c.add_argument("--no-plots", action="store_true")
 

@@ -138,3 +138,40 @@ def test_curation_passes_parameter_rows_through_the_resolution_filter():
     assert sorted(kept["id"]) == ["c00", "c02"]
     assert dict(zip(excluded["id"], excluded["filter"])) == {"c01": "resolution", "c03": "frames", "c04": "duplicate"}
     assert report["removed"]["resolution"] == 1
+
+
+def test_boundaries_are_not_decided_by_measurement_noise():
+    # a 2.5 s range at 24 fps measures 2.4999999999999996 s; a 30 fps mkv 30.02 fps (millisecond timestamps)
+    df = pd.DataFrame([_row(0, duration_s=2.4999999999999996), _row(1, fps=30.04, duration_s=3.0), _row(2, fps=30.2, duration_s=3.0),
+                       _row(3, duration_s=2.49)])
+    kept, excluded, _ = curate(df, CurateOptions(min_duration_s=2.5, max_fps=30))
+    assert sorted(kept["id"]) == ["c00", "c01"] and sorted(excluded["id"]) == ["c02", "c03"]
+
+
+@pytest.mark.parametrize("bad", [dict(min_duration_s=float("nan")), dict(max_fps=float("inf")),
+                                 dict(split_ratios={"train": float("nan"), "test": 0.1}), dict(split_ratios={"train": float("inf")})])
+def test_non_finite_options_are_refused(bad):
+    # NaN compares false with everything: min_duration_s NaN removed every row; train=nan sent all rows to test
+    with pytest.raises(SignfeatError, match="finite"):
+        CurateOptions(**bad)
+
+
+def test_excluded_rows_keep_the_manifest_schema(demo_manifest, tmp_path):
+    from manifests.schema import MANIFEST_SCHEMA, read_manifest
+
+    curate_manifest(demo_manifest, tmp_path / "c.parquet", tmp_path / "r", CurateOptions(min_duration_s=1.5), plots=False)
+    excluded = read_manifest(tmp_path / "r" / "excluded.parquet")  # readable as a manifest (schema version kept)
+    assert excluded.num_rows > 0
+    for field in MANIFEST_SCHEMA:
+        assert excluded.schema.field(field.name).type == field.type, field.name  # num_frames was a float
+    assert {"filter", "reason"} <= set(excluded.schema.names)
+
+
+def test_the_config_s_group_by_signer_can_be_turned_off_on_the_command_line(demo_manifest, tmp_path):
+    from pipeline.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("group_by_signer: true\n")
+    assert main(["manifest", "curate", str(demo_manifest), "--out", str(tmp_path / "o.parquet"), "--report", str(tmp_path / "r"),
+                 "--config", str(config), "--no-group-by-signer", "--no-plots"]) == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["options"]["group_by_signer"] is False

@@ -176,3 +176,41 @@ def test_start_end_on_a_row_that_is_not_a_range_is_a_bad_annotation(tmp_path):
     assert by_id["video"]["status"] == "bad_annotation" and "source_kind range" in by_id["video"]["error"]
     assert by_id["range"]["status"] is None and by_id["range"]["source_kind"] == "range"
     assert by_id["whole"]["status"] is None and by_id["whole"]["source_kind"] == "video"
+
+
+def test_phoenix_2014t_frames_lie_in_the_name_folder_itself(tmp_path):
+    # the corpus file says NAME/1/*.png, but PHOENIX-2014-T's release keeps NAME/images0001.png (no 1/):
+    # every row of the real corpus was missing_file
+    root = tmp_path / "PHOENIX-2014-T"
+    ann = root / "annotations/manual/PHOENIX-2014-T.train.corpus.csv"
+    ann.parent.mkdir(parents=True)
+    ann.write_text("name|video|start|end|speaker|orth|translation\n"
+                   "a-1|a-1/1/*.png|-1|-1|Signer01|X|x\n"   # T layout: a-1/images0001.png
+                   "b-2|b-2/1/*.png|-1|-1|Signer01|X|x\n"   # the older layout: b-2/1/...
+                   "|c-3/1/*.png|-1|-1|Signer01|X|x\n", encoding="utf-8")  # no name: a bad row, not a crash
+    frames = root / "features/fullFrame-210x260px/train"
+    (frames / "a-1").mkdir(parents=True)
+    (frames / "b-2" / "1").mkdir(parents=True)
+    a, b, c = parse_phoenix(ann, root=root)
+    assert Path(a["path"]) == frames / "a-1" and Path(b["path"]) == frames / "b-2" / "1"
+    assert c["status"] == "bad_annotation" and "no name" in c["error"]
+
+
+def test_how2sign_row_without_a_sentence_name_is_a_bad_annotation(tmp_path):
+    ann = tmp_path / "how2sign_realigned_test.csv"
+    ann.write_text("VIDEO_ID\tVIDEO_NAME\tSENTENCE_ID\tSENTENCE_NAME\tSTART_REALIGNED\tEND_REALIGNED\tSENTENCE\n"
+                   "v\tvid\ts\t\t0.0\t1.0\thello\n", encoding="utf-8")
+    (row,) = parse_how2sign(ann, root=tmp_path, video_index={})
+    assert row["status"] == "bad_annotation" and "no SENTENCE_NAME" in row["error"]
+
+
+def test_a_json_array_of_records_is_read_as_records(tmp_path):
+    # a .json holding an array was read line by line: records followed by a comma were bad rows without their ids
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps([{"id": "a", "path": "v.mp4", "text": "x"}, {"id": "b", "path": "v.mp4", "text": "y", "start": 0, "end": 1},
+                               {"id": "c", "path": "v.mp4", "text": "z", "start": True, "end": 2}, [1]], indent=1), encoding="utf-8")
+    a, b, c, d = parse_table(ann, root=tmp_path)
+    assert (a["id"], a["status"], b["id"], b["source_kind"], b["end_s"]) == ("a", None, "b", "range", 1.0)
+    assert c["status"] == "bad_annotation" and "true" in c["error"].lower()  # true is no number of seconds (was 1.0 s)
+    assert d["status"] == "bad_annotation" and "record 4" in d["error"]
