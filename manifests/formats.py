@@ -276,8 +276,18 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield reader.line_num, rec
 
 
+def _table_dataset(annotation: Path) -> str:
+    """A table's default dataset: its file name without a split word (``corpus_train.csv`` and ``corpus_test.csv``
+    are one dataset, so curation keeps their signers apart), or its folder's name when nothing else is left."""
+    tokens = [t for t in re.split(r"[._\-]", annotation.stem) if t and t.lower() not in SPLIT_ALIASES]
+    return "_".join(tokens) or annotation.parent.name or annotation.stem
+
+
 def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: Any) -> Iterator[dict[str, Any]]:
-    default_dataset = dataset or annotation.stem
+    default_dataset = dataset or _table_dataset(annotation)
+    # rows without a split column take the file name's split word, as PHOENIX and How2Sign files do: train.csv
+    # and test.csv were reassigned at random by curation (8 of 10 test rows went to train)
+    file_split = _split_from_filename(annotation)
     for line_no, rec in _table_records(annotation):
         clip_id = _text(rec.get("id"))
         nested = [c for c in TABLE_REQUIRED + TABLE_OPTIONAL if isinstance(rec.get(c), (list, dict))]  # other keys are not read
@@ -310,7 +320,7 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
         yield _row(
             id=clip_id,
             dataset=_text(rec.get("dataset")) or default_dataset,
-            split=normalise_split(rec.get("split")),
+            split=normalise_split(rec.get("split")) or file_split,
             signer=_text(rec.get("signer")),
             text=_text(rec.get("text")),
             source_kind=kind,

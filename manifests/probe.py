@@ -42,8 +42,13 @@ def _probe_video(row: dict[str, Any], hashes: dict[str, str], timelines: dict[st
     path = row["path"]
     timelines = {} if timelines is None else timelines
     if path not in timelines:
-        timelines[path] = read_timeline(path)
+        try:
+            timelines[path] = read_timeline(path)
+        except ClipError as exc:  # remembered too: 2000 ranges of one broken video demuxed it 2000 times
+            timelines[path] = exc
     timeline = timelines[path]
+    if isinstance(timeline, ClipError):
+        raise ClipError(timeline.kind, str(timeline))
     if row["source_kind"] == "range":
         idx = select_range(timeline.times_s, row.get("start_s"), row.get("end_s"), timeline.duration_s, path)
     else:

@@ -123,9 +123,10 @@ def read_timeline(path: str) -> VideoTimeline:
         tb = float(stream.time_base)
         pts: list[int] = []
         keyframes: list[int] = []
-        untimed = discarded = 0
+        untimed = discarded = demuxed = 0
         try:
             for packet in container.demux(stream):
+                demuxed += packet.size > 0 or packet.pts is not None  # not the empty packet that ends a demux
                 untimed += packet.pts is None and packet.size > 0
                 # A discard-flagged packet is pre-roll before an edit list's start (a clip cut with
                 # "ffmpeg -ss T -c copy" keeps the frames back to the previous keyframe): decoders drop it,
@@ -142,6 +143,12 @@ def read_timeline(path: str) -> VideoTimeline:
                                          f"put it in a container first: ffmpeg -i IN -c copy OUT.mp4")
         if not pts:
             raise ClipError("no_frames", f"{path} has a video stream with no frames")
+        # A cut-off MP4 / MOV whose index (moov) comes first still lists every frame, but the demuxer stops at
+        # the end of the data without an error: without this check the file probed "ok", only shorter, and
+        # ranges past the cut looked like annotation errors (range_out_of_bounds).
+        declared = int(stream.frames or 0)
+        if "mp4" in container.format.name.split(",") and 0 < demuxed < declared:
+            raise ClipError("corrupt", f"{path} is truncated: its index lists {declared} video frames, the file holds {demuxed}")
         pts_arr = np.sort(np.asarray(pts, dtype=np.int64))
         # Times count from the file's start (the container's start_time), as players and "ffmpeg -ss" count
         # them and as range annotations are written: a video stream that starts 0.4 s after the audio has

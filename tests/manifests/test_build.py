@@ -94,3 +94,18 @@ def test_a_chunk_demuxes_and_hashes_a_long_video_once_for_all_its_ranges(tmp_pat
     assert calls == {"timeline": 1, "hash": 1}
     assert [{k: v for k, v in r.items() if k != "_row"} for r in chunk] == alone
     assert [r["num_frames"] for r in chunk] == [10, 10, 10]
+
+
+def test_a_video_that_fails_to_probe_is_read_once_for_all_its_ranges(tmp_path, monkeypatch):
+    # 2000 ranges of one broken video demuxed it 2000 times (16 s for a tiny file)
+    import manifests.probe as probe
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    rows = [{"_row": i, "source_kind": "range", "path": str(broken), "start_s": i * 0.1, "end_s": i * 0.1 + 0.1} for i in range(5)]
+    calls = []
+    timeline = probe.read_timeline
+    monkeypatch.setattr(probe, "read_timeline", lambda p: calls.append(p) or timeline(p))
+    chunk = probe.probe_chunk(rows).to_pylist()
+    assert len(calls) == 1
+    assert {r["status"] for r in chunk} == {"unreadable"} and len({r["error"] for r in chunk}) == 1

@@ -214,3 +214,21 @@ def test_a_json_array_of_records_is_read_as_records(tmp_path):
     assert (a["id"], a["status"], b["id"], b["source_kind"], b["end_s"]) == ("a", None, "b", "range", 1.0)
     assert c["status"] == "bad_annotation" and "true" in c["error"].lower()  # true is no number of seconds (was 1.0 s)
     assert d["status"] == "bad_annotation" and "record 4" in d["error"]
+
+
+def test_a_table_s_file_name_gives_the_split_of_rows_without_one_and_one_dataset(tmp_path):
+    # train.csv and test.csv got no split (curation reassigned them at random) and two datasets (so a signer
+    # in both was never "in several splits")
+    folder = tmp_path / "mycorpus"
+    folder.mkdir()
+    (folder / "v.mp4").write_bytes(b"")
+    for name in ("train.csv", "mycorpus_test.csv"):
+        (folder / name).write_text("id,path,text,signer\n" f"{name}-1,v.mp4,x,S1\n", encoding="utf-8")
+    (folder / "dev.csv").write_text("id,path,text,split\nd-1,v.mp4,x,test\n", encoding="utf-8")  # a split column wins
+    (train,) = parse_table(folder / "train.csv", root=folder)
+    (test,) = parse_table(folder / "mycorpus_test.csv", root=folder)
+    (dev,) = parse_table(folder / "dev.csv", root=folder)
+    assert (train["split"], test["split"], dev["split"]) == ("train", "test", "test")
+    assert train["dataset"] == test["dataset"] == dev["dataset"] == "mycorpus"
+    (clip,) = parse_table(folder / "train.csv", root=folder, dataset="other")
+    assert clip["dataset"] == "other"

@@ -506,3 +506,31 @@ def test_untimed_pre_roll_frames_are_not_counted_as_frames_of_the_clip(tmp_path)
         assert np.array_equal(decode_clip({"source_kind": "video", "path": str(cut)}, DecodeOptions(backend=backend)).frames, timed), backend
         got = decode_clip({"source_kind": "range", "path": str(cut), "start_s": 0.0, "end_s": 0.4}, DecodeOptions(backend=backend)).frames
         assert np.array_equal(got, timed[np.nonzero(tl.times_s < 0.4 - 1e-6)[0]]), backend
+
+
+def test_a_cut_off_mp4_with_its_index_first_is_corrupt_not_shorter(tmp_path):
+    # with the moov first (faststart) the index lists every frame, but the demuxer stopped at the cut without an
+    # error: the file probed ok and shorter, and ranges past the cut looked like annotation errors
+    import av
+
+    from manifests.probe import probe_clip
+
+    path = tmp_path / "v.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(50):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert read_timeline(str(path)).times_s.shape == (50,)  # whole: fine
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
+    with pytest.raises(ClipError, match=r"is truncated: its index lists 50 video frames, the file holds \d+") as exc:
+        read_timeline(str(path))
+    assert exc.value.kind == "corrupt"
+    row = {"source_kind": "range", "path": str(path), "start_s": 1.7, "end_s": 1.9}
+    assert probe_clip(row)["status"] == "corrupt"  # was range_out_of_bounds
