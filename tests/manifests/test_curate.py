@@ -175,3 +175,14 @@ def test_the_config_s_group_by_signer_can_be_turned_off_on_the_command_line(demo
     assert main(["manifest", "curate", str(demo_manifest), "--out", str(tmp_path / "o.parquet"), "--report", str(tmp_path / "r"),
                  "--config", str(config), "--no-group-by-signer", "--no-plots"]) == 0
     assert json.loads((tmp_path / "r" / "report.json").read_text())["options"]["group_by_signer"] is False
+
+
+def test_the_ranges_of_one_video_share_a_split():
+    # overlapping segments of one long video landed in train, dev and test
+    rows = [_row(i, split=None, source_kind="range", path=f"/v/{i % 3}.mp4", start_s=float(i), end_s=i + 2.0) for i in range(60)]
+    rows += [_row(100 + i, split=None) for i in range(60)]  # whole videos: one draw each, as before
+    df = pd.DataFrame(rows)
+    split = assign_splits(df, CurateOptions())
+    by_video = pd.DataFrame({"path": df["path"], "split": split})[df["source_kind"] == "range"].groupby("path")["split"].nunique()
+    assert (by_video == 1).all()
+    assert split[df["source_kind"] == "video"].nunique() == 3
