@@ -273,7 +273,25 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if None in rec:
                 yield reader.line_num, {"__error__": f"more fields than the header has: {rec[None]!r}", "id": rec.get("id")}
                 continue
+            swallowed = None if tsv else _swallowed_rows(rec, len(reader.fieldnames))
+            if swallowed:
+                yield reader.line_num, {"__error__": f"field {swallowed[0]!r} runs over {swallowed[1]} lines that read as rows of this "
+                                                     "table: an unclosed quote? (close it, or the rows after it are lost)", "id": rec.get("id")}
+                continue
             yield reader.line_num, rec
+
+
+def _swallowed_rows(rec: dict[str, Any], width: int) -> tuple[str, int] | None:
+    """(column, lines) when a quoted field holds lines that each parse as a whole row of the table: a text
+    with an unclosed quote swallows the rows after it into itself (RFC 4180 lets a quoted field hold newlines,
+    so only lines shaped like rows count)."""
+    for column, value in rec.items():
+        if isinstance(value, str) and "\n" in value:
+            lines = [line for line in value.splitlines()[1:] if line.strip()]
+            rows = sum(1 for line in lines if len(next(csv.reader([line]), [])) == width)
+            if rows:
+                return column, rows
+    return None
 
 
 def _table_dataset(annotation: Path) -> str:

@@ -232,3 +232,17 @@ def test_a_table_s_file_name_gives_the_split_of_rows_without_one_and_one_dataset
     assert train["dataset"] == test["dataset"] == dev["dataset"] == "mycorpus"
     (clip,) = parse_table(folder / "train.csv", root=folder, dataset="other")
     assert clip["dataset"] == "other"
+
+
+def test_a_csv_text_with_an_unclosed_quote_is_a_bad_annotation_not_a_merged_ok_row(tmp_path):
+    # five rows in gave one or two out: the merged row was ok with the other rows as its text
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "t.csv"
+    ann.write_text('id,path,text\na,v.mp4,fine\nb,v.mp4,"unclosed text\nc,v.mp4,third\nd,v.mp4,fourth\n'
+                   'e,v.mp4,"a legit\nmulti-line text"\n', encoding="utf-8")
+    rows = list(parse_table(ann, root=tmp_path))
+    assert rows[0]["status"] is None
+    assert rows[1]["id"] == "b" and rows[1]["status"] == "bad_annotation" and "unclosed quote" in rows[1]["error"]
+    ann.write_text('id,path,text\ne,v.mp4,"a legit\nmulti-line text, with a comma"\n', encoding="utf-8")
+    (legit,) = parse_table(ann, root=tmp_path)
+    assert legit["status"] is None and legit["text"] == "a legit\nmulti-line text, with a comma"
