@@ -30,7 +30,7 @@ from pipeline.decode import BACKENDS, DecodeOptions
 from pipeline.errors import SignfeatError
 
 # where and how many actors run: these do not change the features, so they stay out of the output hash
-_RESOURCE_KEYS = {"actors", "num_gpus", "num_cpus", "resources", "accelerator_type", "batch_size", "compile"}
+_RESOURCE_KEYS = {"actors", "num_gpus", "num_cpus", "memory_gb", "resources", "accelerator_type", "batch_size", "compile"}
 _EXTRACTOR_CONFIG_KEYS = {"name", "model", "revision", "backend", "arch", "dtype", "batch_size", "random_weights", "tiny", "compile", "settings"}
 
 
@@ -53,6 +53,9 @@ class StreamConfig:
     num_cpus: float = 1.0
     resources: dict[str, float] = field(default_factory=dict)
     accelerator_type: str | None = None
+    # Ray's `memory` resource of each actor (GiB): Ray then places no more actors on a node than its memory
+    # holds; without it, actors that each fit alone can be packed until the memory monitor kills one
+    memory_gb: float | None = None
 
     @property
     def name(self) -> str:
@@ -78,7 +81,7 @@ class JobConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "extractors": [{**s.extractor, "actors": s.actors, "num_gpus": s.num_gpus, "num_cpus": s.num_cpus, "resources": s.resources,
-                            "accelerator_type": s.accelerator_type} for s in self.streams],
+                            "accelerator_type": s.accelerator_type, "memory_gb": s.memory_gb} for s in self.streams],
             "decode": dataclasses.asdict(self.decode),
             "shards": dataclasses.asdict(self.shards),
             "clips_per_call": self.clips_per_call,
@@ -226,6 +229,7 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
             num_cpus=_nonneg_number(f"{where}.num_cpus", entry.get("num_cpus", 1)),
             resources=_resources(f"{where}.resources", entry.get("resources") or {}),
             accelerator_type=_optional_str(f"{where}.accelerator_type", entry.get("accelerator_type")),
+            memory_gb=None if entry.get("memory_gb") is None else _positive_number(f"{where}.memory_gb", entry["memory_gb"]),
         ))
     decode_raw = _mapping(f"{source}: decode", data.get("decode"))
     _check_keys(f"{source}: decode", decode_raw, {f.name for f in dataclasses.fields(DecodeOptions)})

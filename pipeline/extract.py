@@ -216,7 +216,7 @@ def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
     it is not checked."""
     need: dict[str, float] = {"CPU": 1.0}  # one decode task must run next to the actors
     for s in cfg.streams:
-        asks = {"CPU": s.num_cpus, "GPU": s.num_gpus, **s.resources}
+        asks = {"CPU": s.num_cpus, "GPU": s.num_gpus, "memory": (s.memory_gb or 0) * 2**30, **s.resources}
         if s.accelerator_type:
             asks[f"accelerator_type:{s.accelerator_type}"] = 0.001  # Ray's label resource for the GPU type
         for name, amount in asks.items():
@@ -225,9 +225,12 @@ def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
         have = total.get(name, 0.0)
         if amount > 0 and have + 1e-9 < amount:
             users = [f"{s.name} ({s.actors} actor{'s' * (s.actors > 1)})" for s in cfg.streams
-                     if (name == "CPU" and s.num_cpus) or (name == "GPU" and s.num_gpus) or name in s.resources
-                     or name == f"accelerator_type:{s.accelerator_type}"]
-            key = {"CPU": "num_cpus", "GPU": "num_gpus"}.get(name, "accelerator_type" if name.startswith("accelerator_type:") else f"resources.{name}")
+                     if (name == "CPU" and s.num_cpus) or (name == "GPU" and s.num_gpus) or (name == "memory" and s.memory_gb)
+                     or name in s.resources or name == f"accelerator_type:{s.accelerator_type}"]
+            key = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory_gb"}.get(
+                name, "accelerator_type" if name.startswith("accelerator_type:") else f"resources.{name}")
+            if name == "memory":  # Ray counts bytes; the config says GiB
+                amount, have, name = amount / 2**30, have / 2**30, "GiB of memory"
             raise SignfeatError(
                 f"the extractors' {key} need {amount:g} {name} in all ({', '.join(users)}{' + 1 decode task' if name == 'CPU' else ''}), "
                 f"but the local Ray instance has {have:g}: lower {key} or actors in the config"
@@ -273,7 +276,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
                                                                  "drop_columns": done_with},
                             batch_size=cfg.clips_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=s.actors),
                             num_gpus=s.num_gpus, num_cpus=s.num_cpus, resources=s.resources or None, accelerator_type=s.accelerator_type,
-                            **worker_env)
+                            **({"memory": int(s.memory_gb * 2**30)} if s.memory_gb else {}), **worker_env)
 
     total = sum(len(p.rows) for p in todo)
     order = {p.name: i for i, p in enumerate(todo)}

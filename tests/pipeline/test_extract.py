@@ -312,6 +312,7 @@ def test_a_split_that_is_not_a_plain_folder_name_is_refused(split):
     ({"num_cpus": 1, "actors": 2}, {"CPU": 2.0}, "num_cpus need 3 CPU"),  # two actors + the decode task
     ({"resources": {"sf_extract": 1}}, {"CPU": 2.0}, "resources.sf_extract need 1"),
     ({"num_gpus": 1, "accelerator_type": "L40S"}, {"CPU": 2.0, "GPU": 1.0, "accelerator_type:H100": 1.0}, "accelerator_type need"),
+    ({"memory_gb": 8, "actors": 2}, {"CPU": 3.0, "memory": 12 * 2**30}, "memory_gb need 16 GiB of memory .* has 12"),
 ])
 def test_actors_a_local_ray_instance_cannot_place_are_refused(entry, total, needle):
     """Ray Data would wait forever for such actors ("No available node types can fulfill resource request")."""
@@ -320,7 +321,7 @@ def test_actors_a_local_ray_instance_cannot_place_are_refused(entry, total, need
     cfg = parse_job_config({"extractors": [{"name": "dinov2", "tiny": True, **entry}]})
     with pytest.raises(SignfeatError, match=needle):
         check_local_resources(cfg, total)
-    check_local_resources(cfg, {**total, "CPU": 3.0, "GPU": 1.0, "sf_extract": 1.0, "accelerator_type:L40S": 1.0})  # enough: no error
+    check_local_resources(cfg, {**total, "CPU": 3.0, "GPU": 1.0, "sf_extract": 1.0, "accelerator_type:L40S": 1.0, "memory": 16 * 2**30})  # enough
 
 
 def test_an_out_url_that_cannot_be_written_is_a_one_line_error(tmp_path):
@@ -377,3 +378,11 @@ def test_a_manifest_without_an_ok_clip_is_a_one_line_error(demo_manifest, tmp_pa
     with pytest.raises(SignfeatError, match=r"no clip has status ok \(\d+ rows: \{.*'empty_file': 1"):
         run_extract(tmp_path / "bad.parquet", str(tmp_path / "out"), parse_job_config(CONFIG), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_memory_gb_is_a_resource_not_part_of_the_output():
+    base = parse_job_config({"extractors": [{"name": "dinov2", "tiny": True}]})
+    with_memory = parse_job_config({"extractors": [{"name": "dinov2", "tiny": True, "memory_gb": 6}]})
+    assert with_memory.streams[0].memory_gb == 6 and with_memory.output_hash() == base.output_hash()
+    with pytest.raises(SignfeatError, match="memory_gb"):
+        parse_job_config({"extractors": [{"name": "dinov2", "tiny": True, "memory_gb": -1}]})
