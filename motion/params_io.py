@@ -271,9 +271,12 @@ ROTATION_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pos
 
 
 def resample_params(params: dict[str, np.ndarray], fps: float, target_fps: float) -> dict[str, np.ndarray]:
-    """A clip's parameters at ``target_fps``: for each instant k / target_fps inside the clip (as many as
-    pipeline.decode.resample_indices gives), the pose interpolated between the two frames around it: joint
-    rotations by slerp (scipy's Rotation), translation and per-frame shape linearly.
+    """A clip's parameters at ``target_fps``: for each instant k / target_fps from the first frame to the last
+    (floor((n - 1) * target / fps) + 1 of them: ceil(n / k) at an integer ratio k, HumanML3D's
+    ``len(poses[::k])``), the pose interpolated between the two frames around it: joint rotations by slerp
+    (scipy's Rotation), translation and per-frame shape linearly. No instant lies after the last frame: the
+    video rule (pipeline.decode.resample_indices) holds the last frame there, which here would end the clip on
+    a duplicated pose and a velocity that drops to zero (25 -> 20 fps: 228 of 381 clip lengths).
 
     Why not pick frames (as for video): at a rate ratio that is not an integer (25 -> 20, 30 -> 20) the picked
     frames are unevenly spaced in time, so every velocity block of the 623-d features spikes periodically (a root
@@ -283,10 +286,9 @@ def resample_params(params: dict[str, np.ndarray], fps: float, target_fps: float
     from scipy.spatial.transform import Rotation
 
     from motion.body_model import num_frames_of
-    from pipeline.decode import resample_indices
 
     n = num_frames_of(params)
-    count = len(resample_indices(np.arange(n) / fps, target_fps, None)[0])
+    count = int(np.floor(round((n - 1) * target_fps / fps, 6))) + 1
     position = np.minimum(np.arange(count) * (fps / target_fps), n - 1)  # in source frames
     lower = np.floor(position + 1e-9).astype(np.int64).clip(0, n - 1)
     upper = np.minimum(lower + 1, n - 1)

@@ -140,7 +140,7 @@ def test_extract_files_gives_features_and_their_time_base(model_dir, tmp_path):
     np.savez(tmp_path / "given.npz", **smooth_random_params(9, seed=6))
     ex = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "target_fps": 20}})
     (own, n_own, fps_own), (given, n_given, fps_given) = ex.extract_files([tmp_path / "own.npz", tmp_path / "given.npz"], [50.0, 30.0])
-    assert (n_own, fps_own, own.shape) == (10, 20.0, (9, 623))  # the file's 25 fps wins over 50; 0.48 s at 20 fps: 10 frames
+    assert (n_own, fps_own, own.shape) == (9, 20.0, (8, 623))  # the file's 25 fps wins over 50; frames 0..0.44 s -> 9 instants at 20 fps
     assert (n_given, fps_given, given.shape) == (6, 20.0, (5, 623))  # 9 frames at the given 30 fps
     np.testing.assert_allclose(own, ex.extract_paths([tmp_path / "own.npz"], [50.0])[0], atol=1e-5)  # batched with another clip or alone
     keep = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir)}})

@@ -179,3 +179,20 @@ def test_resampling_at_an_integer_ratio_picks_every_kth_frame_as_humanml3d_does(
     for name, value in params.items():
         if name != "betas" or len(value) == 60:
             assert np.array_equal(out[name], value[::3]), name
+
+
+@pytest.mark.parametrize("n, fps, target", [(27, 25.0, 20.0), (100, 29.97, 20.0), (40, 20.0, 30.0), (301, 30.0, 20.0), (61, 60.0, 20.0)])
+def test_resampling_never_ends_on_a_held_frame(n, fps, target):
+    # instants past the last source frame were clamped to it: the last row repeated the pose and a 1 m/s walk's
+    # last step read 0.0266 m (29.97 -> 20 fps) or 0 (20 -> 30 fps) instead of 0.05 / 0.033 m
+    from motion.params_io import resample_params
+
+    t = np.arange(n) / fps
+    params = {"transl": np.stack([t, 0 * t, 0 * t], 1).astype(np.float32), "global_orient": np.zeros((n, 3), np.float32),
+              "body_pose": np.zeros((n, 63), np.float32)}
+    out = resample_params(params, fps, target)
+    steps = np.diff(out["transl"][:, 0])
+    np.testing.assert_allclose(steps, 1.0 / target, atol=1e-5)  # every step, the last one too
+    assert out["transl"][-1, 0] <= t[-1] + 1e-6 and t[-1] - out["transl"][-1, 0] < 1.0 / target  # none past, none missing
+    for k in (2, 3):  # an integer ratio keeps HumanML3D's len(poses[::k])
+        assert len(resample_params(params, fps * k, fps)["transl"]) == len(params["transl"][::k])
