@@ -165,6 +165,8 @@ class Smplx623Extractor(Extractor):
             return params
         from motion.params_io import resample_params
 
+        if not all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in params.values()):  # scipy's slerp: "zero norm quaternions"
+            raise ClipError("bad_params", "SMPL-X parameters are not finite (NaN/inf)")
         return resample_params(params, fps, self.settings.target_fps)  # interpolated: see resample_params for why
 
     def joints_to_features(self, joints: np.ndarray) -> np.ndarray:

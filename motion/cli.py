@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def register(sub) -> None:
     """Add this package's subcommands to ``sub`` (argparse subparsers). Each subparser sets
@@ -42,8 +44,10 @@ def _motion_render(args) -> int:
     if args.every < 1 or args.fps <= 0:
         raise SignfeatError("--every must be >= 1 and --fps > 0")
     features, key = load_features(args.features, args.key, args.stream)
-    if features.ndim != 2 or features.shape[1] != FEATURE_WIDTH:
-        raise SignfeatError(f"{args.features}: features must be [T, {FEATURE_WIDTH}], got {features.shape}")
+    if features.ndim != 2 or features.shape[1] != FEATURE_WIDTH or not len(features):
+        raise SignfeatError(f"{args.features}: features must be [T, {FEATURE_WIDTH}] with T >= 1, got {features.shape}")
+    if not np.isfinite(features).all():
+        raise SignfeatError(f"{args.features}: features hold NaN or inf values; nothing to draw")
     images = render_frames(recover_from_ric(features), every=args.every)
     written = save_images(images, args.out, args.fps / args.every)
     print(json.dumps({"key": key, "frames": len(images), "out": str(args.out), "files": len(written)}, indent=1))

@@ -12,11 +12,15 @@ Layouts (``detect_layout`` says which one a path is):
 - ``smplerx``: a folder of per-frame files (.npz or .pkl, natural sort order, one person per frame) as
   SMPLer-X / OSX inference writes them: ``smplx_root_pose`` 3, ``smplx_body_pose`` 63,
   ``smplx_lhand_pose`` 45, ``smplx_rhand_pose`` 45, ``smplx_jaw_pose`` 3, ``smplx_shape`` 10,
-  ``smplx_expr`` 10, optional ``cam_trans`` 3 (camera frame, as SignAvatars).
+  ``smplx_expr`` 10, optional ``cam_trans`` 3 (camera frame, as SignAvatars); or with the names SMPLer-X's
+  ``main/inference.py`` saves (``global_orient``, ``body_pose``, ..., ``transl``: its camera translation).
+  Files named ``{frame}_{person}`` (one per detected person): the lowest person of each frame.
 - ``motionx``: Motion-X's .npy of (N, 322) per-frame vectors: root 0:3, body 3:66, hands 66:156, jaw
   156:159, face expression 159:209 (50, FLAME), face shape 209:309, translation 309:312, betas 312:322.
   Y-up already. The FLAME expression/shape are not SMPL-X coefficients and are not used (Motion-X's own
   joint export passes zero SMPL-X expression too).
+- ``amass``: an AMASS SMPL-X .npz: ``poses`` (N, 165), ``trans``, ``betas``, ``mocap_frame_rate``; Z up, turned
+  Y up as HumanML3D does.
 - ``named``: an .npz (or pickle of a dict) of named arrays ``global_orient, body_pose, left_hand_pose,
   right_hand_pose, jaw_pose, expression, betas, transl`` and optionally ``fps`` and ``world_rotation``.
 
@@ -47,6 +51,14 @@ MOTIONX_SLICES = {
     "global_orient": slice(0, 3), "body_pose": slice(3, 66), "left_hand_pose": slice(66, 111),
     "right_hand_pose": slice(111, 156), "jaw_pose": slice(156, 159), "transl": slice(309, 312), "betas": slice(312, 322),
 }
+# AMASS (SMPL-X N release): poses (N, 165) = root, body, jaw, left eye, right eye, left hand, right hand; trans;
+# betas (16); mocap_frame_rate. Z up: HumanML3D turns it Y up with (x, y, z) -> (-x, z, y) (its trans_matrix,
+# then x *= -1), one proper rotation.
+AMASS_SLICES = {
+    "global_orient": slice(0, 3), "body_pose": slice(3, 66), "jaw_pose": slice(66, 69), "leye_pose": slice(69, 72),
+    "reye_pose": slice(72, 75), "left_hand_pose": slice(75, 120), "right_hand_pose": slice(120, 165),
+}
+AMASS_TO_Y_UP = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=np.float32)
 SMPLERX_KEYS = {  # key -> (normalised name, width of one person)
     "smplx_root_pose": ("global_orient", 3), "smplx_body_pose": ("body_pose", 63), "smplx_lhand_pose": ("left_hand_pose", 45),
     "smplx_rhand_pose": ("right_hand_pose", 45), "smplx_jaw_pose": ("jaw_pose", 3), "smplx_shape": ("betas", 10),
@@ -54,6 +66,9 @@ SMPLERX_KEYS = {  # key -> (normalised name, width of one person)
 }
 NAMED_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "leye_pose", "reye_pose",
               "expression", "betas", "transl")
+# values per person in one frame (0: a row of any length, the first person's: betas, expression)
+NAMED_WIDTHS = {"global_orient": 3, "body_pose": 63, "left_hand_pose": 45, "right_hand_pose": 45, "jaw_pose": 3, "leye_pose": 3,
+                "reye_pose": 3, "expression": 0, "betas": 0, "transl": 3}
 PER_FRAME_SUFFIXES = (".npz", ".pkl", ".pickle")
 
 
@@ -110,8 +125,14 @@ def _natural_key(path: Path) -> list:
 
 def _load_mapping(path: Path) -> dict[str, Any]:
     if path.suffix == ".npz":
+        out = {}
         with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
+            for key in archive.files:
+                try:
+                    out[key] = archive[key]
+                except ValueError:  # an object array (AMASS's gender, a dict of marker ids): pickled, never read
+                    continue
+        return out
     if path.suffix in (".pkl", ".pickle"):
         data = safe_load_pickle(path)
         if not isinstance(data, dict):
@@ -128,14 +149,17 @@ def per_frame_files(folder: Path) -> list[Path]:
 
 
 def detect_layout(path: str | Path) -> str:
-    """signavatars | smplerx | motionx | named (see the module doc), or a one-line error."""
+    """signavatars | smplerx | motionx | amass | named (see the module doc), or a one-line error."""
     path = Path(path)
     if not path.exists():
         raise SignfeatError(f"no such parameters file or folder: {path}")
     if path.is_dir():
         return "smplerx"
     if path.suffix == ".npy":
-        width = np.load(path, mmap_mode="r", allow_pickle=False).shape[-1]
+        try:
+            width = np.load(path, mmap_mode="r", allow_pickle=False).shape[-1]
+        except (ValueError, IndexError) as exc:  # an object (pickled) array, a 0-d one
+            raise SignfeatError(f"{path}: not a numeric parameters array ({exc})") from None
         if width == 322:
             return "motionx"
         if width == 182:
@@ -144,6 +168,8 @@ def detect_layout(path: str | Path) -> str:
     keys = set(_load_mapping(path))
     if "smplx" in keys:
         return "signavatars"
+    if "poses" in keys and "trans" in keys:
+        return "amass"
     if keys & set(SMPLERX_KEYS):
         return "smplerx"
     if keys & set(NAMED_KEYS):
@@ -189,26 +215,60 @@ def _read_motionx(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
     return _split_columns(matrix, MOTIONX_SLICES), None
 
 
+def _first_person_files(files: list[Path]) -> list[Path]:
+    """SMPLer-X's inference writes one file per detected person, ``{frame:05}_{person}.npz``: a second person
+    in a frame became an extra frame (the root jumping metres and back). Where frames hold several such files,
+    the lowest person number of each frame is kept (the signer; others are bystanders or false detections)."""
+    parsed = [re.fullmatch(r"(.*\d)_(\d+)", f.stem) for f in files]
+    if not all(parsed) or len({m.group(1) for m in parsed}) == len(files):
+        return files
+    first: dict[str, tuple[int, Path]] = {}
+    for m, f in zip(parsed, files):
+        person = int(m.group(2))
+        if m.group(1) not in first or person < first[m.group(1)][0]:
+            first[m.group(1)] = (person, f)
+    return [f for _, f in sorted(first.values(), key=lambda pf: _natural_key(pf[1]))]
+
+
 def _read_smplerx(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
-    files = per_frame_files(path) if path.is_dir() else [path]
+    files = _first_person_files(per_frame_files(path)) if path.is_dir() else [path]
     columns: dict[str, list[np.ndarray]] = {}
     for file in files:
         frame = _load_mapping(file)
         found = {}
         for key, value in frame.items():
-            if key in SMPLERX_KEYS:  # (21, 3), (1, 63), (persons, 63)...: one frame, the first person
-                name, width = SMPLERX_KEYS[key]
-                flat = _rows(value, key, file).reshape(-1)
-                if flat.size < width:
-                    raise SignfeatError(f"{file}: {key} has {flat.size} values, expected {width}")
-                found[name] = flat[None, :width]
+            # SMPLer-X / OSX's in-memory names (smplx_root_pose...), or the names its inference script saves
+            # (global_orient, body_pose, ..., transl = its camera translation)
+            name, width = SMPLERX_KEYS.get(key) or (key, NAMED_WIDTHS.get(key))
+            if width is None:
+                continue
+            rows = _rows(value, key, file)  # (21, 3), (1, 63), (persons, 63)...: one frame, the first person
+            flat = rows[0] if width == 0 else rows.reshape(-1)  # betas / expression: the first person's row
+            width = width or flat.size
+            if flat.size < width:
+                raise SignfeatError(f"{file}: {key} has {flat.size} values, expected {width}")
+            found[name] = flat[None, :width]
         if "global_orient" not in found or "body_pose" not in found:
-            raise SignfeatError(f"{file}: a SMPLer-X/OSX frame needs smplx_root_pose and smplx_body_pose (has {sorted(frame)})")
+            raise SignfeatError(f"{file}: a SMPLer-X/OSX frame needs smplx_root_pose and smplx_body_pose, or global_orient "
+                                f"and body_pose (has {sorted(frame)})")
         if columns and set(found) != set(columns):
             raise SignfeatError(f"{file}: has {sorted(found)} but earlier frames have {sorted(columns)}")
         for name, rows in found.items():
             columns.setdefault(name, []).append(rows)
     return {**{k: np.concatenate(v) for k, v in columns.items()}, "world_rotation": CAMERA_TO_Y_UP}, None
+
+
+def _read_amass(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
+    data = _load_mapping(path)
+    poses = _rows(data["poses"], "poses", path)
+    if poses.shape[1] != 165:
+        raise SignfeatError(f"{path}: AMASS poses of width {poses.shape[1]}; SMPL-X's are 165 (SMPL+H's 156 is another body model)")
+    params = _split_columns(poses, AMASS_SLICES)
+    params["transl"] = _rows(data["trans"], "trans", path)
+    if "betas" in data:
+        params["betas"] = _rows(data["betas"], "betas", path)[:1]  # one shape for the clip
+    params["world_rotation"] = AMASS_TO_Y_UP
+    return params, _fps_of(data.get("mocap_frame_rate", data.get("mocap_framerate")))
 
 
 def _read_named(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
@@ -222,7 +282,7 @@ def _read_named(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
     return params, _fps_of(data.get("fps"))
 
 
-READERS = {"signavatars": _read_signavatars, "smplerx": _read_smplerx, "motionx": _read_motionx, "named": _read_named}
+READERS = {"signavatars": _read_signavatars, "smplerx": _read_smplerx, "motionx": _read_motionx, "amass": _read_amass, "named": _read_named}
 
 
 def read_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, np.ndarray], float | None]:

@@ -71,7 +71,9 @@ def find_shards(paths: list[str | Path]) -> list[Path]:
             raise SignfeatError(f"no such shard or folder: {p}")
     if not shards:
         raise SignfeatError(f"no .tar shards found in {', '.join(map(str, paths))}")
-    return shards
+    # OUT and OUT/train given together named every train shard twice: each counts once
+    unique = {p.resolve(): p for p in shards}
+    return sorted(unique.values()) if len(unique) < len(shards) else shards
 
 
 def motion_stats(paths: list[str | Path], stream: str = "smplx623") -> dict:

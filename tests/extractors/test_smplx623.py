@@ -155,3 +155,16 @@ def test_extract_files_gives_features_and_their_time_base(model_dir, tmp_path):
     with pytest.raises(ClipError) as err:  # a video-only extractor refuses a parameters clip with a clear class
         Extractor.extract_files(types.SimpleNamespace(name="dinov2"), ["x.pkl"], [None])
     assert err.value.kind == "needs_video"
+
+
+def test_non_finite_parameters_with_target_fps_are_bad_params(model_dir, tmp_path):
+    # resampling ran scipy's slerp on them first: "Found zero norm quaternions", a ValueError in the failures
+    from pipeline.errors import ClipError
+
+    params = smooth_random_params(12, seed=5)
+    params["body_pose"][4, 7] = np.nan
+    np.savez(tmp_path / "nan.npz", **params, fps=np.array(25.0))
+    ex = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "target_fps": 20}})
+    with pytest.raises(ClipError, match="not finite") as err:
+        ex.extract_files([tmp_path / "nan.npz"], [None])
+    assert err.value.kind == "bad_params"

@@ -196,3 +196,48 @@ def test_resampling_never_ends_on_a_held_frame(n, fps, target):
     assert out["transl"][-1, 0] <= t[-1] + 1e-6 and t[-1] - out["transl"][-1, 0] < 1.0 / target  # none past, none missing
     for k in (2, 3):  # an integer ratio keeps HumanML3D's len(poses[::k])
         assert len(resample_params(params, fps * k, fps)["transl"]) == len(params["transl"][::k])
+
+
+def test_a_folder_as_smplerx_inference_saves_it_reads_the_first_person_of_each_frame(tmp_path):
+    # SMPLer-X's main/inference.py saves {frame:05}_{person}.npz with global_orient (1, 3), body_pose (21, 3), ...,
+    # transl (its camera translation): refused before ("needs smplx_root_pose"); a second person's file was an
+    # extra frame
+    from motion.params_io import CAMERA_TO_Y_UP, read_params
+    from motion.synthetic import smooth_random_params
+
+    p = smooth_random_params(6, seed=7)
+    for i in range(6):
+        np.savez(tmp_path / f"{i + 1:05}_0.npz", global_orient=p["global_orient"][i].reshape(-1, 3), body_pose=p["body_pose"][i].reshape(-1, 3),
+                 left_hand_pose=p["left_hand_pose"][i].reshape(-1, 3), right_hand_pose=p["right_hand_pose"][i].reshape(-1, 3),
+                 jaw_pose=p["jaw_pose"][i].reshape(-1, 3), leye_pose=np.zeros((1, 3)), reye_pose=np.zeros((1, 3)),
+                 betas=p["betas"][i].reshape(-1, 10), expression=p["expression"][i].reshape(-1, 10), transl=p["transl"][i].reshape(-1, 3))
+    np.savez(tmp_path / "00004_1.npz", **{k: v + 1.0 for k, v in np.load(tmp_path / "00004_0.npz").items()})  # a bystander
+    params, fps = read_params(tmp_path)
+    assert fps is None and np.array_equal(params["world_rotation"], CAMERA_TO_Y_UP)  # camera frame, as SMPLer-X's cam_trans
+    for name in ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "betas", "expression", "transl"):
+        np.testing.assert_array_equal(params[name], p[name].reshape(6, -1).astype(np.float32), err_msg=name)
+
+
+def test_an_amass_smplx_npz_is_read_with_its_rate_and_turned_y_up_as_humanml3d_does(tmp_path):
+    # AMASS's poses (N, 165) was "no per-frame pose parameters"; its object-array keys (gender, marker dicts) were
+    # numpy tracebacks in `signfeat features`
+    from motion.params_io import AMASS_TO_Y_UP
+
+    p = smooth_random_params(8, seed=3)
+    order = ["global_orient", "body_pose", "jaw_pose", "leye_pose", "reye_pose", "left_hand_pose", "right_hand_pose"]
+    poses = np.concatenate([p[k] if k in p else np.zeros((8, 3), np.float32) for k in order], axis=1)
+    assert poses.shape == (8, 165)
+    np.savez(tmp_path / "amass.npz", poses=poses, trans=p["transl"], betas=np.arange(16, dtype=np.float64) / 100,
+             gender=np.array("female", dtype=object), mocap_frame_rate=np.array(120.0), markers_latent_vids=np.array({"a": 1}, dtype=object))
+    assert detect_layout(tmp_path / "amass.npz") == "amass"
+    params, fps = read_params(tmp_path / "amass.npz")
+    assert fps == 120.0 and params["betas"].shape == (1, 16)
+    for name in ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose"):
+        np.testing.assert_array_equal(params[name], p[name].reshape(8, -1), err_msg=name)
+    np.testing.assert_array_equal(params["transl"], p["transl"])
+    # HumanML3D: joints @ trans_matrix (swap y and z), then x *= -1
+    v = np.array([0.1, 0.2, 0.3], np.float32)
+    np.testing.assert_allclose(AMASS_TO_Y_UP @ v, [-0.1, 0.3, 0.2])
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(SignfeatError, match="not a numeric parameters array"):
+        read_params(tmp_path / "obj.npy")

@@ -99,3 +99,17 @@ def test_motion_render_gif_png_and_shard(body_model, tmp_path):
     assert main(["motion-render", str(tmp_path / "f.npy"), "--out", str(tmp_path / "m.mp4"), "--every", "2"]) == 0
     with av.open(str(tmp_path / "m.mp4")) as video:
         assert sum(1 for _ in video.decode(video=0)) == 6
+
+
+def test_a_shard_named_twice_counts_once(corpus):
+    # `motion-stats OUT OUT/train` counted every train shard twice (6 shards, twice the frames)
+    root, _ = corpus
+    once, twice = motion_stats([root]), motion_stats([root, root / "train", root / "train" / "shard-000000.tar"])
+    assert twice["shards"] == once["shards"] == 2 and twice["frames"] == once["frames"]
+
+
+@pytest.mark.parametrize("features", [np.zeros((0, FEATURE_WIDTH), np.float32), np.full((4, FEATURE_WIDTH), np.nan, np.float32)])
+def test_motion_render_of_nothing_or_nan_is_one_line(features, tmp_path, capsys):
+    np.save(tmp_path / "f.npy", features)
+    assert main(["motion-render", str(tmp_path / "f.npy"), "--out", str(tmp_path / "m.gif")]) == 2  # were tracebacks
+    assert "signfeat: error:" in capsys.readouterr().err
