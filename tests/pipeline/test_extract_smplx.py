@@ -119,11 +119,12 @@ def test_shard_arrays_equal_the_extractor_on_the_files(corpus, smplx_job, model_
         assert meta["fps"] == TARGET_FPS and meta["num_frames"] == len(want) + 1, (clip, meta["fps"], meta["num_frames"])
         assert meta["source"]["kind"] == "smplx" and meta["source"]["path"] == str(corpus["root"] / corpus["paths"][clip])
         assert meta["streams"]["smplx623"]["settings"]["target_fps"] == TARGET_FPS
-    # 12 frames at 25 fps last 0.48 s -> 10 frames at 20 fps (instants 0, 0.05, ..., 0.45); 15 frames already at 20 fps stay 15
-    assert (_meta(samples["sa0"])["num_frames"], _meta(samples["sa2"])["num_frames"]) == (10, 15)
+    # 12 frames at 25 fps (0 .. 0.44 s) -> 9 frames at 20 fps (instants 0, 0.05, ..., 0.40: none past the last frame,
+    # motion/params_io.resample_params); 15 frames already at 20 fps stay 15
+    assert (_meta(samples["sa0"])["num_frames"], _meta(samples["sa2"])["num_frames"]) == (9, 15)
     index = {r["id"]: r for r in pq.read_table(smplx_job["out"] / "index.parquet").to_pylist()}
     # duration_s: the source's 0.48 s, whatever rate the features were resampled to
-    assert index["sa0"]["num_frames"] == 10 and index["sa0"]["len_smplx623"] == 9 and index["sa0"]["duration_s"] == pytest.approx(12 / 25)
+    assert index["sa0"]["num_frames"] == 9 and index["sa0"]["len_smplx623"] == 8 and index["sa0"]["duration_s"] == pytest.approx(12 / 25)
 
 
 def test_verify_checks_smplx623_rows_against_num_frames(smplx_job, tmp_path):
