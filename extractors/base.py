@@ -304,7 +304,7 @@ class Extractor:
     @torch.inference_mode()
     def extract(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         """uint8 frames of several clips -> one float16 [N_i, width] array per clip."""
-        _refuse_empty_clips(self.name, [len(f) for f in clips])
+        refuse_empty_clips(self.name, [len(f) for f in clips])
         return self.extract_prepared([self.prepare(f) for f in clips])
 
     @torch.inference_mode()
@@ -315,7 +315,7 @@ class Extractor:
         if not prepared:
             return []
         counts = [int(p.shape[0]) for p in prepared]
-        _refuse_empty_clips(self.name, counts)
+        refuse_empty_clips(self.name, counts)
         units = [self.units(c) for c in counts]
         offsets = np.cumsum([0] + counts[:-1])
         frames = torch.cat(prepared)
@@ -355,7 +355,7 @@ class Extractor:
         return self.forward(batch)
 
 
-def _refuse_empty_clips(name: str, counts: list[int]) -> None:
+def refuse_empty_clips(name: str, counts: list[int]) -> None:
     # decoding never returns an empty clip (ClipError no_frames); an API caller might, and a clip's rows
     # cannot be told apart from its neighbours' without frames
     if 0 in counts:

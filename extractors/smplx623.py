@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extractors.base import Extractor, _refuse_empty_clips, register
+from extractors.base import Extractor, refuse_empty_clips, register
 from extractors.preprocess import FrameTransform
 from motion.body_model import BodyModel, BodyModelSettings, num_frames_of
 from motion.humanml3d import FEATURE_WIDTH, LAYOUT, FeatureSettings, joints_to_features, select_motion_joints
@@ -225,7 +225,7 @@ class Smplx623Extractor(Extractor):
 
     def extract(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         """uint8 frames of several clips -> float32 [T_i - 1, 623] (no inference_mode: fitting needs autograd)."""
-        _refuse_empty_clips(self.name, [len(f) for f in clips])
+        refuse_empty_clips(self.name, [len(f) for f in clips])
         return self.extract_prepared([self.prepare(f) for f in clips])
 
     def extract_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:

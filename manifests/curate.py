@@ -140,7 +140,7 @@ def _person(df: pd.DataFrame) -> pd.Series:
 def _unit(df: pd.DataFrame) -> pd.Series:
     """What a split is drawn for: a clip's key, but for a range its source video, so that the (often
     overlapping) segments of one long video never land in train and test at once."""
-    return ("key:" + df["key"].astype(str)).where(df["source_kind"] != "range", "video:" + df["path"].astype(str))
+    return df["key"].astype(str).where(df["source_kind"] != "range", "video:" + df["path"].astype(str))
 
 
 def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
@@ -157,15 +157,12 @@ def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
         has_both = ~missing & df["signer"].notna()
         existing = pd.DataFrame({"person": person, "split": split})[has_both].groupby("person")["split"].unique()
         fixed = {p: v[0] for p, v in existing.items() if len(v) == 1}
-        groups = person.where(df["signer"].notna(), _unit(df))
+        groups = person.where(df["signer"].notna(), "key:" + _unit(df))
         split[missing] = [
             fixed.get(g) or _split_for(_unit_hash(str(g), options.split_salt), options.split_ratios) for g in groups[missing]
         ]
     else:
-        units = _unit(df)
-        # a video's ranges: the hash of the video; a clip's key: the hash of the key as before (unit "key:K" -> K)
-        split[missing] = [_split_for(_unit_hash(u[4:] if u.startswith("key:") else u, options.split_salt), options.split_ratios)
-                          for u in units[missing]]
+        split[missing] = [_split_for(_unit_hash(u, options.split_salt), options.split_ratios) for u in _unit(df)[missing]]
     return split
 
 

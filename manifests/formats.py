@@ -36,8 +36,13 @@ def normalise_split(value: Any) -> str | None:
     return SPLIT_ALIASES.get(text.lower(), text)
 
 
+def _name_tokens(name: str) -> list[str]:
+    """The words of a file name (``PHOENIX-2014-T.dev.corpus`` -> PHOENIX, 2014, T, dev, corpus)."""
+    return [t for t in re.split(r"[._\-]", name) if t]
+
+
 def _split_from_filename(path: Path) -> str | None:
-    for token in re.split(r"[._\-]", path.name.lower()):
+    for token in _name_tokens(path.name.lower()):
         if token in SPLIT_ALIASES:
             return SPLIT_ALIASES[token]
     return None
@@ -297,7 +302,7 @@ def _swallowed_rows(rec: dict[str, Any], width: int) -> tuple[str, int] | None:
 def _table_dataset(annotation: Path) -> str:
     """A table's default dataset: its file name without a split word (``corpus_train.csv`` and ``corpus_test.csv``
     are one dataset, so curation keeps their signers apart), or its folder's name when nothing else is left."""
-    tokens = [t for t in re.split(r"[._\-]", annotation.stem) if t and t.lower() not in SPLIT_ALIASES]
+    tokens = [t for t in _name_tokens(annotation.stem) if t.lower() not in SPLIT_ALIASES]
     return "_".join(tokens) or annotation.parent.name or annotation.stem
 
 

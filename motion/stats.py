@@ -71,9 +71,8 @@ def find_shards(paths: list[str | Path]) -> list[Path]:
             raise SignfeatError(f"no such shard or folder: {p}")
     if not shards:
         raise SignfeatError(f"no .tar shards found in {', '.join(map(str, paths))}")
-    # OUT and OUT/train given together named every train shard twice: each counts once
-    unique = {p.resolve(): p for p in shards}
-    return sorted(unique.values()) if len(unique) < len(shards) else shards
+    # OUT and OUT/train given together named every train shard twice: each counts once (first mention kept)
+    return list({p.resolve(): p for p in shards}.values())
 
 
 def motion_stats(paths: list[str | Path], stream: str = "smplx623") -> dict:
