@@ -12,7 +12,8 @@
     decode: {backend: decord, target_fps: null, max_frames: null, frame_limit: 20000, max_clip_mib: 4096}
     shards: {samples: 256, max_frames: null, prefix: shard}
     clips_per_call: 8           # clips handed to an extractor actor at once (its batches cross clips)
-    decode_retries: 2
+    decode_retries: 2           # a decode task whose worker dies (native crash) is retried this often, then `lost`
+    extract_retries: 3          # an extractor call whose actor dies (killed, out of memory) likewise
     worker_env: {MALLOC_ARENA_MAX: "1", ...}   # env vars of the job's Ray workers; default DEFAULT_WORKER_ENV
 """
 
@@ -76,6 +77,10 @@ class JobConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     clips_per_call: int = 8
     decode_retries: int = 2
+    # Ray Data restarts a dead actor and retries its call without limit by default: a clip that kills its
+    # actor every time (out of memory) would stall the job forever. Past this many retries the call's clips
+    # are recorded as `lost` and the job goes on.
+    extract_retries: int = 3
     worker_env: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +91,7 @@ class JobConfig:
             "shards": dataclasses.asdict(self.shards),
             "clips_per_call": self.clips_per_call,
             "decode_retries": self.decode_retries,
+            "extract_retries": self.extract_retries,
             "worker_env": self.worker_env,
         }
 
@@ -97,6 +103,7 @@ class JobConfig:
         d["extractors"] = [_built_extractor(s.extractor, on_gpu=s.num_gpus > 0) for s in self.streams]
         d.pop("clips_per_call")
         d.pop("decode_retries")
+        d.pop("extract_retries")
         d.pop("worker_env")  # how fast, not what
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -199,7 +206,7 @@ def _worker_env(where: str, value: Any) -> dict[str, str]:
 def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
     if not isinstance(data, dict):
         raise SignfeatError(f"{source}: expected a mapping at the top level")
-    _check_keys(source, data, {"extractors", "decode", "shards", "clips_per_call", "decode_retries", "worker_env"})
+    _check_keys(source, data, {"extractors", "decode", "shards", "clips_per_call", "decode_retries", "extract_retries", "worker_env"})
     entries = data.get("extractors")
     if not isinstance(entries, list) or not entries:
         raise SignfeatError(f"{source}: 'extractors' must be a non-empty list")
@@ -260,6 +267,7 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
         shards=shards,
         clips_per_call=_positive_int(f"{source}: clips_per_call", data.get("clips_per_call", 8)),
         decode_retries=_nonneg_int(f"{source}: decode_retries", data.get("decode_retries", 2)),
+        extract_retries=_nonneg_int(f"{source}: extract_retries", data.get("extract_retries", 3)),
         worker_env=_worker_env(f"{source}: worker_env", data["worker_env"] or {}) if "worker_env" in data else dict(DEFAULT_WORKER_ENV),
     )
 

@@ -117,8 +117,9 @@ def _ray_rows(plans: list[ShardPlan]) -> list[dict[str, Any]]:
 def _lost_row(plan: ShardPlan, pos: int) -> dict[str, Any]:
     """A clip whose row never reached the writer: its worker died on it every time Ray retried."""
     r = plan.rows[pos]
-    return {**r, "pos": pos, "error_stage": "decode", "error_class": "lost",
-            "error_message": "the worker processing this clip died on every retry (a crash in native decoding code?)"}
+    return {**r, "pos": pos, "error_stage": "worker", "error_class": "lost",
+            "error_message": "the Ray worker processing this clip died on every retry: a decode task (a crash in native "
+                             "decoding code) or an extractor actor (killed, e.g. out of memory; see the Ray logs)"}
 
 
 def _clean_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -260,23 +261,24 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     # One clip per block: if a worker dies on a clip for good, Ray Data drops that block alone.
     ds = ray.data.from_items(_ray_rows(todo), override_num_blocks=sum(len(p.rows) for p in todo))
     with warnings.catch_warnings():
-        # Ray Data retries a map task forever by default; a clip that kills its worker every time must
-        # stop after decode_retries. Ray 2.60 has no named parameter for that yet, only the (deprecated)
-        # remote-args keyword.
+        # Ray Data retries a map task, and an actor's call, forever by default; a clip that kills its worker
+        # every time must stop after decode_retries / extract_retries. Ray 2.60 has no named parameter for that
+        # yet, only the (deprecated) remote-args keywords.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(decode_prepare, fn_kwargs={"streams_json": streams_json, "decode_options": cfg.decode}, batch_size=1,
                             batch_format="numpy", num_cpus=1, max_retries=cfg.decode_retries, **worker_env)
-    # each prepared-frame column is dropped by the last stream that reads it
-    last_reader = {geometries[s.name]: i for i, s in enumerate(cfg.streams)}
-    for i, s in enumerate(cfg.streams):
-        # Actor pools restart a dead actor and retry its tasks without limit by default (what we want:
-        # a killed actor is an infrastructure fault, not the clip's).
-        done_with = tuple(sorted(col for col, last in last_reader.items() if last == i))
-        ds = ds.map_batches(ExtractStream, fn_constructor_kwargs={"extractor": s.extractor, "prep_column": geometries[s.name], "use_gpu": s.num_gpus > 0,
-                                                                 "drop_columns": done_with},
-                            batch_size=cfg.clips_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=s.actors),
-                            num_gpus=s.num_gpus, num_cpus=s.num_cpus, resources=s.resources or None, accelerator_type=s.accelerator_type,
-                            **({"memory": int(s.memory_gb * 2**30)} if s.memory_gb else {}), **worker_env)
+        # each prepared-frame column is dropped by the last stream that reads it
+        last_reader = {geometries[s.name]: i for i, s in enumerate(cfg.streams)}
+        for i, s in enumerate(cfg.streams):
+            # A dead actor is restarted (Ray Data's default) and its call retried extract_retries times: a killed
+            # actor is an infrastructure fault, not the clips'; one that dies on every try (a clip too large for
+            # the actor's memory) would otherwise be retried forever. Then its clips are dropped and recorded lost.
+            done_with = tuple(sorted(col for col, last in last_reader.items() if last == i))
+            ds = ds.map_batches(ExtractStream, fn_constructor_kwargs={"extractor": s.extractor, "prep_column": geometries[s.name], "use_gpu": s.num_gpus > 0,
+                                                                     "drop_columns": done_with},
+                                batch_size=cfg.clips_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=s.actors),
+                                num_gpus=s.num_gpus, num_cpus=s.num_cpus, resources=s.resources or None, accelerator_type=s.accelerator_type,
+                                max_task_retries=cfg.extract_retries, **({"memory": int(s.memory_gb * 2**30)} if s.memory_gb else {}), **worker_env)
 
     total = sum(len(p.rows) for p in todo)
     order = {p.name: i for i, p in enumerate(todo)}

@@ -85,11 +85,13 @@ def _pass_params(row: dict[str, Any], streams_json: str) -> tuple[int, float]:
     return int(row.get("num_frames") or 0), _fps(row.get("fps")) or 0.0
 
 
-def _maybe_crash_for_tests(path: str) -> None:
-    """Fault injection for the tests: a decoder that dies in native code on a 'hostile' file."""
-    marker = os.environ.get("SIGNFEAT_TEST_CRASH_ON")
+def _maybe_crash_for_tests(path: str, variable: str = "SIGNFEAT_TEST_CRASH_ON", sig: int = signal.SIGSEGV) -> None:
+    """Fault injection for the tests: a decoder that dies in native code on a 'hostile' file
+    (SIGNFEAT_TEST_CRASH_ON), or an extractor actor killed on a clip every time, as the memory monitor
+    kills one whose clip does not fit (SIGNFEAT_TEST_KILL_EXTRACTOR_ON)."""
+    marker = os.environ.get(variable)
     if marker and marker in path:
-        os.kill(os.getpid(), signal.SIGSEGV)
+        os.kill(os.getpid(), sig)
 
 
 def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_options) -> dict[str, np.ndarray]:
@@ -181,6 +183,8 @@ class ExtractStream:
         out: dict[str, list] = {k: list(v) for k, v in batch.items()}
         feats: list[Any] = [np.zeros((0, self.extractor.width), self.extractor.storage_dtype)] * n
         todo = [i for i in range(n) if not _py(batch["error_class"][i])]
+        for i in todo:
+            _maybe_crash_for_tests(str(_py(batch["path"][i])), "SIGNFEAT_TEST_KILL_EXTRACTOR_ON", signal.SIGKILL)
         results: dict[int, tuple] = {}
         try:
             results.update(zip(todo, self._extract(batch, todo)))

@@ -270,6 +270,29 @@ def test_worker_env_reaches_the_decode_workers(demo_manifest, ray_local, tmp_pat
     assert summary["samples"] == 2
 
 
+@pytest.mark.timeout(300)
+def test_an_extractor_actor_that_dies_on_a_clip_every_time_loses_only_its_call(demo_manifest, ray_local, tmp_path):
+    """An actor killed on every try of one clip (as the memory monitor kills one whose clip does not fit) is
+    restarted and its call retried extract_retries times; then that clip is recorded lost and the job goes on
+    (Ray Data's default retries it forever: the job never ended)."""
+    import pyarrow as pa
+
+    table = pq.read_table(demo_manifest)
+    rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["source_kind"] == "video"]
+    by_path: dict[str, list] = {}
+    for r in rows:
+        by_path.setdefault(r["path"], []).append(r)
+    picked = [group[0] for group in by_path.values() if len(group) == 1][:3]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(picked, schema=table.schema), manifest)
+    config = {**CONFIG, "extractors": CONFIG["extractors"][:1], "clips_per_call": 1, "extract_retries": 1,
+              "worker_env": {"SIGNFEAT_TEST_KILL_EXTRACTOR_ON": picked[1]["path"]}}
+    summary = run_extract(manifest, str(tmp_path / "out"), parse_job_config(config), progress=False)
+    failures = pq.read_table(tmp_path / "out" / "failures.parquet").to_pylist()
+    assert [(f["id"], f["error_class"], f["stage"]) for f in failures] == [(picked[1]["id"], "lost", "worker")]
+    assert summary["samples"] == 2
+
+
 def test_decode_stage_reads_a_range_with_only_an_end_from_the_start(tmp_path):
     """The job's rows carry a missing start as NaN (extract._ray_rows); the decode stage must read it as the
     probe did (from the start), not fail the clip as bad_range after the manifest said ok."""
