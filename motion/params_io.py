@@ -24,7 +24,8 @@ Layouts (``detect_layout`` says which one a path is):
 - ``named``: an .npz (or pickle of a dict) of named arrays ``global_orient, body_pose, left_hand_pose,
   right_hand_pose, jaw_pose, expression, betas, transl`` and optionally ``fps`` and ``world_rotation``.
 
-Pickles are read with :class:`RestrictedUnpickler`: numpy arrays, dtypes and plain containers only; a
+Pickles are read with restricted globals (`safe_load_pickle`): numpy arrays, dtypes, torch tensors (their storage
+through torch.load(weights_only=True), on the CPU), joblib.dump arrays and plain containers only; a
 pickle that names anything else (``os.system``, a class...) is refused before anything runs.
 """
 
@@ -86,31 +87,99 @@ _ALLOWED_GLOBALS = {
 }
 
 
+# A pickled torch tensor (SignAvatars' pickles hold them, some saved from a GPU): a plain constructor, and its
+# storage as the bytes of a torch.save archive, read by torch's own weights_only loader on the CPU (below).
+_TORCH_TENSOR = ("torch._utils", "_rebuild_tensor_v2")
+_TORCH_STORAGE = ("torch.storage", "_load_from_bytes")
+_JOBLIB_ARRAY = ("joblib.numpy_pickle", "NumpyArrayWrapper")  # joblib.dump's numpy arrays (data follows inline)
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save before 1.6 (protocol 2, magic number)
+
+
+def _restricted_find_class(module: str, name: str) -> Any:
+    """The globals parameter pickles may name: numpy arrays, dtypes and scalars, torch tensors, joblib's array
+    wrapper; dicts, lists, tuples, strings and numbers need none. Anything else raises before it can be called."""
+    import importlib
+
+    canonical = module.replace("numpy.core.", "numpy._core.") if module.startswith("numpy.core.") else module
+    if canonical.startswith("numpy.dtypes") and name.endswith("DType"):  # numpy 2 dtype classes (np.dtypes.Float32DType)
+        import numpy.dtypes
+
+        return getattr(numpy.dtypes, name)
+    if (canonical, name) == _TORCH_STORAGE:
+        return _storage_from_bytes
+    if (canonical, name) in _ALLOWED_GLOBALS or (canonical, name) in (_TORCH_TENSOR, _JOBLIB_ARRAY):
+        return getattr(importlib.import_module(canonical), name)
+    raise UnsafePickleError(f"refusing to unpickle {module}.{name}: only numpy arrays, torch tensors and plain containers "
+                            "are allowed in parameter pickles")
+
+
+def _storage_from_bytes(raw: bytes) -> Any:
+    """torch.storage._load_from_bytes under torch.load's weights_only unpickler, mapped to the CPU (the pickle
+    may come from a GPU machine; torch's own function unpickles anything, on the device it names)."""
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafePickleError(f"refusing a tensor storage that torch's weights_only loader refuses: {str(exc).splitlines()[0]}") from None
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals numpy arrays, dtypes and scalars need; dicts, lists,
-    tuples, strings and numbers need none. Anything else raises before it can be called."""
+    """An unpickler that resolves only the globals numpy arrays and torch tensors need (``_restricted_find_class``)."""
 
     def find_class(self, module: str, name: str) -> Any:
-        canonical = module.replace("numpy.core.", "numpy._core.") if module.startswith("numpy.core.") else module
-        if canonical.startswith("numpy.dtypes") and name.endswith("DType"):  # numpy 2 dtype classes (np.dtypes.Float32DType)
-            import numpy.dtypes
-
-            return getattr(numpy.dtypes, name)
-        if (canonical, name) not in _ALLOWED_GLOBALS:
-            raise UnsafePickleError(f"refusing to unpickle {module}.{name}: only numpy arrays and plain containers are allowed in parameter pickles")
-        import importlib
-
-        return getattr(importlib.import_module(canonical), name)
+        return _restricted_find_class(module, name)
 
     def persistent_load(self, pid):  # noqa: ANN001
         raise UnsafePickleError("refusing a pickle with persistent ids: only numpy arrays and plain containers are allowed")
 
 
+def _joblib_unpickler(raw: bytes) -> pickle.Unpickler:
+    """joblib.dump's file (numpy arrays stored raw after a NumpyArrayWrapper each), read by joblib's own
+    unpickler with the same restricted globals: an object array's nested pickle goes through them too."""
+    from joblib.numpy_pickle import NumpyUnpickler
+
+    class RestrictedJoblibUnpickler(NumpyUnpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return _restricted_find_class(module, name)
+
+        def persistent_load(self, pid):  # noqa: ANN001
+            raise UnsafePickleError("refusing a pickle with persistent ids")
+
+    return RestrictedJoblibUnpickler("", io.BytesIO(raw), ensure_native_byte_order=True)
+
+
+def _to_numpy(value: Any) -> Any:
+    """Torch tensors (anywhere in dicts, lists, tuples) -> numpy arrays: the readers below see numpy only."""
+    import sys
+
+    torch = sys.modules.get("torch")  # a pickle with tensors imported it; without one there is nothing to convert
+    if torch is not None and isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_numpy(v) for v in value)
+    return value
+
+
 def safe_load_pickle(data: bytes | Path | str) -> Any:
-    """Unpickle bytes or a file with :class:`RestrictedUnpickler` (latin1 for Python 2 numpy pickles)."""
+    """Unpickle bytes or a file with the restricted globals above (latin1 for Python 2 numpy pickles): plain
+    pickles and joblib.dump files of numpy arrays or torch tensors, and torch.save files (through torch.load's
+    weights_only loader). Tensors come back as numpy arrays."""
     raw = Path(data).read_bytes() if isinstance(data, (str, Path)) else data
     try:
-        return RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        if raw.startswith(_ZIP_MAGIC) or raw.startswith(_LEGACY_TORCH_MAGIC):
+            import torch
+
+            try:
+                return _to_numpy(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
+            except pickle.UnpicklingError as exc:
+                raise UnsafePickleError(f"refusing a torch.save file that torch's weights_only loader refuses: {str(exc).splitlines()[0]}") from None
+        unpickler = _joblib_unpickler(raw) if b"NumpyArrayWrapper" in raw else RestrictedUnpickler(io.BytesIO(raw), encoding="latin1")
+        return _to_numpy(unpickler.load())
     except UnsafePickleError:
         raise
     except Exception as exc:  # noqa: BLE001  (a corrupt pickle is a user error)

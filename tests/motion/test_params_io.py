@@ -241,3 +241,72 @@ def test_an_amass_smplx_npz_is_read_with_its_rate_and_turned_y_up_as_humanml3d_d
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
     with pytest.raises(SignfeatError, match="not a numeric parameters array"):
         read_params(tmp_path / "obj.npy")
+
+
+class _TensorStorageExploit:
+    """Pickles as a torch tensor storage whose torch.save bytes hold an exploit: torch's own
+    _load_from_bytes (torch.load, weights_only=False) would run it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import io
+
+        import torch
+        import torch.storage
+
+        buffer = io.BytesIO()
+        torch.save(_Exploit(self.marker), buffer)
+        return (torch.storage._load_from_bytes, (buffer.getvalue(),))
+
+
+def test_signavatars_pickles_of_torch_tensors_joblib_and_torch_save_files_read_as_numpy(tmp_path, params):
+    """SignAvatars' pickles hold torch tensors (the official loader is joblib.load); other tools write
+    joblib.dump or torch.save files: each reads to the same numpy parameters as a numpy pickle."""
+    import joblib
+    import torch
+
+    matrix = _signavatars_matrix(params)
+    expected, _ = read_params(_write(tmp_path / "numpy.pkl", pickle.dumps({"smplx": matrix})))
+    tensors = {"smplx": torch.from_numpy(matrix).requires_grad_(), "width": 1920, "total_valid_index": torch.arange(FRAMES)}
+    joblib.dump({"smplx": matrix, "fps": np.float64(25.0)}, tmp_path / "joblib.pkl")
+    torch.save(tensors, tmp_path / "zip.pkl")
+    torch.save(tensors, tmp_path / "legacy.pkl", _use_new_zipfile_serialization=False)
+    files = [_write(tmp_path / "tensors.pkl", pickle.dumps(tensors)), tmp_path / "joblib.pkl", tmp_path / "zip.pkl",
+             tmp_path / "legacy.pkl", _write(tmp_path / "bf16.pkl", pickle.dumps({"smplx": torch.from_numpy(matrix).bfloat16()}))]
+    for path in files:
+        assert detect_layout(path) == "signavatars", path
+        read, fps = read_params(path)
+        assert fps == (25.0 if path.name == "joblib.pkl" else None)
+        atol = 0.02 * np.abs(matrix).max() if path.name == "bf16.pkl" else 0
+        for key in ["global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "betas", "expression", "transl"]:
+            np.testing.assert_allclose(read[key], expected[key], atol=atol, rtol=0, err_msg=f"{path.name}: {key}")
+    loaded = safe_load_pickle(tmp_path / "tensors.pkl")
+    assert isinstance(loaded["total_valid_index"], np.ndarray) and loaded["width"] == 1920
+
+
+def test_tensor_joblib_and_torch_save_pickles_still_refuse_what_they_hide(tmp_path):
+    """A tensor storage's torch.save bytes, a joblib file and a torch.save file go through the same
+    restricted globals (torch.load with weights_only=True for torch's archives): nothing runs."""
+    import joblib
+    import torch
+
+    marker = tmp_path / "pwned"
+    with pytest.raises(UnsafePickleError, match="weights_only"):
+        safe_load_pickle(pickle.dumps({"smplx": _TensorStorageExploit(marker)}))
+    joblib.dump({"smplx": np.zeros((2, 182), np.float32), "evil": _Exploit(marker)}, tmp_path / "evil_joblib.pkl")
+    with pytest.raises(UnsafePickleError, match=r"(posix|os)\.system"):
+        safe_load_pickle(tmp_path / "evil_joblib.pkl")
+    joblib.dump({"objects": np.array([_Exploit(marker)], dtype=object)}, tmp_path / "evil_object_array.pkl")
+    with pytest.raises(UnsafePickleError, match=r"(posix|os)\.system"):
+        safe_load_pickle(tmp_path / "evil_object_array.pkl")
+    torch.save({"evil": _Exploit(marker)}, tmp_path / "evil_zip.pkl")
+    with pytest.raises(UnsafePickleError, match="weights_only"):
+        safe_load_pickle(tmp_path / "evil_zip.pkl")
+    assert not marker.exists()
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
