@@ -310,3 +310,51 @@ def test_tensor_joblib_and_torch_save_pickles_still_refuse_what_they_hide(tmp_pa
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+class _GpuSavedTensor:
+    """Pickles as a tensor pickled on a GPU machine does: its storage's torch.save bytes name cuda:0."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor.contiguous()
+
+    def __reduce__(self):
+        import collections
+        import io
+        import warnings
+
+        import torch
+        import torch._utils
+        import torch.storage
+
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TypedStorage is deprecated; it is what a tensor pickle holds
+            torch.save(self.tensor.storage(), buffer, _use_new_zipfile_serialization=False)
+        raw = buffer.getvalue().replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+        assert b"cuda:0" in raw
+        storage = _Reduced(torch.storage._load_from_bytes, (raw,))
+        return (torch._utils._rebuild_tensor_v2, (storage, 0, tuple(self.tensor.shape), self.tensor.stride(), False, collections.OrderedDict()))
+
+
+class _Reduced:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def test_a_signavatars_pickle_of_gpu_tensors_reads_on_a_machine_without_one(tmp_path, params):
+    """torch's own unpickling of such a file fails without CUDA ("Attempting to deserialize object on a CUDA
+    device"); the restricted reader maps the storage to the CPU."""
+    import torch
+
+    matrix = _signavatars_matrix(params)
+    raw = pickle.dumps({"smplx": _GpuSavedTensor(torch.from_numpy(matrix))})
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            pickle.loads(raw)
+    read, _ = read_params(_write(tmp_path / "gpu.pkl", raw))
+    np.testing.assert_array_equal(read["body_pose"], params["body_pose"])
+    np.testing.assert_array_equal(read["transl"], params["transl"])
