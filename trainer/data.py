@@ -376,11 +376,21 @@ def tokenize_targets(tokenizer, texts: list[str], max_tokens: int) -> tuple[torc
 
 
 class Collate:
-    def __init__(self, tokenizer, streams: list[str], max_target_tokens: int, lowercase_targets: bool = False):
+    """Samples -> a Batch. ``require_text`` (training): a sample without a text is refused, never trained
+    to translate into nothing (eval leaves such samples unscored instead)."""
+
+    def __init__(self, tokenizer, streams: list[str], max_target_tokens: int, lowercase_targets: bool = False,
+                 require_text: bool = False):
         self.tokenizer, self.streams = tokenizer, streams
-        self.max_target_tokens, self.lowercase_targets = max_target_tokens, lowercase_targets
+        self.max_target_tokens, self.lowercase_targets, self.require_text = max_target_tokens, lowercase_targets, require_text
 
     def __call__(self, samples: list[dict[str, Any]]) -> Batch:
+        if self.require_text:
+            for s in samples:
+                if not s["text"].strip():
+                    raise SignfeatError(f"training sample {s['key']} ({s['meta'].get('id')!r}) has no text: a translation model "
+                                        "needs a target for every training sample (leave such clips out of the training split; "
+                                        "the manifest marks them missing_text)")
         features, lengths = {}, {}
         for name in self.streams:
             features[name], lengths[name] = pad_stream([s[name] for s in samples])

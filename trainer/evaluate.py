@@ -133,7 +133,8 @@ def evaluate_model(model, recipe, split: str, out_dir: Path | None, extra: dict 
     for batch in batches(stream, collate, num_workers=0, drop_last=False):
         if e.max_samples and len(keys) >= e.max_samples:
             break
-        extras = [examples.draw("", rng) for _ in batch.texts] if examples is not None else None
+        # a sample's own sentence is never its example (it may also be a training sentence: PHOENIX repeats many)
+        extras = [examples.draw(text, rng) for text in batch.texts] if examples is not None else None
         with torch.no_grad(), _autocast(device):
             predictions += model.generate(batch.to(device), num_beams=e.num_beams, max_new_tokens=e.max_new_tokens,
                                           do_sample=e.do_sample, top_p=e.top_p, extras=extras)
@@ -142,7 +143,16 @@ def evaluate_model(model, recipe, split: str, out_dir: Path | None, extra: dict 
     if e.max_samples:
         keys, references, predictions = keys[: e.max_samples], references[: e.max_samples], predictions[: e.max_samples]
     model.train(was_training)
+    # a sample without a text has no reference: scoring it against "" would count a perfect model wrong
+    unscored = [k for k, r in zip(keys, references) if not r]
+    if unscored:
+        kept = [i for i, r in enumerate(references) if r]
+        print(f"eval {split}: {len(unscored)} sample(s) without a text are not scored (first: {unscored[0]})", file=sys.stderr)
+        if not kept:
+            raise SignfeatError(f"split {split!r}: none of its {len(keys)} samples has a text; nothing to score")
+        keys, references, predictions = [keys[i] for i in kept], [references[i] for i in kept], [predictions[i] for i in kept]
     scores = score(predictions, references, e.bleu_tokenize, e.lowercase)
+    scores["unscored_without_text"] = len(unscored)
     scores.update(split=split, decoding={"num_beams": e.num_beams, "max_new_tokens": e.max_new_tokens,
                                          "do_sample": e.do_sample, **({"top_p": e.top_p} if e.do_sample else {})},
                   in_context=recipe.llm.in_context.enabled, **(extra or {}))

@@ -6,13 +6,16 @@ target tokens (+ end token). With SpaMo's template "{sign}Translate the given se
 the prefix is empty: visual tokens first, as in its release.
 
 Decoder-only (Qwen2.5, Llama): one sequence [BOS?] [prefix] [visual] [suffix] [target + end token], left
-padded (RoPE positions are relative, so left padding changes nothing for the real tokens and lets
-``generate`` continue every row from its last prompt token). Only target positions carry labels: prompt,
+padded so that ``generate`` continues every row from its last prompt token. Positions count from each row's
+first real token (``position_ids`` from the attention mask, as ``generate`` makes them): a model with learned
+absolute positions (GPT-2) would otherwise train on positions shifted by the padding. BOS is prepended when the
+tokenizer itself adds one (Llama 2 and 3 do; Qwen has none). Only target positions carry labels: prompt,
 visual and padding positions are -100 and never enter the loss.
 """
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +119,12 @@ def load_base_llm(cfg, tokenizer, dtype: torch.dtype) -> nn.Module:
         return auto.from_pretrained(cfg.name, dtype=dtype)
     except OSError as exc:
         raise SignfeatError(f"llm {cfg.name!r}: cannot load ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # transformers' "Unrecognized configuration class ... for this kind of AutoModel"
+        if "Unrecognized configuration class" not in str(exc):
+            raise
+        other = "decoder_only" if cfg.kind == "encoder_decoder" else "encoder_decoder"
+        raise SignfeatError(f"llm {cfg.name!r} is not a {cfg.kind} model ({auto.__name__} cannot build it); "
+                            f"is it llm.kind={other}?") from None
 
 
 def add_lora(model: nn.Module, cfg) -> nn.Module:
@@ -126,8 +135,10 @@ def add_lora(model: nn.Module, cfg) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     task = TaskType.SEQ_2_SEQ_LM if cfg.kind == "encoder_decoder" else TaskType.CAUSAL_LM
+    targets = list(cfg.lora.target_modules)
+    # PEFT's shorthand for every linear layer but the output head is a string, not a module name
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), bias="none", task_type=task)
+                      target_modules="all-linear" if targets == ["all-linear"] else targets, bias="none", task_type=task)
     try:
         return get_peft_model(model, lora).get_base_model()
     except ValueError as exc:
@@ -181,6 +192,26 @@ class InContextExamples:
 # ------------------------------------------------------------------------------------------------ model
 
 
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself starts a text with BOS (asked, not read from ``add_bos_token``: a
+    Llama 3 tokenizer adds it in its post-processor while transformers reports add_bos_token False)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, ... from each row's first attended token (padding gets 1, never attended), as ``generate`` does."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+# how the translations are searched; a model's generation_config (Qwen2.5-Instruct: repetition_penalty 1.05,
+# top_k 20, temperature 0.7) would otherwise fill in whatever generate() is not told (transformers gives
+# the model's values precedence over its own defaults), so eval's decoding is set in full here
+NEUTRAL_SEARCH = dict(repetition_penalty=1.0, encoder_repetition_penalty=1.0, length_penalty=1.0, no_repeat_ngram_size=0,
+                      encoder_no_repeat_ngram_size=0, min_length=0, early_stopping=False, num_beam_groups=1, diversity_penalty=0.0)
+NEUTRAL_SAMPLING = dict(temperature=1.0, top_k=0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
+
+
 @dataclass
 class LLMInputs:
     embeds: torch.Tensor  # [B, S, H]
@@ -201,8 +232,10 @@ class SignTranslator(nn.Module):
         self.template, self.language = recipe.llm.prompt, recipe.llm.language
         self.language_by_dataset = dict(recipe.llm.language_by_dataset)
         self.vt = recipe.vt_align
-        self.bos = [tokenizer.bos_token_id] if (self.kind == "decoder_only" and tokenizer.bos_token_id is not None
-                                                and getattr(tokenizer, "add_bos_token", True)) else []
+        self.bos = [tokenizer.bos_token_id] if self.kind == "decoder_only" and tokenizer_adds_bos(tokenizer) else []
+        # learned absolute positions (GPT-2) must count from each left-padded row's first token; models
+        # without a position_ids argument (Bloom's ALiBi, from the mask) need none
+        self.pass_positions = self.kind == "decoder_only" and "position_ids" in inspect.signature(llm.forward).parameters
 
     # -- pieces
 
@@ -276,10 +309,13 @@ class SignTranslator(nn.Module):
             return out
         inputs = self.build_inputs(visual, visual_mask, batch, extras)
         if self.kind == "encoder_decoder":
-            result = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, labels=inputs.labels)
-            out["ce"] = result.loss
+            # labels give the decoder its shifted-right inputs; the loss is taken here in float32 (a bf16 model's
+            # own loss is a bf16 log-softmax)
+            logits = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, labels=inputs.labels).logits
+            out["ce"] = nn.functional.cross_entropy(logits.flatten(0, 1).float(), inputs.labels.flatten(), ignore_index=IGNORE)
         else:
-            logits = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask).logits
+            positions = {"position_ids": positions_from_mask(inputs.attention_mask)} if self.pass_positions else {}
+            logits = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, **positions).logits
             out["ce"] = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), inputs.labels[:, 1:].flatten(),
                                                     ignore_index=IGNORE)
         out["loss"] = out["ce"] + self.vt.weight * out["vt"] if self.vt.enabled else out["ce"]
@@ -293,9 +329,9 @@ class SignTranslator(nn.Module):
         visual, visual_mask = self.adapter(batch.features, batch.lengths)
         inputs = self.build_inputs(visual, visual_mask, batch, extras, with_targets=False)
         options = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                       pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+                       pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **NEUTRAL_SEARCH)
         if do_sample:
-            options["top_p"] = top_p
+            options.update(NEUTRAL_SAMPLING, top_p=top_p)
         else:  # say so explicitly: a model's generation_config may default to sampling
             options.update(top_p=None, top_k=None, temperature=None)
         ids = self.llm.generate(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, **options)

@@ -134,7 +134,7 @@ def train_batches(recipe: Recipe, tokenizer, dist: Dist, start: DataPosition) ->
     """Micro-batches forever, epoch after epoch; each comes with the position *after* it."""
     d = recipe.data
     urls, counts = train_shards(recipe, dist)
-    collate = Collate(tokenizer, d.streams, d.max_target_tokens, d.lowercase_targets)
+    collate = Collate(tokenizer, d.streams, d.max_target_tokens, d.lowercase_targets, require_text=True)
     epoch, skip = start.epoch, start.batch
     while True:
         stream = ShardStream(urls, counts, d.streams, train=True, batch_size=d.batch_size, rank=dist.rank,

@@ -305,3 +305,35 @@ def test_eval_refuses_overrides_that_change_the_model_and_records_the_others(tin
     evaluate_checkpoint(tmp_path / "run", "test", ["eval.num_beams=2"], out_dir=tmp_path / "e")
     assert "changed recipe: eval.num_beams: 1 -> 2" in capsys.readouterr().err
     assert json.loads((tmp_path / "e" / "scores.json").read_text())["recipe_changes"] == ["eval.num_beams: 1 -> 2"]
+
+
+def test_eval_never_shows_a_sample_its_own_sentence_and_leaves_samples_without_text_unscored(tiny_shards, tmp_path, monkeypatch):
+    """dev repeats the training sentences (as PHOENIX repeats many): no dev sample may get its own reference as
+    an in-context example. A sample without a text is not scored against "" (a perfect model would lose)."""
+    import webdataset as wds
+
+    from shards.sample import encode_sample
+    from tests.trainer.conftest import sentence_streams
+
+    shards = tmp_path / "shards"
+    for split in ("train", "dev"):
+        (shards / split).mkdir(parents=True)
+        for tar in (tiny_shards / split).glob("*.tar"):
+            (shards / split / tar.name).write_bytes(tar.read_bytes())
+    rng = np.random.default_rng(0)
+    with wds.TarWriter(str(shards / "dev" / "notext-000000.tar"), encoder=False) as sink:
+        meta = {"id": "untranslated", "text": None, "split": "dev", "dataset": "synthetic"}
+        sink.write({"__key__": "untranslated", **encode_sample("untranslated", meta, sentence_streams([1, 2], rng))})
+    recipe = recipe_from_dict(tiny_recipe(shards, tmp_path / "run", "t5", llm={"in_context": {"enabled": True, "num": 1}}))
+    model = build_model(recipe, torch.device("cpu"))
+    prompts: list[tuple[str, str]] = []
+
+    def answer_with_the_reference(batch, extras=None, **options):  # a perfect model; records each prompt's example
+        prompts.extend(zip(batch.texts, extras))
+        return list(batch.texts)
+
+    monkeypatch.setattr(model, "generate", answer_with_the_reference)
+    result = evaluate_model(model, recipe, "dev", tmp_path / "eval")
+    assert len(prompts) == 5 and all(text.strip() != extra.strip() for text, extra in prompts if text), prompts
+    assert result["scores"]["unscored_without_text"] == 1 and "untranslated" not in result["keys"]
+    assert result["scores"]["bleu4"] == pytest.approx(100) and result["scores"]["rougeL"] == pytest.approx(100)
