@@ -189,7 +189,7 @@ def safe_load_pickle(data: bytes | Path | str) -> Any:
 # ---------------------------------------------------------------------- layouts
 
 def _natural_key(path: Path) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]
+    return [int(p) if p.isdecimal() else p for p in re.split(r"(\d+)", path.name)]
 
 
 def _load_mapping(path: Path) -> dict[str, Any]:

@@ -78,6 +78,9 @@ class VideoTimeline:
     video_streams: int = 1  # video streams in the file (cover pictures not counted); frames come from the first
     discarded: int = 0  # packets flagged discard (an edit list's pre-roll): in the file, never shown
     untimed: int = 0  # packets with no timestamp (not in the timeline), e.g. a Matroska cut's pre-roll
+    # the display matrix as (transpose, flip rows, flip columns), applied in that order to the stored picture:
+    # a rotation and any mirror (a mirrored matrix swaps the signer's hands: it must not come out rotated)
+    orientation: tuple[bool, bool, bool] = (False, False, False)
 
     def span_s(self, idx: np.ndarray) -> float:
         """Seconds the frames ``idx`` (sorted positions) are shown: the first one's start to the last one's end."""
@@ -146,8 +149,9 @@ def read_timeline(path: str) -> VideoTimeline:
         # A cut-off MP4 / MOV whose index (moov) comes first still lists every frame, but the demuxer stops at
         # the end of the data without an error: without this check the file probed "ok", only shorter, and
         # ranges past the cut looked like annotation errors (range_out_of_bounds).
+        formats = container.format.name.split(",")
         declared = int(stream.frames or 0)
-        if "mp4" in container.format.name.split(",") and 0 < demuxed < declared:
+        if ("mp4" in formats or "avi" in formats) and 0 < demuxed < declared:  # AVI's header counts its frames too
             raise ClipError("corrupt", f"{path} is truncated: its index lists {declared} video frames, the file holds {demuxed}")
         pts_arr = np.sort(np.asarray(pts, dtype=np.int64))
         # Times count from the file's start (the container's start_time), as players and "ffmpeg -ss" count
@@ -164,32 +168,88 @@ def read_timeline(path: str) -> VideoTimeline:
         else:
             rate = float(stream.average_rate or stream.guessed_rate or 25)
             frame_dur = 1.0 / rate
+        if "matroska" in formats:
+            # FFmpeg's DURATION is the track's end time, mkvmerge's its span (first to last timestamp): the larger
+            covered = max(float(pts_arr[-1] * tb), float((pts_arr[-1] - pts_arr[0]) * tb)) + frame_dur
+            _check_matroska_complete(stream, demuxed, covered, frame_dur, path)
         ctx = stream.codec_context
-        rotation = _stream_rotation(container, stream, path)
+        rotation, orientation = _stream_orientation(container, stream, path)
         width, height = int(ctx.width), int(ctx.height)
-        if rotation % 180 != 0:
+        if orientation[0]:
             width, height = height, width
         video_streams = sum(1 for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic)
         return VideoTimeline(times, width, height, rotation, stream.codec_context.name, frame_dur, container.format.name, pts=pts_arr,
                              keyframe_pts=np.sort(np.asarray(keyframes, dtype=np.int64)), pix_fmt=str(ctx.pix_fmt or ""),
-                             video_streams=video_streams, discarded=discarded, untimed=untimed)
+                             video_streams=video_streams, discarded=discarded, untimed=untimed, orientation=orientation)
     finally:
         container.close()
 
 
-def _stream_rotation(container, stream, path: str) -> int:
-    """Display rotation in degrees from the display matrix, as decord and torchcodec apply it.
+def _check_matroska_complete(stream, demuxed: int, covered_s: float, frame_dur: float, path: str) -> None:
+    """A cut-off Matroska / WebM file demuxes to its end without an error. The track's statistics tags, which
+    FFmpeg (DURATION) and mkvmerge (DURATION, NUMBER_OF_FRAMES) write in the header, still tell its full length."""
+    tags = {k.split("-")[0].upper(): v for k, v in (stream.metadata or {}).items()}
+    frames = tags.get("NUMBER_OF_FRAMES", "")
+    if frames.isdecimal() and 0 < demuxed < int(frames):
+        raise ClipError("corrupt", f"{path} is truncated: its track statistics list {frames} video frames, the file holds {demuxed}")
+    match = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", tags.get("DURATION", "").strip())
+    if match:
+        declared_s = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
+        if covered_s < declared_s - max(2 * frame_dur, 0.1):
+            raise ClipError("corrupt", f"{path} is truncated: its track's DURATION tag says {declared_s:.3f} s, "
+                                       f"the file's video frames end at {covered_s:.3f} s")
 
-    PyAV exposes the matrix on decoded frames, so this decodes the first frame, which doubles as the
-    check that the stream is decodable at all.
-    """
+
+def _stream_orientation(container, stream, path: str) -> tuple[int, tuple[bool, bool, bool]]:
+    """Display rotation in degrees (counter-clockwise) and the orientation (see VideoTimeline) from the display
+    matrix, which PyAV exposes on decoded frames: this decodes the first frame, which doubles as the check
+    that the stream is decodable at all."""
+    from av.sidedata.sidedata import Type
+
     try:
         container.seek(0)
         for frame in container.decode(stream):
-            return int(round(frame.rotation or 0))
+            rotation = int(round(frame.rotation or 0))
+            try:
+                matrix = frame.side_data.get(Type.DISPLAYMATRIX)
+            except ValueError:  # a side-data type PyAV cannot name (an MJPEG frame's EXIF): its rotation is all we get
+                matrix = None
+            if matrix is not None:
+                return rotation, display_orientation(np.frombuffer(bytes(matrix), dtype=np.int32))
+            return rotation, _rotation_orientation(rotation)
     except Exception as exc:
         raise ClipError("corrupt", f"cannot decode the first frame of {path}: {exc}") from None
     raise ClipError("corrupt", f"{path}: the decoder returned no frame")
+
+
+def display_orientation(matrix: np.ndarray) -> tuple[bool, bool, bool]:
+    """FFmpeg's 3x3 display matrix (int32, row-major; a stored pixel (x, y) is shown at (a x + c y, b x + d y))
+    -> (transpose, flip rows, flip columns) of the stored picture. Only quarter turns and mirrors exist as
+    whole-pixel moves; another angle is taken to the nearest of them (as players show a 45-degree matrix
+    upright or sideways, never skewed)."""
+    a, b, c, d = (float(v) for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
+    if abs(b) + abs(c) > abs(a) + abs(d):  # x' follows y: the picture is transposed
+        return True, b < 0, c < 0  # shown row = b x, shown column = c y
+    return False, d < 0, a < 0  # shown row = d y, shown column = a x
+
+
+def _rotation_orientation(degrees_ccw: int) -> tuple[bool, bool, bool]:
+    """A quarter-turn rotation (counter-clockwise) as (transpose, flip rows, flip columns)."""
+    return {0: (False, False, False), 1: (True, True, False), 2: (False, True, True), 3: (True, False, True)}[round(degrees_ccw / 90) % 4]
+
+
+def orient(rgb: np.ndarray, orientation: tuple[bool, bool, bool]) -> np.ndarray:
+    """A stored [H, W, 3] picture as displayed (``display_orientation``)."""
+    transpose, flip_rows, flip_cols = orientation
+    if not (transpose or flip_rows or flip_cols):
+        return rgb
+    if transpose:
+        rgb = rgb.swapaxes(0, 1)
+    if flip_rows:
+        rgb = rgb[::-1]
+    if flip_cols:
+        rgb = rgb[:, ::-1]
+    return np.ascontiguousarray(rgb)
 
 
 def select_range(times_s: np.ndarray, start_s: float | None, end_s: float | None, duration_s: float, path: str) -> np.ndarray:
@@ -212,24 +272,31 @@ def select_range(times_s: np.ndarray, start_s: float | None, end_s: float | None
     return idx
 
 
-def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: int | None) -> tuple[np.ndarray, float]:
+# Timestamps in milliseconds (Matroska) put a 4 s clip at 4.0003 s, which holds no 41st instant at 10 fps
+TIMESTAMP_SLACK_S = 1e-3
+
+
+def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: int | None,
+                     frame_duration_s: float | None = None) -> tuple[np.ndarray, float]:
     """Pick positions into ``times_s`` (the clip's frame times, from its start) and return the fps they have.
 
     target_fps: for each instant k / target_fps inside the clip, the last frame shown at or before it
-    (works for variable frame rate, since it reads timestamps, not indices). max_frames: then keep at most
-    that many, evenly spread, first and last included.
+    (works for variable frame rate, since it reads timestamps, not indices). The clip lasts from its first
+    frame to the end of its last one, shown for ``frame_duration_s`` (the video's median frame gap, as the
+    manifest's duration_s counts it; default: the clip's mean gap). max_frames: then keep at most that many,
+    evenly spread, first and last included.
     """
     n = len(times_s)
     t0 = float(times_s[0])
     span = float(times_s[-1] - t0)
     natural_fps = (n - 1) / span if n > 1 and span > 0 else None
     if target_fps is not None:
-        frame_dur = span / (n - 1) if n > 1 and span > 0 else 1.0 / target_fps
+        frame_dur = frame_duration_s or (span / (n - 1) if n > 1 and span > 0 else 1.0 / target_fps)
         duration = span + frame_dur
-        # every instant k / target_fps inside the clip: k < duration * target_fps (HumanML3D's poses[::k] keeps ceil(n / k))
-        # minus 5% of a frame: millisecond timestamps (Matroska) put a 4 s clip at 4.0003 s, which is no 41st instant at 10 fps
-        # (rounded first, so a clip that ends right on the boundary gives one count, not one that float error picks)
-        count = max(1, int(np.ceil(round(duration * target_fps - 0.05, 6))))
+        # every instant k / target_fps inside the clip: k < duration * target_fps (HumanML3D's poses[::k] keeps
+        # ceil(n / k)), less the timestamps' own precision (rounded first, so a clip that ends right on an
+        # instant gives one count, not one that float error picks)
+        count = max(1, int(np.ceil(round((duration - TIMESTAMP_SLACK_S) * target_fps, 6))))
         instants = t0 + np.arange(count) / target_fps
         pos = np.searchsorted(times_s, instants + 1e-6, side="right") - 1
         pos = np.clip(pos, 0, n - 1)
@@ -282,9 +349,12 @@ def pyav_instead(backend: str, timeline: VideoTimeline, indices: np.ndarray) -> 
         return "pre-roll packets that are discarded or have no timestamp (a stream-copied cut)"
     if backend == "torchcodec" and timeline.container in _TORCHCODEC_WRONG_CONTAINERS:
         return f"the {timeline.container} container"
+    # decord and torchcodec apply only the rotation of a display matrix, never its mirror (a mirrored clip came
+    # out upside down); decord also mis-sized its buffer for some rotated sizes (64x48 at 90 degrees), and
+    # torchcodec follows the system FFmpeg, which did not turn an EXIF-rotated JPEG at all
+    if any(timeline.orientation) or timeline.rotation:
+        return "a display matrix (rotation or mirror)"
     if backend == "decord":
-        if timeline.rotation:  # it mis-sizes its buffer for some rotated sizes (64x48 at 90 degrees)
-            return "a display rotation"
         if timeline.container in _DECORD_WRONG_CONTAINERS:
             return f"the {timeline.container} container"
         if timeline.pix_fmt not in _DECORD_EXACT_PIX_FMTS or timeline.width % 2 or timeline.height % 2:
@@ -337,13 +407,13 @@ def _decode_pyav(path: str, indices: np.ndarray, timeline: VideoTimeline) -> np.
     if out is None and timeline.untimed:  # untimed pre-roll frames are decoded but not in the timeline: match by timestamp
         out = _pyav_by_timestamp(path, wanted, len(indices), timeline)
     if out is None:
-        out = _pyav_from_start(path, wanted, len(indices))
+        out = _pyav_from_start(path, wanted, len(indices), timeline.orientation)
     if any(f is None for f in out):
         raise ClipError("corrupt", f"{path}: the decoder returned fewer frames than the container lists")
     return np.stack(out)
 
 
-def _pyav_from_start(path: str, wanted: dict[int, list[int]], count: int) -> list[np.ndarray | None]:
+def _pyav_from_start(path: str, wanted: dict[int, list[int]], count: int, orientation: tuple[bool, bool, bool]) -> list[np.ndarray | None]:
     import av
 
     out: list[np.ndarray | None] = [None] * count
@@ -355,7 +425,7 @@ def _pyav_from_start(path: str, wanted: dict[int, list[int]], count: int) -> lis
         # Frames leave the decoder in presentation order; index them by that order, as the other backends do.
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                _place(out, wanted[i], to_rgb(frame), frame)
+                _place(out, wanted[i], to_rgb(frame), orientation)
             if i >= last:
                 break
     return out
@@ -378,6 +448,7 @@ def _pyav_by_timestamp(path: str, wanted: dict[int, list[int]], count: int, time
     import av
 
     index_of = {int(p): i for i, p in enumerate(timeline.pts)}
+    orientation = timeline.orientation
     last_pts = int(timeline.pts[max(wanted)])
     out: list[np.ndarray | None] = [None] * count
     to_rgb = _RgbConverter()
@@ -403,15 +474,14 @@ def _pyav_by_timestamp(path: str, wanted: dict[int, list[int]], count: int, time
                 reached_key = True
             i = index_of.get(int(frame.pts))
             if i in wanted:
-                _place(out, wanted[i], to_rgb(frame), frame)
+                _place(out, wanted[i], to_rgb(frame), orientation)
             if frame.pts >= last_pts:
                 break
     return out if all(f is not None for f in out) else None
 
 
-def _place(out: list, positions: list[int], rgb: np.ndarray, frame) -> None:
-    if frame.rotation:
-        rgb = np.ascontiguousarray(np.rot90(rgb, int(round(frame.rotation)) // 90))
+def _place(out: list, positions: list[int], rgb: np.ndarray, orientation: tuple[bool, bool, bool]) -> None:
+    rgb = orient(rgb, orientation)
     for pos in positions:
         out[pos] = rgb
 
@@ -449,7 +519,8 @@ _DECODERS = {"decord": _decode_decord, "torchcodec": _decode_torchcodec, "pyav":
 
 
 def _natural_key(name: str) -> list[Any]:
-    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
+    # isdecimal, not isdigit: '²' is a digit that int() refuses, and re's \d does not split it off
+    return [int(tok) if tok.isdecimal() else tok.lower() for tok in re.split(r"(\d+)", name)]
 
 
 def list_frame_files(folder: str) -> list[Path]:
@@ -504,7 +575,7 @@ def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(
         files = list_frame_files(path)
         fps = float(clip.get("fps") or options.frame_fps)
         times = np.arange(len(files)) / fps
-        pos, out_fps = resample_indices(times, options.target_fps, options.max_frames)
+        pos, out_fps = resample_indices(times, options.target_fps, options.max_frames, 1.0 / fps)
         first = _load_image(files[int(pos[0])])
         _check_limits(len(pos), first.shape[0], first.shape[1], options, path)
         cache = {int(pos[0]): first}
@@ -523,7 +594,7 @@ def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(
     start_s, end_s = (clip.get("start_s"), clip.get("end_s")) if kind == "range" else (None, None)
     in_range = select_range(timeline.times_s, start_s, end_s, timeline.duration_s, path)
     clip_times = timeline.times_s[in_range] - (float(start_s) if start_s is not None else 0.0)
-    pos, out_fps = resample_indices(clip_times, options.target_fps, options.max_frames)
+    pos, out_fps = resample_indices(clip_times, options.target_fps, options.max_frames, timeline.frame_duration_s)
     indices = in_range[pos]
     _check_limits(len(indices), timeline.height, timeline.width, options, path)
     backend = "pyav" if pyav_instead(options.backend, timeline, indices) else options.backend

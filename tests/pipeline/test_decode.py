@@ -83,10 +83,10 @@ def test_variable_frame_rate_resampling_uses_timestamps(tmp_path):
     results = _decode_all({"source_kind": "video", "path": str(path)}, target_fps=10)
     _assert_same(results)
     got = [frame_index(f) for f in results["decord"].frames]
-    # the clip lasts 640 ms (last frame at 560 + the mean gap of 80): 10 fps instants 0, 100, ..., 600 ms lie in
-    # it -> the last frame shown at or before each:
-    # 0->f0 (0 ms), 100->f2 (80), 200->f3 (200), 300->f4 (240), 400->f4 (240), 500->f5 (480), 600->f7 (560)
-    assert got == [0, 2, 3, 4, 4, 5, 7]
+    # the clip lasts 600 ms (last frame at 560 + the median gap of 40, as the manifest's duration_s): 10 fps
+    # instants 0, 100, ..., 500 ms lie in it -> the last frame shown at or before each:
+    # 0->f0 (0 ms), 100->f2 (80), 200->f3 (200), 300->f4 (240), 400->f4 (240), 500->f5 (480)
+    assert got == [0, 2, 3, 4, 4, 5]
     assert results["decord"].fps == 10
 
 
@@ -175,9 +175,17 @@ def test_resample_indices_reference_cases():
     pos, _ = resample_indices(np.arange(22) / 25.0, 10.0, None)
     assert list(pos) == [0, 2, 5, 7, 10, 12, 15, 17, 20]
     assert list(resample_indices(np.arange(61) / 60.0, 20.0, None)[0]) == list(range(0, 61, 3))
-    # right on the slack's boundary (150 frames at 29.97 fps last 5.005 s): one answer, not float error's pick
+    # 150 frames at 29.97 fps last 5.005 s: the instant 5.0 s is inside the last frame, whatever float error says
     counts = {len(resample_indices(np.arange(150) * (1001 / 30000) + offset, 10.0, None)[0]) for offset in (0.0, 1e-15, 0.1, 7.3)}
-    assert counts == {50}
+    assert counts == {51}
+    # 26 frames at 25 fps last 1.04 s: instants 0 and 1.0 s (frame 25 is shown at 1.00 s), as HumanML3D's poses[::25]
+    assert list(resample_indices(np.arange(26) / 25.0, 1.0, None)[0]) == [0, 25]
+    # millisecond timestamps: a 4 s clip at 10 fps whose last frame ends at 4.0003 s has 40 instants, not 41
+    assert len(resample_indices(np.round(np.arange(100) / 25.0 + 0.0003 * np.arange(100) / 99, 4), 10.0, None, 0.04)[0]) == 40
+    # the clip's end is its last frame's end at the video's median frame duration (as the manifest's duration_s), not
+    # its mean gap: a pause does not stretch the last frame (10 frames at 0.04 s, one 0.5 s pause: 0.36 + 0.5 + 0.04 s)
+    paused = np.concatenate([np.arange(5) * 0.04, 0.16 + 0.5 + np.arange(1, 6) * 0.04])
+    assert len(resample_indices(paused, 25.0, None, 0.04)[0]) == int(np.ceil((paused[-1] + 0.04) * 25 - 1e-9))
 
 
 def test_bad_files_are_clip_errors(tmp_path):
@@ -413,7 +421,7 @@ def test_pyav_starts_a_late_range_at_its_key_frame_with_the_same_frames(tmp_path
             wanted = {i: [i - first] for i in range(first, min(first + 12, len(tl.times_s)))}
             from_key = _pyav_from_keyframe(str(path), wanted, len(wanted), tl)
             assert from_key is not None, f"{name}: no seek from frame {first}"
-            from_start = _pyav_from_start(str(path), wanted, len(wanted))
+            from_start = _pyav_from_start(str(path), wanted, len(wanted), tl.orientation)
             assert all(np.array_equal(a, b) for a, b in zip(from_key, from_start)), f"{name}: from frame {first}"
 
 
@@ -534,3 +542,89 @@ def test_a_cut_off_mp4_with_its_index_first_is_corrupt_not_shorter(tmp_path):
     assert exc.value.kind == "corrupt"
     row = {"source_kind": "range", "path": str(path), "start_s": 1.7, "end_s": 1.9}
     assert probe_clip(row)["status"] == "corrupt"  # was range_out_of_bounds
+
+
+def _ffmpeg_rgb(path, width, height):
+    """The ffmpeg CLI's frames (it applies the display matrix, mirrors included): the independent reference."""
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
+@pytest.mark.parametrize("name, matrix", [("hflip", (-1, 0, 0, 1)), ("vflip", (1, 0, 0, -1)), ("transpose", (0, 1, 1, 0)),
+                                          ("rot90_mirrored", (0, -1, -1, 0))])
+def test_a_mirrored_display_matrix_is_shown_mirrored_as_ffmpeg_shows_it(tmp_path, name, matrix):
+    """A mirror in the display matrix swaps the signer's hands; it must not come out as a rotation (a horizontal
+    mirror was turned upside down, a vertical one ignored) on any backend."""
+    import struct
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command (make setup installs it)")
+    frames = np.stack([index_frame(i) for i in range(4)])[:, :, :48]  # not square: a transpose shows in the shape
+    plain = write_video(tmp_path / "plain.mp4", frames)
+    data = plain.read_bytes()
+    identity = struct.pack(">9i", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    at = data.find(identity, data.find(b"tkhd"))
+    a, b, c, d = (v * 0x10000 for v in matrix)
+    patched = tmp_path / f"{name}.mp4"
+    patched.write_bytes(data[:at] + struct.pack(">9i", a, b, 0, c, d, 0, 0, 0, 0x40000000) + data[at + 36:])
+    results = _decode_all({"source_kind": "video", "path": str(patched)})
+    _assert_same(results)
+    got = results["pyav"].frames
+    assert np.array_equal(got, _ffmpeg_rgb(patched, got.shape[2], got.shape[1]))
+    upright = decode_clip({"source_kind": "video", "path": str(plain)}).frames
+    assert not np.array_equal(got, upright) and read_timeline(str(patched)).width == got.shape[2]
+
+
+@pytest.mark.parametrize("ext, codec", [("mkv", "libx264"), ("webm", "libvpx-vp9"), ("avi", "mjpeg")])
+def test_a_cut_off_matroska_webm_or_avi_file_is_corrupt_not_shorter(tmp_path, ext, codec):
+    """Their demuxers stop at the cut without an error; the header (Matroska's track DURATION tag, AVI's frame
+    count) still says how long the video is. A range past the cut was range_out_of_bounds (an annotation error)."""
+    from manifests.probe import probe_clip
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command (make setup installs it)")
+    whole = tmp_path / f"whole.{ext}"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=4", "-c:v", codec, str(whole)], check=True)
+    assert probe_clip({"source_kind": "video", "path": str(whole)})["status"] == "ok"
+    cut = tmp_path / f"cut.{ext}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    for row in ({"source_kind": "video", "path": str(cut)}, {"source_kind": "range", "path": str(cut), "start_s": 3.0, "end_s": 3.5}):
+        probed = probe_clip(row)
+        assert probed["status"] == "corrupt" and "truncated" in probed["error"], probed
+
+
+def test_a_matroska_video_starting_after_its_audio_is_not_taken_for_truncated(tmp_path):
+    """FFmpeg's DURATION tag is the track's end time: a video track starting at 0.4 s ends at 2.4 s, complete."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command (make setup installs it)")
+    path = tmp_path / "late.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=3", "-itsoffset", "0.4", "-f", "lavfi", "-i",
+                    "testsrc2=size=64x48:rate=25:duration=2", "-map", "0", "-map", "1", "-c:v", "libx264", "-c:a", "libvorbis", str(path)], check=True)
+    timeline = read_timeline(str(path))
+    assert len(timeline.times_s) == 50 and timeline.times_s[0] == pytest.approx(0.4, abs=0.01)
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_an_exif_rotated_jpeg_read_as_a_video_is_upright_on_every_backend(tmp_path, orientation):
+    """torchcodec follows the system FFmpeg, which left an EXIF orientation 3 picture upside down."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(orientation)
+    image = Image.fromarray(np.kron(rng.integers(0, 256, (3, 5, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8)))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"exif{orientation}.jpg"
+    image.save(path, exif=exif, quality=95)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")).astype(int)
+    for backend, clip in _decode_all({"source_kind": "video", "path": str(path)}).items():
+        assert clip.frames.shape[1:] == expected.shape, backend
+        assert np.abs(clip.frames[0].astype(int) - expected).mean() < 10, backend  # upside down: ~90
+
+
+def test_frame_folder_names_with_non_decimal_digits_sort_without_error(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("2.png", "10.png", "²1.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
+    assert decode_clip({"source_kind": "frames", "path": str(folder), "fps": 25.0}).frames.shape[0] == 3
