@@ -247,10 +247,16 @@ def test_worker_env_defaults_replaces_and_leaves_the_output_hash_alone():
     assert given.output_hash() == base.output_hash()  # how fast, not what
 
 
-def test_worker_env_reaches_the_decode_workers(demo_manifest, ray_local, tmp_path):
-    """The config's worker_env is set in the job's Ray workers, over what they inherit: here the fault-injection
-    variable (conftest.py sets it for every process) is replaced by one naming a single clip's file, whose
-    worker then dies on every try (lost), while the others decode."""
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("variable, retries", [("SIGNFEAT_TEST_CRASH_ON", {"decode_retries": 0}),
+                                               ("SIGNFEAT_TEST_KILL_EXTRACTOR_ON", {"extract_retries": 1, "clips_per_call": 1})])
+def test_a_worker_that_dies_on_one_clip_every_time_loses_that_clip_and_the_job_goes_on(demo_manifest, ray_local, tmp_path, variable, retries):
+    """The config's worker_env is set in the job's Ray workers, over what they inherit: a fault-injection variable
+    names a single clip's file, and the worker handling it dies on every try, while the others go through:
+    - a decode task that crashes in native code (SIGSEGV), retried decode_retries times;
+    - an extractor actor killed (SIGKILL, as the memory monitor kills one whose clip does not fit), restarted
+      and its call retried extract_retries times (Ray Data's default retried it forever: the job never ended).
+    Then the clip is recorded lost (stage worker) and the job completes."""
     import pyarrow as pa
 
     table = pq.read_table(demo_manifest)
@@ -260,33 +266,9 @@ def test_worker_env_reaches_the_decode_workers(demo_manifest, ray_local, tmp_pat
         by_path.setdefault(r["path"], []).append(r)
     picked = [group[0] for group in by_path.values() if len(group) == 1][:3]
     assert len(picked) == 3
-    marker = picked[1]["path"]
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.Table.from_pylist(picked, schema=table.schema), manifest)
-    config = {**CONFIG, "extractors": CONFIG["extractors"][:1], "decode_retries": 0, "worker_env": {"SIGNFEAT_TEST_CRASH_ON": marker}}
-    summary = run_extract(manifest, str(tmp_path / "out"), parse_job_config(config), progress=False)
-    failures = pq.read_table(tmp_path / "out" / "failures.parquet").to_pylist()
-    assert [(f["id"], f["error_class"]) for f in failures] == [(picked[1]["id"], "lost")]
-    assert summary["samples"] == 2
-
-
-@pytest.mark.timeout(300)
-def test_an_extractor_actor_that_dies_on_a_clip_every_time_loses_only_its_call(demo_manifest, ray_local, tmp_path):
-    """An actor killed on every try of one clip (as the memory monitor kills one whose clip does not fit) is
-    restarted and its call retried extract_retries times; then that clip is recorded lost and the job goes on
-    (Ray Data's default retries it forever: the job never ended)."""
-    import pyarrow as pa
-
-    table = pq.read_table(demo_manifest)
-    rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["source_kind"] == "video"]
-    by_path: dict[str, list] = {}
-    for r in rows:
-        by_path.setdefault(r["path"], []).append(r)
-    picked = [group[0] for group in by_path.values() if len(group) == 1][:3]
-    manifest = tmp_path / "m.parquet"
-    pq.write_table(pa.Table.from_pylist(picked, schema=table.schema), manifest)
-    config = {**CONFIG, "extractors": CONFIG["extractors"][:1], "clips_per_call": 1, "extract_retries": 1,
-              "worker_env": {"SIGNFEAT_TEST_KILL_EXTRACTOR_ON": picked[1]["path"]}}
+    config = {**CONFIG, "extractors": CONFIG["extractors"][:1], **retries, "worker_env": {variable: picked[1]["path"]}}
     summary = run_extract(manifest, str(tmp_path / "out"), parse_job_config(config), progress=False)
     failures = pq.read_table(tmp_path / "out" / "failures.parquet").to_pylist()
     assert [(f["id"], f["error_class"], f["stage"]) for f in failures] == [(picked[1]["id"], "lost", "worker")]
