@@ -67,10 +67,25 @@ def write_manifest(table: pa.Table, path: str | Path) -> None:
 
 
 def read_manifest(path: str | Path) -> pa.Table:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
-    table = pq.read_table(path)
+    """A manifest from a local path or an object-store URL (``s3://bucket/m.parquet``, with pyarrow's query options
+    such as ``?endpoint_override=HOST:PORT&scheme=http``, as ``--out`` takes them)."""
+    if "://" in str(path):
+        import pyarrow.fs as pafs
+
+        try:
+            fs, inner = pafs.FileSystem.from_uri(str(path))
+            if fs.get_file_info(inner).type != pafs.FileType.File:
+                raise FileNotFoundError(f"manifest not found: {path}")
+            table = pq.read_table(inner, filesystem=fs)
+        except (OSError, pa.ArrowInvalid) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise FileNotFoundError(f"manifest {path}: cannot read it ({exc})") from None
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest not found: {path}")
+        table = pq.read_table(path)
     version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY)
     if version is None:
         raise ValueError(f"{path} is not a signfeat manifest (no {SCHEMA_VERSION_KEY.decode()} in its metadata)")

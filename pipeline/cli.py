@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, type=Path, metavar="f.npy")
 
     x = sub.add_parser("extract", help="manifest -> WebDataset shards of features, on Ray")
-    x.add_argument("--manifest", required=True, type=Path)
+    x.add_argument("--manifest", required=True, help="manifest Parquet: a path or s3://bucket/m.parquet")
     x.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     x.add_argument("--config", required=True, type=Path, help="YAML job config (configs/extract_*.yaml)")
     x.add_argument("--address", help="Ray cluster address ('auto' for the running cluster; default: RAY_ADDRESS, else a local instance)")
@@ -232,7 +233,8 @@ def _extract(args) -> int:
     weights = {s.name: _weights_label(s.extractor) for s in config.streams}
     print(json.dumps({k: summary[k] for k in ("output", "clips_planned", "samples", "failures", "failures_by_class", "shards", "shards_skipped_as_complete", "wall_s", "clips_per_s")}, indent=1))
     print(f"streams: {weights}")
-    print(f"shards: {summary['output']}/{{split}}/*.tar  index: index.parquet  failures: failures.parquet  summary: job.json")
+    where = summary["output"].partition("?")[0]  # an s3:// URL's options (endpoint_override=...) go after the path, not in it
+    print(f"shards: {where}/{{split}}/*.tar  index: index.parquet  failures: failures.parquet  summary: job.json")
     return 0
 
 
@@ -309,5 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``signfeat`` console script. verify and stats (no Ray, nothing to shut down) leave through os._exit
+    once their output is flushed: pyarrow 26 aborts at interpreter exit now and then after a read of a missing
+    file ("terminate called without an active exception"), which turned verify's exit 1 into 134."""
+    code = main()
+    if len(sys.argv) > 1 and sys.argv[1] in ("verify", "stats"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -63,8 +63,10 @@ def _index_schema(streams: list[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], streams: list[str], config_hash: str) -> dict[str, Any]:
-    """Build the shard's tar in memory (one shard's features: small), then commit it with its parts."""
+def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], streams: list[str], config_hash: str,
+                run_id: str | None = None) -> dict[str, Any]:
+    """Build the shard's tar in memory (one shard's features: small), then commit it with its parts (after
+    checking that this run, ``run_id``, still owns OUT: see ``check_run``)."""
     import webdataset as wds
 
     buf = io.BytesIO()
@@ -77,7 +79,7 @@ def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], strea
                 continue
             meta = {
                 "id": row["id"], "key": row["key"], "text": row["text"], "split": plan.split, "signer": row["signer"], "dataset": row["dataset"],
-                "fps": row["decoded_fps"], "num_frames": row["decoded_frames"],
+                "fps": row["decoded_fps"], "num_frames": row["decoded_frames"], "duration_s": _duration_s(row),
                 "source": {"path": row["path"], "kind": row["source_kind"], "start_s": row["start_s"], "end_s": row["end_s"]},
                 "streams": {s: json.loads(row[f"meta_{s}"]) for s in streams},
                 "job": {"config_hash": config_hash, "shard": plan.name},
@@ -90,7 +92,10 @@ def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], strea
                           "bytes": sum(len(v) for v in members.values()), "checksum": sample_checksum(members)})
     index_table = pa.Table.from_pylist(index, schema=_index_schema(streams))
     failure_table = pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA)
-    summary = {"shard": plan.name, "samples": len(index), "failures": len(failures), "bytes": len(buf.getvalue()), "time": time.time()}
+    summary = {"shard": plan.name, "samples": len(index), "failures": len(failures), "bytes": len(buf.getvalue()), "time": time.time(),
+               "config_hash": config_hash, "run_id": run_id}
+    if run_id is not None:
+        check_run(store, run_id)
     store.commit_shard(plan.name, buf.getvalue(), index_table, failure_table, summary)
     return summary
 
@@ -145,23 +150,26 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
         statuses = dict(collections.Counter(str(r.get("status")) for r in manifest_rows))
         raise SignfeatError(f"{manifest}: no clip has status ok ({len(manifest_rows)} rows: {statuses or 'none'}); nothing to extract. "
                             f"See the manifest's error column, or `signfeat manifest curate`'s report")
-    plans = plan_shards(manifest_rows, cfg.shards)
+    from pipeline.stages import stream_geometries
+
+    stream_geometries(cfg.streams)  # each stream's preprocessing loads here, before Ray starts, or the job stops in one line
+    plans = plan_shards(manifest_rows, cfg.shards, cfg.decode)
     streams = [s.name for s in cfg.streams]
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
     store = Store(out)
     store.make_writable()
-    claim_output(store, identity, plans, overwrite=overwrite)
+    run_id = claim_output(store, identity, plans, overwrite=overwrite)
 
     removed = store.remove_temporaries({p.name for p in plans})  # a killed earlier run's half-written files
     if removed:
         log.warning("removed %d half-written files of an interrupted earlier run", removed)
-    done = shards_to_skip(store, plans)
+    done = shards_to_skip(store, plans, identity["config_hash"])
     todo = [p for p in plans if p.name not in done]
     log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.url)
     run_stats: dict[str, Any] = {}
     if todo:
-        run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], address=address, progress=progress, num_cpus=num_cpus)
-    summary = finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done)
+        run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], run_id, address=address, progress=progress, num_cpus=num_cpus)
+    summary = finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done, run_id=run_id)
     return summary
 
 
@@ -174,10 +182,15 @@ def _read_identity(store: Store) -> dict[str, Any]:
     return old if isinstance(old, dict) else {}
 
 
-def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan], *, overwrite: bool) -> None:
-    """Record this job (identity + plan) in OUT. Another job's output is refused while it holds a complete
-    shard (that is work a mistyped --out would destroy); one that completed nothing, such as a job that
-    died on a bad setting before its first shard, is replaced, so the corrected config is not refused."""
+RUN_FILE = "_signfeat/run.json"  # the run that owns OUT now: its id, host, pid and start time
+
+
+def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan], *, overwrite: bool) -> str:
+    """Record this job (identity + plan) in OUT and this run as its owner; returns the run's id. Another job's
+    output is refused while it holds a complete shard (that is work a mistyped --out would destroy); one that
+    completed nothing, such as a job that died on a bad setting before its first shard, is replaced, so the
+    corrected config is not refused. A run started later on the same OUT takes it over: this one then stops
+    at its next commit (``check_run``) instead of writing into the other job's output."""
     if overwrite:
         store.clear()
     else:
@@ -194,19 +207,52 @@ def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan],
     store.write_table("_signfeat/plan.parquet", pa.Table.from_pylist(
         [{"shard": p.name, "key": r["key"], "id": r["id"]} for p in plans for r in p.rows],
         schema=pa.schema([("shard", pa.string()), ("key", pa.string()), ("id", pa.string())])))
+    import socket
+    import uuid
+
+    run = {"run_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    store.write_json(RUN_FILE, run)
+    return run["run_id"]
 
 
-def shards_to_skip(store: Store, plans: list[ShardPlan]) -> set[str]:
-    """The planned shards a rerun may skip (``Store.shard_is_complete``). A marker whose tar was deleted or
-    truncated, or whose parts are lost or damaged, is removed first, so the shard is redone and a run
-    killed while redoing it cannot leave the old marker vouching for new, unfinished files."""
+def check_run(store: Store, run_id: str) -> None:
+    """Stop unless this run still owns OUT. Two drivers on one OUT (a job started twice, a second config
+    into the same folder) each claimed it; the later one cleared or resumed it, and the earlier one's next
+    commit would mix two jobs' shards into an output that both reported as complete."""
+    try:
+        owner = store.read_json(RUN_FILE)
+    except (OSError, ValueError):
+        owner = {}
+    if not isinstance(owner, dict) or owner.get("run_id") != run_id:
+        who = (f"{owner.get('host')}, pid {owner.get('pid')}, started {owner.get('started')}" if isinstance(owner, dict) and owner
+               else "its run record is gone")
+        raise SignfeatError(f"another signfeat extract has taken over {store.url} since this run started ({who}); this run stops "
+                            "here. Never run two jobs into one --out: rerun this command when the other has finished (it resumes), "
+                            "or use another --out")
+
+
+def shards_to_skip(store: Store, plans: list[ShardPlan], config_hash: str | None = None) -> set[str]:
+    """The planned shards a rerun may skip (``Store.shard_is_complete``, and made with ``config_hash`` when its
+    marker says: another job's shard, committed by a second driver on this OUT, is redone). A marker whose tar
+    was deleted or truncated, or whose parts are lost or damaged, is removed first, so the shard is redone and a
+    run killed while redoing it cannot leave the old marker vouching for new, unfinished files."""
     planned = {p.name for p in plans}
     marked = store.done_shards() & planned
-    complete = {shard for shard in marked if store.shard_is_complete(shard)}
+    complete = {shard for shard in marked if store.shard_is_complete(shard)
+                and (config_hash is None or _marker_config(store, shard) in (None, config_hash))}
     for shard in sorted(marked - complete):
         log.warning("shard %s has a completion marker but a missing or damaged tar or part: redoing it", shard)
         store.delete(Store.marker(shard))
     return complete
+
+
+def _marker_config(store: Store, shard: str) -> str | None:
+    """The config hash a shard's completion marker records (None: a marker of an older signfeat, which did not)."""
+    try:
+        summary = store.read_json(Store.marker(shard))
+    except (OSError, ValueError):
+        return None
+    return summary.get("config_hash") if isinstance(summary, dict) else None
 
 
 def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
@@ -238,7 +284,8 @@ def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
                 + (", or raise --num-cpus" if name == "CPU" else "") + ", or run on a cluster with --address (the job would wait forever)")
 
 
-def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[str], config_hash: str, *, address, progress, num_cpus) -> dict[str, Any]:
+def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[str], config_hash: str, run_id: str, *, address, progress,
+             num_cpus) -> dict[str, Any]:
     import ray
     from tqdm import tqdm
 
@@ -298,7 +345,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
             failures += lost
             bar.update(lost)
             t = time.time()
-            write_shard(store, plan, rows, streams, config_hash)
+            write_shard(store, plan, rows, streams, config_hash, run_id)
             t_write += time.time() - t
             current, next_shard = {}, next_shard + 1
 
@@ -325,13 +372,20 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
 
 
 def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobConfig, identity: dict, t_start: float, run_stats: dict,
-             skipped: set[str] = frozenset()) -> dict[str, Any]:
-    """Merge the per-shard parts (plan order), check that every clip is in exactly one place, write job.json.
-    ``skipped``: the shards this run found complete and did not redo."""
+             skipped: set[str] = frozenset(), run_id: str | None = None) -> dict[str, Any]:
+    """Merge the per-shard parts (plan order), check that every clip is in exactly one place and every shard
+    was made with this job's config, write job.json. ``skipped``: the shards this run found complete and did
+    not redo; ``run_id``: this run, which must still own OUT."""
+    if run_id is not None:
+        check_run(store, run_id)
     index_parts, failure_parts = [], []
     for p in plans:
         if not store.exists(Store.marker(p.name)):
             raise SignfeatError(f"shard {p.name} is not complete; rerun the same command to finish the job")
+        made_with = _marker_config(store, p.name)
+        if made_with not in (None, identity["config_hash"]):
+            raise SignfeatError(f"shard {p.name} was written by another job (config hash {made_with}, this job's {identity['config_hash']}): "
+                                "two drivers ran into one --out; rerun this command alone to redo it")
         index_parts.append(store.read_table(f"_signfeat/parts/{p.name}.index.parquet"))
         failure_parts.append(store.read_table(f"_signfeat/parts/{p.name}.failures.parquet"))
     index = pa.concat_tables(index_parts) if index_parts else _index_schema(streams).empty_table()

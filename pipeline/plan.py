@@ -1,8 +1,8 @@
 """Shard planning: which clip goes into which shard, fixed up front from the manifest and the config.
 
 Clips with status ``ok`` are grouped by split (a clip without one goes to ``nosplit``), kept in manifest
-order, and cut into shards of at most ``samples`` clips and at most ``max_frames`` frames (frames are what
-feature bytes grow with). Same manifest + same shard settings -> same shard names -> same keys, so a
+order, and cut into shards of at most ``samples`` clips and at most ``max_frames`` frames as the job decodes
+them (frames are what feature bytes grow with). Same manifest + same shard settings -> same shard names -> same keys, so a
 rerun can skip complete shards.
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from manifests.schema import PARAMS_KIND
 from pipeline.config import ShardConfig
 from pipeline.errors import SignfeatError
 
@@ -29,7 +31,23 @@ class ShardPlan:
     rows: list[dict[str, Any]]
 
 
-def plan_shards(manifest_rows: list[dict[str, Any]], shards: ShardConfig) -> list[ShardPlan]:
+def decoded_frames(row: dict[str, Any], decode: Any | None) -> int:
+    """Frames the job will decode from a manifest row: its own count, resampled to ``decode.target_fps`` and
+    capped at ``decode.max_frames`` (a parameters clip is not decoded: the job's decode options do not touch it)."""
+    n = int(row.get("num_frames") or 0)
+    if decode is None or row.get("source_kind") == PARAMS_KIND:
+        return n
+    fps = row.get("fps")
+    if decode.target_fps and fps and fps > 0:
+        n = max(1, math.ceil(round(n / fps * decode.target_fps, 6)))
+    if decode.max_frames:
+        n = min(n, decode.max_frames)
+    return n
+
+
+def plan_shards(manifest_rows: list[dict[str, Any]], shards: ShardConfig, decode: Any | None = None) -> list[ShardPlan]:
+    """``decode`` (the job's DecodeOptions): ``shards.max_frames`` counts the frames the job will decode, so a job
+    that thins clips out (target_fps, max_frames) fills its shards."""
     ok = [{k: r.get(k) for k in ROW_FIELDS} for r in manifest_rows if r.get("status") == "ok"]
     seen: dict[str, str] = {}
     for r in ok:
@@ -61,7 +79,7 @@ def plan_shards(manifest_rows: list[dict[str, Any]], shards: ShardConfig) -> lis
             current, frames = [], 0
 
         for r in by_split[split]:
-            n = int(r["num_frames"] or 0)
+            n = decoded_frames(r, decode)
             if current and (len(current) >= shards.samples or (shards.max_frames is not None and frames + n > shards.max_frames)):
                 close()
             current.append(r)

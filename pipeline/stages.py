@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from manifests.schema import PARAMS_KIND
-from pipeline.errors import ClipError
+from pipeline.errors import ClipError, SignfeatError
 
 ERROR_COLUMNS = ("error_stage", "error_class", "error_message")
 
@@ -48,7 +48,14 @@ def stream_geometries(streams) -> dict[str, str]:
     out = {}
     for s in streams:
         cfg = ExtractorConfig.from_dict({**s.extractor, "device": "cpu"})
-        out[s.name] = "prep_" + geometry_key(REGISTRY[cfg.name].transform_for(cfg))
+        try:
+            out[s.name] = "prep_" + geometry_key(REGISTRY[cfg.name].transform_for(cfg))
+        except (OSError, ValueError) as exc:  # transformers: a missing folder, an unknown Hub id, no network
+            raise SignfeatError(
+                f"extractor {cfg.name}: cannot load the image processor of {cfg.model or REGISTRY[cfg.name].default_model!r} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}). The driver and the decode tasks resize frames with its "
+                "settings: a local model folder must exist on every node, driver included; a Hub id must be cached or downloadable there"
+            ) from None
     return out
 
 

@@ -55,7 +55,14 @@ class Store:
     def make_writable(self) -> None:
         """Before a job writes: a local OUT (a path or a file:// URL) that is a file (or under one), or cannot be
         created, is one line, not a pyarrow traceback at the first write. (Object stores have no folders to check.)"""
-        if not self.local:
+        if not self.local:  # no folders to check; the bucket must exist (pyarrow would create none: a traceback at the first write)
+            bucket = self.root.split("/")[0]
+            try:
+                missing = self.fs.get_file_info(bucket).type == pafs.FileType.NotFound
+            except OSError as exc:  # credentials, endpoint, network: pyarrow's message says which
+                raise SignfeatError(f"--out {self.url}: cannot reach the object store ({str(exc).splitlines()[0]})") from None
+            if missing:
+                raise SignfeatError(f"--out {self.url}: bucket {bucket!r} does not exist (create it first)")
             return
         from pathlib import Path
 

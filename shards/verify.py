@@ -74,6 +74,15 @@ def _config_hash(store: Store, out: str) -> str:
     return config_hash
 
 
+def _same_seconds(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    try:
+        return abs(float(a) - float(b)) <= 1e-6
+    except (TypeError, ValueError):
+        return False
+
+
 def _stream_problem(meta: Any, stream: str) -> str | None:
     """Why the sample JSON's record of a stream cannot be checked against, or None."""
     smeta = meta.get("streams", {}).get(stream) if isinstance(meta.get("streams"), dict) else None
@@ -179,6 +188,8 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
             for col in ("id", "split", "num_frames"):
                 if meta.get(col) != row.get(col):
                     problem(f"{where}: json {col} {meta.get(col)!r} differs from index.parquet ({row.get(col)!r})")
+            if "duration_s" in meta and not _same_seconds(meta["duration_s"], row.get("duration_s")):  # stats' hours (older outputs lack it)
+                problem(f"{where}: json duration_s {meta['duration_s']!r} differs from index.parquet ({row.get('duration_s')!r})")
             for s in streams:
                 try:
                     arr = load_npy(members[f"{s}.npy"])
@@ -206,17 +217,20 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
                 if not np.isfinite(arr.astype(np.float32)).all():
                     problem(f"{where}: {s} has non-finite values")
     # files the plan does not name: a renamed or copied shard is read by anything globbing {split}/*.tar (the
-    # trainer does), so its samples would be trained on twice or from the wrong split; a half-written
+    # trainer does), so its samples would be trained on twice or from the wrong split, and a .tar in the folder
+    # of a split the plan does not have (OUT/dev/ when it has no dev) is that split to the trainer; a half-written
     # temporary means a run was killed after this output was finished
-    # (a user's own files elsewhere under OUT, which --overwrite keeps, are not the output's business)
+    # (a user's other files under OUT, which --overwrite keeps, are not the output's business)
     planned_files = {f"{shard}.tar" for shard in shards}
-    split_folders = {shard.rsplit("/", 1)[0] for shard in shards if "/" in shard}
+    # the plan's split folders, and those of the splits manifests normalise to (a trainer asks for them)
+    split_folders = {shard.rsplit("/", 1)[0] for shard in shards if "/" in shard} | {"train", "dev", "test"}
     for rel in store.list_files(""):
         if _TEMP_NAME.search(rel):
             if Store._ours(_TEMP_NAME.sub("", rel), set(shards)):
                 problem(f"{rel}: half-written temporary file of an interrupted run")
-        elif rel.endswith(".tar") and "/" in rel and rel.rsplit("/", 1)[0] in split_folders and rel not in planned_files:
-            problem(f"{rel}: shard not in the plan (renamed, copied or left from another job?)")
+        elif rel.endswith(".tar") and rel.count("/") == 1 and rel.split("/")[0] in split_folders and rel not in planned_files:
+            problem(f"{rel}: shard not in the plan (renamed, copied or left from another job?); "
+                    f"anything globbing {{split}}/*.tar reads it as split {rel.split('/')[0]!r}")
     for key, n in seen.items():
         if n > 1:
             problem(f"key {key} appears in {n} samples across shards")

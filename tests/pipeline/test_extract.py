@@ -391,3 +391,30 @@ def test_memory_gb_is_a_resource_not_part_of_the_output():
     assert with_memory.streams[0].memory_gb == 6 and with_memory.output_hash() == base.output_hash()
     with pytest.raises(SignfeatError, match="memory_gb"):
         parse_job_config({"extractors": [{"name": "dinov2", "tiny": True, "memory_gb": -1}]})
+
+
+def test_a_model_folder_that_does_not_exist_stops_the_job_in_one_line_before_ray_starts(demo_manifest, tmp_path):
+    """transformers' 'Repo id must be in the form...' traceback came from the driver ~12 s in, after Ray started."""
+    config = parse_job_config({"extractors": [{"name": "dinov2", "model": str(tmp_path / "no_such_model")}]})
+    with pytest.raises(SignfeatError, match=r"extractor dinov2: cannot load the image processor of .*no_such_model.*every node"):
+        run_extract(demo_manifest, str(tmp_path / "out"), config, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_shard_frame_limits_count_the_frames_the_job_decodes():
+    """With decode.max_frames 12 and target_fps 10, clips of 34-46 source frames hold 12 rows: shards of 30 frames
+    held one clip each (planned from the source counts)."""
+    from pipeline.config import ShardConfig
+    from pipeline.decode import DecodeOptions
+    from pipeline.plan import plan_shards
+
+    rows = [{"id": f"c{i}", "key": f"c{i}", "split": "train", "status": "ok", "num_frames": 34 + i, "fps": 25.0, "source_kind": "video"}
+            for i in range(12)]
+    shards = ShardConfig(samples=100, max_frames=30)
+    assert len(plan_shards(rows, shards)) == 12  # source frames: one clip per shard
+    thinned = plan_shards(rows, shards, DecodeOptions(target_fps=10, max_frames=12))
+    assert [len(p.rows) for p in thinned] == [2] * 6  # 12 (resampled 14-18, capped at 12) + 12 <= 30 < 36
+    resampled = plan_shards(rows[:2], ShardConfig(samples=100, max_frames=14), DecodeOptions(target_fps=5))
+    assert [len(p.rows) for p in resampled] == [2]  # ceil(34 / 25 * 5) = 7 and ceil(35 / 25 * 5) = 7
+    params = [{**r, "source_kind": "smplx"} for r in rows[:2]]
+    assert len(plan_shards(params, ShardConfig(samples=100, max_frames=40), DecodeOptions(max_frames=12))) == 2  # not decoded

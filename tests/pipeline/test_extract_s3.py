@@ -1,8 +1,13 @@
 """The extraction job writing to object storage: a local S3-compatible server (moto) on 127.0.0.1."""
 
 import logging
+from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
+
+from manifests.schema import read_manifest
+from pipeline.errors import SignfeatError
 
 from pipeline.config import parse_job_config
 from pipeline.extract import run_extract
@@ -53,9 +58,23 @@ def test_extract_to_s3_verifies_and_resumes(s3_url, demo_manifest, ray_local):
     store.delete(Store.marker(victim))
     store.delete(f"{victim}.tar")
     assert not verify(s3_url)["ok"]  # the hole is noticed
-    again = run_extract(demo_manifest, s3_url, parse_job_config(CONFIG), progress=False)
+    # the rerun reads its manifest from the object store too (--manifest s3://..., as on a cluster)
+    fs, inner = pafs.FileSystem.from_uri(s3_url.replace("/job1?", "/manifests/m.parquet?"))
+    with fs.open_output_stream(inner) as f:
+        f.write(Path(demo_manifest).read_bytes())
+    manifest_url = s3_url.replace("/job1?", "/manifests/m.parquet?")
+    assert read_manifest(manifest_url).equals(read_manifest(demo_manifest))
+    with pytest.raises(FileNotFoundError, match="manifest not found"):
+        read_manifest(s3_url.replace("/job1?", "/manifests/none.parquet?"))
+    again = run_extract(manifest_url, s3_url, parse_job_config(CONFIG), progress=False)
     assert again["shards_skipped_as_complete"] == first["shards"] - 1
     assert again["samples"] == first["samples"] and again["failures"] == first["failures"]
     report = verify(s3_url)
     assert report["ok"], report["problems"]
     assert sorted(store.list_files("", ".tar")) == sorted(tars)
+
+
+def test_an_output_bucket_that_does_not_exist_is_one_line(s3_url):
+    with pytest.raises(SignfeatError, match="bucket 'nobucket' does not exist"):
+        Store(s3_url.replace("s3://features/", "s3://nobucket/")).make_writable()
+    Store(s3_url).make_writable()  # the bucket the fixture made

@@ -160,23 +160,31 @@ def test_index_row_listed_twice_is_a_problem(out):
     assert f"index.parquet lists key {KEY} 2 times" in _problems(out)
 
 
-@pytest.mark.parametrize("column, value", [("num_frames", 30), ("split", "test"), ("id", "other")])
+@pytest.mark.parametrize("column, value", [("num_frames", 30), ("split", "test"), ("id", "other"), ("duration_s", 99.0)])
 def test_index_disagreeing_with_sample_json_is_a_problem(out, column, value):
     _rewrite_index(out, lambda rows: [dict(r, **{column: value}) if r["key"] == KEY else r for r in rows])
     assert any(p.startswith(f"{SHARD}:{KEY}: json {column} ") and "differs from index.parquet" in p for p in _problems(out)), _problems(out)
 
 
+UNPLANNED = "shard not in the plan (renamed, copied or left from another job?); anything globbing {split}/*.tar reads it as split"
+
+
 def test_shard_not_in_the_plan_is_a_problem(out):
-    # a copy (or a rename) under {split}/ is read by anything globbing {split}/*.tar, e.g. the trainer
+    # a copy (or a rename) under {split}/ is read by anything globbing {split}/*.tar, e.g. the trainer; so is one
+    # in a folder of a split the plan does not have (the trainer's dev split would be it)
     shutil.copyfile(out / f"{SHARD}.tar", out / "train" / "t-000009.tar")
-    assert _problems(out) == ["train/t-000009.tar: shard not in the plan (renamed, copied or left from another job?)"]
+    (out / "dev").mkdir()
+    shutil.copyfile(out / f"{SHARD}.tar", out / "dev" / "t-000000.tar")
+    (out / "dev" / "deep").mkdir()
+    (out / "dev" / "deep" / "x.tar").write_bytes(b"a user's file, not at a split's depth")
+    assert sorted(_problems(out)) == [f"dev/t-000000.tar: {UNPLANNED} 'dev'", f"train/t-000009.tar: {UNPLANNED} 'train'"]
 
 
 def test_renamed_shard_is_missing_and_unplanned(out):
     (out / f"{SHARD}.tar").rename(out / "train" / "t-000009.tar")
     problems = _problems(out)
     assert f"shard {SHARD}: {SHARD}.tar is missing (its completion marker exists)" in problems
-    assert "train/t-000009.tar: shard not in the plan (renamed, copied or left from another job?)" in problems
+    assert f"train/t-000009.tar: {UNPLANNED} 'train'" in problems
 
 
 def test_stale_temporary_files_are_problems(out):
@@ -397,7 +405,7 @@ def test_a_user_s_files_outside_the_split_folders_are_not_problems(out):
     (out / "my_data" / "notes.tmp-20261124").write_bytes(b"mine")
     assert verify(str(out))["ok"], verify(str(out))["problems"]
     (out / "train" / "copy.tar").write_bytes(b"a copy in a split folder is still read by {split}/*.tar globs")
-    assert _problems(out) == ["train/copy.tar: shard not in the plan (renamed, copied or left from another job?)"]
+    assert _problems(out) == [f"train/copy.tar: {UNPLANNED} 'train'"]
 
 
 def test_a_member_repeated_within_a_sample_is_a_problem(out):
@@ -427,3 +435,40 @@ def test_a_compressed_tar_is_a_problem(out):
     problems = _problems(out)
     assert any(p.startswith(f"shard {SHARD}: {SHARD}.tar is ") and "completion marker says" in p for p in problems), problems
     assert any(p.startswith(f"shard {SHARD}: unreadable tar") for p in problems), problems
+
+
+def _fake_rows(plan, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in plan.rows:
+        row = {**r, "decoded_fps": 25.0, "decoded_frames": r["num_frames"], "error_class": None}
+        for s in STREAMS:
+            row[f"feat_{s}"] = rng.standard_normal((r["num_frames"], WIDTH[s])).astype(np.float16)
+            row[f"meta_{s}"] = json.dumps({"extractor": s, "dtype": "float16", "width": WIDTH[s], "settings": {}})
+        rows.append(row)
+    return rows
+
+
+def test_two_drivers_on_one_out_cannot_both_report_a_complete_mixed_output(tmp_path):
+    """Job A claims OUT, job B (another config) claims it before A's first shard and clears it: A must stop at its
+    next commit, not write its shards into B's output (both exited 0; verify then failed on every sample)."""
+    from pipeline.extract import claim_output, shards_to_skip
+
+    manifest = [_row(i, "train") for i in range(4)]
+    plans = plan_shards(manifest, CONFIG.shards)
+    store = Store(str(tmp_path / "out"))
+    job_a = {"config_hash": CONFIG.output_hash(), "plan_hash": plan_hash(plans), "streams": STREAMS}
+    job_b = {**job_a, "config_hash": "0123456789abcdef"}
+    run_a = claim_output(store, job_a, plans, overwrite=False)
+    run_b = claim_output(store, job_b, plans, overwrite=False)  # nothing complete yet: B takes OUT over
+    with pytest.raises(SignfeatError, match="another signfeat extract has taken over"):
+        write_shard(store, plans[0], _fake_rows(plans[0]), STREAMS, job_a["config_hash"], run_a)
+    assert not store.done_shards()
+    write_shard(store, plans[0], _fake_rows(plans[0]), STREAMS, job_b["config_hash"], run_b)
+    with pytest.raises(SignfeatError, match="taken over"):
+        finalize(store, plans, STREAMS, CONFIG, job_a, 0.0, {}, run_id=run_a)
+    # a shard another job committed anyway (its commit raced the takeover) is neither merged nor skipped by a rerun
+    write_shard(store, plans[1], _fake_rows(plans[1]), STREAMS, job_a["config_hash"])
+    with pytest.raises(SignfeatError, match=f"shard {plans[1].name} was written by another job"):
+        finalize(store, plans, STREAMS, CONFIG, job_b, 0.0, {}, run_id=run_b)
+    assert shards_to_skip(store, plans, job_b["config_hash"]) == {plans[0].name}
