@@ -81,6 +81,7 @@ class VideoTimeline:
     # the display matrix as (transpose, flip rows, flip columns), applied in that order to the stored picture:
     # a rotation and any mirror (a mirrored matrix swaps the signer's hands: it must not come out rotated)
     orientation: tuple[bool, bool, bool] = (False, False, False)
+    undecodable: int = 0  # leading packets before the first key frame (a stream cut mid-GOP): not in the timeline
 
     def span_s(self, idx: np.ndarray) -> float:
         """Seconds the frames ``idx`` (sorted positions) are shown: the first one's start to the last one's end."""
@@ -125,6 +126,8 @@ def read_timeline(path: str) -> VideoTimeline:
         stream = container.streams.video[0]
         tb = float(stream.time_base)
         pts: list[int] = []
+        is_key: list[bool] = []  # per entry of pts (decode order)
+        starts_on_key: bool | None = None  # whether the first packet the decoder gets is a key frame
         keyframes: list[int] = []
         untimed = discarded = demuxed = 0
         try:
@@ -135,12 +138,24 @@ def read_timeline(path: str) -> VideoTimeline:
                 # "ffmpeg -ss T -c copy" keeps the frames back to the previous keyframe): decoders drop it,
                 # so it is no frame of the video and must not shift every index after it.
                 discarded += bool(packet.is_discard and packet.size > 0)
+                if starts_on_key is None and packet.size > 0 and not packet.is_discard:
+                    starts_on_key = bool(packet.is_keyframe)  # timed or not: untimed pre-roll from a key frame decodes
                 if packet.pts is not None and packet.size > 0 and not packet.is_discard:
                     pts.append(packet.pts)
+                    is_key.append(bool(packet.is_keyframe))
                     if packet.is_keyframe:
                         keyframes.append(packet.pts)
         except Exception as exc:
             raise ClipError("corrupt", f"cannot read the packets of {path}: {exc}") from None
+        # A stream that does not start on a key frame (a broadcast capture cut mid-GOP, a copy cut on non-key
+        # frames): decoders drop what comes before its first key frame, and the leading frames after it that
+        # show before it (they reference the missing GOP), as the ffmpeg CLI does. Listing them shifted every
+        # range of the first GOP and made PyAV fail whole clips.
+        undecodable = 0
+        if starts_on_key is False and any(is_key):
+            first = is_key.index(True)
+            kept = [p for p in pts[first:] if p >= pts[first]]
+            undecodable, pts = len(pts) - len(kept), kept
         if not pts and untimed:
             raise ClipError("no_frames", f"{path}: none of its {untimed} video packets has a timestamp (a raw stream such as .h264?); "
                                          f"put it in a container first: ffmpeg -i IN -c copy OUT.mp4")
@@ -180,7 +195,8 @@ def read_timeline(path: str) -> VideoTimeline:
         video_streams = sum(1 for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic)
         return VideoTimeline(times, width, height, rotation, stream.codec_context.name, frame_dur, container.format.name, pts=pts_arr,
                              keyframe_pts=np.sort(np.asarray(keyframes, dtype=np.int64)), pix_fmt=str(ctx.pix_fmt or ""),
-                             video_streams=video_streams, discarded=discarded, untimed=untimed, orientation=orientation)
+                             video_streams=video_streams, discarded=discarded, untimed=untimed, orientation=orientation,
+                             undecodable=undecodable)
     finally:
         container.close()
 
@@ -345,8 +361,8 @@ def pyav_instead(backend: str, timeline: VideoTimeline, indices: np.ndarray) -> 
         return None
     if timeline.video_streams > 1:
         return f"{timeline.video_streams} video streams (it may read another one than the first)"
-    if timeline.discarded or timeline.untimed:  # frames the decoder may show that the timeline does not list
-        return "pre-roll packets that are discarded or have no timestamp (a stream-copied cut)"
+    if timeline.discarded or timeline.untimed or timeline.undecodable:  # frames the decoder may show that the timeline does not list
+        return "pre-roll packets that are discarded, have no timestamp or precede the first key frame (a cut stream)"
     if backend == "torchcodec" and timeline.container in _TORCHCODEC_WRONG_CONTAINERS:
         return f"the {timeline.container} container"
     # decord and torchcodec apply only the rotation of a display matrix, never its mirror (a mirrored clip came
@@ -404,7 +420,7 @@ def _decode_pyav(path: str, indices: np.ndarray, timeline: VideoTimeline) -> np.
         wanted.setdefault(frame_idx, []).append(out_pos)
     key_pts = _key_frame_before(wanted, timeline)
     out = _pyav_by_timestamp(path, wanted, len(indices), timeline, key_pts) if key_pts is not None else None
-    if out is None and timeline.untimed:  # untimed pre-roll frames are decoded but not in the timeline: match by timestamp
+    if out is None and (timeline.untimed or timeline.undecodable):  # decoded frames the timeline does not list: match by timestamp
         out = _pyav_by_timestamp(path, wanted, len(indices), timeline)
     if out is None:
         out = _pyav_from_start(path, wanted, len(indices), timeline.orientation)

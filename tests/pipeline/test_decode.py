@@ -628,3 +628,49 @@ def test_frame_folder_names_with_non_decimal_digits_sort_without_error(tmp_path)
     for name in ("2.png", "10.png", "²1.png"):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
     assert decode_clip({"source_kind": "frames", "path": str(folder), "fps": 25.0}).frames.shape[0] == 3
+
+
+def _ffmpeg_frames_and_times(path, width, height):
+    """The ffmpeg CLI's decoded frames of ``path`` and their times from the file's start (ffprobe)."""
+    frames = np.frombuffer(subprocess.run(
+        ["ffmpeg", "-v", "quiet", "-i", str(path), "-vsync", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True, check=True).stdout, np.uint8).reshape(-1, height, width, 3)
+    probe = json.loads(subprocess.run(["ffprobe", "-v", "quiet", "-select_streams", "v:0", "-show_entries",
+                                       "frame=best_effort_timestamp_time:format=start_time", "-of", "json", str(path)],
+                                      capture_output=True, text=True, check=True).stdout)
+    times = np.array([float(f["best_effort_timestamp_time"]) for f in probe["frames"]]) - float(probe["format"]["start_time"])
+    return frames, times
+
+
+@pytest.mark.parametrize("cut", ["ts_capture", "mkv_copy_from_non_key"])
+def test_a_stream_that_does_not_start_on_a_key_frame_lists_only_what_decodes(tmp_path, cut):
+    """A broadcast capture cut mid-GOP, or a stream copy cut on non-key frames: its first frames cannot be decoded.
+    They were in the timeline, so ranges of the first GOP came out shifted (0.4 s late) and whole clips failed;
+    now the clip is the frames the ffmpeg CLI decodes, at its timestamps, on every backend."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command (make setup installs it)")
+    pattern = "nullsrc=s=64x48:r=25:d=2,geq=lum='mod(N*37\\,200)+20+X/16':cb='128+Y/2':cr='100+mod(N\\,100)'"
+    if cut == "ts_capture":
+        source = tmp_path / "src.ts"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", pattern, "-c:v", "libx264", "-bf", "3", "-g", "25", "-qp", "0",
+                        "-f", "mpegts", str(source)], check=True)
+        data = source.read_bytes()
+        path = tmp_path / "capture.ts"
+        path.write_bytes(data[len(data) * 3 // 10 // 188 * 188:])  # cut at a TS packet boundary, inside the first GOP
+    else:
+        source = tmp_path / "src.mp4"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", pattern, "-c:v", "libx264", "-qp", "0",
+                        "-x264-params", "open-gop=1:keyint=25:min-keyint=25:bframes=3", str(source)], check=True)
+        path = tmp_path / "cut.mkv"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(source), "-ss", "0.5", "-t", "1.2", "-c", "copy", "-copyinkf", str(path)], check=True)
+    expected, times = _ffmpeg_frames_and_times(path, 64, 48)
+    timeline = read_timeline(str(path))
+    assert timeline.undecodable > 0 and len(timeline.times_s) == len(expected)
+    np.testing.assert_allclose(timeline.times_s, times, atol=1e-3)
+    results = _decode_all({"source_kind": "video", "path": str(path)})
+    _assert_same(results)
+    assert np.array_equal(results["pyav"].frames, expected)
+    start, end = float(times[2]), float(times[9])
+    ranged = _decode_all({"source_kind": "range", "path": str(path), "start_s": start, "end_s": end})
+    _assert_same(ranged)
+    assert np.array_equal(ranged["pyav"].frames, expected[(times >= start - 1e-6) & (times < end - 1e-6)])
