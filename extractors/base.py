@@ -87,6 +87,12 @@ class ExtractorConfig:
             raise SignfeatError(f"{self.name}: backend and arch choose clip_s2's OpenCLIP model; {self.name} has one loader (drop them)")
         if self.tiny and (self.model is not None or self.revision is not None):
             raise SignfeatError(f"{self.name}: tiny builds a small random model from a config, so model/revision would be ignored (drop them, or drop tiny)")
+        if self.random_weights and not self.tiny and (self.model is not None or self.revision is not None):
+            raise SignfeatError(f"{self.name}: random_weights builds the published architecture untrained, so model/revision "
+                                "would be ignored (drop them, or drop random_weights to load that checkpoint)")
+        if self.revision is not None and self.model is not None and _is_local_folder(self.model):
+            raise SignfeatError(f"{self.name}: revision {self.revision!r} names a Hub revision, but model {self.model!r} is a local "
+                                "folder, which has none (drop revision)")
         if self.tiny:
             self.random_weights = True  # a tiny model has no pretrained weights
         if not isinstance(self.settings, dict):
@@ -99,6 +105,46 @@ class ExtractorConfig:
         if unknown:
             raise SignfeatError(f"unknown extractor config keys {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+def _is_local_folder(model: str) -> bool:
+    import os
+
+    return os.path.isdir(os.path.expanduser(model))
+
+
+def load_config(extractor: str, config_cls, model_id: str, revision: str | None):
+    """A checkpoint's config alone (checks that must come before the model is built), loading errors in one line."""
+    try:
+        return config_cls.from_pretrained(model_id, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise SignfeatError(f"{extractor}: cannot read the config of {model_id!r} ({type(exc).__name__}: {str(exc).strip().splitlines()[0]})") from None
+
+
+def load_pretrained(extractor: str, model_cls, model_id: str, revision: str | None, **kwargs):
+    """``model_cls.from_pretrained`` that refuses a checkpoint lacking any weight the model needs: transformers
+    only warns and initialises those at random (unseeded: each actor a different network), so another family's
+    checkpoint (a CLIP folder given to dinov2) ran and was recorded as pretrained. Loading errors are one line."""
+    try:
+        model, info = model_cls.from_pretrained(model_id, revision=revision, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:  # no such folder / id, another model type, size mismatches
+        raise SignfeatError(f"{extractor}: cannot load {model_id!r} as {model_cls.__name__} ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0]})") from None
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [k if isinstance(k, str) else k[0] for k in (info.get("mismatched_keys") or [])]
+    if missing or mismatched:
+        names = missing or mismatched
+        raise SignfeatError(f"{extractor}: {model_id!r} is not a {model_cls.__name__} checkpoint: {len(missing)} weights missing and "
+                            f"{len(mismatched)} of another shape (e.g. {', '.join(names[:3])}); transformers would initialise them at random")
+    return model
+
+
+def check_input_size(extractor: str, model_size: int, crop: int, model_id: str) -> None:
+    """A checkpoint whose processor crops another size than its model takes failed on every clip (each one a
+    failures row) instead of once, here."""
+    if int(model_size) != int(crop):
+        raise SignfeatError(f"{extractor}: {model_id!r} takes {model_size} px images, but its image processor crops {crop} px; "
+                            "fix the checkpoint's preprocessor_config.json (crop_size) or its config (image_size)")
 
 
 def parse_settings(settings_cls, given: dict[str, Any], extractor: str):
@@ -215,11 +261,15 @@ class Extractor:
         from extractors.preprocess import FrameTransform
 
         processor_cls = hf_processor_class(module, processor, settings.resize)
-        if config.random_weights:
-            proc = processor_cls(**random_defaults)
-        else:
-            proc = processor_cls.from_pretrained(config.model or cls.default_model, revision=config.revision)
-        return FrameTransform.from_hf_processor(proc, backend=settings.resize)
+        model_id = config.model or cls.default_model
+        try:
+            if config.random_weights:
+                proc = processor_cls(**random_defaults)
+            else:
+                proc = processor_cls.from_pretrained(model_id, revision=config.revision)
+            return FrameTransform.from_hf_processor(proc, backend=settings.resize)
+        except (OSError, ValueError) as exc:  # no preprocessor_config.json, an unknown id, settings signfeat cannot follow
+            raise SignfeatError(f"{cls.name}: the image processor of {model_id!r}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
 
     @classmethod
     def transform_for(cls, config: ExtractorConfig) -> "FrameTransform":

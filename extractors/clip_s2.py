@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from extractors.base import Extractor, register
+from extractors.base import Extractor, check_input_size, load_pretrained, register
 from extractors.preprocess import FrameTransform
 from pipeline.errors import SignfeatError
 
@@ -156,7 +156,7 @@ def _open_clip_preprocess_cfg(config) -> dict:
 
     arch = _open_clip_arch(config)
     model_cfg = open_clip.get_model_config(arch)
-    if model_cfg is None:  # an hf-hub: / local-dir: name: its config lives with the weights
+    if model_cfg is None or arch.startswith(("hf-hub:", "local-dir:")):  # its config (preprocess_cfg too) lives with the weights
         visual, _ = _open_clip_visual(config, load_weights=False)
         return dict(visual.preprocess_cfg)
     cfg = dataclasses.asdict(PreprocessCfg())
@@ -234,8 +234,9 @@ class ClipS2Extractor(Extractor):
         if self.config.random_weights:
             self.model = CLIPVisionModel(CLIPVisionConfig(**(TINY if self.config.tiny else VIT_L14)))
         else:
-            self.model = CLIPVisionModel.from_pretrained(self.model_id, revision=self.config.revision)
+            self.model = load_pretrained(self.name, CLIPVisionModel, self.model_id, self.config.revision)
         self.transform = self.make_transform(self.config, self.settings)
+        check_input_size(self.name, self.model.config.image_size, self.transform.crop, self.model_id)
         self.hidden_width = self.model.config.hidden_size
         self.model_info = {"class": "transformers.CLIPVisionModel", "hidden_size": self.hidden_width, "layers": self.model.config.num_hidden_layers}
 

@@ -1,4 +1,5 @@
-"""``dinov2``: DINOv2 ViT-B/14 class token per frame, [T, 768].
+"""``dinov2``: DINOv2 ViT-B/14 class token per frame, [T, 768] (a checkpoint with register tokens runs as
+``Dinov2WithRegistersModel``; its class token is the same ``pooler_output``).
 
 ``resolution=224``: the model's own image processor (``facebook/dinov2-base``: shortest side 256 bicubic,
 center crop 224, ImageNet mean/std). ``resolution=336``: LLaVA-SLT's procedure (its Appendix B): center
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from extractors.base import Extractor, register
+from extractors.base import Extractor, load_config, load_pretrained, register
 from extractors.preprocess import IMAGENET_MEAN, IMAGENET_STD, FrameTransform
 
 DINOV2_BASE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=14, image_size=518)
@@ -48,11 +49,11 @@ class Dinov2Extractor(Extractor):
         if config.random_weights:
             self.model = Dinov2Model(Dinov2Config(**(TINY if config.tiny else DINOV2_BASE)))
         else:
-            self.model = Dinov2Model.from_pretrained(self.model_id, revision=config.revision)
+            self.model = load_pretrained(self.name, _model_class(self.model_id, config.revision), self.model_id, config.revision)
         self._place_model()
         self.transform = self.make_transform(config, self.settings)
         self.width = self.model.config.hidden_size
-        self.model_info = {"class": "transformers.Dinov2Model", "hidden_size": self.width, "layers": self.model.config.num_hidden_layers}
+        self.model_info = {"class": f"transformers.{type(self.model).__name__}", "hidden_size": self.width, "layers": self.model.config.num_hidden_layers}
 
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:
@@ -65,3 +66,17 @@ class Dinov2Extractor(Extractor):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=batch[:, 0]).pooler_output
+
+
+def _model_class(model_id: str, revision: str | None):
+    """Dinov2Model, or Dinov2WithRegistersModel for a checkpoint with register tokens (loaded as a plain DINOv2
+    its registers were dropped with a warning: other features); any other model type is refused."""
+    from transformers import AutoConfig, Dinov2Model, Dinov2WithRegistersModel
+
+    from pipeline.errors import SignfeatError
+
+    model_type = load_config("dinov2", AutoConfig, model_id, revision).model_type
+    classes = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
+    if model_type not in classes:
+        raise SignfeatError(f"dinov2: {model_id!r} is a {model_type!r} model, not DINOv2 (model types {sorted(classes)})")
+    return classes[model_type]

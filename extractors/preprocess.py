@@ -15,6 +15,7 @@ round((H - h) / 2). They differ by a pixel when the difference is odd, so the ru
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ class FrameTransform:
     backend: str = "pil"  # pil | torch
     crop_rounding: str = "floor"  # floor (Hugging Face) | round (torchvision / OpenCLIP)
     square_first: bool = False  # center-crop the largest square before resizing (LLaVA-SLT's DINOv2 336 path)
+    rescale: float = 1 / 255  # pixel values are multiplied by this before the normalisation (1.0: not rescaled)
 
     def __post_init__(self) -> None:
         if self.resample not in _PIL_RESAMPLE:
@@ -48,24 +50,41 @@ class FrameTransform:
             raise ValueError(f"crop_rounding must be floor or round, got {self.crop_rounding!r}")
         if self.crop > self.shortest_edge:
             raise ValueError(f"crop {self.crop} is larger than the resized short side {self.shortest_edge}")
+        if not (math.isfinite(self.rescale) and self.rescale > 0):
+            raise ValueError(f"rescale must be a positive number, got {self.rescale!r}")
 
     def describe(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_hf_processor(cls, processor, backend: str = "pil") -> "FrameTransform":
+        """The processor's resize, center crop, rescale and normalisation. What this transform cannot do the
+        same way is refused (ValueError), never dropped: a processor that skips the crop or the resize, a
+        non-square crop, a resampling filter other than bilinear / bicubic."""
+        name = type(processor).__name__
         size, crop = processor.size, processor.crop_size
         shortest = size["shortest_edge"] if "shortest_edge" in size and size["shortest_edge"] else None
         if shortest is None:
-            raise ValueError(f"{type(processor).__name__} resizes to {dict(size)}, signfeat supports shortest_edge resizing only")
+            raise ValueError(f"{name} resizes to {dict(size)}, signfeat supports shortest_edge resizing only")
+        for flag in ("do_resize", "do_center_crop"):
+            if getattr(processor, flag, True) is False:
+                raise ValueError(f"{name} has {flag}=False; signfeat always resizes the short side and center crops")
+        if crop is None or int(crop["height"]) != int(crop["width"]):
+            raise ValueError(f"{name} crops to {dict(crop or {})}; signfeat supports square crops only")
+        resample = int(processor.resample)
+        if resample not in _RESAMPLE_NAME:
+            raise ValueError(f"{name} resamples with PIL filter {resample}; signfeat supports bilinear (2) and bicubic (3)")
+        normalize = getattr(processor, "do_normalize", True) is not False
+        rescale = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) is not False else 1.0
         return cls(
             shortest_edge=int(shortest),
             crop=int(crop["height"]),
-            resample=_RESAMPLE_NAME[int(processor.resample)],
-            mean=tuple(float(v) for v in processor.image_mean),
-            std=tuple(float(v) for v in processor.image_std),
+            resample=_RESAMPLE_NAME[resample],
+            mean=tuple(float(v) for v in processor.image_mean) if normalize else (0.0, 0.0, 0.0),
+            std=tuple(float(v) for v in processor.image_std) if normalize else (1.0, 1.0, 1.0),
             backend=backend,
             crop_rounding="floor",
+            rescale=rescale,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -113,9 +132,11 @@ class FrameTransform:
 
     def normalize(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """uint8 [..., 3, S, S] (any device) -> normalised ``dtype``, computed in float32 as the processors do:
-        (x - 255 m) / (255 s), the transformers torchvision backend's fused rescale + normalise."""
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(3, 1, 1) * 255.0
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(3, 1, 1) * 255.0
+        (x - m / r) / (s / r) for rescale factor r (1/255: (x - 255 m) / (255 s)), the transformers torchvision
+        backend's fused rescale + normalise."""
+        scale = 1.0 / self.rescale
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(3, 1, 1) * scale
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(3, 1, 1) * scale
         return ((x.to(torch.float32) - mean) / std).to(dtype)
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:

@@ -10,7 +10,8 @@ reference: the last (T - window) mod stride frames are not covered), or (``tail=
 starts a stride later and is padded by repeating the last frame, so every frame is covered.
 Feature per window: ``hidden_states[layer][:, 0]`` (``pooling=first``: the first token of the last layer;
 VideoMAE has no class token, and this is what the reference keeps) or the mean over all tokens
-(``pooling=mean``, the model's own classification pooling). Output [N, 1024], N windows.
+(``pooling=mean``, the token mean that VideoMAE's classification head starts from; a classification
+checkpoint's ``fc_norm`` after it is not applied: the backbone alone is loaded). Output [N, 1024], N windows.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from extractors.base import Extractor, register
+from extractors.base import Extractor, check_input_size, load_config, load_pretrained, register
 from extractors.preprocess import IMAGENET_MEAN, IMAGENET_STD, FrameTransform
+from pipeline.errors import SignfeatError
 
 VIDEOMAE_LARGE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=16, tubelet_size=2, image_size=224)
 TINY = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=16, tubelet_size=2, image_size=224)
@@ -78,9 +80,14 @@ class VideoMAEExtractor(Extractor):
             arch = TINY if config.tiny else VIDEOMAE_LARGE
             self.model = VideoMAEModel(VideoMAEConfig(**arch, num_frames=window))
         else:
-            self.model = VideoMAEModel.from_pretrained(self.model_id, num_frames=window, revision=config.revision)
+            # checked before the model is built: transformers' position table fails on a window below one tubelet
+            tubelet = load_config(self.name, VideoMAEConfig, self.model_id, config.revision).tubelet_size
+            if window < tubelet:
+                raise SignfeatError(f"videomae setting window={window}: the model's tubelet_size is {tubelet}; a window needs at least that many frames")
+            self.model = load_pretrained(self.name, VideoMAEModel, self.model_id, config.revision, num_frames=window)
         self._place_model()
         self.transform = self.make_transform(config, self.settings)
+        check_input_size(self.name, self.model.config.image_size, self.transform.crop, self.model_id)
         self.width = self.model.config.hidden_size
         self.model_info = {"class": "transformers.VideoMAEModel", "hidden_size": self.width, "layers": self.model.config.num_hidden_layers, "num_frames": window}
         self._check_layer()

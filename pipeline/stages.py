@@ -50,11 +50,12 @@ def stream_geometries(streams) -> dict[str, str]:
         cfg = ExtractorConfig.from_dict({**s.extractor, "device": "cpu"})
         try:
             out[s.name] = "prep_" + geometry_key(REGISTRY[cfg.name].transform_for(cfg))
-        except (OSError, ValueError) as exc:  # transformers: a missing folder, an unknown Hub id, no network
+        except (OSError, ValueError, SignfeatError) as exc:  # a missing folder, an unknown Hub id, no network, settings refused
+            why = str(exc) if isinstance(exc, SignfeatError) else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
             raise SignfeatError(
                 f"extractor {cfg.name}: cannot load the image processor of {cfg.model or REGISTRY[cfg.name].default_model!r} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0]}). The driver and the decode tasks resize frames with its "
-                "settings: a local model folder must exist on every node, driver included; a Hub id must be cached or downloadable there"
+                f"({why}). The driver and the decode tasks resize frames with its settings: a local model folder must exist "
+                "on every node, driver included; a Hub id must be cached or downloadable there"
             ) from None
     return out
 
@@ -158,6 +159,12 @@ class ExtractStream:
         from extractors import ExtractorConfig, build_extractor
 
         self.extractor = build_extractor(ExtractorConfig.from_dict({**extractor, "device": "cuda" if use_gpu else "cpu"}))
+        transform = getattr(self.extractor, "transform", None)
+        if transform is not None and "prep_" + geometry_key(transform) != prep_column:
+            # the decode tasks resized with the transform the config gives without the weights; the model loaded
+            # here says otherwise: its features would be of frames prepared differently from what it records
+            raise SignfeatError(f"{self.extractor.name}: the job prepared frames as {prep_column[len('prep_'):]}, the loaded model's own "
+                                f"preprocessing is {geometry_key(transform)}")
         self.prep_column = prep_column
         self.drop_columns = tuple(drop_columns)
         self.name = self.extractor.stream

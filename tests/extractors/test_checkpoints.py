@@ -1,0 +1,172 @@
+"""Checkpoints users bring that are variants of what each extractor names (saved here with random weights from
+small configs): correct features against the model's own forward, or a one-line refusal, never random weights
+recorded as pretrained or a processor setting silently dropped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from extractors import ExtractorConfig, build_extractor
+from extractors.preprocess import FrameTransform
+from pipeline.errors import SignfeatError
+
+
+def _frames(n=3, h=96, w=128, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+
+
+def _bit_processor(**overrides):
+    from transformers.models.bit import BitImageProcessorPil
+
+    settings = dict(size={"shortest_edge": 128}, crop_size={"height": 112, "width": 112}, resample=3,
+                    image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    return BitImageProcessorPil(**{**settings, **overrides})
+
+
+def _save_dinov2(folder, registers=False, **processor):
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=112)
+    model = (Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**small, num_register_tokens=4)) if registers
+             else Dinov2Model(Dinov2Config(**small)))
+    if registers:
+        with torch.no_grad():
+            model.embeddings.register_tokens.normal_(0, 5.0)  # large, as trained registers are: they must matter
+    model.save_pretrained(folder)
+    _bit_processor(**processor).save_pretrained(folder)
+    return model.eval()
+
+
+def _save_clip(folder, image_size=112, crop=112):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                     patch_size=16, image_size=image_size)).save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop}).save_pretrained(folder)
+
+
+def _save_videomae(folder, tubelet=2):
+    from transformers import VideoMAEConfig, VideoMAEModel
+    from transformers.models.videomae import VideoMAEImageProcessorPil
+
+    torch.manual_seed(0)
+    VideoMAEModel(VideoMAEConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
+                                 image_size=112, num_frames=8, tubelet_size=tubelet)).save_pretrained(folder)
+    VideoMAEImageProcessorPil(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112}).save_pretrained(folder)
+
+
+def _build(name, folder, **entry):
+    return build_extractor(ExtractorConfig.from_dict({"name": name, "model": str(folder), "device": "cpu", **entry}))
+
+
+def test_a_checkpoint_of_another_family_is_refused_not_run_with_random_weights(tmp_path):
+    """transformers only warned and initialised every weight at random (unseeded), and the features were
+    recorded as pretrained."""
+    _save_clip(tmp_path / "clip")
+    _save_videomae(tmp_path / "videomae")
+    _save_dinov2(tmp_path / "dinov2")
+    with pytest.raises(SignfeatError, match="'clip_vision_model' model, not DINOv2"):
+        _build("dinov2", tmp_path / "clip")
+    for name, folder in (("videomae", "clip"), ("clip_s2", "videomae"), ("clip_s2", "dinov2"), ("videomae", "dinov2")):
+        with pytest.raises(SignfeatError, match=rf"{name}: .*{folder}"):
+            _build(name, tmp_path / folder)
+
+
+def test_weights_missing_from_a_checkpoint_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _save_dinov2(tmp_path / "d")
+    weights = load_file(tmp_path / "d" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "layer.1." not in k}, tmp_path / "d" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SignfeatError, match=r"is not a Dinov2Model checkpoint: \d+ weights missing .*encoder\.layer\.1\."):
+        _build("dinov2", tmp_path / "d")
+
+
+def test_dinov2_with_registers_runs_as_itself(tmp_path):
+    """Loaded as a plain Dinov2Model, its register tokens were dropped with a warning: other features."""
+    from transformers import Dinov2Model
+
+    model = _save_dinov2(tmp_path / "reg", registers=True)
+    extractor = _build("dinov2", tmp_path / "reg")
+    frames = _frames()
+    with torch.no_grad():
+        pixels = torch.as_tensor(np.asarray(_bit_processor()(list(frames), return_tensors="np")["pixel_values"]))
+        reference = model(pixel_values=pixels).pooler_output.numpy()
+        plain = Dinov2Model.from_pretrained(tmp_path / "reg").eval()(pixel_values=pixels).pooler_output.numpy()
+    assert _rel(plain, reference) > 1e-2  # the registers matter: the old loading could be told apart
+    assert extractor.model_info["class"] == "transformers.Dinov2WithRegistersModel"
+    assert _rel(extractor.extract([frames])[0], reference) < 2e-3
+
+
+@pytest.mark.parametrize("overrides", [{"rescale_factor": 1 / 127.5}, {"do_normalize": False}, {"do_rescale": False, "image_mean": [0.0] * 3, "image_std": [255.0] * 3}])
+def test_processor_rescaling_and_normalisation_settings_are_followed(overrides):
+    processor = _bit_processor(**overrides)
+    frames = _frames()
+    expected = np.asarray(processor(list(frames), return_tensors="np")["pixel_values"])
+    got = FrameTransform.from_hf_processor(processor)(frames).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, needle", [({"do_center_crop": False}, "do_center_crop=False"), ({"do_resize": False}, "do_resize=False"),
+                                               ({"crop_size": {"height": 112, "width": 96}}, "square crops only"),
+                                               ({"resample": 1}, "PIL filter 1")])
+def test_processor_settings_signfeat_cannot_follow_are_refused(tmp_path, overrides, needle):
+    with pytest.raises(ValueError, match=needle):
+        FrameTransform.from_hf_processor(_bit_processor(**overrides))
+    _save_dinov2(tmp_path / "d", **overrides)
+    with pytest.raises(SignfeatError, match=needle):  # one line from the extractor, not a KeyError traceback
+        _build("dinov2", tmp_path / "d")
+
+
+def test_a_model_whose_processor_crops_another_size_is_refused_when_built(tmp_path):
+    _save_clip(tmp_path / "c", image_size=160, crop=112)
+    with pytest.raises(SignfeatError, match="takes 160 px images, but its image processor crops 112 px"):
+        _build("clip_s2", tmp_path / "c")
+
+
+def test_a_videomae_window_shorter_than_its_tubelet_is_refused(tmp_path):
+    _save_videomae(tmp_path / "v", tubelet=4)
+    with pytest.raises(SignfeatError, match="window=3: the model's tubelet_size is 4"):
+        _build("videomae", tmp_path / "v", settings={"window": 3, "stride": 1})
+
+
+def test_settings_that_a_random_or_local_model_would_ignore_are_refused(tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(SignfeatError, match="random_weights builds the published architecture"):
+        ExtractorConfig.from_dict({"name": "dinov2", "random_weights": True, "model": str(tmp_path / "m")})
+    with pytest.raises(SignfeatError, match="local folder, which has none"):
+        ExtractorConfig.from_dict({"name": "dinov2", "model": str(tmp_path / "m"), "revision": "main"})
+    ExtractorConfig.from_dict({"name": "dinov2", "model": "facebook/dinov2-base", "revision": "main"})  # a Hub id: fine
+
+
+def test_an_open_clip_local_dir_model_is_prepared_with_its_own_preprocess_config(tmp_path):
+    """The job's CPU stage read open_clip's registry defaults (bicubic, OpenAI mean/std) for a local-dir: model
+    whose open_clip_config.json says bilinear and 0.5: job features differed from the extractor's own."""
+    import open_clip
+
+    from extractors.base import REGISTRY
+
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    model_cfg = {"embed_dim": 16, "quick_gelu": True, "vision_cfg": {"image_size": 112, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
+                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "resize_mode": "shortest"}}))
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(f"local-dir:{folder}", load_weights=False).state_dict(), folder / "open_clip_pytorch_model.bin")
+    entry = {"name": "clip_s2", "backend": "open_clip", "arch": f"local-dir:{folder}", "device": "cpu"}
+    job_side = REGISTRY["clip_s2"].transform_for(ExtractorConfig.from_dict(dict(entry)))
+    extractor = build_extractor(entry)
+    assert job_side == extractor.transform and job_side.resample == "bilinear" and job_side.mean == (0.5, 0.5, 0.5)
