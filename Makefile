@@ -54,6 +54,7 @@ bench: setup
 	$(PY) bench/motion.py
 	$(PY) bench/train.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/decode_ranges.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

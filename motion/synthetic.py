@@ -182,3 +182,11 @@ def landmarks_from_joints(joints: np.ndarray, image_size: tuple[int, int] = (480
         frames.append(FrameLandmarks(pose_world=world.astype(np.float32), left_hand=hands[0], right_hand=hands[1],
                                      pose_image=(image / np.array([width, height, width])).astype(np.float32)))
     return frames
+
+
+if __name__ == "__main__":  # python -m motion.synthetic DIR: a synthetic model_dir to try smplx623 without the licensed files
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m motion.synthetic MODEL_DIR")
+    print(f"wrote {write_synthetic_smplx(sys.argv[1])} (SYNTHETIC: random shapes on the real 55-joint tree; features recorded as weights=random)")

@@ -164,7 +164,8 @@ def _manifest_curate(args) -> int:
         raise SignfeatError(f"bad curation options: {exc}") from None
     report = curate_manifest(args.manifest, args.out, args.report, options, plots=not args.no_plots)
     print(json.dumps({k: report[k] for k in ("input_rows", "kept", "removed", "kept_per_split")}, indent=1))
-    print(f"curated manifest: {args.out}\nreport: {args.report / 'report.json'} (plots: {args.report / 'overview.png'})")
+    plots = f" (plots: {args.report / 'overview.png'} and others)" if not args.no_plots else ""
+    print(f"curated manifest: {args.out}\nreport: {args.report / 'report.json'}{plots}")
     return 0
 
 

@@ -69,7 +69,8 @@ def list_shards(source: str | list[str], split: str) -> list[str]:
 
 def _existing(urls: list[str], split: str, source) -> list[str]:
     if not urls:
-        raise SignfeatError(f"no shards for split {split!r} under {source}")
+        raise SignfeatError(f"no shards for split {split!r} under {source}: evaluate on a split the shards have "
+                            f"(data.eval_split=test), or train without evaluating (eval.at_end=false)")
     missing = [u for u in urls if not Path(u).is_file()]
     if missing:
         raise SignfeatError(f"shard {missing[0]}: no such file")

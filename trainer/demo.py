@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.errors import SignfeatError
+
 
 def run(recipe_path: str, shards: str, out: Path, steps: int | None, extra: list[str]) -> list[dict]:
     from trainer.loop import train
@@ -43,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    rows = run(args.recipe, args.shards, args.out, args.steps, ["progress=false", *args.overrides])
+    try:
+        rows = run(args.recipe, args.shards, args.out, args.steps, ["progress=false", *args.overrides])
+    except SignfeatError as exc:  # a wrong --recipe / --shards path (the defaults are relative to the repository)
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
     print(f"\ndemo: {Path(args.recipe).stem}, {args.steps or 'recipe'} steps, test split ({rows[0]['samples']} samples)")
     print(f"{'run':<22}{'BLEU-1':>8}{'BLEU-4':>8}{'ROUGE-L*':>10}{'train+eval s':>14}")
     for r in rows:
