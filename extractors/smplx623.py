@@ -29,6 +29,7 @@ from extractors.base import Extractor, refuse_empty_clips, register
 from extractors.preprocess import FrameTransform
 from motion.body_model import BodyModel, BodyModelSettings, num_frames_of
 from motion.humanml3d import FEATURE_WIDTH, LAYOUT, FeatureSettings, joints_to_features, select_motion_joints
+from motion.params_io import READERS
 from pipeline.errors import ClipError, SignfeatError
 
 ALIGNMENT = ("row i = frame i of the (resampled) input: joint positions and rotations of frame i, velocities "
@@ -54,7 +55,7 @@ class Smplx623Settings:
     ik_chains_from_root: bool = True
     root_velocity_sign_flip: bool = True
     # Input A
-    params_layout: str = "auto"  # auto | signavatars | smplerx | motionx | named
+    params_layout: str = "auto"  # auto | signavatars | smplerx | motionx | amass | named
     # Input B (video): MediaPipe + fitting (motion/estimate.py, motion/fitting.py)
     image_size: int = 512  # short side of the frames given to MediaPipe (aspect kept, no crop)
     model_complexity: int = 1  # MediaPipe pose model 0 (lite) | 1 (full)
@@ -67,8 +68,8 @@ class Smplx623Settings:
         self.feature_settings()
         if self.target_fps < 0:
             raise ValueError(f"target_fps must be >= 0, got {self.target_fps}")
-        if self.params_layout not in ("auto", "signavatars", "smplerx", "motionx", "named"):
-            raise ValueError(f"params_layout must be auto, signavatars, smplerx, motionx or named, got {self.params_layout!r}")
+        if self.params_layout != "auto" and self.params_layout not in READERS:
+            raise ValueError(f"params_layout must be auto or one of {sorted(READERS)}, got {self.params_layout!r}")
         if self.image_size < 64:
             raise ValueError(f"image_size must be >= 64, got {self.image_size}")
         if self.model_complexity not in (0, 1):

@@ -288,8 +288,10 @@ def _first_person_files(files: list[Path]) -> list[Path]:
     """SMPLer-X's inference writes one file per detected person, ``{frame:05}_{person}.npz``: a second person
     in a frame became an extra frame (the root jumping metres and back). Where frames hold several such files,
     the lowest person number of each frame is kept (the signer; others are bystanders or false detections)."""
-    parsed = [re.fullmatch(r"(.*\d)_(\d+)", f.stem) for f in files]
-    if not all(parsed) or len({m.group(1) for m in parsed}) == len(files):
+    # the person number is written as is (0, 1, ...): "signer01_00019" is frame 19 of signer01, not person 00019
+    parsed = [re.fullmatch(r"(.*\d)_(0|[1-9]\d{0,2})", f.stem) for f in files]
+    frames = {m.group(1) for m in parsed if m}
+    if not all(parsed) or len(frames) == len(files) or len(frames) == 1:  # one frame of them all: a naming, not persons
         return files
     first: dict[str, tuple[int, Path]] = {}
     for m, f in zip(parsed, files):
@@ -299,8 +301,31 @@ def _first_person_files(files: list[Path]) -> list[Path]:
     return [f for _, f in sorted(first.values(), key=lambda pf: _natural_key(pf[1]))]
 
 
+def _check_no_missing_frames(folder: Path, files: list[Path]) -> None:
+    """SMPLer-X's inference writes no file for a frame where it detects no person: dropped silently, those frames
+    would shorten the clip and make one row's velocity the whole gap's movement. Frame numbers are read from the
+    names (``{frame}`` or ``{frame}_{person}``, any prefix); a gap in an evenly numbered folder is an error."""
+    numbers = []
+    for f in files:
+        m = re.fullmatch(r"(?:.*?)(\d+)(?:_(?:0|[1-9]\d{0,2}))?", f.stem)
+        if m is None:
+            return  # names without frame numbers: nothing to check
+        numbers.append(int(m.group(1)))
+    steps = np.diff(numbers)
+    if len(steps) < 2 or (steps <= 0).any():
+        return
+    step = int(np.min(steps))
+    gaps = [(a, b) for a, b in zip(numbers, numbers[1:]) if b - a != step]
+    if gaps:
+        a, b = gaps[0]
+        raise SignfeatError(f"{folder}: no file for frames {a + step}..{b - step} (and {len(gaps) - 1} more gaps); SMPLer-X writes none "
+                            "where it detects no person, and the clip's timing would be wrong without them")
+
+
 def _read_smplerx(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
     files = _first_person_files(per_frame_files(path)) if path.is_dir() else [path]
+    if path.is_dir():
+        _check_no_missing_frames(path, files)
     columns: dict[str, list[np.ndarray]] = {}
     for file in files:
         frame = _load_mapping(file)
@@ -356,7 +381,7 @@ READERS = {"signavatars": _read_signavatars, "smplerx": _read_smplerx, "motionx"
 
 def read_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, np.ndarray], float | None]:
     """A parameters file or folder -> (normalised params, fps or None). ``layout``: auto | signavatars |
-    smplerx | motionx | named."""
+    smplerx | motionx | amass | named."""
     path = Path(path)
     if layout == "auto":
         layout = detect_layout(path)
@@ -426,7 +451,8 @@ def resample_params(params: dict[str, np.ndarray], fps: float, target_fps: float
     out: dict[str, np.ndarray] = {}
     for name, value in params.items():
         value = np.asarray(value)
-        if name == "world_rotation" or value.ndim == 0 or len(value) != n:  # one vector / matrix for the whole clip
+        # one vector / matrix for the whole clip: a 1-D betas or expression (10,) of a 10-frame clip is no column
+        if name == "world_rotation" or value.ndim <= 1 or len(value) != n:
             out[name] = value
             continue
         flat = value.reshape(n, -1).astype(np.float64)

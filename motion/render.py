@@ -4,6 +4,7 @@ MP4 (through PyAV, when installed), so a person can see that the motion is right
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -69,17 +70,19 @@ def save_images(images: list[np.ndarray], out: str | Path, fps: float) -> list[P
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".gif":
+    suffix = out.suffix.lower()
+    if suffix == ".gif":
         first, *rest = [Image.fromarray(i) for i in images]
         first.save(out, save_all=True, append_images=rest, duration=max(1, int(round(1000 / fps))), loop=0)
         return [out]
-    if out.suffix == ".mp4":
+    if suffix == ".mp4":
         try:
             import av
         except ImportError:
             raise SignfeatError("MP4 output needs PyAV (pip install av); write a .gif or PNG frames instead") from None
         with av.open(str(out), "w") as container:
-            stream = container.add_stream("libx264", rate=int(round(fps)))
+            # the rate as a fraction (6.67 fps for 20 fps shown every 3rd row; below 1 fps too), not rounded
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.height, stream.width = (images[0].shape[0] // 2) * 2, (images[0].shape[1] // 2) * 2
             stream.pix_fmt = "yuv420p"
             for image in images:

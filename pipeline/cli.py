@@ -217,7 +217,8 @@ def _features(args) -> int:
         extractor = build_extractor(config)
         array = extractor.extract([decoded.frames])[0]
         frames, fps = int(decoded.frames.shape[0]), decoded.fps
-    np.save(args.out, array, allow_pickle=False)
+    with open(args.out, "wb") as f:  # the name given (np.save would add .npy to any other suffix, and the summary lie)
+        np.save(f, array, allow_pickle=False)
     meta = extractor.metadata()
     print(json.dumps({"out": str(args.out), "shape": list(array.shape), "dtype": str(array.dtype), "frames": frames,
                       "fps": fps, **{k: meta[k] for k in ("stream", "model", "weights", "settings", "settings_hash")}}, indent=1, default=str))

@@ -358,3 +358,54 @@ def test_a_signavatars_pickle_of_gpu_tensors_reads_on_a_machine_without_one(tmp_
     read, _ = read_params(_write(tmp_path / "gpu.pkl", raw))
     np.testing.assert_array_equal(read["body_pose"], params["body_pose"])
     np.testing.assert_array_equal(read["transl"], params["transl"])
+
+
+def _smplerx_frame(path, p, i):
+    np.savez(path, global_orient=p["global_orient"][i].reshape(-1, 3), body_pose=p["body_pose"][i].reshape(-1, 3),
+             betas=p["betas"][i].reshape(-1, 10), transl=p["transl"][i].reshape(-1, 3))
+
+
+def test_a_smplerx_folder_with_frames_missing_is_an_error_not_a_shorter_clip(tmp_path):
+    """SMPLer-X writes no file where it detects no person: the clip came out shorter, one row holding the gap's movement."""
+    from motion.params_io import read_params
+
+    p = smooth_random_params(12, seed=2)
+    for i in [*range(4), *range(8, 12)]:
+        _smplerx_frame(tmp_path / f"{i:05}_0.npz", p, i)
+    with pytest.raises(SignfeatError, match=r"no file for frames 4\.\.7"):
+        read_params(tmp_path)
+    every_other = tmp_path / "every_other"
+    every_other.mkdir()
+    for i in range(0, 12, 2):  # evenly numbered with a step of 2: a subsampled export, no gap
+        _smplerx_frame(every_other / f"{i:05}_0.npz", p, i)
+    assert read_params(every_other)[0]["body_pose"].shape[0] == 6
+
+
+def test_per_frame_files_with_a_numbered_prefix_are_frames_not_persons(tmp_path):
+    """signer01_00000 ... signer01_00019 read as 20 persons of frame 'signer01' (one frame)."""
+    from motion.params_io import read_params
+
+    p = smooth_random_params(20, seed=4)
+    for i in range(20):
+        _smplerx_frame(tmp_path / f"signer01_{i:05}.npz", p, i)
+    params, _ = read_params(tmp_path)
+    np.testing.assert_array_equal(params["body_pose"], p["body_pose"].astype(np.float32))
+
+
+def test_resampling_keeps_a_one_dimensional_betas_vector_for_the_whole_clip():
+    """A (10,) betas of a 10-frame clip was taken for a per-frame column and interpolated over time."""
+    from motion.params_io import resample_params
+
+    p = smooth_random_params(10, seed=1)
+    betas = np.linspace(-1, 1, 10).astype(np.float32)
+    out = resample_params({**p, "betas": betas}, fps=40.0, target_fps=20.0)
+    np.testing.assert_array_equal(out["betas"], betas)
+    assert out["body_pose"].shape[0] == 5
+
+
+def test_params_layout_amass_is_accepted(tmp_path):
+    from extractors.smplx623 import Smplx623Settings
+
+    assert Smplx623Settings(params_layout="amass").params_layout == "amass"
+    with pytest.raises(ValueError, match="params_layout must be auto or one of"):
+        Smplx623Settings(params_layout="bvh")
