@@ -113,3 +113,19 @@ def test_motion_render_of_nothing_or_nan_is_one_line(features, tmp_path, capsys)
     np.save(tmp_path / "f.npy", features)
     assert main(["motion-render", str(tmp_path / "f.npy"), "--out", str(tmp_path / "m.gif")]) == 2  # were tracebacks
     assert "signfeat: error:" in capsys.readouterr().err
+
+
+def test_rendered_mp4_keeps_a_fractional_frame_rate_and_upper_case_suffixes_work(tmp_path):
+    """20 fps shown every 3rd row is 6.67 fps (was rounded to 7); below 0.5 fps the file played at 24 fps."""
+    import av
+
+    from motion.render import save_images
+
+    images = [np.full((32, 32, 3), 40 * i, np.uint8) for i in range(6)]
+    for fps in (20 / 3, 0.25):
+        out = save_images(images, tmp_path / f"r{fps:.2f}.mp4", fps)[0]
+        with av.open(str(out)) as container:
+            stream = container.streams.video[0]
+            assert float(stream.average_rate) == pytest.approx(fps, rel=1e-3)
+            assert float(stream.duration * stream.time_base) == pytest.approx(len(images) / fps, rel=0.02)
+    assert save_images(images, tmp_path / "clip.GIF", 10.0) == [tmp_path / "clip.GIF"] and (tmp_path / "clip.GIF").is_file()
