@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,10 +138,19 @@ def _person(df: pd.DataFrame) -> pd.Series:
     return df["dataset"].fillna("").astype(str) + "/" + df["signer"].astype(str)
 
 
+def _video_name(path: str) -> str:
+    """A range's source video as a split unit: the file name of the path with symlinks and ``..`` resolved, so
+    that the same video spelled two ways is one unit, and a corpus mounted elsewhere (/home/a vs /mnt/b) draws
+    the same splits. Two videos of one name share a split (never a leak)."""
+    real = os.path.realpath(path) if os.path.exists(path) else os.path.normpath(path)
+    return os.path.basename(real)
+
+
 def _unit(df: pd.DataFrame) -> pd.Series:
     """What a split is drawn for: a clip's key, but for a range its source video, so that the (often
     overlapping) segments of one long video never land in train and test at once."""
-    return df["key"].astype(str).where(df["source_kind"] != "range", "video:" + df["path"].astype(str))
+    videos = df["path"].astype(str).map(_video_name)
+    return df["key"].astype(str).where(df["source_kind"] != "range", "video:" + videos)
 
 
 def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
@@ -148,6 +158,16 @@ def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
     signer when grouped)."""
     split = df["split"].copy()
     missing = split.isna() | (split.astype(str).str.strip() == "")
+    if not missing.any():
+        return split
+    # a unit (a range's source video) some of whose rows already have exactly one split: the others join it
+    # (3 segments of a video marked test and 7 blank put the video in test and train)
+    units = _unit(df)
+    given = pd.DataFrame({"unit": units, "split": split})[~missing].groupby("unit")["split"].unique()
+    joined = {u: v[0] for u, v in given.items() if len(v) == 1}
+    joins = missing & units.isin(joined.keys())
+    split[joins] = units[joins].map(joined)
+    missing &= ~joins
     if not missing.any():
         return split
     if options.group_by_signer:

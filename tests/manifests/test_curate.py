@@ -186,3 +186,27 @@ def test_the_ranges_of_one_video_share_a_split():
     by_video = pd.DataFrame({"path": df["path"], "split": split})[df["source_kind"] == "range"].groupby("path")["split"].nunique()
     assert (by_video == 1).all()
     assert split[df["source_kind"] == "video"].nunique() == 3
+
+
+def test_the_ranges_of_one_video_share_a_split_however_its_path_is_written_or_mounted(tmp_path):
+    """The split unit was the path string: a symlink or a '..' spelling of one video put its segments in train and
+    dev, and the same corpus mounted at another folder drew other splits (test clips moved into train)."""
+    (tmp_path / "corpus" / "sub").mkdir(parents=True)
+    video = tmp_path / "corpus" / "long.mp4"
+    video.write_bytes(b"x")
+    (tmp_path / "corpus" / "sub" / "link.mp4").symlink_to(video)
+    spellings = [str(video), str(tmp_path / "corpus" / "sub" / ".." / "long.mp4"), str(tmp_path / "corpus" / "sub" / "link.mp4")]
+    rows = [_row(i, split=None, source_kind="range", path=spellings[i % 3], start_s=float(i), end_s=i + 1.0) for i in range(30)]
+    for salt in ("a", "b", "c", "d"):
+        assert assign_splits(pd.DataFrame(rows), CurateOptions(split_salt=salt)).nunique() == 1, salt
+    # the same ranges under two mount points draw the same splits
+    here = [_row(i, split=None, source_kind="range", path=f"/home/alice/corpus/v{i % 7}.mp4", start_s=0.0, end_s=1.0) for i in range(40)]
+    there = [dict(r, path=r["path"].replace("/home/alice/corpus", "/mnt/cluster/corpus")) for r in here]
+    assert list(assign_splits(pd.DataFrame(here), CurateOptions())) == list(assign_splits(pd.DataFrame(there), CurateOptions()))
+
+
+def test_blank_ranges_of_a_video_join_the_split_its_labelled_ranges_have():
+    """3 segments of a video marked test and 7 left blank put one video in test and in train."""
+    rows = [_row(i, split="test" if i < 3 else None, source_kind="range", path="/v/one.mp4", start_s=float(i), end_s=i + 1.0) for i in range(10)]
+    for salt in ("a", "b", "c", "d", "e"):
+        assert set(assign_splits(pd.DataFrame(rows), CurateOptions(split_salt=salt))) == {"test"}, salt
