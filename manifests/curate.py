@@ -215,7 +215,8 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
             mask |= ~(values >= lo * (1 - slack))
         if hi is not None:
             mask |= ~(values <= hi * (1 + slack))
-        drop(name, mask, f"{column} outside [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]")
+        what = "text characters" if column == "_text_chars" else column  # the helper column's name is no user's word
+        drop(name, mask, f"{what} outside [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]")
 
     drop("status", keep["status"] != "ok", "status=" + keep["status"].astype(str))
     range_filter("duration", "duration_s", options.min_duration_s, options.max_duration_s, slack=1e-9)

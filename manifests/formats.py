@@ -158,7 +158,14 @@ def index_videos(root: Path) -> dict[str, str]:
     found: dict[str, str] = {}
     # Walked in sorted order: of two videos with one stem (a/x.mp4, b/x.mkv) the first in that order wins,
     # not the first in the file system's listing order, which differs between machines.
-    for dirpath, dirs, files in os.walk(root):
+    # symlinked folders are followed (a shared dataset linked into a project), each real folder once (no cycles)
+    seen: set[str] = set()
+    for dirpath, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs.sort()
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
@@ -207,6 +214,23 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
 
 TABLE_REQUIRED = ("id", "path", "text")
 TABLE_OPTIONAL = ("split", "signer", "start", "end", "fps", "dataset", "source_kind")
+# other spellings of a table column: read as nothing, a range became its whole video and a split was dropped
+_COLUMN_ALIASES = {"start_s": "start", "end_s": "end", "start_time": "start", "end_time": "end", "begin": "start", "stop": "end",
+                   "speaker": "signer", "sentence": "text", "translation": "text", "video": "path", "file": "path"}
+
+
+def _misspelled_columns(names: Any) -> list[str]:
+    """``"'Start' (meant: start)"`` for each column that is another spelling of one the table reads."""
+    known = set(TABLE_REQUIRED + TABLE_OPTIONAL)
+    out = []
+    for name in names or []:
+        if not isinstance(name, str) or name in known:
+            continue
+        folded = name.strip().lower()
+        meant = folded if folded in known else _COLUMN_ALIASES.get(folded)
+        if meant is not None and meant not in (names or []):
+            out.append(f"{name!r} (meant: {meant})")
+    return out
 
 
 def _table_kind(given: str | None, path: Path, start: float | None, end: float | None) -> str:
@@ -249,7 +273,7 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             whole = None
         if isinstance(whole, (list, dict)):
             for number, rec in enumerate(whole if isinstance(whole, list) else [whole], start=1):  # record N, not a line
-                yield number, rec if isinstance(rec, dict) else {"__error__": f"record {number} is not a JSON object"}
+                yield number, _checked_record(rec) if isinstance(rec, dict) else {"__error__": f"record {number} is not a JSON object"}
             return
     if suffix in (".jsonl", ".json", ".ndjson"):
         with open(annotation, encoding="utf-8-sig") as f:
@@ -263,17 +287,24 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 except ValueError as exc:
                     yield line_no, {"__error__": f"bad JSON line: {exc}"}
                     continue
-                yield line_no, rec
+                yield line_no, _checked_record(rec)
         return
     # CSV is RFC 4180 (quoted fields may hold commas, quotes, newlines); TSV is IANA text/tab-separated-values: no
     # quoting, a field holds no tab or newline, so a quote is a character of the text (a text starting with '"'
     # must not swallow the rows after it until the next quote)
     tsv = suffix in (".tsv", ".tab")
+    # an unclosed quote swallows the rest of the file into one field: past csv's 128 KiB limit that was a _csv.Error
+    # traceback instead of the row's bad_annotation (_swallowed_rows)
+    csv.field_size_limit(2**31 - 1)
     with open(annotation, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.DictReader(f, delimiter=",")
         missing = [c for c in TABLE_REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
             raise SignfeatError(f"{annotation}: table annotations need columns {list(TABLE_REQUIRED)}; missing {missing} (found {reader.fieldnames})")
+        misspelled = _misspelled_columns(reader.fieldnames)
+        if misspelled:
+            raise SignfeatError(f"{annotation}: column(s) {', '.join(misspelled)} would be ignored; the table reads "
+                                f"{list(TABLE_REQUIRED + TABLE_OPTIONAL)} (rename them)")
         for rec in reader:
             if None in rec:
                 yield reader.line_num, {"__error__": f"more fields than the header has: {rec[None]!r}", "id": rec.get("id")}
@@ -286,6 +317,23 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield reader.line_num, rec
 
 
+def _checked_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """A JSON record, or an error record for one the manifest cannot hold: a string with a lone UTF-16 surrogate
+    (an emoji cut in half: JSON allows "\\ud83d", UTF-8 cannot store it; the build crashed at the end), or a
+    key that is another spelling of a column the table reads."""
+    for key, value in rec.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                safe = {k: v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v for k, v in rec.items()}
+                return {**safe, "__error__": f"{key}: not valid Unicode ({safe[key][:60]!r}: a lone surrogate, a character cut in half?)"}
+    misspelled = _misspelled_columns(list(rec))
+    if misspelled:
+        return {**rec, "__error__": f"key(s) {', '.join(misspelled)} would be ignored; rename them"}
+    return rec
+
+
 def _swallowed_rows(rec: dict[str, Any], width: int) -> tuple[str, int] | None:
     """(column, lines) when a quoted field holds lines that each parse as a whole row of the table: a text
     with an unclosed quote swallows the rows after it into itself (RFC 4180 lets a quoted field hold newlines,
@@ -294,7 +342,9 @@ def _swallowed_rows(rec: dict[str, Any], width: int) -> tuple[str, int] | None:
         if isinstance(value, str) and "\n" in value:
             lines = [line for line in value.splitlines()[1:] if line.strip()]
             rows = sum(1 for line in lines if len(next(csv.reader([line]), [])) == width)
-            if rows:
+            # every later line a row; or, when it ran on for rows, all but the last (the rest of the row with the
+            # quote that closed it). A quoted text whose lines only sometimes hold enough commas stays a text.
+            if rows and (rows == len(lines) or (rows >= 2 and rows >= len(lines) - 1)):
                 return column, rows
     return None
 

@@ -135,9 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _writable_file(flag: str, path: Path) -> None:
+    """An output file's path checked before the work that ends in writing it (a build probes for minutes)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SignfeatError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'manifest.parquet'})")
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        raise SignfeatError(f"{flag} {path}: a file stands where one of its folders would be")
+
+
+def _writable_folder(flag: str, path: Path) -> None:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SignfeatError(f"{flag} {path} is a file; give a folder")
+
+
 def _manifest_build(args) -> int:
     from manifests.build import build_manifest
 
+    _writable_file("--out", args.out)
     summary = build_manifest(
         args.annotations, args.out, fmt=args.format, root=args.root, dataset=args.dataset, num_cpus=args.num_cpus or None,
         full_decode=args.full_decode, frame_fps=args.frame_fps, progress=not args.no_progress,
@@ -149,6 +165,8 @@ def _manifest_build(args) -> int:
 def _manifest_curate(args) -> int:
     from manifests.curate import CurateOptions, curate_manifest, load_curate_config, parse_split_ratios
 
+    _writable_file("--out", args.out)
+    _writable_folder("--report", args.report)
     settings = load_curate_config(args.config) if args.config else {}
     flags = {
         name: getattr(args, name)

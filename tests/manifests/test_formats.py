@@ -140,8 +140,8 @@ def test_how2sign_video_index_does_not_depend_on_the_listing_order(tmp_path, mon
     (tmp_path / "a" / "x.mkv").write_bytes(b"")
     walk = os.walk
 
-    def reversed_walk(root):
-        for dirpath, dirs, files in walk(root):
+    def reversed_walk(root, followlinks=False):
+        for dirpath, dirs, files in walk(root, followlinks=followlinks):
             dirs.reverse()
             files.reverse()
             yield dirpath, dirs, files
@@ -246,3 +246,69 @@ def test_a_csv_text_with_an_unclosed_quote_is_a_bad_annotation_not_a_merged_ok_r
     ann.write_text('id,path,text\ne,v.mp4,"a legit\nmulti-line text, with a comma"\n', encoding="utf-8")
     (legit,) = parse_table(ann, root=tmp_path)
     assert legit["status"] is None and legit["text"] == "a legit\nmulti-line text, with a comma"
+
+
+def test_an_unclosed_quote_before_a_long_rest_of_the_table_is_still_one_bad_row(tmp_path):
+    """Past csv's 128 KiB field limit the swallowed rest of the file was a _csv.Error traceback, no manifest."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    body = "".join(f"r{i},v.mp4,sentence number {i} of the corpus\n" for i in range(4000))
+    ann = tmp_path / "big.csv"
+    ann.write_text('id,path,text\na,v.mp4,fine\nb,v.mp4,"unclosed text\n' + body, encoding="utf-8")
+    rows = list(parse_table(ann, root=tmp_path))
+    assert rows[0]["status"] is None and rows[1]["id"] == "b" and rows[1]["status"] == "bad_annotation"
+
+
+def test_a_quoted_multi_line_text_with_one_comma_rich_line_is_a_text(tmp_path):
+    """RFC 4180 text over three lines, one of which happens to hold two commas, was taken for an unclosed quote."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "t.csv"
+    ann.write_text('id,path,text\na,v.mp4,"Heute Sonne.\nMorgen gibt es Regen, Wind, und Schnee.\nDanach kalt."\n', encoding="utf-8")
+    (row,) = parse_table(ann, root=tmp_path)
+    assert row["status"] is None and row["text"].startswith("Heute Sonne.\nMorgen")
+
+
+def test_json_strings_that_utf8_cannot_hold_are_bad_rows_not_a_crash(tmp_path):
+    """A lone surrogate ("\\ud83d", an emoji cut in half) in an id crashed key making; in a text, the Parquet write
+    at the very end of the build."""
+    from manifests.schema import rows_to_table
+
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "t.jsonl"
+    ann.write_text('{"id": "clip\\ud83d", "path": "v.mp4", "text": "x"}\n{"id": "b", "path": "v.mp4", "text": "half \\ud83d"}\n'
+                   '{"id": "c", "path": "v.mp4", "text": "fine"}\n', encoding="utf-8")
+    rows = list(parse_table(ann, root=tmp_path))
+    assert [r["status"] for r in rows] == ["bad_annotation", "bad_annotation", None]
+    assert "not valid Unicode" in rows[0]["error"] and "text" in rows[1]["error"]
+    from manifests.keys import key_from_id
+
+    for r in rows:
+        key_from_id(r["id"])  # every id can be a key
+    rows_to_table([{**r, "key": key_from_id(r["id"])} for r in rows])  # and the manifest can be written
+
+
+def test_other_spellings_of_optional_columns_are_refused_not_ignored(tmp_path):
+    """Start/End (or start_s/end_s) were read as nothing: every range became its whole video and a split was lost."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "t.csv"
+    ann.write_text("id,path,text,Start,End,Split\na,v.mp4,x,1.0,2.0,test\n", encoding="utf-8")
+    with pytest.raises(SignfeatError, match=r"'Start' \(meant: start\).*'End' \(meant: end\).*'Split' \(meant: split\)"):
+        list(parse_table(ann, root=tmp_path))
+    ann = tmp_path / "t.jsonl"
+    ann.write_text('{"id": "a", "path": "v.mp4", "text": "x", "start_s": 1.0, "end_s": 2.0}\n', encoding="utf-8")
+    (row,) = parse_table(ann, root=tmp_path)
+    assert row["status"] == "bad_annotation" and "'start_s' (meant: start)" in row["error"]
+    ann.write_text('{"id": "a", "path": "v.mp4", "text": "x", "start": 1.0, "end": 2.0, "gloss": "HEUTE"}\n', encoding="utf-8")
+    (row,) = parse_table(ann, root=tmp_path)
+    assert row["status"] is None and row["start_s"] == 1.0  # other extra columns are fine
+
+
+def test_how2sign_videos_in_a_symlinked_folder_under_root_are_found(tmp_path):
+    from manifests import formats
+
+    (tmp_path / "shared" / "videos").mkdir(parents=True)
+    (tmp_path / "shared" / "videos" / "vidA.mp4").write_bytes(b"")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "raw_videos").symlink_to(tmp_path / "shared" / "videos")
+    (tmp_path / "project" / "loop").symlink_to(tmp_path / "project")  # a cycle must not hang the walk
+    found = formats.index_videos(tmp_path / "project")
+    assert set(found) == {"vidA"} and Path(found["vidA"]).resolve() == (tmp_path / "shared" / "videos" / "vidA.mp4").resolve()

@@ -133,3 +133,15 @@ def test_verify_of_an_unfinished_output_exits_1_every_time(tmp_path):
     for _ in range(8):  # it aborted in about 1 run of 4
         result = run("verify", out)
         assert result.returncode == 1 and "index.parquet" in result.stdout + result.stderr, (result.returncode, result.stderr[-500:])
+
+
+def test_a_build_or_curate_output_path_that_cannot_be_written_fails_before_any_work(tmp_path):
+    """A folder given as --out was an IsADirectoryError after all the probing; a file as --report a traceback after
+    the curated manifest was written."""
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "a.csv").write_text("id,path,text\na,v.mp4,x\n")
+    result = run("manifest", "build", "--annotations", tmp_path / "a.csv", "--root", tmp_path, "--out", tmp_path / "outdir")
+    assert result.returncode == 2 and "is a folder" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "rep_file").write_text("x")
+    result = run("manifest", "curate", tmp_path / "m.parquet", "--out", tmp_path / "c.parquet", "--report", tmp_path / "rep_file")
+    assert result.returncode == 2 and "is a file; give a folder" in result.stderr and not (tmp_path / "c.parquet").exists()
