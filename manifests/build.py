@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,19 @@ def parse_annotations(annotations: list[Path], fmt: str, root: Path, dataset: st
 
 
 def mark_duplicates(rows: list[dict[str, Any]]) -> None:
-    """Keep the first row of an id; later ones become ``duplicate_id`` (reported, never merged)."""
+    """Keep the first row of an id; later ones become ``duplicate_id`` (reported, never merged). Ids are compared
+    in Unicode NFC: "Müller" typed (NFC) and "Müller" from a macOS file name (NFD) look the same to every reader
+    and would otherwise be two clips with different keys."""
     first: dict[str, int] = {}
     for i, row in enumerate(rows):
-        if row["id"] in first:
+        same = unicodedata.normalize("NFC", row["id"]) if isinstance(row["id"], str) else row["id"]
+        if same in first:
             if row["status"] is None:
                 row["status"] = "duplicate_id"
-                row["error"] = f"id {row['id']!r} already used by manifest row {first[row['id']]}"
+                row["error"] = f"id {row['id']!r} already used by manifest row {first[same]}" + (
+                    " (the same text in another Unicode normal form)" if rows[first[same]]["id"] != row["id"] else "")
         else:
-            first[row["id"]] = i
+            first[same] = i
 
 
 def build_manifest(

@@ -240,7 +240,8 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
         # keep the smallest id of each content hash: independent of row order, so reruns agree
         ordered = keep.sort_values("id", kind="stable")
         first_id = ordered.groupby("content_hash", sort=False)["id"].transform("first")
-        dup_mask = (ordered["id"] != first_id).reindex(keep.index)
+        # a row without a content hash (a hand-made manifest) duplicates nothing (groupby leaves it out: NaN)
+        dup_mask = ((ordered["id"] != first_id) & ordered["content_hash"].notna()).reindex(keep.index)
         drop("duplicate", dup_mask, "duplicate_of=" + first_id.reindex(keep.index).astype(str))
 
     keep = keep.assign(split=assign_splits(keep, options)) if len(keep) else keep

@@ -182,15 +182,18 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
         header = next(reader, None)
         if header is None or [h.strip() for h in header[: len(HOW2SIGN_HEADER)]] != HOW2SIGN_HEADER:
             raise SignfeatError(f"{annotation}: not a How2Sign realigned file (expected a tab-separated header {' '.join(HOW2SIGN_HEADER)})")
+        names = [h.strip() for h in header]  # the seven columns, then any a user added
         for cols in reader:
             line_no = reader.line_num
             if not any(c.strip() for c in cols):
                 continue
-            if len(cols) != len(HOW2SIGN_HEADER):
-                yield _bad_row(annotation, line_no, f"expected {len(HOW2SIGN_HEADER)} tab-separated fields, got {len(cols)}",
-                               dataset=dataset or "how2sign", split=split)
+            if len(cols) > len(names) and names[-1] == "SENTENCE":  # a tab inside the sentence (TSV has no quoting)
+                cols = [*cols[: len(names) - 1], "\t".join(cols[len(names) - 1 :])]
+            if len(cols) != len(names):
+                yield _bad_row(annotation, line_no, f"expected {len(names)} tab-separated fields, got {len(cols)}",
+                               clip_id=cols[3].strip() or None if len(cols) > 3 else None, dataset=dataset or "how2sign", split=split)
                 continue
-            rec = dict(zip(HOW2SIGN_HEADER, cols))
+            rec = dict(zip(names, cols))
             name = rec["SENTENCE_NAME"].strip()
             if not name:
                 yield _bad_row(annotation, line_no, "no SENTENCE_NAME (the clip id)", dataset=dataset or "how2sign", split=split)

@@ -210,3 +210,9 @@ def test_blank_ranges_of_a_video_join_the_split_its_labelled_ranges_have():
     rows = [_row(i, split="test" if i < 3 else None, source_kind="range", path="/v/one.mp4", start_s=float(i), end_s=i + 1.0) for i in range(10)]
     for salt in ("a", "b", "c", "d", "e"):
         assert set(assign_splits(pd.DataFrame(rows), CurateOptions(split_salt=salt))) == {"test"}, salt
+
+
+def test_rows_without_a_content_hash_are_not_removed_as_duplicates():
+    rows = [_row(i, content_hash=None) for i in range(3)] + [_row(3), _row(4, content_hash="h03")]
+    kept, excluded, report = curate(pd.DataFrame(rows), CurateOptions())
+    assert sorted(kept["id"]) == sorted(r["id"] for r in rows[:4]) and report["removed"].get("duplicate") == 1

@@ -312,3 +312,30 @@ def test_how2sign_videos_in_a_symlinked_folder_under_root_are_found(tmp_path):
     (tmp_path / "project" / "loop").symlink_to(tmp_path / "project")  # a cycle must not hang the walk
     found = formats.index_videos(tmp_path / "project")
     assert set(found) == {"vidA"} and Path(found["vidA"]).resolve() == (tmp_path / "shared" / "videos" / "vidA.mp4").resolve()
+
+
+def test_how2sign_tabs_inside_a_sentence_and_extra_columns_keep_the_row(tmp_path):
+    """A tab inside a sentence (TSV has no quoting) or a column a user added made every such row a bad_annotation
+    whose id was lost (file:line)."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    header = "VIDEO_ID\tVIDEO_NAME\tSENTENCE_ID\tSENTENCE_NAME\tSTART_REALIGNED\tEND_REALIGNED\tSENTENCE"
+    ann = tmp_path / "how2sign_realigned_train.csv"
+    ann.write_text(header + "\nv\tv\ts0\ts0-1\t1.0\t2.0\tone\ttab inside\n", encoding="utf-8")
+    (row,) = parse_how2sign(ann, root=tmp_path)
+    assert row["id"] == "s0-1" and row["status"] is None and row["text"] == "one\ttab inside"
+    ann.write_text(header + "\tNOTE\nv\tv\ts0\ts0-1\t1.0\t2.0\tone\tchecked\nv\tv\ts1\ts1-1\t1.0\n", encoding="utf-8")
+    good, bad = parse_how2sign(ann, root=tmp_path)
+    assert good["id"] == "s0-1" and good["status"] is None and good["text"] == "one"
+    assert bad["id"] == "s1-1" and bad["status"] == "bad_annotation"
+
+
+def test_ids_equal_in_unicode_nfc_are_duplicates(tmp_path):
+    """Müller typed (NFC) and Müller from a macOS file name (NFD) were two ok clips with two keys."""
+    import unicodedata
+
+    from manifests.build import mark_duplicates
+
+    rows = [{"id": unicodedata.normalize("NFC", "Müller_01"), "status": None}, {"id": unicodedata.normalize("NFD", "Müller_01"), "status": None}]
+    assert rows[0]["id"] != rows[1]["id"]
+    mark_duplicates(rows)
+    assert rows[0]["status"] is None and rows[1]["status"] == "duplicate_id" and "Unicode normal form" in rows[1]["error"]
