@@ -170,3 +170,26 @@ def test_an_open_clip_local_dir_model_is_prepared_with_its_own_preprocess_config
     job_side = REGISTRY["clip_s2"].transform_for(ExtractorConfig.from_dict(dict(entry)))
     extractor = build_extractor(entry)
     assert job_side == extractor.transform and job_side.resample == "bilinear" and job_side.mean == (0.5, 0.5, 0.5)
+
+
+def test_the_default_checkpoints_classes_load_without_refusal(tmp_path):
+    """The published defaults are a CLIPModel (openai/clip-vit-large-patch14), a VideoMAEForPreTraining
+    (MCG-NJU/videomae-large) and a Dinov2Model; fine-tuned DINOv2 classifiers are common too. Their vision
+    backbones hold every weight the extractors need: the missing-weights check must not refuse them."""
+    from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2ForImageClassification, VideoMAEConfig, VideoMAEForPreTraining
+    from transformers.models.clip import CLIPImageProcessorPil
+    from transformers.models.videomae import VideoMAEImageProcessorPil
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16, image_size=112)
+    CLIPModel(CLIPConfig(vision_config=small, text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+                         projection_dim=16)).save_pretrained(tmp_path / "clip")
+    CLIPImageProcessorPil(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112}).save_pretrained(tmp_path / "clip")
+    for pooling in (True, False):
+        folder = tmp_path / f"videomae_{pooling}"
+        VideoMAEForPreTraining(VideoMAEConfig(**small, num_frames=16, use_mean_pooling=pooling, decoder_hidden_size=32, decoder_intermediate_size=64,
+                                              decoder_num_attention_heads=2, decoder_num_hidden_layers=1)).save_pretrained(folder)
+        VideoMAEImageProcessorPil(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112}).save_pretrained(folder)
+        assert _build("videomae", folder).width == 32
+    Dinov2ForImageClassification(Dinov2Config(**{**small, "patch_size": 14}, num_labels=3)).save_pretrained(tmp_path / "dino")
+    _bit_processor().save_pretrained(tmp_path / "dino")
+    assert _build("clip_s2", tmp_path / "clip").width == 64 and _build("dinov2", tmp_path / "dino").width == 32
