@@ -120,9 +120,11 @@ def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_:
             if not line.strip():
                 continue
             cols = line.split("|")
+            if len(cols) > len(PHOENIX_HEADER) and PHOENIX_HEADER[-1] == "translation":  # a '|' inside the translation
+                cols = [*cols[: len(PHOENIX_HEADER) - 1], "|".join(cols[len(PHOENIX_HEADER) - 1 :])]
             if len(cols) != len(PHOENIX_HEADER):
                 yield _bad_row(annotation, line_no, f"expected {len(PHOENIX_HEADER)} '|'-separated fields, got {len(cols)}",
-                               dataset=dataset or "phoenix2014t", split=split, source_kind="frames")
+                               clip_id=cols[0].strip() or None, dataset=dataset or "phoenix2014t", split=split, source_kind="frames")
                 continue
             rec = dict(zip(PHOENIX_HEADER, cols))
             if not rec["name"].strip():

@@ -339,3 +339,14 @@ def test_ids_equal_in_unicode_nfc_are_duplicates(tmp_path):
     assert rows[0]["id"] != rows[1]["id"]
     mark_duplicates(rows)
     assert rows[0]["status"] is None and rows[1]["status"] == "duplicate_id" and "Unicode normal form" in rows[1]["error"]
+
+
+def test_a_phoenix_translation_holding_a_bar_keeps_its_row(tmp_path):
+    """The file is '|'-separated without quoting: a '|' in the last field (the translation) made the row a bad
+    annotation that lost its id."""
+    ann = tmp_path / "PHOENIX-2014-T.train.corpus.csv"
+    ann.write_text("name|video|start|end|speaker|orth|translation\n"
+                   "c1|c1/1/*.png|-1|-1|Signer01|REGEN|es regnet | morgen sonne\nc2|c2/1/*.png|-1\n", encoding="utf-8")
+    good, bad = parse_phoenix(ann, root=tmp_path)
+    assert good["id"] == "c1" and good["status"] is None and good["text"] == "es regnet | morgen sonne"
+    assert bad["id"] == "c2" and bad["status"] == "bad_annotation"
