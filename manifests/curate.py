@@ -177,12 +177,12 @@ def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
         has_both = ~missing & df["signer"].notna()
         existing = pd.DataFrame({"person": person, "split": split})[has_both].groupby("person")["split"].unique()
         fixed = {p: v[0] for p, v in existing.items() if len(v) == 1}
-        groups = person.where(df["signer"].notna(), "key:" + _unit(df))
+        groups = person.where(df["signer"].notna(), "key:" + units)
         split[missing] = [
             fixed.get(g) or _split_for(_unit_hash(str(g), options.split_salt), options.split_ratios) for g in groups[missing]
         ]
     else:
-        split[missing] = [_split_for(_unit_hash(u, options.split_salt), options.split_ratios) for u in _unit(df)[missing]]
+        split[missing] = [_split_for(_unit_hash(u, options.split_salt), options.split_ratios) for u in units[missing]]
     return split
 
 
@@ -203,7 +203,7 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
             excluded.append(gone)
         keep = keep[~mask]
 
-    def range_filter(name: str, column: str, lo: float | None, hi: float | None, slack: float = 0.0) -> None:
+    def range_filter(name: str, column: str, lo: float | None, hi: float | None, slack: float = 0.0, label: str | None = None) -> None:
         """Drop rows outside [lo, hi], with a relative ``slack``: a measured duration or rate carries float and
         timestamp noise (a 2.5 s range at 24 fps measures 2.4999999999999996 s, a 30 fps Matroska file 30.02 fps
         from its millisecond timestamps), which must not decide a boundary the user wrote."""
@@ -215,8 +215,7 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
             mask |= ~(values >= lo * (1 - slack))
         if hi is not None:
             mask |= ~(values <= hi * (1 + slack))
-        what = "text characters" if column == "_text_chars" else column  # the helper column's name is no user's word
-        drop(name, mask, f"{what} outside [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]")
+        drop(name, mask, f"{label or column} outside [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]")
 
     drop("status", keep["status"] != "ok", "status=" + keep["status"].astype(str))
     range_filter("duration", "duration_s", options.min_duration_s, options.max_duration_s, slack=1e-9)
@@ -234,7 +233,7 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
     range_filter("fps", "fps", options.min_fps, options.max_fps, slack=0.002)  # 30.05 counts as 30, 30.1 does not
     if options.min_text_chars is not None or options.max_text_chars is not None:
         keep = keep.assign(_text_chars=keep["text"].fillna("").str.len())
-        range_filter("text_length", "_text_chars", options.min_text_chars, options.max_text_chars)
+        range_filter("text_length", "_text_chars", options.min_text_chars, options.max_text_chars, label="text characters")
         keep = keep.drop(columns="_text_chars")
     if options.dedup:
         # keep the smallest id of each content hash: independent of row order, so reruns agree

@@ -152,7 +152,7 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
                             f"See the manifest's error column, or `signfeat manifest curate`'s report")
     from pipeline.stages import stream_geometries
 
-    stream_geometries(cfg.streams)  # each stream's preprocessing loads here, before Ray starts, or the job stops in one line
+    geometries = stream_geometries(cfg.streams)  # each stream's preprocessing loads here, before Ray starts, or the job stops in one line
     plans = plan_shards(manifest_rows, cfg.shards, cfg.decode)
     streams = [s.name for s in cfg.streams]
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
@@ -168,7 +168,8 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.url)
     run_stats: dict[str, Any] = {}
     if todo:
-        run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], run_id, address=address, progress=progress, num_cpus=num_cpus)
+        run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], run_id, geometries, address=address, progress=progress,
+                             num_cpus=num_cpus)
     summary = finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done, run_id=run_id)
     return summary
 
@@ -238,21 +239,11 @@ def shards_to_skip(store: Store, plans: list[ShardPlan], config_hash: str | None
     run killed while redoing it cannot leave the old marker vouching for new, unfinished files."""
     planned = {p.name for p in plans}
     marked = store.done_shards() & planned
-    complete = {shard for shard in marked if store.shard_is_complete(shard)
-                and (config_hash is None or _marker_config(store, shard) in (None, config_hash))}
+    complete = {shard for shard in marked if store.shard_is_complete(shard, config_hash)}
     for shard in sorted(marked - complete):
         log.warning("shard %s has a completion marker but a missing or damaged tar or part: redoing it", shard)
         store.delete(Store.marker(shard))
     return complete
-
-
-def _marker_config(store: Store, shard: str) -> str | None:
-    """The config hash a shard's completion marker records (None: a marker of an older signfeat, which did not)."""
-    try:
-        summary = store.read_json(Store.marker(shard))
-    except (OSError, ValueError):
-        return None
-    return summary.get("config_hash") if isinstance(summary, dict) else None
 
 
 def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
@@ -284,13 +275,14 @@ def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
                 + (", or raise --num-cpus" if name == "CPU" else "") + ", or run on a cluster with --address (the job would wait forever)")
 
 
-def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[str], config_hash: str, run_id: str, *, address, progress,
-             num_cpus) -> dict[str, Any]:
+def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[str], config_hash: str, run_id: str,
+             geometries: dict[str, str], *, address, progress, num_cpus) -> dict[str, Any]:
+    """``geometries``: stream -> prepared-frame column (``stream_geometries``, computed by the caller)."""
     import ray
     from tqdm import tqdm
 
     from pipeline.ray_runtime import ensure_ray
-    from pipeline.stages import ExtractStream, decode_prepare, stream_geometries
+    from pipeline.stages import ExtractStream, decode_prepare
 
     needed_cpus = 1 + sum(s.actors * s.num_cpus for s in cfg.streams)
     ensure_ray(num_cpus=num_cpus or max(os.cpu_count() or 1, int(np.ceil(needed_cpus))), address=address)
@@ -300,7 +292,6 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False  # our own bar below says clips, rate, ETA and failures
     ctx.max_errored_blocks = -1  # a clip whose worker keeps dying is dropped (and recorded), the job goes on
-    geometries = stream_geometries(cfg.streams)
     streams_json = json.dumps([s.extractor for s in cfg.streams], sort_keys=True)
     # the config's environment for every worker of the job (Ray merges it into a submitted job's runtime_env)
     worker_env = {"runtime_env": {"env_vars": cfg.worker_env}} if cfg.worker_env else {}
@@ -380,9 +371,11 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
         check_run(store, run_id)
     index_parts, failure_parts = [], []
     for p in plans:
-        if not store.exists(Store.marker(p.name)):
-            raise SignfeatError(f"shard {p.name} is not complete; rerun the same command to finish the job")
-        made_with = _marker_config(store, p.name)
+        try:
+            marker = store.read_json(Store.marker(p.name))
+        except (OSError, ValueError):
+            raise SignfeatError(f"shard {p.name} is not complete; rerun the same command to finish the job") from None
+        made_with = marker.get("config_hash") if isinstance(marker, dict) else None
         if made_with not in (None, identity["config_hash"]):
             raise SignfeatError(f"shard {p.name} was written by another job (config hash {made_with}, this job's {identity['config_hash']}): "
                                 "two drivers ran into one --out; rerun this command alone to redo it")

@@ -134,13 +134,19 @@ class Store:
     def done_shards(self) -> set[str]:
         return {p[len("_signfeat/done/") : -len(".json")] for p in self.list_files("_signfeat/done", ".json")}
 
-    def shard_is_complete(self, shard: str) -> bool:
+    def shard_is_complete(self, shard: str, config_hash: str | None = None) -> bool:
         """The marker exists, the tar has the size the marker recorded, and both parts read: anything less (a
-        deleted or truncated tar, a lost or damaged part) means the shard must be written again."""
+        deleted or truncated tar, a lost or damaged part) means the shard must be written again. With
+        ``config_hash``, a marker recording another one (a shard a second driver on this OUT committed) is not
+        complete either; markers of older signfeat versions record none."""
         try:
             summary = self.read_json(self.marker(shard))
+            if not isinstance(summary, dict):
+                return False
+            if config_hash is not None and summary.get("config_hash") not in (None, config_hash):
+                return False
             tar = self.fs.get_file_info(self.path(f"{shard}.tar"))
-            if not isinstance(summary, dict) or tar.type != pafs.FileType.File or tar.size != summary.get("bytes"):
+            if tar.type != pafs.FileType.File or tar.size != summary.get("bytes"):
                 return False
             for part in ("index", "failures"):
                 self.read_table(f"_signfeat/parts/{shard}.{part}.parquet")

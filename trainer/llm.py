@@ -309,9 +309,10 @@ class SignTranslator(nn.Module):
             return out
         inputs = self.build_inputs(visual, visual_mask, batch, extras)
         if self.kind == "encoder_decoder":
-            # labels give the decoder its shifted-right inputs; the loss is taken here in float32 (a bf16 model's
-            # own loss is a bf16 log-softmax)
-            logits = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, labels=inputs.labels).logits
+            # the decoder reads the labels shifted right (the model's own rule); the loss is taken here, in float32
+            # (passing labels would also run the model's own loss: a second, bf16 log-softmax over the vocabulary)
+            decoder_ids = self.llm.prepare_decoder_input_ids_from_labels(labels=inputs.labels)
+            logits = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, decoder_input_ids=decoder_ids).logits
             out["ce"] = nn.functional.cross_entropy(logits.flatten(0, 1).float(), inputs.labels.flatten(), ignore_index=IGNORE)
         else:
             positions = {"position_ids": positions_from_mask(inputs.attention_mask)} if self.pass_positions else {}
