@@ -6,17 +6,20 @@ timestamps read by demuxing the container with PyAV (no decoding), and only then
 backend (decord, torchcodec or PyAV) decode exactly those frames. So the three backends cannot disagree
 on *which* frames a clip holds, and the tests check they agree on the pixels.
 
-Memory: a call holds one clip's selected frames and nothing else; the frame count and byte size of the
-result are checked against the configured limits *before* anything is decoded, so an over-long clip is a
+Memory: open_clip gives a clip's frames in chunks of about DECODE_CHUNK_MIB as they are decoded, so the
+job's decode stage resizes each chunk and never holds a whole clip at the video's size; decode_clip holds
+the whole clip. The frame count, and the bytes a caller will hold, are checked against the configured limits
+before anything is decoded (the job's prepared frames as they grow), so an over-long clip is a
 ClipError("too_long"), never an out-of-memory.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -328,9 +331,12 @@ def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: 
     return pos, fps
 
 
-def _check_limits(count: int, height: int, width: int, options: DecodeOptions, what: str) -> None:
+def _check_limits(count: int, height: int, width: int, options: DecodeOptions, what: str, memory: bool = True) -> None:
+    """``frame_limit``, and with ``memory`` ``max_clip_mib`` for ``count`` RGB frames of height x width held at once."""
     if count > options.frame_limit:
         raise ClipError("too_long", f"{what}: {count} frames to decode, over frame_limit={options.frame_limit}")
+    if not memory:
+        return
     mib = count * height * width * 3 / 2**20
     if mib > options.max_clip_mib:
         raise ClipError("too_long", f"{what}: {mib:.3g} MiB decoded, over max_clip_mib={options.max_clip_mib:g}")
@@ -382,58 +388,110 @@ def pyav_instead(backend: str, timeline: VideoTimeline, indices: np.ndarray) -> 
     return None
 
 
-def _decode_decord(path: str, indices: np.ndarray, timeline: VideoTimeline) -> np.ndarray:
+# Backends decode the sorted, unique timeline positions ``uniq`` of a clip and yield them in order, in chunks of
+# at most ``chunk`` frames (open_clip turns repeated positions back into repeated frames). A caller that
+# resizes each chunk as it comes (the job's decode stage) holds one chunk of full-size frames at a time, not
+# the clip: a 30 s 1080p clip is 5.6 GB of RGB, its 224-pixel crops 0.14 GB.
+
+
+def _decord_chunks(path: str, uniq: np.ndarray, timeline: VideoTimeline, chunk: int) -> Iterator[np.ndarray]:
     import decord
 
+    done = 0  # frames yielded before a failure: the rest comes from PyAV
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         if len(reader) != len(timeline.times_s):  # it counts frames the decoder never shows: its indices are not ours
-            return _decode_pyav(path, indices, timeline)
-        return reader.get_batch(indices.tolist()).asnumpy()
+            reader = None
+        else:
+            # get_batch seeks only when a position is not the frame after the last one read, whichever call read
+            # it, so reading consecutive positions in several calls decodes as one call does
+            for start in range(0, len(uniq), chunk):
+                part = reader.get_batch(uniq[start : start + chunk].tolist()).asnumpy()
+                done += len(part)
+                yield part
+            return
     except decord.DECORDError:
         # decord also fails on files FFmpeg decodes: the same buffer bug on unrotated small or thin frames
         # (16x48, 48x16, 2x200), GIFs ("Failed to measure duration/frame-count"), ...; a file that is really
         # broken fails in PyAV too, so it still ends as "corrupt", with PyAV's message.
-        return _decode_pyav(path, indices, timeline)
+        pass
+    yield from _pyav_chunks(path, uniq[done:], timeline, chunk)
 
 
-def _decode_torchcodec(path: str, indices: np.ndarray, timeline: VideoTimeline) -> np.ndarray:
+def _torchcodec_chunks(path: str, uniq: np.ndarray, timeline: VideoTimeline, chunk: int) -> Iterator[np.ndarray]:
     from torchcodec.decoders import VideoDecoder
 
     decoder = VideoDecoder(path, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=1)
     if decoder.metadata.num_frames != len(timeline.times_s):
         # it counts frames the decoder never shows (a stream-copied cut into Matroska: 91 and 93 for 90), so its
         # frame indices are not the timeline's and it returned frames 1-4 early without an error
-        return _decode_pyav(path, indices, timeline)
-    return decoder.get_frames_at(indices.tolist()).data.numpy()
+        yield from _pyav_chunks(path, uniq, timeline, chunk)
+        return
+    for start in range(0, len(uniq), chunk):  # the decoder keeps its position between calls, as decord does
+        yield decoder.get_frames_at(uniq[start : start + chunk].tolist()).data.numpy()
 
 
-def _decode_pyav(path: str, indices: np.ndarray, timeline: VideoTimeline) -> np.ndarray:
-    """The frames at ``indices`` (positions in the timeline, presentation order), converted to RGB only when asked for.
+def _pyav_chunks(path: str, uniq: np.ndarray, timeline: VideoTimeline, chunk: int) -> Iterator[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for rgb in _pyav_frames(path, uniq, timeline):
+        batch.append(rgb)
+        if len(batch) == chunk:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def _pyav_frames(path: str, uniq: np.ndarray, timeline: VideoTimeline) -> Iterator[np.ndarray]:
+    """The frames at ``uniq`` (positions in the timeline, presentation order), one by one, in order.
 
     A clip that starts after the video's first key frame is decoded from the last key frame at or before its
-    first frame (frames matched by timestamp); if that cannot be done exactly (untimed frames, a seek that
-    lands late), from the file's start, counting frames in presentation order as the other backends do.
+    first frame (frames matched by timestamp); where that cannot be done exactly (untimed frames, a seek that
+    lands late), the frames not yet given come from the file's start, counting frames in presentation order as
+    the other backends do.
     """
-    wanted: dict[int, list[int]] = {}
-    for out_pos, frame_idx in enumerate(indices.tolist()):
-        wanted.setdefault(frame_idx, []).append(out_pos)
-    key_pts = _key_frame_before(wanted, timeline)
-    out = _pyav_by_timestamp(path, wanted, len(indices), timeline, key_pts) if key_pts is not None else None
-    if out is None and (timeline.untimed or timeline.undecodable):  # decoded frames the timeline does not list: match by timestamp
-        out = _pyav_by_timestamp(path, wanted, len(indices), timeline)
-    if out is None:
-        out = _pyav_from_start(path, wanted, len(indices), timeline.orientation)
-    if any(f is None for f in out):
-        raise ClipError("corrupt", f"{path}: the decoder returned fewer frames than the container lists")
-    return np.stack(out)
+    ways: list[Callable[[str, np.ndarray, VideoTimeline], Iterator[tuple[int, np.ndarray]]]] = []
+    key_pts = _key_frame_before(int(uniq[0]), timeline)
+    if key_pts is not None:
+        ways.append(functools.partial(_pyav_by_timestamp, key_pts=key_pts))
+    if timeline.untimed or timeline.undecodable:  # decoded frames the timeline does not list: match by timestamp
+        ways.append(_pyav_by_timestamp)
+    ways.append(_pyav_from_start)
+    done = 0
+    for way in ways:
+        for rgb in _in_order(way(path, uniq[done:], timeline), uniq[done:]):
+            done += 1
+            yield rgb
+        if done == len(uniq):
+            return
+    raise ClipError("corrupt", f"{path}: the decoder returned fewer frames than the container lists")
 
 
-def _pyav_from_start(path: str, wanted: dict[int, list[int]], count: int, orientation: tuple[bool, bool, bool]) -> list[np.ndarray | None]:
+def _in_order(found: Iterator[tuple[int, np.ndarray]], want: np.ndarray) -> Iterator[np.ndarray]:
+    """The frames of ``want`` (sorted positions) from (position, frame) pairs, in order, until one is missing.
+    A frame that comes early (a broken stream's timestamps out of order) waits for those before it."""
+    rank = {int(p): k for k, p in enumerate(want.tolist())}
+    early: dict[int, np.ndarray] = {}
+    next_rank = 0
+    try:
+        for pos, rgb in found:
+            k = rank.get(pos)
+            if k is None or k < next_rank:
+                continue
+            early[k] = rgb
+            while next_rank in early:
+                yield early.pop(next_rank)
+                next_rank += 1
+            if next_rank == len(want):
+                return
+    finally:
+        found.close()  # the decoder's file, now rather than when the generator is collected
+
+
+def _pyav_from_start(path: str, want: np.ndarray, timeline: VideoTimeline) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
-    out: list[np.ndarray | None] = [None] * count
-    last = max(wanted)
+    wanted, last = set(want.tolist()), int(want[-1])
     to_rgb = _RgbConverter()
     with av.open(path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
@@ -441,32 +499,29 @@ def _pyav_from_start(path: str, wanted: dict[int, list[int]], count: int, orient
         # Frames leave the decoder in presentation order; index them by that order, as the other backends do.
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                _place(out, wanted[i], to_rgb(frame), orientation)
+                yield i, orient(to_rgb(frame), timeline.orientation)
             if i >= last:
                 break
-    return out
 
 
-def _key_frame_before(wanted: dict[int, list[int]], timeline: VideoTimeline) -> int | None:
-    """pts of the last key frame at or before the first wanted frame, when it is not the video's first frame."""
+def _key_frame_before(first: int, timeline: VideoTimeline) -> int | None:
+    """pts of the last key frame at or before timeline position ``first``, when it is not the video's first frame."""
     keys = timeline.keyframe_pts
     if keys is None or not len(keys):
         return None
-    at = np.searchsorted(keys, int(timeline.pts[min(wanted)]), side="right") - 1
+    at = np.searchsorted(keys, int(timeline.pts[first]), side="right") - 1
     return int(keys[at]) if at >= 0 and int(keys[at]) > int(timeline.pts[0]) else None
 
 
-def _pyav_by_timestamp(path: str, wanted: dict[int, list[int]], count: int, timeline: VideoTimeline,
-                       key_pts: int | None = None) -> list[np.ndarray | None] | None:
+def _pyav_by_timestamp(path: str, want: np.ndarray, timeline: VideoTimeline, key_pts: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Each decoded frame placed by its timestamp (a frame without one, or not in the timeline, is not the
-    clip's): from the file's start, or, with ``key_pts``, from that key frame (a seek). None when this cannot be
-    exact: a seek that lands after the key frame, an untimed frame after a seek, a wanted frame never seen."""
+    clip's): from the file's start, or, with ``key_pts``, from that key frame (a seek). Stops where this cannot
+    be exact: a seek that lands after the key frame, an untimed frame after a seek."""
     import av
 
     index_of = {int(p): i for i, p in enumerate(timeline.pts)}
-    orientation = timeline.orientation
-    last_pts = int(timeline.pts[max(wanted)])
-    out: list[np.ndarray | None] = [None] * count
+    wanted = set(want.tolist())
+    last_pts = int(timeline.pts[int(want[-1])])
     to_rgb = _RgbConverter()
     with av.open(path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
@@ -475,31 +530,24 @@ def _pyav_by_timestamp(path: str, wanted: dict[int, list[int]], count: int, time
             try:
                 container.seek(key_pts, stream=stream, backward=True)
             except av.error.FFmpegError:
-                return None
+                return
         reached_key = key_pts is None
         for frame in container.decode(stream):
             if frame.pts is None:
                 if key_pts is not None:
-                    return None
+                    return
                 continue
             if key_pts is not None and frame.pts < key_pts:
                 continue  # before the key frame (the seek may land earlier; an open GOP's leading frames may be broken)
             if not reached_key:
                 if frame.pts != key_pts:
-                    return None  # the seek landed after the key frame: frames before this one would be missed
+                    return  # the seek landed after the key frame: frames before this one would be missed
                 reached_key = True
             i = index_of.get(int(frame.pts))
             if i in wanted:
-                _place(out, wanted[i], to_rgb(frame), orientation)
+                yield i, orient(to_rgb(frame), timeline.orientation)
             if frame.pts >= last_pts:
                 break
-    return out if all(f is not None for f in out) else None
-
-
-def _place(out: list, positions: list[int], rgb: np.ndarray, orientation: tuple[bool, bool, bool]) -> None:
-    rgb = orient(rgb, orientation)
-    for pos in positions:
-        out[pos] = rgb
 
 
 class _RgbConverter:
@@ -528,7 +576,7 @@ class _RgbConverter:
         return self.graph.pull().to_ndarray()
 
 
-_DECODERS = {"decord": _decode_decord, "torchcodec": _decode_torchcodec, "pyav": _decode_pyav}
+_CHUNKERS = {"decord": _decord_chunks, "torchcodec": _torchcodec_chunks, "pyav": _pyav_chunks}
 
 
 # ----------------------------------------------------------------------------------------------- frame folders
@@ -582,9 +630,29 @@ def _load_image(path: Path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- entry point
 
+# Full-size frames decoded at a time (a chunk): 64 MiB is 10 frames of 1080p, 24 of 720p, 400 of PHOENIX's 210x260.
+DECODE_CHUNK_MIB = 64.0
 
-def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions()) -> DecodedClip:
-    """Decode one manifest row (needs ``source_kind`` and ``path``; ``start_s``/``end_s`` for ranges; ``fps`` for frames)."""
+
+@dataclass
+class ClipFrames:
+    """A clip about to be decoded: what decoding gives, known before any frame is decoded, and the frames
+    themselves as they come, in chunks (a chunk raises ClipError when the decoder fails on it)."""
+
+    count: int  # frames the chunks hold in all
+    height: int
+    width: int
+    fps: float  # as DecodedClip's
+    timestamps: np.ndarray
+    source_duration_s: float
+    chunks: Iterator[np.ndarray]  # uint8 [k, H, W, 3], in order, k summing to count
+
+
+def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(), chunk_mib: float | None = None) -> ClipFrames:
+    """Choose a manifest row's frames (needs ``source_kind`` and ``path``; ``start_s``/``end_s`` for ranges;
+    ``fps`` for frames) and return them as chunks of about ``chunk_mib`` (default DECODE_CHUNK_MIB) MiB, decoded
+    only as they are read.
+    Checks ``frame_limit``; what a caller keeps is its own to check against ``max_clip_mib``."""
     kind = clip.get("source_kind")
     path = str(clip.get("path"))
     if kind == "frames":
@@ -593,17 +661,10 @@ def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(
         times = np.arange(len(files)) / fps
         pos, out_fps = resample_indices(times, options.target_fps, options.max_frames, 1.0 / fps)
         first = _load_image(files[int(pos[0])])
-        _check_limits(len(pos), first.shape[0], first.shape[1], options, path)
-        cache = {int(pos[0]): first}
-        frames = []
-        for p in pos.tolist():
-            if p not in cache:
-                cache = {p: _load_image(files[p])}  # hold only the latest image (a repeat reuses it)
-            img = cache[p]
-            if img.shape != first.shape:
-                raise ClipError("mixed_sizes", f"{files[p]} is {img.shape[1]}x{img.shape[0]}, the folder's first frame {first.shape[1]}x{first.shape[0]}")
-            frames.append(img)
-        return DecodedClip(np.stack(frames), float(out_fps or fps), times[pos], len(files) / fps)
+        _check_limits(len(pos), first.shape[0], first.shape[1], options, path, memory=False)
+        chunk = _chunk_frames(first.shape[0], first.shape[1], chunk_mib)
+        return ClipFrames(len(pos), first.shape[0], first.shape[1], float(out_fps or fps), times[pos], len(files) / fps,
+                          _folder_chunks(files, pos, first, chunk))
     if kind not in ("video", "range"):
         raise ClipError("bad_source_kind", f"unknown source_kind {kind!r} for {path}")
     timeline = read_timeline(path)
@@ -611,17 +672,65 @@ def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(
     in_range = select_range(timeline.times_s, start_s, end_s, timeline.duration_s, path)
     clip_times = timeline.times_s[in_range] - (float(start_s) if start_s is not None else 0.0)
     pos, out_fps = resample_indices(clip_times, options.target_fps, options.max_frames, timeline.frame_duration_s)
-    indices = in_range[pos]
-    _check_limits(len(indices), timeline.height, timeline.width, options, path)
+    indices = in_range[pos]  # non-decreasing (a frame repeats when target_fps is above the video's rate)
+    _check_limits(len(indices), timeline.height, timeline.width, options, path, memory=False)
     backend = "pyav" if pyav_instead(options.backend, timeline, indices) else options.backend
+    if out_fps is None:  # a single frame: report the stream's own rate
+        out_fps = 1.0 / timeline.frame_duration_s
+    chunks = _video_chunks(backend, path, indices, timeline, _chunk_frames(timeline.height, timeline.width, chunk_mib))
+    return ClipFrames(len(indices), timeline.height, timeline.width, float(out_fps), clip_times[pos], timeline.span_s(in_range), chunks)
+
+
+def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(), chunk_mib: float | None = None) -> DecodedClip:
+    """Decode one manifest row whole (see open_clip): the clip's frames must fit in ``max_clip_mib``."""
+    frames = open_clip(clip, options, chunk_mib)
+    _check_limits(frames.count, frames.height, frames.width, options, str(clip.get("path")))
+    out = np.empty((frames.count, frames.height, frames.width, 3), np.uint8)
+    filled = 0
+    for part in frames.chunks:
+        out[filled : filled + len(part)] = part
+        filled += len(part)
+    return DecodedClip(out, frames.fps, frames.timestamps, frames.source_duration_s)
+
+
+def _chunk_frames(height: int, width: int, chunk_mib: float | None) -> int:
+    budget = DECODE_CHUNK_MIB if chunk_mib is None else chunk_mib
+    return max(1, int(budget * 2**20 // max(1, height * width * 3)))
+
+
+def _video_chunks(backend: str, path: str, indices: np.ndarray, timeline: VideoTimeline, chunk: int) -> Iterator[np.ndarray]:
+    """The frames at ``indices`` from ``backend`` in chunks, checked: a decoder's failure is the clip's ``corrupt``."""
+    uniq, repeats = np.unique(indices, return_counts=True)  # sorted = in order, since indices never go back
+    given = 0
     try:
-        frames = _DECODERS[backend](path, indices, timeline)
+        for part in _CHUNKERS[backend](path, uniq, timeline, chunk):
+            if part.ndim != 4 or part.shape[1:] != (timeline.height, timeline.width, 3) or given + len(part) > len(uniq):
+                raise ClipError("corrupt", f"{backend} decoded {part.shape} from {path} (frames {given}+), expected "
+                                           f"{(len(uniq), timeline.height, timeline.width, 3)}")
+            reps = repeats[given : given + len(part)]
+            given += len(part)
+            part = np.ascontiguousarray(part, dtype=np.uint8)
+            yield part if (reps == 1).all() else np.repeat(part, reps, axis=0)
     except ClipError:
         raise
     except Exception as exc:
         raise ClipError("corrupt", f"{backend} failed to decode {path}: {type(exc).__name__}: {exc}") from None
-    if frames.shape[0] != len(indices) or frames.shape[1:] != (timeline.height, timeline.width, 3):
-        raise ClipError("corrupt", f"{backend} decoded {frames.shape} from {path}, expected {(len(indices), timeline.height, timeline.width, 3)}")
-    if out_fps is None:  # a single frame: report the stream's own rate
-        out_fps = 1.0 / timeline.frame_duration_s
-    return DecodedClip(np.ascontiguousarray(frames, dtype=np.uint8), float(out_fps), clip_times[pos], timeline.span_s(in_range))
+    if given != len(uniq):
+        raise ClipError("corrupt", f"{backend} decoded {given} frames from {path}, expected {len(uniq)}")
+
+
+def _folder_chunks(files: list[Path], pos: np.ndarray, first: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    cache = {int(pos[0]): first}
+    batch: list[np.ndarray] = []
+    for p in pos.tolist():
+        if p not in cache:
+            cache = {p: _load_image(files[p])}  # hold only the latest image (a repeat reuses it)
+        img = cache[p]
+        if img.shape != first.shape:
+            raise ClipError("mixed_sizes", f"{files[p]} is {img.shape[1]}x{img.shape[0]}, the folder's first frame {first.shape[1]}x{first.shape[0]}")
+        batch.append(img)
+        if len(batch) == chunk:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)

@@ -296,27 +296,30 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     # the config's environment for every worker of the job (Ray merges it into a submitted job's runtime_env)
     worker_env = {"runtime_env": {"env_vars": cfg.worker_env}} if cfg.worker_env else {}
 
-    # One clip per block: if a worker dies on a clip for good, Ray Data drops that block alone.
-    ds = ray.data.from_items(_ray_rows(todo), override_num_blocks=sum(len(p.rows) for p in todo))
-    with warnings.catch_warnings():
-        # Ray Data retries a map task, and an actor's call, forever by default; a clip that kills its worker
-        # every time must stop after decode_retries / extract_retries. Ray 2.60 has no named parameter for that
-        # yet, only the (deprecated) remote-args keywords.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        ds = ds.map_batches(decode_prepare, fn_kwargs={"streams_json": streams_json, "decode_options": cfg.decode}, batch_size=1,
-                            batch_format="numpy", num_cpus=1, max_retries=cfg.decode_retries, **worker_env)
-        # each prepared-frame column is dropped by the last stream that reads it
-        last_reader = {geometries[s.name]: i for i, s in enumerate(cfg.streams)}
-        for i, s in enumerate(cfg.streams):
-            # A dead actor is restarted (Ray Data's default) and its call retried extract_retries times: a killed
-            # actor is an infrastructure fault, not the clips'; one that dies on every try (a clip too large for
-            # the actor's memory) would otherwise be retried forever. Then its clips are dropped and recorded lost.
-            done_with = tuple(sorted(col for col, last in last_reader.items() if last == i))
-            ds = ds.map_batches(ExtractStream, fn_constructor_kwargs={"extractor": s.extractor, "prep_column": geometries[s.name], "use_gpu": s.num_gpus > 0,
-                                                                     "drop_columns": done_with},
-                                batch_size=cfg.clips_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=s.actors),
-                                num_gpus=s.num_gpus, num_cpus=s.num_cpus, resources=s.resources or None, accelerator_type=s.accelerator_type,
-                                max_task_retries=cfg.extract_retries, **({"memory": int(s.memory_gb * 2**30)} if s.memory_gb else {}), **worker_env)
+    def pipeline(rows: list[dict[str, Any]], clips_per_call: int, calls_in_flight: int | None = None):
+        # One clip per block: if a worker dies on a clip for good, Ray Data drops that block alone.
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        with warnings.catch_warnings():
+            # Ray Data retries a map task, and an actor's call, forever by default; a clip that kills its worker
+            # every time must stop after decode_retries / extract_retries. Ray 2.60 has no named parameter for that
+            # yet, only the (deprecated) remote-args keywords.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            ds = ds.map_batches(decode_prepare, fn_kwargs={"streams_json": streams_json, "decode_options": cfg.decode}, batch_size=1,
+                                batch_format="numpy", num_cpus=1, max_retries=cfg.decode_retries, **worker_env)
+            # each prepared-frame column is dropped by the last stream that reads it
+            last_reader = {geometries[s.name]: i for i, s in enumerate(cfg.streams)}
+            for i, s in enumerate(cfg.streams):
+                # A dead actor is restarted (Ray Data's default) and its call retried extract_retries times: a killed
+                # actor is an infrastructure fault, not the clips'; one that dies on every try (a clip too large for
+                # the actor's memory) would otherwise be retried forever. Then its call's clips are dropped.
+                done_with = tuple(sorted(col for col, last in last_reader.items() if last == i))
+                pool = ray.data.ActorPoolStrategy(size=s.actors, **({"max_tasks_in_flight_per_actor": calls_in_flight} if calls_in_flight else {}))
+                ds = ds.map_batches(ExtractStream, fn_constructor_kwargs={"extractor": s.extractor, "prep_column": geometries[s.name],
+                                                                         "use_gpu": s.num_gpus > 0, "drop_columns": done_with},
+                                    batch_size=clips_per_call, batch_format="numpy", compute=pool,
+                                    num_gpus=s.num_gpus, num_cpus=s.num_cpus, resources=s.resources or None, accelerator_type=s.accelerator_type,
+                                    max_task_retries=cfg.extract_retries, **({"memory": int(s.memory_gb * 2**30)} if s.memory_gb else {}), **worker_env)
+        return ds
 
     total = sum(len(p.rows) for p in todo)
     order = {p.name: i for i, p in enumerate(todo)}
@@ -324,39 +327,65 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     failures = 0
     next_shard = 0  # todo[next_shard] is the shard whose rows arrive now
     current: dict[int, dict[str, Any]] = {}
+    # shards some of whose clips never arrived (dropped with a worker that died for good): committed after the
+    # second pass below, which retries those clips one at a time
+    short: dict[int, dict[int, dict[str, Any]]] = {}
     t_write = 0.0
-
-    def flush(upto: int) -> None:
-        """Commit todo[next_shard:upto]: their rows have all arrived, or were dropped for good."""
-        nonlocal next_shard, current, t_write, failures
-        while next_shard < upto:
-            plan = todo[next_shard]
-            rows = [current.get(pos) or _lost_row(plan, pos) for pos in range(len(plan.rows))]
-            lost = sum(1 for pos in range(len(plan.rows)) if pos not in current)
-            failures += lost
-            bar.update(lost)
-            t = time.time()
-            write_shard(store, plan, rows, streams, config_hash, run_id)
-            t_write += time.time() - t
-            current, next_shard = {}, next_shard + 1
-
     busy_seconds: dict[str, float] = {}  # stage -> seconds its workers spent, summed over clips
     clips_by_node: dict[str, dict[str, int]] = {}  # Ray node id -> stage -> clips it processed
-    for row in ds.iter_rows():
+
+    def commit(k: int, arrived: dict[int, dict[str, Any]]) -> None:
+        nonlocal t_write, failures
+        plan = todo[k]
+        rows = [arrived.get(pos) or _lost_row(plan, pos) for pos in range(len(plan.rows))]
+        lost = sum(1 for pos in range(len(plan.rows)) if pos not in arrived)
+        failures += lost
+        bar.update(lost)
+        t = time.time()
+        write_shard(store, plan, rows, streams, config_hash, run_id)
+        t_write += time.time() - t
+
+    def flush(upto: int) -> None:
+        """Commit todo[next_shard:upto]: their rows have all arrived, or were dropped for now."""
+        nonlocal next_shard, current
+        while next_shard < upto:
+            if len(current) < len(todo[next_shard].rows):
+                short[next_shard] = current
+            else:
+                commit(next_shard, current)
+            current, next_shard = {}, next_shard + 1
+
+    def arrived(row: dict[str, Any]) -> dict[str, Any]:
+        nonlocal failures
         row = _clean_row(row)
         for stage in ["decode", *streams]:
             busy_seconds[stage] = busy_seconds.get(stage, 0.0) + float(row.get(f"secs_{stage}") or 0.0)
             per_node = clips_by_node.setdefault(str(row.get(f"node_{stage}")), {})
             per_node[stage] = per_node.get(stage, 0) + 1
-        k = order[row["shard"]]
-        flush(k)  # rows come in plan order: a later shard's row means the earlier shards are finished
-        current[int(row["pos"])] = row
         failures += bool(row["error_class"])
         bar.update(1)
         bar.set_postfix(failures=failures, refresh=False)
+        return row
+
+    for row in pipeline(_ray_rows(todo), cfg.clips_per_call).iter_rows():
+        row = arrived(row)
+        k = order[row["shard"]]
+        flush(k)  # rows come in plan order: a later shard's row means the earlier shards are finished
+        current[int(row["pos"])] = row
         if len(current) == len(todo[k].rows):
             flush(k + 1)
     flush(len(todo))
+    if short:
+        # An actor killed for good (out of memory on one clip, say) takes every clip of its calls with it: its
+        # own call's clips_per_call, and the calls queued on it. Those clips go through again, one clip per call
+        # and one call per actor at a time, so that only a clip that kills its worker by itself is lost.
+        again = [r for k, got in short.items() for r in _ray_rows([todo[k]]) if r["pos"] not in got]
+        log.warning("%d clips were dropped with Ray workers that died; retrying them one at a time", len(again))
+        for row in pipeline(again, 1, calls_in_flight=1).iter_rows():
+            row = arrived(row)
+            short[order[row["shard"]]][int(row["pos"])] = row
+        for k in sorted(short):
+            commit(k, short[k])
     bar.close()
     return {"busy_seconds": {**{f"{k}_s": round(v, 3) for k, v in busy_seconds.items()}, "write_shards_s": round(t_write, 3)},
             "clips_by_node": clips_by_node}

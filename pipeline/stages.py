@@ -109,7 +109,7 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
     a decoder) is retried by Ray and, if it keeps dying, its block is dropped and the writer records the
     clip as ``lost`` (see pipeline/extract.py), so the job goes on.
     """
-    from pipeline.decode import decode_clip
+    from pipeline.decode import open_clip
 
     transforms = _transforms(streams_json)
     n = len(batch["key"])
@@ -135,12 +135,24 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
                     out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
                 out["secs_decode"][i] = time.perf_counter() - t0
                 continue
-            clip = decode_clip(row, decode_options)
-            for col, t in transforms.items():
-                out[col][i] = t.resize_crop(clip.frames).numpy()
-            out["decoded_frames"][i], out["decoded_fps"][i] = int(clip.frames.shape[0]), float(clip.fps)
+            clip = open_clip(row, decode_options)
+            # each chunk of full-size frames is resized as it comes: a task holds the clip's prepared frames (what
+            # max_clip_mib limits here) and one chunk, not the whole clip at the video's size
+            prepared: dict[str, list[np.ndarray]] = {col: [] for col in transforms}
+            held = done = 0
+            for frames in clip.chunks:
+                for col, t in transforms.items():
+                    prepared[col].append(t.resize_crop(frames).numpy())
+                    held += prepared[col][-1].nbytes
+                done += len(frames)
+                if held > decode_options.max_clip_mib * 2**20:
+                    raise ClipError("too_long", f"{row['path']}: {held / 2**20:.3g} MiB of prepared frames after {done} of {clip.count} "
+                                                f"frames, over max_clip_mib={decode_options.max_clip_mib:g}")
+            for col in transforms:
+                out[col][i] = np.concatenate(prepared[col])
+            out["decoded_frames"][i], out["decoded_fps"][i] = clip.count, float(clip.fps)
             out["decoded_duration_s"][i] = float(clip.source_duration_s)
-            del clip
+            del clip, prepared
         except Exception as exc:  # ClipError or anything else decoding raised: this clip's problem only
             stage = f"extract:{_video_only_streams(streams_json)[0]}" if _error_kind(exc) == "needs_video" else "decode"
             out["error_stage"][i], out["error_class"][i], out["error_message"][i] = stage, _error_kind(exc), str(exc)[:2000]

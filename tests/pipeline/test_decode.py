@@ -408,21 +408,47 @@ def test_ranges_and_resampling_in_open_gop_and_cut_videos_match_the_ffmpeg_cli(t
 
 def test_pyav_starts_a_late_range_at_its_key_frame_with_the_same_frames(tmp_path):
     # a range deep in a long video must not decode everything before it; the frames are those decoded from the start
-    from pipeline.decode import _key_frame_before, _pyav_by_timestamp, _pyav_from_start
-
-    def _pyav_from_keyframe(path, wanted, count, tl):  # the seek path of _decode_pyav
-        key_pts = _key_frame_before(wanted, tl)
-        return None if key_pts is None else _pyav_by_timestamp(path, wanted, count, tl, key_pts)
+    from pipeline.decode import _in_order, _key_frame_before, _pyav_by_timestamp, _pyav_from_start
 
     for name, path in _open_gop_videos(tmp_path).items():
         tl = read_timeline(str(path))
         assert len(tl.keyframe_pts) >= 2, name
         for first in (31, 59, 60, 75):
-            wanted = {i: [i - first] for i in range(first, min(first + 12, len(tl.times_s)))}
-            from_key = _pyav_from_keyframe(str(path), wanted, len(wanted), tl)
-            assert from_key is not None, f"{name}: no seek from frame {first}"
-            from_start = _pyav_from_start(str(path), wanted, len(wanted), tl.orientation)
-            assert all(np.array_equal(a, b) for a, b in zip(from_key, from_start)), f"{name}: from frame {first}"
+            want = np.arange(first, min(first + 12, len(tl.times_s)))
+            key_pts = _key_frame_before(first, tl)  # the seek path of _pyav_frames
+            assert key_pts is not None, f"{name}: no key frame after the first before frame {first}"
+            from_key = list(_in_order(_pyav_by_timestamp(str(path), want, tl, key_pts=key_pts), want))
+            assert len(from_key) == len(want), f"{name}: the seek from frame {first} did not give every frame"
+            from_start = list(_in_order(_pyav_from_start(str(path), want, tl), want))
+            assert all(np.array_equal(a, b) for a, b in zip(from_key, from_start, strict=True)), f"{name}: from frame {first}"
+
+
+def test_chunks_put_together_are_the_frames_of_one_call(tmp_path):
+    """open_clip gives a clip in chunks (the job resizes each as it comes, never holding a whole clip at full size):
+    on every backend the chunks put together are the frames decoded in one chunk, with chunk edges inside GOPs,
+    across repeated frames (target_fps above the video's rate) and in ranges that start with a seek."""
+    from pipeline.decode import open_clip
+
+    frame_mib = 64 * 48 * 3 / 2**20  # the test videos are 64x48
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(7):
+        Image.fromarray(index_frame(i)).save(folder / f"{i}.png")
+    clips = {"folder at 25 fps from 10": ({"source_kind": "frames", "path": str(folder), "fps": 10.0}, {"target_fps": 25})}
+    videos = _open_gop_videos(tmp_path)
+    clips["x264 whole"] = ({"source_kind": "video", "path": str(videos["x264"])}, {})
+    clips["x265 range"] = ({"source_kind": "range", "path": str(videos["x265"]), "start_s": 1.0, "end_s": 1.6}, {})
+    clips["cut at 50 fps"] = ({"source_kind": "range", "path": str(videos["cut"]), "start_s": 0.5, "end_s": 1.0}, {"target_fps": 50})
+    chunk_frames = 2
+    for case, (clip, kw) in clips.items():
+        for backend in BACKENDS:
+            options = DecodeOptions(backend=backend, **kw)
+            whole = decode_clip(clip, options)
+            stream = open_clip(clip, options, chunk_mib=chunk_frames * frame_mib)
+            chunks = list(stream.chunks)
+            assert len(chunks) >= 2 and all(len(np.unique(c.reshape(len(c), -1), axis=0)) <= chunk_frames for c in chunks), case
+            assert np.array_equal(np.concatenate(chunks), whole.frames), f"{case}, {backend}"
+            assert stream.count == len(whole.frames) and stream.fps == whole.fps, case
 
 
 def test_mpeg_program_stream_ranges_match_the_ffmpeg_cli(tmp_path):

@@ -249,14 +249,16 @@ def test_worker_env_defaults_replaces_and_leaves_the_output_hash_alone():
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("variable, retries", [("SIGNFEAT_TEST_CRASH_ON", {"decode_retries": 0}),
-                                               ("SIGNFEAT_TEST_KILL_EXTRACTOR_ON", {"extract_retries": 1, "clips_per_call": 1})])
+                                               # the three clips in one call: the other two were lost with the killed actor
+                                               ("SIGNFEAT_TEST_KILL_EXTRACTOR_ON", {"extract_retries": 1, "clips_per_call": 3})])
 def test_a_worker_that_dies_on_one_clip_every_time_loses_that_clip_and_the_job_goes_on(demo_manifest, ray_local, tmp_path, variable, retries):
     """The config's worker_env is set in the job's Ray workers, over what they inherit: a fault-injection variable
     names a single clip's file, and the worker handling it dies on every try, while the others go through:
     - a decode task that crashes in native code (SIGSEGV), retried decode_retries times;
     - an extractor actor killed (SIGKILL, as the memory monitor kills one whose clip does not fit), restarted
-      and its call retried extract_retries times (Ray Data's default retried it forever: the job never ended).
-    Then the clip is recorded lost (stage worker) and the job completes."""
+      and its call retried extract_retries times (Ray Data's default retried it forever: the job never ended);
+      the other clips of its call (and of calls queued on it) then go through again one at a time.
+    Then the clip alone is recorded lost (stage worker) and the job completes."""
     import pyarrow as pa
 
     table = pq.read_table(demo_manifest)
@@ -294,6 +296,45 @@ def test_decode_stage_reads_a_range_with_only_an_end_from_the_start(tmp_path):
     out = decode_prepare(batch, json.dumps([{"name": "dinov2", "tiny": True}]), DecodeOptions(backend="pyav"))
     assert out["error_class"][0] == "", out["error_message"][0]
     assert out["decoded_frames"][0] == 5
+
+
+def test_decode_stage_resizes_chunk_by_chunk_and_limits_the_prepared_frames(tmp_path, monkeypatch):
+    """The decode task resizes each chunk of full-size frames as it is decoded, so max_clip_mib limits what the
+    task holds: the prepared frames. A 640x480 clip over the limit at full size (8.8 MiB) but not prepared
+    (224-pixel crops, 1.4 MiB) is extracted; one whose prepared frames are over it is too_long."""
+    import json
+
+    import pipeline.decode as decode
+    from extractors import ExtractorConfig
+    from extractors.dinov2 import Dinov2Extractor
+    from pipeline.decode import DecodeOptions, decode_clip
+    from pipeline.extract import _ray_rows
+    from pipeline.plan import ShardPlan
+    from pipeline.stages import decode_prepare, stream_geometries
+    from tests.helpers import index_frame, write_video
+
+    frames = np.stack([np.kron(index_frame(i), np.ones((10, 10, 1), np.uint8)) for i in range(10)])  # 480x640
+    path = write_video(tmp_path / "big.mp4", frames)
+    clip = {"id": "a", "key": "a", "dataset": "d", "split": "train", "signer": None, "text": "t", "source_kind": "video",
+            "path": str(path), "start_s": None, "end_s": None, "fps": None, "num_frames": 10}
+    rows = _ray_rows([ShardPlan(name="s", split="train", rows=[clip])])
+    batch = {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+    streams = json.dumps([{"name": "dinov2", "tiny": True}])
+    column = stream_geometries([type("S", (), {"name": "dinov2", "extractor": {"name": "dinov2", "tiny": True}})()])["dinov2"]
+    chunks_seen = []
+    chunked = decode._video_chunks
+    monkeypatch.setattr(decode, "DECODE_CHUNK_MIB", 3 * 640 * 480 * 3 / 2**20)  # 3 frames a chunk
+    monkeypatch.setattr(decode, "_video_chunks", lambda *a: (chunks_seen.append(len(c)) or c for c in chunked(*a)))
+
+    out = decode_prepare(batch, streams, DecodeOptions(backend="pyav", max_clip_mib=4))
+    assert out["error_class"][0] == "", out["error_message"][0]
+    assert chunks_seen == [3, 3, 3, 1]
+    transform = Dinov2Extractor.transform_for(ExtractorConfig.from_dict({"name": "dinov2", "tiny": True}))
+    whole = decode_clip(clip, DecodeOptions(backend="pyav", max_clip_mib=100)).frames
+    assert np.array_equal(out[column][0], transform.resize_crop(whole).numpy())  # resizing by chunk changes nothing
+
+    out = decode_prepare(batch, streams, DecodeOptions(backend="pyav", max_clip_mib=0.5))
+    assert out["error_class"][0] == "too_long" and "prepared frames" in out["error_message"][0]
 
 
 @pytest.mark.parametrize("split", ["..", ".", ".hidden", "a/b", "_signfeat", "a\\b",
