@@ -321,11 +321,12 @@ class Extractor:
 
     def _place_model(self) -> None:
         """Frozen and on its device; on a GPU in the compute dtype itself (bf16/fp16 weights run faster
-        than fp32 weights under autocast, and nothing is trained)."""
+        than fp32 weights under autocast, and nothing is trained), on a CPU in float32 (bf16 runs under
+        autocast). Always cast: transformers keeps the dtype a checkpoint was saved in, and a float16 mirror
+        of a model ran in float16 (or failed: VideoMAE's float input met half biases) while recorded as fp32."""
         self.model.eval().requires_grad_(False)
         self.model.to(self.device)
-        if self.device.type == "cuda" and self.compute_dtype != torch.float32:
-            self.model.to(self.compute_dtype)
+        self.model.to(self.compute_dtype if self.device.type == "cuda" else torch.float32)
         if self.config.compile:
             self.forward = torch.compile(self.forward, dynamic=False)
 

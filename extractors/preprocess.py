@@ -64,7 +64,7 @@ class FrameTransform:
         name = type(processor).__name__
         size, crop = processor.size, processor.crop_size
         shortest = size["shortest_edge"] if "shortest_edge" in size and size["shortest_edge"] else None
-        if shortest is None:
+        if shortest is None or size.get("longest_edge"):  # a cap on the long side would be dropped, not followed
             raise ValueError(f"{name} resizes to {dict(size)}, signfeat supports shortest_edge resizing only")
         for flag in ("do_resize", "do_center_crop"):
             if getattr(processor, flag, True) is False:

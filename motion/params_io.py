@@ -414,9 +414,13 @@ def read_clip_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, 
 def is_params_path(path: str | Path) -> bool:
     """Whether ``path`` looks like Input A (a parameters file or a folder of per-frame parameter files)
     rather than a video or a folder of frame images."""
+    from pipeline.decode import IMAGE_EXTENSIONS
+
     path = Path(path)
     if path.is_dir():
-        return any(p.suffix in PER_FRAME_SUFFIXES for p in path.iterdir() if p.is_file())
+        # a folder of frame images is a frame folder, whatever side files it holds (keypoints.npz next to the frames)
+        files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+        return any(p.suffix in PER_FRAME_SUFFIXES for p in files) and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files)
     return path.suffix in (".pkl", ".pickle", ".npz", ".npy")
 
 

@@ -26,7 +26,10 @@ import numpy as np
 from pipeline.errors import ClipError
 
 BACKENDS = ("decord", "torchcodec", "pyav")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm", ".pbm")
+# Images a frame folder may hold that are not read as frames (animated, or formats PIL reads partly or not at
+# all): refused, not skipped, since the clip would silently lose them.
+OTHER_IMAGE_EXTENSIONS = (".gif", ".apng", ".avif", ".heic", ".heif", ".jxl", ".jp2", ".j2k", ".exr", ".dpx", ".tga", ".psd", ".qoi", ".ico")
 # A range may end a little after the last frame (annotation rounding); more than this is an error.
 RANGE_END_TOLERANCE_S = 0.5
 
@@ -296,14 +299,14 @@ TIMESTAMP_SLACK_S = 1e-3
 
 
 def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: int | None,
-                     frame_duration_s: float | None = None) -> tuple[np.ndarray, float]:
+                     frame_duration_s: float | None = None, slack_s: float = TIMESTAMP_SLACK_S) -> tuple[np.ndarray, float]:
     """Pick positions into ``times_s`` (the clip's frame times, from its start) and return the fps they have.
 
     target_fps: for each instant k / target_fps inside the clip, the last frame shown at or before it
     (works for variable frame rate, since it reads timestamps, not indices). The clip lasts from its first
     frame to the end of its last one, shown for ``frame_duration_s`` (the video's median frame gap, as the
-    manifest's duration_s counts it; default: the clip's mean gap). max_frames: then keep at most that many,
-    evenly spread, first and last included.
+    manifest's duration_s counts it; default: the clip's mean gap), less ``slack_s`` of timestamp precision (0 for
+    a frame folder's exact times). max_frames: then keep at most that many, evenly spread, first and last included.
     """
     n = len(times_s)
     t0 = float(times_s[0])
@@ -315,7 +318,7 @@ def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: 
         # every instant k / target_fps inside the clip: k < duration * target_fps (HumanML3D's poses[::k] keeps
         # ceil(n / k)), less the timestamps' own precision (rounded first, so a clip that ends right on an
         # instant gives one count, not one that float error picks)
-        count = max(1, int(np.ceil(round((duration - TIMESTAMP_SLACK_S) * target_fps, 6))))
+        count = max(1, int(np.ceil(round((duration - slack_s) * target_fps, 6))))
         instants = t0 + np.arange(count) / target_fps
         pos = np.searchsorted(times_s, instants + 1e-6, side="right") - 1
         pos = np.clip(pos, 0, n - 1)
@@ -597,7 +600,15 @@ def list_frame_files(folder: str) -> list[Path]:
     # next to every image it copies to a non-Mac disk, and one of them would make the whole clip "corrupt".
     # a link to an image that is gone stays in (is_file() is False for it): reading it fails the clip as corrupt,
     # where skipping it would silently drop a frame
-    files = [f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") and (f.is_file() or f.is_symlink())]
+    entries = [f for f in p.iterdir() if not f.name.startswith(".") and (f.is_file() or f.is_symlink())]
+    files = [f for f in entries if f.suffix.lower() in IMAGE_EXTENSIONS]
+    # images of other kinds (a .gif: animated, only its first frame would be read) are not skipped in silence:
+    # the clip would lose frames
+    others = sorted(f.name for f in entries if f.suffix.lower() in OTHER_IMAGE_EXTENSIONS)
+    if others:
+        raise ClipError("unsupported_frames", f"{folder}: {len(others)} image file(s) of a kind signfeat does not read as frames "
+                                              f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); frames are "
+                                              f"{', '.join(IMAGE_EXTENSIONS)}: convert them, or move them out of the folder")
     if not files:
         raise ClipError("empty_folder", f"no frame images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     # the name breaks ties ("01.png" and "1.png" have one natural key), else the order, and so the clip and
@@ -616,7 +627,10 @@ def _load_image(path: Path) -> np.ndarray:
             if img.mode.startswith("I"):
                 # 16-bit greyscale (PNG "I;16", or "I"): PIL's convert("RGB") clips every value above 255 to
                 # white instead of scaling; scale 0..65535 to 0..255, rounded (FFmpeg's gray16 -> rgb24 is within 1).
-                grey = ((np.clip(np.asarray(img, dtype=np.int64), 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+                values = np.asarray(img, dtype=np.int64)
+                grey = ((np.clip(values, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+                if isinstance(img.info.get("transparency"), int):  # a tRNS grey level: those pixels are transparent
+                    grey[values == img.info["transparency"]] = 255
                 return np.repeat(grey[..., None], 3, axis=2)
             if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
                 # transparent pixels onto white, as the models' Hugging Face processors do (transformers'
@@ -659,7 +673,8 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
         files = list_frame_files(path)
         fps = float(clip.get("fps") or options.frame_fps)
         times = np.arange(len(files)) / fps
-        pos, out_fps = resample_indices(times, options.target_fps, options.max_frames, 1.0 / fps)
+        # a frame folder's times are exact (k / fps): no timestamp precision to allow for (29.97 fps lost an instant)
+        pos, out_fps = resample_indices(times, options.target_fps, options.max_frames, 1.0 / fps, slack_s=0.0)
         first = _load_image(files[int(pos[0])])
         _check_limits(len(pos), first.shape[0], first.shape[1], options, path, memory=False)
         chunk = _chunk_frames(first.shape[0], first.shape[1], chunk_mib)

@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: a file name that is not UTF-8 (a Windows zip unpacked on Linux: latin-1 'ü')
+    reaches Python with surrogate escapes, which pyarrow cannot store; its bytes are shown as \\xNN instead."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that escapes no byte
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class SignfeatError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits non-zero."""
 
@@ -11,7 +24,7 @@ class ClipError(SignfeatError):
     """One clip cannot be used. ``kind`` is a short snake_case class (``missing_file``, ``empty_folder``...)."""
 
     def __init__(self, kind: str, message: str):
-        super().__init__(message)
+        super().__init__(printable(message))  # it ends in a Parquet table
         self.kind = kind
 
     def __reduce__(self):  # picklable across Ray workers with both fields

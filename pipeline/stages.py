@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from manifests.schema import PARAMS_KIND
-from pipeline.errors import ClipError, SignfeatError
+from pipeline.errors import ClipError, SignfeatError, printable
 
 ERROR_COLUMNS = ("error_stage", "error_class", "error_message")
 
@@ -155,7 +155,7 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
             del clip, prepared
         except Exception as exc:  # ClipError or anything else decoding raised: this clip's problem only
             stage = f"extract:{_video_only_streams(streams_json)[0]}" if _error_kind(exc) == "needs_video" else "decode"
-            out["error_stage"][i], out["error_class"][i], out["error_message"][i] = stage, _error_kind(exc), str(exc)[:2000]
+            out["error_stage"][i], out["error_class"][i], out["error_message"][i] = stage, _error_kind(exc), printable(str(exc))[:2000]
             for col in transforms:
                 out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
             out["decoded_frames"][i], out["decoded_fps"][i], out["decoded_duration_s"][i] = 0, 0.0, 0.0
@@ -219,7 +219,7 @@ class ExtractStream:
                 try:
                     results[i] = self._extract(batch, [i])[0]
                 except Exception as exc:
-                    out["error_stage"][i], out["error_class"][i], out["error_message"][i] = f"extract:{self.name}", _error_kind(exc), str(exc)[:2000]
+                    out["error_stage"][i], out["error_class"][i], out["error_message"][i] = f"extract:{self.name}", _error_kind(exc), printable(str(exc))[:2000]
         for i, (f, timebase) in results.items():
             if not np.isfinite(f).all():
                 out["error_stage"][i], out["error_class"][i] = f"extract:{self.name}", "nonfinite"

@@ -121,7 +121,9 @@ def test_processor_rescaling_and_normalisation_settings_are_followed(overrides):
 
 @pytest.mark.parametrize("overrides, needle", [({"do_center_crop": False}, "do_center_crop=False"), ({"do_resize": False}, "do_resize=False"),
                                                ({"crop_size": {"height": 112, "width": 96}}, "square crops only"),
-                                               ({"resample": 1}, "PIL filter 1")])
+                                               ({"resample": 1}, "PIL filter 1"),
+                                               # a cap on the long side was silently dropped (up to 3.7 off on 1080p frames)
+                                               ({"size": {"shortest_edge": 128, "longest_edge": 160}}, "shortest_edge resizing only")])
 def test_processor_settings_signfeat_cannot_follow_are_refused(tmp_path, overrides, needle):
     with pytest.raises(ValueError, match=needle):
         FrameTransform.from_hf_processor(_bit_processor(**overrides))
@@ -193,3 +195,25 @@ def test_the_default_checkpoints_classes_load_without_refusal(tmp_path):
     Dinov2ForImageClassification(Dinov2Config(**{**small, "patch_size": 14}, num_labels=3)).save_pretrained(tmp_path / "dino")
     _bit_processor().save_pretrained(tmp_path / "dino")
     assert _build("clip_s2", tmp_path / "clip").width == 64 and _build("dinov2", tmp_path / "dino").width == 32
+
+
+@pytest.mark.parametrize("saved_dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_checkpoint_runs_in_float32_as_the_config_says(tmp_path, saved_dtype):
+    """transformers keeps the dtype a checkpoint was saved in (mirrors and fine-tunes are often float16): the
+    models ran in it on the CPU while recorded as float32, and VideoMAE failed every clip (float input, half
+    biases). The reference: the same weights loaded in float32, run in float32."""
+    from transformers import AutoModel
+
+    frames = _frames(n=8)
+    for name, save in (("clip_s2", _save_clip), ("videomae", _save_videomae), ("dinov2", _save_dinov2)):
+        folder = tmp_path / name
+        save(folder)
+        half = AutoModel.from_pretrained(folder).to(saved_dtype)
+        half.save_pretrained(folder)  # the same weights, stored in half precision
+        reference = _build(name, folder, dtype="fp32")
+        reference.model.float()  # the checkpoint's values, in float32 (what the config asks for)
+        expected = reference.extract([frames])[0]
+        extractor = _build(name, folder, dtype="fp32")
+        assert {p.dtype for p in extractor.model.parameters()} == {torch.float32}, name
+        assert extractor.metadata()["compute_dtype"] == "float32"
+        np.testing.assert_array_equal(extractor.extract([frames])[0], expected, err_msg=name)

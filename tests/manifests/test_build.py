@@ -109,3 +109,65 @@ def test_a_video_that_fails_to_probe_is_read_once_for_all_its_ranges(tmp_path, m
     chunk = probe.probe_chunk(rows).to_pylist()
     assert len(calls) == 1
     assert {r["status"] for r in chunk} == {"unreadable"} and len({r["error"] for r in chunk}) == 1
+
+
+def _png_folder(folder: Path, n: int = 4) -> Path:
+    from PIL import Image
+
+    from tests.helpers import index_frame
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(index_frame(i)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_a_frame_file_name_that_is_not_utf8_gets_a_status_not_a_crash(tmp_path):
+    """A Windows zip unpacked on Linux leaves latin-1 names ('m\\xfcde'): Python gives them surrogate escapes, which
+    pyarrow cannot store; the error message naming the file crashed the whole build (no manifest written)."""
+    import os
+
+    import manifests.probe as probe
+
+    folder = _png_folder(tmp_path / "clip")
+    from PIL import Image
+
+    with open(os.fsencode(str(folder)) + b"/003_m\xfcde.png", "wb") as f:  # the 4th frame, of another size
+        Image.new("RGB", (32, 32)).save(f, format="PNG")
+    (folder / "003.png").unlink()
+    row = probe.probe_chunk([{"_row": 0, "source_kind": "frames", "path": str(folder)}]).to_pylist()[0]
+    assert row["status"] == "mixed_sizes" and "003_m\\xfcde.png" in row["error"], row
+
+
+def test_a_folder_of_frames_with_a_parameters_side_file_is_a_frame_folder(tmp_path):
+    """Pose tools leave keypoints.npz next to the frames: the folder was taken for SMPL-X parameters (bad_params)."""
+    from manifests.formats import _table_kind
+
+    folder = _png_folder(tmp_path / "clip")
+    np.savez(folder / "keypoints.npz", kp=np.zeros((4, 17, 2)))
+    assert _table_kind(None, folder, None, None) == "frames"
+    params = tmp_path / "params"
+    params.mkdir()
+    np.savez(params / "000000.npz", body_pose=np.zeros(63))
+    assert _table_kind(None, params, None, None) == "smplx"
+
+
+def test_probing_a_png_folder_reads_headers_only(tmp_path, monkeypatch):
+    """PIL's getexif() on a PNG decoded the whole image (to look for an eXIf chunk after the pixels): 25x the cost
+    of the headers over a PHOENIX folder. An orientation in an eXIf chunk before the pixels still counts."""
+    from PIL import Image, PngImagePlugin
+
+    import manifests.probe as probe
+
+    folder = _png_folder(tmp_path / "clip", n=5)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned by 90 degrees
+    for f in folder.iterdir():
+        Image.open(f).save(f, exif=exif)
+    decoded = []
+    load = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: decoded.append(self.filename) or load(self))
+    row = probe.probe_chunk([{"_row": 0, "source_kind": "frames", "path": str(folder)}]).to_pylist()[0]
+    assert row["status"] == "ok", row["error"]
+    assert (row["width"], row["height"], row["num_frames"]) == (48, 64, 5)
+    assert {Path(f).name for f in decoded} == {"000.png"}  # the first frame is decoded (a check that it reads), no other

@@ -700,3 +700,46 @@ def test_a_stream_that_does_not_start_on_a_key_frame_lists_only_what_decodes(tmp
     ranged = _decode_all({"source_kind": "range", "path": str(path), "start_s": start, "end_s": end})
     _assert_same(ranged)
     assert np.array_equal(ranged["pyav"].frames, expected[(times >= start - 1e-6) & (times < end - 1e-6)])
+
+
+def test_frame_folders_take_tiff_frames_and_refuse_images_they_would_drop(tmp_path):
+    """.tif frames were skipped in silence (a folder of 10 gave 7 frames, status ok); a .gif (animated: only its
+    first frame would be read) is refused by name rather than dropped."""
+    for i in range(4):
+        Image.fromarray(index_frame(i)).save(tmp_path / f"{i}.{'tif' if i % 2 else 'png'}")
+    clip = decode_clip({"source_kind": "frames", "path": str(tmp_path)})
+    assert [frame_index(f) for f in clip.frames] == [0, 1, 2, 3]
+    Image.fromarray(index_frame(4)).save(tmp_path / "4.gif")
+    with pytest.raises(ClipError, match=r"4\.gif") as err:
+        decode_clip({"source_kind": "frames", "path": str(tmp_path)})
+    assert err.value.kind == "unsupported_frames"
+
+
+def test_target_fps_on_a_frame_folder_keeps_every_instant_inside_it(tmp_path):
+    """A frame folder's times are exact (k / fps): 6 frames at 29.97 fps last 0.2002 s, which holds the instants
+    0 and 0.2 s at 5 fps; the 1 ms allowed for video timestamps dropped the second. The plan counts the same."""
+    from fractions import Fraction
+
+    from pipeline.plan import decoded_frames
+
+    for i in range(6):
+        Image.fromarray(index_frame(i)).save(tmp_path / f"{i}.png")
+    row = {"source_kind": "frames", "path": str(tmp_path), "fps": 29.97, "num_frames": 6}
+    for target in (5, 10, 7.3):
+        duration = Fraction(6) / Fraction("29.97")
+        instants = [Fraction(k) / Fraction(str(target)) for k in range(100) if Fraction(k) / Fraction(str(target)) < duration]
+        expected = [int(t * Fraction("29.97")) for t in instants]  # the frame shown at each instant
+        clip = decode_clip(row, DecodeOptions(target_fps=target))
+        assert [frame_index(f) for f in clip.frames] == expected, target
+        assert decoded_frames(row, DecodeOptions(target_fps=target)) == len(expected), target
+
+
+def test_a_16_bit_grey_png_keeps_its_transparent_level_white(tmp_path):
+    grey = np.array([[0, 4660, 65535], [4660, 100, 30000]], np.uint16)
+    img = Image.fromarray(grey)
+    img.save(tmp_path / "0.png", transparency=4660)
+    assert Image.open(tmp_path / "0.png").info["transparency"] == 4660
+    frame = decode_clip({"source_kind": "frames", "path": str(tmp_path)}).frames[0]
+    expected = (grey.astype(np.int64) * 255 + 32767) // 65535
+    expected[grey == 4660] = 255  # transparent: onto white, as for 8-bit images
+    assert np.array_equal(frame[..., 0], expected) and np.array_equal(frame[..., 2], expected)
