@@ -188,22 +188,35 @@ def rank_pieces(urls: list[str], counts: list[int], rank: int, world_size: int, 
                 epoch: int, seed: int, shuffle: bool, worker: int = 0, num_workers: int = 1) -> list[ShardPiece]:
     """The pieces of shards that DataLoader worker ``worker`` of rank ``rank`` reads in ``epoch``: the rank's
     contiguous range of the epoch's sample order cut to whole batches (the same number on every rank), and
-    of that a contiguous share of whole batches per worker (each worker collates its own batches)."""
+    of that a contiguous share of whole batches per worker (each worker collates its own batches).
+
+    With ``shuffle``, the epoch's order is the shards in a shuffled order, starting at a random sample when
+    the cut to whole batches leaves samples out (wrapping around): the samples left out are others each epoch,
+    also with a single shard, whose order no shuffle of shards changes."""
     order = list(range(len(urls)))
-    if shuffle:
-        random.Random(seed * 100_003 + epoch).shuffle(order)
     total = sum(counts)
     rank_batches = (total // world_size) // batch_size
+    offset = 0
+    if shuffle:
+        rng = random.Random(seed * 100_003 + epoch)
+        rng.shuffle(order)
+        if total > rank_batches * batch_size * world_size:
+            offset = rng.randrange(total)
     first = worker * rank_batches // num_workers
     last = (worker + 1) * rank_batches // num_workers
     lo = rank * (total // world_size) + first * batch_size
     hi = rank * (total // world_size) + last * batch_size
-    pieces, pos = [], 0
-    for i in order:
-        start, stop = max(lo, pos), min(hi, pos + counts[i])
-        if start < stop:
-            pieces.append(ShardPiece(urls[i], start - pos, stop - pos))
-        pos += counts[i]
+    # [lo, hi) of the epoch's order is [offset + lo, offset + hi) of the shards' concatenation, modulo total
+    spans = [(offset + lo, min(offset + hi, total))] if offset + lo < total else []
+    spans += [(max(offset + lo, total) - total, offset + hi - total)] if offset + hi > total else []
+    pieces = []
+    for span_lo, span_hi in spans:
+        pos = 0
+        for i in order:
+            start, stop = max(span_lo, pos), min(span_hi, pos + counts[i])
+            if start < stop:
+                pieces.append(ShardPiece(urls[i], start - pos, stop - pos))
+            pos += counts[i]
     return pieces
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -186,8 +186,16 @@ def in_context_examples(recipe: Recipe) -> InContextExamples | None:
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
+def data_order(recipe: Recipe, world_size: int) -> dict[str, Any]:
+    """What the order of a rank's micro-batches in an epoch depends on. A resume replays the epoch's order up
+    to the saved batch index, which means other samples once one of these changed."""
+    d = recipe.data
+    return {"ranks": world_size, "num_workers": d.num_workers, "batch_size": d.batch_size, "shuffle_buffer": d.shuffle_buffer,
+            "shard_shuffle": d.shard_shuffle, "seed": recipe.seed, "shards": d.shards, "train_split": d.train_split}
+
+
 def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, step: int, position: DataPosition,
-                    rng: random.Random, recipe: Recipe) -> Path:
+                    rng: random.Random, recipe: Recipe, world_size: int = 1) -> Path:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -200,7 +208,7 @@ def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, ste
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     state = {
-        "step": step, "data_position": {"epoch": position.epoch, "batch": position.batch},
+        "step": step, "data_position": {"epoch": position.epoch, "batch": position.batch}, "data_order": data_order(recipe, world_size),
         "scheduler": scheduler.state_dict(), "param_groups": opt["param_groups"],
         "python_rng": _rng_to_json(rng.getstate()), "base_checksum": base_checksum(model), "recipe": recipe.to_dict(),
     }
@@ -350,6 +358,14 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         if changed and dist.main:  # allowed (a longer run, another eval setting), but never silently
             print(f"resuming {resume_from} with a changed recipe: {'; '.join(changed)}", file=sys.stderr)
         step, position = state["step"], DataPosition(**state["data_position"])
+        saved_order, order = state.get("data_order"), data_order(recipe, dist.world_size)
+        if position.batch and saved_order is not None and saved_order != order:
+            # replaying epoch E's new order up to the saved index would train some samples twice and skip others
+            changes = ", ".join(f"{k} {saved_order.get(k)!r} -> {v!r}" for k, v in order.items() if saved_order.get(k) != v)
+            if dist.main:
+                print(f"resuming mid-epoch {position.epoch} with another data order ({changes}): the rest of epoch {position.epoch} "
+                      f"is skipped, so that no sample is trained twice in it; training goes on with epoch {position.epoch + 1}", file=sys.stderr)
+            position = DataPosition(position.epoch + 1, 0)
         rng.setstate(_rng_from_json(state["python_rng"]))
     else:
         torch.manual_seed(recipe.seed + dist.rank)  # dropout masks differ across ranks, repeat across runs
@@ -405,7 +421,8 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
             progress.update(1)
             progress.set_postfix(loss=f"{totals['loss']:.3f}", lr=f"{lr:.2e}")
         if dist.main and recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
-            save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer, scheduler, step, position, rng, recipe)
+            save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer, scheduler, step, position, rng, recipe,
+                            dist.world_size)
         if dist.main and recipe.eval.every and step % recipe.eval.every == 0 and step < o.max_steps:
             # sampling during eval (eval.do_sample) draws from torch's RNG: fork it, so training after the eval
             # draws what a run resumed from this step's checkpoint (saved before the eval) draws
@@ -417,7 +434,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     summary.update(step=step, data_position=position.__dict__)
     if dist.main:
         summary["checkpoint"] = str(save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer,
-                                                    scheduler, step, position, rng, recipe))
+                                                    scheduler, step, position, rng, recipe, dist.world_size))
         if step == o.max_steps and recipe.eval.at_end:
             summary["eval"] = _evaluate(model, recipe, out_dir / "eval" / f"step-{step:06d}")
             log.write({"step": step, "eval": summary["eval"]})

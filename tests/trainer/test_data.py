@@ -77,6 +77,22 @@ def test_rank_pieces_cover_the_epoch_without_overlap():
     assert len(covered) == len(set(covered))
 
 
+def test_samples_left_out_by_the_cut_to_whole_batches_change_every_epoch():
+    """One shard of 11 samples, batches of 4: 8 a epoch. The same 3 tail samples were left out in every epoch
+    (no shard order to shuffle); now each epoch starts at a random sample (wrapping), so all are trained."""
+    seen = set()
+    for epoch in range(12):
+        for world_size, rank_batch in ((1, 4), (2, 2)):
+            mine = [[(p.url, i) for p in rank_pieces(["s0"], [11], rank, world_size, rank_batch, epoch, 3, True, w, 2)
+                     for i in range(p.start, p.stop)] for rank in range(world_size) for w in range(2)]
+            flat = [x for part in mine for x in part]
+            assert len(flat) == 8 and len(set(flat)) == 8, (epoch, world_size)  # whole batches, no sample twice
+            seen |= set(flat)
+    assert seen == {("s0", i) for i in range(11)}
+    # nothing left out: the order is the shards' (the offset would only move the same samples around)
+    assert [(p.url, p.start, p.stop) for p in rank_pieces(["a", "b"], [4, 4], 0, 1, 4, 1, 0, True)] in ([("a", 0, 4), ("b", 0, 4)], [("b", 0, 4), ("a", 0, 4)])
+
+
 def test_dataloader_workers_split_the_rank_samples(tiny_shards):
     urls = list_shards(str(tiny_shards), "big")
     counts = shard_counts(urls)

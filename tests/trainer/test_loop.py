@@ -55,6 +55,25 @@ def test_resume_gives_the_same_parameters_as_straight_through(tiny_shards, tmp_p
         assert torch.equal(a[key], b[key]), key
 
 
+def test_a_mid_epoch_resume_with_another_data_order_goes_on_with_the_next_epoch(tiny_shards, tmp_path, capsys):
+    """The resume replays the epoch's order up to the saved micro-batch index; with other ranks, DataLoader
+    workers or shuffle buffer that order holds other samples, and 6 of 26 were trained twice in the epoch. The
+    rest of the epoch is skipped instead (said on stderr), so no sample is trained twice in it."""
+    import json
+
+    def recipe(buffer):
+        return recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", "t5", data={"train_split": "big", "shuffle_buffer": buffer},
+                                            optim={"max_steps": 5}, log_every=1))
+
+    train(recipe(4), stop_after_steps=2)  # 2 of the epoch's 7 micro-batches
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-000002" / "state.json").read_text())
+    assert state["data_position"] == {"epoch": 0, "batch": 2} and state["data_order"]["shuffle_buffer"] == 4
+    resumed = train(recipe(8), resume=tmp_path / "run")
+    assert "shuffle_buffer 4 -> 8" in capsys.readouterr().err
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert epochs[-3:] == [1, 1, 1] and resumed["data_position"] == {"epoch": 1, "batch": 3}
+
+
 def test_base_llm_frozen_and_checkpoint_holds_only_trainable_weights(tiny_shards, tmp_path):
     recipe = recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", "qwen2", optim={"max_steps": 3}))
     before = base_checksum(build_model(recipe, torch.device("cpu")))
