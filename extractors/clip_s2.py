@@ -143,6 +143,20 @@ def _check_vit_tower(arch: str, tower: str | None) -> None:
                             "(ViT-B-16, ViT-L-14, ViT-L-14-336, ...)")
 
 
+def _check_class_token(arch: str, pool: str, token: str) -> None:
+    """An OpenCLIP tower that pools by averaging (CLIPA) or attention (CoCa) never trains its class token into
+    a summary: its last-layer class token is not a feature of the image the way CLIP's is."""
+    if token == "cls" and pool != "tok":
+        raise SignfeatError(f"clip_s2 backend open_clip: {arch} pools its image embedding by {pool}, not from the class token, "
+                            "so the class token is no image feature there: use settings token: patch_mean")
+
+
+def _open_clip_pool(vision_cfg: dict) -> str:
+    if vision_cfg.get("attentional_pool"):
+        return "attentional pooling"
+    return {"avg": "averaging the patch tokens", "none": "no pooling"}.get(vision_cfg.get("pool_type", "tok"), "tok")
+
+
 def _open_clip_preprocess_cfg(config) -> dict:
     """The preprocessing config ``open_clip.create_model`` gives this architecture and pretrained tag, read
     from open_clip's registries without building the model: ``create_model(load_weights=False)`` still
@@ -218,6 +232,7 @@ class ClipS2Extractor(Extractor):
             tower = (f"a timm tower ({vision['timm_model_name']})" if vision.get("timm_model_name")
                      else "a ResNet tower" if isinstance(vision.get("layers"), (list, tuple)) else None)
             _check_vit_tower(_open_clip_arch(config), tower)
+            _check_class_token(_open_clip_arch(config), _open_clip_pool(vision), settings.token)
         if config.random_weights:  # the input size is the architecture's, known without any download
             resolve_scales(settings, "scales" in config.settings, cls.make_transform(config, settings).crop)
 
@@ -244,6 +259,9 @@ class ClipS2Extractor(Extractor):
         self.model, self.model_id = _open_clip_visual(self.config, load_weights=True)
         if not hasattr(self.model, "transformer") or not hasattr(self.model, "_embeds"):
             _check_vit_tower(_open_clip_arch(self.config), f"a {type(self.model).__name__} tower")
+        pool = ("attentional pooling" if getattr(self.model, "attn_pool", None) is not None
+                else _open_clip_pool({"pool_type": getattr(self.model, "pool_type", "tok")}))
+        _check_class_token(_open_clip_arch(self.config), pool, self.settings.token)
         self.transform = _open_clip_transform(self.model.preprocess_cfg, self.settings.resize)
         self.hidden_width = self.model.transformer.width
         self.model_info = {"class": "open_clip.VisionTransformer", "arch": _open_clip_arch(self.config), "hidden_size": self.hidden_width, "layers": len(self.model.transformer.resblocks)}

@@ -236,3 +236,26 @@ def test_open_clip_towers_without_a_vit_are_refused_up_front(arch, tower):
 
     with pytest.raises(SignfeatError, match=f"{arch} has {tower}"):
         parse_job_config({"extractors": [{"name": "clip_s2", "backend": "open_clip", "arch": arch, "random_weights": True}]})
+
+
+@pytest.mark.parametrize("pooling", [{"pool_type": "avg"}, {"attentional_pool": True, "attn_pooler_queries": 4, "attn_pooler_heads": 2}])
+def test_an_open_clip_tower_that_does_not_pool_its_class_token_refuses_token_cls(pooling):
+    """CLIPA averages its patch tokens, CoCa pools by attention: their last-layer class token is trained into no
+    image summary, and was stored as the feature without a word."""
+    import copy
+
+    import open_clip
+
+    from extractors.clip_s2 import TINY_OPEN_CLIP
+
+    name = f"signfeat-test-pool-{'-'.join(pooling)}"
+    cfg = copy.deepcopy(TINY_OPEN_CLIP)
+    cfg["vision_cfg"].update(pooling)
+    open_clip.factory._MODEL_CONFIGS[name] = cfg
+    try:
+        with pytest.raises(SignfeatError, match="use settings token: patch_mean"):
+            build_extractor(ExtractorConfig(name="clip_s2", backend="open_clip", arch=name, random_weights=True))
+        ex = build_extractor(ExtractorConfig(name="clip_s2", backend="open_clip", arch=name, random_weights=True, settings={"token": "patch_mean"}))
+        assert ex.extract([np.zeros((2, 64, 64, 3), np.uint8)])[0].shape == (2, 2 * 32)
+    finally:
+        del open_clip.factory._MODEL_CONFIGS[name]
