@@ -87,14 +87,9 @@ class CurateOptions:
 
 def load_curate_config(path: Path) -> dict[str, Any]:
     """YAML of CurateOptions fields; unknown keys are an error, so a typo cannot silently do nothing."""
-    import yaml
+    from pipeline.yaml_file import load_yaml
 
-    if not Path(path).is_file():
-        raise SignfeatError(f"curation config not found: {path}")
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SignfeatError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = load_yaml(path, "curation config") or {}
     if not isinstance(data, dict):
         raise SignfeatError(f"{path}: expected a mapping of curation options")
     known = set(CurateOptions.__dataclass_fields__)
@@ -267,6 +262,19 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
     return keep, excluded_df, report
 
 
+def _bin_edges(values: pd.Series, bins: int = 40) -> np.ndarray | int:
+    """40 histogram bins over the values; one bin around them when their range is too small for 40 finite-sized
+    bins (numpy refuses 24.999999999999996..25.0: a 25 fps corpus's probed rates)."""
+    if not len(values):
+        return 10
+    try:
+        return np.histogram_bin_edges(values, bins=bins)
+    except ValueError:
+        mid = float(values.mean())
+        half = max(abs(mid) * 1e-3, 1e-9)
+        return np.array([mid - half, mid + half])
+
+
 def _plot_report(df_in: pd.DataFrame, kept: pd.DataFrame, report_dir: Path) -> list[str]:
     import matplotlib
 
@@ -279,7 +287,7 @@ def _plot_report(df_in: pd.DataFrame, kept: pd.DataFrame, report_dir: Path) -> l
     def hist(ax, col_in, col_kept, title, xlabel):
         vals_in, vals_kept = pd.Series(col_in).dropna().astype(float), pd.Series(col_kept).dropna().astype(float)
         allv = pd.concat([vals_in, vals_kept])
-        bins = np.histogram_bin_edges(allv, bins=40) if len(allv) else 10
+        bins = _bin_edges(allv)
         ax.hist(vals_in, bins=bins, color="lightgray", label=f"probed ok ({len(vals_in)})")
         ax.hist(vals_kept, bins=bins, color="tab:blue", alpha=0.8, label=f"kept ({len(vals_kept)})")
         ax.set_title(title)

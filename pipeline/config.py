@@ -273,13 +273,6 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
 
 
 def load_job_config(path: str | Path) -> JobConfig:
-    import yaml
+    from pipeline.yaml_file import load_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise SignfeatError(f"extraction config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SignfeatError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_job_config(data, str(path))
+    return parse_job_config(load_yaml(path, "extraction config"), str(path))

@@ -392,14 +392,11 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A recipe file as a dict; ``base: other.yaml`` (relative to this file) is read first and this file's
     sections are merged over it key by key (the tiny variants are their full recipe plus a few changes)."""
-    if not path.is_file():
-        raise SignfeatError(f"recipe {path}: no such file")
-    if path.resolve() in seen:
+    from pipeline.yaml_file import load_yaml
+
+    if path.is_file() and path.resolve() in seen:
         raise SignfeatError(f"recipe {path}: base recipes form a cycle")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SignfeatError(f"recipe {path}: not valid YAML ({exc})") from None
+    data = load_yaml(path, "recipe") or {}
     if not isinstance(data, dict):
         raise SignfeatError(f"recipe {path}: expected a mapping at the top")
     base = data.pop("base", None)

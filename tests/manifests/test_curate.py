@@ -216,3 +216,15 @@ def test_rows_without_a_content_hash_are_not_removed_as_duplicates():
     rows = [_row(i, content_hash=None) for i in range(3)] + [_row(3), _row(4, content_hash="h03")]
     kept, excluded, report = curate(pd.DataFrame(rows), CurateOptions())
     assert sorted(kept["id"]) == sorted(r["id"] for r in rows[:4]) and report["removed"].get("duplicate") == 1
+
+
+def test_plots_of_values_equal_but_for_float_noise_are_drawn(tmp_path):
+    """A 25 fps corpus probes 24.999999999999996 and 25.0: numpy cannot cut that range into 40 bins, and curate's
+    default mode (plots on) died with a traceback after writing the manifest, before report.json."""
+    from manifests.schema import rows_to_table, write_manifest
+
+    rows = [_row(i, fps=25.0 if i % 3 else 24.999999999999996, width=320, height=240, num_frames=50, duration_s=2.0) for i in range(6)]
+    write_manifest(rows_to_table(rows), tmp_path / "m.parquet")
+    report = curate_manifest(tmp_path / "m.parquet", tmp_path / "c.parquet", tmp_path / "r", CurateOptions())
+    assert report["kept"] == 6 and (tmp_path / "r" / "report.json").is_file()
+    assert (tmp_path / "r" / "fps.png").read_bytes()[:4] == b"\x89PNG"
