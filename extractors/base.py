@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -76,10 +77,13 @@ class ExtractorConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
                 raise SignfeatError(f"{self.name}: {key} must be a non-empty string or null, got {value!r}")
-        if self.backend not in ("hf", "open_clip"):  # checked here, not when the model loads on an actor
+        # isinstance first: a YAML list or mapping is unhashable (`in` raised a TypeError traceback)
+        if not isinstance(self.backend, str) or self.backend not in ("hf", "open_clip"):  # checked here, not when the model loads on an actor
             raise SignfeatError(f"{self.name}: backend must be hf or open_clip, got {self.backend!r}")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise SignfeatError(f"dtype must be auto, {', '.join(DTYPES)}; got {self.dtype!r}")
+        if not isinstance(self.dtype, str) or (self.dtype != "auto" and self.dtype not in DTYPES):
+            raise SignfeatError(f"{self.name}: dtype must be auto, {', '.join(DTYPES)}; got {self.dtype!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise SignfeatError(f"{self.name}: device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise SignfeatError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         # settings that would be ignored are refused: a user who wrote them expects them to matter

@@ -53,8 +53,11 @@ class CurateOptions:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
                 # NaN compares false with everything: min_duration_s: .nan removed every row
                 raise SignfeatError(f"curation option {name} must be a finite number or null, got {v!r}")
-        if not isinstance(self.dedup, bool) or not isinstance(self.group_by_signer, bool):
-            raise SignfeatError("curation options dedup and group_by_signer must be true or false")
+        for name in ("dedup", "group_by_signer"):
+            if not isinstance(getattr(self, name), bool):
+                raise SignfeatError(f"curation option {name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.split_salt, str):  # null, [a] or 123 were recorded as given and hashed as their str()
+            raise SignfeatError(f"curation option split_salt must be a string, got {self.split_salt!r}")
         if not isinstance(self.split_ratios, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                                               for v in self.split_ratios.values()):
             # train=nan (or inf) sent every unsplit row to the last split
@@ -74,15 +77,20 @@ class CurateOptions:
             a, b = getattr(self, lo), getattr(self, hi)
             for name, v in ((lo, a), (hi, b)):
                 if v is not None and v < 0:
-                    raise SignfeatError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+                    raise SignfeatError(f"curation option {_option(name)} must be >= 0, got {v}")
             if a is not None and b is not None and a > b:
-                raise SignfeatError(f"--{lo.replace('_', '-')} ({a}) is larger than --{hi.replace('_', '-')} ({b})")
+                raise SignfeatError(f"curation option {_option(lo)} ({a}) is larger than {_option(hi)} ({b})")
         for name in ("min_width", "min_height"):
             v = getattr(self, name)
             if v is not None and v < 0:
-                raise SignfeatError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+                raise SignfeatError(f"curation option {_option(name)} must be >= 0, got {v}")
         if not self.split_ratios or any(v < 0 for v in self.split_ratios.values()) or sum(self.split_ratios.values()) <= 0:
             raise SignfeatError(f"split ratios must be non-negative and sum to more than 0, got {self.split_ratios}")
+
+
+def _option(name: str) -> str:
+    """A curation option as the config names it and the flag that sets it: min_duration_s (--min-duration)."""
+    return f"{name} (--{name.removesuffix('_s').replace('_', '-')})"
 
 
 def load_curate_config(path: Path) -> dict[str, Any]:

@@ -45,6 +45,7 @@ def _number(cast, lower: float, inclusive: bool = True):
 
 _positive_float = _number(float, 0, inclusive=False)
 _nonneg_int = _number(int, 0)
+_positive_int = _number(int, 0, inclusive=False)  # --num-cpus 0 silently meant "all CPUs"
 _nonneg_float = _number(float, 0)
 
 
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--root", type=Path, help="corpus folder that relative paths start from (default: the first annotation's folder)")
     b.add_argument("--out", required=True, type=Path, metavar="M.parquet")
     b.add_argument("--dataset", help="dataset name of the rows whose annotation names none (default: per format; a table's file name)")
-    b.add_argument("--num-cpus", type=_nonneg_int, default=None, help="CPUs of the local Ray instance (default: all)")
+    b.add_argument("--num-cpus", type=_positive_int, default=None, help="CPUs of the local Ray instance (default: all)")
     b.add_argument("--full-decode", action="store_true", help="decode every frame while probing (slow, thorough)")
     b.add_argument("--frame-fps", type=_positive_float, default=25.0, help="fps of frame folders whose annotation gives none")
     b.add_argument("--no-progress", action="store_true")
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--config", required=True, type=Path, help="YAML job config (configs/extract_*.yaml)")
     x.add_argument("--address", help="Ray cluster address ('auto' for the running cluster; default: RAY_ADDRESS, else a local instance)")
     x.add_argument("--overwrite", action="store_true", help="replace what OUT holds, even from another config")
-    x.add_argument("--num-cpus", type=_nonneg_int, help="CPUs of the local Ray instance")
+    x.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray instance (default: all)")
     x.add_argument("--no-progress", action="store_true")
 
     v = sub.add_parser("verify", help="check every shard of an extract output; non-zero exit on any problem")
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo-corpus", help="write the synthetic demo corpus")
     d.add_argument("out", type=Path)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_nonneg_int, default=0)
     d.add_argument("--clips", type=int, default=48)
     d.add_argument("--size", type=int, default=64, help="frame height in pixels")
 
@@ -142,12 +143,24 @@ def _writable_file(flag: str, path: Path) -> None:
         raise SignfeatError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'manifest.parquet'})")
     if any(p.exists() and not p.is_dir() for p in path.parents):
         raise SignfeatError(f"{flag} {path}: a file stands where one of its folders would be")
+    _creatable(flag, path.parent)
 
 
 def _writable_folder(flag: str, path: Path) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SignfeatError(f"{flag} {path} is a file; give a folder")
+    _creatable(flag, path)
+
+
+def _creatable(flag: str, folder: Path) -> None:
+    """The folder made now (an output goes there anyway) and writable: otherwise the work ended in an OSError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SignfeatError(f"{flag}: cannot create the folder {folder} ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SignfeatError(f"{flag}: the folder {folder} is not writable")
 
 
 def _manifest_build(args) -> int:
@@ -192,6 +205,7 @@ def _demo_corpus(args) -> int:
 
     if args.clips < 16 or args.size < 16:
         raise SignfeatError("demo-corpus needs --clips >= 16 and --size >= 16")
+    _writable_folder("demo-corpus OUT", args.out)
     summary = make_demo_corpus(args.out, seed=args.seed, clips=args.clips, size=args.size)
     print(f"demo corpus: {args.out} ({len(summary['truth'])} clips, annotations:)")
     for a in summary["annotations"]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from manifests.schema import PARAMS_KIND
 from pipeline.config import ShardConfig
+from pipeline.decode import TIMESTAMP_SLACK_S
 from pipeline.errors import SignfeatError
 
 NO_SPLIT = "nosplit"
@@ -39,7 +40,10 @@ def decoded_frames(row: dict[str, Any], decode: Any | None) -> int:
         return n
     fps = row.get("fps")
     if decode.target_fps and fps and fps > 0:
-        n = max(1, math.ceil(round(n / fps * decode.target_fps, 6)))
+        # the decode's rule (pipeline.decode.resample_indices): the instants inside the clip's duration (n / fps,
+        # as probed), less the timestamps' precision for a video; a frame folder's times are exact
+        slack = 0.0 if row.get("source_kind") == "frames" else TIMESTAMP_SLACK_S
+        n = max(1, math.ceil(round((n / fps - slack) * decode.target_fps, 6)))
     if decode.max_frames:
         n = min(n, decode.max_frames)
     return n

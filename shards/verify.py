@@ -44,6 +44,11 @@ def _load(store: Store, out: str, name: str, columns: list[str] = ()) -> Any:
     """One of the job's own files (JSON or Parquet), or a SignfeatError saying which file is missing or damaged:
     a user handed a damaged output gets a line naming the file, not a pyarrow / json traceback."""
     if not store.exists(name):
+        if not store.exists("_signfeat/identity.json") and not store.list_files(""):
+            raise SignfeatError(f"{out}: no such folder, or an empty one (not a signfeat extract output)")
+        if store.exists("_signfeat/identity.json") and name in ("_signfeat/plan.parquet", "index.parquet", "failures.parquet", "job.json"):
+            raise SignfeatError(f"{out}: missing {name}: the job did not finish (killed, or still running); "
+                                "rerun the same `signfeat extract` command to complete it (complete shards are kept)")
         raise SignfeatError(f"{out}: missing {name} (not a finished signfeat extract output?)")
     try:
         if name.endswith(".json"):
@@ -133,6 +138,9 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
 
     seen: Counter = Counter()
     shards = sorted({r["shard"] for r in plan})
+    index_keys_of: dict[str, list[str]] = {}  # shard -> its keys in the index, grouped once (a scan per shard was O(shards x samples))
+    for k, r in index.items():
+        index_keys_of.setdefault(r["shard"], []).append(k)
     for shard in shards:
         if not store.exists(Store.marker(shard)):
             problem(f"shard {shard}: not complete (no completion marker)")
@@ -149,7 +157,7 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
         except Exception as exc:
             problem(f"shard {shard}: unreadable tar: {exc}")
             continue
-        in_index = [k for k, r in index.items() if r["shard"] == shard]
+        in_index = index_keys_of.get(shard, [])
         if len(samples) != len(in_index):
             problem(f"shard {shard}: {len(samples)} samples in the tar, {len(in_index)} in index.parquet")
         for key, members in samples:

@@ -69,8 +69,13 @@ def list_shards(source: str | list[str], split: str) -> list[str]:
 
 def _existing(urls: list[str], split: str, source) -> list[str]:
     if not urls:
-        raise SignfeatError(f"no shards for split {split!r} under {source}: evaluate on a split the shards have "
-                            f"(data.eval_split=test), or train without evaluating (eval.at_end=false)")
+        if isinstance(source, str) and not source.strip():
+            raise SignfeatError("data.shards is empty: give the extraction output folder (OUT), a folder of tars, or a brace pattern")
+        folder = Path(source) if isinstance(source, str) and "{" not in source else None
+        if folder is not None and not folder.exists():
+            raise SignfeatError(f"data.shards {source}: no such folder")
+        held = sorted(p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("*.tar"))) if folder is not None and folder.is_dir() else []
+        raise SignfeatError(f"no shards for split {split!r} under {source}" + (f" (it has {', '.join(held)})" if held else ""))
     missing = [u for u in urls if not Path(u).is_file()]
     if missing:
         raise SignfeatError(f"shard {missing[0]}: no such file")

@@ -338,7 +338,12 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     if recipe.eval.at_end or recipe.eval.every:
         from trainer.evaluate import eval_shards
 
-        eval_shards(recipe, recipe.data.eval_split)
+        try:
+            eval_shards(recipe, recipe.data.eval_split)
+        except SignfeatError as exc:
+            raise SignfeatError(f"{exc}; a run evaluates data.eval_split={recipe.data.eval_split} "
+                                f"{'at its end' if recipe.eval.at_end else f'every {recipe.eval.every} steps'}: name a split the shards "
+                                "have, or train without evaluating (eval.at_end=false eval.every=0)") from None
     resume_from = resolve_checkpoint(resume) if resume is not None else None
     if resume_from is not None:  # what the checkpoint cannot continue, refused before the model loads
         saved = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))

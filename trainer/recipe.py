@@ -46,8 +46,15 @@ class DataConfig:
     zero_visual: bool = False  # ablation: every feature replaced by zeros (the demo's "no visual input" run)
 
     def validate(self) -> None:
+        from manifests.formats import SPLIT_ALIASES
+
+        # the names the manifests give splits (validation -> dev), so a recipe may use either spelling
+        self.train_split = SPLIT_ALIASES.get(str(self.train_split).strip().lower(), self.train_split)
+        self.eval_split = SPLIT_ALIASES.get(str(self.eval_split).strip().lower(), self.eval_split)
         if not self.streams:
             raise SignfeatError("data.streams: name at least one stream")
+        if len(set(self.streams)) != len(self.streams):  # [clip_s2, clip_s2] fed one stream as both spatial and motion input
+            raise SignfeatError(f"data.streams: a stream named twice in {self.streams}")
         for name in self.crop_streams:
             if name not in self.streams:
                 raise SignfeatError(f"data.crop_streams: {name!r} is not in data.streams {self.streams}")
@@ -158,6 +165,8 @@ class LLMConfig:
             raise SignfeatError(f"llm.kind: expected encoder_decoder or decoder_only, got {self.kind!r}")
         if self.family not in ("t5", "qwen2", "llama"):
             raise SignfeatError(f"llm.family: expected t5, qwen2 or llama, got {self.family!r}")
+        if self.tokenizer == "bpe":
+            _positive("llm", bpe_vocab_size=self.bpe_vocab_size)
         if (self.family == "t5") != (self.kind == "encoder_decoder"):
             raise SignfeatError(f"llm.family {self.family!r} does not match llm.kind {self.kind!r}")
         if self.prompt.count("{sign}") != 1:
@@ -235,6 +244,10 @@ class EvalConfig:
 
         if self.bleu_tokenize not in BLEU.TOKENIZERS:
             raise SignfeatError(f"eval.bleu_tokenize: expected one of {sorted(BLEU.TOKENIZERS)}, got {self.bleu_tokenize!r}")
+        try:  # built once now: ja-mecab, ko-mecab, spm and flores need extra packages, which failed after training
+            BLEU(tokenize=self.bleu_tokenize)
+        except Exception as exc:  # sacrebleu raises RuntimeError / ImportError with an install hint
+            raise SignfeatError(f"eval.bleu_tokenize {self.bleu_tokenize}: {' '.join(str(exc).split())}") from None
 
 
 @dataclass
@@ -262,6 +275,11 @@ class Recipe:
         self.optim.validate()
         self.eval.validate()
         _nonneg("", checkpoint_every=self.checkpoint_every)  # -1 would checkpoint every step (step % -1 == 0)
+        _positive("", log_every=self.log_every)
+        if not str(self.out_dir).strip():  # "" wrote checkpoints/ and log.jsonl into the current folder
+            raise SignfeatError("out_dir: give the run's folder")
+        if not 0 <= self.seed < 2**63:  # torch's and numpy's seeds
+            raise SignfeatError(f"seed: expected 0 <= seed < 2**63, got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SignfeatError(f"device: expected auto, cpu or cuda, got {self.device!r}")
         if self.adapter.kind == "sign_adapter" and len(self.data.streams) != 2:
@@ -273,7 +291,6 @@ class Recipe:
         if self.vt_align.warmup_steps >= self.optim.max_steps:
             if self.vt_align.enabled:
                 raise SignfeatError("vt_align.warmup_steps must be < optim.max_steps (else the LLM never trains)")
-        self.log_every = max(1, self.log_every)
         return self
 
     def stream_width(self, name: str) -> int:
@@ -293,7 +310,7 @@ class Recipe:
 def _positive(section: str, **values) -> None:
     for key, value in values.items():
         if not 0 < value < math.inf:  # NaN and inf too (optim.lr=.inf would train on NaN)
-            raise SignfeatError(f"{section}.{key}: must be > 0, got {value!r}")
+            raise SignfeatError(f"{section + '.' if section else ''}{key}: must be > 0, got {value!r}")
 
 
 def _nonneg(section: str, **values) -> None:

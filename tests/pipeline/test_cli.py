@@ -145,3 +145,38 @@ def test_a_build_or_curate_output_path_that_cannot_be_written_fails_before_any_w
     (tmp_path / "rep_file").write_text("x")
     result = run("manifest", "curate", tmp_path / "m.parquet", "--out", tmp_path / "c.parquet", "--report", tmp_path / "rep_file")
     assert result.returncode == 2 and "is a file; give a folder" in result.stderr and not (tmp_path / "c.parquet").exists()
+
+
+def test_output_folders_that_cannot_be_made_are_refused_before_the_work(tmp_path, capsys):
+    """build probed the whole corpus, then died with FileNotFoundError on an --out whose folder cannot be made."""
+    from pipeline.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    annotations = tmp_path / "a.csv"
+    annotations.write_text("id,path,text\nc1,nope.mp4,hello\n")
+    assert main(["manifest", "build", "--annotations", str(annotations), "--out", "/proc/signfeat/m.parquet"]) == 2
+    assert "cannot create the folder /proc/signfeat" in capsys.readouterr().err
+    assert main(["demo-corpus", str(blocker)]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["demo-corpus", "x", "--seed", "-1"], "expected a number >= 0"),
+    (["extract", "--manifest", "m", "--out", "o", "--config", "c", "--num-cpus", "0"], "expected a number > 0"),
+])
+def test_argument_values_that_meant_something_else_are_refused(argv, needle, capsys):
+    from pipeline.cli import main
+
+    assert main(argv) == 2 and needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value, needle", [("dtype", ["fp32"], "dtype must be"), ("device", "gpu", "device must be"),
+                                                  ("backend", {"a": 1}, "backend must be")])
+def test_extractor_fields_of_the_wrong_kind_are_one_line(field, value, needle):
+    """A YAML list or mapping where a name goes raised TypeError (unhashable) as a traceback; --device gpu failed in torch after decoding."""
+    from extractors import ExtractorConfig
+    from pipeline.errors import SignfeatError
+
+    with pytest.raises(SignfeatError, match=needle):
+        ExtractorConfig.from_dict({"name": "dinov2", "tiny": True, field: value})

@@ -472,3 +472,16 @@ def test_two_drivers_on_one_out_cannot_both_report_a_complete_mixed_output(tmp_p
     with pytest.raises(SignfeatError, match=f"shard {plans[1].name} was written by another job"):
         finalize(store, plans, STREAMS, CONFIG, job_b, 0.0, {}, run_id=run_b)
     assert shards_to_skip(store, plans, job_b["config_hash"]) == {plans[0].name}
+
+
+def test_verify_names_a_missing_folder_and_an_unfinished_job(tmp_path):
+    """Both said 'missing ... (not a finished signfeat extract output?)': a typo'd path, and a job that was killed
+    (its rerun resumes it) read alike."""
+    from shards.store import Store
+    from shards.verify import verify
+
+    report = verify(str(tmp_path / "nope"))
+    assert not report["ok"] and "no such folder" in report["problems"][0]
+    Store(str(tmp_path / "half")).write_json("_signfeat/identity.json", {"streams": ["dinov2"], "config_hash": "x"})
+    report = verify(str(tmp_path / "half"))
+    assert not report["ok"] and "the job did not finish" in report["problems"][0] and "rerun the same `signfeat extract`" in report["problems"][0]

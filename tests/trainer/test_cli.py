@@ -129,3 +129,24 @@ def test_overrides_may_follow_options(tiny_shards, tmp_path, capsys):
     assert "(2 samples)" in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(out), "--bogus", "x=1"]) == 2  # anything else unknown is still an error
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_eval_out_that_is_a_file_is_refused_before_the_model_loads(tiny_shards, tmp_path, capsys, monkeypatch):
+    """The whole split was translated and scored, then mkdir raised FileExistsError and the scores were lost."""
+    import trainer.llm
+
+    monkeypatch.setattr(trainer.llm, "build_model", lambda *a, **k: pytest.fail("the model was built before --out was checked"))
+    (tmp_path / "scores").write_text("x")
+    assert main(["eval", "--checkpoint", str(_checkpoint_dir(tmp_path)), "--split", "test", f"data.shards={tiny_shards}",
+                 "--out", str(tmp_path / "scores")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_shards_that_are_not_there_are_named_as_such(tmp_path, capsys):
+    """Every case said 'evaluate on a split the shards have (data.eval_split=test), or train without evaluating',
+    also for a training split, a folder that does not exist, and data.shards given empty."""
+    base = ["train", "--config", "configs/recipes/spamo_tiny.yaml", f"out_dir={tmp_path / 'o'}", "progress=false"]
+    assert main(base + [f"data.shards={tmp_path / 'nope'}"]) == 2
+    assert "data.shards " in (err := capsys.readouterr().err) and "no such folder" in err and "eval" not in err
+    assert main(base + ["data.shards="]) == 2
+    assert "data.shards is empty" in capsys.readouterr().err

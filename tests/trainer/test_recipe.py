@@ -60,6 +60,13 @@ def test_overrides_apply_and_are_typed():
     # accepted before: NaN logits from the first VT-Align step on
     ("vt_align.init_logit_scale=.nan", "vt_align.init_logit_scale"),
     ("vt_align.init_logit_scale=1000", "vt_align.init_logit_scale"),
+    # accepted before: one stream fed as both inputs, no BPE merges, logs silently every step, the run written into
+    # the current folder, an overflow in seed_everything, a tokenizer that needs extra packages failing after training
+    ("data.streams=[clip_s2, clip_s2]", "data.streams: a stream named twice"),
+    ("log_every=-5", "log_every: must be > 0"),
+    ("out_dir=", "out_dir: give the run's folder"),
+    ("seed=99999999999999999999999", "seed: expected 0 <= seed < 2\*\*63"),
+    ("eval.bleu_tokenize=ja-mecab", "eval.bleu_tokenize ja-mecab: .*(install|mecab)"),
 ])
 def test_bad_settings_are_clear_errors(override, message):
     with pytest.raises(SignfeatError, match=message.replace("{", r"\{").replace("}", r"\}")):
@@ -90,3 +97,13 @@ def test_defaults_validate():
 def test_bad_tiny_llm_settings_are_clear_errors(override, message):
     with pytest.raises(SignfeatError, match=message):
         load_recipe("configs/recipes/llava_slt_tiny.yaml", [override])
+
+
+def test_a_bpe_vocabulary_must_have_a_size():
+    with pytest.raises(SignfeatError, match="llm.bpe_vocab_size: must be > 0"):
+        load_recipe("configs/recipes/spamo_tiny.yaml", ["llm.bpe_vocab_size=0"])
+
+
+def test_split_names_are_read_as_the_manifests_name_them():
+    recipe = load_recipe("configs/recipes/spamo_tiny.yaml", ["data.eval_split=validation", "data.train_split=Training"])
+    assert (recipe.data.eval_split, recipe.data.train_split) == ("dev", "train")
