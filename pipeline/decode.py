@@ -435,9 +435,14 @@ def _torchcodec_chunks(path: str, uniq: np.ndarray, timeline: VideoTimeline, chu
 
 
 def _pyav_chunks(path: str, uniq: np.ndarray, timeline: VideoTimeline, chunk: int) -> Iterator[np.ndarray]:
+    return _stacked(_pyav_frames(path, uniq, timeline), chunk)
+
+
+def _stacked(frames: Iterator[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
+    """Frames one by one -> arrays of ``chunk`` frames (the last one shorter)."""
     batch: list[np.ndarray] = []
-    for rgb in _pyav_frames(path, uniq, timeline):
-        batch.append(rgb)
+    for frame in frames:
+        batch.append(frame)
         if len(batch) == chunk:
             yield np.stack(batch)
             batch = []
@@ -692,7 +697,14 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
     backend = "pyav" if pyav_instead(options.backend, timeline, indices) else options.backend
     if out_fps is None:  # a single frame: report the stream's own rate
         out_fps = 1.0 / timeline.frame_duration_s
-    chunks = _video_chunks(backend, path, indices, timeline, _chunk_frames(timeline.height, timeline.width, chunk_mib))
+    chunk = _chunk_frames(timeline.height, timeline.width, chunk_mib)
+    if Path(path).suffix.lower() in IMAGE_EXTENSIONS and len(timeline.times_s) == 1:
+        # a still image given as a clip: read as a frame folder's images are (transparency onto white, 16-bit
+        # scaled), not as FFmpeg's image demuxer shows it (alpha dropped: the colour under it)
+        image = _load_image(Path(path))
+        chunks = _stacked((image for _ in indices), chunk)
+    else:
+        chunks = _video_chunks(backend, path, indices, timeline, chunk)
     return ClipFrames(len(indices), timeline.height, timeline.width, float(out_fps), clip_times[pos], timeline.span_s(in_range), chunks)
 
 
@@ -735,17 +747,15 @@ def _video_chunks(backend: str, path: str, indices: np.ndarray, timeline: VideoT
 
 
 def _folder_chunks(files: list[Path], pos: np.ndarray, first: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    return _stacked(_folder_frames(files, pos, first), chunk)
+
+
+def _folder_frames(files: list[Path], pos: np.ndarray, first: np.ndarray) -> Iterator[np.ndarray]:
     cache = {int(pos[0]): first}
-    batch: list[np.ndarray] = []
     for p in pos.tolist():
         if p not in cache:
             cache = {p: _load_image(files[p])}  # hold only the latest image (a repeat reuses it)
         img = cache[p]
         if img.shape != first.shape:
             raise ClipError("mixed_sizes", f"{files[p]} is {img.shape[1]}x{img.shape[0]}, the folder's first frame {first.shape[1]}x{first.shape[0]}")
-        batch.append(img)
-        if len(batch) == chunk:
-            yield np.stack(batch)
-            batch = []
-    if batch:
-        yield np.stack(batch)
+        yield img

@@ -22,6 +22,7 @@ import collections
 import io
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -297,8 +298,10 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     worker_env = {"runtime_env": {"env_vars": cfg.worker_env}} if cfg.worker_env else {}
 
     def pipeline(rows: list[dict[str, Any]], clips_per_call: int, calls_in_flight: int | None = None):
-        # One clip per block: if a worker dies on a clip for good, Ray Data drops that block alone.
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        # Blocks of clips_per_call clips (one block per clip cost ~11 ms of Ray Data's scheduling per clip on 2
+        # cores, against 4 ms at 4 per block). A worker that dies for good drops its block; those clips come back
+        # through the second pass below, one clip per block.
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / clips_per_call)))
         with warnings.catch_warnings():
             # Ray Data retries a map task, and an actor's call, forever by default; a clip that kills its worker
             # every time must stop after decode_retries / extract_retries. Ray 2.60 has no named parameter for that

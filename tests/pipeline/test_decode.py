@@ -743,3 +743,17 @@ def test_a_16_bit_grey_png_keeps_its_transparent_level_white(tmp_path):
     expected = (grey.astype(np.int64) * 255 + 32767) // 65535
     expected[grey == 4660] = 255  # transparent: onto white, as for 8-bit images
     assert np.array_equal(frame[..., 0], expected) and np.array_equal(frame[..., 2], expected)
+
+
+def test_a_still_image_given_as_a_clip_reads_as_a_frame_folders_image(tmp_path):
+    """As a one-image 'video' row an RGBA PNG came out with the colour under its transparent pixels (FFmpeg's
+    image demuxer drops alpha); in a frame folder the same image is put onto white."""
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, :32, 3] = 255  # the left half opaque red, the right half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "0.png")
+    as_folder = decode_clip({"source_kind": "frames", "path": str(tmp_path)}).frames
+    assert as_folder[0, 0, 40].tolist() == [255, 255, 255] and as_folder[0, 0, 10].tolist() == [200, 0, 0]
+    for backend in BACKENDS:
+        as_video = decode_clip({"source_kind": "video", "path": str(tmp_path / "0.png")}, DecodeOptions(backend=backend)).frames
+        assert np.array_equal(as_video, as_folder), backend

@@ -175,7 +175,7 @@ def test_bad_job_configs_fail_before_anything_starts(bad):
     ({"decode": ["pyav"]}, "C.yaml: decode must be a mapping"),
     ({"shards": "big"}, "C.yaml: shards must be a mapping"),
     ({"worker_env": {"OMP_NUM_THREADS": None}}, "C.yaml: worker_env.OMP_NUM_THREADS must be a string or a number, got None"),
-    ({"extractors": [{"name": "clip_s2"}, {"name": "dinov2", "dtype": "fp64"}]}, "C.yaml: extractors[1]: dtype must be"),
+    ({"extractors": [{"name": "clip_s2"}, {"name": "dinov2", "dtype": "fp64"}]}, "C.yaml: extractors[1]: dinov2: dtype must be"),
     ({"extractors": [{"name": "dinov2", "num_cpus": float("nan")}]}, "C.yaml: extractors[0].num_cpus must be a finite number >= 0, got nan"),
     ({"decode": {"target_fps": float("inf")}}, "C.yaml: decode.target_fps must be a finite number > 0, got inf"),
     ({"extractors": [{"name": "videomae", "tiny": True, "settings": {"layer": 7}}]},
