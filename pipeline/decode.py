@@ -144,8 +144,10 @@ def read_timeline(path: str) -> VideoTimeline:
                 # "ffmpeg -ss T -c copy" keeps the frames back to the previous keyframe): decoders drop it,
                 # so it is no frame of the video and must not shift every index after it.
                 discarded += bool(packet.is_discard and packet.size > 0)
-                if starts_on_key is None and packet.size > 0 and not packet.is_discard:
-                    starts_on_key = bool(packet.is_keyframe)  # timed or not: untimed pre-roll from a key frame decodes
+                if starts_on_key is None and packet.size > 0:
+                    # timed or not, discarded or not: pre-roll from a key frame decodes (an MP4 cut with "-ss T -c copy"
+                    # discards the frames from the key frame to T; the frames after them were counted undecodable)
+                    starts_on_key = bool(packet.is_keyframe)
                 if packet.pts is not None and packet.size > 0 and not packet.is_discard:
                     pts.append(packet.pts)
                     is_key.append(bool(packet.is_keyframe))
@@ -353,6 +355,10 @@ def _check_limits(count: int, height: int, width: int, options: DecodeOptions, w
 _DECORD_EXACT_PIX_FMTS = ("yuv420p", "yuvj420p", "yuv444p", "yuvj444p", "gray")
 # Containers a backend mis-seeks in (wrong frames, no error) or cannot read to the end.
 _DECORD_WRONG_CONTAINERS = ("mpegts", "mpeg")
+# decord's decoder thread decodes ahead of get_batch into a queue of its own, as far as the clip goes, while the
+# caller resizes a chunk: 5.4 GB for a 30 s 1080p clip in the job's decode stage (PyAV 1.8 GB). A longer clip
+# than this goes to PyAV, which decodes as it is read.
+DECORD_MAX_CLIP_MIB = 256.0
 _TORCHCODEC_WRONG_CONTAINERS = ("mpegts", "mpeg", "avi")
 
 
@@ -380,6 +386,8 @@ def pyav_instead(backend: str, timeline: VideoTimeline, indices: np.ndarray) -> 
     if any(timeline.orientation) or timeline.rotation:
         return "a display matrix (rotation or mirror)"
     if backend == "decord":
+        if len(np.unique(indices)) * timeline.height * timeline.width * 3 > DECORD_MAX_CLIP_MIB * 2**20:
+            return f"a clip of more than {DECORD_MAX_CLIP_MIB:g} MiB of frames (decord's decoder thread reads ahead without bound)"
         if timeline.container in _DECORD_WRONG_CONTAINERS:
             return f"the {timeline.container} container"
         if timeline.pix_fmt not in _DECORD_EXACT_PIX_FMTS or timeline.width % 2 or timeline.height % 2:
@@ -454,25 +462,31 @@ def _pyav_frames(path: str, uniq: np.ndarray, timeline: VideoTimeline) -> Iterat
     """The frames at ``uniq`` (positions in the timeline, presentation order), one by one, in order.
 
     A clip that starts after the video's first key frame is decoded from the last key frame at or before its
-    first frame (frames matched by timestamp); where that cannot be done exactly (untimed frames, a seek that
-    lands late), the frames not yet given come from the file's start, counting frames in presentation order as
-    the other backends do.
+    first frame (frames matched by timestamp, the clip's frames held until all are found); where that cannot be
+    done exactly (untimed frames, a seek that lands late, timestamps out of order), from the file's start,
+    counting frames in presentation order as the other backends do (streamed: one frame at a time).
     """
-    ways: list[Callable[[str, np.ndarray, VideoTimeline], Iterator[tuple[int, np.ndarray]]]] = []
+    by_timestamp: list[Callable[[str, np.ndarray, VideoTimeline], Iterator[tuple[int, np.ndarray]]]] = []
     key_pts = _key_frame_before(int(uniq[0]), timeline)
     if key_pts is not None:
-        ways.append(functools.partial(_pyav_by_timestamp, key_pts=key_pts))
+        by_timestamp.append(functools.partial(_pyav_by_timestamp, key_pts=key_pts))
     if timeline.untimed or timeline.undecodable:  # decoded frames the timeline does not list: match by timestamp
-        ways.append(_pyav_by_timestamp)
-    ways.append(_pyav_from_start)
-    done = 0
-    for way in ways:
-        for rgb in _in_order(way(path, uniq[done:], timeline), uniq[done:]):
-            done += 1
-            yield rgb
-        if done == len(uniq):
+        by_timestamp.append(_pyav_by_timestamp)
+    for way in by_timestamp:
+        # all or nothing, so held until complete: where frames cannot be placed by timestamp (an AVI's B-frames
+        # leave the decoder with timestamps out of order), counting from the start must give every frame, since a
+        # clip of frames picked both ways came out scrambled
+        frames = list(_in_order(way(path, uniq, timeline), uniq))
+        if len(frames) == len(uniq):
+            yield from frames
             return
-    raise ClipError("corrupt", f"{path}: the decoder returned fewer frames than the container lists")
+        del frames
+    done = 0
+    for rgb in _in_order(_pyav_from_start(path, uniq, timeline), uniq):
+        done += 1
+        yield rgb
+    if done < len(uniq):
+        raise ClipError("corrupt", f"{path}: the decoder returned fewer frames than the container lists")
 
 
 def _in_order(found: Iterator[tuple[int, np.ndarray]], want: np.ndarray) -> Iterator[np.ndarray]:
@@ -655,16 +669,31 @@ DECODE_CHUNK_MIB = 64.0
 
 @dataclass
 class ClipFrames:
-    """A clip about to be decoded: what decoding gives, known before any frame is decoded, and the frames
-    themselves as they come, in chunks (a chunk raises ClipError when the decoder fails on it)."""
+    """A clip about to be decoded: what decoding gives, known before any frame is decoded, and its distinct
+    frames as they are decoded, in chunks (a chunk raises ClipError when the decoder fails on it). A frame that
+    stands several times in the clip (target_fps above the source's rate) is decoded once: ``repeats`` says how
+    often, so a caller resizes it once and repeats the small result (``with_repeats``)."""
 
-    count: int  # frames the chunks hold in all
+    count: int  # frames of the clip, repeats included
     height: int
     width: int
     fps: float  # as DecodedClip's
     timestamps: np.ndarray
     source_duration_s: float
-    chunks: Iterator[np.ndarray]  # uint8 [k, H, W, 3], in order, k summing to count
+    chunks: Iterator[np.ndarray]  # uint8 [k, H, W, 3]: the distinct frames, in order
+    repeats: np.ndarray  # int64 [distinct frames], summing to count
+
+    def with_repeats(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(chunk, how often each of its frames stands in the clip), chunk after chunk."""
+        given = 0
+        for part in self.chunks:
+            yield part, self.repeats[given : given + len(part)]
+            given += len(part)
+
+
+def repeat_frames(array: np.ndarray, repeats: np.ndarray) -> np.ndarray:
+    """Each frame of ``array`` (along axis 0) ``repeats`` times: a chunk of distinct frames as the clip holds it."""
+    return array if (repeats == 1).all() else np.repeat(array, repeats, axis=0)
 
 
 def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(), chunk_mib: float | None = None) -> ClipFrames:
@@ -680,11 +709,12 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
         times = np.arange(len(files)) / fps
         # a frame folder's times are exact (k / fps): no timestamp precision to allow for (29.97 fps lost an instant)
         pos, out_fps = resample_indices(times, options.target_fps, options.max_frames, 1.0 / fps, slack_s=0.0)
-        first = _load_image(files[int(pos[0])])
+        uniq, repeats = np.unique(pos, return_counts=True)  # sorted = in order, since positions never go back
+        first = _load_image(files[int(uniq[0])])
         _check_limits(len(pos), first.shape[0], first.shape[1], options, path, memory=False)
         chunk = _chunk_frames(first.shape[0], first.shape[1], chunk_mib)
         return ClipFrames(len(pos), first.shape[0], first.shape[1], float(out_fps or fps), times[pos], len(files) / fps,
-                          _folder_chunks(files, pos, first, chunk))
+                          _stacked(_folder_frames(files, uniq, first), chunk), repeats)
     if kind not in ("video", "range"):
         raise ClipError("bad_source_kind", f"unknown source_kind {kind!r} for {path}")
     timeline = read_timeline(path)
@@ -693,6 +723,7 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
     clip_times = timeline.times_s[in_range] - (float(start_s) if start_s is not None else 0.0)
     pos, out_fps = resample_indices(clip_times, options.target_fps, options.max_frames, timeline.frame_duration_s)
     indices = in_range[pos]  # non-decreasing (a frame repeats when target_fps is above the video's rate)
+    uniq, repeats = np.unique(indices, return_counts=True)
     _check_limits(len(indices), timeline.height, timeline.width, options, path, memory=False)
     backend = "pyav" if pyav_instead(options.backend, timeline, indices) else options.backend
     if out_fps is None:  # a single frame: report the stream's own rate
@@ -701,11 +732,11 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
     if Path(path).suffix.lower() in IMAGE_EXTENSIONS and len(timeline.times_s) == 1:
         # a still image given as a clip: read as a frame folder's images are (transparency onto white, 16-bit
         # scaled), not as FFmpeg's image demuxer shows it (alpha dropped: the colour under it)
-        image = _load_image(Path(path))
-        chunks = _stacked((image for _ in indices), chunk)
+        chunks = iter([_load_image(Path(path))[None]])
     else:
-        chunks = _video_chunks(backend, path, indices, timeline, chunk)
-    return ClipFrames(len(indices), timeline.height, timeline.width, float(out_fps), clip_times[pos], timeline.span_s(in_range), chunks)
+        chunks = _video_chunks(backend, path, uniq, timeline, chunk)
+    return ClipFrames(len(indices), timeline.height, timeline.width, float(out_fps), clip_times[pos], timeline.span_s(in_range),
+                      chunks, repeats)
 
 
 def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(), chunk_mib: float | None = None) -> DecodedClip:
@@ -714,7 +745,8 @@ def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(
     _check_limits(frames.count, frames.height, frames.width, options, str(clip.get("path")))
     out = np.empty((frames.count, frames.height, frames.width, 3), np.uint8)
     filled = 0
-    for part in frames.chunks:
+    for part, repeats in frames.with_repeats():
+        part = repeat_frames(part, repeats)
         out[filled : filled + len(part)] = part
         filled += len(part)
     return DecodedClip(out, frames.fps, frames.timestamps, frames.source_duration_s)
@@ -725,19 +757,17 @@ def _chunk_frames(height: int, width: int, chunk_mib: float | None) -> int:
     return max(1, int(budget * 2**20 // max(1, height * width * 3)))
 
 
-def _video_chunks(backend: str, path: str, indices: np.ndarray, timeline: VideoTimeline, chunk: int) -> Iterator[np.ndarray]:
-    """The frames at ``indices`` from ``backend`` in chunks, checked: a decoder's failure is the clip's ``corrupt``."""
-    uniq, repeats = np.unique(indices, return_counts=True)  # sorted = in order, since indices never go back
+def _video_chunks(backend: str, path: str, uniq: np.ndarray, timeline: VideoTimeline, chunk: int) -> Iterator[np.ndarray]:
+    """The frames at the sorted distinct positions ``uniq`` from ``backend`` in chunks, checked: a decoder's
+    failure is the clip's ``corrupt``."""
     given = 0
     try:
         for part in _CHUNKERS[backend](path, uniq, timeline, chunk):
             if part.ndim != 4 or part.shape[1:] != (timeline.height, timeline.width, 3) or given + len(part) > len(uniq):
                 raise ClipError("corrupt", f"{backend} decoded {part.shape} from {path} (frames {given}+), expected "
                                            f"{(len(uniq), timeline.height, timeline.width, 3)}")
-            reps = repeats[given : given + len(part)]
             given += len(part)
-            part = np.ascontiguousarray(part, dtype=np.uint8)
-            yield part if (reps == 1).all() else np.repeat(part, reps, axis=0)
+            yield np.ascontiguousarray(part, dtype=np.uint8)
     except ClipError:
         raise
     except Exception as exc:
@@ -746,16 +776,10 @@ def _video_chunks(backend: str, path: str, indices: np.ndarray, timeline: VideoT
         raise ClipError("corrupt", f"{backend} decoded {given} frames from {path}, expected {len(uniq)}")
 
 
-def _folder_chunks(files: list[Path], pos: np.ndarray, first: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-    return _stacked(_folder_frames(files, pos, first), chunk)
-
-
-def _folder_frames(files: list[Path], pos: np.ndarray, first: np.ndarray) -> Iterator[np.ndarray]:
-    cache = {int(pos[0]): first}
-    for p in pos.tolist():
-        if p not in cache:
-            cache = {p: _load_image(files[p])}  # hold only the latest image (a repeat reuses it)
-        img = cache[p]
+def _folder_frames(files: list[Path], uniq: np.ndarray, first: np.ndarray) -> Iterator[np.ndarray]:
+    yield first
+    for p in uniq[1:].tolist():
+        img = _load_image(files[p])
         if img.shape != first.shape:
             raise ClipError("mixed_sizes", f"{files[p]} is {img.shape[1]}x{img.shape[0]}, the folder's first frame {first.shape[1]}x{first.shape[0]}")
         yield img

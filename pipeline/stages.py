@@ -109,7 +109,7 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
     a decoder) is retried by Ray and, if it keeps dying, its block is dropped and the writer records the
     clip as ``lost`` (see pipeline/extract.py), so the job goes on.
     """
-    from pipeline.decode import open_clip
+    from pipeline.decode import repeat_frames, open_clip
 
     transforms = _transforms(streams_json)
     n = len(batch["key"])
@@ -140,16 +140,16 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
             # max_clip_mib limits here) and one chunk, not the whole clip at the video's size
             prepared: dict[str, list[np.ndarray]] = {col: [] for col in transforms}
             held = done = 0
-            for frames in clip.chunks:
+            for frames, repeats in clip.with_repeats():  # a repeated frame (target_fps above the video's rate) resized once
                 for col, t in transforms.items():
-                    prepared[col].append(t.resize_crop(frames).numpy())
+                    prepared[col].append(repeat_frames(t.resize_crop(frames).numpy(), repeats))
                     held += prepared[col][-1].nbytes
-                done += len(frames)
+                done += int(repeats.sum())
                 if held > decode_options.max_clip_mib * 2**20:
                     raise ClipError("too_long", f"{row['path']}: {held / 2**20:.3g} MiB of prepared frames after {done} of {clip.count} "
                                                 f"frames, over max_clip_mib={decode_options.max_clip_mib:g}")
             for col in transforms:
-                out[col][i] = np.concatenate(prepared[col])
+                out[col][i] = np.concatenate(prepared.pop(col))  # each list freed as it is joined
             out["decoded_frames"][i], out["decoded_fps"][i] = clip.count, float(clip.fps)
             out["decoded_duration_s"][i] = float(clip.source_duration_s)
             del clip, prepared
