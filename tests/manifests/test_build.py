@@ -159,15 +159,17 @@ def test_probing_a_png_folder_reads_headers_only(tmp_path, monkeypatch):
 
     import manifests.probe as probe
 
-    folder = _png_folder(tmp_path / "clip", n=5)
+    plain = _png_folder(tmp_path / "plain", n=5)
+    turned = _png_folder(tmp_path / "turned", n=3)
     exif = Image.Exif()
     exif[0x0112] = 6  # shown turned by 90 degrees
-    for f in folder.iterdir():
+    for f in turned.iterdir():
         Image.open(f).save(f, exif=exif)
     decoded = []
     load = PngImagePlugin.PngImageFile.load
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: decoded.append(self.filename) or load(self))
-    row = probe.probe_chunk([{"_row": 0, "source_kind": "frames", "path": str(folder)}]).to_pylist()[0]
-    assert row["status"] == "ok", row["error"]
-    assert (row["width"], row["height"], row["num_frames"]) == (48, 64, 5)
+    row = probe.probe_chunk([{"_row": 0, "source_kind": "frames", "path": str(plain)}]).to_pylist()[0]
+    assert row["status"] == "ok" and (row["width"], row["height"], row["num_frames"]) == (64, 48, 5)
     assert {Path(f).name for f in decoded} == {"000.png"}  # the first frame is decoded (a check that it reads), no other
+    row = probe.probe_chunk([{"_row": 0, "source_kind": "frames", "path": str(turned)}]).to_pylist()[0]
+    assert row["status"] == "ok" and (row["width"], row["height"], row["num_frames"]) == (48, 64, 3)
