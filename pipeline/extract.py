@@ -19,6 +19,7 @@ holds at most one shard's features.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import json
 import logging
@@ -169,8 +170,9 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.url)
     run_stats: dict[str, Any] = {}
     if todo:
-        run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], run_id, geometries, address=address, progress=progress,
-                             num_cpus=num_cpus)
+        with _job_data_context():
+            run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], run_id, geometries, address=address, progress=progress,
+                                 num_cpus=num_cpus)
     summary = finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done, run_id=run_id)
     return summary
 
@@ -276,6 +278,24 @@ def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
                 + (", or raise --num-cpus" if name == "CPU" else "") + ", or run on a cluster with --address (the job would wait forever)")
 
 
+@contextlib.contextmanager
+def _job_data_context():
+    """Ray Data's settings for the job, set on its process-wide context and put back afterwards: a caller's own
+    Ray Data pipelines (a notebook that runs run_extract) must not inherit max_errored_blocks=-1, which drops a
+    failed block in silence."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.max_errored_blocks)
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False  # our own bar says clips, rate, ETA and failures
+    ctx.max_errored_blocks = -1  # a clip whose worker keeps dying is dropped (and comes back in the second pass)
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.max_errored_blocks = saved
+
+
 def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[str], config_hash: str, run_id: str,
              geometries: dict[str, str], *, address, progress, num_cpus) -> dict[str, Any]:
     """``geometries``: stream -> prepared-frame column (``stream_geometries``, computed by the caller)."""
@@ -289,10 +309,6 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     ensure_ray(num_cpus=num_cpus or max(os.cpu_count() or 1, int(np.ceil(needed_cpus))), address=address)
     if not (address or os.environ.get("RAY_ADDRESS")):  # a local instance never grows: what it lacks now, it lacks for good
         check_local_resources(cfg, ray.cluster_resources())
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False  # our own bar below says clips, rate, ETA and failures
-    ctx.max_errored_blocks = -1  # a clip whose worker keeps dying is dropped (and recorded), the job goes on
     streams_json = json.dumps([s.extractor for s in cfg.streams], sort_keys=True)
     # the config's environment for every worker of the job (Ray merges it into a submitted job's runtime_env)
     worker_env = {"runtime_env": {"env_vars": cfg.worker_env}} if cfg.worker_env else {}

@@ -44,7 +44,14 @@ def job(demo_manifest, ray_local, tmp_path_factory):
     manifest = tmp_path_factory.mktemp("m") / "m.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), manifest)
     out = tmp_path_factory.mktemp("out") / "features"
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    before = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.max_errored_blocks)
     summary = run_extract(manifest, str(out), parse_job_config(CONFIG), progress=False)
+    # the job's settings do not outlive it: a caller's own pipelines kept max_errored_blocks=-1 (failed blocks
+    # dropped in silence)
+    assert (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.max_errored_blocks) == before
     return {"manifest": manifest, "out": out, "summary": summary, "victim": victim, "hostile": hostile, "rows": rows}
 
 
