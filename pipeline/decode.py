@@ -362,8 +362,9 @@ DECORD_MAX_CLIP_MIB = 256.0
 _TORCHCODEC_WRONG_CONTAINERS = ("mpegts", "mpeg", "avi")
 
 
-def pyav_instead(backend: str, timeline: VideoTimeline, indices: np.ndarray) -> str | None:
-    """Why ``backend`` must not decode these frames of this video, or None when it may.
+def pyav_instead(backend: str, timeline: VideoTimeline, uniq: np.ndarray) -> str | None:
+    """Why ``backend`` must not decode these frames of this video (``uniq``: their sorted distinct timeline
+    positions), or None when it may.
 
     Each case below returned wrong frames or wrong pixels *without an error* in our tests
     (tests/pipeline/test_decode.py), so decode_clip decodes such clips through PyAV, whose frames match
@@ -386,15 +387,14 @@ def pyav_instead(backend: str, timeline: VideoTimeline, indices: np.ndarray) -> 
     if any(timeline.orientation) or timeline.rotation:
         return "a display matrix (rotation or mirror)"
     if backend == "decord":
-        if len(np.unique(indices)) * timeline.height * timeline.width * 3 > DECORD_MAX_CLIP_MIB * 2**20:
+        if len(uniq) * timeline.height * timeline.width * 3 > DECORD_MAX_CLIP_MIB * 2**20:
             return f"a clip of more than {DECORD_MAX_CLIP_MIB:g} MiB of frames (decord's decoder thread reads ahead without bound)"
         if timeline.container in _DECORD_WRONG_CONTAINERS:
             return f"the {timeline.container} container"
         if timeline.pix_fmt not in _DECORD_EXACT_PIX_FMTS or timeline.width % 2 or timeline.height % 2:
             return f"{timeline.pix_fmt} frames of {timeline.width}x{timeline.height}"
     # torchcodec's seeks also went wrong (H.264 intra refresh: frames 26-30 for 20-24), so both read from the start
-    steps = np.diff(indices)
-    if int(indices[0]) != 0 or (steps > 1).any() or (steps < 0).any():
+    if int(uniq[0]) != 0 or (np.diff(uniq) > 1).any():  # distinct and sorted: any gap is a seek
         return "frames that need a seek"
     return None
 
@@ -411,9 +411,7 @@ def _decord_chunks(path: str, uniq: np.ndarray, timeline: VideoTimeline, chunk: 
     done = 0  # frames yielded before a failure: the rest comes from PyAV
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        if len(reader) != len(timeline.times_s):  # it counts frames the decoder never shows: its indices are not ours
-            reader = None
-        else:
+        if len(reader) == len(timeline.times_s):  # else it counts frames the decoder never shows: its indices are not ours
             # get_batch seeks only when a position is not the frame after the last one read, whichever call read
             # it, so reading consecutive positions in several calls decodes as one call does
             for start in range(0, len(uniq), chunk):
@@ -725,7 +723,7 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
     indices = in_range[pos]  # non-decreasing (a frame repeats when target_fps is above the video's rate)
     uniq, repeats = np.unique(indices, return_counts=True)
     _check_limits(len(indices), timeline.height, timeline.width, options, path, memory=False)
-    backend = "pyav" if pyav_instead(options.backend, timeline, indices) else options.backend
+    backend = "pyav" if pyav_instead(options.backend, timeline, uniq) else options.backend
     if out_fps is None:  # a single frame: report the stream's own rate
         out_fps = 1.0 / timeline.frame_duration_s
     chunk = _chunk_frames(timeline.height, timeline.width, chunk_mib)

@@ -357,7 +357,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
         nonlocal t_write, failures
         plan = todo[k]
         rows = [arrived.get(pos) or _lost_row(plan, pos) for pos in range(len(plan.rows))]
-        lost = sum(1 for pos in range(len(plan.rows)) if pos not in arrived)
+        lost = len(plan.rows) - len(arrived)
         failures += lost
         bar.update(lost)
         t = time.time()

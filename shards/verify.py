@@ -44,9 +44,10 @@ def _load(store: Store, out: str, name: str, columns: list[str] = ()) -> Any:
     """One of the job's own files (JSON or Parquet), or a SignfeatError saying which file is missing or damaged:
     a user handed a damaged output gets a line naming the file, not a pyarrow / json traceback."""
     if not store.exists(name):
-        if not store.exists("_signfeat/identity.json") and not store.list_files(""):
+        has_record = store.exists("_signfeat/identity.json")
+        if not has_record and not store.list_files(""):
             raise SignfeatError(f"{out}: no such folder, or an empty one (not a signfeat extract output)")
-        if store.exists("_signfeat/identity.json") and name in ("_signfeat/plan.parquet", "index.parquet", "failures.parquet", "job.json"):
+        if has_record and name in ("_signfeat/plan.parquet", "index.parquet", "failures.parquet", "job.json"):
             raise SignfeatError(f"{out}: missing {name}: the job did not finish (killed, or still running); "
                                 "rerun the same `signfeat extract` command to complete it (complete shards are kept)")
         raise SignfeatError(f"{out}: missing {name} (not a finished signfeat extract output?)")

@@ -185,9 +185,9 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str]
     refuse_model_changes(path, changed)  # the scores would be of another model than the checkpoint's
     if changed:  # another split's shards, beam size, ...: allowed, never silently (scores.json records them)
         print(f"evaluating {path} with a changed recipe: {'; '.join(changed)}", file=sys.stderr)
-    from manifests.formats import SPLIT_ALIASES
+    from manifests.formats import normalise_split
 
-    split = SPLIT_ALIASES.get(split.strip().lower(), split)  # validation -> dev, as the manifests name it
+    split = normalise_split(split) or split  # validation -> dev, as the manifests name it
     device = pick_device(recipe)
     out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"
     if out.exists() and not out.is_dir():  # found after translating the whole split, the scores were lost

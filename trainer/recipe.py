@@ -46,11 +46,11 @@ class DataConfig:
     zero_visual: bool = False  # ablation: every feature replaced by zeros (the demo's "no visual input" run)
 
     def validate(self) -> None:
-        from manifests.formats import SPLIT_ALIASES
+        from manifests.formats import normalise_split
 
         # the names the manifests give splits (validation -> dev), so a recipe may use either spelling
-        self.train_split = SPLIT_ALIASES.get(str(self.train_split).strip().lower(), self.train_split)
-        self.eval_split = SPLIT_ALIASES.get(str(self.eval_split).strip().lower(), self.eval_split)
+        self.train_split = normalise_split(self.train_split) or self.train_split
+        self.eval_split = normalise_split(self.eval_split) or self.eval_split
         if not self.streams:
             raise SignfeatError("data.streams: name at least one stream")
         if len(set(self.streams)) != len(self.streams):  # [clip_s2, clip_s2] fed one stream as both spatial and motion input
