@@ -174,7 +174,13 @@ def read_timeline(path: str) -> VideoTimeline:
         # ranges past the cut looked like annotation errors (range_out_of_bounds).
         formats = container.format.name.split(",")
         declared = int(stream.frames or 0)
-        if ("mp4" in formats or "avi" in formats) and 0 < demuxed < declared:  # AVI's header counts its frames too
+        held = demuxed
+        if "avi" in formats and pts:
+            # AVI's header counts its frames too, but also the empty entries a capture's dropped frames leave,
+            # which the demuxer never returns; a video packet's pts is its entry's number, so the last one says
+            # how far the file goes (a capture with dropped frames was called truncated)
+            held = max(demuxed, max(pts) + 1)
+        if ("mp4" in formats or "avi" in formats) and 0 < held < declared:
             raise ClipError("corrupt", f"{path} is truncated: its index lists {declared} video frames, the file holds {demuxed}")
         pts_arr = np.sort(np.asarray(pts, dtype=np.int64))
         # Times count from the file's start (the container's start_time), as players and "ffmpeg -ss" count
@@ -437,7 +443,16 @@ def _torchcodec_chunks(path: str, uniq: np.ndarray, timeline: VideoTimeline, chu
         yield from _pyav_chunks(path, uniq, timeline, chunk)
         return
     for start in range(0, len(uniq), chunk):  # the decoder keeps its position between calls, as decord does
-        yield decoder.get_frames_at(uniq[start : start + chunk].tolist()).data.numpy()
+        try:
+            frames = decoder.get_frames_at(uniq[start : start + chunk].tolist()).data.numpy()
+        except RuntimeError as exc:
+            if "pre-allocated tensor of shape" not in str(exc):
+                raise
+            # torchcodec cannot follow a stream whose frame size changes mid-way; PyAV scales such frames back
+            # to the stream's size (the CLI's frames)
+            yield from _pyav_chunks(path, uniq[start:], timeline, chunk)
+            return
+        yield frames
 
 
 def _pyav_chunks(path: str, uniq: np.ndarray, timeline: VideoTimeline, chunk: int) -> Iterator[np.ndarray]:
@@ -512,7 +527,7 @@ def _pyav_from_start(path: str, want: np.ndarray, timeline: VideoTimeline) -> It
     import av
 
     wanted, last = set(want.tolist()), int(want[-1])
-    to_rgb = _RgbConverter()
+    to_rgb = _RgbConverter(timeline)
     with av.open(path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -542,7 +557,7 @@ def _pyav_by_timestamp(path: str, want: np.ndarray, timeline: VideoTimeline, key
     index_of = {int(p): i for i, p in enumerate(timeline.pts)}
     wanted = set(want.tolist())
     last_pts = int(timeline.pts[int(want[-1])])
-    to_rgb = _RgbConverter()
+    to_rgb = _RgbConverter(timeline)
     with av.open(path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -573,9 +588,15 @@ def _pyav_by_timestamp(path: str, want: np.ndarray, timeline: VideoTimeline, key
 class _RgbConverter:
     """Frame -> RGB uint8 through libavfilter's pixel-format conversion, which gives FFmpeg's CLI's (and
     torchcodec's) pixels. PyAV's ``to_ndarray(format="rgb24")`` calls swscale itself and, on 10-bit or
-    odd-sized 4:2:0 frames, is several levels off both (mean 7.8, max 116 on a 10-bit H.264 clip)."""
+    odd-sized 4:2:0 frames, is several levels off both (mean 7.8, max 116 on a 10-bit H.264 clip).
 
-    def __init__(self) -> None:
+    Every frame comes out at the stream's size (its first frame's, before rotation): a stream that changes size
+    mid-way (a browser or WebRTC recording) is scaled back to it, as the ffmpeg CLI and decord do, so that a
+    clip's frames stack (it failed the clip on PyAV and torchcodec)."""
+
+    def __init__(self, timeline: "VideoTimeline") -> None:
+        transposed = timeline.orientation[0]
+        self.size = (timeline.height, timeline.width) if transposed else (timeline.width, timeline.height)
         self.graph = None
         self.params = None
 
@@ -586,10 +607,12 @@ class _RgbConverter:
         if params != self.params:  # first frame, or the stream changed size / format mid-way
             self.graph = av.filter.Graph()
             src = self.graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name, time_base=frame.time_base)
-            fmt = self.graph.add("format", "pix_fmts=rgb24")
-            sink = self.graph.add("buffersink")
-            src.link_to(fmt)
-            fmt.link_to(sink)
+            chain = [src]
+            if (frame.width, frame.height) != self.size:  # scaled first, then converted: the CLI's order
+                chain.append(self.graph.add("scale", f"{self.size[0]}:{self.size[1]}"))
+            chain += [self.graph.add("format", "pix_fmts=rgb24"), self.graph.add("buffersink")]
+            for a, b in zip(chain, chain[1:]):
+                a.link_to(b)
             self.graph.configure()
             self.params = params
         self.graph.push(frame)

@@ -621,6 +621,55 @@ def test_a_cut_off_matroska_webm_or_avi_file_is_corrupt_not_shorter(tmp_path, ex
         assert probed["status"] == "corrupt" and "truncated" in probed["error"], probed
 
 
+def test_an_avi_capture_with_dropped_frames_is_not_taken_for_truncated(tmp_path):
+    """AVI's header counts the empty entries a capture's dropped frames leave, which the demuxer never returns:
+    a complete file was called truncated ("its index lists 50 video frames, the file holds 42"). Its frames are
+    the ffmpeg CLI's; a cut-off one is still corrupt."""
+    from manifests.probe import probe_clip
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command (make setup installs it)")
+    path = tmp_path / "dropped.avi"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=2", "-vf",
+                    "select='not(between(n,10,17))'", "-vsync", "vfr", "-c:v", "mpeg4", "-q:v", "3", str(path)], check=True)
+    reference = _cli_frames(path, "-vsync", "passthrough")
+    assert len(reference) == 42
+    results = _decode_all({"source_kind": "video", "path": str(path)})
+    _assert_same(results)
+    assert np.array_equal(results["pyav"].frames, reference)
+    assert probe_clip({"source_kind": "video", "path": str(path)})["status"] == "ok"
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert probe_clip({"source_kind": "video", "path": str(cut)})["status"] == "corrupt"
+
+
+def test_a_video_whose_frame_size_changes_mid_way_is_scaled_to_its_first_size_as_ffmpeg_does(tmp_path):
+    """A browser or WebRTC recording can change resolution mid-stream: PyAV and torchcodec failed the clip
+    ("all input arrays must have the same shape", "Expected pre-allocated tensor"), decord scaled it. Every
+    backend now gives the stream's first size, PyAV and torchcodec the CLI's own pixels."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command (make setup installs it)")
+    parts = []
+    for size in ("64x48", "128x96"):
+        part = tmp_path / f"{size}.webm"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration=1",
+                        "-c:v", "libvpx-vp9", "-b:v", "200k", str(part)], check=True)
+        parts.append(f"file '{part}'")
+    (tmp_path / "list.txt").write_text("\n".join(parts) + "\n")
+    path = tmp_path / "changes.webm"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(tmp_path / "list.txt"), "-c", "copy", str(path)], check=True)
+    reference = _cli_frames(path, "-vsync", "passthrough")
+    assert reference.shape == (50, 48, 64, 3)
+    for clip, wanted in (({"source_kind": "video", "path": str(path)}, reference),
+                         ({"source_kind": "range", "path": str(path), "start_s": 0.6, "end_s": 1.6}, reference[15:40])):
+        results = _decode_all(clip)
+        for backend in ("pyav", "torchcodec"):
+            assert np.array_equal(results[backend].frames, wanted), backend
+        # decord scales with its own filter: the first size, near the CLI's pixels
+        assert results["decord"].frames.shape == wanted.shape
+        assert np.abs(results["decord"].frames.astype(int) - wanted).mean() < 4
+
+
 def test_a_matroska_video_starting_after_its_audio_is_not_taken_for_truncated(tmp_path):
     """FFmpeg's DURATION tag is the track's end time: a video track starting at 0.4 s ends at 2.4 s, complete."""
     if shutil.which("ffmpeg") is None:
