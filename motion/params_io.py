@@ -31,9 +31,12 @@ pickle that names anything else (``os.system``, a class...) is refused before an
 
 from __future__ import annotations
 
+import difflib
 import io
 import pickle
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,8 @@ NAMED_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose",
 NAMED_WIDTHS = {"global_orient": 3, "body_pose": 63, "left_hand_pose": 45, "right_hand_pose": 45, "jaw_pose": 3, "leye_pose": 3,
                 "reye_pose": 3, "expression": 0, "betas": 0, "transl": 3}
 PER_FRAME_SUFFIXES = (".npz", ".pkl", ".pickle")
+# other keys a named file may carry, read (fps, world_rotation) or known not to be parameters
+NAMED_EXTRA_KEYS = ("fps", "world_rotation", "gender", "num_betas", "model_type", "keypoints", "joints", "vertices")
 
 
 # ---------------------------------------------------------------------- restricted unpickling
@@ -195,12 +200,15 @@ def _natural_key(path: Path) -> list:
 def _load_mapping(path: Path) -> dict[str, Any]:
     if path.suffix == ".npz":
         out = {}
-        with np.load(path, allow_pickle=False) as archive:
-            for key in archive.files:
-                try:
-                    out[key] = archive[key]
-                except ValueError:  # an object array (AMASS's gender, a dict of marker ids): pickled, never read
-                    continue
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                for key in archive.files:
+                    try:
+                        out[key] = archive[key]
+                    except ValueError:  # an object array (AMASS's gender, a dict of marker ids): pickled, never read
+                        continue
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:  # cut off, not a zip, a bad member
+            raise SignfeatError(f"{path}: unreadable .npz ({type(exc).__name__}: {exc})") from None
         return out
     if path.suffix in (".pkl", ".pickle"):
         data = safe_load_pickle(path)
@@ -211,7 +219,10 @@ def _load_mapping(path: Path) -> dict[str, Any]:
 
 
 def per_frame_files(folder: Path) -> list[Path]:
-    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix in PER_FRAME_SUFFIXES), key=_natural_key)
+    # hidden files are no frames: macOS leaves a "._00001_0.npz" AppleDouble file next to every file it copies
+    # to a non-Mac disk (is_params_path already ignores them)
+    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix in PER_FRAME_SUFFIXES and not p.name.startswith(".")),
+                   key=_natural_key)
     if not files:
         raise SignfeatError(f"{folder}: no per-frame parameter files ({', '.join(PER_FRAME_SUFFIXES)})")
     return files
@@ -251,6 +262,8 @@ def _rows(value: Any, name: str, where: Path) -> np.ndarray:
         array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):
         raise SignfeatError(f"{where}: {name} is not numeric") from None
+    if array.size == 0:
+        raise SignfeatError(f"{where}: {name} is empty (shape {array.shape})")
     return array.reshape(array.shape[0], -1) if array.ndim > 1 else array[None]
 
 
@@ -291,7 +304,12 @@ def _first_person_files(files: list[Path]) -> list[Path]:
     # the person number is written as is (0, 1, ...): "signer01_00019" is frame 19 of signer01, not person 00019
     parsed = [re.fullmatch(r"(.*\d)_(0|[1-9]\d{0,2})", f.stem) for f in files]
     frames = {m.group(1) for m in parsed if m}
-    if not all(parsed) or len(frames) == len(files) or len(frames) == 1:  # one frame of them all: a naming, not persons
+    if not all(parsed) or len(frames) == len(files):
+        return files
+    only = next(iter(frames))
+    if len(frames) == 1 and not (only.isdecimal() and (len(only) >= 5 or only.startswith("0"))):
+        # one "frame" of them all (signer01_1, signer01_2..., or clip 7's 7_0, 7_1...): a naming, not persons; a
+        # zero-padded frame number as SMPLer-X writes it ({frame:05}: 00001_0, 00001_1) is one frame of several persons
         return files
     first: dict[str, tuple[int, Path]] = {}
     for m, f in zip(parsed, files):
@@ -367,6 +385,15 @@ def _read_amass(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
 
 def _read_named(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
     data = _load_mapping(path)
+    # a misspelt key (lhand_pose, body_poses) would be dropped and its joints left at rest: the hands, the
+    # signal of a sign, silently gone
+    for key in data:
+        close = difflib.get_close_matches(key, [k for k in NAMED_KEYS if k not in data], n=1, cutoff=0.6)
+        if key not in NAMED_KEYS and close and key not in NAMED_EXTRA_KEYS:
+            raise SignfeatError(f"{path}: key {key!r} is not a SMPL-X parameter name; did you mean {close[0]!r}? "
+                                f"(named parameters: {', '.join(NAMED_KEYS)})")
+    if "body_pose" not in data:
+        raise SignfeatError(f"{path}: named SMPL-X parameters need body_pose (has {sorted(data)[:12]})")
     params = {k: _rows(data[k], k, path) for k in NAMED_KEYS if k in data}
     if data.get("world_rotation") is not None:
         rotation = np.asarray(data["world_rotation"], dtype=np.float32)
@@ -408,6 +435,8 @@ def read_clip_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, 
         raise ClipError("unsafe_pickle", f"{path}: {exc}") from None
     except SignfeatError as exc:
         raise ClipError("bad_params", str(exc)) from None
+    except Exception as exc:  # noqa: BLE001  a reader's own check missed this file: still the clip's error, said plainly
+        raise ClipError("bad_params", f"{path}: unreadable SMPL-X parameters ({type(exc).__name__}: {exc})") from None
     return params, fps, layout
 
 

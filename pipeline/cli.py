@@ -241,6 +241,11 @@ def _features(args) -> int:
     from motion.params_io import is_params_path
 
     if args.extractor == "smplx623" and is_params_path(args.video):  # SMPL-X parameters (a file or a folder of per-frame files)
+        # decode options are video options (a job ignores them for parameter rows too): refused, not ignored
+        given = [flag for flag, value in (("--target-fps", args.target_fps), ("--max-frames", args.max_frames)) if value]
+        if given:
+            raise SignfeatError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to videos and frame folders; {args.video} holds SMPL-X parameters, "
+                                "which smplx623 resamples itself: --set target_fps=F")
         extractor = build_extractor(config)
         array, frames, fps = extractor.extract_files([str(args.video)], [args.fps])[0]  # frames/fps the rows align to
     else:

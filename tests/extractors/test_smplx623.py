@@ -127,6 +127,10 @@ def test_cli_features_on_a_parameters_file(model_dir, extractor, tmp_path, capsy
     np.testing.assert_allclose(np.load(tmp_path / "f.npy"), extractor.extract_params([params])[0], atol=1e-6)
     assert main(["features", str(tmp_path / "clip.npz"), "--extractor", "smplx623", "--out", str(tmp_path / "g.npy")]) == 2
     assert "model_dir is not set" in capsys.readouterr().err
+    # decode options are video options: refused for parameters (they were ignored, the output at the file's rate)
+    assert main(["features", str(tmp_path / "clip.npz"), "--extractor", "smplx623", "--set", f"model_dir={model_dir}",
+                 "--target-fps", "10", "--out", str(tmp_path / "h.npy")]) == 2
+    assert "--target-fps applies to videos and frame folders" in capsys.readouterr().err and not (tmp_path / "h.npy").exists()
 
 
 def test_extract_files_gives_features_and_their_time_base(model_dir, tmp_path):

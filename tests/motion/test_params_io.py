@@ -392,6 +392,55 @@ def test_per_frame_files_with_a_numbered_prefix_are_frames_not_persons(tmp_path)
     np.testing.assert_array_equal(params["body_pose"], p["body_pose"].astype(np.float32))
 
 
+def test_a_smplerx_folder_skips_macos_appledouble_files(tmp_path):
+    """macOS leaves "._00001_0.npz" next to every file it copies to a non-Mac disk: they failed the whole clip
+    with numpy's allow_pickle message."""
+    p = smooth_random_params(5, seed=3)
+    for i in range(5):
+        _smplerx_frame(tmp_path / f"{i:05}_0.npz", p, i)
+        (tmp_path / f"._{i:05}_0.npz").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    params, _ = read_params(tmp_path)
+    np.testing.assert_array_equal(params["body_pose"], p["body_pose"].astype(np.float32))
+
+
+def test_one_smplerx_frame_with_two_persons_is_one_frame_not_two(tmp_path):
+    """00001_0 and 00001_1 are SMPLer-X's two persons of frame 1: they made a two-frame clip of two people (a root
+    velocity of the jump between them). Names of one clip (7_0, 7_1, signer01_1...) stay frames."""
+    p = smooth_random_params(3, seed=5)
+    for person in range(2):
+        _smplerx_frame(tmp_path / f"00001_{person}.npz", p, person)
+    params, _ = read_params(tmp_path)
+    assert params["body_pose"].shape[0] == 1
+    np.testing.assert_array_equal(params["body_pose"][0], p["body_pose"][0].astype(np.float32))
+    named = tmp_path / "named"
+    named.mkdir()
+    for i in range(3):
+        _smplerx_frame(named / f"7_{i}.npz", p, i)
+    assert read_params(named)[0]["body_pose"].shape[0] == 3
+
+
+def test_empty_cut_off_or_misspelt_parameter_files_are_clear_clip_errors(tmp_path, params):
+    """An empty array and a cut-off .npz raised numpy's and zipfile's own exceptions (a traceback in `features`);
+    a misspelt key (lhand_pose) was dropped, its joints left at rest: the hands gone without a word."""
+    from motion.params_io import read_clip_params
+    from pipeline.errors import ClipError
+
+    np.savez(tmp_path / "empty.npz", global_orient=np.zeros((0, 3)), body_pose=np.zeros((0, 63)))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "empty.npz").read_bytes()[:200])
+    t = len(params["body_pose"])
+    np.savez(tmp_path / "typo.npz", global_orient=params["global_orient"], body_pose=params["body_pose"],
+             lhand_pose=np.zeros((t, 45)), transl=params["transl"])
+    np.savez(tmp_path / "no_body.npz", global_orient=params["global_orient"], transl=params["transl"])
+    for name, message in [("empty", "global_orient is empty"), ("cut", "unreadable .npz"),
+                          ("typo", "'lhand_pose' is not a SMPL-X parameter name; did you mean 'left_hand_pose'"),
+                          ("no_body", "need body_pose")]:
+        with pytest.raises(ClipError, match=message) as exc:
+            read_clip_params(tmp_path / f"{name}.npz")
+        assert exc.value.kind == "bad_params"
+    np.savez(tmp_path / "extra.npz", **params, gender=np.array("neutral"), keypoints=np.zeros((t, 10)))  # other keys are fine
+    assert read_params(tmp_path / "extra.npz")[0]["body_pose"].shape[0] == t
+
+
 def test_resampling_keeps_a_one_dimensional_betas_vector_for_the_whole_clip():
     """A (10,) betas of a 10-frame clip was taken for a per-frame column and interpolated over time."""
     from motion.params_io import resample_params
