@@ -376,16 +376,41 @@ def _coerce(hint, value, path: str):
     return value
 
 
+def _string_field(key: str) -> tuple[bool, bool]:
+    """(whether recipe key ``a.b.c`` holds a string, whether it may be null), from the Recipe dataclasses."""
+    cls: Any = Recipe
+    hint: Any = None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return False, False
+        hint = typing.get_type_hints(cls).get(part)
+        if hint is None:
+            return False, False
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+        if optional:
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        cls = hint
+    return hint is str, optional
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """``a.b.c=value`` (value parsed as YAML: numbers, true/false, lists [a, b]) into the nested dict."""
+    """``a.b.c=value`` into the nested dict. The value is parsed as YAML (numbers, true/false, lists [a, b]),
+    except for a string setting, which takes the text as given (quoted YAML also reads; ``null`` where the
+    setting may be null): as YAML, ``llm.prompt={sign} ...`` was a parse error and ``... #2`` lost its end to a
+    comment, in silence."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise SignfeatError(f"override {item!r}: expected key=value")
-        try:
-            value = yaml.safe_load(text) if text != "" else ""
-        except yaml.YAMLError as exc:
-            raise SignfeatError(f"override {item!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+        is_string, nullable = _string_field(key)
+        if is_string and not (text[:1] in ("'", '"') or (nullable and text in ("null", "~"))):
+            value = text
+        else:
+            try:
+                value = yaml.safe_load(text) if text != "" else ""
+            except yaml.YAMLError as exc:
+                raise SignfeatError(f"override {item!r}: value is not valid YAML ({exc.__class__.__name__}); quote it: "
+                                    f"{key}='\"...\"'") from None
         node = data
         parts = key.split(".")
         for part in parts[:-1]:

@@ -107,3 +107,16 @@ def test_a_bpe_vocabulary_must_have_a_size():
 def test_split_names_are_read_as_the_manifests_name_them():
     recipe = load_recipe("configs/recipes/spamo_tiny.yaml", ["data.eval_split=validation", "data.train_split=Training"])
     assert (recipe.data.eval_split, recipe.data.train_split) == ("dev", "train")
+
+
+def test_a_string_override_takes_its_text_as_given():
+    """As YAML, a prompt starting with {sign} (SpaMo's) was a parse error, one with ": " too, and " #..." was cut
+    off as a comment without a word (a data.shards path with a # in it pointed elsewhere)."""
+    path = "configs/recipes/spamo_tiny.yaml"
+    for prompt in ("{sign} Translate into {language}.", "user: {sign} Translate. assistant:", "Translate {sign} into {language} #2"):
+        assert load_recipe(path, [f"llm.prompt={prompt}"]).llm.prompt == prompt
+    assert load_recipe(path, ["data.shards=/data/run #3/features"]).data.shards == "/data/run #3/features"
+    assert load_recipe(path, ['llm.prompt="{sign} quoted {language}"']).llm.prompt == "{sign} quoted {language}"
+    assert load_recipe(path, ["optim.lr=1e-3"]).optim.lr == pytest.approx(1e-3)  # other settings still read as YAML
+    with pytest.raises(SignfeatError, match="quote it"):
+        load_recipe(path, ["data.streams=[clip_s2"])
