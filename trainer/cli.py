@@ -18,6 +18,7 @@ def register(sub) -> None:
     t.add_argument("--config", required=True, metavar="RECIPE.yaml", help="a recipe, e.g. configs/recipes/spamo.yaml")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. optim.lr=1e-4 data.shards=OUT")
     t.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue from a checkpoint (or a run folder's latest)")
+    t.add_argument("--overwrite", action="store_true", help="start afresh in an out_dir that holds another run (deletes its checkpoints, evaluations and log)")
     t.set_defaults(handler=_train)
 
     e = sub.add_parser("eval", help="translate a split with a checkpoint; BLEU-1..4 and ROUGE-L")
@@ -33,7 +34,7 @@ def _train(args) -> int:
     from trainer.recipe import load_recipe
 
     recipe = load_recipe(args.config, args.overrides)
-    summary = train(recipe, resume=args.resume)
+    summary = train(recipe, resume=args.resume, overwrite=args.overwrite)
     if "checkpoint" in summary:  # rank 0
         print(f"trained {recipe.name}: {summary['step']} steps, checkpoint {summary['checkpoint']}")
         if "eval" in summary:
@@ -51,6 +52,8 @@ def _eval(args) -> int:
 
 
 def format_scores(scores: dict) -> str:
+    if "bleu1" not in scores:  # no sample of the split has a text
+        return f"{scores.get('split', 'eval')}: {scores['translated']} samples translated, none scored (no sample has a text)"
     bleu = "  ".join(f"BLEU-{n} {scores[f'bleu{n}']:.2f}" for n in range(1, 5))
     lines = [f"{scores.get('split', 'eval')} ({scores['samples']} samples): {bleu}",
              f"ROUGE-L {scores['rougeL']:.2f} (rouge-score tokenizer)  ROUGE-L {scores['rougeL_unicode']:.2f} (Unicode tokenizer)",

@@ -96,8 +96,33 @@ def shard_split(url: str) -> str | None:
     return None
 
 
+def _check_committed(urls: list[str]) -> None:
+    """A tar inside an extraction output must be a shard it committed, as it wrote it: a copy ("x (copy).tar")
+    or a leftover would be trained on twice, or from the wrong split, and a tar changed since (cut off, another
+    output's copied over it) does not hold the samples index.parquet counts (ranks then got unequal batches).
+    A stat and a small JSON per shard (the completion marker)."""
+    for url in urls:
+        path = Path(url)
+        root = path.parent.parent
+        done = root / "_signfeat" / "done"
+        if not done.is_dir():
+            continue  # not an extraction output folder (hand-made or copied-out shards)
+        marker = done / path.parent.name / f"{path.stem}.json"
+        if not marker.is_file():
+            raise SignfeatError(f"{url}: not a shard the extraction in {root} committed (no completion marker): a copy or a leftover would "
+                                f"be read twice or in the wrong split; move it out of the folder (`signfeat verify {root}` lists such files)")
+        try:
+            recorded = json.loads(marker.read_text(encoding="utf-8")).get("bytes")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded is not None and path.stat().st_size != recorded:
+            raise SignfeatError(f"{url}: {path.stat().st_size} bytes, but the extraction wrote {recorded}: it changed since "
+                                f"(`signfeat verify {root}` says how); rerun the same `signfeat extract` command to write it again")
+
+
 def shard_counts(urls: list[str]) -> list[int]:
     """Samples per shard: ``index.parquet`` of the extraction output when it lists them, else tar headers."""
+    _check_committed(urls)
     counts = _counts_from_index(urls)
     if counts is not None:
         return counts
@@ -116,12 +141,37 @@ def _damaged(url: str, exc: Exception) -> SignfeatError:
     return SignfeatError(f"{url}: unreadable shard ({exc.args[0] if exc.args else exc}); `signfeat verify` lists what is damaged")
 
 
-def require_streams(urls: list[str], streams: list[str], widths: dict[str, int] | None = None) -> None:
-    """Fail up front, before any model is built, when shards lack a stream the recipe reads, or hold it with
-    another width than ``widths`` (the adapter's) says: otherwise the first batch fails after the LLM is loaded,
-    inside a DataLoader worker (a traceback, not a line). Reads the first sample of every shard: member names
-    and .npy headers only (an empty shard has none to check)."""
+# what makes a stream's features: its sample JSON's record minus what changes only their precision (compute_dtype)
+FEATURE_FIELDS = ("extractor", "model", "revision", "backend", "arch", "weights", "tiny", "settings", "preprocessing")
+
+
+def _features_of(meta: Any, streams: list[str]) -> dict[str, dict]:
+    """stream -> what made its features, from a sample's JSON (streams it does not record are left out)."""
+    recorded = meta.get("streams") if isinstance(meta, dict) else None
+    if not isinstance(recorded, dict):
+        return {}
+    return {s: {k: recorded[s].get(k) for k in FEATURE_FIELDS} for s in streams if isinstance(recorded.get(s), dict)}
+
+
+def mixed_features(a: dict[str, dict], b: dict[str, dict]) -> list[str]:
+    """``stream: field a -> b`` for each stream both record with other settings (other model, token, scales...)."""
+    out = []
+    for stream in sorted(set(a) & set(b)):
+        fields = [k for k in FEATURE_FIELDS if a[stream].get(k) != b[stream].get(k)]
+        out += [f"{stream}.{k}: {json.dumps(a[stream].get(k), default=str)} vs {json.dumps(b[stream].get(k), default=str)}" for k in fields]
+    return out
+
+
+def require_streams(urls: list[str], streams: list[str], widths: dict[str, int] | None = None) -> dict[str, dict]:
+    """Fail up front, before any model is built, when shards lack a stream the recipe reads, hold it with
+    another width than ``widths`` (the adapter's) says, or hold features of two extractions (another model,
+    token, scales... for one stream: a folder holding two outputs): otherwise the first batch fails after the
+    LLM is loaded, inside a DataLoader worker (a traceback, not a line), or the run trains on a mix. Reads the
+    first sample of every shard: member names, its JSON and .npy headers only (an empty shard has none to
+    check). Returns what made each stream's features (``FEATURE_FIELDS``; {} for shards that do not record it)."""
     widths = widths or {}
+    features: dict[str, dict] = {}
+    features_from = ""
     for url in urls:
         key, suffixes, shapes = None, set(), {}
         try:
@@ -137,6 +187,15 @@ def require_streams(urls: list[str], streams: list[str], widths: dict[str, int] 
                     stream = suffix[: -len(".npy")] if suffix.endswith(".npy") else None
                     if stream in widths and stream in streams:
                         shapes[stream] = _npy_shape(tar.extractfile(member))
+                    if suffix == "json":
+                        mine = _features_of(json.loads(tar.extractfile(member).read()), streams)
+                        clash = mixed_features(features, mine)
+                        if clash:
+                            raise SignfeatError(f"{url}: its features were made with other settings than {features_from}'s ({'; '.join(clash[:3])}): "
+                                                "a run cannot mix two extractions; name one extraction's shards")
+                        for stream, made in mine.items():
+                            if stream not in features:
+                                features[stream], features_from = made, features_from or url
         except (tarfile.TarError, ValueError) as exc:
             raise _damaged(url, exc) from None
         missing = [s for s in streams if f"{s}.npy" not in suffixes]
@@ -148,6 +207,7 @@ def require_streams(urls: list[str], streams: list[str], widths: dict[str, int] 
             if not shape or shape[-1] != widths[stream]:
                 raise SignfeatError(f"{url}: stream {stream} of sample {key} has shape {shape}, but adapter.stream_widths.{stream} "
                                     f"is {widths[stream]}; set it to the width the extraction wrote")
+    return features
 
 
 def _npy_shape(fileobj) -> tuple[int, ...]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import SignfeatError
-from trainer.data import Collate, ShardStream, batches, list_shards, require_streams, shard_counts
+from trainer.data import Collate, ShardStream, batches, list_shards, mixed_features, require_streams, shard_counts
 
 # ------------------------------------------------------------------------------------------------ metrics
 
@@ -103,15 +103,25 @@ def score(predictions: list[str], references: list[str], tokenize: str = "13a", 
 # ------------------------------------------------------------------------------------------------ running
 
 
-def eval_shards(recipe, split: str) -> tuple[list[str], list[int]]:
-    """The split's shards and sample counts, checked: the recipe's streams are there and there is a sample
-    (a split whose clips all failed extraction has only empty shards; the scorers cannot take zero)."""
+def eval_shards(recipe, split: str) -> tuple[list[str], list[int], dict[str, dict]]:
+    """The split's shards, sample counts and what made their features, checked: the recipe's streams are there
+    and there is a sample (a split whose clips all failed extraction has only empty shards; the scorers cannot
+    take zero)."""
     urls = list_shards(recipe.data.shards, split)
-    require_streams(urls, recipe.data.streams, recipe.stream_widths())
+    features = require_streams(urls, recipe.data.streams, recipe.stream_widths())
     counts = shard_counts(urls)
     if not sum(counts):
         raise SignfeatError(f"split {split!r}: its {len(urls)} shard(s) under {recipe.data.shards} hold no samples; nothing to evaluate")
-    return urls, counts
+    return urls, counts, features
+
+
+def refuse_other_features(trained: dict, given: dict, trained_on: str, split: str) -> None:
+    """A model trained on one extraction's features, given another's (another model, token or scales for a
+    stream) predicts nonsense without an error: refused. Shards that do not record their settings pass."""
+    clash = mixed_features(trained, given)
+    if clash:
+        raise SignfeatError(f"split {split!r}: its features were made with other settings than {trained_on}'s ({'; '.join(clash[:3])}); "
+                            "give the shards of the extraction the model was trained on")
 
 
 def evaluate_model(model, recipe, split: str, out_dir: Path | None, extra: dict | None = None) -> dict:
@@ -120,7 +130,7 @@ def evaluate_model(model, recipe, split: str, out_dir: Path | None, extra: dict 
     from trainer.loop import in_context_examples
 
     e, d = recipe.eval, recipe.data
-    urls, counts = eval_shards(recipe, split)
+    urls, counts, _ = eval_shards(recipe, split)
     stream = ShardStream(urls, counts, d.streams, train=False, batch_size=e.batch_size, widths=recipe.stream_widths(),
                          crop_streams=d.crop_streams, max_frames=d.max_frames, max_len=d.max_len, zero_visual=d.zero_visual)
     collate = Collate(model.tokenizer, d.streams, d.max_target_tokens)
@@ -143,16 +153,18 @@ def evaluate_model(model, recipe, split: str, out_dir: Path | None, extra: dict 
     if e.max_samples:
         keys, references, predictions = keys[: e.max_samples], references[: e.max_samples], predictions[: e.max_samples]
     model.train(was_training)
-    # a sample without a text has no reference: scoring it against "" would count a perfect model wrong
-    unscored = [k for k, r in zip(keys, references) if not r]
-    if unscored:
-        kept = [i for i, r in enumerate(references) if r]
-        print(f"eval {split}: {len(unscored)} sample(s) without a text are not scored (first: {unscored[0]})", file=sys.stderr)
-        if not kept:
-            raise SignfeatError(f"split {split!r}: none of its {len(keys)} samples has a text; nothing to score")
-        keys, references, predictions = [keys[i] for i in kept], [references[i] for i in kept], [predictions[i] for i in kept]
-    scores = score(predictions, references, e.bleu_tokenize, e.lowercase)
-    scores["unscored_without_text"] = len(unscored)
+    # a sample without a text has no reference: scoring it against "" would count a perfect model wrong. It is
+    # translated all the same (predictions.jsonl holds every sample; an unlabelled split is translated, not scored)
+    scored = [i for i, r in enumerate(references) if r]
+    if len(scored) < len(keys):
+        first = next(k for k, r in zip(keys, references) if not r)
+        print(f"eval {split}: {len(keys) - len(scored)} sample(s) without a text are translated but not scored (first: {first})", file=sys.stderr)
+    if scored:
+        scores = score([predictions[i] for i in scored], [references[i] for i in scored], e.bleu_tokenize, e.lowercase)
+    else:
+        scores = {"samples": 0}
+    scores["translated"] = len(keys)
+    scores["unscored_without_text"] = len(keys) - len(scored)
     scores.update(split=split, decoding={"num_beams": e.num_beams, "max_new_tokens": e.max_new_tokens,
                                          "do_sample": e.do_sample, **({"top_p": e.top_p} if e.do_sample else {})},
                   in_context=recipe.llm.in_context.enabled, **(extra or {}))
@@ -160,7 +172,7 @@ def evaluate_model(model, recipe, split: str, out_dir: Path | None, extra: dict 
         out_dir.mkdir(parents=True, exist_ok=True)
         with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
             for key, reference, prediction in zip(keys, references, predictions):
-                f.write(json.dumps({"key": key, "reference": reference, "prediction": prediction}, ensure_ascii=False) + "\n")
+                f.write(json.dumps({"key": key, "reference": reference or None, "prediction": prediction}, ensure_ascii=False) + "\n")
         (out_dir / "scores.json").write_text(json.dumps(scores, indent=1, ensure_ascii=False), encoding="utf-8")
     return {"scores": scores, "predictions": predictions, "references": references, "keys": keys}
 
@@ -192,7 +204,8 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str]
     out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"
     if out.exists() and not out.is_dir():  # found after translating the whole split, the scores were lost
         raise SignfeatError(f"--out {out} is a file; give a folder for predictions.jsonl and scores.json")
-    eval_shards(recipe, split)  # before the model is loaded
+    _, _, features = eval_shards(recipe, split)  # before the model is loaded
+    refuse_other_features(state.get("stream_features") or {}, features, f"checkpoint {path}", split)
     model = build_model(recipe, device, tokenizer_dir=path)
     load_checkpoint(path, model)
     result = evaluate_model(model, recipe, split, out, extra={"recipe_changes": changed})

@@ -58,6 +58,10 @@ def load_tokenizer(cfg, recipe=None, saved: Path | None = None):
         from transformers import PreTrainedTokenizerFast
 
         return PreTrainedTokenizerFast(tokenizer_file=str(saved / TOKENIZER_FILE), pad_token="<pad>", eos_token="</s>", bos_token="<s>")
+    if cfg.tokenizer == "bpe" and saved is not None:
+        # trained again, on whatever the training split holds now, it would be another vocabulary: every
+        # prediction changed, or a misleading "base LLM differs" error
+        raise SignfeatError(f"checkpoint {saved}: its BPE tokenizer ({TOKENIZER_FILE}) is missing; copy the whole checkpoint folder")
     if cfg.tokenizer == "bpe":
         from trainer.data import list_shards, read_split_texts
 

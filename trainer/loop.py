@@ -115,25 +115,25 @@ class DataPosition:
     batch: int = 0  # micro-batches of this epoch already consumed
 
 
-def train_shards(recipe: Recipe, dist: Dist) -> tuple[list[str], list[int]]:
-    """The training split's shards and sample counts, checked: the recipe's streams are there and they make
-    at least one whole batch per rank."""
+def train_shards(recipe: Recipe, dist: Dist) -> tuple[list[str], list[int], dict[str, dict]]:
+    """The training split's shards, sample counts and what made their features (``require_streams``), checked:
+    the recipe's streams are there, of one extraction, and they make at least one whole batch per rank."""
     d = recipe.data
     urls = list_shards(d.shards, d.train_split)
-    require_streams(urls, d.streams, recipe.stream_widths())
+    features = require_streams(urls, d.streams, recipe.stream_widths())
     counts = shard_counts(urls)
     if not sum(counts):  # every training clip failed extraction: its shards are empty
         raise SignfeatError(f"data: the {len(urls)} shard(s) of split {d.train_split!r} under {d.shards} hold no samples")
     if batches_per_epoch(counts, dist.world_size, d.batch_size) == 0:
         raise SignfeatError(f"data: {sum(counts)} training samples make no whole batch of {d.batch_size} per rank "
                             f"({dist.world_size} ranks); lower data.batch_size")
-    return urls, counts
+    return urls, counts, features
 
 
 def train_batches(recipe: Recipe, tokenizer, dist: Dist, start: DataPosition) -> Iterator[tuple[DataPosition, Batch]]:
     """Micro-batches forever, epoch after epoch; each comes with the position *after* it."""
     d = recipe.data
-    urls, counts = train_shards(recipe, dist)
+    urls, counts, _ = train_shards(recipe, dist)
     collate = Collate(tokenizer, d.streams, d.max_target_tokens, d.lowercase_targets, require_text=True)
     epoch, skip = start.epoch, start.batch
     while True:
@@ -195,7 +195,8 @@ def data_order(recipe: Recipe, world_size: int) -> dict[str, Any]:
 
 
 def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, step: int, position: DataPosition,
-                    rng: random.Random, recipe: Recipe, world_size: int = 1) -> Path:
+                    rng: random.Random, recipe: Recipe, world_size: int = 1, features: dict | None = None) -> Path:
+    """``features``: what made the training shards' features (``require_streams``): eval refuses others."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -211,6 +212,7 @@ def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, ste
         "step": step, "data_position": {"epoch": position.epoch, "batch": position.batch}, "data_order": data_order(recipe, world_size),
         "scheduler": scheduler.state_dict(), "param_groups": opt["param_groups"],
         "python_rng": _rng_to_json(rng.getstate()), "base_checksum": base_checksum(model), "recipe": recipe.to_dict(),
+        "stream_features": features or {},
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
     if recipe.llm.tokenizer == "bpe":  # trained on this run's training texts: eval and resume must not retrain it
@@ -247,15 +249,46 @@ def load_checkpoint(path: Path, model: SignTranslator, optimizer=None, scheduler
     return state
 
 
+def _step_folders(folder: Path) -> list[Path]:
+    """The complete checkpoints (a state.json) in a checkpoints folder, oldest first."""
+    found = [p for p in folder.glob("step-*") if p.name[5:].isdecimal() and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run / checkpoints folder (its latest checkpoint)."""
+    """A checkpoint folder, or a run / checkpoints folder (its latest checkpoint; when the one latest.json names
+    was deleted, the newest one still there, said on stderr)."""
     path = Path(path)
     for folder in (path, path / "checkpoints"):
         if (folder / "state.json").is_file():
             return folder
         if (folder / "latest.json").is_file():
-            return folder / json.loads((folder / "latest.json").read_text())["checkpoint"]
+            try:
+                latest = folder / str(json.loads((folder / "latest.json").read_text(encoding="utf-8"))["checkpoint"])
+            except (ValueError, KeyError, TypeError):
+                latest = None
+            if latest is not None and (latest / "state.json").is_file():
+                return latest
+            older = _step_folders(folder)
+            if not older:
+                raise SignfeatError(f"checkpoint {path}: {folder / 'latest.json'} names {latest or 'nothing readable'}, which is gone, "
+                                    f"and {folder} holds no other checkpoint")
+            print(f"checkpoint {latest or folder / 'latest.json'} is gone or unreadable; using {older[-1]}, the newest one there", file=sys.stderr)
+            return older[-1]
     raise SignfeatError(f"checkpoint {path}: no state.json or checkpoints/latest.json there")
+
+
+def refuse_another_run(out_dir: Path, resume_from: Path | None, overwrite: bool) -> None:
+    """A new run (or one resumed from elsewhere) into an out_dir holding another run's checkpoints would mix the
+    two: its log appended, same-numbered checkpoints replaced, latest.json pointing at the newcomer's. Refused,
+    as extract refuses, unless ``overwrite`` (the old checkpoints, evaluations and log are then deleted)."""
+    held = _step_folders(out_dir / "checkpoints")
+    if not held or overwrite:
+        return
+    if resume_from is not None and resume_from.resolve().parent == (out_dir / "checkpoints").resolve():
+        return  # going on with this run
+    raise SignfeatError(f"out_dir {out_dir} holds another run (checkpoints up to {held[-1].name}); to go on with it: --resume {out_dir}; "
+                        f"to start again there: --overwrite (deletes its checkpoints, evaluations and log); or give another out_dir")
 
 
 def recipe_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -311,8 +344,8 @@ def _rng_from_json(state):
 
 
 class JsonLog:
-    def __init__(self, path: Path | None):
-        self.file = path.open("a", encoding="utf-8") if path is not None else None
+    def __init__(self, path: Path | None, append: bool):
+        self.file = path.open("a" if append else "w", encoding="utf-8") if path is not None else None
 
     def write(self, record: dict) -> None:
         if self.file is not None:
@@ -320,35 +353,46 @@ class JsonLog:
             self.file.flush()
 
 
-def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps: int | None = None) -> dict:
+def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps: int | None = None, overwrite: bool = False) -> dict:
     """Train as the recipe says. ``resume``: a checkpoint (or run folder) to continue from.
     ``stop_after_steps``: stop (with a checkpoint) after this many optimizer steps of this call, as a job
-    killed and resumed would. Returns a summary (final step, last losses, checkpoint path, eval scores)."""
+    killed and resumed would. ``overwrite``: start afresh in an out_dir that holds another run (deleting it).
+    Returns a summary (final step, last losses, checkpoint path, eval scores)."""
     device = pick_device(recipe)
     dist = setup_distributed(device)
     seed_everything(recipe.seed)
     out_dir = Path(recipe.out_dir)
+    resume_from = resolve_checkpoint(resume) if resume is not None else None
+    refuse_another_run(out_dir, resume_from, overwrite)
+    if dist.main and overwrite and resume_from is None:
+        import shutil
+
+        for old in (out_dir / "checkpoints", out_dir / "eval"):
+            shutil.rmtree(old, ignore_errors=True)
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
 
     # the shards checked before the LLM loads: a missing stream, or an eval split that is missing or empty,
     # would otherwise fail after the model is built, or after the whole training run
-    train_shards(recipe, dist)  # also before stream_statistics, which cannot take zero samples
+    _, _, features = train_shards(recipe, dist)  # also before stream_statistics, which cannot take zero samples
     if recipe.eval.at_end or recipe.eval.every:
-        from trainer.evaluate import eval_shards
+        from trainer.evaluate import eval_shards, refuse_other_features
 
         try:
-            eval_shards(recipe, recipe.data.eval_split)
+            _, _, eval_features = eval_shards(recipe, recipe.data.eval_split)
+            refuse_other_features(features, eval_features, f"the training split {recipe.data.train_split!r}", recipe.data.eval_split)
         except SignfeatError as exc:
             raise SignfeatError(f"{exc}; a run evaluates data.eval_split={recipe.data.eval_split} "
                                 f"{'at its end' if recipe.eval.at_end else f'every {recipe.eval.every} steps'}: name a split the shards "
                                 "have, or train without evaluating (eval.at_end=false eval.every=0)") from None
-    resume_from = resolve_checkpoint(resume) if resume is not None else None
     if resume_from is not None:  # what the checkpoint cannot continue, refused before the model loads
         saved = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))
         changed = recipe_changes(saved["recipe"], recipe.to_dict())
         refuse_model_changes(resume_from, changed)
+        from trainer.evaluate import refuse_other_features
+
+        refuse_other_features(saved.get("stream_features") or {}, features, f"checkpoint {resume_from}", recipe.data.train_split)
         if saved["step"] > recipe.optim.max_steps:
             raise SignfeatError(f"checkpoint {resume_from} is at step {saved['step']}, past optim.max_steps {recipe.optim.max_steps}: "
                                 "resuming it trains nothing (give a larger optim.max_steps, or evaluate it with `signfeat eval`)")
@@ -381,7 +425,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     examples = in_context_examples(recipe)
     stream = train_batches(recipe, model.tokenizer, dist, position)
-    log = JsonLog(out_dir / "log.jsonl" if dist.main else None)
+    log = JsonLog(out_dir / "log.jsonl" if dist.main else None, append=resume is not None)  # a new run, a new log
     o, vt = recipe.optim, recipe.vt_align
     last_step = o.max_steps if stop_after_steps is None else min(o.max_steps, step + stop_after_steps)
     progress = _progress(recipe, dist, step, o.max_steps)
@@ -427,7 +471,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
             progress.set_postfix(loss=f"{totals['loss']:.3f}", lr=f"{lr:.2e}")
         if dist.main and recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
             save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer, scheduler, step, position, rng, recipe,
-                            dist.world_size)
+                            dist.world_size, features)
         if dist.main and recipe.eval.every and step % recipe.eval.every == 0 and step < o.max_steps:
             # sampling during eval (eval.do_sample) draws from torch's RNG: fork it, so training after the eval
             # draws what a run resumed from this step's checkpoint (saved before the eval) draws
@@ -439,7 +483,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     summary.update(step=step, data_position=position.__dict__)
     if dist.main:
         summary["checkpoint"] = str(save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer,
-                                                    scheduler, step, position, rng, recipe, dist.world_size))
+                                                    scheduler, step, position, rng, recipe, dist.world_size, features))
         if step == o.max_steps and recipe.eval.at_end:
             summary["eval"] = _evaluate(model, recipe, out_dir / "eval" / f"step-{step:06d}")
             log.write({"step": step, "eval": summary["eval"]})

@@ -243,3 +243,65 @@ def test_a_later_sample_of_another_width_is_a_one_line_error(tmp_path):
     stream = ShardStream([url], [2], ["clip_s2", "videomae"], train=False, batch_size=2, widths={"clip_s2": 16, "videomae": 8})
     with pytest.raises(SignfeatError, match=r"k1.clip_s2.npy has shape \(4, 20\), expected \[T, 16\] \(adapter.stream_widths.clip_s2\)"):
         list(stream)
+
+
+def _committed_copy(tiny_shards, out):
+    """tiny_shards' train split laid out as an extraction output: each tar with its completion marker."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_shards / "train", out / "train")
+    for tar in (out / "train").glob("*.tar"):
+        marker = out / "_signfeat" / "done" / "train" / f"{tar.stem}.json"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"bytes": tar.stat().st_size, "shard": f"train/{tar.stem}"}))
+
+
+def test_a_stray_or_changed_tar_in_an_extraction_output_is_refused(tiny_shards, tmp_path):
+    """A renamed copy in OUT/train was trained on twice per epoch, and a tar changed since the extraction
+    (index.parquet counting 8 samples where it holds 6) gave ranks unequal batches: `verify` saw both, the trainer
+    neither."""
+    import shutil
+
+    out = tmp_path / "out"
+    _committed_copy(tiny_shards, out)
+    urls = list_shards(str(out), "train")
+    assert shard_counts(urls) == [4]
+    copy = out / "train" / "syn-000000 (copy).tar"
+    shutil.copy(urls[0], copy)
+    with pytest.raises(SignfeatError, match=r"syn-000000 \(copy\).tar: not a shard the extraction in .* committed"):
+        shard_counts(list_shards(str(out), "train"))
+    copy.unlink()
+    with open(urls[0], "ab") as f:
+        f.write(b"\0" * 10240)  # another tar's bytes over it would differ in size the same way
+    with pytest.raises(SignfeatError, match="bytes, but the extraction wrote .* changed since"):
+        shard_counts(list_shards(str(out), "train"))
+    assert shard_counts(list_shards(str(tiny_shards), "train")) == [4]  # shards outside an extraction output: no markers to check
+
+
+def _shard_with_settings(path, token: str, compute_dtype: str = "float32"):
+    import webdataset as wds
+
+    from shards.sample import encode_sample
+    from tests.trainer.conftest import sentence_streams
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    made = {"extractor": "clip_s2", "model": "openai/clip-vit-large-patch14", "weights": "pretrained", "compute_dtype": compute_dtype,
+            "settings": {"token": token, "scales": [224, 448]}, "settings_hash": f"h-{token}-{compute_dtype}"}
+    with wds.TarWriter(str(path), encoder=False) as sink:
+        meta = {"id": path.stem, "text": "a b", "split": "train", "streams": {"clip_s2": made}}
+        sink.write({"__key__": path.stem, **encode_sample(path.stem, meta, sentence_streams([1, 2], np.random.default_rng(0)))})
+    return str(path)
+
+
+def test_shards_of_two_extractions_are_not_mixed(tmp_path):
+    """A folder holding two outputs (clip_s2 token cls and patch_mean, same width) trained on a mix without a
+    word; only the precision they were computed in may differ."""
+    a = _shard_with_settings(tmp_path / "a.tar", "cls")
+    fp16 = _shard_with_settings(tmp_path / "a16.tar", "cls", "float16")
+    b = _shard_with_settings(tmp_path / "b.tar", "patch_mean")
+    made = require_streams([a, fp16], ["clip_s2", "videomae"])
+    assert made["clip_s2"]["settings"]["token"] == "cls" and "compute_dtype" not in made["clip_s2"]
+    with pytest.raises(SignfeatError, match=r'b.tar: its features were made with other settings .*clip_s2.settings: .*"cls".*"patch_mean"'):
+        require_streams([a, b], ["clip_s2", "videomae"])
+    assert require_streams([a, b], ["videomae"]) == {}  # a stream the run does not read is not compared

@@ -1,5 +1,6 @@
 """Training loop: overfit (encoder-decoder and decoder-only), golden loss, exact resume, frozen base, checkpoints."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,7 @@ def test_bpe_tokenizer_travels_with_the_checkpoint(tiny_shards, tmp_path, monkey
     import shutil
 
     import trainer.llm
+    from pipeline.errors import SignfeatError
     from tests.trainer.conftest import random_sentences, write_shards
     from trainer.evaluate import evaluate_checkpoint
 
@@ -236,6 +238,10 @@ def test_bpe_tokenizer_travels_with_the_checkpoint(tiny_shards, tmp_path, monkey
     assert after["predictions"] == before["predictions"]
     resumed = train(recipe_from_dict({**recipe.to_dict(), "optim": {**recipe.to_dict()["optim"], "max_steps": 4}}), resume=checkpoint)
     assert resumed["step"] == 4
+    copied = tmp_path / "copied"  # without its tokenizer: it was trained again, silently, on today's training texts
+    shutil.copytree(checkpoint, copied, ignore=shutil.ignore_patterns("tokenizer.json"))
+    with pytest.raises(SignfeatError, match=r"its BPE tokenizer \(tokenizer.json\) is missing"):
+        evaluate_checkpoint(copied, "test", out_dir=tmp_path / "e3")
 
 
 def test_resuming_with_a_changed_recipe_says_what_changed(tiny_shards, tmp_path, capsys):
@@ -354,5 +360,92 @@ def test_eval_never_shows_a_sample_its_own_sentence_and_leaves_samples_without_t
     monkeypatch.setattr(model, "generate", answer_with_the_reference)
     result = evaluate_model(model, recipe, "dev", tmp_path / "eval")
     assert len(prompts) == 5 and all(text.strip() != extra.strip() for text, extra in prompts if text), prompts
-    assert result["scores"]["unscored_without_text"] == 1 and "untranslated" not in result["keys"]
+    assert result["scores"]["unscored_without_text"] == 1 and result["scores"]["samples"] == 4
     assert result["scores"]["bleu4"] == pytest.approx(100) and result["scores"]["rougeL"] == pytest.approx(100)
+    # translated all the same: its prediction is written (it was left out of predictions.jsonl)
+    written = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(written) == 5 and [w["reference"] for w in written if w["key"] == "untranslated"] == [None]
+    # a split none of whose samples has a text is translated, not refused
+    for tar in (shards / "dev").glob("*.tar"):
+        if not tar.name.startswith("notext"):
+            tar.unlink()
+    unlabelled = evaluate_model(model, recipe, "dev", tmp_path / "eval2")
+    assert unlabelled["keys"] == ["untranslated"] and "bleu4" not in unlabelled["scores"]
+    assert unlabelled["scores"]["translated"] == 1 and (tmp_path / "eval2" / "predictions.jsonl").read_text().count("\n") == 1
+
+
+def test_a_new_run_into_an_out_dir_holding_another_is_refused_unless_overwrite(tiny_shards, tmp_path):
+    """A fresh run into a used out_dir mixed the two (log appended, same-numbered checkpoints replaced,
+    latest.json pointing at the newcomer's): refused as extract refuses; --overwrite starts afresh."""
+    import json
+
+    from pipeline.errors import SignfeatError
+
+    recipe = tiny_recipe(tiny_shards, tmp_path / "run", "t5", optim={"max_steps": 4}, checkpoint_every=2)
+    train(recipe_from_dict(recipe))
+    again = {**recipe, "optim": {**recipe["optim"], "max_steps": 2, "lr": 1e-3}}
+    with pytest.raises(SignfeatError, match=r"holds another run \(checkpoints up to step-000004\).*--resume.*--overwrite"):
+        train(recipe_from_dict(again))
+    assert json.loads((tmp_path / "run/checkpoints/latest.json").read_text())["step"] == 4  # untouched
+    with pytest.raises(SignfeatError, match="holds another run"):  # resumed from a checkpoint of another run: also mixing
+        other = train(recipe_from_dict({**recipe, "out_dir": str(tmp_path / "other")}))
+        train(recipe_from_dict({**recipe, "optim": {**recipe["optim"], "max_steps": 6}}), resume=other["checkpoint"])
+    train(recipe_from_dict(again), overwrite=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2] and sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step-*")) == ["step-000002"]
+    resumed = train(recipe_from_dict({**again, "optim": {**again["optim"], "max_steps": 3}}), resume=tmp_path / "run")  # its own run: fine
+    assert resumed["step"] == 3
+
+
+def test_a_run_whose_latest_checkpoint_was_deleted_resumes_and_evaluates_from_the_newest_left(tiny_shards, tmp_path, capsys):
+    """latest.json named a deleted folder: eval and --resume ended in a FileNotFoundError traceback."""
+    import shutil
+
+    from pipeline.errors import SignfeatError
+    from trainer.loop import resolve_checkpoint
+
+    recipe = tiny_recipe(tiny_shards, tmp_path / "run", "t5", optim={"max_steps": 4}, checkpoint_every=2)
+    train(recipe_from_dict(recipe))
+    shutil.rmtree(tmp_path / "run/checkpoints/step-000004")
+    capsys.readouterr()
+    assert resolve_checkpoint(tmp_path / "run") == tmp_path / "run/checkpoints/step-000002"
+    assert "step-000004 is gone" in capsys.readouterr().err
+    assert train(recipe_from_dict(recipe), resume=tmp_path / "run")["step"] == 4
+    shutil.rmtree(tmp_path / "run/checkpoints/step-000002")
+    shutil.rmtree(tmp_path / "run/checkpoints/step-000004")
+    with pytest.raises(SignfeatError, match="which is gone, and .* holds no other checkpoint"):
+        resolve_checkpoint(tmp_path / "run")
+
+
+def test_a_checkpoint_is_not_evaluated_or_resumed_on_features_of_another_extraction(tmp_path):
+    """Trained on clip_s2 token cls, evaluated on shards of token patch_mean (same width): every prediction
+    collapsed, without an error. The checkpoint records what made its features; eval and resume compare."""
+    import webdataset as wds
+
+    from pipeline.errors import SignfeatError
+    from shards.sample import encode_sample
+    from tests.trainer.conftest import WORDS, sentence_streams
+    from trainer.evaluate import evaluate_checkpoint
+
+    def shards(root, token):
+        rng = np.random.default_rng(0)
+        made = {"extractor": "clip_s2", "model": "m", "settings": {"token": token}, "compute_dtype": "float32"}
+        for split in ("train", "test"):
+            (root / split).mkdir(parents=True)
+            with wds.TarWriter(str(root / split / "s-000000.tar"), encoder=False) as sink:
+                for i, words in enumerate([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 0, 3]]):
+                    key = f"{split}-{i}"
+                    meta = {"id": key, "text": " ".join(WORDS[w] for w in words), "split": split, "streams": {"clip_s2": made}}
+                    sink.write({"__key__": key, **encode_sample(key, meta, sentence_streams(words, rng))})
+        return root
+
+    cls, patch_mean = shards(tmp_path / "cls", "cls"), shards(tmp_path / "pm", "patch_mean")
+    recipe = tiny_recipe(cls, tmp_path / "run", "t5", optim={"max_steps": 1}, eval={"max_new_tokens": 4})
+    checkpoint = train(recipe_from_dict(recipe))["checkpoint"]
+    assert json.loads((Path(checkpoint) / "state.json").read_text())["stream_features"]["clip_s2"]["settings"] == {"token": "cls"}
+    assert evaluate_checkpoint(checkpoint, "test", out_dir=tmp_path / "e1")["scores"]["translated"] == 4
+    with pytest.raises(SignfeatError, match=r"split 'test': its features were made with other settings than checkpoint .*clip_s2.settings"):
+        evaluate_checkpoint(checkpoint, "test", [f"data.shards={patch_mean}"], out_dir=tmp_path / "e2")
+    longer = {**recipe, "data": {**recipe["data"], "shards": str(patch_mean)}, "optim": {**recipe["optim"], "max_steps": 2}}
+    with pytest.raises(SignfeatError, match="other settings than checkpoint"):
+        train(recipe_from_dict(longer), resume=tmp_path / "run")
