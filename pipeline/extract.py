@@ -199,7 +199,9 @@ def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan],
         store.clear()
     else:
         old = _read_identity(store)  # {} when missing or damaged: then complete shards are another job's as far as we know
-        if old != identity:
+        if old != identity and not old and _same_job_without_record(store, identity, plans):
+            log.warning("%s: its job record (_signfeat/identity.json) is gone, but its completion markers and plan are this job's: resuming", store.url)
+        elif old != identity:
             if store.complete_shards():
                 raise SignfeatError(
                     f"{store.url} holds a job with config hash {old.get('config_hash')} and plan hash {old.get('plan_hash')}; this run has "
@@ -219,14 +221,29 @@ def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan],
     return run["run_id"]
 
 
+def _same_job_without_record(store: Store, identity: dict[str, Any], plans: list[ShardPlan]) -> bool:
+    """An OUT whose identity.json was lost, but whose completion markers all record this config and whose stored
+    plan is this one (same shards, keys and ids): this job's, which may resume."""
+    try:
+        markers = [store.read_json(Store.marker(shard)) for shard in store.done_shards()]
+        stored = store.read_table("_signfeat/plan.parquet").to_pylist()
+    except (OSError, ValueError):
+        return False
+    current = [{"shard": p.name, "key": r["key"], "id": r["id"]} for p in plans for r in p.rows]
+    return bool(markers) and all(isinstance(m, dict) and m.get("config_hash") == identity["config_hash"] for m in markers) and stored == current
+
+
 def check_run(store: Store, run_id: str) -> None:
     """Stop unless this run still owns OUT. Two drivers on one OUT (a job started twice, a second config
     into the same folder) each claimed it; the later one cleared or resumed it, and the earlier one's next
     commit would mix two jobs' shards into an output that both reported as complete."""
     try:
         owner = store.read_json(RUN_FILE)
-    except (OSError, ValueError):
+    except (FileNotFoundError, ValueError):  # gone, or damaged: not this run's any more
         owner = {}
+    except OSError as exc:  # the store itself (endpoint down, a 503): not a second driver
+        raise SignfeatError(f"{store.url}: cannot reach the output location to check that this run still owns it "
+                            f"({str(exc).splitlines()[0]}); rerun the same command when it is back (complete shards are kept)") from None
     if not isinstance(owner, dict) or owner.get("run_id") != run_id:
         who = (f"{owner.get('host')}, pid {owner.get('pid')}, started {owner.get('started')}" if isinstance(owner, dict) and owner
                else "its run record is gone")

@@ -51,6 +51,16 @@ class Store:
         self.local = isinstance(self.fs, pafs.LocalFileSystem)  # a plain path or a file:// URL
         if not self.local and not self.root:  # "s3://": every write would go to the store's top level, and fail there
             raise SignfeatError(f"output location {self.url} names no bucket; give s3://bucket/prefix")
+        if not self.local and "" in self.root.split("/"):  # s3://bkt//job: pyarrow refuses it at the first access
+            raise SignfeatError(f"output location {self.url} has an empty path component ({self.root!r}); write s3://bucket/prefix/sub")
+
+    def check_reachable(self) -> None:
+        """Before reading an output: an object store that cannot be reached (endpoint down, bad credentials) is
+        one line, not a pyarrow traceback at the first file."""
+        try:
+            self.fs.get_file_info(self.root)
+        except OSError as exc:
+            raise SignfeatError(f"{self.url}: cannot reach the {'folder' if self.local else 'object store'} ({str(exc).splitlines()[0]})") from None
 
     def make_writable(self) -> None:
         """Before a job writes: a local OUT (a path or a file:// URL) that is a file (or under one), or cannot be
@@ -195,7 +205,7 @@ class Store:
         files = [rel for rel in self.list_files("") if not _TEMP_NAME.search(rel)]
         if not files:
             return
-        if not self.exists("_signfeat/identity.json"):
+        if not (self.exists("_signfeat/identity.json") or self.done_shards() or self.exists("_signfeat/plan.parquet")):
             raise SignfeatError(f"--overwrite: {self.url} holds {len(files)} file{'s' * (len(files) != 1)} but no signfeat job record (_signfeat/identity.json); "
                                 "refusing to delete them: give an empty or new --out, or remove them yourself")
         shards = self.recorded_shards()

@@ -103,6 +103,7 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
     import json
 
     store = Store(out)
+    store.check_reachable()
     problems: list[str] = []
     total = 0  # problems found; only the first max_problems are listed
 
@@ -253,6 +254,7 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
 def stats(out: str) -> dict[str, Any]:
     """Counts, hours, frames and bytes per split and stream, from index.parquet and job.json."""
     store = Store(out)
+    store.check_reachable()
     streams = _streams(store, out)
     index = _load(store, out, "index.parquet", [f"len_{s}" for s in streams] + ["duration_s"]).to_pandas()
     failures = _load(store, out, "failures.parquet").to_pandas()

@@ -111,6 +111,24 @@ def test_rerun_skips_complete_shards_and_other_config_is_refused(job):
         run_extract(job["manifest"], str(job["out"]), parse_job_config(other), progress=False)
 
 
+def test_an_output_that_lost_its_job_record_resumes_or_can_be_overwritten(job, tmp_path):
+    """Without _signfeat/identity.json the rerun said "use --overwrite", and --overwrite then refused (no job
+    record): the user was left deleting files by hand, though every marker recorded this very config."""
+    out = tmp_path / "features"
+    shutil.copytree(job["out"], out)
+    (out / "_signfeat" / "identity.json").unlink()
+    again = run_extract(job["manifest"], str(out), parse_job_config(CONFIG), progress=False)
+    assert again["shards_skipped_as_complete"] == again["shards"] and (out / "_signfeat" / "identity.json").is_file()
+    (out / "_signfeat" / "identity.json").unlink()
+    other = {**CONFIG, "shards": {**CONFIG["shards"], "prefix": "u"}}  # another job: refused, and --overwrite clears it
+    with pytest.raises(SignfeatError, match="--overwrite to replace it"):
+        run_extract(job["manifest"], str(out), parse_job_config(other), progress=False)
+    from shards.store import Store
+
+    Store(str(out)).clear()
+    assert not list(out.rglob("*.tar")) and not (out / "_signfeat").exists()
+
+
 def test_a_lost_shard_is_redone_on_rerun(job):
     """A driver killed between shards: the shards without a marker are redone (and those whose tar or part is
     gone or damaged), the rest skipped."""

@@ -78,3 +78,19 @@ def test_an_output_bucket_that_does_not_exist_is_one_line(s3_url):
     with pytest.raises(SignfeatError, match="bucket 'nobucket' does not exist"):
         Store(s3_url.replace("s3://features/", "s3://nobucket/")).make_writable()
     Store(s3_url).make_writable()  # the bucket the fixture made
+
+
+def test_an_unreachable_store_is_said_as_such(s3_url):
+    """With the endpoint down, a running job said "another signfeat extract has taken over" (its run record
+    unreadable), and verify / stats ended in a pyarrow traceback; s3://bkt//job was a traceback too."""
+    from pipeline.extract import check_run
+    from shards.verify import stats
+
+    down = "s3://features/job1?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"  # port 9: nothing listens
+    with pytest.raises(SignfeatError, match="cannot reach the output location to check that this run still owns it"):
+        check_run(Store(down), "some-run")
+    for read in (verify, stats):
+        with pytest.raises(SignfeatError, match="cannot reach the object store"):
+            read(down)
+    with pytest.raises(SignfeatError, match="empty path component"):
+        Store(s3_url.replace("s3://features/job1", "s3://features//job1"))
