@@ -23,10 +23,12 @@ or "random") so random features can never pass for real ones, and ``settings_has
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -77,6 +79,8 @@ class ExtractorConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
                 raise SignfeatError(f"{self.name}: {key} must be a non-empty string or null, got {value!r}")
+        if self.model is not None and self.model.startswith("~"):  # a YAML `model: ~/models/x` (no shell expands it)
+            self.model = os.path.expanduser(self.model)
         # isinstance first: a YAML list or mapping is unhashable (`in` raised a TypeError traceback)
         if not isinstance(self.backend, str) or self.backend not in ("hf", "open_clip"):  # checked here, not when the model loads on an actor
             raise SignfeatError(f"{self.name}: backend must be hf or open_clip, got {self.backend!r}")
@@ -112,13 +116,56 @@ class ExtractorConfig:
 
 
 def _is_local_folder(model: str) -> bool:
-    import os
-
     return os.path.isdir(os.path.expanduser(model))
+
+
+def local_checkpoint(config: "ExtractorConfig") -> str | None:
+    """The local folder or file an extractor config loads its weights from (``model``, or an OpenCLIP
+    ``arch: local-dir:DIR``), or None for a Hub id, a pretrained tag or random weights."""
+    if config.random_weights:
+        return None
+    path = config.arch[len("local-dir:"):] if config.arch and config.arch.startswith("local-dir:") else config.model
+    return path if path is not None and os.path.exists(path) else None
+
+
+def check_model_exists(extractor: str, model_id: str) -> None:
+    """A path that does not exist is said as such: transformers took "/data/modls/clip" for a Hub repo id
+    ("Repo id must be in the form 'repo_name'...")."""
+    if model_id.startswith(("/", "./", "../", "~")) and not os.path.exists(model_id):
+        raise SignfeatError(f"{extractor}: model {model_id!r}: no such folder or file")
+
+
+def model_files_fingerprint(path: str) -> str:
+    """What a local checkpoint holds, cheaply (read when a job is planned and when a model is built): every
+    file's name and size, small files (configs, processor configs) whole, the first and last MiB of large ones
+    (weights: a replaced checkpoint differs there). Where the folder lies does not count, so one folder spelt
+    ``dino``, ``dino/`` or by its absolute path is one model, and a folder whose weights or processor config
+    changed is another (a resumed job mixed the two in one output)."""
+    h = hashlib.sha256()
+    if os.path.isfile(path):
+        files = [(os.path.basename(path), path)]
+    else:
+        files = []
+        for folder, subfolders, names in os.walk(path):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # .cache/, .git/
+            files += [(os.path.relpath(os.path.join(folder, n), path), os.path.join(folder, n)) for n in sorted(names) if not n.startswith(".")]
+    mib = 2**20
+    for name, full in files:
+        size = os.path.getsize(full)
+        h.update(f"{name}\0{size}\0".encode())
+        with open(full, "rb") as f:
+            if size <= 4 * mib:
+                h.update(f.read())
+            else:
+                h.update(f.read(mib))
+                f.seek(size - mib)
+                h.update(f.read(mib))
+    return h.hexdigest()[:16]
 
 
 def load_config(extractor: str, config_cls, model_id: str, revision: str | None):
     """A checkpoint's config alone (checks that must come before the model is built), loading errors in one line."""
+    check_model_exists(extractor, model_id)
     try:
         return config_cls.from_pretrained(model_id, revision=revision)
     except (OSError, ValueError) as exc:
@@ -129,6 +176,7 @@ def load_pretrained(extractor: str, model_cls, model_id: str, revision: str | No
     """``model_cls.from_pretrained`` that refuses a checkpoint lacking any weight the model needs: transformers
     only warns and initialises those at random (unseeded: each actor a different network), so another family's
     checkpoint (a CLIP folder given to dinov2) ran and was recorded as pretrained. Loading errors are one line."""
+    check_model_exists(extractor, model_id)
     try:
         model, info = model_cls.from_pretrained(model_id, revision=revision, output_loading_info=True, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:  # no such folder / id, another model type, size mismatches
@@ -266,6 +314,8 @@ class Extractor:
 
         processor_cls = hf_processor_class(module, processor, settings.resize)
         model_id = config.model or cls.default_model
+        if not config.random_weights:
+            check_model_exists(cls.name, model_id)
         try:
             if config.random_weights:
                 proc = processor_cls(**random_defaults)
@@ -349,8 +399,18 @@ class Extractor:
             "settings": settings,
             "preprocessing": self.describe_preprocessing(),
         }
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        hashed = identity
+        if self.model_files is not None:  # a local checkpoint: what it holds, not where it lies
+            identity["model_files"] = self.model_files
+            hashed = {**identity, "model": None, "arch": "local-dir:" if (self.config.arch or "").startswith("local-dir:") else self.config.arch}
+        digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return {**identity, "stream": self.stream, "width": self.width, "dtype": self.storage_dtype.name, "settings_hash": digest, "model_info": self.model_info}
+
+    @functools.cached_property
+    def model_files(self) -> str | None:
+        """``model_files_fingerprint`` of a local checkpoint (None for a Hub id, a tag or random weights)."""
+        path = local_checkpoint(self.config)
+        return model_files_fingerprint(path) if path else None
 
     @property
     def settings_hash(self) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,12 +128,38 @@ def _open_clip_visual(config, load_weights: bool):
     import open_clip
 
     arch = _open_clip_arch(config)
-    pretrained = None if config.random_weights else (config.model or "openai")
+    if arch.startswith(("hf-hub:", "local-dir:")):  # the weights come with the architecture's own config
+        if config.model is not None:
+            raise SignfeatError(f"clip_s2: arch {arch} brings its own weights; model {config.model!r} would be ignored (drop it)")
+        pretrained = None
+    else:
+        pretrained = None if config.random_weights else (config.model or "openai")
+    checkpoint_file = pretrained if pretrained is not None and os.path.isfile(pretrained) else None
     try:
-        model = open_clip.create_model(arch, pretrained=pretrained, load_weights=load_weights)
-    except RuntimeError as exc:
-        raise SignfeatError(f"open_clip could not build {arch} with pretrained={pretrained!r}: {exc}") from None
+        # a checkpoint file is loaded below, after its shapes are checked: open_clip would interpolate the position
+        # embeddings of a checkpoint made for another input size (only an INFO log line) and call it pretrained
+        model = open_clip.create_model(arch, pretrained=None if checkpoint_file else pretrained, load_weights=load_weights)
+        if checkpoint_file and load_weights:
+            _check_open_clip_checkpoint(model, checkpoint_file, arch)
+            open_clip.load_checkpoint(model, checkpoint_file)
+    except SignfeatError:
+        raise
+    except (RuntimeError, OSError, ValueError, KeyError, AssertionError) as exc:  # a missing config, a checkpoint of another arch
+        raise SignfeatError(f"open_clip could not build {arch} with pretrained={pretrained!r}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
     return model.visual, pretrained or arch
+
+
+def _check_open_clip_checkpoint(model, path: str, arch: str) -> None:
+    """Refuse a checkpoint file whose weights have other shapes than ``arch``'s (another input size, width or
+    depth): open_clip resizes position embeddings silently and fails on the rest with an assertion."""
+    from open_clip.factory import convert_state_dict, load_state_dict
+
+    state = convert_state_dict(model, load_state_dict(path))
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise SignfeatError(f"clip_s2: {path} is not a checkpoint of {arch}: {len(wrong)} weights of another shape (e.g. {wrong[0]}); "
+                            "give the arch it was trained as (--arch / arch:)")
 
 
 def _check_vit_tower(arch: str, tower: str | None) -> None:

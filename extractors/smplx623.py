@@ -18,6 +18,7 @@ user's licensed SMPL-X download (``model_dir``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extractors.base import Extractor, refuse_empty_clips, register
+from extractors.base import Extractor, model_files_fingerprint, refuse_empty_clips, register
 from extractors.preprocess import FrameTransform
 from motion.body_model import BodyModel, BodyModelSettings, num_frames_of
 from motion.humanml3d import FEATURE_WIDTH, LAYOUT, FeatureSettings, joints_to_features, select_motion_joints
@@ -152,6 +153,12 @@ class Smplx623Extractor(Extractor):
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:
         return KeepAspectTransform(shortest_edge=settings.image_size, crop=0, resample="bilinear", backend="pil")
+
+    @functools.cached_property
+    def model_files(self) -> str | None:
+        """The SMPL-X model file's fingerprint (model_dir is a setting, not ``model``): another file under the
+        same path is another model."""
+        return None if self.body.synthetic else model_files_fingerprint(str(self.body.path))
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()

@@ -114,13 +114,18 @@ def _built_extractor(entry: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
     on a CPU, so the same config resumed on the other kind of machine is another job), less what only says
     where or how fast it runs."""
     from extractors import ExtractorConfig
-    from extractors.base import REGISTRY, parse_settings
+    from extractors.base import REGISTRY, local_checkpoint, model_files_fingerprint, parse_settings
 
     cfg = ExtractorConfig.from_dict({**entry, "device": "cpu"})  # the device is chosen per actor
     built = dataclasses.asdict(cfg)
     built["settings"] = dataclasses.asdict(parse_settings(REGISTRY[cfg.name].Settings, cfg.settings, cfg.name))
     if built["dtype"] == "auto":  # as Extractor.__init__ resolves it (extractors/base.py)
         built["dtype"] = "bf16" if on_gpu else "fp32"
+    local = local_checkpoint(cfg)
+    if local:  # what the checkpoint holds, not where: its weights or processor config replaced is another job
+        built["model"], built["model_files"] = None, model_files_fingerprint(local)
+        if built["arch"] and built["arch"].startswith("local-dir:"):
+            built["arch"] = "local-dir:"
     return {k: v for k, v in built.items() if k not in _RESOURCE_KEYS and k != "device"}
 
 
@@ -211,7 +216,7 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
     if not isinstance(entries, list) or not entries:
         raise SignfeatError(f"{source}: 'extractors' must be a non-empty list")
     from extractors import ExtractorConfig, build_extractor  # noqa: F401  (registry)
-    from extractors.base import REGISTRY, parse_settings
+    from extractors.base import REGISTRY, local_checkpoint, model_files_fingerprint, parse_settings
 
     streams, seen = [], set()
     for i, entry in enumerate(entries):

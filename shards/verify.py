@@ -105,6 +105,7 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
     store = Store(out)
     store.check_reachable()
     problems: list[str] = []
+    stream_hashes: dict[str, tuple[Any, str]] = {}  # stream -> (settings_hash, where) of the first sample read
     total = 0  # problems found; only the first max_problems are listed
 
     def problem(msg: str) -> None:
@@ -211,6 +212,12 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
                     problem(f"{where}: {why}")
                     continue
                 smeta = meta["streams"][s]
+                # one model per stream: a job resumed over a local checkpoint whose files changed made the rest of
+                # its shards with another model under the same config hash
+                first_hash = stream_hashes.setdefault(s, (smeta.get("settings_hash"), where))
+                if smeta.get("settings_hash") != first_hash[0]:
+                    problem(f"{where}: {s} made with settings hash {smeta.get('settings_hash')!r}, {first_hash[1]}'s with {first_hash[0]!r}: "
+                            "two models' features in one output (a local checkpoint changed between runs?)")
                 if str(arr.dtype) != smeta["dtype"] or arr.ndim != 2 or arr.shape[1] != smeta["width"]:
                     problem(f"{where}: {s} is {arr.dtype} {arr.shape}, expected {smeta['dtype']} [*, {smeta['width']}]")
                     if arr.ndim == 0 or arr.dtype.kind != "f":  # no rows to count, or no values to test for finiteness

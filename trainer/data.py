@@ -142,7 +142,7 @@ def _damaged(url: str, exc: Exception) -> SignfeatError:
 
 
 # what makes a stream's features: its sample JSON's record minus what changes only their precision (compute_dtype)
-FEATURE_FIELDS = ("extractor", "model", "revision", "backend", "arch", "weights", "tiny", "settings", "preprocessing")
+FEATURE_FIELDS = ("extractor", "model", "model_files", "revision", "backend", "arch", "weights", "tiny", "settings", "preprocessing")
 
 
 def _features_of(meta: Any, streams: list[str]) -> dict[str, dict]:
@@ -150,7 +150,13 @@ def _features_of(meta: Any, streams: list[str]) -> dict[str, dict]:
     recorded = meta.get("streams") if isinstance(meta, dict) else None
     if not isinstance(recorded, dict):
         return {}
-    return {s: {k: recorded[s].get(k) for k in FEATURE_FIELDS} for s in streams if isinstance(recorded.get(s), dict)}
+    out = {s: {k: recorded[s].get(k) for k in FEATURE_FIELDS} for s in streams if isinstance(recorded.get(s), dict)}
+    for made in out.values():
+        if made.get("model_files"):  # a local checkpoint: what it holds counts, not the path it was read from
+            made["model"] = None
+            if str(made.get("arch") or "").startswith("local-dir:"):
+                made["arch"] = "local-dir:"
+    return out
 
 
 def mixed_features(a: dict[str, dict], b: dict[str, dict]) -> list[str]:

@@ -217,3 +217,76 @@ def test_a_half_precision_checkpoint_runs_in_float32_as_the_config_says(tmp_path
         assert {p.dtype for p in extractor.model.parameters()} == {torch.float32}, name
         assert extractor.metadata()["compute_dtype"] == "float32"
         np.testing.assert_array_equal(extractor.extract([frames])[0], expected, err_msg=name)
+
+
+def test_a_local_checkpoint_is_identified_by_what_it_holds_not_its_path(tmp_path, monkeypatch):
+    """A job resumed over a folder whose weights or processor config had changed skipped its complete shards and
+    filled the rest with the new model's features, under one config hash (and verify said OK); one folder spelt
+    two ways gave two settings hashes."""
+    import shutil
+
+    from pipeline.config import parse_job_config
+
+    folder = tmp_path / "dino"
+    _save_dinov2(folder)
+
+    def hashes(model):
+        job = parse_job_config({"extractors": [{"name": "dinov2", "model": model, "num_cpus": 0.5}]})
+        return job.output_hash(), _build("dinov2", model).metadata()
+
+    base_job, base = hashes(str(folder))
+    assert base["model_files"] and base["model"] == str(folder)  # the path stays in the record, for people
+    monkeypatch.chdir(tmp_path)
+    assert hashes("dino")[0] == base_job and hashes("dino/")[1]["settings_hash"] == base["settings_hash"]
+    copy = tmp_path / "elsewhere" / "dino"
+    shutil.copytree(folder, copy)  # another mount of the same checkpoint
+    assert hashes(str(copy))[0] == base_job
+    _save_dinov2(copy, crop_size={"height": 98, "width": 98}, size={"shortest_edge": 112})  # processor edited
+    torch.manual_seed(1)
+    from transformers import Dinov2Config, Dinov2Model
+
+    other_job, other = hashes(str(copy))
+    assert other_job != base_job and other["settings_hash"] != base["settings_hash"]
+    Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
+                             image_size=112)).save_pretrained(folder)  # weights replaced (seed 1), same names and sizes
+    assert hashes(str(folder))[0] != base_job
+
+
+def test_a_model_path_that_does_not_exist_or_starts_with_a_tilde(tmp_path, monkeypatch):
+    """'~/models/x' in a YAML config was taken for a Hub repo id ("Repo id must use alphanumeric chars"), and so
+    was a mistyped absolute path."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _save_dinov2(tmp_path / "dino")
+    assert _build("dinov2", "~/dino").metadata()["model"] == str(tmp_path / "dino")
+    with pytest.raises(SignfeatError, match="model '/nonexistent/dino': no such folder or file"):
+        _build("dinov2", "/nonexistent/dino")
+
+
+def test_an_open_clip_checkpoint_of_another_size_or_width_is_refused(tmp_path):
+    """open_clip interpolated a 256 px checkpoint's position embeddings to a 224 px arch (an INFO log line) and the
+    features were recorded as pretrained; a checkpoint of another width ended in an AssertionError traceback.
+    local-dir: models were recorded as model "openai"."""
+    import open_clip
+
+    def cfg(image_size, width):
+        return {"embed_dim": 16, "quick_gelu": True, "vision_cfg": {"image_size": image_size, "layers": 2, "width": width, "head_width": 16, "patch_size": 16},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 2, "layers": 1}}
+
+    for name, image_size, width in (("t112", 112, 32), ("t128", 128, 32), ("w48", 112, 48)):
+        open_clip.factory._MODEL_CONFIGS[f"signfeat-test-{name}"] = cfg(image_size, width)
+        torch.manual_seed(0)
+        torch.save(open_clip.create_model(f"signfeat-test-{name}").state_dict(), tmp_path / f"{name}.pt")
+    entry = {"name": "clip_s2", "backend": "open_clip", "arch": "signfeat-test-t112", "device": "cpu", "settings": {"scales": [112, 224]}}
+    assert build_extractor({**entry, "model": str(tmp_path / "t112.pt")}).metadata()["weights"] == "pretrained"
+    for other in ("t128", "w48"):
+        with pytest.raises(SignfeatError, match=rf"{other}.pt is not a checkpoint of signfeat-test-t112: \d+ weights of another shape"):
+            build_extractor({**entry, "model": str(tmp_path / f"{other}.pt")})
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg(112, 32), "preprocess_cfg": {}}))
+    torch.save(open_clip.create_model("signfeat-test-t112").state_dict(), folder / "open_clip_pytorch_model.bin")
+    local = build_extractor({**entry, "arch": f"local-dir:{folder}"}).metadata()
+    assert local["model"] == f"local-dir:{folder}" and local["model_files"]
+    (folder / "open_clip_config.json").unlink()
+    with pytest.raises(SignfeatError, match="open_clip could not build local-dir:"):
+        build_extractor({**entry, "arch": f"local-dir:{folder}"})

@@ -485,3 +485,14 @@ def test_verify_names_a_missing_folder_and_an_unfinished_job(tmp_path):
     Store(str(tmp_path / "half")).write_json("_signfeat/identity.json", {"streams": ["dinov2"], "config_hash": "x"})
     report = verify(str(tmp_path / "half"))
     assert not report["ok"] and "the job did not finish" in report["problems"][0] and "rerun the same `signfeat extract`" in report["problems"][0]
+
+
+def test_samples_of_one_stream_made_by_two_models_are_a_problem(out):
+    """A job resumed over a local checkpoint whose files changed wrote its remaining shards with another model
+    under the same config hash: verify said OK."""
+    meta = json.loads(dict(_members(out / f"{SHARD}.tar"))[f"{KEY}.json"])
+    stream = sorted(meta["streams"])[0]
+    meta["streams"][stream]["settings_hash"] = "0123456789abcdef"
+    _replace(out, f"{KEY}.json", json.dumps(meta).encode())
+    found = [p for p in _problems(out) if "two models' features in one output" in p]
+    assert len(found) == 1 and f"{stream} made with settings hash" in found[0] and "0123456789abcdef" in found[0]
