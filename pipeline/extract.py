@@ -396,8 +396,10 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
         row = _clean_row(row)
         for stage in ["decode", *streams]:
             busy_seconds[stage] = busy_seconds.get(stage, 0.0) + float(row.get(f"secs_{stage}") or 0.0)
-            per_node = clips_by_node.setdefault(str(row.get(f"node_{stage}")), {})
-            per_node[stage] = per_node.get(stage, 0) + 1
+            node = row.get(f"node_{stage}")
+            if node:  # not a stage the clip skipped, having failed before it
+                per_node = clips_by_node.setdefault(str(node), {})
+                per_node[stage] = per_node.get(stage, 0) + 1
         failures += bool(row["error_class"])
         bar.update(1)
         bar.set_postfix(failures=failures, refresh=False)

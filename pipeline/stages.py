@@ -233,7 +233,8 @@ class ExtractStream:
             out.pop(col, None)
         out[f"feat_{self.name}"] = feats
         out[f"meta_{self.name}"] = [self.meta] * n
-        out[f"node_{self.name}"] = [_node_id()] * n
+        node, worked = _node_id(), set(todo)
+        out[f"node_{self.name}"] = [node if i in worked else "" for i in range(n)]  # "": a clip that failed before this stage
         out[f"secs_{self.name}"] = [(time.perf_counter() - t0) / n] * n  # the call's time, shared by its clips
         return {k: _column(v) for k, v in out.items()}
 

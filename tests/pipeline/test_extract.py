@@ -64,6 +64,10 @@ def test_every_ok_clip_lands_exactly_once(job):
     assert failures[job["victim"]["id"]]["error_class"] == "missing_file"
     # the worker died on every retry: the clip is recorded as lost and the job went on
     assert failures[job["hostile"]["id"]]["error_class"] == "lost"
+    # job.json's clips per node and stage count the clips each stage worked on: the missing file failed at decode,
+    # so the extractors never saw it (it was counted for them too); the lost clip arrived nowhere
+    (node, by_stage), = s["clips_by_node"].items()
+    assert by_stage == {"decode": s["samples"] + 1, "clip_s2": s["samples"], "videomae": s["samples"]}
     report = verify(str(job["out"]))
     assert report["ok"], report["problems"]
     assert stats(str(job["out"]))["samples"] == s["samples"]
