@@ -304,12 +304,7 @@ def _first_person_files(files: list[Path]) -> list[Path]:
     # the person number is written as is (0, 1, ...): "signer01_00019" is frame 19 of signer01, not person 00019
     parsed = [re.fullmatch(r"(.*\d)_(0|[1-9]\d{0,2})", f.stem) for f in files]
     frames = {m.group(1) for m in parsed if m}
-    if not all(parsed) or len(frames) == len(files):
-        return files
-    only = next(iter(frames))
-    if len(frames) == 1 and not (only.isdecimal() and (len(only) >= 5 or only.startswith("0"))):
-        # one "frame" of them all (signer01_1, signer01_2..., or clip 7's 7_0, 7_1...): a naming, not persons; a
-        # zero-padded frame number as SMPLer-X writes it ({frame:05}: 00001_0, 00001_1) is one frame of several persons
+    if not all(parsed) or len(frames) == len(files) or len(frames) == 1:  # one frame of them all: a naming, not persons
         return files
     first: dict[str, tuple[int, Path]] = {}
     for m, f in zip(parsed, files):
@@ -386,9 +381,11 @@ def _read_amass(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
 def _read_named(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
     data = _load_mapping(path)
     # a misspelt key (lhand_pose, body_poses) would be dropped and its joints left at rest: the hands, the
-    # signal of a sign, silently gone
+    # signal of a sign, silently gone. Only near-spellings of a missing parameter the motion features read count
+    # (jaw, eyes and expression move no joint of the 52): other keys (full_pose, root_pose, ...) are left alone.
+    wanted = [k for k in ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "transl", "betas") if k not in data]
     for key in data:
-        close = difflib.get_close_matches(key, [k for k in NAMED_KEYS if k not in data], n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, wanted, n=1, cutoff=0.8)
         if key not in NAMED_KEYS and close and key not in NAMED_EXTRA_KEYS:
             raise SignfeatError(f"{path}: key {key!r} is not a SMPL-X parameter name; did you mean {close[0]!r}? "
                                 f"(named parameters: {', '.join(NAMED_KEYS)})")

@@ -302,7 +302,7 @@ def _verify(args) -> int:
     for p in report["problems"]:
         print(f"PROBLEM {p}")
     print(f"{'OK' if report['ok'] else 'FAILED'}: {report.get('shards', 0)} shards, {report['samples']} samples, {report.get('failures', 0)} recorded failures, {_problem_count(report)}")
-    if not report["ok"]:
+    if not report["ok"] and report.get("shards"):
         # a rerun checks a committed shard's tar by its size only (reading every tar back would double the job)
         print("To repair: rerun the same `signfeat extract` command; it redoes shards whose tar is missing or of another size. "
               "A shard damaged in place (same size) is redone once you delete its tar; files the plan does not name are yours to remove.")

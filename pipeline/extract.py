@@ -203,10 +203,11 @@ def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan],
             log.warning("%s: its job record (_signfeat/identity.json) is gone, but its completion markers and plan are this job's: resuming", store.url)
         elif old != identity:
             if store.complete_shards():
-                raise SignfeatError(
-                    f"{store.url} holds a job with config hash {old.get('config_hash')} and plan hash {old.get('plan_hash')}; this run has "
-                    f"{identity['config_hash']} / {identity['plan_hash']}. Use another --out, or --overwrite to replace it."
-                )
+                held = (f"a job with config hash {old.get('config_hash')} and plan hash {old.get('plan_hash')}" if old else
+                        "complete shards of another job (its job record _signfeat/identity.json is missing or damaged, and its "
+                        "completion markers or plan are not this job's)")
+                raise SignfeatError(f"{store.url} holds {held}; this run has {identity['config_hash']} / {identity['plan_hash']}. "
+                                    "Use another --out, or --overwrite to replace it.")
             if old:
                 store.clear()  # nothing complete: the old job's unfinished files would only be in the way
     store.write_json("_signfeat/identity.json", identity)

@@ -156,6 +156,8 @@ def _features_of(meta: Any, streams: list[str]) -> dict[str, dict]:
             made["model"] = None
             if str(made.get("arch") or "").startswith("local-dir:"):
                 made["arch"] = "local-dir:"
+            if isinstance(made.get("settings"), dict) and "model_dir" in made["settings"]:  # smplx623's model folder
+                made["settings"] = {k: v for k, v in made["settings"].items() if k != "model_dir"}
     return out
 
 
@@ -163,8 +165,15 @@ def mixed_features(a: dict[str, dict], b: dict[str, dict]) -> list[str]:
     """``stream: field a -> b`` for each stream both record with other settings (other model, token, scales...)."""
     out = []
     for stream in sorted(set(a) & set(b)):
-        fields = [k for k in FEATURE_FIELDS if a[stream].get(k) != b[stream].get(k)]
-        out += [f"{stream}.{k}: {json.dumps(a[stream].get(k), default=str)} vs {json.dumps(b[stream].get(k), default=str)}" for k in fields]
+        for k in FEATURE_FIELDS:
+            x, y = a[stream].get(k), b[stream].get(k)
+            if x == y:
+                continue
+            if isinstance(x, dict) and isinstance(y, dict):  # settings, preprocessing: the entries that differ
+                out += [f"{stream}.{k}.{sub}: {json.dumps(x.get(sub), default=str)} vs {json.dumps(y.get(sub), default=str)}"
+                        for sub in sorted(set(x) | set(y)) if x.get(sub) != y.get(sub)]
+            else:
+                out.append(f"{stream}.{k}: {json.dumps(x, default=str)} vs {json.dumps(y, default=str)}")
     return out
 
 
@@ -224,25 +233,29 @@ def _npy_shape(fileobj) -> tuple[int, ...]:
 
 
 def _counts_from_index(urls: list[str]) -> list[int] | None:
-    root = Path(urls[0]).parent.parent
-    index = root / "index.parquet"
-    if not index.is_file():
-        return None
+    """Samples per shard from the ``index.parquet`` of the extraction output each tar lies in (a brace pattern
+    may span several outputs), or None when an index does not describe them all."""
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(index, columns=["shard"]).to_pydict()["shard"]
-    except (OSError, ValueError) as exc:  # pa.ArrowInvalid is a ValueError
-        raise SignfeatError(f"{index}: unreadable ({exc}); `signfeat verify` lists what is damaged") from None
-    per_shard: dict[str, int] = {}
-    for shard in table:
-        per_shard[shard] = per_shard.get(shard, 0) + 1
+    per_root: dict[Path, dict[str, int] | None] = {}
     counts = []
     for url in urls:
-        rel = str(Path(url).relative_to(root).with_suffix(""))
-        if rel not in per_shard:
+        root = Path(url).parent.parent
+        if root not in per_root:
+            index = root / "index.parquet"
+            if not index.is_file():
+                return None
+            try:
+                table = pq.read_table(index, columns=["shard"]).to_pydict()["shard"]
+            except (OSError, ValueError) as exc:  # pa.ArrowInvalid is a ValueError
+                raise SignfeatError(f"{index}: unreadable ({exc}); `signfeat verify` lists what is damaged") from None
+            per_root[root] = {}
+            for shard in table:
+                per_root[root][shard] = per_root[root].get(shard, 0) + 1
+        rel = f"{Path(url).parent.name}/{Path(url).stem}"
+        if rel not in per_root[root]:
             return None  # the index does not describe these tars: count them
-        counts.append(per_shard[rel])
+        counts.append(per_root[root][rel])
     return counts
 
 

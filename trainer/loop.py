@@ -364,14 +364,8 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     out_dir = Path(recipe.out_dir)
     resume_from = resolve_checkpoint(resume) if resume is not None else None
     refuse_another_run(out_dir, resume_from, overwrite)
-    if dist.main and overwrite and resume_from is None:
-        import shutil
-
-        for old in (out_dir / "checkpoints", out_dir / "eval"):
-            shutil.rmtree(old, ignore_errors=True)
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
+    # going on with this out_dir's own run (its log continues); anything else starts the out_dir afresh
+    own_run = resume_from is not None and resume_from.resolve().parent == (out_dir / "checkpoints").resolve()
 
     # the shards checked before the LLM loads: a missing stream, or an eval split that is missing or empty,
     # would otherwise fail after the model is built, or after the whole training run
@@ -425,7 +419,15 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     examples = in_context_examples(recipe)
     stream = train_batches(recipe, model.tokenizer, dist, position)
-    log = JsonLog(out_dir / "log.jsonl" if dist.main else None, append=resume is not None)  # a new run, a new log
+    if dist.main:  # written only now: with --overwrite, a mistake the checks above find must not have cost the old run
+        if overwrite and not own_run:
+            import shutil
+
+            for old in (out_dir / "checkpoints", out_dir / "eval"):
+                shutil.rmtree(old, ignore_errors=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
+    log = JsonLog(out_dir / "log.jsonl" if dist.main else None, append=own_run)  # a new run, a new log
     o, vt = recipe.optim, recipe.vt_align
     last_step = o.max_steps if stop_after_steps is None else min(o.max_steps, step + stop_after_steps)
     progress = _progress(recipe, dist, step, o.max_steps)

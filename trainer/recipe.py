@@ -403,14 +403,20 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise SignfeatError(f"override {item!r}: expected key=value")
         is_string, nullable = _string_field(key)
-        if is_string and not (text[:1] in ("'", '"') or (nullable and text in ("null", "~"))):
+        if is_string:
             value = text
+            if text[:1] in ("'", '"') or (nullable and text in ("null", "~")):  # a quoted YAML string (or null) reads as one
+                try:
+                    parsed = yaml.safe_load(text)
+                    value = parsed if isinstance(parsed, str) or parsed is None else text
+                except yaml.YAMLError:
+                    pass  # '"{sign}" is ...': text that starts with a quote
         else:
             try:
                 value = yaml.safe_load(text) if text != "" else ""
             except yaml.YAMLError as exc:
-                raise SignfeatError(f"override {item!r}: value is not valid YAML ({exc.__class__.__name__}); quote it: "
-                                    f"{key}='\"...\"'") from None
+                raise SignfeatError(f"override {item!r}: value is not valid YAML ({exc.__class__.__name__}: "
+                                    f"{str(exc).splitlines()[0]})") from None
         node = data
         parts = key.split(".")
         for part in parts[:-1]:

@@ -403,20 +403,13 @@ def test_a_smplerx_folder_skips_macos_appledouble_files(tmp_path):
     np.testing.assert_array_equal(params["body_pose"], p["body_pose"].astype(np.float32))
 
 
-def test_one_smplerx_frame_with_two_persons_is_one_frame_not_two(tmp_path):
-    """00001_0 and 00001_1 are SMPLer-X's two persons of frame 1: they made a two-frame clip of two people (a root
-    velocity of the jump between them). Names of one clip (7_0, 7_1, signer01_1...) stay frames."""
-    p = smooth_random_params(3, seed=5)
-    for person in range(2):
-        _smplerx_frame(tmp_path / f"00001_{person}.npz", p, person)
-    params, _ = read_params(tmp_path)
-    assert params["body_pose"].shape[0] == 1
-    np.testing.assert_array_equal(params["body_pose"][0], p["body_pose"][0].astype(np.float32))
-    named = tmp_path / "named"
-    named.mkdir()
-    for i in range(3):
-        _smplerx_frame(named / f"7_{i}.npz", p, i)
-    assert read_params(named)[0]["body_pose"].shape[0] == 3
+def test_per_frame_files_of_one_zero_padded_prefix_are_frames(tmp_path):
+    """{clip}_{frame} names with one zero-padded clip id (00042_0 ... 00042_29) are a clip's frames: read as the
+    persons of one frame, the clip came out one frame long."""
+    p = smooth_random_params(30, seed=5)
+    for i in range(30):
+        _smplerx_frame(tmp_path / f"00042_{i}.npz", p, i)
+    np.testing.assert_array_equal(read_params(tmp_path)[0]["body_pose"], p["body_pose"].astype(np.float32))
 
 
 def test_empty_cut_off_or_misspelt_parameter_files_are_clear_clip_errors(tmp_path, params):
@@ -437,7 +430,10 @@ def test_empty_cut_off_or_misspelt_parameter_files_are_clear_clip_errors(tmp_pat
         with pytest.raises(ClipError, match=message) as exc:
             read_clip_params(tmp_path / f"{name}.npz")
         assert exc.value.kind == "bad_params"
-    np.savez(tmp_path / "extra.npz", **params, gender=np.array("neutral"), keypoints=np.zeros((t, 10)))  # other keys are fine
+    # other keys are fine: the smplx library's own output (full_pose, no eye poses), SMPLer-X's root_pose, eye and head poses
+    np.savez(tmp_path / "extra.npz", **{k: v for k, v in params.items() if k not in ("leye_pose", "reye_pose")},
+             gender=np.array("neutral"), keypoints=np.zeros((t, 10)), full_pose=np.zeros((t, 165)), root_pose=np.zeros((t, 3)),
+             eye_pose=np.zeros((t, 6)), head_pose=np.zeros((t, 3)))
     assert read_params(tmp_path / "extra.npz")[0]["body_pose"].shape[0] == t
 
 

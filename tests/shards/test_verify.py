@@ -345,7 +345,7 @@ def test_a_missing_job_record_with_complete_shards_is_refused(out):
     plans = plan_shards([_row(i, "train") for i in range(5)] + [_row(5, "test")], CONFIG.shards)
     (out / "_signfeat" / "identity.json").unlink()
     store = Store(str(out))
-    with pytest.raises(SignfeatError, match="holds a job with config hash None"):
+    with pytest.raises(SignfeatError, match="holds complete shards of another job \(its job record _signfeat/identity.json is missing"):
         claim_output(store, {"config_hash": "0123456789abcdef", "plan_hash": plan_hash(plans), "streams": STREAMS}, plans, overwrite=False)
 
 

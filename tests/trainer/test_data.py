@@ -302,6 +302,34 @@ def test_shards_of_two_extractions_are_not_mixed(tmp_path):
     b = _shard_with_settings(tmp_path / "b.tar", "patch_mean")
     made = require_streams([a, fp16], ["clip_s2", "videomae"])
     assert made["clip_s2"]["settings"]["token"] == "cls" and "compute_dtype" not in made["clip_s2"]
-    with pytest.raises(SignfeatError, match=r'b.tar: its features were made with other settings .*clip_s2.settings: .*"cls".*"patch_mean"'):
+    with pytest.raises(SignfeatError, match=r'b.tar: its features were made with other settings .*clip_s2.settings.token: "cls" vs "patch_mean"'):
         require_streams([a, b], ["clip_s2", "videomae"])
     assert require_streams([a, b], ["videomae"]) == {}  # a stream the run does not read is not compared
+
+
+def test_a_brace_pattern_over_two_extraction_outputs_counts_each_from_its_own_index(tiny_shards, tmp_path):
+    """The first tar's output was taken for every tar's: a ValueError traceback ("is not in the subpath")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name in ("out1", "out2"):
+        _committed_copy(tiny_shards, tmp_path / name)
+        pq.write_table(pa.table({"shard": ["train/syn-000000"] * 4}), tmp_path / name / "index.parquet")
+    urls = list_shards(str(tmp_path / "out{1,2}/train/syn-000000.tar"), "train")
+    assert len(urls) == 2 and shard_counts(urls) == [4, 4]
+
+
+def test_one_local_checkpoint_at_two_paths_is_one_extraction(tmp_path):
+    """A SMPL-X model folder at another path on another machine (the same model_files) was refused as another
+    extraction; a real difference names the entries that differ, not two whole settings dicts."""
+    from trainer.data import _features_of, mixed_features
+
+    def made(model_dir, files, **settings):
+        return {"streams": {"smplx623": {"extractor": "smplx623", "model": f"{model_dir}/SMPLX_NEUTRAL.npz", "model_files": files,
+                                         "settings": {"model_dir": model_dir, "target_fps": 20.0, **settings}}}}
+
+    a = _features_of(made("/cluster/smplx", "f1"), ["smplx623"])
+    assert mixed_features(a, _features_of(made("/home/me/smplx", "f1"), ["smplx623"])) == []
+    assert mixed_features(a, _features_of(made("/home/me/smplx", "f2"), ["smplx623"])) == ['smplx623.model_files: "f1" vs "f2"']
+    assert mixed_features(a, _features_of(made("/cluster/smplx", "f1", retarget="none"), ["smplx623"])) == \
+        ['smplx623.settings.retarget: null vs "none"']

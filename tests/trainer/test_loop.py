@@ -390,11 +390,19 @@ def test_a_new_run_into_an_out_dir_holding_another_is_refused_unless_overwrite(t
     with pytest.raises(SignfeatError, match="holds another run"):  # resumed from a checkpoint of another run: also mixing
         other = train(recipe_from_dict({**recipe, "out_dir": str(tmp_path / "other")}))
         train(recipe_from_dict({**recipe, "optim": {**recipe["optim"], "max_steps": 6}}), resume=other["checkpoint"])
+    with pytest.raises(SignfeatError, match="no such folder"):  # a mistake found up front costs the old run nothing
+        train(recipe_from_dict({**again, "data": {**again["data"], "shards": str(tmp_path / "typo")}}), overwrite=True)
+    assert json.loads((tmp_path / "run/checkpoints/latest.json").read_text())["step"] == 4
+    assert json.loads((tmp_path / "run/recipe.json").read_text())["data"]["shards"] == recipe["data"]["shards"]
     train(recipe_from_dict(again), overwrite=True)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert steps == [1, 2] and sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step-*")) == ["step-000002"]
     resumed = train(recipe_from_dict({**again, "optim": {**again["optim"], "max_steps": 3}}), resume=tmp_path / "run")  # its own run: fine
     assert resumed["step"] == 3
+    # resumed from another run's checkpoint with --overwrite: this out_dir's old checkpoints and log go too
+    train(recipe_from_dict({**recipe, "optim": {**recipe["optim"], "max_steps": 5}}), resume=tmp_path / "other", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step-*")) == ["step-000005"]
+    assert [json.loads(line)["step"] for line in (tmp_path / "run/log.jsonl").read_text().splitlines()] == [5]
 
 
 def test_a_run_whose_latest_checkpoint_was_deleted_resumes_and_evaluates_from_the_newest_left(tiny_shards, tmp_path, capsys):

@@ -118,5 +118,6 @@ def test_a_string_override_takes_its_text_as_given():
     assert load_recipe(path, ["data.shards=/data/run #3/features"]).data.shards == "/data/run #3/features"
     assert load_recipe(path, ['llm.prompt="{sign} quoted {language}"']).llm.prompt == "{sign} quoted {language}"
     assert load_recipe(path, ["optim.lr=1e-3"]).optim.lr == pytest.approx(1e-3)  # other settings still read as YAML
-    with pytest.raises(SignfeatError, match="quote it"):
+    assert load_recipe(path, ['llm.prompt="{sign}" means {language}']).llm.prompt == '"{sign}" means {language}'
+    with pytest.raises(SignfeatError, match="data.streams=\\[clip_s2': value is not valid YAML"):
         load_recipe(path, ["data.streams=[clip_s2"])
