@@ -156,16 +156,69 @@ def _unit(df: pd.DataFrame) -> pd.Series:
     return df["key"].astype(str).where(df["source_kind"] != "range", "video:" + videos)
 
 
+def _groups(df: pd.DataFrame, units: pd.Series, by_signer: bool) -> pd.Series:
+    """Each row's split group: the rows linked by a shared unit (a range's source video), by one file read
+    whole and as ranges, or by two rows reading one file whole, and with ``by_signer`` by a shared signer, all
+    of it transitively (union-find). Linking by signer alone lost the video: the segments of one video by two
+    signers (or one of them unnamed) went to train, dev and test at once. A group is named by its signer when it
+    has one, else by its source video, else by its key, so a corpus mounted elsewhere draws the same splits."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb, key=_group_rank)] = min(ra, rb, key=_group_rank)
+
+    nodes = ("key:" + units).tolist()
+    for node in nodes:
+        find(node)
+    # a file read whole, and also as ranges or by another row: one unit with them (its real path: names alone
+    # would join every "video.mp4" of a corpus that keeps one per folder)
+    whole = df["source_kind"].isin(["video", "range"])
+    real = df["path"].astype(str).map(lambda p: os.path.realpath(p) if os.path.exists(p) else os.path.normpath(p))
+    first_of: dict[str, str] = {}
+    for node, path, is_file in zip(nodes, real, whole):
+        if is_file:
+            union(node, first_of.setdefault(path, node))
+    if by_signer:
+        person = _person(df)
+        for node, who, has in zip(nodes, person, df["signer"].notna()):
+            if has:
+                union(node, "person:" + who)
+    return pd.Series([find(n) for n in nodes], index=df.index)
+
+
+def _group_rank(node: str) -> tuple[int, str]:
+    """Which node names a group: a signer, else a source video, else a key (the smallest of its kind)."""
+    kind = 0 if node.startswith("person:") else 1 if node.startswith("key:video:") else 2
+    return kind, node
+
+
+def _group_label(node: str, by_signer: bool) -> str:
+    """The text hashed for a group's split, as splits were drawn before groups were linked (the same splits
+    where nothing links them): a signer's "dataset/signer"; a unit as is, or "key:" + unit when grouping by signer."""
+    if node.startswith("person:"):
+        return node[len("person:"):]
+    return node if by_signer else node[len("key:"):]
+
+
 def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
-    """Splits for rows that have none, by a salted hash of the key (of the source video for ranges; of the
-    signer when grouped)."""
+    """Splits for rows that have none, by a salted hash of their group (``_groups``): the rows of a group
+    some of which already have exactly one split join it."""
     split = df["split"].copy()
     missing = split.isna() | (split.astype(str).str.strip() == "")
     if not missing.any():
         return split
+    units = _unit(df)
     # a unit (a range's source video) some of whose rows already have exactly one split: the others join it
     # (3 segments of a video marked test and 7 blank put the video in test and train)
-    units = _unit(df)
     given = pd.DataFrame({"unit": units, "split": split})[~missing].groupby("unit")["split"].unique()
     joined = {u: v[0] for u, v in given.items() if len(v) == 1}
     joins = missing & units.isin(joined.keys())
@@ -173,19 +226,12 @@ def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
     missing &= ~joins
     if not missing.any():
         return split
-    if options.group_by_signer:
-        # Signer ids are only unique inside a dataset. A signer whose other rows already sit in exactly
-        # one split keeps that split; rows with no signer are their own group.
-        person = _person(df)
-        has_both = ~missing & df["signer"].notna()
-        existing = pd.DataFrame({"person": person, "split": split})[has_both].groupby("person")["split"].unique()
-        fixed = {p: v[0] for p, v in existing.items() if len(v) == 1}
-        groups = person.where(df["signer"].notna(), "key:" + units)
-        split[missing] = [
-            fixed.get(g) or _split_for(_unit_hash(str(g), options.split_salt), options.split_ratios) for g in groups[missing]
-        ]
-    else:
-        split[missing] = [_split_for(_unit_hash(u, options.split_salt), options.split_ratios) for u in units[missing]]
+    groups = _groups(df, units, options.group_by_signer)
+    # then a group whose rows already sit in exactly one split (a signer's other rows) keeps that split
+    given = pd.DataFrame({"group": groups, "split": split})[~missing].groupby("group")["split"].unique()
+    fixed = {g: v[0] for g, v in given.items() if len(v) == 1}
+    split[missing] = [fixed.get(g) or _split_for(_unit_hash(_group_label(g, options.group_by_signer), options.split_salt), options.split_ratios)
+                      for g in groups[missing]]
     return split
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import SignfeatError
+
 VOCAB = [  # gloss, English, German, Chinese
     ("HELLO", "hello", "hallo", "你好"),
     ("THANKS", "thanks", "danke", "谢谢"),
@@ -130,7 +132,7 @@ def write_video(path: Path, frames: np.ndarray, fps: int = FPS, codec: str = "li
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:  # no random Matroska UID: same seed, same bytes
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -169,7 +171,9 @@ def make_demo_corpus(out: Path, seed: int = 0, clips: int = 48, size: int = 64) 
     if clips < 16:
         raise ValueError(f"the demo corpus needs at least 16 clips (4 per layout), got {clips}")
     out = Path(out)
-    if out.exists():
+    if out.exists() and any(out.iterdir()):
+        if not (out / "demo_corpus.json").is_file():  # only an earlier demo corpus is replaced: `demo-corpus ~/data` deleted it
+            raise SignfeatError(f"demo-corpus: {out} is not empty and is no demo corpus (no demo_corpus.json); give a new or empty folder")
         shutil.rmtree(out)
     ann = out / "annotations"
     ann.mkdir(parents=True)

@@ -100,9 +100,12 @@ def _first_line(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------- PHOENIX-2014T
 
 
-def phoenix_root(root: Path) -> Path:
-    """The folder holding ``features/``: the given root, or one of its parents, or a PHOENIX-2014-T child."""
-    for cand in [root, *root.parents, root / "PHOENIX-2014-T"]:
+def phoenix_root(root: Path, annotation: Path | None = None) -> Path:
+    """The folder holding ``features/``: the given root, or one of its parents, or a PHOENIX-2014-T child, or
+    the release folder the corpus file lies in (``PHOENIX-2014-T/annotations/manual/``: a build mixing corpora
+    has one --root above them all, and the release unpacks as PHOENIX-2014-T-release-v3/PHOENIX-2014-T)."""
+    beside = [annotation.resolve().parents[i] for i in range(min(3, len(annotation.resolve().parents)))] if annotation else []
+    for cand in [root, *root.parents, root / "PHOENIX-2014-T", *beside]:
         if (cand / PHOENIX_FRAMES_DIR).is_dir():
             return cand
     return root
@@ -110,7 +113,7 @@ def phoenix_root(root: Path) -> Path:
 
 def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_: Any) -> Iterator[dict[str, Any]]:
     split = _split_from_filename(annotation)
-    base = phoenix_root(root) / PHOENIX_FRAMES_DIR
+    base = phoenix_root(root, annotation) / PHOENIX_FRAMES_DIR
     with open(annotation, encoding="utf-8-sig", newline="") as f:
         header = f.readline().rstrip("\r\n").split("|")
         if header[: len(PHOENIX_HEADER)] != PHOENIX_HEADER:
@@ -272,10 +275,17 @@ def _table_kind(given: str | None, path: Path, start: float | None, end: float |
 def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = annotation.suffix.lower()
     if suffix == ".json":  # a JSON array of records (or one object); JSON lines otherwise, as .jsonl
+        text = annotation.read_text(encoding="utf-8-sig")
         try:
-            whole = json.loads(annotation.read_text(encoding="utf-8-sig"))
-        except ValueError:
+            whole = json.loads(text)
+        except ValueError as exc:
+            if text.lstrip().startswith("["):  # an array with a syntax error: one error naming where, not one per line
+                raise SignfeatError(f"{annotation}: not valid JSON ({exc}); a .json annotation file is an array of records") from None
             whole = None
+        if isinstance(whole, dict) and not ({"id", "path"} & set(whole)):
+            lists = [k for k, v in whole.items() if isinstance(v, list)]
+            raise SignfeatError(f"{annotation}: a JSON object without id/path; a .json annotation file is an array of records, or one record"
+                                + (f" (are the records under {lists[0]!r}? give that array as the file)" if lists else ""))
         if isinstance(whole, (list, dict)):
             for number, rec in enumerate(whole if isinstance(whole, list) else [whole], start=1):  # record N, not a line
                 yield number, _checked_record(rec) if isinstance(rec, dict) else {"__error__": f"record {number} is not a JSON object"}
@@ -311,13 +321,15 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise SignfeatError(f"{annotation}: column(s) {', '.join(misspelled)} would be ignored; the table reads "
                                 f"{list(TABLE_REQUIRED + TABLE_OPTIONAL)} (rename them)")
         for rec in reader:
-            if None in rec:
-                yield reader.line_num, {"__error__": f"more fields than the header has: {rec[None]!r}", "id": rec.get("id")}
-                continue
-            swallowed = None if tsv else _swallowed_rows(rec, len(reader.fieldnames))
+            # first: an unclosed quote that ends at a later quoted field ("quoted, with comma") also leaves the row
+            # with more fields than the header, and that message hid the rows the quote swallowed
+            swallowed = None if tsv else _swallowed_rows({k: v for k, v in rec.items() if k is not None}, len(reader.fieldnames))
             if swallowed:
                 yield reader.line_num, {"__error__": f"field {swallowed[0]!r} runs over {swallowed[1]} lines that read as rows of this "
                                                      "table: an unclosed quote? (close it, or the rows after it are lost)", "id": rec.get("id")}
+                continue
+            if None in rec:
+                yield reader.line_num, {"__error__": f"more fields than the header has: {rec[None]!r}", "id": rec.get("id")}
                 continue
             yield reader.line_num, rec
 

@@ -173,3 +173,29 @@ def test_probing_a_png_folder_reads_headers_only(tmp_path, monkeypatch):
     assert {Path(f).name for f in decoded} == {"000.png"}  # the first frame is decoded (a check that it reads), no other
     row = probe.probe_chunk([{"_row": 0, "source_kind": "frames", "path": str(turned)}]).to_pylist()[0]
     assert row["status"] == "ok" and (row["width"], row["height"], row["num_frames"]) == (48, 64, 3)
+
+
+def test_demo_corpus_replaces_only_a_demo_corpus_and_is_byte_deterministic(tmp_path):
+    """`demo-corpus OUT` deleted any OUT it was given (a user's corpus folder with it), and its Matroska clip
+    differed in every run (a random segment UID), so its content hash, and the manifest, changed."""
+    import hashlib
+
+    from manifests.demo_corpus import make_demo_corpus
+    from pipeline.errors import SignfeatError
+
+    mine = tmp_path / "mycorpus"
+    (mine / "videos").mkdir(parents=True)
+    (mine / "videos" / "important.mp4").write_text("precious")
+    with pytest.raises(SignfeatError, match="is not empty and is no demo corpus"):
+        make_demo_corpus(mine, clips=16, size=32)
+    assert (mine / "videos" / "important.mp4").read_text() == "precious"
+
+    def digests(folder):
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+                if p.is_file() and p.name != "demo_corpus.json"}
+
+    first = make_demo_corpus(tmp_path / "d1", seed=3, clips=16, size=32)
+    make_demo_corpus(tmp_path / "d2", seed=3, clips=16, size=32)
+    assert digests(tmp_path / "d1") == digests(tmp_path / "d2") and any(k.endswith(".mkv") for k in digests(tmp_path / "d1"))
+    again = make_demo_corpus(tmp_path / "d1", seed=3, clips=16, size=32)  # an earlier demo corpus is replaced
+    assert again["annotations"] == first["annotations"]

@@ -228,3 +228,24 @@ def test_plots_of_values_equal_but_for_float_noise_are_drawn(tmp_path):
     report = curate_manifest(tmp_path / "m.parquet", tmp_path / "c.parquet", tmp_path / "r", CurateOptions())
     assert report["kept"] == 6 and (tmp_path / "r" / "report.json").is_file()
     assert (tmp_path / "r" / "fps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_video_s_segments_share_a_split_also_when_grouping_by_signer_and_when_read_whole_too(tmp_path):
+    """With group_by_signer (the shipped config) a signer's group replaced the video unit: four segments of one
+    video by two signers (one unnamed) went to test, dev, train and test. A row reading the whole file and
+    ranges of it were split apart too, and so were two rows reading one file whole."""
+    video = tmp_path / "long.mp4"
+    video.write_bytes(b"")
+
+    def row(key, signer=None, start=None, kind="range", path=video):
+        return {"key": key, "id": key, "path": str(path), "source_kind": kind, "signer": signer, "dataset": "d", "split": None,
+                "start_s": start, "end_s": None if start is None else start + 2}
+
+    others = [row(f"o{i}", signer=f"s{i}", kind="video", path=tmp_path / f"o{i}.mp4") for i in range(30)]
+    for salt in ("a", "b", "c", "d", "e"):
+        for by_signer in (True, False):
+            segments = [row("seg1", "signer9", 0.0), row("seg2", "signer11", 2.0), row("seg3", None, 4.0), row("seg4", "signer9", 6.0)]
+            df = pd.DataFrame([*segments, row("story", kind="video"), row("copy", kind="video"), *others])
+            split = assign_splits(df, CurateOptions(group_by_signer=by_signer, split_salt=salt))
+            assert split.iloc[:6].nunique() == 1, (salt, by_signer, list(split.iloc[:6]))
+            assert split.iloc[6:].nunique() > 1  # the unrelated videos are still spread over the splits

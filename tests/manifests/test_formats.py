@@ -350,3 +350,42 @@ def test_a_phoenix_translation_holding_a_bar_keeps_its_row(tmp_path):
     good, bad = parse_phoenix(ann, root=tmp_path)
     assert good["id"] == "c1" and good["status"] is None and good["text"] == "es regnet | morgen sonne"
     assert bad["id"] == "c2" and bad["status"] == "bad_annotation"
+
+
+def test_an_unclosed_quote_ending_at_a_later_quoted_field_with_a_comma_says_unclosed_quote(tmp_path):
+    """The swallowed rows ended at '"quoted, with comma"', which left the row with more fields than the header:
+    that message showed, and b1..b3 and c vanished without a word."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "t.csv"
+    ann.write_text('id,path,text,split\na,v.mp4,"unclosed quote,train\nb1,v.mp4,normal text,train\nb2,v.mp4,normal text,train\n'
+                   'b3,v.mp4,normal text,train\nc,v.mp4,"quoted, with comma",train\nd,v.mp4,normal,train\n', encoding="utf-8")
+    rows = list(parse_table(ann, root=tmp_path))
+    assert rows[0]["id"] == "a" and rows[0]["status"] == "bad_annotation" and "unclosed quote" in rows[0]["error"]
+    assert [r["id"] for r in rows[1:]] == ["d"]
+
+
+def test_a_json_array_with_a_syntax_error_or_a_wrapped_object_is_one_clear_error(tmp_path):
+    """A trailing comma made one bad_annotation row per physical line ("bad JSON line"), without JSON's own
+    message; {"clips": [...]} was one row saying "no id"."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "clips.json"
+    ann.write_text('[\n {"id": "k0", "path": "v.mp4", "text": "t"},\n {"id": "k1", "path": "v.mp4", "text": "t"},\n]\n', encoding="utf-8")
+    with pytest.raises(SignfeatError, match=r"clips.json: not valid JSON \(Expecting value: line 4 column 1"):
+        list(parse_table(ann, root=tmp_path))
+    ann.write_text(json.dumps({"clips": [{"id": "k0", "path": "v.mp4", "text": "t"}]}), encoding="utf-8")
+    with pytest.raises(SignfeatError, match="records under 'clips'"):
+        list(parse_table(ann, root=tmp_path))
+    ann.write_text('{"id": "k0", "path": "v.mp4", "text": "t"}\n{"id": "k1", "path": "v.mp4", "text": "u"}\n', encoding="utf-8")
+    assert [r["id"] for r in parse_table(ann, root=tmp_path)] == ["k0", "k1"]  # JSON lines in a .json still read
+
+
+def test_phoenix_frames_are_found_from_the_corpus_file_under_a_root_above_the_release(tmp_path):
+    """A build mixing corpora has one --root above them all; PHOENIX-2014-T-release-v3/PHOENIX-2014-T under it
+    was not found, and every row was missing_file."""
+    release = tmp_path / "datasets" / "PHOENIX-2014-T-release-v3" / "PHOENIX-2014-T"
+    ann = release / "annotations/manual/PHOENIX-2014-T.dev.corpus.csv"
+    ann.parent.mkdir(parents=True)
+    ann.write_text("name|video|start|end|speaker|orth|translation\nn1|n1/1/*.png|-1|-1|Signer01|X|hallo\n", encoding="utf-8")
+    (release / "features/fullFrame-210x260px/dev/n1").mkdir(parents=True)
+    (row,) = parse_phoenix(ann, root=tmp_path / "datasets")
+    assert Path(row["path"]) == release / "features/fullFrame-210x260px/dev/n1"
