@@ -165,9 +165,14 @@ def mixed_features(a: dict[str, dict], b: dict[str, dict]) -> list[str]:
     """``stream: field a -> b`` for each stream both record with other settings (other model, token, scales...)."""
     out = []
     for stream in sorted(set(a) & set(b)):
+        # shards of signfeat before model_files was recorded name a local checkpoint by its path only: which
+        # model that was cannot be told, so model and model_files are not compared against them
+        unknown = bool(a[stream].get("model_files")) != bool(b[stream].get("model_files"))
         for k in FEATURE_FIELDS:
             x, y = a[stream].get(k), b[stream].get(k)
-            if x == y:
+            if unknown and k == "settings" and isinstance(x, dict) and isinstance(y, dict):  # smplx623's model folder
+                x, y = ({key: v for key, v in d.items() if key != "model_dir"} for d in (x, y))
+            if x == y or (unknown and k in ("model", "model_files")):
                 continue
             if isinstance(x, dict) and isinstance(y, dict):  # settings, preprocessing: the entries that differ
                 out += [f"{stream}.{k}.{sub}: {json.dumps(x.get(sub), default=str)} vs {json.dumps(y.get(sub), default=str)}"

@@ -333,3 +333,5 @@ def test_one_local_checkpoint_at_two_paths_is_one_extraction(tmp_path):
     assert mixed_features(a, _features_of(made("/home/me/smplx", "f2"), ["smplx623"])) == ['smplx623.model_files: "f1" vs "f2"']
     assert mixed_features(a, _features_of(made("/cluster/smplx", "f1", retarget="none"), ["smplx623"])) == \
         ['smplx623.settings.retarget: null vs "none"']
+    older = made("/cluster/smplx", None)  # shards written before model_files was recorded
+    assert mixed_features(a, _features_of(older, ["smplx623"])) == []
