@@ -121,11 +121,18 @@ def _is_local_folder(model: str) -> bool:
 
 def local_checkpoint(config: "ExtractorConfig") -> str | None:
     """The local folder or file an extractor config loads its weights from (``model``, or an OpenCLIP
-    ``arch: local-dir:DIR``), or None for a Hub id, a pretrained tag or random weights."""
+    ``arch: local-dir:DIR``), or None for a Hub id, a pretrained tag or random weights. OpenCLIP reads a local
+    file only (a folder named like a tag, ./openai, is not what it loads); transformers a folder."""
     if config.random_weights:
         return None
-    path = config.arch[len("local-dir:"):] if config.arch and config.arch.startswith("local-dir:") else config.model
-    return path if path is not None and os.path.exists(path) else None
+    if config.arch and config.arch.startswith("local-dir:"):
+        path = config.arch[len("local-dir:"):]
+        return path if os.path.isdir(path) else None
+    if config.model is None:
+        return None
+    if config.backend == "open_clip":
+        return config.model if os.path.isfile(config.model) else None
+    return config.model if os.path.isdir(config.model) else None
 
 
 def check_model_exists(extractor: str, model_id: str) -> None:
@@ -136,31 +143,27 @@ def check_model_exists(extractor: str, model_id: str) -> None:
 
 
 def model_files_fingerprint(path: str) -> str:
-    """What a local checkpoint holds, cheaply (read when a job is planned and when a model is built): every
-    file's name and size, small files (configs, processor configs) whole, the first and last MiB of large ones
-    (weights: a replaced checkpoint differs there). Where the folder lies does not count, so one folder spelt
-    ``dino``, ``dino/`` or by its absolute path is one model, and a folder whose weights or processor config
-    changed is another (a resumed job mixed the two in one output)."""
-    h = hashlib.sha256()
+    """What a local checkpoint holds: every file's name and content (blake2b over all of it: a LoRA merged into
+    the attention weights changes only the middle of a weights file; ~1 s per GB, once per model load). Where the
+    folder lies does not count, so one folder spelt ``dino``, ``dino/`` or by its absolute path is one model, and
+    a folder whose weights or processor config changed is another (a resumed job mixed the two in one output).
+    Links are followed (a Hugging Face cache snapshot); a broken one, which loading never reads, is left out."""
+    h = hashlib.blake2b(digest_size=8)
     if os.path.isfile(path):
         files = [(os.path.basename(path), path)]
     else:
         files = []
-        for folder, subfolders, names in os.walk(path):
+        for folder, subfolders, names in os.walk(path, followlinks=True):
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # .cache/, .git/
             files += [(os.path.relpath(os.path.join(folder, n), path), os.path.join(folder, n)) for n in sorted(names) if not n.startswith(".")]
-    mib = 2**20
     for name, full in files:
-        size = os.path.getsize(full)
-        h.update(f"{name}\0{size}\0".encode())
+        if not os.path.isfile(full):  # a broken link
+            continue
+        h.update(f"{name}\0{os.path.getsize(full)}\0".encode())
         with open(full, "rb") as f:
-            if size <= 4 * mib:
-                h.update(f.read())
-            else:
-                h.update(f.read(mib))
-                f.seek(size - mib)
-                h.update(f.read(mib))
-    return h.hexdigest()[:16]
+            while block := f.read(8 * 2**20):
+                h.update(block)
+    return h.hexdigest()
 
 
 def load_config(extractor: str, config_cls, model_id: str, revision: str | None):
@@ -405,6 +408,11 @@ class Extractor:
             hashed = {**identity, "model": None, "arch": "local-dir:" if (self.config.arch or "").startswith("local-dir:") else self.config.arch}
         digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return {**identity, "stream": self.stream, "width": self.width, "dtype": self.storage_dtype.name, "settings_hash": digest, "model_info": self.model_info}
+
+    @classmethod
+    def local_files(cls, config: "ExtractorConfig", settings) -> str | None:
+        """The local checkpoint this config loads (``local_checkpoint``); smplx623 names its model file in a setting."""
+        return local_checkpoint(config)
 
     @functools.cached_property
     def model_files(self) -> str | None:

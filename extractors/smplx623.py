@@ -154,6 +154,17 @@ class Smplx623Extractor(Extractor):
     def make_transform(cls, config, settings) -> FrameTransform:
         return KeepAspectTransform(shortest_edge=settings.image_size, crop=0, resample="bilinear", backend="pil")
 
+    @classmethod
+    def local_files(cls, config, settings) -> str | None:
+        """The SMPL-X model file the settings name (None where it cannot be found here: a cluster's workers
+        may hold it)."""
+        from motion.body_model import find_model_file
+
+        try:
+            return str(find_model_file(settings.model_dir or config.model or "", settings.gender))
+        except SignfeatError:
+            return None
+
     @functools.cached_property
     def model_files(self) -> str | None:
         """The SMPL-X model file's fingerprint (model_dir is a setting, not ``model``): another file under the

@@ -95,12 +95,13 @@ class JobConfig:
             "worker_env": self.worker_env,
         }
 
-    def output_hash(self) -> str:
+    def output_hash(self, legacy: bool = False) -> str:
         """Hash of what determines the output (not of resources such as actor counts or GPUs). Each extractor
         is hashed as it is built (defaults filled in), so configs that mean the same hash the same: a resume
-        with `settings: {}`, `dtype: auto` or an explicit default setting is not refused as another job."""
+        with `settings: {}`, `dtype: auto` or an explicit default setting is not refused as another job.
+        ``legacy``: as signfeat hashed before local checkpoints were fingerprinted (to tell an older output)."""
         d = self.to_dict()
-        d["extractors"] = [_built_extractor(s.extractor, on_gpu=s.num_gpus > 0) for s in self.streams]
+        d["extractors"] = [_built_extractor(s.extractor, on_gpu=s.num_gpus > 0, legacy=legacy) for s in self.streams]
         d.pop("clips_per_call")
         d.pop("decode_retries")
         d.pop("extract_retries")
@@ -108,24 +109,27 @@ class JobConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _built_extractor(entry: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
+def _built_extractor(entry: dict[str, Any], on_gpu: bool, legacy: bool = False) -> dict[str, Any]:
     """An extractor entry as the job builds it: every ExtractorConfig field and setting with its default filled
     in (`tiny` implies `random_weights`, `dtype: auto` is the dtype the actor's device gets: bf16 on a GPU, fp32
     on a CPU, so the same config resumed on the other kind of machine is another job), less what only says
     where or how fast it runs."""
     from extractors import ExtractorConfig
-    from extractors.base import REGISTRY, local_checkpoint, model_files_fingerprint, parse_settings
+    from extractors.base import REGISTRY, model_files_fingerprint, parse_settings
 
     cfg = ExtractorConfig.from_dict({**entry, "device": "cpu"})  # the device is chosen per actor
     built = dataclasses.asdict(cfg)
-    built["settings"] = dataclasses.asdict(parse_settings(REGISTRY[cfg.name].Settings, cfg.settings, cfg.name))
+    settings = parse_settings(REGISTRY[cfg.name].Settings, cfg.settings, cfg.name)
+    built["settings"] = dataclasses.asdict(settings)
     if built["dtype"] == "auto":  # as Extractor.__init__ resolves it (extractors/base.py)
         built["dtype"] = "bf16" if on_gpu else "fp32"
-    local = local_checkpoint(cfg)
+    local = None if legacy else REGISTRY[cfg.name].local_files(cfg, settings)
     if local:  # what the checkpoint holds, not where: its weights or processor config replaced is another job
         built["model"], built["model_files"] = None, model_files_fingerprint(local)
         if built["arch"] and built["arch"].startswith("local-dir:"):
             built["arch"] = "local-dir:"
+        if "model_dir" in built["settings"]:  # smplx623's model folder
+            built["settings"]["model_dir"] = None
     return {k: v for k, v in built.items() if k not in _RESOURCE_KEYS and k != "device"}
 
 
@@ -216,7 +220,7 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
     if not isinstance(entries, list) or not entries:
         raise SignfeatError(f"{source}: 'extractors' must be a non-empty list")
     from extractors import ExtractorConfig, build_extractor  # noqa: F401  (registry)
-    from extractors.base import REGISTRY, local_checkpoint, model_files_fingerprint, parse_settings
+    from extractors.base import REGISTRY, model_files_fingerprint, parse_settings
 
     streams, seen = [], set()
     for i, entry in enumerate(entries):

@@ -160,7 +160,7 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
     store = Store(out)
     store.make_writable()
-    run_id = claim_output(store, identity, plans, overwrite=overwrite)
+    run_id = claim_output(store, identity, plans, overwrite=overwrite, legacy_hash=cfg.output_hash(legacy=True))
 
     removed = store.remove_temporaries({p.name for p in plans})  # a killed earlier run's half-written files
     if removed:
@@ -189,7 +189,7 @@ def _read_identity(store: Store) -> dict[str, Any]:
 RUN_FILE = "_signfeat/run.json"  # the run that owns OUT now: its id, host, pid and start time
 
 
-def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan], *, overwrite: bool) -> str:
+def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan], *, overwrite: bool, legacy_hash: str | None = None) -> str:
     """Record this job (identity + plan) in OUT and this run as its owner; returns the run's id. Another job's
     output is refused while it holds a complete shard (that is work a mistyped --out would destroy); one that
     completed nothing, such as a job that died on a bad setting before its first shard, is replaced, so the
@@ -206,6 +206,10 @@ def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan],
                 held = (f"a job with config hash {old.get('config_hash')} and plan hash {old.get('plan_hash')}" if old else
                         "complete shards of another job (its job record _signfeat/identity.json is missing or damaged, and its "
                         "completion markers or plan are not this job's)")
+                if old and old.get("config_hash") == legacy_hash != identity["config_hash"] and old.get("plan_hash") == identity["plan_hash"]:
+                    held += (" made by this config with an older signfeat, which named a local checkpoint by its path; this version "
+                             "identifies it by its files (a changed checkpoint is another job): finish that output with the older "
+                             "version, or --overwrite to redo it")
                 raise SignfeatError(f"{store.url} holds {held}; this run has {identity['config_hash']} / {identity['plan_hash']}. "
                                     "Use another --out, or --overwrite to replace it.")
             if old:

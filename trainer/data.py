@@ -161,13 +161,21 @@ def _features_of(meta: Any, streams: list[str]) -> dict[str, dict]:
     return out
 
 
+def _older_local(model: Any) -> bool:
+    """Whether a stream record without model_files names a local checkpoint (a path, not a Hub id)."""
+    text = str(model or "")
+    return bool(text) and (text.startswith(("/", ".", "~")) or text.count("/") != 1)
+
+
 def mixed_features(a: dict[str, dict], b: dict[str, dict]) -> list[str]:
     """``stream: field a -> b`` for each stream both record with other settings (other model, token, scales...)."""
     out = []
     for stream in sorted(set(a) & set(b)):
         # shards of signfeat before model_files was recorded name a local checkpoint by its path only: which
-        # model that was cannot be told, so model and model_files are not compared against them
-        unknown = bool(a[stream].get("model_files")) != bool(b[stream].get("model_files"))
+        # model that was cannot be told, so model and model_files are not compared against them (a Hub id,
+        # "org/name", is no such path: a local fine-tune and the Hub model stay apart)
+        unknown = any(bool(x[stream].get("model_files")) and not y[stream].get("model_files") and _older_local(y[stream].get("model"))
+                      for x, y in ((a, b), (b, a)))
         for k in FEATURE_FIELDS:
             x, y = a[stream].get(k), b[stream].get(k)
             if unknown and k == "settings" and isinstance(x, dict) and isinstance(y, dict):  # smplx623's model folder

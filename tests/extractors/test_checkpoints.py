@@ -290,3 +290,52 @@ def test_an_open_clip_checkpoint_of_another_size_or_width_is_refused(tmp_path):
     (folder / "open_clip_config.json").unlink()
     with pytest.raises(SignfeatError, match="open_clip could not build local-dir:"):
         build_extractor({**entry, "arch": f"local-dir:{folder}"})
+
+
+def test_the_fingerprint_reads_whole_files_follows_links_and_is_only_for_what_is_loaded(tmp_path, monkeypatch):
+    """A LoRA merged into the attention weights changes only the middle of a weights file (the first and last
+    MiB were all that was read); a broken link in a copied HF snapshot was a traceback; a folder ./openai made
+    an OpenCLIP tag look like a local checkpoint."""
+    import os
+
+    from extractors.base import local_checkpoint, model_files_fingerprint
+
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.parent.mkdir()
+    data = bytearray(os.urandom(6 * 2**20))
+    weights.write_bytes(bytes(data))
+    before = model_files_fingerprint(str(weights.parent))
+    data[3 * 2**20] ^= 1
+    weights.write_bytes(bytes(data))
+    assert model_files_fingerprint(str(weights.parent)) != before
+    os.utime(weights, (0, 0))  # when it was written does not count
+    after = model_files_fingerprint(str(weights.parent))
+    (tmp_path / "m" / "README.md").symlink_to(tmp_path / "blobs" / "gone")
+    assert model_files_fingerprint(str(weights.parent)) == after
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "openai").mkdir()
+    assert local_checkpoint(ExtractorConfig(name="clip_s2", backend="open_clip", arch="ViT-B-32", model="openai")) is None
+    assert local_checkpoint(ExtractorConfig(name="dinov2", model="m")) == "m"
+
+
+def test_the_smplx_model_file_is_fingerprinted_in_the_job_hash(tmp_path):
+    """smplx623 names its model file in a setting: replacing SMPLX_NEUTRAL.npz kept the job hash (a rerun mixed
+    two body models), and model_dir X and X/ were two jobs."""
+    import subprocess
+    import sys
+
+    from pipeline.config import parse_job_config
+
+    subprocess.run([sys.executable, "-m", "motion.synthetic", str(tmp_path / "a")], check=True, capture_output=True)
+
+    def job_hash(model_dir):
+        return parse_job_config({"extractors": [{"name": "smplx623", "settings": {"model_dir": model_dir}, "num_cpus": 0.5}]}).output_hash()
+
+    first = job_hash(str(tmp_path / "a"))
+    assert job_hash(str(tmp_path / "a") + "/") == first
+    (model,) = (tmp_path / "a").rglob("SMPLX_NEUTRAL.npz")
+    with np.load(model, allow_pickle=False) as f:
+        arrays = dict(f)
+    arrays["shapedirs"] = arrays["shapedirs"] * 1.01  # another body model under the same path
+    np.savez(model, **arrays)
+    assert job_hash(str(tmp_path / "a")) != first

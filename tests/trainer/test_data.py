@@ -335,3 +335,6 @@ def test_one_local_checkpoint_at_two_paths_is_one_extraction(tmp_path):
         ['smplx623.settings.retarget: null vs "none"']
     older = made("/cluster/smplx", None)  # shards written before model_files was recorded
     assert mixed_features(a, _features_of(older, ["smplx623"])) == []
+    hub = {"streams": {"dinov2": {"extractor": "dinov2", "model": "facebook/dinov2-base", "settings": {}}}}
+    fine_tuned = {"streams": {"dinov2": {"extractor": "dinov2", "model": "/ft/dino", "model_files": "f9", "settings": {}}}}
+    assert mixed_features(_features_of(hub, ["dinov2"]), _features_of(fine_tuned, ["dinov2"])) != []  # a Hub model is no older local one
