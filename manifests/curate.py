@@ -10,6 +10,7 @@ as to videos (duration, frames and fps come from the parameters; duplicates are 
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -141,18 +142,31 @@ def _person(df: pd.DataFrame) -> pd.Series:
     return df["dataset"].fillna("").astype(str) + "/" + df["signer"].astype(str)
 
 
-def _video_name(path: str) -> str:
-    """A range's source video as a split unit: the file name of the path with symlinks and ``..`` resolved, so
-    that the same video spelled two ways is one unit, and a corpus mounted elsewhere (/home/a vs /mnt/b) draws
-    the same splits. Two videos of one name share a split (never a leak)."""
-    real = os.path.realpath(path) if os.path.exists(path) else os.path.normpath(path)
-    return os.path.basename(real)
+def _video_names(paths: pd.Series) -> pd.Series:
+    """A range's source video as a split unit: its path with symlinks and ``..`` resolved, named by the shortest
+    tail of it that no other video of the manifest shares (its file name, unless a corpus keeps one
+    ``video.mp4`` per folder: then ``clip7/video.mp4``; by file name alone all its ranges were one unit, and the
+    whole corpus one split). A tail, not the whole path, so a corpus mounted elsewhere (/home/a vs /mnt/b)
+    draws the same splits, and the same video spelled two ways is one unit."""
+    real = paths.astype(str).map(lambda p: os.path.realpath(p) if os.path.exists(p) else os.path.normpath(p))
+    parts = {r: Path(r).parts for r in set(real)}
+    names: dict[str, str] = {}
+    unresolved, depth = set(parts), 1
+    while unresolved:
+        tails = {r: "/".join(parts[r][-depth:]) for r in unresolved}
+        counts = collections.Counter(tails.values())
+        for r, tail in tails.items():
+            if counts[tail] == 1 or depth >= len(parts[r]):
+                names[r] = tail
+        unresolved -= set(names)
+        depth += 1
+    return real.map(names)
 
 
 def _unit(df: pd.DataFrame) -> pd.Series:
     """What a split is drawn for: a clip's key, but for a range its source video, so that the (often
     overlapping) segments of one long video never land in train and test at once."""
-    videos = df["path"].astype(str).map(_video_name)
+    videos = _video_names(df["path"])
     return df["key"].astype(str).where(df["source_kind"] != "range", "video:" + videos)
 
 

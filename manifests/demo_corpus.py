@@ -175,6 +175,9 @@ def make_demo_corpus(out: Path, seed: int = 0, clips: int = 48, size: int = 64) 
         if not (out / "demo_corpus.json").is_file():  # only an earlier demo corpus is replaced: `demo-corpus ~/data` deleted it
             raise SignfeatError(f"demo-corpus: {out} is not empty and is no demo corpus (no demo_corpus.json); give a new or empty folder")
         shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # written first, so a demo corpus interrupted half-way is still one a rerun replaces; the summary overwrites it
+    (out / "demo_corpus.json").write_text(json.dumps({"root": str(out), "seed": seed, "clips": clips, "complete": False}))
     ann = out / "annotations"
     ann.mkdir(parents=True)
     rng = np.random.default_rng(seed)

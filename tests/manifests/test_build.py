@@ -197,5 +197,6 @@ def test_demo_corpus_replaces_only_a_demo_corpus_and_is_byte_deterministic(tmp_p
     first = make_demo_corpus(tmp_path / "d1", seed=3, clips=16, size=32)
     make_demo_corpus(tmp_path / "d2", seed=3, clips=16, size=32)
     assert digests(tmp_path / "d1") == digests(tmp_path / "d2") and any(k.endswith(".mkv") for k in digests(tmp_path / "d1"))
+    (tmp_path / "d1" / "annotations" / "clips.csv").unlink()  # as if interrupted half-way: still a demo corpus
     again = make_demo_corpus(tmp_path / "d1", seed=3, clips=16, size=32)  # an earlier demo corpus is replaced
     assert again["annotations"] == first["annotations"]

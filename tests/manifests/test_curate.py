@@ -249,3 +249,25 @@ def test_a_video_s_segments_share_a_split_also_when_grouping_by_signer_and_when_
             split = assign_splits(df, CurateOptions(group_by_signer=by_signer, split_salt=salt))
             assert split.iloc[:6].nunique() == 1, (salt, by_signer, list(split.iloc[:6]))
             assert split.iloc[6:].nunique() > 1  # the unrelated videos are still spread over the splits
+
+
+def test_ranges_of_videos_that_share_a_file_name_are_units_of_their_own(tmp_path):
+    """A corpus keeping one video.mp4 per clip folder: by file name alone every range was one unit, and all 600
+    rows went to train. Each video is named by the shortest tail of its path no other video shares; a video of a
+    unique name keeps its file name (the splits drawn before)."""
+    rows = []
+    for v in range(60):
+        folder = tmp_path / f"vid{v:03d}"
+        folder.mkdir()
+        (folder / "video.mp4").write_bytes(b"")
+        rows += [{"key": f"v{v}-{i}", "id": f"v{v}-{i}", "path": str(folder / "video.mp4"), "source_kind": "range", "signer": None,
+                  "dataset": "d", "split": None, "start_s": float(i), "end_s": float(i + 1)} for i in range(3)]
+    df = pd.DataFrame(rows)
+    split = assign_splits(df, CurateOptions())
+    assert set(split) == {"train", "dev", "test"}
+    assert (df.assign(split=split).groupby("path")["split"].nunique() == 1).all()  # a video's ranges still share one
+    from manifests.curate import _video_names
+
+    unique = tmp_path / "vid000" / "long_story.mp4"
+    assert list(_video_names(pd.Series([str(unique), str(tmp_path / "vid001/video.mp4"), str(tmp_path / "vid002/video.mp4")]))) == \
+        ["long_story.mp4", "vid001/video.mp4", "vid002/video.mp4"]
