@@ -197,6 +197,17 @@ def test_demo_corpus_replaces_only_a_demo_corpus_and_is_byte_deterministic(tmp_p
     first = make_demo_corpus(tmp_path / "d1", seed=3, clips=16, size=32)
     make_demo_corpus(tmp_path / "d2", seed=3, clips=16, size=32)
     assert digests(tmp_path / "d1") == digests(tmp_path / "d2") and any(k.endswith(".mkv") for k in digests(tmp_path / "d1"))
-    (tmp_path / "d1" / "annotations" / "clips.csv").unlink()  # as if interrupted half-way: still a demo corpus
     again = make_demo_corpus(tmp_path / "d1", seed=3, clips=16, size=32)  # an earlier demo corpus is replaced
     assert again["annotations"] == first["annotations"]
+    import multiprocessing
+    import time
+
+    interrupted = tmp_path / "d3"  # killed half-way: a rerun replaced nothing ("is no demo corpus")
+    job = multiprocessing.get_context("spawn").Process(target=make_demo_corpus, args=(interrupted,), kwargs={"clips": 400, "size": 32})
+    job.start()
+    while not (interrupted / "annotations").exists() and job.is_alive():
+        time.sleep(0.05)
+    job.kill()
+    job.join()
+    make_demo_corpus(interrupted, seed=3, clips=16, size=32)
+    assert digests(interrupted) == digests(tmp_path / "d1")
