@@ -59,7 +59,7 @@ class Smplx623Settings:
     params_layout: str = "auto"  # auto | signavatars | smplerx | motionx | amass | named
     # Input B (video): MediaPipe + fitting (motion/estimate.py, motion/fitting.py)
     image_size: int = 512  # short side of the frames given to MediaPipe (aspect kept, no crop)
-    model_complexity: int = 1  # MediaPipe pose model 0 (lite) | 1 (full)
+    model_complexity: int = 1  # MediaPipe pose model: 1 (full, the one inside the wheel)
     fit_iterations: int = 150
     fit_orient_iterations: int = 30
     fit_betas: bool = False
@@ -73,8 +73,9 @@ class Smplx623Settings:
             raise ValueError(f"params_layout must be auto or one of {sorted(READERS)}, got {self.params_layout!r}")
         if self.image_size < 64:
             raise ValueError(f"image_size must be >= 64, got {self.image_size}")
-        if self.model_complexity not in (0, 1):
-            raise ValueError(f"model_complexity must be 0 or 1, got {self.model_complexity}")
+        if self.model_complexity != 1:  # the wheel holds the full model only; 0 (lite) and 2 (heavy) are downloads
+            raise ValueError(f"model_complexity must be 1 (the pose model inside the MediaPipe wheel; lite and heavy are downloaded "
+                             f"on first use, which offline workers cannot), got {self.model_complexity}")
         if self.fit_iterations < 0 or self.fit_orient_iterations < 0:
             raise ValueError("fit iterations must be >= 0")
 
@@ -248,6 +249,17 @@ class Smplx623Extractor(Extractor):
         return self.extract_prepared([self.prepare(f) for f in clips])
 
     def extract_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
-        """Prepared uint8 [T, 3, H, W] clips -> estimate (MediaPipe + fitting) -> features."""
+        """Prepared uint8 [T, 3, H, W] clips -> estimate (MediaPipe + fitting) -> features (at the frames' own
+        rate; ``extract_prepared_timed`` applies ``target_fps``)."""
         params = [self.estimator.estimate(np.ascontiguousarray(p.permute(0, 2, 3, 1).cpu().numpy())) for p in prepared]
         return self.extract_params(params)
+
+    def extract_prepared_timed(self, prepared: list[torch.Tensor], fps: list[float | None]) -> list[tuple[np.ndarray, int, float | None]]:
+        """Video clips at ``fps`` -> per clip (features, T, fps) with the estimated motion resampled to
+        ``target_fps`` as a parameter file's is (it was ignored for video rows: one stream held 20 and 25 fps
+        motions under one settings hash); T and fps become the sample's num_frames and fps."""
+        params = [self.estimator.estimate(np.ascontiguousarray(p.permute(0, 2, 3, 1).cpu().numpy())) for p in prepared]
+        resampled = [self._resample(p, f) for p, f in zip(params, fps)]
+        feats = self.extract_params(resampled)
+        return [(f, num_frames_of(r), float(self.settings.target_fps) if r is not p else rate)
+                for f, r, p, rate in zip(feats, resampled, params, fps)]

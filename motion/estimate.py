@@ -166,8 +166,9 @@ class MediaPipeSettings:
     min_tracking_confidence: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.model_complexity not in (0, 1):
-            raise ValueError(f"model_complexity must be 0 or 1 (the models inside the wheel), got {self.model_complexity}")
+        if self.model_complexity != 1:
+            raise ValueError(f"model_complexity must be 1 (the pose model inside the MediaPipe wheel; lite and heavy are downloaded "
+                             f"on first use), got {self.model_complexity}")
 
 
 class MediaPipeEstimator:

@@ -252,8 +252,11 @@ def _features(args) -> int:
         clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
         decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend, target_fps=args.target_fps, max_frames=args.max_frames))
         extractor = build_extractor(config)
-        array = extractor.extract([decoded.frames])[0]
-        frames, fps = int(decoded.frames.shape[0]), decoded.fps
+        if hasattr(extractor, "extract_prepared_timed"):  # smplx623: its motion resampled to its own target_fps, as in a job
+            array, frames, fps = extractor.extract_prepared_timed([extractor.prepare(decoded.frames)], [decoded.fps])[0]
+        else:
+            array = extractor.extract([decoded.frames])[0]
+            frames, fps = int(decoded.frames.shape[0]), decoded.fps
     with open(args.out, "wb") as f:  # the name given (np.save would add .npy to any other suffix, and the summary lie)
         np.save(f, array, allow_pickle=False)
     meta = extractor.metadata()

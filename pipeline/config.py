@@ -262,6 +262,14 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
         decode = DecodeOptions(**decode_raw)
     except (TypeError, ValueError) as exc:
         raise SignfeatError(f"{source}: decode: {exc}") from None
+    for s in streams:
+        # smplx623 resamples its motion to its own target_fps, and a sample's num_frames / fps are the stream's
+        # time base: next to other streams (which read the decoded frames as they are) both must be one rate
+        motion_fps = (s.extractor.get("settings") or {}).get("target_fps") if s.extractor.get("name") == "smplx623" else None
+        if motion_fps and len(streams) > 1 and not (decode.target_fps and abs(float(decode.target_fps) - float(motion_fps)) < 1e-6):
+            raise SignfeatError(f"{source}: {s.name} settings.target_fps {motion_fps} resamples the motion, but the other streams read the "
+                                f"frames at decode.target_fps {decode.target_fps}; a sample has one frame rate: set decode.target_fps: "
+                                f"{motion_fps} too, or run smplx623 in a job of its own")
     shards_raw = _mapping(f"{source}: shards", data.get("shards"))
     _check_keys(f"{source}: shards", shards_raw, {f.name for f in dataclasses.fields(ShardConfig)})
     shards = ShardConfig(**shards_raw)

@@ -197,7 +197,11 @@ class ExtractStream:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 prepared = [torch.from_numpy(np.ascontiguousarray(batch[self.prep_column][i])) for i in video]
-            results.update({i: (f, None) for i, f in zip(video, self.extractor.extract_prepared(prepared))})
+            if hasattr(self.extractor, "extract_prepared_timed"):  # smplx623: its own target_fps, so its own time base
+                timed = self.extractor.extract_prepared_timed(prepared, [_fps(batch["decoded_fps"][i]) for i in video])
+                results.update({i: (f, (n, rate)) for i, (f, n, rate) in zip(video, timed)})
+            else:
+                results.update({i: (f, None) for i, f in zip(video, self.extractor.extract_prepared(prepared))})
         if files:
             read = self.extractor.extract_files([str(_py(batch["path"][i])) for i in files], [_fps(batch["fps"][i]) for i in files])
             results.update({i: (f, (n, fps)) for i, (f, n, fps) in zip(files, read)})

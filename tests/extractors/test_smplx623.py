@@ -172,3 +172,36 @@ def test_non_finite_parameters_with_target_fps_are_bad_params(model_dir, tmp_pat
     with pytest.raises(ClipError, match="not finite") as err:
         ex.extract_files([tmp_path / "nan.npz"], [None])
     assert err.value.kind == "bad_params"
+
+
+def test_target_fps_resamples_a_video_s_estimated_motion_as_a_parameter_file_s(model_dir, monkeypatch):
+    """target_fps was ignored for video rows: one stream held 25 fps motions next to 20 fps ones under one settings
+    hash. The estimated motion is resampled as the same parameters read from a file would be."""
+    from motion.params_io import resample_params
+
+    ex = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "target_fps": 10, "image_size": 64}})
+    params = smooth_random_params(25, seed=3)
+
+    class Estimated:  # the estimator's output (MediaPipe + fitting are tested above); here only the time base matters
+        def estimate(self, frames):
+            assert len(frames) == 25
+            return params
+
+    ex._estimator = Estimated()
+    frames = np.zeros((25, 64, 64, 3), np.uint8)
+    ((array, num_frames, fps),) = ex.extract_prepared_timed([ex.prepare(frames)], [25.0])
+    (want,) = ex.extract_params([resample_params(params, 25.0, 10.0)])
+    assert (num_frames, fps) == (10, 10.0) and array.shape == (9, 623)
+    np.testing.assert_allclose(array, want, atol=1e-6)
+    ((_, same, rate),) = ex.extract_prepared_timed([ex.prepare(frames)], [10.0])  # already at 10 fps: as it is
+    assert (same, rate) == (25, 10.0)
+
+
+def test_a_job_with_smplx623_target_fps_and_other_streams_needs_one_frame_rate():
+    from pipeline.config import parse_job_config
+
+    both = [{"name": "smplx623", "settings": {"target_fps": 20}}, {"name": "dinov2", "tiny": True}]
+    with pytest.raises(SignfeatError, match=r"smplx623 settings.target_fps 20 resamples the motion.*set decode.target_fps: 20 too"):
+        parse_job_config({"extractors": both})
+    parse_job_config({"extractors": both, "decode": {"target_fps": 20}})
+    parse_job_config({"extractors": both[:1]})  # alone: its own rate
