@@ -22,7 +22,7 @@ def register(sub) -> None:
     r.add_argument("--out", type=Path, required=True, help="OUT.gif, OUT.mp4, or a folder for PNG frames")
     r.add_argument("--key", help="the sample's key in a shard (default: the first sample with the stream)")
     r.add_argument("--stream", default="smplx623")
-    r.add_argument("--fps", type=float, default=20.0, help="playback frame rate (default 20)")
+    r.add_argument("--fps", type=float, help="playback frame rate (default: a shard sample's own fps, else 20)")
     r.add_argument("--every", type=int, default=1, help="draw every N-th frame (default 1)")
     r.set_defaults(handler=_motion_render)
 
@@ -41,14 +41,15 @@ def _motion_render(args) -> int:
     from motion.render import load_features, render_frames, save_images
     from pipeline.errors import SignfeatError
 
-    if args.every < 1 or args.fps <= 0:
-        raise SignfeatError("--every must be >= 1 and --fps > 0")
-    features, key = load_features(args.features, args.key, args.stream)
+    if args.every < 1 or (args.fps is not None and not 0 < args.fps < float("inf")):  # NaN and inf too
+        raise SignfeatError("--every must be >= 1 and --fps a finite number > 0")
+    features, key, own_fps = load_features(args.features, args.key, args.stream)
+    fps = args.fps or own_fps or 20.0  # a 25 fps video row's motion played at 20 was 20 % slow
     if features.ndim != 2 or features.shape[1] != FEATURE_WIDTH or not len(features):
         raise SignfeatError(f"{args.features}: features must be [T, {FEATURE_WIDTH}] with T >= 1, got {features.shape}")
     if not np.isfinite(features).all():
         raise SignfeatError(f"{args.features}: features hold NaN or inf values; nothing to draw")
     images = render_frames(recover_from_ric(features), every=args.every)
-    written = save_images(images, args.out, args.fps / args.every)
+    written = save_images(images, args.out, fps / args.every)
     print(json.dumps({"key": key, "frames": len(images), "out": str(args.out), "files": len(written)}, indent=1))
     return 0

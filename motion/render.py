@@ -69,11 +69,21 @@ def save_images(images: list[np.ndarray], out: str | Path, fps: float) -> list[P
     from PIL import Image
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SignfeatError(f"--out {out}: cannot create its folder ({exc.strerror}: {exc.filename})") from None
     suffix = out.suffix.lower()
     if suffix == ".gif":
+        if fps > 50:  # GIF delays are hundredths of a second, and viewers show a delay under 2 as 10
+            raise SignfeatError(f"a GIF cannot play {fps:g} fps (its frame delays are whole hundredths of a second, and viewers slow "
+                                "delays under 2 down to 10): lower --fps, raise --every, or write an .mp4")
+        # each frame's delay in whole hundredths, so the delays add up to the clip's time (30 fps: 3, 3, 4, ...):
+        # one rounded delay played 30 fps as 33.3
+        ends = [round((i + 1) * 100 / fps) for i in range(len(images))]
+        delays = [10 * (end - start) for start, end in zip([0, *ends[:-1]], ends)]
         first, *rest = [Image.fromarray(i) for i in images]
-        first.save(out, save_all=True, append_images=rest, duration=max(1, int(round(1000 / fps))), loop=0)
+        first.save(out, save_all=True, append_images=rest, duration=delays if len(images) > 1 else delays[0], loop=0)
         return [out]
     if suffix == ".mp4":
         try:
@@ -98,18 +108,28 @@ def save_images(images: list[np.ndarray], out: str | Path, fps: float) -> list[P
     return paths
 
 
-def load_features(path: str | Path, key: str | None = None, stream: str = "smplx623") -> tuple[np.ndarray, str]:
-    """Features [T, 623] from a .npy file, or from a shard (.tar) sample (``key``, default: the first with the stream)."""
+def load_features(path: str | Path, key: str | None = None, stream: str = "smplx623") -> tuple[np.ndarray, str, float | None]:
+    """(features [T, 623], name, fps) from a .npy file (fps None), or from a shard (.tar) sample (``key``, default:
+    the first with the stream; fps: the rate its JSON says the rows are at)."""
     path = Path(path)
     if not path.is_file():
         raise SignfeatError(f"no such features file or shard: {path}")
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False), path.stem
+        try:
+            return np.load(path, allow_pickle=False), path.stem, None
+        except (ValueError, OSError, EOFError) as exc:  # not an .npy, empty, an object (pickled) array
+            raise SignfeatError(f"{path}: not a numeric .npy array ({exc})") from None
     if path.suffix == ".tar":
+        import tarfile
+
         from shards.reader import read_samples
 
-        for sample in read_samples(path):
-            if stream in sample and (key is None or sample["key"] == key):
-                return sample[stream], sample["key"]
+        try:
+            for sample in read_samples(path):
+                if stream in sample and (key is None or sample["key"] == key):
+                    fps = sample.get("json", {}).get("fps") if isinstance(sample.get("json"), dict) else None
+                    return sample[stream], sample["key"], float(fps) if isinstance(fps, (int, float)) and fps > 0 else None
+        except (tarfile.TarError, ValueError, OSError) as exc:
+            raise SignfeatError(f"{path}: unreadable shard ({exc})") from None
         raise SignfeatError(f"{path}: no sample {'with key ' + repr(key) + ' and ' if key else 'with '}stream {stream}")
     raise SignfeatError(f"{path}: expected a .npy features file or a .tar shard")

@@ -155,6 +155,13 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     from pipeline.stages import stream_geometries
 
     geometries = stream_geometries(cfg.streams)  # each stream's preprocessing loads here, before Ray starts, or the job stops in one line
+    if not (address or os.environ.get("RAY_ADDRESS")) and any(s.extractor.get("name") == "smplx623" for s in cfg.streams) and any(
+            r.get("status") == "ok" and r.get("source_kind") != "smplx" for r in manifest_rows):
+        # video rows take MediaPipe on this machine's workers: without it every one would fail, the job "succeed"
+        # and a rerun skip those shards as complete (a cluster's workers may have it where the driver has not)
+        from motion.estimate import import_mediapipe
+
+        import_mediapipe()
     plans = plan_shards(manifest_rows, cfg.shards, cfg.decode)
     streams = [s.name for s in cfg.streams]
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}

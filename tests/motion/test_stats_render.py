@@ -129,3 +129,43 @@ def test_rendered_mp4_keeps_a_fractional_frame_rate_and_upper_case_suffixes_work
             assert float(stream.average_rate) == pytest.approx(fps, rel=1e-3)
             assert float(stream.duration * stream.time_base) == pytest.approx(len(images) / fps, rel=0.02)
     assert save_images(images, tmp_path / "clip.GIF", 10.0) == [tmp_path / "clip.GIF"] and (tmp_path / "clip.GIF").is_file()
+
+
+def test_gif_delays_add_up_to_the_clip_s_time(tmp_path):
+    """GIF delays are whole hundredths of a second: one rounded delay played --fps 30 at 33.3 fps, and 60 fps
+    as 100 ms per frame in viewers (a delay under 2 shows as 10)."""
+    from PIL import Image
+
+    from motion.render import save_images
+    from pipeline.errors import SignfeatError
+
+    images = [np.full((16, 16, 3), 8 * i, np.uint8) for i in range(30)]
+    save_images(images, tmp_path / "m.gif", 30.0)
+    with Image.open(tmp_path / "m.gif") as gif:
+        delays = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            delays.append(gif.info["duration"])
+    assert sum(delays) == 1000 and set(delays) <= {30, 40}
+    with pytest.raises(SignfeatError, match="a GIF cannot play 60 fps"):
+        save_images(images, tmp_path / "fast.gif", 60.0)
+
+
+@pytest.mark.parametrize("name, content", [("text.npy", b"not an array"), ("empty.npy", b""), ("bad.tar", b"garbage" * 100)])
+def test_motion_render_of_an_unreadable_file_or_a_bad_fps_is_one_line(tmp_path, capsys, name, content):
+    (tmp_path / name).write_bytes(content)
+    assert main(["motion-render", str(tmp_path / name), "--out", str(tmp_path / "m.gif")]) == 2  # were tracebacks
+    assert "signfeat: error:" in capsys.readouterr().err
+    np.save(tmp_path / "f.npy", np.zeros((3, FEATURE_WIDTH), np.float32))
+    for fps in ("nan", "inf"):
+        assert main(["motion-render", str(tmp_path / "f.npy"), "--fps", fps, "--out", str(tmp_path / "m.mp4")]) == 2
+
+
+def test_a_shard_sample_plays_at_its_own_frame_rate(tmp_path):
+    """A 25 fps video row's motion was drawn at 20 fps (20 % slow) unless --fps was given."""
+    av = pytest.importorskip("av")
+    with wds.TarWriter(str(tmp_path / "s.tar")) as sink:
+        sink.write({"__key__": "k", **encode_sample("k", {"id": "k", "fps": 25.0}, {"smplx623": np.zeros((5, FEATURE_WIDTH), np.float32)})})
+    assert main(["motion-render", str(tmp_path / "s.tar"), "--out", str(tmp_path / "m.mp4")]) == 0
+    with av.open(str(tmp_path / "m.mp4")) as video:
+        assert video.streams.video[0].average_rate == 25

@@ -14,6 +14,7 @@ from extractors import build_extractor
 from manifests.build import build_manifest
 from motion.synthetic import smooth_random_params
 from pipeline.config import parse_job_config
+from pipeline.errors import SignfeatError
 from pipeline.extract import run_extract
 from shards.reader import read_samples
 from shards.verify import verify
@@ -199,3 +200,17 @@ def test_the_job_summary_calls_the_synthetic_body_model_what_it_is(model_dir, tm
     assert _weights_label({"name": "smplx623", "settings": {"model_dir": str(model_dir)}}).startswith("SYNTHETIC")
     assert _weights_label({"name": "smplx623", "settings": {"model_dir": str(tmp_path / "nowhere")}}) == "SMPL-X model from model_dir"
     assert _weights_label({"name": "clip_s2", "tiny": True}).startswith("RANDOM") and _weights_label({"name": "clip_s2"}) == "pretrained"
+
+
+def test_a_local_job_with_video_rows_and_no_mediapipe_stops_before_it_starts(corpus, model_dir, tmp_path, monkeypatch):
+    """Every video row failed, the job exited 0, and a rerun after installing MediaPipe skipped those shards."""
+    import motion.estimate
+
+    def missing():
+        raise SignfeatError("video estimation needs MediaPipe (No module named 'mediapipe'); pip install signfeat[estimate]")
+
+    monkeypatch.setattr(motion.estimate, "import_mediapipe", missing)
+    cfg = parse_job_config({"extractors": [{"name": "smplx623", "num_cpus": 0.5, "settings": _settings(model_dir)}]})
+    with pytest.raises(SignfeatError, match="needs MediaPipe"):
+        run_extract(corpus["manifest"], str(tmp_path / "out"), cfg, progress=False)
+    assert not (tmp_path / "out").exists()
