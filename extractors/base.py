@@ -152,8 +152,12 @@ def model_files_fingerprint(path: str) -> str:
     if os.path.isfile(path):
         files = [(os.path.basename(path), path)]
     else:
-        files = []
+        files, seen = [], set()
         for folder, subfolders, names in os.walk(path, followlinks=True):
+            if os.path.realpath(folder) in seen:  # a link back up the tree: walked once
+                subfolders[:] = []
+                continue
+            seen.add(os.path.realpath(folder))
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # .cache/, .git/
             files += [(os.path.relpath(os.path.join(folder, n), path), os.path.join(folder, n)) for n in sorted(names) if not n.startswith(".")]
     for name, full in files:
@@ -406,6 +410,8 @@ class Extractor:
         if self.model_files is not None:  # a local checkpoint: what it holds, not where it lies
             identity["model_files"] = self.model_files
             hashed = {**identity, "model": None, "arch": "local-dir:" if (self.config.arch or "").startswith("local-dir:") else self.config.arch}
+            if "model_dir" in settings:  # smplx623's model folder, however spelt or wherever moved: its file is fingerprinted
+                hashed["settings"] = {k: v for k, v in settings.items() if k != "model_dir"}
         digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return {**identity, "stream": self.stream, "width": self.width, "dtype": self.storage_dtype.name, "settings_hash": digest, "model_info": self.model_info}
 

@@ -143,15 +143,15 @@ def _person(df: pd.DataFrame) -> pd.Series:
 
 
 def _video_names(paths: pd.Series) -> pd.Series:
-    """A range's source video as a split unit: its path with symlinks and ``..`` resolved, named by the shortest
-    tail of it that no other video of the manifest shares (its file name, unless a corpus keeps one
-    ``video.mp4`` per folder: then ``clip7/video.mp4``; by file name alone all its ranges were one unit, and the
-    whole corpus one split). A tail, not the whole path, so a corpus mounted elsewhere (/home/a vs /mnt/b)
-    draws the same splits, and the same video spelled two ways is one unit."""
+    """A range's source video as a split unit: its path with symlinks and ``..`` resolved, named by its folder and
+    file name (``raw_videos/x.mp4``, ``clip7/video.mp4``: by file name alone a corpus keeping one ``video.mp4`` per
+    folder was one unit, and one split), longer only where two videos of the manifest share even that. A tail, not
+    the whole path, so a corpus mounted elsewhere (/home/a vs /mnt/b) draws the same splits, and the same video
+    spelled two ways is one unit; a fixed tail, so adding a video does not rename (and move) the others."""
     real = paths.astype(str).map(lambda p: os.path.realpath(p) if os.path.exists(p) else os.path.normpath(p))
     parts = {r: Path(r).parts for r in set(real)}
     names: dict[str, str] = {}
-    unresolved, depth = set(parts), 1
+    unresolved, depth = set(parts), 2
     while unresolved:
         tails = {r: "/".join(parts[r][-depth:]) for r in unresolved}
         counts = collections.Counter(tails.values())

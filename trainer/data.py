@@ -152,6 +152,7 @@ def _features_of(meta: Any, streams: list[str]) -> dict[str, dict]:
         return {}
     out = {s: {k: recorded[s].get(k) for k in FEATURE_FIELDS} for s in streams if isinstance(recorded.get(s), dict)}
     for made in out.values():
+        made["_model_given"] = made.get("model")  # as written in the config (not compared: see mixed_features)
         if made.get("model_files"):  # a local checkpoint: what it holds counts, not the path it was read from
             made["model"] = None
             if str(made.get("arch") or "").startswith("local-dir:"):
@@ -174,7 +175,8 @@ def mixed_features(a: dict[str, dict], b: dict[str, dict]) -> list[str]:
         # shards of signfeat before model_files was recorded name a local checkpoint by its path only: which
         # model that was cannot be told, so model and model_files are not compared against them (a Hub id,
         # "org/name", is no such path: a local fine-tune and the Hub model stay apart)
-        unknown = any(bool(x[stream].get("model_files")) and not y[stream].get("model_files") and _older_local(y[stream].get("model"))
+        unknown = any(bool(x[stream].get("model_files")) and not y[stream].get("model_files")
+                      and (_older_local(y[stream].get("model")) or y[stream].get("model") == x[stream].get("_model_given"))
                       for x, y in ((a, b), (b, a)))
         for k in FEATURE_FIELDS:
             x, y = a[stream].get(k), b[stream].get(k)

@@ -312,6 +312,14 @@ def test_the_fingerprint_reads_whole_files_follows_links_and_is_only_for_what_is
     after = model_files_fingerprint(str(weights.parent))
     (tmp_path / "m" / "README.md").symlink_to(tmp_path / "blobs" / "gone")
     assert model_files_fingerprint(str(weights.parent)) == after
+    (tmp_path / "m" / "sub").mkdir()
+    (tmp_path / "m" / "sub" / "up").symlink_to("..")  # a cycle: walked once, not until the OS's link limit
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: (reads.append(f), real_open(f, *a, **k))[1])
+    model_files_fingerprint(str(weights.parent))
+    monkeypatch.undo()
+    assert sum(1 for r in reads if str(r).endswith("model.safetensors")) == 1
     monkeypatch.chdir(tmp_path)
     (tmp_path / "openai").mkdir()
     assert local_checkpoint(ExtractorConfig(name="clip_s2", backend="open_clip", arch="ViT-B-32", model="openai")) is None
@@ -333,6 +341,18 @@ def test_the_smplx_model_file_is_fingerprinted_in_the_job_hash(tmp_path):
 
     first = job_hash(str(tmp_path / "a"))
     assert job_hash(str(tmp_path / "a") + "/") == first
+    # a real (not synthetic) model file: its samples' settings_hash does not depend on how model_dir is spelt either
+    # (a resume with X/ made verify report two models in one output)
+    from motion.synthetic import SYNTHETIC_MARKER
+
+    (synthetic,) = (tmp_path / "a").rglob("SMPLX_NEUTRAL.npz")
+    with np.load(synthetic, allow_pickle=False) as f:
+        real = {k: v for k, v in f.items() if k != SYNTHETIC_MARKER}
+    (tmp_path / "real" / "smplx").mkdir(parents=True)
+    np.savez(tmp_path / "real" / "smplx" / "SMPLX_NEUTRAL.npz", **real)
+    hashes = {build_extractor({"name": "smplx623", "settings": {"model_dir": d}}).metadata()["settings_hash"]
+              for d in (str(tmp_path / "real"), str(tmp_path / "real") + "/")}
+    assert len(hashes) == 1
     (model,) = (tmp_path / "a").rglob("SMPLX_NEUTRAL.npz")
     with np.load(model, allow_pickle=False) as f:
         arrays = dict(f)

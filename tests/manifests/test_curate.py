@@ -268,6 +268,8 @@ def test_ranges_of_videos_that_share_a_file_name_are_units_of_their_own(tmp_path
     assert (df.assign(split=split).groupby("path")["split"].nunique() == 1).all()  # a video's ranges still share one
     from manifests.curate import _video_names
 
-    unique = tmp_path / "vid000" / "long_story.mp4"
-    assert list(_video_names(pd.Series([str(unique), str(tmp_path / "vid001/video.mp4"), str(tmp_path / "vid002/video.mp4")]))) == \
-        ["long_story.mp4", "vid001/video.mp4", "vid002/video.mp4"]
+    names = [str(tmp_path / "vid000" / "long_story.mp4"), str(tmp_path / "vid001/video.mp4"), str(tmp_path / "vid002/video.mp4")]
+    assert list(_video_names(pd.Series(names))) == ["vid000/long_story.mp4", "vid001/video.mp4", "vid002/video.mp4"]
+    # a video's name does not change when others join the manifest (its split would move)
+    grown = names + [str(tmp_path / "other" / "vid001" / "video.mp4"), str(tmp_path / "side" / "long_story.mp4")]
+    assert list(_video_names(pd.Series(grown)))[0] == "vid000/long_story.mp4"

@@ -338,3 +338,6 @@ def test_one_local_checkpoint_at_two_paths_is_one_extraction(tmp_path):
     hub = {"streams": {"dinov2": {"extractor": "dinov2", "model": "facebook/dinov2-base", "settings": {}}}}
     fine_tuned = {"streams": {"dinov2": {"extractor": "dinov2", "model": "/ft/dino", "model_files": "f9", "settings": {}}}}
     assert mixed_features(_features_of(hub, ["dinov2"]), _features_of(fine_tuned, ["dinov2"])) != []  # a Hub model is no older local one
+    relative_old = {"streams": {"dinov2": {"extractor": "dinov2", "model": "ckpts/dino", "settings": {}}}}  # "org/name"-like, but as written
+    relative_new = {"streams": {"dinov2": {"extractor": "dinov2", "model": "ckpts/dino", "model_files": "f9", "settings": {}}}}
+    assert mixed_features(_features_of(relative_old, ["dinov2"]), _features_of(relative_new, ["dinov2"])) == []
