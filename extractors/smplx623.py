@@ -251,8 +251,7 @@ class Smplx623Extractor(Extractor):
     def extract_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
         """Prepared uint8 [T, 3, H, W] clips -> estimate (MediaPipe + fitting) -> features (at the frames' own
         rate; ``extract_prepared_timed`` applies ``target_fps``)."""
-        params = [self.estimator.estimate(np.ascontiguousarray(p.permute(0, 2, 3, 1).cpu().numpy())) for p in prepared]
-        return self.extract_params(params)
+        return [f for f, _, _ in self.extract_prepared_timed(prepared, [None] * len(prepared))]  # no fps: no resampling
 
     def extract_prepared_timed(self, prepared: list[torch.Tensor], fps: list[float | None]) -> list[tuple[np.ndarray, int, float | None]]:
         """Video clips at ``fps`` -> per clip (features, T, fps) with the estimated motion resampled to

@@ -142,13 +142,20 @@ def _person(df: pd.DataFrame) -> pd.Series:
     return df["dataset"].fillna("").astype(str) + "/" + df["signer"].astype(str)
 
 
+def _real_paths(paths: pd.Series) -> pd.Series:
+    """Paths with symlinks and ``..`` resolved (as written where the file is not here); one file system call
+    per distinct path, as a range manifest names each video many times."""
+    resolved = {p: os.path.realpath(p) if os.path.exists(p) else os.path.normpath(p) for p in set(paths.astype(str))}
+    return paths.astype(str).map(resolved)
+
+
 def _video_names(paths: pd.Series) -> pd.Series:
     """A range's source video as a split unit: its path with symlinks and ``..`` resolved, named by its folder and
     file name (``raw_videos/x.mp4``, ``clip7/video.mp4``: by file name alone a corpus keeping one ``video.mp4`` per
     folder was one unit, and one split), longer only where two videos of the manifest share even that. A tail, not
     the whole path, so a corpus mounted elsewhere (/home/a vs /mnt/b) draws the same splits, and the same video
     spelled two ways is one unit; a fixed tail, so adding a video does not rename (and move) the others."""
-    real = paths.astype(str).map(lambda p: os.path.realpath(p) if os.path.exists(p) else os.path.normpath(p))
+    real = _real_paths(paths)
     parts = {r: Path(r).parts for r in set(real)}
     names: dict[str, str] = {}
     unresolved, depth = set(parts), 2
@@ -196,7 +203,7 @@ def _groups(df: pd.DataFrame, units: pd.Series, by_signer: bool) -> pd.Series:
     # a file read whole, and also as ranges or by another row: one unit with them (its real path: names alone
     # would join every "video.mp4" of a corpus that keeps one per folder)
     whole = df["source_kind"].isin(["video", "range"])
-    real = df["path"].astype(str).map(lambda p: os.path.realpath(p) if os.path.exists(p) else os.path.normpath(p))
+    real = _real_paths(df["path"])
     first_of: dict[str, str] = {}
     for node, path, is_file in zip(nodes, real, whole):
         if is_file:
