@@ -251,14 +251,19 @@ class Smplx623Extractor(Extractor):
     def extract_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
         """Prepared uint8 [T, 3, H, W] clips -> estimate (MediaPipe + fitting) -> features (at the frames' own
         rate; ``extract_prepared_timed`` applies ``target_fps``)."""
-        return [f for f, _, _ in self.extract_prepared_timed(prepared, [None] * len(prepared))]  # no fps: no resampling
+        return [f for f, _, _, _ in self.extract_prepared_timed(prepared, [None] * len(prepared))]  # no fps: no resampling
 
-    def extract_prepared_timed(self, prepared: list[torch.Tensor], fps: list[float | None]) -> list[tuple[np.ndarray, int, float | None]]:
-        """Video clips at ``fps`` -> per clip (features, T, fps) with the estimated motion resampled to
+    def extract_prepared_timed(self, prepared: list[torch.Tensor], fps: list[float | None]) -> list[tuple[np.ndarray, int, float | None, dict]]:
+        """Video clips at ``fps`` -> per clip (features, T, fps, detections) with the estimated motion resampled to
         ``target_fps`` as a parameter file's is (it was ignored for video rows: one stream held 20 and 25 fps
-        motions under one settings hash); T and fps become the sample's num_frames and fps."""
-        params = [self.estimator.estimate(np.ascontiguousarray(p.permute(0, 2, 3, 1).cpu().numpy())) for p in prepared]
+        motions under one settings hash); T and fps become the sample's num_frames and fps, and detections
+        (``motion.estimate.detection_gaps``: the frames without a person or a hand, which the fit filled in)
+        the sample's ``streams.smplx623.estimate``."""
+        params, detections = [], []
+        for p in prepared:
+            params.append(self.estimator.estimate(np.ascontiguousarray(p.permute(0, 2, 3, 1).cpu().numpy())))
+            detections.append(getattr(self.estimator, "last_report", {}).get("detections", {}))  # another Estimator may not say
         resampled = [self._resample(p, f) for p, f in zip(params, fps)]
         feats = self.extract_params(resampled)
-        return [(f, num_frames_of(r), float(self.settings.target_fps) if r is not p else rate)
-                for f, r, p, rate in zip(feats, resampled, params, fps)]
+        return [(f, num_frames_of(r), float(self.settings.target_fps) if r is not p else rate, d)
+                for f, r, p, rate, d in zip(feats, resampled, params, fps, detections)]

@@ -202,7 +202,27 @@ class MediaPipeEstimator:
         keypoints = landmarks_to_keypoints(found, frames.shape[1:3], self.body)
         params, self.last_report = fit_keypoints(self.body, keypoints, self.fit)
         self.last_report["frames_with_pose"] = int(sum(f.pose_world is not None for f in found))
+        self.last_report["detections"] = detection_gaps(found)
         return params
+
+
+def detection_gaps(found: list[FrameLandmarks]) -> dict:
+    """Where MediaPipe saw nothing: the fit fills those frames from its neighbours and priors (no person: the
+    whole body; no hand: its fingers rest), so a sample records them (``streams.smplx623.estimate``) for curation
+    to weigh. Frame numbers are the clip's decoded frames, as half-open ranges [start, end)."""
+    def ranges(missing: list[bool]) -> list[list[int]]:
+        out: list[list[int]] = []
+        for t, gap in enumerate(missing):
+            if gap and out and out[-1][1] == t:
+                out[-1][1] = t + 1
+            elif gap:
+                out.append([t, t + 1])
+        return out
+
+    return {"frames": len(found),
+            "without_person": ranges([f.pose_world is None for f in found]),
+            "without_left_hand": ranges([f.left_hand is None for f in found]),
+            "without_right_hand": ranges([f.right_hand is None for f in found])}
 
 
 def _array(landmarks, visibility: bool = False) -> np.ndarray | None:

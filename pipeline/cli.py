@@ -248,20 +248,22 @@ def _features(args) -> int:
                                 "which smplx623 resamples itself: --set target_fps=F")
         extractor = build_extractor(config)
         array, frames, fps = extractor.extract_files([str(args.video)], [args.fps])[0]  # frames/fps the rows align to
+        estimate = {}
     else:
         clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
         decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend, target_fps=args.target_fps, max_frames=args.max_frames))
         extractor = build_extractor(config)
         if hasattr(extractor, "extract_prepared_timed"):  # smplx623: its motion resampled to its own target_fps, as in a job
-            array, frames, fps = extractor.extract_prepared_timed([extractor.prepare(decoded.frames)], [decoded.fps])[0]
+            array, frames, fps, detections = extractor.extract_prepared_timed([extractor.prepare(decoded.frames)], [decoded.fps])[0]
+            estimate = {"estimate": detections}  # the frames without a person or a hand, which the fit filled in
         else:
             array = extractor.extract([decoded.frames])[0]
-            frames, fps = int(decoded.frames.shape[0]), decoded.fps
+            frames, fps, estimate = int(decoded.frames.shape[0]), decoded.fps, {}
     with open(args.out, "wb") as f:  # the name given (np.save would add .npy to any other suffix, and the summary lie)
         np.save(f, array, allow_pickle=False)
     meta = extractor.metadata()
     print(json.dumps({"out": str(args.out), "shape": list(array.shape), "dtype": str(array.dtype), "frames": frames,
-                      "fps": fps, **{k: meta[k] for k in ("stream", "model", "weights", "settings", "settings_hash")}}, indent=1, default=str))
+                      "fps": fps, **{k: meta[k] for k in ("stream", "model", "weights", "settings", "settings_hash")}, **estimate}, indent=1, default=str))
     return 0
 
 

@@ -83,7 +83,7 @@ def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], strea
                 "id": row["id"], "key": row["key"], "text": row["text"], "split": plan.split, "signer": row["signer"], "dataset": row["dataset"],
                 "fps": row["decoded_fps"], "num_frames": row["decoded_frames"], "duration_s": _duration_s(row),
                 "source": {"path": row["path"], "kind": row["source_kind"], "start_s": row["start_s"], "end_s": row["end_s"]},
-                "streams": {s: json.loads(row[f"meta_{s}"]) for s in streams},
+                "streams": {s: {**json.loads(row[f"meta_{s}"]), **json.loads(row.get(f"clipmeta_{s}") or "{}")} for s in streams},
                 "job": {"config_hash": config_hash, "shard": plan.name},
             }
             members = encode_sample(row["key"], meta, {s: row[f"feat_{s}"] for s in streams})

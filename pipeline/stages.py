@@ -14,7 +14,9 @@ stream such a clip fails as ``needs_video`` before any extractor runs, so it lan
 
 Rows carry ``error_stage``/``error_class``/``error_message`` ("" when fine); a failed row flows on
 untouched, so every clip reaches the writer and lands in a shard or in failures. Each stage also adds
-``node_<stage>`` (Ray node id) and ``secs_<stage>`` (busy seconds) for job.json's per-stage accounting.
+``node_<stage>`` (Ray node id) and ``secs_<stage>`` (busy seconds) for job.json's per-stage accounting, and
+``clipmeta_<stream>``: JSON a clip adds to its stream's record in the sample (smplx623 on video: the frames its
+estimator saw no person or hand in).
 """
 
 from __future__ import annotations
@@ -182,9 +184,10 @@ class ExtractStream:
         self.name = self.extractor.stream
         self.meta = json.dumps(self.extractor.metadata(), sort_keys=True, default=str)
 
-    def _extract(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[tuple[np.ndarray, tuple[int, float | None] | None]]:
+    def _extract(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[tuple[np.ndarray, tuple[int, float | None] | None, dict]]:
         """Features of the batch's clips ``idx``: video clips from their prepared frames, parameter clips from
-        their files (extract_files). A parameter clip also gives the (frames, fps) its features are aligned to."""
+        their files (extract_files). A parameter clip also gives the (frames, fps) its features are aligned to,
+        and smplx623 on video what its estimator did not see (written into the sample's stream record)."""
         import torch
 
         files = [i for i in idx if _py(batch["source_kind"][i]) == PARAMS_KIND]
@@ -199,12 +202,12 @@ class ExtractStream:
                 prepared = [torch.from_numpy(np.ascontiguousarray(batch[self.prep_column][i])) for i in video]
             if hasattr(self.extractor, "extract_prepared_timed"):  # smplx623: its own target_fps, so its own time base
                 timed = self.extractor.extract_prepared_timed(prepared, [_fps(batch["decoded_fps"][i]) for i in video])
-                results.update({i: (f, (n, rate)) for i, (f, n, rate) in zip(video, timed)})
+                results.update({i: (f, (n, rate), {"estimate": seen}) for i, (f, n, rate, seen) in zip(video, timed)})
             else:
-                results.update({i: (f, None) for i, f in zip(video, self.extractor.extract_prepared(prepared))})
+                results.update({i: (f, None, {}) for i, f in zip(video, self.extractor.extract_prepared(prepared))})
         if files:
             read = self.extractor.extract_files([str(_py(batch["path"][i])) for i in files], [_fps(batch["fps"][i]) for i in files])
-            results.update({i: (f, (n, fps)) for i, (f, n, fps) in zip(files, read)})
+            results.update({i: (f, (n, fps), {}) for i, (f, n, fps) in zip(files, read)})
         return [results[i] for i in idx]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -224,12 +227,14 @@ class ExtractStream:
                     results[i] = self._extract(batch, [i])[0]
                 except Exception as exc:
                     out["error_stage"][i], out["error_class"][i], out["error_message"][i] = f"extract:{self.name}", _error_kind(exc), printable(str(exc))[:2000]
-        for i, (f, timebase) in results.items():
+        clip_meta = [""] * n  # per clip additions to the stream's record in the sample JSON (JSON text; "": none)
+        for i, (f, timebase, extra) in results.items():
             if not np.isfinite(f).all():
                 out["error_stage"][i], out["error_class"][i] = f"extract:{self.name}", "nonfinite"
                 out["error_message"][i] = f"{self.name} produced non-finite values (float16 overflow or NaN)"
                 continue
             feats[i] = f
+            clip_meta[i] = json.dumps(extra, sort_keys=True) if extra else ""
             if timebase is not None:  # a parameters clip: the sample's num_frames / fps are those the features have
                 out["decoded_frames"][i] = int(timebase[0])
                 out["decoded_fps"][i] = float(timebase[1]) if timebase[1] else out["decoded_fps"][i]
@@ -237,6 +242,7 @@ class ExtractStream:
             out.pop(col, None)
         out[f"feat_{self.name}"] = feats
         out[f"meta_{self.name}"] = [self.meta] * n
+        out[f"clipmeta_{self.name}"] = clip_meta
         node, worked = _node_id(), set(todo)
         out[f"node_{self.name}"] = [node if i in worked else "" for i in range(n)]  # "": a clip that failed before this stage
         out[f"secs_{self.name}"] = [(time.perf_counter() - t0) / n] * n  # the call's time, shared by its clips

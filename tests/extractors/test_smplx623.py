@@ -189,11 +189,12 @@ def test_target_fps_resamples_a_video_s_estimated_motion_as_a_parameter_file_s(m
 
     ex._estimator = Estimated()
     frames = np.zeros((25, 64, 64, 3), np.uint8)
-    ((array, num_frames, fps),) = ex.extract_prepared_timed([ex.prepare(frames)], [25.0])
+    ((array, num_frames, fps, detections),) = ex.extract_prepared_timed([ex.prepare(frames)], [25.0])
     (want,) = ex.extract_params([resample_params(params, 25.0, 10.0)])
     assert (num_frames, fps) == (10, 10.0) and array.shape == (9, 623)
+    assert detections == {}  # an estimator that does not report what it saw
     np.testing.assert_allclose(array, want, atol=1e-6)
-    ((_, same, rate),) = ex.extract_prepared_timed([ex.prepare(frames)], [10.0])  # already at 10 fps: as it is
+    ((_, same, rate, _),) = ex.extract_prepared_timed([ex.prepare(frames)], [10.0])  # already at 10 fps: as it is
     assert (same, rate) == (25, 10.0)
 
 

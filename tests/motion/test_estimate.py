@@ -70,3 +70,14 @@ def test_missing_mediapipe_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mediapipe", None)
     with pytest.raises(SignfeatError, match=r"pip install signfeat\[estimate\]"):
         import_mediapipe()
+
+
+def test_detection_gaps_are_half_open_ranges_of_the_frames_without_a_detection():
+    from motion.estimate import FrameLandmarks, detection_gaps
+
+    pose, hand = np.zeros((33, 4), np.float32), np.zeros((21, 3), np.float32)
+    seen = [(1, 1, 0), (0, 0, 0), (0, 1, 0), (1, 1, 1), (1, 0, 1), (0, 0, 1)]  # (person, left hand, right hand) per frame
+    found = [FrameLandmarks(pose if p else None, hand if lh else None, hand if rh else None) for p, lh, rh in seen]
+    assert detection_gaps(found) == {"frames": 6, "without_person": [[1, 3], [5, 6]], "without_left_hand": [[1, 2], [4, 6]],
+                                     "without_right_hand": [[0, 3]]}
+    assert detection_gaps([]) == {"frames": 0, "without_person": [], "without_left_hand": [], "without_right_hand": []}

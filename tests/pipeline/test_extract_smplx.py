@@ -214,3 +214,26 @@ def test_a_local_job_with_video_rows_and_no_mediapipe_stops_before_it_starts(cor
     with pytest.raises(SignfeatError, match="needs MediaPipe"):
         run_extract(corpus["manifest"], str(tmp_path / "out"), cfg, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_video_sample_records_the_frames_its_estimator_did_not_see(model_dir, ray_local, tmp_path):
+    """Frames where MediaPipe found no person (or no hand) were filled in by the fit without a word: a sample of a
+    clip with black frames read like one of a clip without gaps. The sample's smplx623 record now lists them
+    (decoded frames, half-open ranges); the photo's person shows no hand in any frame."""
+    pytest.importorskip("mediapipe")
+    from tests.motion.test_estimate_real_person import shifted_frames
+
+    frames = shifted_frames()  # 8 frames of a real person (tests/data/astronaut.jpg)
+    frames[3:5] = 0  # two black frames: nobody to see
+    write_video(tmp_path / "person.mp4", frames)
+    (tmp_path / "corpus.csv").write_text("id,path,text,split\nperson,person.mp4,a person,train\n")
+    build_manifest([tmp_path / "corpus.csv"], tmp_path / "m.parquet", root=tmp_path, progress=False)
+    settings = {**_settings(model_dir), "image_size": 224}
+    cfg = parse_job_config({"extractors": [{"name": "smplx623", "num_cpus": 0.5, "settings": settings}], "decode": {"backend": "pyav"}})
+    summary = run_extract(tmp_path / "m.parquet", str(tmp_path / "out"), cfg, progress=False)
+    assert summary["samples"] == 1, pq.read_table(tmp_path / "out" / "failures.parquet").to_pylist()
+    (sample,) = [s for tar in (tmp_path / "out").glob("train/*.tar") for s in read_samples(str(tar))]
+    seen = sample["json"]["streams"]["smplx623"]["estimate"]
+    assert seen == {"frames": 8, "without_person": [[3, 5]], "without_left_hand": [[0, 8]], "without_right_hand": [[0, 8]]}
+    assert sample["json"]["streams"]["smplx623"]["settings_hash"]  # the stream's own record is still there
+    assert verify(str(tmp_path / "out"))["ok"]
