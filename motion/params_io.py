@@ -279,15 +279,40 @@ def _fps_of(value: Any) -> float | None:
 
 
 def _read_signavatars(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
+    valid = None
     if path.suffix == ".npy":
         matrix, fps = np.load(path, allow_pickle=False), None
     else:
         data = _load_mapping(path)
-        matrix, fps = data["smplx"], _fps_of(data.get("fps"))
+        matrix, fps, valid = data["smplx"], _fps_of(data.get("fps")), data.get("total_valid_index")
     matrix = np.asarray(matrix, dtype=np.float32)
     if matrix.ndim != 2 or matrix.shape[1] != 182:
         raise SignfeatError(f"{path}: SignAvatars 'smplx' must be (N, 182), got {matrix.shape}")
+    if valid is not None:
+        _check_signavatars_frames(path, np.asarray(valid).reshape(-1), len(matrix))
     return {**_split_columns(matrix, SIGNAVATARS_SLICES), "world_rotation": CAMERA_TO_Y_UP}, fps
+
+
+def _check_signavatars_frames(path: Path, valid: np.ndarray, rows: int) -> None:
+    """SignAvatars' ``total_valid_index`` says which video frames the ``smplx`` rows are: where its estimator
+    found no valid person it wrote no row. Read as consecutive, such a clip would be shorter than the video and one
+    row's velocity the whole gap's movement, so a gap is refused, as a SMPLer-X folder's is. The frames are read as
+    frame numbers (increasing, one per row) or as a 0/1 mask over the video's frames (one 1 per row)."""
+    if valid.size and not (np.issubdtype(valid.dtype, np.number) and np.isfinite(valid).all() and (valid == np.round(valid)).all()):
+        raise SignfeatError(f"{path}: total_valid_index must hold frame numbers, got {valid.dtype} {valid[:5].tolist()}")
+    valid = valid.astype(np.int64)
+    if valid.size == rows and (valid >= 0).all() and (np.diff(valid) > 0).all():
+        frames = valid
+    elif set(np.unique(valid).tolist()) <= {0, 1} and int(valid.sum()) == rows:
+        frames = np.flatnonzero(valid)
+    else:
+        raise SignfeatError(f"{path}: total_valid_index ({valid.size} entries: {valid[:5].tolist()}...) is neither {rows} increasing "
+                            f"frame numbers nor a 0/1 mask with {rows} ones, one per row of 'smplx'")
+    gaps = [(int(a), int(b)) for a, b in zip(frames, frames[1:]) if b - a != 1]
+    if gaps:
+        a, b = gaps[0]
+        raise SignfeatError(f"{path}: no parameters for frames {a + 1}..{b - 1} (and {len(gaps) - 1} more gaps; total_valid_index), where "
+                            "SignAvatars found no valid person; the clip's timing would be wrong without them")
 
 
 def _read_motionx(path: Path) -> tuple[dict[str, np.ndarray], float | None]:

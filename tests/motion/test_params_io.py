@@ -454,3 +454,24 @@ def test_params_layout_amass_is_accepted(tmp_path):
     assert Smplx623Settings(params_layout="amass").params_layout == "amass"
     with pytest.raises(ValueError, match="params_layout must be auto or one of"):
         Smplx623Settings(params_layout="bvh")
+
+
+@pytest.mark.parametrize("valid, error", [
+    (np.arange(3, 3 + FRAMES), None),  # the rows are video frames 3..8: consecutive, read as they are
+    (np.ones(FRAMES, np.int64), None),  # a 0/1 mask, every frame valid
+    (np.array([0, 1, 2, 5, 6, 7]), r"no parameters for frames 3\.\.4 \(and 0 more gaps"),  # two frames without a row
+    (np.array([1, 1, 0, 1, 1, 1, 1]), r"no parameters for frames 2\.\.2"),  # a mask over 7 video frames, 6 rows
+    (np.arange(FRAMES - 1), r"neither 6 increasing frame numbers nor a 0/1 mask"),  # one entry short
+    (np.array([0.0, 1.5, 2, 3, 4, 5]), r"must hold frame numbers"),
+])
+def test_signavatars_frames_the_estimator_skipped_are_refused_not_read_as_consecutive(tmp_path, params, valid, error):
+    """total_valid_index was not read: a pickle whose rows skip video frames (no valid person there) read as a clip
+    of consecutive frames, shorter than the video, with one row's velocity the whole gap's movement."""
+    path = tmp_path / "video.pkl"
+    path.write_bytes(pickle.dumps({"smplx": _signavatars_matrix(params), "fps": 25.0, "total_valid_index": valid}, protocol=4))
+    if error is None:
+        read, _ = read_params(path)
+        _assert_same(read, params, ["body_pose", "transl"])
+    else:
+        with pytest.raises(SignfeatError, match=error):
+            read_params(path)
