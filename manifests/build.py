@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from manifests import formats
-from manifests.keys import key_from_id
+from manifests.keys import case_safe_keys
 from manifests.probe import PROBED, probe_rows
 from manifests.schema import COLUMNS, MANIFEST_SCHEMA, SCHEMA_VERSION, rows_to_table, write_manifest
 from pipeline.errors import SignfeatError
@@ -70,9 +70,10 @@ def build_manifest(
     annotations = [Path(a) for a in annotations]
     root = Path(root) if root is not None else (annotations[0].parent if annotations else Path("."))
     rows = parse_annotations(annotations, fmt, root.resolve(), dataset)
-    for i, row in enumerate(rows):
+    keys = case_safe_keys([row["id"] for row in rows])  # no two keys that differ only by case
+    for i, (row, key) in enumerate(zip(rows, keys)):
         row["_row"] = i
-        row["key"] = key_from_id(row["id"])
+        row["key"] = key
         if row["path"]:
             row["path"] = str(Path(row["path"]).absolute())
     mark_duplicates(rows)

@@ -55,6 +55,17 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
+def _clip_id(value: Any) -> str | None:
+    """A table's id exactly as written (the id users join on afterwards: " x" and "x\u00a0" are not "x"), or
+    None when there is none. A JSON number must be whole: 1e5 or true would become "100000.0" or "True"."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (bool, float)):  # JSON true, 1e5, 7.0: their Python text is not what the file says
+        raise ValueError(f"id {json.dumps(value)}: a JSON {'true/false' if isinstance(value, bool) else 'number with a fraction or exponent'}; "
+                         "write the id as a string")
+    return str(value)
+
+
 def _float(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -379,7 +390,11 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
     # and test.csv were reassigned at random by curation (8 of 10 test rows went to train)
     file_split = _split_from_filename(annotation)
     for line_no, rec in _table_records(annotation):
-        clip_id = _text(rec.get("id"))
+        try:
+            clip_id = _clip_id(rec.get("id"))
+        except ValueError as exc:
+            yield _bad_row(annotation, line_no, str(exc), clip_id=None, dataset=default_dataset)
+            continue
         nested = [c for c in TABLE_REQUIRED + TABLE_OPTIONAL if isinstance(rec.get(c), (list, dict))]  # other keys are not read
         if nested and "__error__" not in rec:  # a JSON line's list/object would become its Python repr as text or path
             rec = {"__error__": f"{', '.join(map(str, nested))}: expected a string or number, got a JSON list/object"}

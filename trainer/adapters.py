@@ -153,6 +153,15 @@ class Standardized(nn.Module):
         return self.inner(normed, lengths)
 
 
+def visual_positions(kind: str, streams: list[str], lengths: dict[str, int]) -> int:
+    """Positions the adapter ``kind`` hands the LLM for a sample with ``lengths`` rows per stream: the Sign
+    Adapter's temporal CNN turns spatial + motion rows L into floor((L - 12) / 4), none below 16; the others one
+    per row of their stream."""
+    if kind == "sign_adapter":
+        return int(TemporalConv.output_lengths(torch.tensor(sum(lengths[s] for s in streams[:2]))))
+    return int(lengths[streams[0]])
+
+
 def build_adapter(recipe, llm_width: int) -> nn.Module:
     cfg, streams = recipe.adapter, recipe.data.streams
     if cfg.kind == "sign_adapter":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,49 @@ def _npy_shape(fileobj) -> tuple[int, ...]:
     version = np.lib.format.read_magic(fileobj)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     return tuple(read_header(fileobj)[0])
+
+
+def lengths_from_index(urls: list[str], streams: list[str]) -> list[dict[str, int]] | None:
+    """Rows of each stream for every sample of these shards, from the ``index.parquet`` of the extraction output
+    each tar lies in (``len_{stream}``), or None when an index does not describe them all (hand-made shards)."""
+    import pyarrow.parquet as pq
+
+    wanted = {(Path(url).parent.parent, f"{Path(url).parent.name}/{Path(url).stem}") for url in urls}
+    out: list[dict[str, int]] = []
+    for root in sorted({root for root, _ in wanted}):
+        try:
+            table = pq.read_table(root / "index.parquet", columns=["shard", *(f"len_{s}" for s in streams)]).to_pylist()
+        except (OSError, ValueError, KeyError):  # no index, or one without these streams: nothing to say
+            return None
+        out += [{s: int(row[f"len_{s}"]) for s in streams} for row in table if (root, row["shard"]) in wanted]
+    return out
+
+
+def check_visual_input(recipe, urls: list[str], split: str) -> int:
+    """Samples of ``split`` (its shards ``urls``) whose features give the recipe's adapter no position: SpaMo's
+    temporal CNN needs 16 rows of spatial + motion features (short isolated signs at a low frame rate have fewer),
+    and such a sample reaches the LLM as its text prompt alone. A split where every sample does is refused (a
+    whole run on text alone, its VT-Align loss at chance with a zero gradient, looked like training); some of
+    them are counted in a warning. Read from index.parquet; shards without one are not checked. Returns the count."""
+    from trainer.adapters import visual_positions
+
+    lengths = lengths_from_index(urls, recipe.data.streams)
+    if not lengths:
+        return 0
+    kind, streams = recipe.adapter.kind, recipe.data.streams
+    blind = sum(visual_positions(kind, streams, sample) == 0 for sample in lengths)
+    counted = streams[:2] if kind == "sign_adapter" else streams[:1]
+    rows = f"rows of {' + '.join(counted)}"
+    need = (" (its temporal CNN, K5 P2 K5 P2 as SpaMo's, needs 16 " + rows + " per clip: extract at a higher decode.target_fps, "
+            "or use an adapter without it, adapter.kind=mlp)") if kind == "sign_adapter" else f" (no {rows})"
+    if blind == len(lengths):
+        longest = max(sum(sample[s] for s in counted) for sample in lengths)
+        raise SignfeatError(f"split {split!r}: none of its {len(lengths)} samples gives the {kind} adapter a visual position{need}; "
+                            f"the longest has {longest} {rows}, so the model would see text alone")
+    if blind:
+        print(f"warning: split {split!r}: {blind} of {len(lengths)} samples give the {kind} adapter no visual position{need}; "
+              "the model sees their text prompt alone", file=sys.stderr)
+    return blind
 
 
 def _counts_from_index(urls: list[str]) -> list[int] | None:

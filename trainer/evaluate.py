@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import SignfeatError
-from trainer.data import Collate, ShardStream, batches, list_shards, mixed_features, require_streams, shard_counts
+from trainer.data import Collate, ShardStream, batches, check_visual_input, list_shards, mixed_features, require_streams, shard_counts
 
 # ------------------------------------------------------------------------------------------------ metrics
 
@@ -204,8 +204,9 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str]
     out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"
     if out.exists() and not out.is_dir():  # found after translating the whole split, the scores were lost
         raise SignfeatError(f"--out {out} is a file; give a folder for predictions.jsonl and scores.json")
-    _, _, features = eval_shards(recipe, split)  # before the model is loaded
+    urls, _, features = eval_shards(recipe, split)  # before the model is loaded
     refuse_other_features(state.get("stream_features") or {}, features, f"checkpoint {path}", split)
+    check_visual_input(recipe, urls, split)
     model = build_model(recipe, device, tokenizer_dir=path)
     load_checkpoint(path, model)
     result = evaluate_model(model, recipe, split, out, extra={"recipe_changes": changed})

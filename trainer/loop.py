@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from pipeline.errors import SignfeatError
-from trainer.data import Batch, Collate, ShardStream, batches, batches_per_epoch, list_shards, read_split_texts, require_streams, shard_counts
+from trainer.data import (Batch, Collate, ShardStream, batches, batches_per_epoch, check_visual_input, list_shards, read_split_texts, require_streams,
+                          shard_counts)
 from trainer.llm import TOKENIZER_FILE, InContextExamples, SignTranslator, base_checksum, build_model, load_trainable_state, trainable_state
 from trainer.recipe import Recipe
 
@@ -369,13 +370,15 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
 
     # the shards checked before the LLM loads: a missing stream, or an eval split that is missing or empty,
     # would otherwise fail after the model is built, or after the whole training run
-    _, _, features = train_shards(recipe, dist)  # also before stream_statistics, which cannot take zero samples
+    train_urls, _, features = train_shards(recipe, dist)  # also before stream_statistics, which cannot take zero samples
+    check_visual_input(recipe, train_urls, recipe.data.train_split)
     if recipe.eval.at_end or recipe.eval.every:
         from trainer.evaluate import eval_shards, refuse_other_features
 
         try:
-            _, _, eval_features = eval_shards(recipe, recipe.data.eval_split)
+            eval_urls, _, eval_features = eval_shards(recipe, recipe.data.eval_split)
             refuse_other_features(features, eval_features, f"the training split {recipe.data.train_split!r}", recipe.data.eval_split)
+            check_visual_input(recipe, eval_urls, recipe.data.eval_split)
         except SignfeatError as exc:
             raise SignfeatError(f"{exc}; a run evaluates data.eval_split={recipe.data.eval_split} "
                                 f"{'at its end' if recipe.eval.at_end else f'every {recipe.eval.every} steps'}: name a split the shards "

@@ -389,3 +389,27 @@ def test_phoenix_frames_are_found_from_the_corpus_file_under_a_root_above_the_re
     (release / "features/fullFrame-210x260px/dev/n1").mkdir(parents=True)
     (row,) = parse_phoenix(ann, root=tmp_path / "datasets")
     assert Path(row["path"]) == release / "features/fullFrame-210x260px/dev/n1"
+
+
+def test_ids_are_kept_exactly_as_written(tmp_path):
+    """Ids were stripped: " x" and "x\u00a0" both became "x" (then duplicate_id "already used", naming an id the
+    file does not hold for them), and "trailing " lost its space in every output users join on."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "train.jsonl"
+    ids = ["x", " x", "x\u00a0", "trailing ", "\tt"]
+    ann.write_text("".join(json.dumps({"id": i, "path": "v.mp4", "text": "t"}) + "\n" for i in ids) + json.dumps({"id": "  ", "path": "v.mp4", "text": "t"}) + "\n")
+    rows = list(parse_table(ann, root=tmp_path))
+    assert [r["id"] for r in rows[:5]] == ids and all(r["status"] != "bad_annotation" for r in rows[:5])
+    assert rows[5]["status"] == "bad_annotation" and "no id" in rows[5]["error"]  # only whitespace: no id
+
+
+def test_a_json_id_that_is_not_a_string_or_an_integer_is_a_bad_annotation(tmp_path):
+    """1e5 and true became the ids "100000.0" and "True"; 42 is the id "42"."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "train.jsonl"
+    ann.write_text('{"id": 1e5, "path": "v.mp4", "text": "t"}\n{"id": true, "path": "v.mp4", "text": "t"}\n'
+                   '{"id": 7.0, "path": "v.mp4", "text": "t"}\n{"id": 42, "path": "v.mp4", "text": "t"}\n')
+    rows = list(parse_table(ann, root=tmp_path))
+    assert [r["status"] for r in rows[:3]] == ["bad_annotation"] * 3
+    assert "id 100000.0: a JSON number with a fraction or exponent" in rows[0]["error"] and "id true: a JSON true/false" in rows[1]["error"]
+    assert rows[3]["id"] == "42" and rows[3]["status"] != "bad_annotation"

@@ -59,3 +59,35 @@ def test_long_ids_give_keys_that_fit_a_file_name(clip_id):
 def test_ids_up_to_the_limit_keep_their_reversible_key():
     clip_id = "a" * 200
     assert key_from_id(clip_id) == clip_id and id_from_key(clip_id) == clip_id
+
+
+@pytest.mark.parametrize("clip_id", ["_", "__", "_intro", "__key__", "_001"])
+def test_no_key_starts_with_two_underscores(clip_id):
+    """HuggingFace datasets' webdataset reader skips members whose names start with "__" (hidden files): the
+    samples of ids starting with "_" were dropped without a word."""
+    key = key_from_id(clip_id)
+    assert not key.startswith("__") and key.startswith("_5f") and id_from_key(key) == clip_id
+
+
+@pytest.mark.parametrize("clip_id", ["CON", "con", "Nul", "aux", "PRN", "COM1", "lpt9"])
+def test_windows_device_names_are_not_keys(clip_id):
+    key = key_from_id(clip_id)
+    assert key.lower() not in {"con", "prn", "aux", "nul"} | {f"{d}{i}" for d in ("com", "lpt") for i in range(10)}
+    assert id_from_key(key) == clip_id
+    assert key_from_id("CONSOLE") == "CONSOLE" and key_from_id("con1") == "con1"  # only the device names themselves
+
+
+def test_keys_of_one_manifest_never_differ_only_by_case():
+    """`Case` and `case` became members Case.json and case.json: one file on a case-insensitive file system."""
+    from manifests.keys import case_safe_keys
+
+    ids = ["case", "Case", "CASE", "CAse", "case", "other", "Other", "_x", "_X"]
+    keys = case_safe_keys(ids)
+    assert keys[0] == "case" and keys[5] == "other" and keys[4] == keys[0]  # first comers and repeats keep the plain key
+    distinct = {k for k in keys}
+    assert len({k.lower() for k in distinct}) == len(distinct) == len(set(ids))
+    assert [id_from_key(k) for k in keys] == ids
+    rng = random.Random(1)
+    many = list({"".join(rng.choice("aAbB_-.") for _ in range(rng.randint(1, 4))) for _ in range(3000)})
+    keys = case_safe_keys(many)
+    assert len({k.lower() for k in keys}) == len(many) and [id_from_key(k) for k in keys] == many
