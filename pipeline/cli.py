@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--config", required=True, type=Path, help="YAML job config (configs/extract_*.yaml)")
     x.add_argument("--address", help="Ray cluster address ('auto' for the running cluster; default: RAY_ADDRESS, else a local instance)")
     x.add_argument("--overwrite", action="store_true", help="replace what OUT holds, even from another config")
-    x.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray instance (default: all)")
+    x.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray instance (default: all, or what the config's actors "
+                   "need plus one for decoding when that is more; a number given is checked against that need)")
     x.add_argument("--no-progress", action="store_true")
 
     v = sub.add_parser("verify", help="check every shard of an extract output; non-zero exit on any problem")

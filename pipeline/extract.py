@@ -278,12 +278,12 @@ def shards_to_skip(store: Store, plans: list[ShardPlan], config_hash: str | None
     return complete
 
 
-def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
+def check_local_resources(cfg: JobConfig, total: dict[str, float], only: tuple[str, ...] = ()) -> None:
     """Refuse a job whose actors cannot all be placed on a local Ray instance. Ray Data would wait for them
     forever ("No available node types can fulfill resource request {'GPU': 1.0}"): num_gpus > 0 on a machine
     without GPUs, --num-cpus smaller than the actors plus one decode task, a custom resource or
     accelerator_type the machine does not have. A joined cluster (--address, RAY_ADDRESS) may autoscale, so
-    it is not checked."""
+    it is not checked. ``only``: check just these resources (``--num-cpus`` before Ray starts)."""
     need: dict[str, float] = {"CPU": 1.0}  # one decode task must run next to the actors
     for s in cfg.streams:
         asks = {"CPU": s.num_cpus, "GPU": s.num_gpus, "memory": (s.memory_gb or 0) * 2**30, **s.resources}
@@ -293,6 +293,8 @@ def check_local_resources(cfg: JobConfig, total: dict[str, float]) -> None:
             need[name] = need.get(name, 0.0) + s.actors * amount
     for name, amount in need.items():
         have = total.get(name, 0.0)
+        if only and name not in only:
+            continue
         if amount > 0 and have + 1e-9 < amount:
             users = [f"{s.name} ({s.actors} actor{'s' * (s.actors > 1)})" for s in cfg.streams
                      if (name == "CPU" and s.num_cpus) or (name == "GPU" and s.num_gpus) or (name == "memory" and s.memory_gb)
@@ -335,8 +337,11 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     from pipeline.stages import ExtractStream, decode_prepare
 
     needed_cpus = 1 + sum(s.actors * s.num_cpus for s in cfg.streams)
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    if num_cpus and local and not ray.is_initialized():  # said before Ray starts (a minute on a busy machine), not after
+        check_local_resources(cfg, {"CPU": float(num_cpus)}, only=("CPU",))
     ensure_ray(num_cpus=num_cpus or max(os.cpu_count() or 1, int(np.ceil(needed_cpus))), address=address)
-    if not (address or os.environ.get("RAY_ADDRESS")):  # a local instance never grows: what it lacks now, it lacks for good
+    if local:  # a local instance never grows: what it lacks now, it lacks for good
         check_local_resources(cfg, ray.cluster_resources())
     streams_json = json.dumps([s.extractor for s in cfg.streams], sort_keys=True)
     # the config's environment for every worker of the job (Ray merges it into a submitted job's runtime_env)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from pipeline.errors import SignfeatError
+
 
 def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     """Join RAY_ADDRESS / ``address`` when given, else start a local instance; no-op if already up."""
@@ -13,8 +15,18 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        # Workers import signfeat from the driver's working copy, installed or not.
-        ray.init(num_cpus=num_cpus, **kwargs)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            # Workers import signfeat from the driver's working copy, installed or not.
+            ray.init(num_cpus=num_cpus, **kwargs)
+    except ConnectionError as exc:  # a cluster address nobody answers at
+        raise SignfeatError(f"cannot join the Ray cluster at {address} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                            "check --address / RAY_ADDRESS") from None
+    except Exception as exc:
+        if "timed out during startup" not in str(exc):
+            raise
+        # Ray's own words are a traceback; on a busy machine its raylet gives up waiting for its agents
+        raise SignfeatError("the local Ray instance did not start in time (its raylet gave up: a busy machine?); rerun the command, "
+                            "or start Ray yourself (`ray start --head --num-cpus N`) and pass --address auto") from None

@@ -11,6 +11,7 @@ across shards; counts, bytes and checksums equal index.parquet; every planned cl
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,8 @@ def _load(store: Store, out: str, name: str, columns: list[str] = ()) -> Any:
     if not store.exists(name):
         has_record = store.exists("_signfeat/identity.json")
         if not has_record and not store.list_files(""):
+            if "://" not in out and Path(out).is_file():
+                raise SignfeatError(f"{out} is a file; give the folder `signfeat extract --out` wrote")
             raise SignfeatError(f"{out}: no such folder, or an empty one (not a signfeat extract output)")
         if has_record and name in ("_signfeat/plan.parquet", "index.parquet", "failures.parquet", "job.json"):
             raise SignfeatError(f"{out}: missing {name}: the job did not finish (killed, or still running); "

@@ -180,3 +180,21 @@ def test_extractor_fields_of_the_wrong_kind_are_one_line(field, value, needle):
 
     with pytest.raises(SignfeatError, match=needle):
         ExtractorConfig.from_dict({"name": "dinov2", "tiny": True, field: value})
+
+
+def test_num_cpus_too_small_for_the_config_is_said_before_ray_starts(demo_manifest, tmp_path):
+    """The demo config needs 3 CPUs (its actors plus a decode task); --num-cpus 2 was refused only once a local
+    Ray was up (80 s on a busy machine), where the default (all, or the need when more) runs."""
+    ray_dir = tmp_path / "ray"  # where a local Ray started by this command would keep its session
+    cmd = [str(SIGNFEAT)] if SIGNFEAT.exists() else [sys.executable, "-m", "pipeline.cli"]
+    res = subprocess.run(cmd + ["extract", "--manifest", str(demo_manifest), "--out", str(tmp_path / "out"), "--config", "configs/extract_demo.yaml",
+                                "--num-cpus", "2"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=600,
+                         env={**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_dir)})
+    assert res.returncode == 2 and "need 3 CPU in all" in res.stderr and "raise --num-cpus" in res.stderr, res.stderr[-800:]
+    assert "Traceback" not in res.stderr and not ray_dir.exists()
+
+
+def test_verify_of_a_file_says_it_is_a_file(tmp_path):
+    (tmp_path / "m.parquet").write_bytes(b"PAR1")
+    res = run("verify", tmp_path / "m.parquet")
+    assert res.returncode != 0 and "m.parquet is a file; give the folder `signfeat extract --out` wrote" in res.stdout + res.stderr
