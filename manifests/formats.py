@@ -36,6 +36,23 @@ def normalise_split(value: Any) -> str | None:
     return SPLIT_ALIASES.get(text.lower(), text)
 
 
+def misspelt_split(value: str | None) -> str | None:
+    """The split word a table's split value reads as a misspelling of (``tset`` -> test), else None. Such a
+    row would be extracted into a split of its own that training and evaluation never read; another name
+    (``test_unseen``, ``holdout``) is a split of the user's own and passes."""
+    word = (value or "").lower()
+    if not word.isalpha():  # "dev2", "test_unseen": a split of the user's own
+        return None
+    import difflib
+
+    # a word holding a split word ("eval", "tests") extends it rather than misspells it, unless it is a near
+    # spelling of a longer one ("trainig", "validaton")
+    others = [alias for alias in SPLIT_ALIASES if alias not in word]
+    holds_one = len(others) < len(SPLIT_ALIASES)
+    close = difflib.get_close_matches(word, others, n=1, cutoff=0.85 if holds_one else 0.75)
+    return SPLIT_ALIASES[close[0]] if close else None
+
+
 def _name_tokens(name: str) -> list[str]:
     """The words of a file name (``PHOENIX-2014-T.dev.corpus`` -> PHOENIX, 2014, T, dev, corpus)."""
     return [t for t in re.split(r"[._\-]", name) if t]
@@ -422,10 +439,16 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
         except ValueError as exc:
             yield _bad_row(annotation, line_no, str(exc), clip_id=clip_id, dataset=default_dataset, path=str(path))
             continue
+        split = normalise_split(rec.get("split"))
+        meant = misspelt_split(split)
+        if meant:
+            yield _bad_row(annotation, line_no, f"split {split!r} reads as a misspelling of {meant!r} (a split of its own would never be "
+                           "trained or evaluated on); write the split word", clip_id=clip_id, dataset=default_dataset, path=str(path))
+            continue
         yield _row(
             id=clip_id,
             dataset=_text(rec.get("dataset")) or default_dataset,
-            split=normalise_split(rec.get("split")) or file_split,
+            split=split or file_split,
             signer=_text(rec.get("signer")),
             text=_text(rec.get("text")),
             source_kind=kind,

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("manifest", type=Path)
     c.add_argument("--out", required=True, type=Path, metavar="CURATED.parquet")
     c.add_argument("--report", required=True, type=Path, metavar="DIR")
-    c.add_argument("--config", type=Path, help="YAML of curation options (configs/curate.yaml); flags given here override it")
+    c.add_argument("--config", type=Path, help="YAML of curation options (configs/curate.yaml: the usual bounds); flags given here override it. Without it only status, empty texts and duplicates are filtered")
     c.add_argument("--min-duration", type=_nonneg_float, dest="min_duration_s")
     c.add_argument("--max-duration", type=_nonneg_float, dest="max_duration_s")
     c.add_argument("--min-frames", type=_nonneg_int)

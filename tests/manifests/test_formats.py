@@ -413,3 +413,16 @@ def test_a_json_id_that_is_not_a_string_or_an_integer_is_a_bad_annotation(tmp_pa
     assert [r["status"] for r in rows[:3]] == ["bad_annotation"] * 3
     assert "id 100000.0: a JSON number with a fraction or exponent" in rows[0]["error"] and "id true: a JSON true/false" in rows[1]["error"]
     assert rows[3]["id"] == "42" and rows[3]["status"] != "bad_annotation"
+
+
+def test_a_misspelt_split_word_is_a_bad_annotation_and_a_split_of_one_s_own_passes(tmp_path):
+    """`tset` became a split of its own, kept by curation and extracted into a folder no training or eval reads."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "corpus.jsonl"
+    splits = {"a": "tset", "b": "trian", "c": "validaton", "d": "test_unseen", "e": "holdout", "f": "dev2", "g": "Validation", "h": "eval"}
+    ann.write_text("".join(json.dumps({"id": i, "path": "v.mp4", "text": "t", "split": s}) + "\n" for i, s in splits.items()))
+    by_id = {r["id"]: r for r in parse_table(ann, root=tmp_path)}
+    for clip, meant in (("a", "test"), ("b", "train"), ("c", "dev")):
+        assert by_id[clip]["status"] == "bad_annotation" and f"reads as a misspelling of {meant!r}" in by_id[clip]["error"], by_id[clip]
+    assert {c: by_id[c]["split"] for c in "defgh"} == {"d": "test_unseen", "e": "holdout", "f": "dev2", "g": "dev", "h": "eval"}
+    assert all(by_id[c]["status"] is None for c in "defgh")
