@@ -139,10 +139,27 @@ def _clean_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def refuse_relative_out_in_a_ray_job(out: str) -> None:
+    """Under `ray job submit --working-dir DIR` the command runs in Ray's copy of DIR inside the session folder,
+    which Ray unpacks again when a node joins and deletes with the session: a relative --out landed there, its
+    log said only the bare name, and the output was lost (on one machine, deleted mid-run)."""
+    if "://" in out or os.path.isabs(os.path.expanduser(out)):
+        return
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")  # set by Ray's job supervisor
+        working_dir = job.get("runtime_env", {}).get("working_dir")
+    except (ValueError, AttributeError):
+        working_dir = None
+    if working_dir:
+        raise SignfeatError(f"--out {out} is relative, and this command runs as a Ray job in Ray's copy of its working_dir "
+                            f"({os.getcwd()}), which Ray deletes: give an absolute path the head node keeps, or s3://bucket/prefix")
+
+
 def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, *, address: str | None = None, overwrite: bool = False,
                 progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
     t_start = time.time()
     cfg = config if isinstance(config, JobConfig) else load_job_config(config)
+    refuse_relative_out_in_a_ray_job(str(out))
     try:
         table = read_manifest(manifest)
     except (FileNotFoundError, ValueError) as exc:
@@ -174,7 +191,7 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
         log.warning("removed %d half-written files of an interrupted earlier run", removed)
     done = shards_to_skip(store, plans, identity["config_hash"])
     todo = [p for p in plans if p.name not in done]
-    log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.url)
+    log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.where)
     run_stats: dict[str, Any] = {}
     if todo:
         with _job_data_context():
@@ -257,9 +274,12 @@ def check_run(store: Store, run_id: str) -> None:
         raise SignfeatError(f"{store.url}: cannot reach the output location to check that this run still owns it "
                             f"({str(exc).splitlines()[0]}); rerun the same command when it is back (complete shards are kept)") from None
     if not isinstance(owner, dict) or owner.get("run_id") != run_id:
+        if not owner and store.local and not os.path.isdir(store.root):  # the folder itself went away, not to another driver
+            raise SignfeatError(f"{store.where} was deleted while this run wrote it; this run stops here (rerun the command "
+                                "to start it again)")
         who = (f"{owner.get('host')}, pid {owner.get('pid')}, started {owner.get('started')}" if isinstance(owner, dict) and owner
                else "its run record is gone")
-        raise SignfeatError(f"another signfeat extract has taken over {store.url} since this run started ({who}); this run stops "
+        raise SignfeatError(f"another signfeat extract has taken over {store.where} since this run started ({who}); this run stops "
                             "here. Never run two jobs into one --out: rerun this command when the other has finished (it resumes), "
                             "or use another --out")
 
@@ -479,7 +499,7 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
     frames_skipped = sum(n for shard, n in zip(index.column("shard").to_pylist(), index.column("num_frames").to_pylist()) if shard in skipped)
     clips_this_run, frames_this_run = len(planned) - clips_skipped, frames - frames_skipped
     summary = {
-        "output": store.url,
+        "output": store.where,
         "clips_planned": len(planned),
         "samples": index.num_rows,
         "failures": failures.num_rows,

@@ -54,6 +54,12 @@ class Store:
         if not self.local and "" in self.root.split("/"):  # s3://bkt//job: pyarrow refuses it at the first access
             raise SignfeatError(f"output location {self.url} has an empty path component ({self.root!r}); write s3://bucket/prefix/sub")
 
+    @property
+    def where(self) -> str:
+        """The output as a person can find it: a local folder as an absolute path (a relative --out said nothing
+        about where under `ray job submit`, whose working directory is Ray's copy of --working-dir), else the URL."""
+        return self.root if self.local and "://" not in self.url else self.url
+
     def check_reachable(self) -> None:
         """Before reading an output: an object store that cannot be reached (endpoint down, bad credentials) is
         one line, not a pyarrow traceback at the first file."""

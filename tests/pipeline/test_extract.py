@@ -488,3 +488,38 @@ def test_shard_frame_limits_count_the_frames_the_job_decodes():
     assert [len(p.rows) for p in resampled] == [2]  # ceil(34 / 25 * 5) = 7 and ceil(35 / 25 * 5) = 7
     params = [{**r, "source_kind": "smplx"} for r in rows[:2]]
     assert len(plan_shards(params, ShardConfig(samples=100, max_frames=40), DecodeOptions(max_frames=12))) == 2  # not decoded
+
+
+def test_a_relative_out_under_ray_job_submit_with_a_working_dir_is_refused(tmp_path, monkeypatch):
+    """`ray job submit --working-dir .` runs the command in Ray's copy of the folder: a relative --out landed in
+    Ray's session folder (deleted with it, and unpacked anew when a node joined), its log naming only `out3rel`."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}, "metadata": {}}))
+    cfg = parse_job_config({"extractors": [{"name": "dinov2", "tiny": True}]})
+    with pytest.raises(SignfeatError, match=r"--out out3rel is relative, and this command runs as a Ray job in Ray's copy of its working_dir"):
+        run_extract(tmp_path / "no-manifest-needed.parquet", "out3rel", cfg)
+    assert not (tmp_path / "out3rel").exists()
+    # an absolute path or a URL is where the user says; without a working_dir the job runs where `ray start` ran
+    for out in (str(tmp_path / "abs"), "s3://bucket/features"):
+        with pytest.raises(SignfeatError, match="manifest"):  # it goes on to read the manifest (missing here)
+            run_extract(tmp_path / "no-manifest-needed.parquet", out, cfg)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {}, "metadata": {}}))
+    with pytest.raises(SignfeatError, match="manifest"):
+        run_extract(tmp_path / "no-manifest-needed.parquet", "out3rel", cfg)
+
+
+def test_the_output_is_named_by_its_absolute_path_and_a_deleted_one_is_said_as_such(tmp_path, monkeypatch):
+    from pipeline.extract import RUN_FILE, check_run
+    from shards.store import Store
+
+    monkeypatch.chdir(tmp_path)
+    store = Store("features")
+    assert store.where == str(tmp_path / "features") and Store("file:///x/y").where == "file:///x/y"
+    (tmp_path / "features").mkdir()
+    store.write_json(RUN_FILE, {"run_id": "mine"})
+    check_run(store, "mine")
+    shutil.rmtree(tmp_path / "features")  # what Ray did to a working_dir copy: not another driver taking over
+    with pytest.raises(SignfeatError, match=r"features was deleted while this run wrote it"):
+        check_run(store, "mine")
