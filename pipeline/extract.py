@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -329,6 +330,57 @@ def check_local_resources(cfg: JobConfig, total: dict[str, float], only: tuple[s
                 + (", or raise --num-cpus" if name == "CPU" else "") + ", or run on a cluster with --address (the job would wait forever)")
 
 
+class StallWatch:
+    """Says so when no clip has come back for ``after_s`` seconds (again every ``after_s`` while it lasts).
+
+    On a joined cluster the job's actors can hold every CPU while its decode tasks (1 CPU each) wait: two jobs
+    that each fit, or a cluster that lost a node. Ray waits for resources forever and the progress bar stands
+    still, so a stalled job looked like a slow one. The message names what Ray has free against what the job
+    asks; the job goes on waiting (a node may yet join). ``SIGNFEAT_STALL_WARN_S`` sets ``after_s`` (300)."""
+
+    def __init__(self, cfg: JobConfig, after_s: float, resources=None, clock=time.monotonic):
+        self.cfg, self.after_s, self.clock = cfg, after_s, clock
+        self.resources = resources or self._ray_resources
+        self.last = self.warned = clock()
+
+    @staticmethod
+    def _ray_resources() -> tuple[dict[str, float], dict[str, float]]:
+        import ray
+
+        return ray.available_resources(), ray.cluster_resources()
+
+    def progress(self) -> None:
+        self.last = self.warned = self.clock()
+
+    def check(self) -> str | None:
+        now = self.clock()
+        if now - self.last < self.after_s or now - self.warned < self.after_s:
+            return None
+        self.warned = now
+        free, total = self.resources()
+        asks = ", ".join(f"{s.name} {s.actors} x {s.num_cpus:g} CPU" + (f" + {s.num_gpus:g} GPU" if s.num_gpus else "") for s in self.cfg.streams)
+        gpus = f" and {free.get('GPU', 0):g} of {total['GPU']:g} GPUs" if total.get("GPU") else ""
+        message = (f"no clip has come back for {now - self.last:.0f} s; Ray has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs{gpus} "
+                   f"free. This job's actors ask {asks}, and each decode task 1 CPU")
+        if free.get("CPU", 0) < 1:
+            message += (": with no CPU free its decode tasks cannot start (actors of this or another job hold them all, or a node "
+                        "was lost). Add a node, stop the other job, or lower actors / num_cpus; the job waits")
+        else:
+            message += " (still starting? a long clip?); the job waits"
+        return message
+
+
+def _watch_for_stalls(watch: StallWatch, stop: threading.Event) -> None:
+    while not stop.wait(min(30.0, watch.after_s / 4)):
+        try:
+            message = watch.check()
+        except Exception as exc:  # noqa: BLE001  (Ray gone at shutdown): the watch only ever reports
+            log.debug("stall check failed: %s", exc)
+            continue
+        if message:
+            log.warning("signfeat extract: %s", message)
+
+
 @contextlib.contextmanager
 def _job_data_context():
     """Ray Data's settings for the job, set on its process-wide context and put back afterwards: a caller's own
@@ -438,29 +490,37 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
                 per_node = clips_by_node.setdefault(str(node), {})
                 per_node[stage] = per_node.get(stage, 0) + 1
         failures += bool(row["error_class"])
+        watch.progress()
         bar.update(1)
         bar.set_postfix(failures=failures, refresh=False)
         return row
 
-    for row in pipeline(_ray_rows(todo), cfg.clips_per_call).iter_rows():
-        row = arrived(row)
-        k = order[row["shard"]]
-        flush(k)  # rows come in plan order: a later shard's row means the earlier shards are finished
-        current[int(row["pos"])] = row
-        if len(current) == len(todo[k].rows):
-            flush(k + 1)
-    flush(len(todo))
-    if short:
-        # An actor killed for good (out of memory on one clip, say) takes every clip of its calls with it: its
-        # own call's clips_per_call, and the calls queued on it. Those clips go through again, one clip per call
-        # and one call per actor at a time, so that only a clip that kills its worker by itself is lost.
-        again = [r for k, got in short.items() for r in _ray_rows([todo[k]]) if r["pos"] not in got]
-        log.warning("%d clips were dropped with Ray workers that died; retrying them one at a time", len(again))
-        for row in pipeline(again, 1, calls_in_flight=1).iter_rows():
+    watch = StallWatch(cfg, float(os.environ.get("SIGNFEAT_STALL_WARN_S") or 300))
+    stop_watch = threading.Event()
+    threading.Thread(target=_watch_for_stalls, args=(watch, stop_watch), name="signfeat-stall-watch", daemon=True).start()
+    try:
+        for row in pipeline(_ray_rows(todo), cfg.clips_per_call).iter_rows():
             row = arrived(row)
-            short[order[row["shard"]]][int(row["pos"])] = row
-        for k in sorted(short):
-            commit(k, short[k])
+            k = order[row["shard"]]
+            flush(k)  # rows come in plan order: a later shard's row means the earlier shards are finished
+            current[int(row["pos"])] = row
+            if len(current) == len(todo[k].rows):
+                flush(k + 1)
+        flush(len(todo))
+        if short:
+            # An actor killed for good (out of memory on one clip, say) takes every clip of its calls with it: its
+            # own call's clips_per_call, and the calls queued on it. Those clips go through again, one clip per call
+            # and one call per actor at a time, so that only a clip that kills its worker by itself is lost.
+            again = [r for k, got in short.items() for r in _ray_rows([todo[k]]) if r["pos"] not in got]
+            log.warning("%d clips were dropped with Ray workers that died; retrying them one at a time", len(again))
+            watch.progress()
+            for row in pipeline(again, 1, calls_in_flight=1).iter_rows():
+                row = arrived(row)
+                short[order[row["shard"]]][int(row["pos"])] = row
+            for k in sorted(short):
+                commit(k, short[k])
+    finally:
+        stop_watch.set()
     bar.close()
     return {"busy_seconds": {**{f"{k}_s": round(v, 3) for k, v in busy_seconds.items()}, "write_shards_s": round(t_write, 3)},
             "clips_by_node": clips_by_node}

@@ -523,3 +523,31 @@ def test_the_output_is_named_by_its_absolute_path_and_a_deleted_one_is_said_as_s
     shutil.rmtree(tmp_path / "features")  # what Ray did to a working_dir copy: not another driver taking over
     with pytest.raises(SignfeatError, match=r"features was deleted while this run wrote it"):
         check_run(store, "mine")
+
+
+def test_a_job_that_stands_still_says_why():
+    """Two jobs on one cluster whose actors held every CPU waited forever for their decode tasks, the bar standing
+    still, without a word from signfeat. The watch names what Ray has free against what the job asks."""
+    from pipeline.extract import StallWatch
+
+    now = [0.0]
+    free = [{"CPU": 0.0}]
+    cfg = parse_job_config({"extractors": [{"name": "clip_s2", "tiny": True, "num_cpus": 0.5, "actors": 2}, {"name": "dinov2", "tiny": True}]})
+    watch = StallWatch(cfg, after_s=300, resources=lambda: (free[0], {"CPU": 4.0}), clock=lambda: now[0])
+    now[0] = 299
+    assert watch.check() is None
+    now[0] = 301
+    message = watch.check()
+    assert "no clip has come back for 301 s; Ray has 0 of 4 CPUs free" in message and "clip_s2 2 x 0.5 CPU, dinov2 1 x 1 CPU" in message
+    assert "decode tasks cannot start" in message
+    now[0] = 400
+    assert watch.check() is None  # said once per after_s while it lasts
+    now[0] = 602
+    assert "for 602 s" in watch.check()
+    watch.progress()  # a clip came back: quiet again
+    now[0] = 800
+    assert watch.check() is None
+    free[0] = {"CPU": 2.0}
+    now[0] = 903
+    message = watch.check()
+    assert "Ray has 2 of 4 CPUs free" in message and "cannot start" not in message
