@@ -449,6 +449,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     total = sum(len(p.rows) for p in todo)
     order = {p.name: i for i, p in enumerate(todo)}
     bar = tqdm(total=total, unit="clip", desc="extract", disable=not progress, mininterval=2.0)
+    t_bar = time.monotonic()
     failures = 0
     next_shard = 0  # todo[next_shard] is the shard whose rows arrive now
     current: dict[int, dict[str, Any]] = {}
@@ -491,6 +492,11 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
                 per_node[stage] = per_node.get(stage, 0) + 1
         failures += bool(row["error_class"])
         watch.progress()
+        if not bar.n and not bar.disable:
+            # Ray's start and the actors' model loading come before the first clip: counted in the rate, they made
+            # the ETA of a 2-minute job 30 minutes. The bar's clock starts at the first clip, and says when that was.
+            bar.set_description(f"extract (first clip after {time.monotonic() - t_bar:.0f} s)", refresh=False)
+            bar.unpause()
         bar.update(1)
         bar.set_postfix(failures=failures, refresh=False)
         return row
