@@ -265,5 +265,7 @@ class Smplx623Extractor(Extractor):
             detections.append(getattr(self.estimator, "last_report", {}).get("detections", {}))  # another Estimator may not say
         resampled = [self._resample(p, f) for p, f in zip(params, fps)]
         feats = self.extract_params(resampled)
+        # the detections' frames are the decoded ones, at the decoded rate (which max_frames may have thinned out)
+        detections = [{**d, "fps": rate} if d else d for d, rate in zip(detections, fps)]
         return [(f, num_frames_of(r), float(self.settings.target_fps) if r is not p else rate, d)
                 for f, r, p, rate, d in zip(feats, resampled, params, fps, detections)]

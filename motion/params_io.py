@@ -298,8 +298,10 @@ def _check_signavatars_frames(path: Path, valid: np.ndarray, rows: int) -> None:
     found no valid person it wrote no row. Read as consecutive, such a clip would be shorter than the video and one
     row's velocity the whole gap's movement, so a gap is refused, as a SMPLer-X folder's is. The frames are read as
     frame numbers (increasing, one per row) or as a 0/1 mask over the video's frames (one 1 per row)."""
+    if valid.dtype == bool:  # a True/False mask
+        valid = valid.astype(np.int64)
     if valid.size and not (np.issubdtype(valid.dtype, np.number) and np.isfinite(valid).all() and (valid == np.round(valid)).all()):
-        raise SignfeatError(f"{path}: total_valid_index must hold frame numbers, got {valid.dtype} {valid[:5].tolist()}")
+        raise SignfeatError(f"{path}: total_valid_index must hold frame numbers or a 0/1 mask, got {valid.dtype} {valid[:5].tolist()}")
     valid = valid.astype(np.int64)
     if valid.size == rows and (valid >= 0).all() and (np.diff(valid) > 0).all():
         frames = valid
@@ -308,10 +310,12 @@ def _check_signavatars_frames(path: Path, valid: np.ndarray, rows: int) -> None:
     else:
         raise SignfeatError(f"{path}: total_valid_index ({valid.size} entries: {valid[:5].tolist()}...) is neither {rows} increasing "
                             f"frame numbers nor a 0/1 mask with {rows} ones, one per row of 'smplx'")
-    gaps = [(int(a), int(b)) for a, b in zip(frames, frames[1:]) if b - a != 1]
+    # evenly spaced frame numbers (every 2nd frame) are a clip at that step, as a SMPLer-X folder's are
+    step = int(np.diff(frames).min()) if len(frames) > 1 else 1
+    gaps = [(int(a), int(b)) for a, b in zip(frames, frames[1:]) if b - a != step]
     if gaps:
         a, b = gaps[0]
-        raise SignfeatError(f"{path}: no parameters for frames {a + 1}..{b - 1} (and {len(gaps) - 1} more gaps; total_valid_index), where "
+        raise SignfeatError(f"{path}: no parameters for frames {a + step}..{b - step} (and {len(gaps) - 1} more gaps; total_valid_index), where "
                             "SignAvatars found no valid person; the clip's timing would be wrong without them")
 
 

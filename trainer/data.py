@@ -266,16 +266,20 @@ def lengths_from_index(urls: list[str], streams: list[str]) -> list[dict[str, in
 
 def check_visual_input(recipe, urls: list[str], split: str) -> int:
     """Samples of ``split`` (its shards ``urls``) whose features give the recipe's adapter no position: SpaMo's
-    temporal CNN needs 16 rows of spatial + motion features (short isolated signs at a low frame rate have fewer),
+    temporal CNN needs 16 rows of spatial + motion features after data.max_frames / max_len (short isolated
+    signs at a low frame rate have fewer),
     and such a sample reaches the LLM as its text prompt alone. A split where every sample does is refused (a
     whole run on text alone, its VT-Align loss at chance with a zero gradient, looked like training); some of
     them are counted in a warning. Read from index.parquet; shards without one are not checked. Returns the count."""
     from trainer.adapters import visual_positions
 
-    lengths = lengths_from_index(urls, recipe.data.streams)
+    d = recipe.data
+    lengths = lengths_from_index(urls, d.streams)
     if not lengths:
         return 0
-    kind, streams = recipe.adapter.kind, recipe.data.streams
+    # as the model gets them: crop_streams cut to max_frames, every stream to max_len (``crop``)
+    lengths = [{s: min(n, d.max_len, d.max_frames if s in d.crop_streams else n) for s, n in sample.items()} for sample in lengths]
+    kind, streams = recipe.adapter.kind, d.streams
     blind = sum(visual_positions(kind, streams, sample) == 0 for sample in lengths)
     counted = streams[:2] if kind == "sign_adapter" else streams[:1]
     rows = f"rows of {' + '.join(counted)}"

@@ -378,11 +378,11 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         try:
             eval_urls, _, eval_features = eval_shards(recipe, recipe.data.eval_split)
             refuse_other_features(features, eval_features, f"the training split {recipe.data.train_split!r}", recipe.data.eval_split)
-            check_visual_input(recipe, eval_urls, recipe.data.eval_split)
         except SignfeatError as exc:
             raise SignfeatError(f"{exc}; a run evaluates data.eval_split={recipe.data.eval_split} "
                                 f"{'at its end' if recipe.eval.at_end else f'every {recipe.eval.every} steps'}: name a split the shards "
                                 "have, or train without evaluating (eval.at_end=false eval.every=0)") from None
+        check_visual_input(recipe, eval_urls, recipe.data.eval_split)  # its own advice: the split is there
     if resume_from is not None:  # what the checkpoint cannot continue, refused before the model loads
         saved = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))
         changed = recipe_changes(saved["recipe"], recipe.to_dict())

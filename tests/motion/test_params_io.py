@@ -459,6 +459,10 @@ def test_params_layout_amass_is_accepted(tmp_path):
 @pytest.mark.parametrize("valid, error", [
     (np.arange(3, 3 + FRAMES), None),  # the rows are video frames 3..8: consecutive, read as they are
     (np.ones(FRAMES, np.int64), None),  # a 0/1 mask, every frame valid
+    (np.ones(FRAMES, bool), None),  # the same as True/False
+    (np.arange(0, 2 * FRAMES, 2), None),  # every 2nd video frame: evenly spaced, a clip at that step (as a SMPLer-X folder's)
+    (np.array([True, True, False, True, True, True, True]), r"no parameters for frames 2\.\.2"),
+    (np.array([0, 2, 4, 6, 10, 12]), r"no parameters for frames 8\.\.8"),  # a gap in a strided clip
     (np.array([0, 1, 2, 5, 6, 7]), r"no parameters for frames 3\.\.4 \(and 0 more gaps"),  # two frames without a row
     (np.array([1, 1, 0, 1, 1, 1, 1]), r"no parameters for frames 2\.\.2"),  # a mask over 7 video frames, 6 rows
     (np.arange(FRAMES - 1), r"neither 6 increasing frame numbers nor a 0/1 mask"),  # one entry short

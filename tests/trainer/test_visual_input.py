@@ -16,11 +16,14 @@ from trainer.loop import train
 from trainer.recipe import recipe_from_dict
 
 
-def _output(root, sentences):
-    """Shards of the sentences plus the index.parquet an extraction writes next to them (shard, per-stream rows)."""
-    write_shards(root, "train", sentences, per_shard=4)
-    rows = [{"shard": f"train/syn-{i // 4:06d}", "key": f"train-{i:05d}", "len_clip_s2": len(words) * FRAMES_PER_WORD,
-             "len_videomae": len(words), "len_dinov2": len(words) * FRAMES_PER_WORD} for i, words in enumerate(sentences)]
+def _output(root, sentences, dev=None):
+    """Shards of the sentences (and a dev split) plus the index.parquet an extraction writes next to them."""
+    rows = []
+    for split, split_sentences in (("train", sentences), ("dev", dev or [])):
+        if split_sentences:
+            write_shards(root, split, split_sentences, per_shard=4)
+        rows += [{"shard": f"{split}/syn-{i // 4:06d}", "key": f"{split}-{i:05d}", "len_clip_s2": len(words) * FRAMES_PER_WORD,
+                  "len_videomae": len(words), "len_dinov2": len(words) * FRAMES_PER_WORD} for i, words in enumerate(split_sentences)]
     pq.write_table(pa.Table.from_pylist(rows), root / "index.parquet")
     return root
 
@@ -53,3 +56,20 @@ def test_some_short_samples_are_counted_in_a_warning(tmp_path, capsys):
     recipe = recipe_from_dict(tiny_recipe(root, tmp_path / "run"))
     assert check_visual_input(recipe, list_shards(str(root), "train"), "train") == 2
     assert "warning: split 'train': 2 of 4 samples give the sign_adapter adapter no visual position" in capsys.readouterr().err
+
+
+def test_the_check_counts_rows_as_the_model_gets_them_after_the_crop(tmp_path):
+    """data.max_frames cuts clip_s2 before the adapter: 40-row clips cropped to 8 gave the CNN 8 + 5 rows."""
+    root = _output(tmp_path / "out", [[1, 2, 3, 4, 5]] * 4)  # 40 + 5 rows: fine uncropped
+    assert check_visual_input(recipe_from_dict(tiny_recipe(root, tmp_path / "a")), list_shards(str(root), "train"), "train") == 0
+    cropped = recipe_from_dict(tiny_recipe(root, tmp_path / "b", data={"max_frames": 8}))
+    with pytest.raises(SignfeatError, match=r"none of its 4 samples.*the longest has 13 rows"):
+        check_visual_input(cropped, list_shards(str(root), "train"), "train")
+
+
+def test_a_too_short_eval_split_is_refused_without_advice_to_name_another_split(tmp_path):
+    root = _output(tmp_path / "out", [[1, 2, 3]] * 4, dev=[[1], [2]])
+    recipe = recipe_from_dict(tiny_recipe(root, tmp_path / "run", eval={"at_end": True}))
+    with pytest.raises(SignfeatError, match=r"split 'dev': none of its 2 samples") as err:
+        train(recipe)
+    assert "name a split the shards have" not in str(err.value)  # dev is there; it is too short
