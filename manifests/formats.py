@@ -24,7 +24,8 @@ PHOENIX_HEADER = ["name", "video", "start", "end", "speaker", "orth", "translati
 HOW2SIGN_HEADER = ["VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START_REALIGNED", "END_REALIGNED", "SENTENCE"]
 PHOENIX_FRAMES_DIR = Path("features") / "fullFrame-210x260px"
 # Split names are normalised so every corpus uses the same three words.
-SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev", "test": "test"}
+SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev", "test": "test",
+                 "testing": "test"}
 
 
 def normalise_split(value: Any) -> str | None:
@@ -37,20 +38,27 @@ def normalise_split(value: Any) -> str | None:
 
 
 def misspelt_split(value: str | None) -> str | None:
-    """The split word a table's split value reads as a misspelling of (``tset`` -> test), else None. Such a
-    row would be extracted into a split of its own that training and evaluation never read; another name
-    (``test_unseen``, ``holdout``) is a split of the user's own and passes."""
+    """The split word a table's split value reads as a typo of (``tset`` -> test), else None. Such a row would be
+    extracted into a split of its own that training and evaluation never read. A typo here is one letter swapped
+    with its neighbour, left out or doubled/added, keeping the first letter (``trian``, ``tst``, ``validaton``,
+    ``testt``); words such as ``rain``, ``text``, ``rest``, ``calibration`` or ``test_unseen`` are splits of
+    the user's own and pass."""
     word = (value or "").lower()
-    if not word.isalpha():  # "dev2", "test_unseen": a split of the user's own
+    if len(word) < 3 or not word.isalpha() or word in SPLIT_ALIASES:
         return None
-    import difflib
+    for alias, split in SPLIT_ALIASES.items():
+        if len(alias) >= 3 and word[0] == alias[0] and _one_typo(word, alias):
+            return split
+    return None
 
-    # a word holding a split word ("eval", "tests") extends it rather than misspells it, unless it is a near
-    # spelling of a longer one ("trainig", "validaton")
-    others = [alias for alias in SPLIT_ALIASES if alias not in word]
-    holds_one = len(others) < len(SPLIT_ALIASES)
-    close = difflib.get_close_matches(word, others, n=1, cutoff=0.85 if holds_one else 0.75)
-    return SPLIT_ALIASES[close[0]] if close else None
+
+def _one_typo(word: str, alias: str) -> bool:
+    """``word`` is ``alias`` with two neighbouring letters swapped, one letter left out, or one added."""
+    if len(word) == len(alias):
+        diff = [i for i in range(len(word)) if word[i] != alias[i]]
+        return len(diff) == 2 and diff[1] == diff[0] + 1 and word[diff[0]] == alias[diff[1]] and word[diff[1]] == alias[diff[0]]
+    short, long = sorted((word, alias), key=len)
+    return len(long) - len(short) == 1 and any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
 def _name_tokens(name: str) -> list[str]:

@@ -307,6 +307,8 @@ def _verify(args) -> int:
     report = verify(args.out)
     for p in report["problems"]:
         print(f"PROBLEM {p}")
+    for note in report.get("notes", []):
+        print(f"NOTE {note}")
     print(f"{'OK' if report['ok'] else 'FAILED'}: {report.get('shards', 0)} shards, {report['samples']} samples, {report.get('failures', 0)} recorded failures, {_problem_count(report)}")
     if not report["ok"] and report.get("shards"):
         # a rerun checks a committed shard's tar by its size only (reading every tar back would double the job)

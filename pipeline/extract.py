@@ -161,6 +161,11 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     t_start = time.time()
     cfg = config if isinstance(config, JobConfig) else load_job_config(config)
     refuse_relative_out_in_a_ray_job(str(out))
+    if num_cpus and not (address or os.environ.get("RAY_ADDRESS")):
+        import ray
+
+        if not ray.is_initialized():  # said before Ray starts (a minute on a busy machine) and before OUT is claimed
+            check_local_resources(cfg, {"CPU": float(num_cpus)}, only=("CPU",))
     try:
         table = read_manifest(manifest)
     except (FileNotFoundError, ValueError) as exc:
@@ -344,10 +349,17 @@ class StallWatch:
         self.last = self.warned = clock()
 
     @staticmethod
-    def _ray_resources() -> tuple[dict[str, float], dict[str, float]]:
+    def _ray_resources() -> tuple[list[dict[str, float]], dict[str, float]]:
+        """(free resources of each live node, the cluster's totals)."""
         import ray
 
-        return ray.available_resources(), ray.cluster_resources()
+        try:  # per node: a decode task needs a whole CPU on one node, and free halves on two nodes are none
+            from ray._private.state import available_resources_per_node
+
+            free = list(available_resources_per_node().values())
+        except Exception:  # noqa: BLE001  (a developer API that may move): the cluster's sum, as one node
+            free = [ray.available_resources()]
+        return free, ray.cluster_resources()
 
     def progress(self) -> None:
         self.last = self.warned = self.clock()
@@ -357,14 +369,18 @@ class StallWatch:
         if now - self.last < self.after_s or now - self.warned < self.after_s:
             return None
         self.warned = now
-        free, total = self.resources()
+        nodes, total = self.resources()
+        free = {name: sum(node.get(name, 0.0) for node in nodes) for name in ("CPU", "GPU")}
+        most_on_one = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
         asks = ", ".join(f"{s.name} {s.actors} x {s.num_cpus:g} CPU" + (f" + {s.num_gpus:g} GPU" if s.num_gpus else "") for s in self.cfg.streams)
-        gpus = f" and {free.get('GPU', 0):g} of {total['GPU']:g} GPUs" if total.get("GPU") else ""
-        message = (f"no clip has come back for {now - self.last:.0f} s; Ray has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs{gpus} "
-                   f"free. This job's actors ask {asks}, and each decode task 1 CPU")
-        if free.get("CPU", 0) < 1:
-            message += (": with no CPU free its decode tasks cannot start (actors of this or another job hold them all, or a node "
-                        "was lost). Add a node, stop the other job, or lower actors / num_cpus; the job waits")
+        gpus = f" and {free['GPU']:g} of {total['GPU']:g} GPUs" if total.get("GPU") else ""
+        split = f" (at most {most_on_one:g} on one node)" if len(nodes) > 1 else ""
+        message = (f"no clip has come back for {now - self.last:.0f} s; Ray has {free['CPU']:g} of {total.get('CPU', 0):g} CPUs{gpus} free{split}. "
+                   f"This job's actors ask {asks}, and each decode task 1 CPU on one node")
+        if most_on_one < 1:
+            message += (": with no whole CPU free on any node its decode tasks cannot start (actors of this or another job hold "
+                        "them, or a node was lost). Add a node, stop the other job, or change actors / num_cpus so that "
+                        "a whole CPU stays free on a node; the job waits")
         else:
             message += " (still starting? a long clip?); the job waits"
         return message
@@ -410,8 +426,6 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
 
     needed_cpus = 1 + sum(s.actors * s.num_cpus for s in cfg.streams)
     local = not (address or os.environ.get("RAY_ADDRESS"))
-    if num_cpus and local and not ray.is_initialized():  # said before Ray starts (a minute on a busy machine), not after
-        check_local_resources(cfg, {"CPU": float(num_cpus)}, only=("CPU",))
     ensure_ray(num_cpus=num_cpus or max(os.cpu_count() or 1, int(np.ceil(needed_cpus))), address=address)
     if local:  # a local instance never grows: what it lacks now, it lacks for good
         check_local_resources(cfg, ray.cluster_resources())

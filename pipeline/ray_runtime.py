@@ -15,12 +15,18 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    if address:
+        check_address(address)
     try:
         if address:
             ray.init(address=address, **kwargs)
         else:
             # Workers import signfeat from the driver's working copy, installed or not.
             ray.init(num_cpus=num_cpus, **kwargs)
+    except ValueError as exc:  # Ray's words for a malformed address ("Invalid address format: garbage")
+        if address and "address" in str(exc).lower():
+            raise SignfeatError(f"--address {address}: {str(exc).splitlines()[0]}; give HOST:PORT, auto, or ray://HOST:PORT") from None
+        raise
     except ConnectionError as exc:  # a cluster address nobody answers at
         raise SignfeatError(f"cannot join the Ray cluster at {address} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                             "check --address / RAY_ADDRESS") from None
@@ -30,3 +36,20 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         # Ray's own words are a traceback; on a busy machine its raylet gives up waiting for its agents
         raise SignfeatError("the local Ray instance did not start in time (its raylet gave up: a busy machine?); rerun the command, "
                             "or start Ray yourself (`ray start --head --num-cpus N`) and pass --address auto") from None
+
+
+def check_address(address: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT nobody answers at: ray.init retries it for minutes, logging "Failed to connect to GCS", and
+    never raises. One TCP connection says so at once. ``auto`` and ``ray://`` addresses are Ray's to resolve."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SignfeatError(f"--address {address}: expected HOST:PORT (the head's GCS port, 6379 by default), auto, or ray://HOST:PORT")
+    import socket
+
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise SignfeatError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); check --address / RAY_ADDRESS "
+                            "(the head's GCS port, 6379 by default)") from None

@@ -258,7 +258,25 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
         if key not in seen:
             problem(f"index.parquet lists {key} but no shard holds it")
     return {"ok": not problems, "problems": problems, "problems_total": total, "samples": sum(seen.values()), "failures": len(failures),
-            "shards": len(shards)}
+            "shards": len(shards), "notes": key_notes(list(seen))}
+
+
+def key_notes(keys: list[str]) -> list[str]:
+    """Keys an older signfeat gave that other readers mishandle (not problems of the output): a key starting
+    with ``__`` is a hidden file to HuggingFace ``datasets``, which skips it; keys equal but for case are one
+    file when extracted on a case-insensitive file system. Rebuilding the manifest gives new keys."""
+    notes = []
+    hidden = sorted(k for k in keys if k.startswith("__"))
+    if hidden:
+        notes.append(f"{len(hidden)} keys start with '__' ({', '.join(hidden[:3])}{', ...' if len(hidden) > 3 else ''}): HuggingFace datasets "
+                     "skips them as hidden files; a manifest built by this signfeat gives them other keys")
+    folded = Counter(k.lower() for k in keys)
+    clashes = sorted(k for k in keys if folded[k.lower()] > 1)
+    if clashes:
+        notes.append(f"{len(clashes)} keys differ from another only by case ({', '.join(clashes[:4])}{', ...' if len(clashes) > 4 else ''}): "
+                     "`tar xf` on a case-insensitive file system writes them to one file; a manifest built by this signfeat gives "
+                     "them other keys")
+    return notes
 
 
 def stats(out: str) -> dict[str, Any]:

@@ -191,7 +191,7 @@ def test_num_cpus_too_small_for_the_config_is_said_before_ray_starts(demo_manife
                                 "--num-cpus", "2"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=600,
                          env={**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_dir)})
     assert res.returncode == 2 and "need 3 CPU in all" in res.stderr and "raise --num-cpus" in res.stderr, res.stderr[-800:]
-    assert "Traceback" not in res.stderr and not ray_dir.exists()
+    assert "Traceback" not in res.stderr and not ray_dir.exists() and not (tmp_path / "out").exists()  # nor OUT half-claimed
 
 
 def test_verify_of_a_file_says_it_is_a_file(tmp_path):

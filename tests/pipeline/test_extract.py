@@ -531,7 +531,7 @@ def test_a_job_that_stands_still_says_why():
     from pipeline.extract import StallWatch
 
     now = [0.0]
-    free = [{"CPU": 0.0}]
+    free = [[{"CPU": 0.0}]]
     cfg = parse_job_config({"extractors": [{"name": "clip_s2", "tiny": True, "num_cpus": 0.5, "actors": 2}, {"name": "dinov2", "tiny": True}]})
     watch = StallWatch(cfg, after_s=300, resources=lambda: (free[0], {"CPU": 4.0}), clock=lambda: now[0])
     now[0] = 299
@@ -547,7 +547,14 @@ def test_a_job_that_stands_still_says_why():
     watch.progress()  # a clip came back: quiet again
     now[0] = 800
     assert watch.check() is None
-    free[0] = {"CPU": 2.0}
+    free[0] = [{"CPU": 2.0}]
     now[0] = 903
     message = watch.check()
     assert "Ray has 2 of 4 CPUs free" in message and "cannot start" not in message
+    free[0] = [{"CPU": 0.5}, {"CPU": 0.5}]  # two nodes with half a CPU each: one CPU in all, none whole on a node
+    now[0] = 1204
+    message = watch.check()
+    assert "Ray has 1 of 4 CPUs free (at most 0.5 on one node)" in message and "decode tasks cannot start" in message
+    free[0] = [{"CPU": 0.5}, {"CPU": 1.0}]
+    now[0] = 1505
+    assert "cannot start" not in watch.check()

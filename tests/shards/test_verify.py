@@ -512,3 +512,15 @@ def test_an_output_an_older_signfeat_made_with_a_local_checkpoint_says_why_it_is
     with pytest.raises(SignfeatError, match="holds a job with config hash") as plain:
         claim_output(store, new, plans, overwrite=False, legacy_hash="fedcba9876543210")
     assert "older signfeat" not in str(plain.value)
+
+
+def test_keys_other_readers_mishandle_are_noted_not_failed():
+    """Outputs of manifests built before the key rules have keys starting with "__" (HuggingFace datasets skips
+    them) or equal but for case: verify notes them, and the output still verifies."""
+    from shards.verify import key_notes
+
+    notes = key_notes(["__lead", "____dunder", "plain", "Case", "case", "other"])
+    assert len(notes) == 2
+    assert notes[0].startswith("2 keys start with '__' (____dunder, __lead)") and "HuggingFace datasets skips them" in notes[0]
+    assert notes[1].startswith("2 keys differ from another only by case (Case, case)")
+    assert key_notes(["_5flead", "case", "_43_61_73_65", "x"]) == []  # this signfeat's keys for the same ids
