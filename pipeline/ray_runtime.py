@@ -40,8 +40,9 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
 
 def check_address(address: str, timeout_s: float = 10.0) -> None:
     """A HOST:PORT nobody answers at: ray.init retries it for minutes, logging "Failed to connect to GCS", and
-    never raises. One TCP connection says so at once. ``auto`` and ``ray://`` addresses are Ray's to resolve."""
-    if address == "auto" or "://" in address:
+    never raises. One TCP connection says so at once. ``auto``, ``local`` and ``ray://`` addresses are Ray's to
+    resolve."""
+    if address in ("auto", "local") or "://" in address:
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():

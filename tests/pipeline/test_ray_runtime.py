@@ -67,6 +67,7 @@ def test_an_address_nobody_answers_at_is_said_at_once():
         server.listen()
         check_address(f"127.0.0.1:{server.getsockname()[1]}")
     check_address("auto")
+    check_address("local")  # ray.init's own word for "start one here"
     check_address("ray://10.0.0.1:10001")
 
 
