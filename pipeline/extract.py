@@ -161,7 +161,8 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     t_start = time.time()
     cfg = config if isinstance(config, JobConfig) else load_job_config(config)
     refuse_relative_out_in_a_ray_job(str(out))
-    if num_cpus and not (address or os.environ.get("RAY_ADDRESS")):
+    local = not (address or os.environ.get("RAY_ADDRESS"))  # a Ray instance started for this job, not a joined cluster
+    if num_cpus and local:
         import ray
 
         if not ray.is_initialized():  # said before Ray starts (a minute on a busy machine) and before OUT is claimed
@@ -178,7 +179,7 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     from pipeline.stages import stream_geometries
 
     geometries = stream_geometries(cfg.streams)  # each stream's preprocessing loads here, before Ray starts, or the job stops in one line
-    if not (address or os.environ.get("RAY_ADDRESS")) and any(s.extractor.get("name") == "smplx623" for s in cfg.streams) and any(
+    if local and any(s.extractor.get("name") == "smplx623" for s in cfg.streams) and any(
             r.get("status") == "ok" and r.get("source_kind") != "smplx" for r in manifest_rows):
         # video rows take MediaPipe on this machine's workers: without it every one would fail, the job "succeed"
         # and a rerun skip those shards as complete (a cluster's workers may have it where the driver has not)
@@ -366,7 +367,7 @@ class StallWatch:
 
     def check(self) -> str | None:
         now = self.clock()
-        if now - self.last < self.after_s or now - self.warned < self.after_s:
+        if now - self.warned < self.after_s:  # warned is never before last: a clip back resets both
             return None
         self.warned = now
         nodes, total = self.resources()

@@ -267,10 +267,10 @@ def lengths_from_index(urls: list[str], streams: list[str]) -> list[dict[str, in
 def check_visual_input(recipe, urls: list[str], split: str) -> int:
     """Samples of ``split`` (its shards ``urls``) whose features give the recipe's adapter no position: SpaMo's
     temporal CNN needs 16 rows of spatial + motion features after data.max_frames / max_len (short isolated
-    signs at a low frame rate have fewer),
-    and such a sample reaches the LLM as its text prompt alone. A split where every sample does is refused (a
-    whole run on text alone, its VT-Align loss at chance with a zero gradient, looked like training); some of
-    them are counted in a warning. Read from index.parquet; shards without one are not checked. Returns the count."""
+    signs at a low frame rate have fewer), and such a sample reaches the LLM as its text prompt alone. A split
+    where every sample does is refused (a whole run on text alone, its VT-Align loss at chance with a zero
+    gradient, looked like training); some of them are counted in a warning. Read from index.parquet; shards
+    without one are not checked. Returns the count."""
     from trainer.adapters import visual_positions
 
     d = recipe.data
