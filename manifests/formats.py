@@ -18,11 +18,14 @@ from typing import Any, Iterator
 
 from pipeline.errors import SignfeatError
 
-FORMATS = ("auto", "phoenix", "how2sign", "table")
+FORMATS = ("auto", "phoenix", "how2sign", "csldaily", "table")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
 PHOENIX_HEADER = ["name", "video", "start", "end", "speaker", "orth", "translation"]
 HOW2SIGN_HEADER = ["VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START_REALIGNED", "END_REALIGNED", "SENTENCE"]
 PHOENIX_FRAMES_DIR = Path("features") / "fullFrame-210x260px"
+CSLDAILY_FRAMES_DIR = Path("sentence") / "frames_512x512"
+CSLDAILY_SPLIT_FILE = "split_1.txt"
+CSLDAILY_FPS = 30.0  # CSL-Daily's recordings are 30 fps; the release ships their frames as JPEG folders
 # Split names are normalised so every corpus uses the same three words.
 SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev", "test": "test",
                  "testing": "test"}
@@ -120,6 +123,9 @@ def _bad_row(source: Path, line: int, message: str, clip_id: str | None = None, 
 
 
 def sniff_format(path: Path) -> str:
+    with open(path, "rb") as f:
+        if path.suffix.lower() == ".pkl" or f.read(1) == b"\x80":  # a pickle (protocol 2+ starts with 0x80)
+            return "csldaily"
     first = _first_line(path)
     if first.split("|")[:5] == PHOENIX_HEADER[:5]:
         return "phoenix"
@@ -194,12 +200,9 @@ def _phoenix_folder(split_dir: Path, video: str, name: str) -> Path:
 # ----------------------------------------------------------------------------------------------- How2Sign
 
 
-def index_videos(root: Path) -> dict[str, str]:
-    """Stem -> path of every video under root (one walk, shared by all annotation files of a build)."""
-    found: dict[str, str] = {}
-    # Walked in sorted order: of two videos with one stem (a/x.mp4, b/x.mkv) the first in that order wins,
-    # not the first in the file system's listing order, which differs between machines.
-    # symlinked folders are followed (a shared dataset linked into a project), each real folder once (no cycles)
+def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk in sorted order, following symlinked folders (a shared dataset linked into a project) and visiting
+    each real folder once (no cycles). The caller may prune ``dirs`` in place."""
     seen: set[str] = set()
     for dirpath, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -208,6 +211,15 @@ def index_videos(root: Path) -> dict[str, str]:
             continue
         seen.add(real)
         dirs.sort()
+        yield dirpath, dirs, files
+
+
+def index_videos(root: Path) -> dict[str, str]:
+    """Stem -> path of every video under root (one walk, shared by all annotation files of a build)."""
+    found: dict[str, str] = {}
+    # Walked in sorted order: of two videos with one stem (a/x.mp4, b/x.mkv) the first in that order wins,
+    # not the first in the file system's listing order, which differs between machines.
+    for dirpath, _dirs, files in _walk(root):
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
             if ext.lower() in VIDEO_EXTENSIONS:
@@ -252,6 +264,82 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
             full = videos.get(rec["VIDEO_NAME"].strip())
             path = full or str(root / f"{rec['VIDEO_NAME'].strip()}.mp4")  # missing: the probe reports it
             yield _row(source_kind="range", path=path, start_s=start, end_s=end, **common)
+
+
+# ----------------------------------------------------------------------------------------------- CSL-Daily
+
+
+def index_folders(root: Path, names: set[str]) -> dict[str, str]:
+    """Name -> path of the folders under root named as one of ``names`` (the first in sorted walk order; a
+    matching folder is not descended into, so a corpus of 20k frame folders is one listing of their parent)."""
+    found: dict[str, str] = {}
+    for dirpath, dirs, _files in _walk(root):
+        for name in [d for d in dirs if d in names]:
+            found.setdefault(name, os.path.join(dirpath, name))
+        dirs[:] = [d for d in dirs if d not in names]
+    return found
+
+
+def _csldaily_splits(split_file: Path) -> dict[str, str]:
+    """``name|split`` lines of CSL-Daily's ``split_1.txt`` (header ``name|split``) -> name -> train/dev/test."""
+    with open(split_file, encoding="utf-8-sig", newline="") as f:
+        header = f.readline().rstrip("\r\n").split("|")
+        if [h.strip() for h in header] != ["name", "split"]:
+            raise SignfeatError(f"{split_file}: not a CSL-Daily split file (expected the header 'name|split', got {'|'.join(header)!r})")
+        splits = {}
+        for line_no, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            cols = [c.strip() for c in line.rstrip("\r\n").split("|")]
+            if len(cols) != 2 or not cols[0] or not cols[1]:
+                raise SignfeatError(f"{split_file}:{line_no}: expected 'name|split', got {line.strip()!r}")
+            splits[cols[0]] = normalise_split(cols[1])
+    return splits
+
+
+def parse_csldaily(annotation: Path, root: Path, dataset: str | None = None, **_: Any) -> Iterator[dict[str, Any]]:
+    """CSL-Daily's ``sentence_label/csl2020ct_v2.pkl``: a dict whose ``info`` lists one dict per sentence
+    (``name``, ``length``, ``label_char``, ``label_word``, ``label_gloss``, ``signer``...). Text = the
+    characters joined (the sentence as written: Chinese has no spaces between words); the split comes from
+    ``split_1.txt`` beside the pickle (rows it does not name get none, and curation draws one); frames are the
+    folder named as the sentence under ``--root`` (the release's ``sentence/frames_512x512/NAME/``), at 30 fps.
+    The pickle is read with restricted globals (plain containers only): nothing in it can run."""
+    from motion.params_io import safe_load_pickle  # lazy: numpy only, but manifests need it for this format alone
+
+    try:
+        data = safe_load_pickle(annotation)
+    except SignfeatError as exc:
+        raise SignfeatError(f"{annotation}: {exc}") from None
+    info = data.get("info") if isinstance(data, dict) else None
+    if not isinstance(info, list):
+        raise SignfeatError(f"{annotation}: not a CSL-Daily annotation file (expected a dict with an 'info' list, "
+                            f"got {type(data).__name__}{' with keys ' + ', '.join(map(str, list(data)[:6])) if isinstance(data, dict) else ''})")
+    split_file = annotation.parent / CSLDAILY_SPLIT_FILE
+    splits = _csldaily_splits(split_file) if split_file.is_file() else {}
+    dataset = dataset or "csldaily"
+    names = {str(item["name"]).strip() for item in info if isinstance(item, dict) and item.get("name") is not None}
+    folders = index_folders(root, names)
+    for i, item in enumerate(info):
+        if not isinstance(item, dict) or not str(item.get("name") or "").strip():
+            yield _bad_row(annotation, i, f"info[{i}] is not a dict with a 'name'", dataset=dataset, source_kind="frames")
+            continue
+        name = str(item["name"]).strip()
+        chars = item.get("label_char") or item.get("label_word")
+        if chars is not None and not (isinstance(chars, (list, tuple)) and all(isinstance(c, str) for c in chars)):
+            yield _bad_row(annotation, i, f"info[{i}] ({name}): label_char must be a list of strings, got {type(chars).__name__}",
+                           clip_id=name, dataset=dataset, split=splits.get(name), source_kind="frames")
+            continue
+        signer = item.get("signer")
+        yield _row(
+            id=name,
+            dataset=dataset,
+            split=splits.get(name),
+            signer=None if signer is None else str(signer),
+            text=_text("".join(chars)) if chars else None,
+            source_kind="frames",
+            path=folders.get(name) or str(root / CSLDAILY_FRAMES_DIR / name),  # missing: the probe reports it
+            fps=CSLDAILY_FPS,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- generic table
@@ -467,4 +555,4 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
         )
 
 
-PARSERS = {"phoenix": parse_phoenix, "how2sign": parse_how2sign, "table": parse_table}
+PARSERS = {"phoenix": parse_phoenix, "how2sign": parse_how2sign, "csldaily": parse_csldaily, "table": parse_table}

@@ -1,9 +1,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from manifests.formats import parse_how2sign, parse_phoenix, parse_table, sniff_format
+from manifests.formats import parse_csldaily, parse_how2sign, parse_phoenix, parse_table, sniff_format
 from pipeline.errors import SignfeatError
 
 
@@ -428,3 +429,84 @@ def test_a_misspelt_split_word_is_a_bad_annotation_and_a_split_of_one_s_own_pass
     kept = {"d": "test_unseen", "e": "holdout", "f": "dev2", "g": "dev", "h": "eval", "i": "test", "j": "calibration", "k": "rain",
             "l": "rest", "m": "text"}  # real words one substitution or one first letter away are not typos
     assert {c: by_id[c]["split"] for c in kept} == kept and all(by_id[c]["status"] is None for c in kept)
+
+
+def _csldaily_release(tmp_path, info, splits="name|split\nS000000_P0000_T00|train\nS000001_P0001_T00|test\n", frames=(3, 2)):
+    """A tiny copy of CSL-Daily as released: sentence_label/{csl2020ct_v2.pkl, split_1.txt} and
+    sentence/frames_512x512/NAME/000000.jpg..."""
+    import pickle
+
+    from PIL import Image
+
+    root = tmp_path / "csl-daily"
+    labels = root / "sentence_label"
+    labels.mkdir(parents=True)
+    with open(labels / "csl2020ct_v2.pkl", "wb") as f:
+        pickle.dump({"info": info, "gloss_map": ["他", "谁"], "char_map": ["他", "是", "谁", "？"], "word_map": ["他", "是", "谁", "？"]}, f)
+    if splits is not None:
+        (labels / "split_1.txt").write_text(splits, encoding="utf-8")
+    for name, n in zip(("S000000_P0000_T00", "S000001_P0001_T00"), frames):
+        folder = root / "sentence/frames_512x512" / name
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(folder / f"{i:06d}.jpg")
+    return root, labels / "csl2020ct_v2.pkl"
+
+
+CSL_INFO = [
+    {"name": "S000000_P0000_T00", "length": 3, "label_gloss": ["他", "谁"], "label_char": ["他", "是", "谁", "？"],
+     "label_word": ["他", "是", "谁", "？"], "label_postag": ["r", "v", "r", "w"], "signer": 0, "time": 0},
+    {"name": "S000001_P0001_T00", "length": 2, "label_gloss": ["谁"], "label_char": ["是", "谁"], "label_word": ["是谁"],
+     "label_postag": ["v"], "signer": 1, "time": 0},
+]
+
+
+def test_csldaily_release_reads_as_frame_folders_with_chinese_text_splits_and_30_fps(tmp_path):
+    from manifests.probe import probe_chunk
+
+    root, ann = _csldaily_release(tmp_path, CSL_INFO)
+    assert sniff_format(ann) == "csldaily"
+    rows = list(parse_csldaily(ann, root=tmp_path))  # --root above the release: the folders are found by name
+    assert [(r["id"], r["text"], r["split"], r["signer"], r["fps"], r["source_kind"]) for r in rows] == [
+        ("S000000_P0000_T00", "他是谁？", "train", "0", 30.0, "frames"),
+        ("S000001_P0001_T00", "是谁", "test", "1", 30.0, "frames")]
+    assert all(r["status"] is None for r in rows)
+    assert Path(rows[0]["path"]) == root / "sentence/frames_512x512/S000000_P0000_T00"
+    probed = probe_chunk([dict(r, _row=i) for i, r in enumerate(rows)]).to_pylist()
+    assert [(p["status"], p["num_frames"], p["duration_s"]) for p in probed] == [("ok", 3, 0.1), ("ok", 2, pytest.approx(2 / 30))]
+
+
+def test_csldaily_without_a_split_file_missing_folders_and_bad_entries_are_rows_not_crashes(tmp_path):
+    info = [*CSL_INFO, {"name": "S000009_P0000_T00", "label_char": ["好"], "signer": 0},  # no frame folder
+            {"label_char": ["无"]},  # no name
+            {"name": "S000010_P0000_T00", "label_char": "好的", "signer": 0},  # a string, not a list of characters
+            {"name": "S000011_P0000_T00", "label_char": [], "label_word": [], "signer": 0}]  # no text
+    root, ann = _csldaily_release(tmp_path, info, splits=None)
+    rows = list(parse_csldaily(ann, root=root))
+    assert len(rows) == len(info)
+    assert [r.get("split") for r in rows] == [None] * len(info)  # curation draws the splits
+    assert Path(rows[2]["path"]) == root / "sentence/frames_512x512/S000009_P0000_T00" and rows[2]["status"] is None  # the probe reports it
+    assert rows[3]["status"] == "bad_annotation" and "name" in rows[3]["error"]
+    assert rows[4]["status"] == "bad_annotation" and "list of strings" in rows[4]["error"]
+    assert rows[5]["status"] == "missing_text"
+
+
+def test_csldaily_pickle_that_names_a_callable_is_refused_before_anything_runs(tmp_path):
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "ran",))
+
+    ann = tmp_path / "csl2020ct_v2.pkl"
+    ann.write_bytes(pickle.dumps({"info": [Boom()]}))
+    with pytest.raises(SignfeatError, match="csl2020ct_v2.pkl"):
+        list(parse_csldaily(ann, root=tmp_path))
+    assert not (tmp_path / "ran").exists()
+    ann.write_bytes(pickle.dumps([{"name": "x"}]))
+    with pytest.raises(SignfeatError, match="not a CSL-Daily annotation file"):
+        list(parse_csldaily(ann, root=tmp_path))
+    (tmp_path / "split_1.txt").write_text("name,split\nx,train\n", encoding="utf-8")
+    ann.write_bytes(pickle.dumps({"info": []}))
+    with pytest.raises(SignfeatError, match="not a CSL-Daily split file"):
+        list(parse_csldaily(ann, root=tmp_path))
