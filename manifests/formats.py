@@ -76,6 +76,18 @@ def _split_from_filename(path: Path) -> str | None:
     return None
 
 
+def _misspelt_split_in_filename(path: Path) -> tuple[str, str] | None:
+    """(word, split) when a word of the file name reads as a typo of a split word (``corpus_tset.csv``) and no
+    word is a split word itself."""
+    if _split_from_filename(path) is not None:
+        return None
+    for token in _name_tokens(path.name.lower()):
+        meant = misspelt_split(token)
+        if meant:
+            return token, meant
+    return None
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -502,6 +514,7 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
     # rows without a split column take the file name's split word, as PHOENIX and How2Sign files do: train.csv
     # and test.csv were reassigned at random by curation (8 of 10 test rows went to train)
     file_split = _split_from_filename(annotation)
+    file_typo = _misspelt_split_in_filename(annotation)
     for line_no, rec in _table_records(annotation):
         try:
             clip_id = _clip_id(rec.get("id"))
@@ -540,6 +553,11 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
         if meant:
             yield _bad_row(annotation, line_no, f"split {split!r} reads as a misspelling of {meant!r} (a split of its own would never be "
                            "trained or evaluated on); write the split word", clip_id=clip_id, dataset=default_dataset, path=str(path))
+            continue
+        if split is None and file_typo:
+            yield _bad_row(annotation, line_no, f"no split, and the file name's {file_typo[0]!r} reads as a misspelling of {file_typo[1]!r} "
+                           "(curation would draw a split at random); rename the file or give a split column", clip_id=clip_id,
+                           dataset=default_dataset, path=str(path))
             continue
         yield _row(
             id=clip_id,

@@ -431,6 +431,22 @@ def test_a_misspelt_split_word_is_a_bad_annotation_and_a_split_of_one_s_own_pass
     assert {c: by_id[c]["split"] for c in kept} == kept and all(by_id[c]["status"] is None for c in kept)
 
 
+
+def test_a_misspelt_split_word_in_a_file_name_makes_its_rows_without_a_split_bad_annotations(tmp_path):
+    """corpus_tset.csv's rows got no split (the file name's split word was not found) and curation drew one."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    for name, meant in (("corpus_tset.csv", "test"), ("trian.csv", "train"), ("my-validaton-set.csv", "dev")):
+        ann = tmp_path / name
+        ann.write_text("id,path,text,split\na,v.mp4,t,\nb,v.mp4,t,train\n", encoding="utf-8")
+        a, b = parse_table(ann, root=tmp_path)
+        assert a["status"] == "bad_annotation" and f"misspelling of {meant!r}" in a["error"] and "file name" in a["error"], a
+        assert b["status"] is None and b["split"] == "train"  # a row that says its split is read as it says
+    for name, split in (("rain_corpus.csv", None), ("corpus_test_v2.csv", "test"), ("tests_and_more.csv", None)):
+        ann = tmp_path / name
+        ann.write_text("id,path,text\na,v.mp4,t\n", encoding="utf-8")
+        (row,) = parse_table(ann, root=tmp_path)
+        assert row.get("split") == split and (row["status"] is None) == (name != "tests_and_more.csv"), (name, row)
+
 def _csldaily_release(tmp_path, info, splits="name|split\nS000000_P0000_T00|train\nS000001_P0001_T00|test\n", frames=(3, 2)):
     """A tiny copy of CSL-Daily as released: sentence_label/{csl2020ct_v2.pkl, split_1.txt} and
     sentence/frames_512x512/NAME/000000.jpg..."""
