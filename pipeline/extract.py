@@ -507,6 +507,11 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
                 per_node[stage] = per_node.get(stage, 0) + 1
         failures += bool(row["error_class"])
         watch.progress()
+        if time.monotonic() - owner_checked[0] >= owner_check_s:
+            # a deleted OUT, or another driver's, is noticed within owner_check_s, not at the next shard commit
+            # (which, with big shards or shards waiting for a retried clip, can be the job's end)
+            check_run(store, run_id)
+            owner_checked[0] = time.monotonic()
         if not bar.n and not bar.disable:
             # Ray's start and the actors' model loading come before the first clip: counted in the rate, they made
             # the ETA of a 2-minute job 30 minutes. The bar's clock starts at the first clip, and says when that was.
@@ -516,6 +521,8 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
         bar.set_postfix(failures=failures, refresh=False)
         return row
 
+    owner_check_s = float(os.environ.get("SIGNFEAT_OWNER_CHECK_S") or 60)
+    owner_checked = [time.monotonic()]
     watch = StallWatch(cfg, float(os.environ.get("SIGNFEAT_STALL_WARN_S") or 300))
     stop_watch = threading.Event()
     threading.Thread(target=_watch_for_stalls, args=(watch, stop_watch), name="signfeat-stall-watch", daemon=True).start()

@@ -525,6 +525,34 @@ def test_the_output_is_named_by_its_absolute_path_and_a_deleted_one_is_said_as_s
         check_run(store, "mine")
 
 
+def test_an_out_deleted_mid_job_stops_the_job_before_its_first_shard_commit(demo_manifest, ray_local, tmp_path, monkeypatch):
+    """A deleted OUT was noticed only at the next shard commit: with one big shard, after all of its compute."""
+    import pyarrow as pa
+
+    import pipeline.extract as extract
+
+    table = pq.read_table(demo_manifest)
+    rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["source_kind"] == "video"][:3]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), manifest)
+    out = tmp_path / "out"
+    arrived, clean_row = [], extract._clean_row
+
+    def delete_out_at_the_first_clip(row):
+        if not arrived:
+            shutil.rmtree(out)
+        arrived.append(row)
+        return clean_row(row)
+
+    monkeypatch.setattr(extract, "_clean_row", delete_out_at_the_first_clip)
+    monkeypatch.setattr(extract, "write_shard", lambda *a, **k: pytest.fail("a shard was committed into a deleted OUT"))
+    monkeypatch.setenv("SIGNFEAT_OWNER_CHECK_S", "0")
+    config = {**CONFIG, "extractors": CONFIG["extractors"][:1], "shards": {"samples": 10, "prefix": "t"}, "clips_per_call": 1}
+    with pytest.raises(SignfeatError, match="was deleted while this run wrote it"):
+        run_extract(manifest, str(out), parse_job_config(config), progress=False)
+    assert len(arrived) == 1 and not out.exists()
+
+
 def test_a_job_that_stands_still_says_why():
     """Two jobs on one cluster whose actors held every CPU waited forever for their decode tasks, the bar standing
     still, without a word from signfeat. The watch names what Ray has free against what the job asks."""
