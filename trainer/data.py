@@ -536,6 +536,37 @@ def tokenize_targets(tokenizer, texts: list[str], max_tokens: int) -> tuple[torc
     return ids, mask
 
 
+def check_target_tokens(tokenizer, texts: list[str], split: str, model_name: str) -> float:
+    """The share of the targets' tokens that ``tokenizer`` maps to its unknown token. An English-only
+    vocabulary (Flan-T5's SentencePiece) turns Chinese or other unseen scripts into ``<unk>``: the model would be
+    trained to write ``<unk>`` and its decoded predictions scored as empty. Refused above 50 %; a warning naming
+    the missing characters above 1 %. Tokenizers without an unknown token (byte-level BPE, ByT5, Llama's byte
+    fallback) pass. Returns the share."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not texts:
+        return 0.0
+    total = unknown = 0
+    missing: dict[str, int] = {}
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        total, unknown = total + len(ids), unknown + ids.count(unk)
+        if unk in ids and len(missing) < 40:  # which characters: tokenized one by one, for a few texts only
+            for ch in dict.fromkeys(text):
+                if not ch.isspace() and unk in tokenizer(ch, add_special_tokens=False)["input_ids"]:
+                    missing[ch] = missing.get(ch, 0) + 1
+    share = unknown / total if total else 0.0
+    if share <= 0.01:
+        return share
+    seen = "".join(sorted(missing, key=lambda c: -missing[c])[:20])
+    message = (f"split {split!r}: {share:.0%} of the target tokens ({unknown} of {total}, {len(texts)} texts) are the unknown token of "
+               f"{model_name}'s tokenizer (characters it lacks: {seen!r}); ")
+    if share > 0.5:
+        raise SignfeatError(message + "the model would learn to write <unk>. Use an LLM whose vocabulary covers the targets' script "
+                            "(google/mt5-*, Qwen, Llama), or llm.tokenizer=byt5 / bpe for a tiny model")
+    print("warning: " + message + "those characters can never be predicted", file=sys.stderr)
+    return share
+
+
 class Collate:
     """Samples -> a Batch. ``require_text`` (training): a sample without a text is refused, never trained
     to translate into nothing (eval leaves such samples unscored instead)."""
@@ -603,12 +634,15 @@ def batches(dataset: ShardStream, collate: Collate, num_workers: int, *, drop_la
         yield item
 
 
-def read_split_texts(urls: list[str], field: str = "text") -> list[dict]:
-    """The JSON of every sample of some shards (no arrays decoded): in-context example pools."""
+def read_split_texts(urls: list[str], field: str = "text", limit: int | None = None) -> list[dict]:
+    """The JSON of every sample of some shards (no arrays decoded), or of the first ``limit``: in-context
+    example pools, the BPE tokenizer's training texts, the targets' token check."""
     out = []
     for url in urls:
         with tarfile.open(url, mode="r:") as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith(".json"):
                     out.append(json.loads(tar.extractfile(member).read()))
+                    if limit is not None and len(out) >= limit:
+                        return out
     return out

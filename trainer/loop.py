@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from pipeline.errors import SignfeatError
-from trainer.data import (Batch, Collate, ShardStream, batches, batches_per_epoch, check_visual_input, list_shards, read_split_texts, require_streams,
-                          shard_counts)
+from trainer.data import (Batch, Collate, ShardStream, batches, batches_per_epoch, check_target_tokens, check_visual_input, list_shards,
+                          read_split_texts, require_streams, shard_counts)
 from trainer.llm import TOKENIZER_FILE, InContextExamples, SignTranslator, base_checksum, build_model, load_trainable_state, trainable_state
 from trainer.recipe import Recipe
 
@@ -394,6 +394,9 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
             raise SignfeatError(f"checkpoint {resume_from} is at step {saved['step']}, past optim.max_steps {recipe.optim.max_steps}: "
                                 "resuming it trains nothing (give a larger optim.max_steps, or evaluate it with `signfeat eval`)")
     model = build_model(recipe, device, tokenizer_dir=resume_from)
+    texts = [m.get("text") or "" for m in read_split_texts(train_urls, limit=2000)]
+    check_target_tokens(model.tokenizer, [t.lower() for t in texts] if recipe.data.lowercase_targets else texts,
+                        recipe.data.train_split, recipe.llm.name)
     if recipe.adapter.standardize and resume is None:
         model.adapter.set_statistics(stream_statistics(recipe))
     optimizer, scheduler = build_optimizer(model, recipe)

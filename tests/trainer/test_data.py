@@ -341,3 +341,32 @@ def test_one_local_checkpoint_at_two_paths_is_one_extraction(tmp_path):
     relative_old = {"streams": {"dinov2": {"extractor": "dinov2", "model": "ckpts/dino", "settings": {}}}}  # "org/name"-like, but as written
     relative_new = {"streams": {"dinov2": {"extractor": "dinov2", "model": "ckpts/dino", "model_files": "f9", "settings": {}}}}
     assert mixed_features(_features_of(relative_old, ["dinov2"]), _features_of(relative_new, ["dinov2"])) == []
+
+
+def vocabulary_tokenizer(sentences=("the weather is sunny today", "tomorrow it rains in the north", "wind and snow")):
+    """A tokenizer with an unknown token whose vocabulary is the characters of ``sentences`` (English by default,
+    as Flan-T5's SentencePiece has no Chinese): unseen characters become <unk>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(list(sentences),
+                            trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+
+
+def test_targets_the_tokenizer_cannot_write_are_refused_or_warned(capsys):
+    """Flan-T5's vocabulary has no Chinese: CSL-Daily targets became <unk> and the run trained on nothing."""
+    from transformers import ByT5Tokenizer
+
+    from trainer.data import check_target_tokens
+
+    tok = vocabulary_tokenizer()
+    assert check_target_tokens(tok, ["the weather is sunny", "snow tomorrow"], "train", "m") == 0.0
+    with pytest.raises(SignfeatError, match=r"split 'train': 100% of the target tokens .* unknown token of google/flan-t5-xl's tokenizer "
+                                            r"\(characters it lacks: '[他是谁？明天]+'\).*mt5"):
+        check_target_tokens(tok, ["他是谁？", "明天"], "train", "google/flan-t5-xl")
+    share = check_target_tokens(tok, ["the weather is sunny today in the north", "wind and snow tomorrow", "the rain ü"], "train", "m")
+    assert 0.01 < share < 0.5 and "characters it lacks: 'ü'" in capsys.readouterr().err
+    assert check_target_tokens(ByT5Tokenizer(), ["他是谁？"], "train", "byt5") == 0.0  # bytes: nothing is unknown

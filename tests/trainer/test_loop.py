@@ -457,3 +457,17 @@ def test_a_checkpoint_is_not_evaluated_or_resumed_on_features_of_another_extract
     longer = {**recipe, "data": {**recipe["data"], "shards": str(patch_mean)}, "optim": {**recipe["optim"], "max_steps": 2}}
     with pytest.raises(SignfeatError, match="other settings than checkpoint"):
         train(recipe_from_dict(longer), resume=tmp_path / "run")
+
+
+def test_a_tokenizer_that_cannot_write_the_targets_is_refused_before_training(tiny_shards, tmp_path, monkeypatch):
+    """A vocabulary without the targets' script (Flan-T5 on Chinese) trained the model to write <unk>."""
+    import trainer.loop
+    from pipeline.errors import SignfeatError
+    from tests.trainer.test_data import vocabulary_tokenizer
+
+    tokenizer = vocabulary_tokenizer(["他是谁", "明天下雨"])  # a vocabulary without the Latin letters of the shards' German texts
+    tokenizer.save_pretrained(tmp_path / "tok")
+    recipe = recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", "qwen2", llm={"tokenizer": str(tmp_path / "tok")}, optim={"max_steps": 3}))
+    monkeypatch.setattr(trainer.loop, "build_optimizer", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(SignfeatError, match=r"split 'train': \d+% of the target tokens .* unknown token"):
+        train(recipe)
