@@ -314,7 +314,8 @@ def parse_csldaily(annotation: Path, root: Path, dataset: str | None = None, **_
     (``name``, ``length``, ``label_char``, ``label_word``, ``label_gloss``, ``signer``...). Text = the
     characters joined (the sentence as written: Chinese has no spaces between words); the split comes from
     ``split_1.txt`` beside the pickle (rows it does not name get none, and curation draws one); frames are the
-    folder named as the sentence under ``--root`` (the release's ``sentence/frames_512x512/NAME/``), at 30 fps.
+    folder named as the sentence under ``--root`` (the release's ``sentence/frames_512x512/NAME/``; with none
+    there, the release folder the pickle lies in), at 30 fps.
     The pickle is read with restricted globals (plain containers only): nothing in it can run."""
     from motion.params_io import safe_load_pickle  # lazy: numpy only, but manifests need it for this format alone
 
@@ -331,6 +332,9 @@ def parse_csldaily(annotation: Path, root: Path, dataset: str | None = None, **_
     dataset = dataset or "csldaily"
     names = {str(item["name"]).strip() for item in info if isinstance(item, dict) and item.get("name") is not None}
     folders = index_folders(root, names)
+    release = annotation.resolve().parent.parent  # sentence_label/..: the default --root is the pickle's own folder
+    if not folders and (release / CSLDAILY_FRAMES_DIR).is_dir():
+        root, folders = release, index_folders(release / CSLDAILY_FRAMES_DIR, names)
     for i, item in enumerate(info):
         if not isinstance(item, dict) or not str(item.get("name") or "").strip():
             yield _bad_row(annotation, i, f"info[{i}] is not a dict with a 'name'", dataset=dataset, source_kind="frames")

@@ -488,6 +488,7 @@ def test_csldaily_release_reads_as_frame_folders_with_chinese_text_splits_and_30
         ("S000001_P0001_T00", "是谁", "test", "1", 30.0, "frames")]
     assert all(r["status"] is None for r in rows)
     assert Path(rows[0]["path"]) == root / "sentence/frames_512x512/S000000_P0000_T00"
+    assert rows == list(parse_csldaily(ann, root=ann.parent))  # the default --root, the pickle's folder: the release is found
     probed = probe_chunk([dict(r, _row=i) for i, r in enumerate(rows)]).to_pylist()
     assert [(p["status"], p["num_frames"], p["duration_s"]) for p in probed] == [("ok", 3, 0.1), ("ok", 2, pytest.approx(2 / 30))]
 
