@@ -56,7 +56,8 @@ def format_scores(scores: dict) -> str:
         return f"{scores.get('split', 'eval')}: {scores['translated']} samples translated, none scored (no sample has a text)"
     bleu = "  ".join(f"BLEU-{n} {scores[f'bleu{n}']:.2f}" for n in range(1, 5))
     lines = [f"{scores.get('split', 'eval')} ({scores['samples']} samples): {bleu}",
-             f"ROUGE-L {scores['rougeL']:.2f} (rouge-score tokenizer)  ROUGE-L {scores['rougeL_unicode']:.2f} (Unicode tokenizer)",
+             f"ROUGE-L {scores['rougeL']:.2f} (rouge-score tokenizer)  ROUGE-L {scores['rougeL_unicode']:.2f} (Unicode tokenizer)"
+             + (f"  ROUGE-L {scores['rougeL_coco']:.2f} (COCO / signjoey: beta 1.2)" if "rougeL_coco" in scores else ""),
              f"sacrebleu {scores['bleu_signature']}  lowercase={scores['lowercase']}  decoding={json.dumps(scores.get('decoding', {}))}"]
     return "\n".join(lines)
 

@@ -3,14 +3,19 @@
 - Decoding: deterministic beam search by default (5 beams, at most 64 new tokens). SpaMo's release
   samples inside beam search (``do_sample=True, top_p=0.9``), so its scores move from run to run; that is
   ``eval.do_sample=true`` here, never the default.
+- Predictions and references are put in Unicode NFC first (a decomposed "ü" from a macOS file or a corpus
+  would not match the model's composed one), then scored as they are: no other normalisation.
 - BLEU-n: sacrebleu's cumulative corpus BLEU with ``max_ngram_order=n`` (n = 1..4) and its signature;
-  tokenizer 13a by default, ``zh`` for Chinese targets. References are the raw target strings.
+  tokenizer ``auto`` by default: ``char`` when most of the references' letters are Chinese characters or kana
+  (CSL-Daily is scored per character in the SLT literature: SLRT, GFSLT-VLP), else 13a.
 - Lowercasing of predictions and references before scoring is ``eval.lowercase`` (on in the SpaMo recipe,
   as in its release) and is reported with the scores.
 - ROUGE-L: the mean sentence F1 of rouge-score with Porter stemming, twice: with rouge-score's own
   tokenizer (``rougeL``: it keeps only [a-z0-9], so German umlauts split words and Chinese text vanishes)
   and with a Unicode-aware tokenizer (``rougeL_unicode``: letters of any script, CJK characters one token
-  each, stemming only for ASCII words).
+  each, stemming only for ASCII words); and ``rougeL_coco``, the ROUGE-L most SLT papers publish (signjoey,
+  SLRT, nlg-eval for GFSLT-VLP: COCO caption evaluation's, beta 1.2, tokens split at spaces, punctuation
+  kept, no stemming; per character when BLEU's tokenizer is ``char``), a mean of sentence scores.
 - ``predictions.jsonl`` (key, reference, prediction) is written next to ``scores.json``.
 """
 
@@ -37,7 +42,9 @@ def bleu_scores(predictions: list[str], references: list[str], tokenize: str = "
 
     out: dict = {}
     for n in range(1, 5):
-        metric = BLEU(tokenize=tokenize, lowercase=lowercase, max_ngram_order=n)
+        # force: sacrebleu's "you forgot to detokenize" warning fires on every PHOENIX reference (" ." ends them
+        # all, as the corpus writes it), where attaching the periods scores the same
+        metric = BLEU(tokenize=tokenize, lowercase=lowercase, max_ngram_order=n, force=True)
         out[f"bleu{n}"] = metric.corpus_score(predictions, [references]).score
         if n == 4:
             out["bleu_signature"] = str(metric.get_signature())
@@ -76,27 +83,84 @@ def rouge_l(predictions: list[str], references: list[str], unicode: bool = False
 
     tokenizer = UnicodeTokenizer() if unicode else None
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, tokenizer=tokenizer)
-    if not predictions:
-        return 0.0
-    total = 0.0
+    return _mean_x100(scorer.score(reference, prediction)["rougeL"].fmeasure for prediction, reference in _cased(predictions, references, lowercase))
+
+
+def _cased(predictions: list[str], references: list[str], lowercase: bool):
+    """(prediction, reference) pairs, lowercased when asked."""
     for prediction, reference in zip(predictions, references):
-        if lowercase:
-            prediction, reference = prediction.lower(), reference.lower()
-        total += scorer.score(reference, prediction)["rougeL"].fmeasure
-    return 100.0 * total / len(predictions)
+        yield (prediction.lower(), reference.lower()) if lowercase else (prediction, reference)
 
 
-def score(predictions: list[str], references: list[str], tokenize: str = "13a", lowercase: bool = False) -> dict:
+def _mean_x100(values) -> float:
+    values = list(values)
+    return 100.0 * sum(values) / len(values) if values else 0.0
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence of two token lists (dynamic programming, one row kept)."""
+    row = [0] * (len(b) + 1)
+    for x in a:
+        diagonal = 0
+        for j, y in enumerate(b, start=1):
+            diagonal, row[j] = row[j], diagonal + 1 if x == y else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def rouge_l_coco(predictions: list[str], references: list[str], characters: bool = False, lowercase: bool = False,
+                 beta: float = 1.2) -> float:
+    """ROUGE-L as the COCO caption evaluation computes it, the one signjoey, SLRT and nlg-eval report for sign
+    language translation: per sentence, the LCS of the tokens (split at each space, punctuation kept, no
+    stemming; characters, spaces dropped, with ``characters``) gives precision P and recall R, and
+    F = (1 + beta^2) P R / (R + beta^2 P); the mean over sentences, x100. rouge-score cannot weight recall
+    (its F is beta 1), hence this one."""
+    def sentence(prediction: str, reference: str) -> float:
+        if characters:
+            hyp, ref = [c for c in prediction if not c.isspace()], [c for c in reference if not c.isspace()]
+        else:
+            hyp, ref = prediction.split(" "), reference.split(" ")
+        lcs = _lcs_length(ref, hyp) if hyp and ref else 0
+        if not lcs:
+            return 0.0
+        p, r = lcs / len(hyp), lcs / len(ref)
+        return (1 + beta**2) * p * r / (r + beta**2 * p)
+
+    return _mean_x100(sentence(p, r) for p, r in _cased(predictions, references, lowercase))
+
+
+_CJK_CHAR = regex.compile(rf"[{_CJK}]")
+
+
+def resolve_bleu_tokenize(tokenize: str, references: list[str]) -> str:
+    """``auto`` -> ``char`` when more than half of the references' letters and digits are Chinese characters or
+    kana (they are written without spaces: 13a would count a sentence as one word), else ``13a``."""
+    if tokenize != "auto":
+        return tokenize
+    text = "".join(references)
+    letters = sum(ch.isalnum() for ch in text)
+    return "char" if letters and len(_CJK_CHAR.findall(text)) > letters / 2 else "13a"
+
+
+def score(predictions: list[str], references: list[str], tokenize: str = "auto", lowercase: bool = False) -> dict:
     if len(predictions) != len(references):  # zip-like scorers would silently score the shorter list only
         raise SignfeatError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:  # sacrebleu fails with an IndexError; a mean over no sentence is no score
         raise SignfeatError("no predictions to score")
+    # NFC: every metric sees one spelling of each character (a decomposed "ü" in the references made BLEU and
+    # rougeL lower, while rougeL_unicode, which normalised, did not move)
+    predictions = [unicodedata.normalize("NFC", p) for p in predictions]
+    references = [unicodedata.normalize("NFC", r) for r in references]
+    tokenize = resolve_bleu_tokenize(tokenize, references)
     scores = bleu_scores(predictions, references, tokenize, lowercase)
     scores["rougeL"] = rouge_l(predictions, references, unicode=False, lowercase=lowercase)
     scores["rougeL_unicode"] = rouge_l(predictions, references, unicode=True, lowercase=lowercase)
-    scores.update(lowercase=lowercase, rouge="rouge-score, mean sentence F1, Porter stemming, case-insensitive whatever lowercase says "
-                  "(both tokenizers lowercase, as rouge-score's does); rougeL: its default tokenizer ([a-z0-9] only), "
-                  "rougeL_unicode: Unicode-aware tokenizer (NFC)", samples=len(predictions))
+    scores["rougeL_coco"] = rouge_l_coco(predictions, references, characters=tokenize == "char", lowercase=lowercase)
+    scores.update(bleu_tokenize=tokenize, lowercase=lowercase,
+                  rouge="rougeL, rougeL_unicode: rouge-score, mean sentence F1, Porter stemming, case-insensitive whatever lowercase "
+                  "says (both tokenizers lowercase, as rouge-score's does); rougeL: its default tokenizer ([a-z0-9] only), "
+                  "rougeL_unicode: Unicode-aware tokenizer. rougeL_coco: COCO caption evaluation's (signjoey, SLRT, nlg-eval), "
+                  f"mean sentence F with beta 1.2, tokens {'characters' if tokenize == 'char' else 'split at spaces'}, no stemming. "
+                  "All on NFC text", samples=len(predictions))
     return scores
 
 

@@ -228,7 +228,7 @@ class EvalConfig:
     max_new_tokens: int = 64
     do_sample: bool = False  # SpaMo release: sampling inside beam search (top_p 0.9): scores vary run to run
     top_p: float = 0.9
-    bleu_tokenize: str = "13a"  # sacrebleu tokenizer: 13a, zh (Chinese targets), intl, none...
+    bleu_tokenize: str = "auto"  # sacrebleu tokenizer: auto (char for Chinese references, else 13a), 13a, char, zh, none...
     lowercase: bool = False  # lowercase predictions and references before scoring (SpaMo release: on)
     batch_size: int = 8
     every: int = 0  # evaluate on data.eval_split every N optimizer steps during training
@@ -242,8 +242,10 @@ class EvalConfig:
             raise SignfeatError("eval.top_p: expected 0 < top_p <= 1")
         from sacrebleu.metrics.bleu import BLEU
 
+        if self.bleu_tokenize == "auto":
+            return
         if self.bleu_tokenize not in BLEU.TOKENIZERS:
-            raise SignfeatError(f"eval.bleu_tokenize: expected one of {sorted(BLEU.TOKENIZERS)}, got {self.bleu_tokenize!r}")
+            raise SignfeatError(f"eval.bleu_tokenize: expected auto or one of {sorted(BLEU.TOKENIZERS)}, got {self.bleu_tokenize!r}")
         try:  # built once now: ja-mecab, ko-mecab, spm and flores need extra packages, which failed after training
             BLEU(tokenize=self.bleu_tokenize)
         except Exception as exc:  # sacrebleu raises RuntimeError / ImportError with an install hint

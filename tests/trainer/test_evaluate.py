@@ -93,3 +93,42 @@ def test_score_of_nothing_is_a_clear_error():
 
     with pytest.raises(SignfeatError, match="no predictions to score"):
         score([], [])
+
+
+def test_rouge_l_coco_is_the_beta_1_2_f_of_rouge_score_s_own_lcs_precision_and_recall():
+    """The ROUGE-L signjoey / SLRT / nlg-eval publish weights recall by beta 1.2 over space-split tokens; checked
+    against the precision and recall of rouge-score's independent LCS, on tokens split the same way."""
+    from rouge_score.rouge_scorer import _score_lcs
+
+    from trainer.evaluate import rouge_l_coco
+
+    preds = [*PREDS, "regen im süden .", "", "a b", "x y z"]
+    refs = [*REFS, "regen und wind im süden .", "wind", "a b c d e f", "x y z"]
+    expected = 0.0
+    for p, r in zip(preds, refs):
+        lcs = _score_lcs(r.split(" "), p.split(" "))
+        if lcs.precision and lcs.recall:
+            expected += 2.44 * lcs.precision * lcs.recall / (lcs.recall + 1.44 * lcs.precision)
+    assert rouge_l_coco(preds, refs) == pytest.approx(100 * expected / len(preds), abs=1e-9)
+    assert rouge_l_coco(["a b"], ["a b c d e f"]) == pytest.approx(100 * 2.44 * (1 / 3) / (1 / 3 + 1.44))  # P 1, R 1/3
+    assert rouge_l_coco(["今天很冷。"], ["今天冷。"], characters=True) == pytest.approx(100 * 2.44 * 0.8 / (1 + 1.44 * 0.8))  # P .8, R 1
+    assert rouge_l_coco(["Regen"], ["regen"]) == 0.0 and rouge_l_coco(["Regen"], ["regen"], lowercase=True) == 100.0
+
+
+def test_auto_bleu_tokenizer_scores_chinese_per_character_and_nfc_makes_spellings_one():
+    zh_p, zh_r = ["今天冷明天下雨"], ["今天很冷明天下雨"]
+    s = score(zh_p, zh_r)
+    assert s["bleu_tokenize"] == "char" and "tok:char" in s["bleu_signature"]
+    assert s["bleu4"] == pytest.approx(sacrebleu.corpus_bleu(zh_p, [zh_r], tokenize="char").score, abs=1e-9)
+    assert score(PREDS, REFS)["bleu_tokenize"] == "13a" and score(PREDS, REFS, tokenize="zh")["bleu_tokenize"] == "zh"
+    assert score(["2019年 today"], ["2019年 today"])["bleu_tokenize"] == "13a"  # one Chinese character of 11 letters
+    nfd, nfc = "heute regen im su\u0308den und wind", "heute regen im s\u00fcden und wind"
+    decomposed = score([nfc], [nfd])
+    assert all(decomposed[m] == pytest.approx(100.0) for m in ("bleu1", "bleu4", "rougeL", "rougeL_unicode", "rougeL_coco")), decomposed
+
+
+def test_phoenix_style_references_raise_no_detokenize_warning(capsys):
+    """Every PHOENIX reference ends in " .": sacrebleu warned four times per eval that the data was not detokenized."""
+    refs = [f"am tag {i} regen im norden ." for i in range(120)]
+    score(refs, refs)
+    assert "detokenize" not in capsys.readouterr().err
