@@ -143,9 +143,10 @@ def _person(df: pd.DataFrame) -> pd.Series:
 
 
 def _real_paths(paths: pd.Series) -> pd.Series:
-    """Paths with symlinks and ``..`` resolved (as written where the file is not here); one file system call
-    per distinct path, as a range manifest names each video many times."""
-    resolved = {p: os.path.realpath(p) if os.path.exists(p) else os.path.normpath(p) for p in set(paths.astype(str))}
+    """Paths with symlinks and ``..`` resolved (as written where the file is not here, or where it is not an
+    absolute path: a table's ``source`` may be any name); one file system call per distinct path, as a range
+    manifest names each video many times."""
+    resolved = {p: os.path.realpath(p) if os.path.isabs(p) and os.path.exists(p) else os.path.normpath(p) for p in set(paths.astype(str))}
     return paths.astype(str).map(resolved)
 
 
@@ -171,10 +172,16 @@ def _video_names(paths: pd.Series) -> pd.Series:
 
 
 def _unit(df: pd.DataFrame) -> pd.Series:
-    """What a split is drawn for: a clip's key, but for a range its source video, so that the (often
-    overlapping) segments of one long video never land in train and test at once."""
-    videos = _video_names(df["path"])
-    return df["key"].astype(str).where(df["source_kind"] != "range", "video:" + videos)
+    """What a split is drawn for: a clip's key, but its source recording where it has one (the ``source``
+    column: a How2Sign sentence clip's raw video, a table's source), or for a range its video, so that the
+    (often overlapping) segments of one long video never land in train and test at once, whether they are
+    ranges of it or clips cut from it."""
+    given = df["source"] if "source" in df else pd.Series(None, index=df.index, dtype=object)
+    source = given.where(given.notna(), df["path"].where(df["source_kind"] == "range"))
+    has = source.notna()
+    unit = df["key"].astype(str)
+    unit[has] = "video:" + _video_names(source[has])
+    return unit
 
 
 def _groups(df: pd.DataFrame, units: pd.Series, by_signer: bool) -> pd.Series:
@@ -313,6 +320,7 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
         dup_mask = ((ordered["id"] != first_id) & ordered["content_hash"].notna()).reindex(keep.index)
         drop("duplicate", dup_mask, "duplicate_of=" + first_id.reindex(keep.index).astype(str))
 
+    drawn = int(keep["split"].isna().sum()) if len(keep) else 0  # rows whose split is drawn here, not given
     keep = keep.assign(split=assign_splits(keep, options)) if len(keep) else keep
     excluded_df = pd.concat(excluded) if excluded else df.iloc[0:0].assign(filter=pd.Series(dtype=str), reason=pd.Series(dtype=str))
     if "_text_chars" in excluded_df.columns:
@@ -327,6 +335,7 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
         "removed_total": int(sum(removed_counts.values())),
         "status_of_input": {k: int(v) for k, v in df["status"].value_counts().sort_index().items()},
         "kept_per_split": {str(k): int(v) for k, v in keep["split"].value_counts().sort_index().items()},
+        "kept_with_split_drawn": drawn,  # the others kept the split their annotation gave
         "kept_per_dataset": {str(k): int(v) for k, v in keep["dataset"].value_counts().sort_index().items()},
         "kept_hours": float(keep["duration_s"].sum() / 3600),
         "kept_frames": int(keep["num_frames"].sum()),

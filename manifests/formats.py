@@ -226,20 +226,31 @@ def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
         yield dirpath, dirs, files
 
 
-def index_videos(root: Path) -> dict[str, str]:
-    """Stem -> path of every video under root (one walk, shared by all annotation files of a build)."""
-    found: dict[str, str] = {}
-    # Walked in sorted order: of two videos with one stem (a/x.mp4, b/x.mkv) the first in that order wins,
-    # not the first in the file system's listing order, which differs between machines.
+def index_videos(root: Path) -> dict[str, list[str]]:
+    """Stem -> paths of the videos under root with that stem, in sorted walk order, not the file system's
+    listing order, which differs between machines (one walk, shared by all annotation files of a build)."""
+    found: dict[str, list[str]] = {}
     for dirpath, _dirs, files in _walk(root):
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
             if ext.lower() in VIDEO_EXTENSIONS:
-                found.setdefault(stem, os.path.join(dirpath, name))
+                found.setdefault(stem, []).append(os.path.join(dirpath, name))
     return found
 
 
-def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, video_index: dict[str, str] | None = None, **_: Any) -> Iterator[dict[str, Any]]:
+def _one_video(videos: dict[str, list[str]], stem: str) -> str | None:
+    """The video named ``stem`` under the root; a ValueError naming them when there are several (a sentence clip
+    next to OpenPose's rendering of it, features/openpose_output/video/NAME.mp4: picking one by sort order read
+    the skeleton drawing)."""
+    found = videos.get(stem) or []
+    if len(found) > 1:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ValueError(f"{len(found)} videos named {stem}.* under --root ({shown}); give a --root that holds only one of them")
+    return found[0] if found else None
+
+
+def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, video_index: dict[str, list[str]] | None = None,
+                   **_: Any) -> Iterator[dict[str, Any]]:
     split = _split_from_filename(annotation)
     videos = video_index if video_index is not None else index_videos(root)
     with open(annotation, encoding="utf-8-sig", newline="") as f:
@@ -264,8 +275,14 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
                 yield _bad_row(annotation, line_no, "no SENTENCE_NAME (the clip id)", dataset=dataset or "how2sign", split=split)
                 continue
             common = dict(id=name, dataset=dataset or "how2sign", split=split, text=_text(rec["SENTENCE"]))
-            if name in videos:  # the sentence-level clip exists: use it whole
-                yield _row(source_kind="video", path=videos[name], **common)
+            try:
+                clip = _one_video(videos, name)
+                raw_video = _one_video(videos, rec["VIDEO_NAME"].strip()) or str(root / f"{rec['VIDEO_NAME'].strip()}.mp4")  # missing: the probe says
+            except ValueError as exc:
+                yield _row(source_kind="video", path="", status="bad_annotation", error=f"{annotation}:{line_no}: {exc}", **common)
+                continue
+            if clip:  # the sentence-level clip exists: used whole, its raw video named as its source (one split)
+                yield _row(source_kind="video", path=clip, source=raw_video, **common)
                 continue
             try:
                 start, end = float(rec["START_REALIGNED"]), float(rec["END_REALIGNED"])
@@ -273,9 +290,7 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
                 yield _bad_row(annotation, line_no, f"bad START/END {rec['START_REALIGNED']!r} {rec['END_REALIGNED']!r}", clip_id=name,
                                dataset=dataset or "how2sign", split=split, source_kind="range")
                 continue
-            full = videos.get(rec["VIDEO_NAME"].strip())
-            path = full or str(root / f"{rec['VIDEO_NAME'].strip()}.mp4")  # missing: the probe reports it
-            yield _row(source_kind="range", path=path, start_s=start, end_s=end, **common)
+            yield _row(source_kind="range", path=raw_video, start_s=start, end_s=end, **common)
 
 
 # ----------------------------------------------------------------------------------------------- CSL-Daily
@@ -361,7 +376,7 @@ def parse_csldaily(annotation: Path, root: Path, dataset: str | None = None, **_
 # ----------------------------------------------------------------------------------------------- generic table
 
 TABLE_REQUIRED = ("id", "path", "text")
-TABLE_OPTIONAL = ("split", "signer", "start", "end", "fps", "dataset", "source_kind")
+TABLE_OPTIONAL = ("split", "signer", "start", "end", "fps", "dataset", "source_kind", "source")
 # other spellings of a table column: read as nothing, a range became its whole video and a split was dropped
 _COLUMN_ALIASES = {"start_s": "start", "end_s": "end", "start_time": "start", "end_time": "end", "begin": "start", "stop": "end",
                    "speaker": "signer", "sentence": "text", "translation": "text", "video": "path", "file": "path"}
@@ -426,6 +441,11 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             lists = [k for k, v in whole.items() if isinstance(v, list)]
             raise SignfeatError(f"{annotation}: a JSON object without id/path; a .json annotation file is an array of records, or one record"
                                 + (f" (are the records under {lists[0]!r}? give that array as the file)" if lists else ""))
+        if isinstance(whole, list) and whole and all(isinstance(r, dict) and not ({"id", "path"} & set(r)) for r in whole):
+            nested = [k for k, v in whole[0].items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+            if nested:  # WLASL: [{"gloss": ..., "instances": [{video_id, frame_start, ...}]}]: one "no id" row per gloss
+                raise SignfeatError(f"{annotation}: its records have no id/path and hold lists of records ({nested[0]!r}); a .json "
+                                    "annotation file holds one record per clip: flatten them first (README, 'Other corpora')")
         if isinstance(whole, (list, dict)):
             for number, rec in enumerate(whole if isinstance(whole, list) else [whole], start=1):  # record N, not a line
                 yield number, _checked_record(rec) if isinstance(rec, dict) else {"__error__": f"record {number} is not a JSON object"}
@@ -574,6 +594,7 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
             start_s=start,
             end_s=end,
             fps=fps,
+            source=_text(rec.get("source")),
         )
 
 

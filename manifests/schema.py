@@ -40,7 +40,12 @@ MANIFEST_FIELDS: list[pa.Field] = [
     pa.field("content_hash", pa.string()),  # blake2b of the clip's bytes (+ range), finds exact duplicates
     pa.field("status", pa.string(), nullable=False),  # "ok" or a short error class
     pa.field("error", pa.string()),  # the message when status != ok
+    # the recording a clip was cut from where its path does not say: a How2Sign sentence clip's raw video, a
+    # table's `source` column; curation keeps the clips of one source (and a range's video) in one split.
+    # Optional: a manifest written before it had the column reads with it null.
+    pa.field("source", pa.string()),
 ]
+OPTIONAL_COLUMNS = ("source",)
 MANIFEST_SCHEMA = pa.schema(MANIFEST_FIELDS)
 COLUMNS = [f.name for f in MANIFEST_FIELDS]
 
@@ -91,6 +96,9 @@ def read_manifest(path: str | Path) -> pa.Table:
         raise ValueError(f"{path} is not a signfeat manifest (no {SCHEMA_VERSION_KEY.decode()} in its metadata)")
     if version.decode() != SCHEMA_VERSION:
         raise ValueError(f"{path} has manifest schema version {version.decode()}, this signfeat reads {SCHEMA_VERSION}")
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(MANIFEST_SCHEMA.field(name), pa.nulls(table.num_rows, MANIFEST_SCHEMA.field(name).type))
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{path} lacks manifest columns {missing}")

@@ -273,3 +273,54 @@ def test_ranges_of_videos_that_share_a_file_name_are_units_of_their_own(tmp_path
     # a video's name does not change when others join the manifest (its split would move)
     grown = names + [str(tmp_path / "other" / "vid001" / "video.mp4"), str(tmp_path / "side" / "long_story.mp4")]
     assert list(_video_names(pd.Series(grown)))[0] == "vid000/long_story.mp4"
+
+
+def test_clips_cut_from_one_recording_share_a_split_with_its_ranges(tmp_path):
+    """How2Sign rows read whole from their sentence clip were units of their own: a video's sentence 0 (a clip)
+    went to train and its sentences 1 and 2 (ranges of the raw video) to test. The ``source`` column (the raw
+    video, or a table's source) makes them one unit, also for pre-cut clips that share only a source."""
+    rows = []
+    for v in range(20):
+        raw = f"/h2s/raw_videos/-v{v:02d}-1-rgb_front.mp4"
+        rows.append(_row(3 * v, split=None, path=f"/h2s/sentence_level/-v{v:02d}_0-1-rgb_front.mp4", source=raw))
+        rows += [_row(3 * v + k, split=None, source_kind="range", path=raw, start_s=float(k), end_s=k + 1.0) for k in (1, 2)]
+    rows += [_row(100 + i, split=None, path=f"/openasl/{i}.mp4", source=f"youtube-{i % 5}") for i in range(30)]  # pre-cut clips
+    df = pd.DataFrame(rows)
+    for salt in ("a", "b", "c"):
+        split = assign_splits(df, CurateOptions(split_salt=salt))
+        recording = df["source"].where(df["source"].notna(), df["path"])
+        assert (pd.DataFrame({"r": recording, "s": split}).groupby("r")["s"].nunique() == 1).all(), salt
+        assert split.nunique() > 1, salt  # still drawn per recording, not one split for all
+
+
+def test_a_manifest_written_before_the_source_column_reads_with_it_null(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from manifests.schema import MANIFEST_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY, read_manifest
+
+    old_schema = pa.schema([f for f in MANIFEST_SCHEMA if f.name != "source"], metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()})
+    rows = [{k: v for k, v in _row(i).items() if k != "source"} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), tmp_path / "old.parquet")
+    table = read_manifest(tmp_path / "old.parquet")
+    assert table.column("source").to_pylist() == [None] * 3 and table.schema.field("source").type == pa.string()
+    curate_manifest(tmp_path / "old.parquet", tmp_path / "c.parquet", tmp_path / "rep", CurateOptions(), plots=False)
+    assert read_manifest(tmp_path / "c.parquet").num_rows == 3
+
+
+def test_rows_given_a_split_and_rows_drawn_one_are_counted_and_the_cli_says_so(tmp_path, capsys):
+    """AUTSL's val/ground_truth.csv names no split: its rows were drawn into train next to rows whose file gave
+    one, without a word."""
+    from manifests.schema import rows_to_table, write_manifest
+    from pipeline.cli import main
+
+    rows = [_row(i) for i in range(6)] + [_row(10 + i, split=None) for i in range(3)]
+    _, _, report = curate(pd.DataFrame(rows), CurateOptions())
+    assert report["kept_with_split_drawn"] == 3
+    write_manifest(rows_to_table(rows), tmp_path / "m.parquet")
+    assert main(["manifest", "curate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "r"),
+                 "--no-plots"]) == 0
+    assert "note: 3 of 9 kept rows had no split and got one drawn" in capsys.readouterr().err
+    write_manifest(rows_to_table(rows[:6]), tmp_path / "m.parquet")  # all given: nothing to say
+    main(["manifest", "curate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "r"), "--no-plots"])
+    assert "note:" not in capsys.readouterr().err

@@ -56,6 +56,7 @@ def test_how2sign_clip_files_or_ranges(tmp_path):
     assert clip["text"] == 'And I call them "decorative" elements.'
     assert rng["source_kind"] == "range" and (rng["start_s"], rng["end_s"]) == (142.8, 148.4)
     assert rng["path"].endswith("train_raw_videos/raw_videos/--7E2sU6zP4-5-rgb_front.mp4")
+    assert clip["source"] == rng["path"]  # a sentence clip is cut from the raw video its ranges read: one split unit
     assert missing["source_kind"] == "range" and not Path(missing["path"]).exists()
     assert bad["status"] == "bad_annotation"
     assert all(r["split"] == "dev" for r in rows)  # "val" is normalised to "dev"
@@ -149,7 +150,7 @@ def test_how2sign_video_index_does_not_depend_on_the_listing_order(tmp_path, mon
 
     first = formats.index_videos(tmp_path)
     monkeypatch.setattr(formats.os, "walk", reversed_walk)
-    assert formats.index_videos(tmp_path) == first == {"x": str(tmp_path / "a" / "x.mkv")}
+    assert formats.index_videos(tmp_path) == first == {"x": [str(tmp_path / "a" / "x.mkv"), str(tmp_path / "a" / "x.mp4"), str(tmp_path / "b" / "x.mp4")]}
 
 
 def test_tsv_quotes_are_characters_of_the_text_and_csv_quoting_still_works(tmp_path):
@@ -312,7 +313,7 @@ def test_how2sign_videos_in_a_symlinked_folder_under_root_are_found(tmp_path):
     (tmp_path / "project" / "raw_videos").symlink_to(tmp_path / "shared" / "videos")
     (tmp_path / "project" / "loop").symlink_to(tmp_path / "project")  # a cycle must not hang the walk
     found = formats.index_videos(tmp_path / "project")
-    assert set(found) == {"vidA"} and Path(found["vidA"]).resolve() == (tmp_path / "shared" / "videos" / "vidA.mp4").resolve()
+    assert set(found) == {"vidA"} and [Path(p).resolve() for p in found["vidA"]] == [(tmp_path / "shared" / "videos" / "vidA.mp4").resolve()]
 
 
 def test_how2sign_tabs_inside_a_sentence_and_extra_columns_keep_the_row(tmp_path):
@@ -527,3 +528,38 @@ def test_csldaily_pickle_that_names_a_callable_is_refused_before_anything_runs(t
     ann.write_bytes(pickle.dumps({"info": []}))
     with pytest.raises(SignfeatError, match="not a CSL-Daily split file"):
         list(parse_csldaily(ann, root=tmp_path))
+
+
+def test_a_table_s_source_column_is_read(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    ann = tmp_path / "openasl.csv"
+    ann.write_text("id,path,text,source\na,a.mp4,t,yt-abc\nb,a.mp4,t,\n", encoding="utf-8")
+    a, b = parse_table(ann, root=tmp_path)
+    assert (a["source"], b["source"], a["status"], b["status"]) == ("yt-abc", None, None, None)
+
+
+def test_how2sign_names_found_twice_under_root_are_bad_annotations_not_a_silent_pick(tmp_path):
+    """A sentence clip also present as OpenPose's rendering (features/openpose_output/video/NAME.mp4) was read from
+    whichever folder sorted first."""
+    for folder in ("sentence_level/val/rgb_front/raw_videos", "sentence_level/val/rgb_front/features/openpose_output/video", "raw"):
+        (tmp_path / folder).mkdir(parents=True)
+    for folder in ("sentence_level/val/rgb_front/raw_videos", "sentence_level/val/rgb_front/features/openpose_output/video"):
+        (tmp_path / folder / "X_0-1-rgb_front.mp4").write_bytes(b"x")
+    (tmp_path / "raw/X-1-rgb_front.mp4").write_bytes(b"x")
+    ann = tmp_path / "how2sign_realigned_val.csv"
+    ann.write_text("VIDEO_ID\tVIDEO_NAME\tSENTENCE_ID\tSENTENCE_NAME\tSTART_REALIGNED\tEND_REALIGNED\tSENTENCE\n"
+                   "X\tX-1-rgb_front\tX_0\tX_0-1-rgb_front\t1.0\t2.0\thello\n"
+                   "X\tX-1-rgb_front\tX_1\tX_1-1-rgb_front\t2.0\t3.0\tworld\n", encoding="utf-8")
+    twice, ranged = parse_how2sign(ann, root=tmp_path)
+    assert twice["status"] == "bad_annotation" and "2 videos named X_0-1-rgb_front" in twice["error"] and "openpose_output" in twice["error"]
+    assert twice["text"] == "hello" and twice["split"] == "dev"  # the row keeps what it says
+    assert ranged["status"] is None and ranged["path"] == str(tmp_path / "raw/X-1-rgb_front.mp4")
+
+
+def test_a_json_array_of_records_holding_nested_records_is_one_clear_error(tmp_path):
+    """WLASL_v0.3.json (gloss -> instances) built "successfully" into one "no id" row per gloss, its clips uncounted."""
+    ann = tmp_path / "WLASL_v0.3.json"
+    ann.write_text(json.dumps([{"gloss": "book", "instances": [{"video_id": "69241", "frame_start": 1, "frame_end": -1, "fps": 25}]},
+                               {"gloss": "drink", "instances": [{"video_id": "65539", "frame_start": 1, "frame_end": 40, "fps": 25}]}]))
+    with pytest.raises(SignfeatError, match=r"hold lists of records \('instances'\).*flatten"):
+        list(parse_table(ann, root=tmp_path))
