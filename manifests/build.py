@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,14 @@ def parse_annotations(annotations: list[Path], fmt: str, root: Path, dataset: st
         except UnicodeDecodeError as exc:  # e.g. a table saved as Latin-1 / Windows-1252 by a spreadsheet
             raise SignfeatError(f"{annotation} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8") from None
     return rows
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # os.walk / os.listdir give undecodable bytes as lone surrogates
+        return False
 
 
 def mark_duplicates(rows: list[dict[str, Any]]) -> None:
@@ -76,9 +85,17 @@ def build_manifest(
         row["key"] = key
         if row["path"]:
             row["path"] = str(Path(row["path"]).absolute())
+        for column in ("path", "source"):
+            if row.get(column) and not _is_utf8(row[column]):
+                # a file name with bytes that are not UTF-8 (Linux allows them) cannot be stored in Parquet: the whole
+                # build died at the end. The row keeps the name with those bytes escaped, and says so.
+                shown = os.fsencode(row[column]).decode("utf-8", "backslashreplace")
+                row[column] = shown
+                if row["status"] is None:
+                    row["status"], row["error"] = "bad_path", f"{shown}: the file name is not UTF-8 (bytes shown as \\x..); rename it"
     mark_duplicates(rows)
 
-    to_probe = [r for r in rows if r["path"] and r["status"] != "bad_annotation"]
+    to_probe = [r for r in rows if r["path"] and r["status"] not in ("bad_annotation", "bad_path")]
     probed = probe_rows(to_probe, num_cpus=num_cpus, full_decode=full_decode, default_fps=frame_fps, progress=progress)
     for res in probed.to_pylist():
         row = rows[res["_row"]]

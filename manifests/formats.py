@@ -572,6 +572,11 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
         except ValueError as exc:
             yield _bad_row(annotation, line_no, str(exc), clip_id=clip_id, dataset=default_dataset, path=str(path))
             continue
+        except OSError as exc:  # a folder without read or search permission: this row's problem, not the build's
+            yield _row(id=clip_id, dataset=_text(rec.get("dataset")) or default_dataset, split=normalise_split(rec.get("split")) or file_split,
+                       signer=_text(rec.get("signer")), text=_text(rec.get("text")), source_kind="video", path=str(path),
+                       status="unreadable", error=f"{path}: cannot look into it ({exc.strerror or exc})")
+            continue
         split = normalise_split(rec.get("split"))
         meant = misspelt_split(split)
         if meant:

@@ -640,7 +640,10 @@ def list_frame_files(folder: str) -> list[Path]:
     # next to every image it copies to a non-Mac disk, and one of them would make the whole clip "corrupt".
     # a link to an image that is gone stays in (is_file() is False for it): reading it fails the clip as corrupt,
     # where skipping it would silently drop a frame
-    entries = [f for f in p.iterdir() if not f.name.startswith(".") and (f.is_file() or f.is_symlink())]
+    try:
+        entries = [f for f in p.iterdir() if not f.name.startswith(".") and (f.is_file() or f.is_symlink())]
+    except PermissionError as exc:  # a folder without read or search permission: the file system's answer, not a crash
+        raise ClipError("unreadable", f"cannot list frame folder {folder}: {exc.strerror}") from None
     files = [f for f in entries if f.suffix.lower() in IMAGE_EXTENSIONS]
     # images of other kinds (a .gif: animated, only its first frame would be read) are not skipped in silence:
     # the clip would lose frames
@@ -678,6 +681,8 @@ def _load_image(path: Path) -> np.ndarray:
                 rgba = img.convert("RGBA")
                 img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255)), rgba)
             return np.asarray(img.convert("RGB"))
+    except PermissionError as exc:
+        raise ClipError("unreadable", f"cannot open frame image {path}: {exc.strerror}") from None
     except Exception as exc:
         raise ClipError("corrupt", f"cannot decode frame image {path}: {exc}") from None
 

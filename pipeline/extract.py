@@ -19,6 +19,7 @@ holds at most one shard's features.
 from __future__ import annotations
 
 import collections
+import errno
 import contextlib
 import io
 import json
@@ -200,12 +201,21 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     todo = [p for p in plans if p.name not in done]
     log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.where)
     run_stats: dict[str, Any] = {}
-    if todo:
-        with _job_data_context():
-            run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], run_id, geometries, address=address, progress=progress,
-                                 num_cpus=num_cpus)
-    summary = finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done, run_id=run_id)
-    return summary
+    try:
+        if todo:
+            with _job_data_context():
+                run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], run_id, geometries, address=address,
+                                     progress=progress, num_cpus=num_cpus)
+        return finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done, run_id=run_id)
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        # the output's disk filled up or stopped being writable mid-job: a traceback ended in the reason before
+        raise SignfeatError(f"writing {store.where} failed: {exc.strerror}{f' ({exc.filename})' if exc.filename else ''}. The job stops here; "
+                            "complete shards are kept: free space or fix the permissions, then rerun the same command") from None
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
 
 
 def _read_identity(store: Store) -> dict[str, Any]:

@@ -22,7 +22,10 @@ from pipeline.errors import SignfeatError
 NO_SPLIT = "nosplit"
 _OUTPUT_FILES = {"index.parquet", "failures.parquet", "job.json"}  # what the job writes next to the split folders
 # Manifest columns a shard needs (the rest stays in the manifest).
-ROW_FIELDS = ["id", "key", "dataset", "split", "signer", "text", "source_kind", "path", "start_s", "end_s", "fps", "num_frames", "content_hash"]
+HASHED_FIELDS = ["id", "key", "dataset", "split", "signer", "text", "source_kind", "path", "start_s", "end_s", "fps", "num_frames", "content_hash"]
+# bytes: the source's size when the manifest was built, checked before decoding (a file changed since is a failure,
+# not a sample under the old row's text); not hashed, as it says nothing a sample is made from
+ROW_FIELDS = [*HASHED_FIELDS, "bytes"]
 
 
 @dataclass
@@ -99,5 +102,5 @@ def plan_hash(plans: list[ShardPlan]) -> str:
     h = hashlib.sha256()
     for p in plans:
         for r in p.rows:
-            h.update(json.dumps([p.name, {k: r.get(k) for k in ROW_FIELDS}], sort_keys=True, default=str).encode())
+            h.update(json.dumps([p.name, {k: r.get(k) for k in HASHED_FIELDS}], sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]

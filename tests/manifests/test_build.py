@@ -211,3 +211,42 @@ def test_demo_corpus_replaces_only_a_demo_corpus_and_is_byte_deterministic(tmp_p
     job.join()
     make_demo_corpus(interrupted, seed=3, clips=16, size=32)
     assert digests(interrupted) == digests(tmp_path / "d1")
+
+
+def test_a_file_name_that_is_not_utf8_is_a_bad_path_row_not_a_crash(tmp_path):
+    """A How2Sign video in a folder named with a byte that is not UTF-8 (Linux allows it) crashed the build at
+    its end (Parquet holds UTF-8 only): no manifest at all."""
+    import os
+
+    folder = os.path.join(os.fsencode(tmp_path), b"raw", b"bad\xffdir")
+    os.makedirs(folder)
+    open(os.path.join(folder, b"X-1-rgb_front.mp4"), "wb").close()
+    ann = tmp_path / "how2sign_realigned_test.csv"
+    ann.write_text("VIDEO_ID\tVIDEO_NAME\tSENTENCE_ID\tSENTENCE_NAME\tSTART_REALIGNED\tEND_REALIGNED\tSENTENCE\n"
+                   "X\tX-1-rgb_front\tX_0\tX_0-1-rgb_front\t1.0\t2.0\thello\n", encoding="utf-8")
+    build_manifest([ann], tmp_path / "m.parquet", root=tmp_path, progress=False)
+    (row,) = read_manifest(tmp_path / "m.parquet").to_pylist()
+    assert row["status"] == "bad_path" and "bad\\xffdir" in row["path"] and "not UTF-8" in row["error"], row
+    assert row["text"] == "hello" and row["split"] == "test"
+
+
+def test_a_folder_the_build_may_not_look_into_is_an_unreadable_row(tmp_path, monkeypatch):
+    """A frame folder without search permission crashed the build (PermissionError while telling frames from
+    SMPL-X parameters) before anything was probed. The file system's refusal is simulated (tests may run as root)."""
+    from manifests.formats import parse_table
+
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "open").mkdir()
+    ann = tmp_path / "corpus_train.csv"
+    ann.write_text("id,path,text\na,locked,hello\nb,open,world\n", encoding="utf-8")
+    iterdir = Path.iterdir
+
+    def refuse_locked(self):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse_locked)
+    a, b = parse_table(ann, root=tmp_path)
+    assert (a["status"], a["text"], a["split"]) == ("unreadable", "hello", "train") and "Permission denied" in a["error"]
+    assert b["status"] is None and b["source_kind"] == "frames"

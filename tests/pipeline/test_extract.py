@@ -327,6 +327,75 @@ def test_decode_stage_reads_a_range_with_only_an_end_from_the_start(tmp_path):
     assert out["decoded_frames"][0] == 5
 
 
+def test_a_source_changed_since_the_manifest_is_a_failure_not_a_sample_under_the_old_row(tmp_path):
+    """A video replaced (by another clip's file) or a frame folder that gained an image after the manifest was
+    built was extracted under the old row's id and text, and verify said OK."""
+    import json
+    import os
+    import shutil
+
+    from PIL import Image
+
+    from pipeline.decode import DecodeOptions
+    from pipeline.extract import _ray_rows
+    from pipeline.plan import ShardPlan
+    from pipeline.stages import decode_prepare
+    from tests.helpers import index_frame, write_video
+
+    a = write_video(tmp_path / "a.mp4", np.stack([index_frame(i) for i in range(10)]))
+    b = write_video(tmp_path / "b.mp4", np.stack([index_frame(i) for i in range(20)]))
+    (tmp_path / "f").mkdir()
+    for i in range(4):
+        Image.fromarray(index_frame(i)).save(tmp_path / "f" / f"{i:03d}.png")
+    base = {"dataset": "d", "split": "train", "signer": None, "text": "t", "start_s": None, "end_s": None, "fps": None, "content_hash": "h"}
+    folder_bytes = sum(f.stat().st_size for f in (tmp_path / "f").iterdir())
+    clips = [{**base, "id": "a", "key": "a", "source_kind": "video", "path": str(a), "num_frames": 10, "bytes": os.path.getsize(a)},
+             {**base, "id": "f", "key": "f", "source_kind": "frames", "path": str(tmp_path / "f"), "fps": 25.0, "num_frames": 4,
+              "bytes": folder_bytes},
+             {**base, "id": "old", "key": "old", "source_kind": "video", "path": str(b), "num_frames": 20, "bytes": None}]  # no size: not checked
+
+    def decode():
+        rows = _ray_rows([ShardPlan(name="s", split="train", rows=clips)])
+        batch = {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+        return decode_prepare(batch, json.dumps([{"name": "dinov2", "tiny": True}]), DecodeOptions(backend="pyav"))
+
+    assert list(decode()["error_class"]) == ["", "", ""]
+    shutil.copyfile(b, a)
+    Image.fromarray(index_frame(9)).save(tmp_path / "f" / "004.png")
+    out = decode()
+    assert list(out["error_class"]) == ["changed", "changed", ""], list(out["error_message"])
+    assert "changed since" in out["error_message"][0] and "Rebuild the manifest" in out["error_message"][1]
+
+
+def test_frame_folders_and_images_without_permission_are_unreadable(tmp_path, monkeypatch):
+    """A folder without search permission failed the clip with the class "PermissionError", an image without read
+    permission as "corrupt". The file system's refusal is simulated (tests may run as root, who reads anyway)."""
+    from pathlib import Path
+
+    import PIL.Image
+    from PIL import Image
+
+    from pipeline.decode import DecodeOptions, decode_clip
+    from pipeline.errors import ClipError
+    from tests.helpers import index_frame
+
+    (tmp_path / "f").mkdir()
+    for i in range(2):
+        Image.fromarray(index_frame(i)).save(tmp_path / "f" / f"{i}.png")
+    row = {"source_kind": "frames", "path": str(tmp_path / "f"), "fps": 25.0, "start_s": None, "end_s": None}
+    denied = PermissionError(13, "Permission denied")
+    with monkeypatch.context() as m:
+        m.setattr(PIL.Image, "open", lambda *a, **k: (_ for _ in ()).throw(denied))
+        with pytest.raises(ClipError, match="Permission denied") as err:
+            decode_clip(row, DecodeOptions())
+        assert err.value.kind == "unreadable"
+    with monkeypatch.context() as m:
+        m.setattr(Path, "iterdir", lambda self: (_ for _ in ()).throw(denied))
+        with pytest.raises(ClipError, match="cannot list frame folder") as err:
+            decode_clip(row, DecodeOptions())
+        assert err.value.kind == "unreadable"
+
+
 def test_decode_stage_resizes_chunk_by_chunk_and_limits_the_prepared_frames(tmp_path, monkeypatch):
     """The decode task resizes each chunk of full-size frames as it is decoded, so max_clip_mib limits what the
     task holds: the prepared frames. A 640x480 clip over the limit at full size (8.8 MiB) but not prepared
@@ -551,6 +620,28 @@ def test_an_out_deleted_mid_job_stops_the_job_before_its_first_shard_commit(demo
     with pytest.raises(SignfeatError, match="was deleted while this run wrote it"):
         run_extract(manifest, str(out), parse_job_config(config), progress=False)
     assert len(arrived) == 1 and not out.exists()
+
+
+def test_an_out_that_fills_up_mid_job_is_a_one_line_error_with_what_to_do(demo_manifest, ray_local, tmp_path, monkeypatch):
+    """A full disk (or OUT made read-only) mid-job ended in a traceback; the rerun already recovers."""
+    import errno
+
+    import pyarrow as pa
+
+    import pipeline.extract as extract
+
+    table = pq.read_table(demo_manifest)
+    rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["source_kind"] == "video"][:2]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), manifest)
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "t-000000.tar"))
+
+    monkeypatch.setattr(extract, "write_shard", disk_full)
+    config = {**CONFIG, "extractors": CONFIG["extractors"][:1]}
+    with pytest.raises(SignfeatError, match=r"out failed: No space left on device \(.*t-000000.tar\)\. .*rerun the same command"):
+        run_extract(manifest, str(tmp_path / "out"), parse_job_config(config), progress=False)
 
 
 def test_a_job_that_stands_still_says_why():
