@@ -136,7 +136,7 @@ def _bad_row(source: Path, line: int, message: str, clip_id: str | None = None, 
 
 def sniff_format(path: Path) -> str:
     with open(path, "rb") as f:
-        if path.suffix.lower() == ".pkl" or f.read(1) == b"\x80":  # a pickle (protocol 2+ starts with 0x80)
+        if path.suffix.lower() in (".pkl", ".pickle") or f.read(1) == b"\x80":  # a pickle (protocol 2+ starts with 0x80)
             return "csldaily"
     first = _first_line(path)
     if first.split("|")[:5] == PHOENIX_HEADER[:5]:
@@ -238,14 +238,15 @@ def index_videos(root: Path) -> dict[str, list[str]]:
     return found
 
 
-def _one_video(videos: dict[str, list[str]], stem: str) -> str | None:
-    """The video named ``stem`` under the root; a ValueError naming them when there are several (a sentence clip
-    next to OpenPose's rendering of it, features/openpose_output/video/NAME.mp4: picking one by sort order read
-    the skeleton drawing)."""
+def _one_video(videos: dict[str, list[str]], stem: str, what: str = "videos", role: str = "") -> str | None:
+    """The video (or folder) named ``stem`` under the root; a ValueError naming them when there are several (a
+    sentence clip next to OpenPose's rendering of it, features/openpose_output/video/NAME.mp4; a CSL-Daily frame
+    folder next to a hand-crop folder of the same name: picking one by sort order read the wrong pictures)."""
     found = videos.get(stem) or []
     if len(found) > 1:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise ValueError(f"{len(found)} videos named {stem}.* under --root ({shown}); give a --root that holds only one of them")
+        raise ValueError(f"{len(found)} {what} named {stem}{'.*' if what == 'videos' else ''}{role} under --root ({shown}); "
+                         "give a --root that holds only one of them")
     return found[0] if found else None
 
 
@@ -277,7 +278,8 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
             common = dict(id=name, dataset=dataset or "how2sign", split=split, text=_text(rec["SENTENCE"]))
             try:
                 clip = _one_video(videos, name)
-                raw_video = _one_video(videos, rec["VIDEO_NAME"].strip()) or str(root / f"{rec['VIDEO_NAME'].strip()}.mp4")  # missing: the probe says
+                raw_video = (_one_video(videos, rec["VIDEO_NAME"].strip(), role=" (this sentence's raw video)")
+                             or str(root / f"{rec['VIDEO_NAME'].strip()}.mp4"))  # missing: the probe says
             except ValueError as exc:
                 yield _row(source_kind="video", path="", status="bad_annotation", error=f"{annotation}:{line_no}: {exc}", **common)
                 continue
@@ -296,13 +298,13 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
 # ----------------------------------------------------------------------------------------------- CSL-Daily
 
 
-def index_folders(root: Path, names: set[str]) -> dict[str, str]:
-    """Name -> path of the folders under root named as one of ``names`` (the first in sorted walk order; a
-    matching folder is not descended into, so a corpus of 20k frame folders is one listing of their parent)."""
-    found: dict[str, str] = {}
+def index_folders(root: Path, names: set[str]) -> dict[str, list[str]]:
+    """Name -> paths of the folders under root named as one of ``names``, in sorted walk order (a matching folder
+    is not descended into, so a corpus of 20k frame folders is one listing of their parent)."""
+    found: dict[str, list[str]] = {}
     for dirpath, dirs, _files in _walk(root):
         for name in [d for d in dirs if d in names]:
-            found.setdefault(name, os.path.join(dirpath, name))
+            found.setdefault(name, []).append(os.path.join(dirpath, name))
         dirs[:] = [d for d in dirs if d not in names]
     return found
 
@@ -322,6 +324,17 @@ def _csldaily_splits(split_file: Path) -> dict[str, str]:
                 raise SignfeatError(f"{split_file}:{line_no}: expected 'name|split', got {line.strip()!r}")
             splits[cols[0]] = normalise_split(cols[1])
     return splits
+
+
+def _python2_utf8(value: Any) -> Any:
+    """A Python 2 ``str`` (UTF-8 bytes) comes out of a latin1-decoded pickle as one character per byte
+    (``ä»`` for 今): its bytes decoded as UTF-8. Text that is not such bytes is returned as it is."""
+    if isinstance(value, str) and any(ord(c) > 0x7F for c in value) and all(ord(c) < 0x100 for c in value):
+        try:
+            return value.encode("latin1").decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
 
 
 def parse_csldaily(annotation: Path, root: Path, dataset: str | None = None, **_: Any) -> Iterator[dict[str, Any]]:
@@ -355,7 +368,14 @@ def parse_csldaily(annotation: Path, root: Path, dataset: str | None = None, **_
             yield _bad_row(annotation, i, f"info[{i}] is not a dict with a 'name'", dataset=dataset, source_kind="frames")
             continue
         name = str(item["name"]).strip()
+        try:
+            folder = _one_video(folders, name, what="folders")
+        except ValueError as exc:
+            yield _bad_row(annotation, i, str(exc), clip_id=name, dataset=dataset, split=splits.get(name), source_kind="frames")
+            continue
         chars = item.get("label_char") or item.get("label_word")
+        if isinstance(chars, (list, tuple)):
+            chars = [_python2_utf8(c) for c in chars]
         if chars is not None and not (isinstance(chars, (list, tuple)) and all(isinstance(c, str) for c in chars)):
             yield _bad_row(annotation, i, f"info[{i}] ({name}): label_char must be a list of strings, got {type(chars).__name__}",
                            clip_id=name, dataset=dataset, split=splits.get(name), source_kind="frames")
@@ -368,7 +388,7 @@ def parse_csldaily(annotation: Path, root: Path, dataset: str | None = None, **_
             signer=None if signer is None else str(signer),
             text=_text("".join(chars)) if chars else None,
             source_kind="frames",
-            path=folders.get(name) or str(root / CSLDAILY_FRAMES_DIR / name),  # missing: the probe reports it
+            path=folder or str(root / CSLDAILY_FRAMES_DIR / name),  # missing: the probe reports it
             fps=CSLDAILY_FPS,
         )
 
@@ -442,7 +462,7 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise SignfeatError(f"{annotation}: a JSON object without id/path; a .json annotation file is an array of records, or one record"
                                 + (f" (are the records under {lists[0]!r}? give that array as the file)" if lists else ""))
         if isinstance(whole, list) and whole and all(isinstance(r, dict) and not ({"id", "path"} & set(r)) for r in whole):
-            nested = [k for k, v in whole[0].items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+            nested = sorted({k for r in whole for k, v in r.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)})
             if nested:  # WLASL: [{"gloss": ..., "instances": [{video_id, frame_start, ...}]}]: one "no id" row per gloss
                 raise SignfeatError(f"{annotation}: its records have no id/path and hold lists of records ({nested[0]!r}); a .json "
                                     "annotation file holds one record per clip: flatten them first (README, 'Other corpora')")
@@ -533,6 +553,17 @@ def _table_dataset(annotation: Path) -> str:
     return "_".join(tokens) or annotation.parent.name or annotation.stem
 
 
+def _table_source(source: str | None, root: Path) -> str | None:
+    """A table's ``source`` as written (a YouTube id...), or, when it names a file or folder (under ``--root``,
+    or absolute), that path made absolute as ``path`` is: a range's unit is its absolute video path, and a
+    relative spelling of the same video would be another unit."""
+    if source is None:
+        return None
+    candidate = Path(source).expanduser()
+    candidate = candidate if candidate.is_absolute() else root / candidate
+    return str(candidate.absolute()) if candidate.exists() else source
+
+
 def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: Any) -> Iterator[dict[str, Any]]:
     default_dataset = dataset or _table_dataset(annotation)
     # rows without a split column take the file name's split word, as PHOENIX and How2Sign files do: train.csv
@@ -599,7 +630,7 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
             start_s=start,
             end_s=end,
             fps=fps,
-            source=_text(rec.get("source")),
+            source=_table_source(_text(rec.get("source")), root),
         )
 
 

@@ -596,6 +596,10 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
     clips_skipped = sum(len(p.rows) for p in plans if p.name in skipped)
     frames_skipped = sum(n for shard, n in zip(index.column("shard").to_pylist(), index.column("num_frames").to_pylist()) if shard in skipped)
     clips_this_run, frames_this_run = len(planned) - clips_skipped, frames - frames_skipped
+    failures_kept = sum(shard in skipped for shard in failures.column("shard").to_pylist())
+    if failures_kept:  # a rerun after fixing inputs does not retry them: said, not silent
+        log.warning("%d clips failed in an earlier run, in shards this run skipped as complete; they stay in failures.parquet "
+                    "(after fixing their cause, rerun with --overwrite to retry them)", failures_kept)
     summary = {
         "output": store.where,
         "clips_planned": len(planned),
@@ -605,6 +609,7 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
         "shards": len(plans),
         "shards_skipped_as_complete": len(skipped),
         "clips_skipped_as_complete": clips_skipped,
+        "failures_kept_from_earlier_runs": failures_kept,
         "clips_this_run": clips_this_run,  # clips of the shards this run wrote (samples + failures)
         "frames_this_run": frames_this_run,
         "wall_s": wall,

@@ -537,29 +537,35 @@ def tokenize_targets(tokenizer, texts: list[str], max_tokens: int) -> tuple[torc
 
 
 def check_target_tokens(tokenizer, texts: list[str], split: str, model_name: str) -> float:
-    """The share of the targets' tokens that ``tokenizer`` maps to its unknown token. An English-only
-    vocabulary (Flan-T5's SentencePiece) turns Chinese or other unseen scripts into ``<unk>``: the model would be
-    trained to write ``<unk>`` and its decoded predictions scored as empty. Refused above 50 %; a warning naming
-    the missing characters above 1 %. Tokenizers without an unknown token (byte-level BPE, ByT5, Llama's byte
+    """The share of the targets' characters (spaces aside) that ``tokenizer`` can only write as its unknown
+    token. An English-only vocabulary (Flan-T5's SentencePiece) turns Chinese or other unseen scripts into
+    ``<unk>``: the model would be trained to write ``<unk>`` and its decoded predictions scored as empty.
+    Characters, not tokens, are counted: SentencePiece writes a whole run of unknown characters as one ``<unk>``
+    after a ``▁``, so an all-Chinese target was 50 % unknown tokens. Refused above 50 %; a warning naming the
+    missing characters above 1 %. Tokenizers without an unknown token (byte-level BPE, ByT5, Llama's byte
     fallback) pass. Returns the share."""
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is None or not texts:
         return 0.0
+    known: dict[str, bool] = {}  # character -> whether the tokenizer writes it without its unknown token
     total = unknown = 0
     missing: dict[str, int] = {}
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        total, unknown = total + len(ids), unknown + ids.count(unk)
-        if unk in ids and len(missing) < 40:  # which characters: tokenized one by one, for a few texts only
-            for ch in dict.fromkeys(text):
-                if not ch.isspace() and unk in tokenizer(ch, add_special_tokens=False)["input_ids"]:
-                    missing[ch] = missing.get(ch, 0) + 1
+        for ch in text:
+            if ch.isspace():
+                continue
+            if ch not in known:
+                known[ch] = unk not in tokenizer(ch, add_special_tokens=False)["input_ids"]
+            total += 1
+            if not known[ch]:
+                unknown += 1
+                missing[ch] = missing.get(ch, 0) + 1
     share = unknown / total if total else 0.0
     if share <= 0.01:
         return share
     seen = "".join(sorted(missing, key=lambda c: -missing[c])[:20])
-    message = (f"split {split!r}: {share:.0%} of the target tokens ({unknown} of {total}, {len(texts)} texts) are the unknown token of "
-               f"{model_name}'s tokenizer (characters it lacks: {seen!r}); ")
+    message = (f"split {split!r}: {share:.0%} of the targets' characters ({unknown} of {total}, {len(texts)} texts) can only be written as "
+               f"the unknown token of {model_name}'s tokenizer (most frequent: {seen!r}); ")
     if share > 0.5:
         raise SignfeatError(message + "the model would learn to write <unk>. Use an LLM whose vocabulary covers the targets' script "
                             "(google/mt5-*, Qwen, Llama), or llm.tokenizer=byt5 / bpe for a tiny model")

@@ -563,3 +563,36 @@ def test_a_json_array_of_records_holding_nested_records_is_one_clear_error(tmp_p
                                {"gloss": "drink", "instances": [{"video_id": "65539", "frame_start": 1, "frame_end": 40, "fps": 25}]}]))
     with pytest.raises(SignfeatError, match=r"hold lists of records \('instances'\).*flatten"):
         list(parse_table(ann, root=tmp_path))
+
+
+def test_csldaily_folder_found_twice_python2_text_and_a_pickle_named_pickle(tmp_path):
+    """A hand-crop folder named as the sentence was read instead of its frames (sort order); a Python 2 pickle's
+    UTF-8 str labels came out as one Latin-1 character per byte ("ä»" for 今)."""
+    root, ann = _csldaily_release(tmp_path, CSL_INFO)
+    (root / "hand_crops" / "S000001_P0001_T00").mkdir(parents=True)
+    rows = list(parse_csldaily(ann, root=root))
+    assert rows[0]["status"] is None
+    assert rows[1]["status"] == "bad_annotation" and "2 folders named S000001_P0001_T00" in rows[1]["error"] and "hand_crops" in rows[1]["error"]
+    assert rows[1]["split"] == "test"
+    import pickle
+
+    py2 = [{**CSL_INFO[0], "label_char": [c.encode("utf-8").decode("latin1") for c in CSL_INFO[0]["label_char"]]}]  # as latin1 reads them
+    ann.write_bytes(pickle.dumps({"info": py2}, protocol=2))
+    assert [r["text"] for r in parse_csldaily(ann, root=root)] == ["他是谁？"]
+    pickled = ann.with_suffix(".pickle")
+    pickled.write_bytes(pickle.dumps({"info": CSL_INFO}, protocol=0))  # protocol 0 starts with "(dp0", not 0x80
+    assert sniff_format(pickled) == "csldaily"
+
+
+def test_a_relative_table_source_naming_a_video_is_the_ranges_unit_and_wlasl_with_an_empty_first_gloss_is_refused(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "v.mp4").write_bytes(b"")
+    (tmp_path / "c.mp4").write_bytes(b"")
+    ann = tmp_path / "mixed.csv"
+    ann.write_text("id,path,text,start,end,source\nr,raw/v.mp4,t,0,1,\nc,c.mp4,t,,,raw/v.mp4\nyt,c.mp4,t,,,abc123\n", encoding="utf-8")
+    r, c, yt = parse_table(ann, root=tmp_path)
+    assert c["source"] == r["path"] == str(tmp_path / "raw" / "v.mp4") and yt["source"] == "abc123"
+    wlasl = tmp_path / "WLASL_downloaded.json"
+    wlasl.write_text(json.dumps([{"gloss": "a", "instances": []}, {"gloss": "b", "instances": [{"video_id": "1", "frame_start": 1}]}]))
+    with pytest.raises(SignfeatError, match="hold lists of records"):
+        list(parse_table(wlasl, root=tmp_path))

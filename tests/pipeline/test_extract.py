@@ -110,6 +110,9 @@ def test_ray_data_read_webdataset_reads_the_same_arrays(job):
 def test_rerun_skips_complete_shards_and_other_config_is_refused(job):
     again = run_extract(job["manifest"], str(job["out"]), parse_job_config(CONFIG), progress=False)
     assert again["shards_skipped_as_complete"] == again["shards"] and again["samples"] == job["summary"]["samples"]
+    # the job's failures (a vanished file, a crashing decoder) are not retried by a rerun, and it says so
+    assert again["failures_kept_from_earlier_runs"] == job["summary"]["failures"] > 0
+    assert job["summary"]["failures_kept_from_earlier_runs"] == 0
     other = {**CONFIG, "extractors": [CONFIG["extractors"][0]]}
     with pytest.raises(SignfeatError, match="config hash"):
         run_extract(job["manifest"], str(job["out"]), parse_job_config(other), progress=False)

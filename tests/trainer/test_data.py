@@ -364,9 +364,29 @@ def test_targets_the_tokenizer_cannot_write_are_refused_or_warned(capsys):
 
     tok = vocabulary_tokenizer()
     assert check_target_tokens(tok, ["the weather is sunny", "snow tomorrow"], "train", "m") == 0.0
-    with pytest.raises(SignfeatError, match=r"split 'train': 100% of the target tokens .* unknown token of google/flan-t5-xl's tokenizer "
-                                            r"\(characters it lacks: '[他是谁？明天]+'\).*mt5"):
+    with pytest.raises(SignfeatError, match=r"split 'train': 100% of the targets' characters .* unknown token of google/flan-t5-xl's "
+                                            r"tokenizer \(most frequent: '[他是谁？明天]+'\).*mt5"):
         check_target_tokens(tok, ["他是谁？", "明天"], "train", "google/flan-t5-xl")
     share = check_target_tokens(tok, ["the weather is sunny today in the north", "wind and snow tomorrow", "the rain ü"], "train", "m")
-    assert 0.01 < share < 0.5 and "characters it lacks: 'ü'" in capsys.readouterr().err
+    assert 0.01 < share < 0.5 and "most frequent: 'ü'" in capsys.readouterr().err
     assert check_target_tokens(ByT5Tokenizer(), ["他是谁？"], "train", "byt5") == 0.0  # bytes: nothing is unknown
+
+
+def test_a_sentencepiece_vocabulary_without_chinese_is_refused_although_a_run_of_unknown_characters_is_one_token():
+    """SentencePiece (Flan-T5's kind) writes "今天北京下雨" as "▁" + one <unk>: counted in tokens that was 50 %
+    unknown, let through with a warning, and every target trained as "▁ <unk>"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from trainer.data import check_target_tokens
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(["the weather is sunny today", "tomorrow it rains in the north", "wind and snow"] * 20,
+                            trainers.UnigramTrainer(vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    sp = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+    ids = sp("今天北京下雨", add_special_tokens=False)["input_ids"]
+    assert ids.count(sp.unk_token_id) == 1 and len(ids) == 2  # the case itself: one <unk> for the whole run
+    with pytest.raises(SignfeatError, match="100% of the targets' characters"):
+        check_target_tokens(sp, ["今天北京下雨", "明天天气很好"], "train", "google/flan-t5-xl")

@@ -469,5 +469,5 @@ def test_a_tokenizer_that_cannot_write_the_targets_is_refused_before_training(ti
     tokenizer.save_pretrained(tmp_path / "tok")
     recipe = recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", "qwen2", llm={"tokenizer": str(tmp_path / "tok")}, optim={"max_steps": 3}))
     monkeypatch.setattr(trainer.loop, "build_optimizer", lambda *a, **k: pytest.fail("training started"))
-    with pytest.raises(SignfeatError, match=r"split 'train': \d+% of the target tokens .* unknown token"):
+    with pytest.raises(SignfeatError, match=r"split 'train': \d+% of the targets' characters .* unknown token"):
         train(recipe)
