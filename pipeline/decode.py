@@ -485,15 +485,27 @@ def _pyav_frames(path: str, uniq: np.ndarray, timeline: VideoTimeline) -> Iterat
         by_timestamp.append(functools.partial(_pyav_by_timestamp, key_pts=key_pts))
     if timeline.untimed or timeline.undecodable:  # decoded frames the timeline does not list: match by timestamp
         by_timestamp.append(_pyav_by_timestamp)
+    held_mib = len(uniq) * timeline.height * timeline.width * 3 / 2**20
     for way in by_timestamp:
-        # all or nothing, so held until complete: where frames cannot be placed by timestamp (an AVI's B-frames
-        # leave the decoder with timestamps out of order), counting from the start must give every frame, since a
-        # clip of frames picked both ways came out scrambled
-        frames = list(_in_order(way(path, uniq, timeline), uniq))
-        if len(frames) == len(uniq):
-            yield from frames
+        # all or nothing: where frames cannot be placed by timestamp (an AVI's B-frames leave the decoder with
+        # timestamps out of order), counting from the start must give every frame, since a clip of frames picked
+        # both ways came out scrambled. So the frames are held until all are placed; a range too large to hold at
+        # full size (30 s of 1080p is 5.4 GiB: a decode worker reached 6.7 GB) is checked in a first pass that
+        # decodes without converting a frame, then decoded again and streamed.
+        if held_mib <= RANGE_HOLD_MIB:
+            frames = list(_in_order(way(path, uniq, timeline), uniq))
+            if len(frames) == len(uniq):
+                yield from frames
+                return
+            del frames
+        elif sum(1 for _ in _in_order(way(path, uniq, timeline, convert=False), uniq)) == len(uniq):
+            streamed = 0
+            for rgb in _in_order(way(path, uniq, timeline), uniq):
+                streamed += 1
+                yield rgb
+            if streamed < len(uniq):
+                raise ClipError("corrupt", f"{path}: the decoder placed fewer frames on a second pass than on the first")
             return
-        del frames
     done = 0
     for rgb in _in_order(_pyav_from_start(path, uniq, timeline), uniq):
         done += 1
@@ -548,10 +560,12 @@ def _key_frame_before(first: int, timeline: VideoTimeline) -> int | None:
     return int(keys[at]) if at >= 0 and int(keys[at]) > int(timeline.pts[0]) else None
 
 
-def _pyav_by_timestamp(path: str, want: np.ndarray, timeline: VideoTimeline, key_pts: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def _pyav_by_timestamp(path: str, want: np.ndarray, timeline: VideoTimeline, key_pts: int | None = None,
+                       convert: bool = True) -> Iterator[tuple[int, np.ndarray | None]]:
     """Each decoded frame placed by its timestamp (a frame without one, or not in the timeline, is not the
     clip's): from the file's start, or, with ``key_pts``, from that key frame (a seek). Stops where this cannot
-    be exact: a seek that lands after the key frame, an untimed frame after a seek."""
+    be exact: a seek that lands after the key frame, an untimed frame after a seek. ``convert=False``: positions
+    only (None for the frame), to learn whether every frame is placed without holding any."""
     import av
 
     index_of = {int(p): i for i, p in enumerate(timeline.pts)}
@@ -580,7 +594,7 @@ def _pyav_by_timestamp(path: str, want: np.ndarray, timeline: VideoTimeline, key
                 reached_key = True
             i = index_of.get(int(frame.pts))
             if i in wanted:
-                yield i, orient(to_rgb(frame), timeline.orientation)
+                yield i, orient(to_rgb(frame), timeline.orientation) if convert else None
             if frame.pts >= last_pts:
                 break
 
@@ -691,6 +705,9 @@ def _load_image(path: Path) -> np.ndarray:
 
 # Full-size frames decoded at a time (a chunk): 64 MiB is 10 frames of 1080p, 24 of 720p, 400 of PHOENIX's 210x260.
 DECODE_CHUNK_MIB = 64.0
+# A PyAV range placed by timestamp is held at full size until all its frames are found, up to this; a larger one
+# is decoded twice (a first pass that converts nothing proves every frame is placed, the second streams).
+RANGE_HOLD_MIB = 1024.0
 
 
 @dataclass

@@ -423,6 +423,36 @@ def test_pyav_starts_a_late_range_at_its_key_frame_with_the_same_frames(tmp_path
             assert all(np.array_equal(a, b) for a, b in zip(from_key, from_start, strict=True)), f"{name}: from frame {first}"
 
 
+def test_a_late_range_too_large_to_hold_is_checked_then_streamed_with_the_same_frames(tmp_path, monkeypatch):
+    """A PyAV range starting after the video's first key frame was held whole at full size until all its frames were
+    placed (30 s of 1080p: a decode worker at 6.7 GB). Past RANGE_HOLD_MIB it is checked in a pass that converts no
+    frame, then streamed: the same frames, never more than a chunk converted at a time."""
+    import pipeline.decode as decode
+
+    videos = _open_gop_videos(tmp_path)
+    converted = []
+    real = decode._pyav_by_timestamp
+
+    def spy(*a, convert=True, **k):
+        converted.append(convert)
+        return real(*a, convert=convert, **k)
+
+    monkeypatch.setattr(decode, "_pyav_by_timestamp", spy)
+    for name in ("x264", "x265"):
+        path = str(videos[name])
+        reference = _cli_frames(videos[name])
+        clip = {"source_kind": "range", "path": path, "start_s": 1.0, "end_s": 3.5}
+        converted.clear()
+        monkeypatch.setattr(decode, "RANGE_HOLD_MIB", 0.0)
+        streamed = decode.decode_clip(clip, DecodeOptions(backend="pyav")).frames
+        assert converted == [False, True], name  # a check pass, then the streamed one
+        monkeypatch.setattr(decode, "RANGE_HOLD_MIB", 1024.0)
+        converted.clear()
+        held = decode.decode_clip(clip, DecodeOptions(backend="pyav")).frames
+        assert converted == [True], name
+        assert np.array_equal(streamed, held) and np.array_equal(held, reference[30:105]), name
+
+
 def test_chunks_put_together_are_the_frames_of_one_call(tmp_path):
     """open_clip gives a clip in chunks (the job resizes each as it comes, never holding a whole clip at full size):
     on every backend the chunks put together are the frames decoded in one chunk, with chunk edges inside GOPs,
