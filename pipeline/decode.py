@@ -499,19 +499,21 @@ def _pyav_frames(path: str, uniq: np.ndarray, timeline: VideoTimeline) -> Iterat
                 return
             del frames
         elif sum(1 for _ in _in_order(way(path, uniq, timeline, convert=False), uniq)) == len(uniq):
-            streamed = 0
-            for rgb in _in_order(way(path, uniq, timeline), uniq):
-                streamed += 1
-                yield rgb
-            if streamed < len(uniq):
-                raise ClipError("corrupt", f"{path}: the decoder placed fewer frames on a second pass than on the first")
+            yield from _all_of(_in_order(way(path, uniq, timeline), uniq), len(uniq), f"{path}: the decoder placed fewer frames "
+                               "on a second pass than on the first")
             return
+    yield from _all_of(_in_order(_pyav_from_start(path, uniq, timeline), uniq), len(uniq),
+                       f"{path}: the decoder returned fewer frames than the container lists")
+
+
+def _all_of(frames: Iterator[np.ndarray], count: int, short: str) -> Iterator[np.ndarray]:
+    """``frames`` streamed; a clip's ``corrupt`` (``short``) when fewer than ``count`` come."""
     done = 0
-    for rgb in _in_order(_pyav_from_start(path, uniq, timeline), uniq):
+    for rgb in frames:
         done += 1
         yield rgb
-    if done < len(uniq):
-        raise ClipError("corrupt", f"{path}: the decoder returned fewer frames than the container lists")
+    if done < count:
+        raise ClipError("corrupt", short)
 
 
 def _in_order(found: Iterator[tuple[int, np.ndarray]], want: np.ndarray) -> Iterator[np.ndarray]:
