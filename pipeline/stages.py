@@ -163,6 +163,13 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
                 continue
             check_unchanged(row)
             clip = open_clip(row, decode_options)
+            # known before decoding: one full-size frame through each stream's resize/crop gives the prepared bytes per
+            # frame (a clip over the limit used to be decoded up to the limit first: 105 s of a 1080p video)
+            per_frame = sum(t.resize_crop(np.zeros((1, clip.height, clip.width, 3), np.uint8)).numpy().nbytes for t in transforms.values())
+            if clip.count * per_frame > decode_options.max_clip_mib * 2**20:
+                raise ClipError("too_long", f"{row['path']}: {clip.count} frames make {clip.count * per_frame / 2**20:.3g} MiB of prepared frames, "
+                                            f"over max_clip_mib={decode_options.max_clip_mib:g} (lower decode.target_fps or max_frames, "
+                                            "or raise max_clip_mib)")
             # each chunk of full-size frames is resized as it comes: a task holds the clip's prepared frames (what
             # max_clip_mib limits here) and one chunk, not the whole clip at the video's size
             prepared: dict[str, list[np.ndarray]] = {col: [] for col in transforms}

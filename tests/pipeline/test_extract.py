@@ -434,8 +434,10 @@ def test_decode_stage_resizes_chunk_by_chunk_and_limits_the_prepared_frames(tmp_
     whole = decode_clip(clip, DecodeOptions(backend="pyav", max_clip_mib=100)).frames
     assert np.array_equal(out[column][0], transform.resize_crop(whole).numpy())  # resizing by chunk changes nothing
 
+    chunks_seen.clear()
     out = decode_prepare(batch, streams, DecodeOptions(backend="pyav", max_clip_mib=0.5))
-    assert out["error_class"][0] == "too_long" and "prepared frames" in out["error_message"][0]
+    assert out["error_class"][0] == "too_long" and "10 frames make 1.44 MiB of prepared frames" in out["error_message"][0]
+    assert chunks_seen == []  # refused before a frame was decoded
 
 
 @pytest.mark.parametrize("split", ["..", ".", ".hidden", "a/b", "_signfeat", "a\\b",
