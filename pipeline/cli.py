@@ -235,6 +235,10 @@ def _features(args) -> int:
         name=args.extractor, model=args.model, revision=args.revision, backend=backend, arch=args.arch, device=args.device,
         dtype=args.dtype, batch_size=args.batch_size, random_weights=args.random_weights, tiny=args.tiny, settings=settings,
     )
+    from extractors.base import REGISTRY, parse_settings
+
+    if args.extractor in REGISTRY:  # --set checked before the clip is decoded (a 1080p clip: seconds and GBs), not after
+        parse_settings(REGISTRY[args.extractor].Settings, settings, args.extractor)
     if not args.video.exists():
         raise SignfeatError(f"no such video or frame folder: {args.video}")
     try:  # before the model loads and runs, not after: a bad --out would waste that work
@@ -256,7 +260,12 @@ def _features(args) -> int:
         estimate = {}
     else:
         clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
-        decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend, target_fps=args.target_fps, max_frames=args.max_frames))
+        try:
+            decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend, target_fps=args.target_fps, max_frames=args.max_frames))
+        except ClipError as exc:
+            if exc.kind != "too_long":
+                raise
+            raise ClipError(exc.kind, f"{exc}: this command holds the whole clip at full size; thin it with --target-fps or --max-frames") from None
         extractor = build_extractor(config)
         if hasattr(extractor, "extract_prepared_timed"):  # smplx623: its motion resampled to its own target_fps, as in a job
             array, frames, fps, detections = extractor.extract_prepared_timed([extractor.prepare(decoded.frames)], [decoded.fps])[0]

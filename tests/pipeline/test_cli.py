@@ -27,6 +27,9 @@ def run(*args, cwd=None):
         (["manifest", "curate", "m.parquet", "--out", "c.parquet", "--report", "r", "--min-frames", "ten"], "expected an integer"),
         (["manifest", "curate", "m.parquet", "--out", "c.parquet", "--report", "r", "--split-ratios", "train:0.5"], "bad --split-ratios"),
         (["frobnicate"], "invalid choice"),
+        # a bad --set is said before the clip is decoded (a 1080p clip: seconds and GBs first), here before the path is looked at
+        (["features", "/no/video.mp4", "--extractor", "dinov2", "--tiny", "--random-weights", "--set", "bogus=1", "--out", "x.npy"],
+         "unknown dinov2 settings ['bogus']"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, needle):
