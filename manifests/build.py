@@ -78,6 +78,9 @@ def build_manifest(
 ) -> dict[str, Any]:
     annotations = [Path(a) for a in annotations]
     root = Path(root) if root is not None else (annotations[0].parent if annotations else Path("."))
+    for given in [root, out, *annotations]:  # Ray (started for the probe) died on such a name with a traceback
+        if not _is_utf8(str(given)):
+            raise SignfeatError(f"{os.fsencode(str(given)).decode('utf-8', 'backslashreplace')}: the path is not UTF-8 (bytes shown as \\x..); rename it")
     rows = parse_annotations(annotations, fmt, root.resolve(), dataset)
     keys = case_safe_keys([row["id"] for row in rows])  # no two keys that differ only by case
     for i, (row, key) in enumerate(zip(rows, keys)):
@@ -85,7 +88,7 @@ def build_manifest(
         row["key"] = key
         if row["path"]:
             row["path"] = str(Path(row["path"]).absolute())
-        for column in ("path", "source"):
+        for column in ("path", "source", "error"):
             if row.get(column) and not _is_utf8(row[column]):
                 # a file name with bytes that are not UTF-8 (Linux allows them) cannot be stored in Parquet: the whole
                 # build died at the end. The row keeps the name with those bytes escaped, and says so.

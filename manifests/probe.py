@@ -105,6 +105,8 @@ def _probe_frames(row: dict[str, Any], default_fps: float) -> dict[str, Any]:
                 img_size, fmt = img.size, (img.format or f.suffix.lstrip(".")).lower()
                 if _orientation(img) in (5, 6, 7, 8):  # shown turned by 90 degrees (decode applies it)
                     img_size = img_size[::-1]
+        except PermissionError as exc:
+            raise ClipError("unreadable", f"cannot open frame image {f}: {exc.strerror}") from None
         except Exception as exc:
             raise ClipError("corrupt", f"cannot read frame image {f}: {exc}") from None
         if size is None:

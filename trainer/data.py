@@ -536,7 +536,7 @@ def tokenize_targets(tokenizer, texts: list[str], max_tokens: int) -> tuple[torc
     return ids, mask
 
 
-def check_target_tokens(tokenizer, texts: list[str], split: str, model_name: str) -> float:
+def check_target_tokens(tokenizer, texts: list[str], split: str, tokenizer_name: str) -> float:
     """The share of the targets' characters (spaces aside) that ``tokenizer`` can only write as its unknown
     token. An English-only vocabulary (Flan-T5's SentencePiece) turns Chinese or other unseen scripts into
     ``<unk>``: the model would be trained to write ``<unk>`` and its decoded predictions scored as empty.
@@ -565,7 +565,7 @@ def check_target_tokens(tokenizer, texts: list[str], split: str, model_name: str
         return share
     seen = "".join(sorted(missing, key=lambda c: -missing[c])[:20])
     message = (f"split {split!r}: {share:.0%} of the targets' characters ({unknown} of {total}, {len(texts)} texts) can only be written as "
-               f"the unknown token of {model_name}'s tokenizer (most frequent: {seen!r}); ")
+               f"the unknown token of the {tokenizer_name} tokenizer (most frequent: {seen!r}); ")
     if share > 0.5:
         raise SignfeatError(message + "the model would learn to write <unk>. Use an LLM whose vocabulary covers the targets' script "
                             "(google/mt5-*, Qwen, Llama), or llm.tokenizer=byt5 / bpe for a tiny model")

@@ -396,7 +396,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     model = build_model(recipe, device, tokenizer_dir=resume_from)
     texts = [m.get("text") or "" for m in read_split_texts(train_urls, limit=2000)]
     check_target_tokens(model.tokenizer, [t.lower() for t in texts] if recipe.data.lowercase_targets else texts,
-                        recipe.data.train_split, recipe.llm.name)
+                        recipe.data.train_split, recipe.llm.tokenizer or recipe.llm.name)
     if recipe.adapter.standardize and resume is None:
         model.adapter.set_statistics(stream_statistics(recipe))
     optimizer, scheduler = build_optimizer(model, recipe)

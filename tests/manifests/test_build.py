@@ -250,3 +250,36 @@ def test_a_folder_the_build_may_not_look_into_is_an_unreadable_row(tmp_path, mon
     a, b = parse_table(ann, root=tmp_path)
     assert (a["status"], a["text"], a["split"]) == ("unreadable", "hello", "train") and "Permission denied" in a["error"]
     assert b["status"] is None and b["source_kind"] == "frames"
+
+
+def test_a_name_found_twice_under_a_folder_that_is_not_utf8_and_such_a_root_are_no_crash(tmp_path):
+    """The "found twice" message named a folder with a byte that is not UTF-8: the build died at its end. A root
+    with such a byte died inside Ray's start with a traceback."""
+    import os
+
+    for folder in (b"raw", b"extra\xfe"):
+        os.makedirs(os.path.join(os.fsencode(tmp_path), folder))
+        open(os.path.join(os.fsencode(tmp_path), folder, b"X_0-1-rgb_front.mp4"), "wb").close()
+    ann = tmp_path / "how2sign_realigned_test.csv"
+    ann.write_text("VIDEO_ID\tVIDEO_NAME\tSENTENCE_ID\tSENTENCE_NAME\tSTART_REALIGNED\tEND_REALIGNED\tSENTENCE\n"
+                   "X\tX-1-rgb_front\tX_0\tX_0-1-rgb_front\t1.0\t2.0\thello\n", encoding="utf-8")
+    build_manifest([ann], tmp_path / "m.parquet", root=tmp_path, progress=False)
+    (row,) = read_manifest(tmp_path / "m.parquet").to_pylist()
+    assert row["status"] == "bad_annotation" and "extra\\xfe" in row["error"], row
+    bad_root = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"root\xfe"))
+    os.makedirs(bad_root)
+    with pytest.raises(SignfeatError, match=r"root\\xfe: the path is not UTF-8"):
+        build_manifest([ann], tmp_path / "m2.parquet", root=Path(bad_root), progress=False)
+
+
+def test_a_frame_image_the_probe_may_not_open_is_unreadable_not_corrupt(tmp_path, monkeypatch):
+    import PIL.Image
+
+    from manifests.probe import probe_clip
+    from tests.helpers import index_frame
+
+    (tmp_path / "f").mkdir()
+    PIL.Image.fromarray(index_frame(0)).save(tmp_path / "f" / "0.png")
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    got = probe_clip({"source_kind": "frames", "path": str(tmp_path / "f"), "fps": 25.0})
+    assert got["status"] == "unreadable" and "Permission denied" in got["error"], got

@@ -364,7 +364,7 @@ def test_targets_the_tokenizer_cannot_write_are_refused_or_warned(capsys):
 
     tok = vocabulary_tokenizer()
     assert check_target_tokens(tok, ["the weather is sunny", "snow tomorrow"], "train", "m") == 0.0
-    with pytest.raises(SignfeatError, match=r"split 'train': 100% of the targets' characters .* unknown token of google/flan-t5-xl's "
+    with pytest.raises(SignfeatError, match=r"split 'train': 100% of the targets' characters .* unknown token of the google/flan-t5-xl "
                                             r"tokenizer \(most frequent: '[他是谁？明天]+'\).*mt5"):
         check_target_tokens(tok, ["他是谁？", "明天"], "train", "google/flan-t5-xl")
     share = check_target_tokens(tok, ["the weather is sunny today in the north", "wind and snow tomorrow", "the rain ü"], "train", "m")
