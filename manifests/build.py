@@ -48,6 +48,11 @@ def _is_utf8(text: str) -> bool:
         return False
 
 
+def _shown(text: str) -> str:
+    """A name with bytes that are not UTF-8, those bytes escaped (``bad\\xffdir``): storable and printable."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def mark_duplicates(rows: list[dict[str, Any]]) -> None:
     """Keep the first row of an id; later ones become ``duplicate_id`` (reported, never merged). Ids are compared
     in Unicode NFC: "Müller" typed (NFC) and "Müller" from a macOS file name (NFD) look the same to every reader
@@ -80,7 +85,7 @@ def build_manifest(
     root = Path(root) if root is not None else (annotations[0].parent if annotations else Path("."))
     for given in [root, out, *annotations]:  # Ray (started for the probe) died on such a name with a traceback
         if not _is_utf8(str(given)):
-            raise SignfeatError(f"{os.fsencode(str(given)).decode('utf-8', 'backslashreplace')}: the path is not UTF-8 (bytes shown as \\x..); rename it")
+            raise SignfeatError(f"{_shown(str(given))}: the path is not UTF-8 (bytes shown as \\x..); rename it")
     rows = parse_annotations(annotations, fmt, root.resolve(), dataset)
     keys = case_safe_keys([row["id"] for row in rows])  # no two keys that differ only by case
     for i, (row, key) in enumerate(zip(rows, keys)):
@@ -92,8 +97,7 @@ def build_manifest(
             if row.get(column) and not _is_utf8(row[column]):
                 # a file name with bytes that are not UTF-8 (Linux allows them) cannot be stored in Parquet: the whole
                 # build died at the end. The row keeps the name with those bytes escaped, and says so.
-                shown = os.fsencode(row[column]).decode("utf-8", "backslashreplace")
-                row[column] = shown
+                row[column] = shown = _shown(row[column])
                 if row["status"] is None:
                     row["status"], row["error"] = "bad_path", f"{shown}: the file name is not UTF-8 (bytes shown as \\x..); rename it"
     mark_duplicates(rows)

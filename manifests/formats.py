@@ -238,8 +238,8 @@ def index_videos(root: Path) -> dict[str, list[str]]:
     return found
 
 
-def _one_video(videos: dict[str, list[str]], stem: str, what: str = "videos", role: str = "") -> str | None:
-    """The video (or folder) named ``stem`` under the root; a ValueError naming them when there are several (a
+def _only_one(videos: dict[str, list[str]], stem: str, what: str = "videos", role: str = "") -> str | None:
+    """The one video (or folder) named ``stem`` under the root, or None; a ValueError naming them when there are several (a
     sentence clip next to OpenPose's rendering of it, features/openpose_output/video/NAME.mp4; a CSL-Daily frame
     folder next to a hand-crop folder of the same name: picking one by sort order read the wrong pictures)."""
     found = videos.get(stem) or []
@@ -277,8 +277,8 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
                 continue
             common = dict(id=name, dataset=dataset or "how2sign", split=split, text=_text(rec["SENTENCE"]))
             try:
-                clip = _one_video(videos, name)
-                raw_video = (_one_video(videos, rec["VIDEO_NAME"].strip(), role=" (this sentence's raw video)")
+                clip = _only_one(videos, name)
+                raw_video = (_only_one(videos, rec["VIDEO_NAME"].strip(), role=" (this sentence's raw video)")
                              or str(root / f"{rec['VIDEO_NAME'].strip()}.mp4"))  # missing: the probe says
             except ValueError as exc:
                 yield _row(source_kind="video", path="", status="bad_annotation", error=f"{annotation}:{line_no}: {exc}", **common)
@@ -369,7 +369,7 @@ def parse_csldaily(annotation: Path, root: Path, dataset: str | None = None, **_
             continue
         name = str(item["name"]).strip()
         try:
-            folder = _one_video(folders, name, what="folders")
+            folder = _only_one(folders, name, what="folders")
         except ValueError as exc:
             yield _bad_row(annotation, i, str(exc), clip_id=name, dataset=dataset, split=splits.get(name), source_kind="frames")
             continue

@@ -16,6 +16,8 @@ ClipError("too_long"), never an out-of-memory.
 from __future__ import annotations
 
 import functools
+import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -750,6 +752,7 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
     path = str(clip.get("path"))
     if kind == "frames":
         files = list_frame_files(path)
+        _check_unchanged(clip, sum(f.stat().st_size for f in files if f.is_file()))
         fps = float(clip.get("fps") or options.frame_fps)
         times = np.arange(len(files)) / fps
         # a frame folder's times are exact (k / fps): no timestamp precision to allow for (29.97 fps lost an instant)
@@ -762,6 +765,8 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
                           _stacked(_folder_frames(files, uniq, first), chunk), repeats)
     if kind not in ("video", "range"):
         raise ClipError("bad_source_kind", f"unknown source_kind {kind!r} for {path}")
+    if os.path.isfile(path):  # missing: read_timeline says so
+        _check_unchanged(clip, os.path.getsize(path))
     timeline = read_timeline(path)
     start_s, end_s = (clip.get("start_s"), clip.get("end_s")) if kind == "range" else (None, None)
     in_range = select_range(timeline.times_s, start_s, end_s, timeline.duration_s, path)
@@ -782,6 +787,19 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
         chunks = _video_chunks(backend, path, uniq, timeline, chunk)
     return ClipFrames(len(indices), timeline.height, timeline.width, float(out_fps), clip_times[pos], timeline.span_s(in_range),
                       chunks, repeats)
+
+
+def _check_unchanged(clip: Mapping[str, Any], size: int) -> None:
+    """A manifest row's source whose size (the file, a range's whole video, or a frame folder's images summed, as
+    the probe measured ``bytes``) changed since the manifest was built (a video replaced or re-encoded, a folder
+    that gained or lost images) was extracted under the old row's id, text and curation: now a failure. A row
+    without ``bytes`` (a hand-made manifest, ``signfeat features``) is not checked."""
+    then = clip.get("bytes")
+    if then is None or (isinstance(then, float) and not math.isfinite(then)):
+        return
+    if size != int(then):
+        raise ClipError("changed", f"{clip.get('path')} is {size} bytes now, {int(then)} when the manifest was built: it changed since. "
+                                   "Rebuild the manifest (signfeat manifest build, then curate) so that its rows describe it")
 
 
 def decode_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(), chunk_mib: float | None = None) -> DecodedClip:

@@ -157,6 +157,10 @@ def refuse_relative_out_in_a_ray_job(out: str) -> None:
                             f"({os.getcwd()}), which Ray deletes: give an absolute path the head node keeps, or s3://bucket/prefix")
 
 
+# what an output location answers when it fills up or stops being writable (the job stops in one line, not a traceback)
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
 def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, *, address: str | None = None, overwrite: bool = False,
                 progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
     t_start = time.time()
@@ -214,8 +218,6 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
         raise SignfeatError(f"writing {store.where} failed: {exc.strerror}{f' ({exc.filename})' if exc.filename else ''}. The job stops here; "
                             "complete shards are kept: free space or fix the permissions, then rerun the same command") from None
 
-
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
 
 
 def _read_identity(store: Store) -> dict[str, Any]:
@@ -507,7 +509,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
             current, next_shard = {}, next_shard + 1
 
     def arrived(row: dict[str, Any]) -> dict[str, Any]:
-        nonlocal failures
+        nonlocal failures, owner_checked
         row = _clean_row(row)
         for stage in ["decode", *streams]:
             busy_seconds[stage] = busy_seconds.get(stage, 0.0) + float(row.get(f"secs_{stage}") or 0.0)
@@ -517,11 +519,11 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
                 per_node[stage] = per_node.get(stage, 0) + 1
         failures += bool(row["error_class"])
         watch.progress()
-        if time.monotonic() - owner_checked[0] >= owner_check_s:
+        if time.monotonic() - owner_checked >= owner_check_s:
             # a deleted OUT, or another driver's, is noticed within owner_check_s, not at the next shard commit
             # (which, with big shards or shards waiting for a retried clip, can be the job's end)
             check_run(store, run_id)
-            owner_checked[0] = time.monotonic()
+            owner_checked = time.monotonic()
         if not bar.n and not bar.disable:
             # Ray's start and the actors' model loading come before the first clip: counted in the rate, they made
             # the ETA of a 2-minute job 30 minutes. The bar's clock starts at the first clip, and says when that was.
@@ -532,7 +534,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
         return row
 
     owner_check_s = float(os.environ.get("SIGNFEAT_OWNER_CHECK_S") or 60)
-    owner_checked = [time.monotonic()]
+    owner_checked = time.monotonic()
     watch = StallWatch(cfg, float(os.environ.get("SIGNFEAT_STALL_WARN_S") or 300))
     stop_watch = threading.Event()
     threading.Thread(target=_watch_for_stalls, args=(watch, stop_watch), name="signfeat-stall-watch", daemon=True).start()

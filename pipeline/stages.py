@@ -104,30 +104,6 @@ def _maybe_crash_for_tests(path: str, variable: str = "SIGNFEAT_TEST_CRASH_ON", 
         os.kill(os.getpid(), sig)
 
 
-def source_bytes(row: dict[str, Any]) -> int | None:
-    """The size of a clip's source as the manifest's probe measured it (``bytes``): the file (a range's whole
-    video), or the frame folder's images summed; None for parameter clips, which are not checked."""
-    from pipeline.decode import list_frame_files
-
-    if row["source_kind"] in ("video", "range"):
-        return os.path.getsize(row["path"]) if os.path.isfile(row["path"]) else None  # missing: the decoder says so
-    if row["source_kind"] == "frames":
-        return sum(f.stat().st_size for f in list_frame_files(row["path"]) if f.is_file())
-    return None
-
-
-def check_unchanged(row: dict[str, Any]) -> None:
-    """A clip whose source changed size since the manifest was built (a video replaced or re-encoded, a frame
-    folder that gained or lost images) was extracted under the old row's id, text and curation: now a failure."""
-    then = row.get("bytes")
-    if then is None or (isinstance(then, float) and not np.isfinite(then)):  # a manifest without sizes: not checked
-        return
-    now = source_bytes(row)
-    if now is not None and now != int(then):
-        raise ClipError("changed", f"{row['path']} is {now} bytes now, {int(then)} when the manifest was built: it changed since. "
-                                   "Rebuild the manifest (signfeat manifest build, then curate) so that its rows describe it")
-
-
 def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_options) -> dict[str, np.ndarray]:
     """Ray Data task (CPU): decode each clip and run every stream's resize/crop -> uint8 columns.
 
@@ -161,8 +137,7 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
                     out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
                 out["secs_decode"][i] = time.perf_counter() - t0
                 continue
-            check_unchanged(row)
-            clip = open_clip(row, decode_options)
+            clip = open_clip(row, decode_options)  # a source changed since the manifest fails here, as `changed`
             # known before decoding: one full-size frame through each stream's resize/crop gives the prepared bytes per
             # frame (a clip over the limit used to be decoded up to the limit first: 105 s of a 1080p video)
             per_frame = sum(t.resize_crop(np.zeros((1, clip.height, clip.width, 3), np.uint8)).numpy().nbytes for t in transforms.values())

@@ -548,8 +548,8 @@ def check_target_tokens(tokenizer, texts: list[str], split: str, tokenizer_name:
     if unk is None or not texts:
         return 0.0
     known: dict[str, bool] = {}  # character -> whether the tokenizer writes it without its unknown token
-    total = unknown = 0
-    missing: dict[str, int] = {}
+    total = 0
+    missing: dict[str, int] = {}  # character it cannot write -> occurrences
     for text in texts:
         for ch in text:
             if ch.isspace():
@@ -558,8 +558,8 @@ def check_target_tokens(tokenizer, texts: list[str], split: str, tokenizer_name:
                 known[ch] = unk not in tokenizer(ch, add_special_tokens=False)["input_ids"]
             total += 1
             if not known[ch]:
-                unknown += 1
                 missing[ch] = missing.get(ch, 0) + 1
+    unknown = sum(missing.values())
     share = unknown / total if total else 0.0
     if share <= 0.01:
         return share
