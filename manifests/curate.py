@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.formats import normalise_split
-from manifests.schema import MANIFEST_SCHEMA, PARAMS_KIND, read_manifest, write_manifest
+from manifests.schema import MANIFEST_SCHEMA, PARAMS_KIND, read_manifest, split_name_problem, write_manifest
 from pipeline.errors import SignfeatError
 
 SPLITS = ("train", "dev", "test")
@@ -68,8 +68,9 @@ class CurateOptions:
         ratios: dict[str, float] = {}
         for name, v in self.split_ratios.items():
             split = normalise_split(name)
-            if not split or "/" in split or split.startswith(("_", ".")):
-                raise SignfeatError(f"split_ratios: {name!r} cannot be a split name (a plain folder name, like train, dev, test)")
+            problem = "it is empty" if not split else split_name_problem(split)
+            if problem:
+                raise SignfeatError(f"split_ratios: {name!r} cannot be a split name ({problem}; a plain folder name, like train, dev, test)")
             if split in ratios:
                 raise SignfeatError(f"split_ratios: {name!r} names split {split!r} twice")
             ratios[split] = v
@@ -237,11 +238,16 @@ def _group_label(node: str, by_signer: bool) -> str:
     return node if by_signer else node[len("key:"):]
 
 
+def _no_split(split: pd.Series) -> pd.Series:
+    """Rows without a split: null or blank."""
+    return split.isna() | (split.astype(str).str.strip() == "")
+
+
 def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
     """Splits for rows that have none, by a salted hash of their group (``_groups``): the rows of a group
     some of which already have exactly one split join it."""
     split = df["split"].copy()
-    missing = split.isna() | (split.astype(str).str.strip() == "")
+    missing = _no_split(split)
     if not missing.any():
         return split
     units = _unit(df)
@@ -320,7 +326,8 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
         dup_mask = ((ordered["id"] != first_id) & ordered["content_hash"].notna()).reindex(keep.index)
         drop("duplicate", dup_mask, "duplicate_of=" + first_id.reindex(keep.index).astype(str))
 
-    drawn = int(keep["split"].isna().sum()) if len(keep) else 0  # rows whose split is drawn here, not given
+    # rows without a split: each gets one here, drawn by the ratios or joined from its video's or signer's rows
+    drawn = int(_no_split(keep["split"]).sum()) if len(keep) else 0
     keep = keep.assign(split=assign_splits(keep, options)) if len(keep) else keep
     excluded_df = pd.concat(excluded) if excluded else df.iloc[0:0].assign(filter=pd.Series(dtype=str), reason=pd.Series(dtype=str))
     if "_text_chars" in excluded_df.columns:

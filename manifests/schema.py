@@ -50,8 +50,22 @@ MANIFEST_SCHEMA = pa.schema(MANIFEST_FIELDS)
 COLUMNS = [f.name for f in MANIFEST_FIELDS]
 
 
-def empty_row() -> dict[str, Any]:
-    return {name: None for name in COLUMNS}
+# what an extraction output holds next to its split folders (shards/store.py writes them)
+OUTPUT_FILES = ("index.parquet", "failures.parquet", "job.json")
+
+
+def split_name_problem(split: str) -> str | None:
+    """Why ``split`` cannot name a split folder of an extraction output (None if it can). ".." would put shards
+    outside OUT and "." (or any hidden name) beside its own files, where verify and readers do not look; a
+    split named like the output's own files (index.parquet) crashed the job at its end; glob and brace
+    characters make OUT/{split}/*.tar and brace patterns match other splits. Curation refuses such a name
+    in its ratios, and shard planning in the manifest."""
+    if not split.strip():
+        return "it is empty"
+    if "/" in split or "\\" in split or split.startswith(("_", ".")) or split.lower() in OUTPUT_FILES or any(c in split for c in "*?[]{}"):
+        return (f"a split folder of the output takes no '/', '\\' or glob characters *?[]{{}}, no leading '_' or '.', "
+                f"and is not {', '.join(OUTPUT_FILES)}")
+    return None
 
 
 def rows_to_table(rows: Iterable[dict[str, Any]], build_info: dict[str, Any] | None = None) -> pa.Table:

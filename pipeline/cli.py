@@ -200,8 +200,8 @@ def _manifest_curate(args) -> int:
     print(f"curated manifest: {args.out}\nreport: {args.report / 'report.json'}{plots}")
     drawn = report.get("kept_with_split_drawn", 0)
     if 0 < drawn < report["kept"]:  # a split file missed (val/ground_truth.csv names no split): say it, it is not an error
-        print(f"note: {drawn} of {report['kept']} kept rows had no split and got one drawn (ratios {options.split_ratios}); "
-              "the others kept the split their annotation gave", file=sys.stderr)
+        print(f"note: {drawn} of {report['kept']} kept rows had no split and got one: drawn by the ratios {options.split_ratios}, "
+              "or joined from their video's or signer's other rows; the others kept the split their annotation gave", file=sys.stderr)
     return 0
 
 

@@ -14,13 +14,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from manifests.schema import PARAMS_KIND
+from manifests.schema import PARAMS_KIND, split_name_problem
 from pipeline.config import ShardConfig
 from pipeline.decode import TIMESTAMP_SLACK_S
 from pipeline.errors import SignfeatError
 
 NO_SPLIT = "nosplit"
-_OUTPUT_FILES = {"index.parquet", "failures.parquet", "job.json"}  # what the job writes next to the split folders
 # Manifest columns a shard needs (the rest stays in the manifest).
 HASHED_FIELDS = ["id", "key", "dataset", "split", "signer", "text", "source_kind", "path", "start_s", "end_s", "fps", "num_frames", "content_hash"]
 # bytes: the source's size when the manifest was built, checked before decoding (a file changed since is a failure,
@@ -64,13 +63,9 @@ def plan_shards(manifest_rows: list[dict[str, Any]], shards: ShardConfig, decode
     by_split: dict[str, list[dict[str, Any]]] = {}
     for r in ok:
         split = r["split"] or NO_SPLIT
-        # ".." would put shards outside OUT and "." (or any hidden name) beside its own files, where verify
-        # and readers do not look; a split named like the output's own files (index.parquet) crashed the job at
-        # its end; glob and brace characters make OUT/{split}/*.tar and brace patterns match other splits
-        if ("/" in split or "\\" in split or split.startswith(("_", ".")) or split.lower() in _OUTPUT_FILES
-                or any(c in split for c in "*?[]{}")):
-            raise SignfeatError(f"split name {split!r} of clip {r['id']!r} cannot be a folder of the output: no '/', '\\' "
-                                f"or glob characters *?[]{{}}, no leading '_' or '.', not {', '.join(sorted(_OUTPUT_FILES))}")
+        problem = split_name_problem(split)
+        if problem:
+            raise SignfeatError(f"split name {split!r} of clip {r['id']!r} cannot be a folder of the output: {problem}")
         by_split.setdefault(split, []).append(r)
     plans: list[ShardPlan] = []
     for split in sorted(by_split):

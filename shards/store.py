@@ -29,10 +29,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from manifests.schema import OUTPUT_FILES
 from pipeline.errors import SignfeatError
 
 _TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")  # write_bytes' temporary names
-MERGED_FILES = ("index.parquet", "failures.parquet", "job.json")  # written at the end of every run
+MERGED_FILES = OUTPUT_FILES  # written at the end of every run
 
 
 class Store:

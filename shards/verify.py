@@ -155,9 +155,17 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
             problem(f"shard {shard}: {shard}.tar is missing (its completion marker exists)")
             continue
         try:
+            marker = store.read_json(Store.marker(shard))
+        except (OSError, ValueError) as exc:
+            marker = exc
+        if not isinstance(marker, dict):  # a rerun writes such a shard again (Store.shard_is_complete)
+            problem(f"shard {shard}: its completion marker {Store.marker(shard)} is damaged "
+                    f"({marker if isinstance(marker, Exception) else 'not a JSON object'}); rerun the same command to write the shard again")
+            marker = {}
+        try:
             data = store.read_bytes(f"{shard}.tar")
-            recorded = store.read_json(Store.marker(shard)).get("bytes")
-            if len(data) != recorded:  # what a rerun checks before it skips a shard (Store.shard_is_complete)
+            recorded = marker.get("bytes")
+            if marker and len(data) != recorded:  # what a rerun checks before it skips a shard (Store.shard_is_complete)
                 problem(f"shard {shard}: {shard}.tar is {len(data)} bytes, its completion marker says {recorded}")
             samples = list(group_samples(iter_members(io.BytesIO(data))))
         except Exception as exc:

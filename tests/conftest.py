@@ -42,3 +42,30 @@ def demo_manifest(demo_corpus, ray_local, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("manifest") / "manifest.parquet"
     build_manifest([Path(a) for a in demo_corpus["annotations"]], out, root=Path(demo_corpus["root"]), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3-compatible server (moto) on 127.0.0.1 and the AWS environment pyarrow reads: yields a
+    function that makes a bucket and returns the query an ``s3://`` URL needs to reach it."""
+    boto3 = pytest.importorskip("boto3")
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = pytest.MonkeyPatch()
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        env.setenv(name, value)
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
+
+    def bucket(name: str) -> str:
+        client.create_bucket(Bucket=name)
+        return f"?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+
+    yield bucket
+    server.stop()
+    env.undo()

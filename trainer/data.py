@@ -27,7 +27,6 @@ import random
 import sys
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -35,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import SignfeatError
+from shards import location
 from shards.reader import member_key
 
 # ------------------------------------------------------------------------------------------------ shards
@@ -44,7 +44,8 @@ def list_shards(source: str | list[str], split: str) -> list[str]:
     """Shard paths of ``split``: from an extraction output folder (``OUT/{split}/*.tar``), or from shards named
     without their split (a folder of tars, a list of paths, a brace pattern ``dir/demo-{000000..000003}.tar``):
     then only the shards whose samples are of ``split`` (each shard holds one split, recorded in every
-    sample's JSON), so a training pattern does not also serve as the dev and test sets."""
+    sample's JSON), so a training pattern does not also serve as the dev and test sets. Any of these may be
+    an object-store URL (``s3://bucket/features``, with ``extract --out``'s query options: ``shards/location.py``)."""
     root = None
     if isinstance(source, (list, tuple)):
         urls = [str(u) for u in source]
@@ -53,10 +54,10 @@ def list_shards(source: str | list[str], split: str) -> list[str]:
 
         urls = list(braceexpand.braceexpand(source))
     else:
-        root = Path(source)
-        if (root / split).is_dir():
-            return _existing(sorted(str(p) for p in (root / split).glob("*.tar")), split, source)
-        urls = sorted(str(p) for p in root.glob("*.tar"))
+        root = source
+        if source.strip() and location.is_dir(location.join(root, split)):
+            return _existing(location.list_files(location.join(root, split), ".tar"), split, source)
+        urls = location.list_files(root, ".tar") if source.strip() else []
     urls = _existing(urls, split, source)
     splits = {u: shard_split(u) for u in urls}
     mine = [u for u in urls if splits[u] == split]
@@ -72,22 +73,28 @@ def _existing(urls: list[str], split: str, source) -> list[str]:
     if not urls:
         if isinstance(source, str) and not source.strip():
             raise SignfeatError("data.shards is empty: give the extraction output folder (OUT), a folder of tars, or a brace pattern")
-        folder = Path(source) if isinstance(source, str) and "{" not in source else None
-        if folder is not None and not folder.exists():
+        folder = source if isinstance(source, str) and "{" not in source else None
+        if folder is not None and not location.is_dir(folder):
             raise SignfeatError(f"data.shards {source}: no such folder")
-        held = sorted(p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("*.tar"))) if folder is not None and folder.is_dir() else []
+        held = [n for n in location.subfolders(folder) if location.list_files(location.join(folder, n), ".tar")] if folder is not None else []
         raise SignfeatError(f"no shards for split {split!r} under {source}" + (f" (it has {', '.join(held)})" if held else ""))
-    missing = [u for u in urls if not Path(u).is_file()]
+    missing = [u for u in urls if not location.is_file(u)]
     if missing:
         raise SignfeatError(f"shard {missing[0]}: no such file")
     return urls
+
+
+def _shard_name(url: str) -> str:
+    """``{split}/{stem}``: how index.parquet and the completion markers name a shard."""
+    stem = location.name(url)
+    return f"{location.name(location.parent(url))}/{stem[:-len('.tar')] if stem.endswith('.tar') else stem}"
 
 
 def shard_split(url: str) -> str | None:
     """The split of a shard's samples, from its first sample's JSON (None for a shard without samples, "" when
     the sample records none)."""
     try:
-        with tarfile.open(url, mode="r:") as tar:
+        with location.open_random(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
                 if member.isfile() and member_key(member.name)[1] == "json":
                     meta = json.loads(tar.extractfile(member).read())
@@ -103,21 +110,21 @@ def _check_committed(urls: list[str]) -> None:
     output's copied over it) does not hold the samples index.parquet counts (ranks then got unequal batches).
     A stat and a small JSON per shard (the completion marker)."""
     for url in urls:
-        path = Path(url)
-        root = path.parent.parent
-        done = root / "_signfeat" / "done"
-        if not done.is_dir():
+        root = location.parent(location.parent(url))
+        done = location.join(root, "_signfeat", "done")
+        if not location.is_dir(done):
             continue  # not an extraction output folder (hand-made or copied-out shards)
-        marker = done / path.parent.name / f"{path.stem}.json"
-        if not marker.is_file():
+        marker = location.join(done, f"{_shard_name(url)}.json")
+        if not location.is_file(marker):
             raise SignfeatError(f"{url}: not a shard the extraction in {root} committed (no completion marker): a copy or a leftover would "
                                 f"be read twice or in the wrong split; move it out of the folder (`signfeat verify {root}` lists such files)")
         try:
-            recorded = json.loads(marker.read_text(encoding="utf-8")).get("bytes")
+            with location.open_stream(marker) as f:
+                recorded = json.loads(f.read().decode("utf-8")).get("bytes")
         except (OSError, ValueError, AttributeError):
             recorded = None
-        if recorded is not None and path.stat().st_size != recorded:
-            raise SignfeatError(f"{url}: {path.stat().st_size} bytes, but the extraction wrote {recorded}: it changed since "
+        if recorded is not None and location.size(url) != recorded:
+            raise SignfeatError(f"{url}: {location.size(url)} bytes, but the extraction wrote {recorded}: it changed since "
                                 f"(`signfeat verify {root}` says how); rerun the same `signfeat extract` command to write it again")
 
 
@@ -130,7 +137,7 @@ def shard_counts(urls: list[str]) -> list[int]:
     out = []
     for url in urls:
         try:
-            with tarfile.open(url, mode="r:") as tar:  # seeks over member headers, reads no data
+            with location.open_random(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:  # seeks over member headers, reads no data
                 out.append(len({member_key(m.name)[0] for m in tar.getmembers() if m.isfile()}))
         except tarfile.TarError as exc:
             raise _damaged(url, exc) from None
@@ -206,7 +213,7 @@ def require_streams(urls: list[str], streams: list[str], widths: dict[str, int] 
     for url in urls:
         key, suffixes, shapes = None, set(), {}
         try:
-            with tarfile.open(url, mode="r:") as tar:
+            with location.open_random(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -251,13 +258,11 @@ def _npy_shape(fileobj) -> tuple[int, ...]:
 def lengths_from_index(urls: list[str], streams: list[str]) -> list[dict[str, int]] | None:
     """Rows of each stream for every sample of these shards, from the ``index.parquet`` of the extraction output
     each tar lies in (``len_{stream}``), or None when an index does not describe them all (hand-made shards)."""
-    import pyarrow.parquet as pq
-
-    wanted = {(Path(url).parent.parent, f"{Path(url).parent.name}/{Path(url).stem}") for url in urls}
+    wanted = {(location.parent(location.parent(url)), _shard_name(url)) for url in urls}
     out: list[dict[str, int]] = []
     for root in sorted({root for root, _ in wanted}):
         try:
-            table = pq.read_table(root / "index.parquet", columns=["shard", *(f"len_{s}" for s in streams)]).to_pylist()
+            table = location.read_table(location.join(root, "index.parquet"), columns=["shard", *(f"len_{s}" for s in streams)]).to_pylist()
         except (OSError, ValueError, KeyError):  # no index, or one without these streams: nothing to say
             return None
         out += [{s: int(row[f"len_{s}"]) for s in streams} for row in table if (root, row["shard"]) in wanted]
@@ -298,24 +303,22 @@ def check_visual_input(recipe, urls: list[str], split: str) -> int:
 def _counts_from_index(urls: list[str]) -> list[int] | None:
     """Samples per shard from the ``index.parquet`` of the extraction output each tar lies in (a brace pattern
     may span several outputs), or None when an index does not describe them all."""
-    import pyarrow.parquet as pq
-
-    per_root: dict[Path, dict[str, int] | None] = {}
+    per_root: dict[str, dict[str, int] | None] = {}
     counts = []
     for url in urls:
-        root = Path(url).parent.parent
+        root = location.parent(location.parent(url))
         if root not in per_root:
-            index = root / "index.parquet"
-            if not index.is_file():
+            index = location.join(root, "index.parquet")
+            if not location.is_file(index):
                 return None
             try:
-                table = pq.read_table(index, columns=["shard"]).to_pydict()["shard"]
+                table = location.read_table(index, columns=["shard"]).to_pydict()["shard"]
             except (OSError, ValueError) as exc:  # pa.ArrowInvalid is a ValueError
                 raise SignfeatError(f"{index}: unreadable ({exc}); `signfeat verify` lists what is damaged") from None
             per_root[root] = {}
             for shard in table:
                 per_root[root][shard] = per_root[root].get(shard, 0) + 1
-        rel = f"{Path(url).parent.name}/{Path(url).stem}"
+        rel = _shard_name(url)
         if rel not in per_root[root]:
             return None  # the index does not describe these tars: count them
         counts.append(per_root[root][rel])
@@ -420,13 +423,13 @@ def read_pieces(pieces: list[ShardPiece], streams: list[str]) -> Iterator[dict[s
     """Raw samples of the pieces, in order, through webdataset's tar reader (no decoders: bytes only).
 
     The tars are opened here, not by webdataset: with ``WDS_SECURE=1`` in the environment webdataset's
-    ``gopen`` refuses every local path ("unsafe_gopen is False, cannot open local files"), and the shards
-    are always local files (``list_shards`` checks them); its tar expander and key grouping take the open
-    stream and are unaffected."""
+    ``gopen`` refuses every local path ("unsafe_gopen is False, cannot open local files"), and an object
+    store's through pyarrow.fs take its options from the URL (``shards/location.py``); its tar expander and
+    key grouping take the open stream and are unaffected."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     for piece in pieces:
-        with open(piece.url, "rb") as stream:
+        with location.open_stream(piece.url) as stream:
             samples = group_by_keys(tar_file_expander([{"url": piece.url, "stream": stream}]))
             try:
                 for position, raw in enumerate(samples):
@@ -631,9 +634,12 @@ def batches(dataset: ShardStream, collate: Collate, num_workers: int, *, drop_la
     """Padded batches, collated in the DataLoader workers, taken from the workers in turn (deterministic)."""
     # its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
     # which would shift the dropout masks after every epoch boundary and break exact resume
+    # workers reading an object store are started afresh, not forked: the S3 client that listed the shards runs
+    # threads that a fork does not copy, and a forked worker can hang on its locks (as s3fs#369 reports)
+    remote = num_workers and any(location.is_remote(u) for u in dataset.urls)
     loader = DataLoader(_Batched(dataset, collate, drop_last), batch_size=None, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0), persistent_workers=False,
-                        prefetch_factor=4 if num_workers else None)
+                        prefetch_factor=4 if num_workers else None, multiprocessing_context="spawn" if remote else None)
     for item in loader:
         if isinstance(item, _WorkerError):
             raise SignfeatError(item.message)
@@ -645,7 +651,10 @@ def read_split_texts(urls: list[str], field: str = "text", limit: int | None = N
     example pools, the BPE tokenizer's training texts, the targets' token check."""
     out = []
     for url in urls:
-        with tarfile.open(url, mode="r:") as tar:
+        # a local tar is read seeking over the arrays; an object store's front to back (a ranged request per
+        # member would cost more than the arrays' bytes)
+        with (location.open_random(url) if not location.is_remote(url) else location.open_stream(url)) as f, \
+                tarfile.open(fileobj=f, mode="r:" if not location.is_remote(url) else "r|") as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith(".json"):
                     out.append(json.loads(tar.extractfile(member).read()))

@@ -79,6 +79,10 @@ def test_bad_options_are_rejected():
     for bad in ({"../x": 1}, {"_x": 1}, {"val": 1, "dev": 1}, {"train": True}):
         with pytest.raises(SignfeatError, match="split"):
             CurateOptions(split_ratios=bad)
+    # names extraction's plan refuses were accepted here, found out only when the job started
+    for bad in ("index.parquet", "Job.json", "tr*ain", "a\\b", "x{1}"):
+        with pytest.raises(SignfeatError, match="cannot be a split name"):
+            CurateOptions(split_ratios={bad: 1})
 
 
 def test_split_ratio_names_are_normalised_as_the_build_does():
@@ -317,10 +321,14 @@ def test_rows_given_a_split_and_rows_drawn_one_are_counted_and_the_cli_says_so(t
     rows = [_row(i) for i in range(6)] + [_row(10 + i, split=None) for i in range(3)]
     _, _, report = curate(pd.DataFrame(rows), CurateOptions())
     assert report["kept_with_split_drawn"] == 3
+    # a blank split is none too (it was counted as given, and null rows that joined their video's split as drawn)
+    video = [_row(20 + i, source_kind="range", path="/v/long.mp4", start_s=float(i), end_s=i + 1.0, split=s) for i, s in enumerate(["test", None, " "])]
+    kept, _, report = curate(pd.DataFrame(video), CurateOptions())
+    assert report["kept_with_split_drawn"] == 2 and set(kept["split"]) == {"test"}
     write_manifest(rows_to_table(rows), tmp_path / "m.parquet")
     assert main(["manifest", "curate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "r"),
                  "--no-plots"]) == 0
-    assert "note: 3 of 9 kept rows had no split and got one drawn" in capsys.readouterr().err
+    assert "note: 3 of 9 kept rows had no split and got one: drawn by the ratios" in capsys.readouterr().err
     write_manifest(rows_to_table(rows[:6]), tmp_path / "m.parquet")  # all given: nothing to say
     main(["manifest", "curate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "r"), "--no-plots"])
     assert "note:" not in capsys.readouterr().err

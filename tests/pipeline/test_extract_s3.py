@@ -1,6 +1,5 @@
 """The extraction job writing to object storage: a local S3-compatible server (moto) on 127.0.0.1."""
 
-import logging
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -22,26 +21,8 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def s3_url(monkeypatch_module):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch_module.setenv(name, value)
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(Bucket="features")
-    yield f"s3://features/job1?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
+def s3_url(s3_server):
+    return f"s3://features/job1{s3_server('features')}"
 
 
 def test_extract_to_s3_verifies_and_resumes(s3_url, demo_manifest, ray_local):
@@ -94,3 +75,36 @@ def test_an_unreachable_store_is_said_as_such(s3_url):
             read(down)
     with pytest.raises(SignfeatError, match="empty path component"):
         Store(s3_url.replace("s3://features/job1", "s3://features//job1"))
+
+
+def test_training_and_eval_read_the_shards_from_the_object_store(s3_url, demo_manifest, ray_local, tmp_path):
+    """`signfeat train data.shards=s3://...` (the output URL `extract --out` took): the same losses and the
+    same translations as from a local copy of the same output, whose markers and index are read there too."""
+    from tests.trainer.conftest import tiny_recipe
+    from trainer.evaluate import evaluate_model
+    from trainer.loop import train
+    from trainer.recipe import recipe_from_dict
+
+    run_extract(demo_manifest, s3_url, parse_job_config(CONFIG), progress=False)  # complete (skips what the test above left)
+    fs, inner = pafs.FileSystem.from_uri(s3_url)
+    local = tmp_path / "copy"
+    pafs.copy_files(inner, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+    def run(shards: str, out: Path) -> tuple[list[float], list[str]]:
+        recipe = recipe_from_dict(tiny_recipe(shards, out, "t5", data={"streams": ["dinov2"], "crop_streams": ["dinov2"], "batch_size": 2, "num_workers": 1},
+                                              adapter={"kind": "mlp", "stream_widths": {"dinov2": 32}},
+                                              optim={"max_steps": 3}, eval={"max_new_tokens": 8}))
+        summary = train(recipe)
+        return summary["losses"], evaluate_model(summary["model"], recipe, "train", out / "eval")["predictions"]
+
+    from_copy, from_store = run(str(local), tmp_path / "a"), run(s3_url, tmp_path / "b")
+    assert from_store == from_copy and len(from_store[0]) == 3 and from_store[1]
+
+    # the extraction's commit record is read on the store as on a disk: a tar without its marker is refused
+    shard = min(s for s in Store(s3_url).done_shards() if s.startswith("train/"))
+    fs.delete_file(f"{inner}/_signfeat/done/{shard}.json")
+    try:
+        with pytest.raises(SignfeatError, match="not a shard the extraction .* committed"):
+            run(s3_url, tmp_path / "c")
+    finally:
+        run_extract(demo_manifest, s3_url, parse_job_config(CONFIG), progress=False)  # commits it again

@@ -437,6 +437,16 @@ def test_a_compressed_tar_is_a_problem(out):
     assert any(p.startswith(f"shard {SHARD}: unreadable tar") for p in problems), problems
 
 
+@pytest.mark.parametrize("marker", ["[1, 2]", "{broken"])
+def test_a_damaged_completion_marker_is_named_as_such(out, marker):
+    """A marker that was JSON but not an object was reported as an unreadable tar, and its intact samples as
+    index.parquet keys no shard holds."""
+    (out / Store.marker(SHARD)).write_text(marker)
+    problems = _problems(out)
+    assert any(p.startswith(f"shard {SHARD}: its completion marker") and "damaged" in p for p in problems), problems
+    assert not any("unreadable tar" in p or "no shard holds it" in p for p in problems), problems
+
+
 def _fake_rows(plan, seed=0):
     rng = np.random.default_rng(seed)
     rows = []
