@@ -55,6 +55,7 @@ bench: setup
 	$(PY) bench/train.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/decode_ranges.py
+	$(PY) bench/decode_memory.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

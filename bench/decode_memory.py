@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the repository first, and not this folder: bench/pipeline.py, extractors.py and motion.py would shadow the packages of
+# those names, also in Ray's workers (Ray gives them the script's folder when the driver's sys.path holds it)
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def child(path: str, config: str, chunk_mib: float, backend: str) -> None:
-    sys.path.insert(0, str(ROOT))
     import numpy as np
 
     import pipeline.decode as decode
@@ -70,7 +72,6 @@ def main() -> None:
         subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={args.size}:rate=25:duration={args.seconds}",
                         "-c:v", "libx264", "-preset", "veryfast", path], check=True)
         # the job's decode tasks run with the config's worker_env (allocator settings)
-        sys.path.insert(0, str(ROOT))
         from pipeline.config import load_job_config
 
         env = {**os.environ, **load_job_config(Path(args.config)).worker_env}

@@ -8,8 +8,8 @@ For each extractor, on the same clips in one run:
             (for clip_s2 the S² tiles are cut in advance too);
   actor     ``extract_prepared``: S² split/merge, window gathering, packing, host<->device copies,
             unpacking, float16 -- what the GPU actor of the Ray job does;
-  e2e       ``extract`` on uint8 frames: preprocessing (resize, crop, normalise) on one CPU core plus the
-            actor's work. In the Ray job preprocessing runs in the CPU decode tasks, in parallel.
+  e2e       uint8 frames in: ``prepare`` (resize, crop; timed on one CPU thread) plus the actor's time, i.e.
+            ``extract`` done serially. In the Ray job preprocessing runs in the CPU decode tasks, in parallel.
 Ratios are times over the bare forward (target: <= 1.10). FLOPs come from torch's FlopCounterMode on one
 bare batch; MFU is achieved FLOP/s over the GPU's bf16 dense peak (spec, and a measured 8192^3 matmul).
 """
@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository first, and not this folder: bench/pipeline.py, extractors.py and motion.py would shadow the packages of
+# those names, also in Ray's workers (Ray gives them the script's folder when the driver's sys.path holds it)
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from extractors import ExtractorConfig, build_extractor  # noqa: E402
 from extractors.clip_s2 import s2_tiles  # noqa: E402
@@ -139,14 +141,19 @@ def main() -> None:
         if device_name is None:
             device_name = torch.cuda.get_device_name(ex.device) if ex.device.type == "cuda" else "cpu"
             peak_measured = matmul_peak(ex.device)
-        t = time.perf_counter()
         prepared = [ex.prepare(c) for c in clips]
-        prepare_s = time.perf_counter() - t
+        # preprocessing on one thread, as a Ray decode task (num_cpus 1) runs it; warmed up and repeated like the others
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            prepare_s = timed(lambda: [ex.prepare(c) for c in clips], torch.device("cpu"), args.repeat)
+        finally:
+            torch.set_num_threads(threads)
         batches = bare_batches(ex, prepared)
         with torch.inference_mode():
             bare_s = timed(lambda: [model_forward(ex, b) for b in batches], ex.device, args.repeat)
             actor_s = timed(lambda: ex.extract_prepared(prepared), ex.device, args.repeat)
-        e2e_s = prepare_s + actor_s  # prepare measured once (deterministic CPU work)
+        e2e_s = prepare_s + actor_s
         flops = sum(count_flops(ex, b) for b in batches[:1]) * len(batches) if batches else 0.0
         # the last batch may be smaller: count all batches exactly when there are few
         if len(batches) <= 4:
@@ -164,7 +171,7 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     print(f"\nextractor throughput on {device_name}; {args.size} models{' (torch.compile)' if args.compile else ''}, compute dtype {args.dtype}, {args.clips} clips x {args.frames} frames of "
-          f"{args.width}x{args.height}, preprocessing '{args.resize}' on 1 CPU core" + (f"; measured bf16 matmul peak {peak_measured:.0f} TFLOP/s" if peak_measured else ""))
+          f"{args.width}x{args.height}, preprocessing '{args.resize}' on 1 CPU thread" + (f"; measured bf16 matmul peak {peak_measured:.0f} TFLOP/s" if peak_measured else ""))
     header = f"{'extractor':<10}{'batch':>6}{'bare f/s':>10}{'actor f/s':>11}{'e2e f/s':>10}{'actor/bare':>11}{'e2e/bare':>10}{'prep ms/f':>10}{'TFLOP/s':>9}{'MFU':>7}"
     print(header)
     for r in rows:

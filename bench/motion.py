@@ -29,7 +29,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's motion package, not this file
+# the repository first, and not this folder: bench/pipeline.py, extractors.py and motion.py would shadow the packages of
+# those names, also in Ray's workers (Ray gives them the script's folder when the driver's sys.path holds it)
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def best_of(fn, repeats: int = 3) -> float:

@@ -38,7 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository first, and not this folder: bench/pipeline.py, extractors.py and motion.py would shadow the packages of
+# those names, also in Ray's workers (Ray gives them the script's folder when the driver's sys.path holds it)
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from manifests.demo_corpus import Sentence, render_sentence, write_video  # noqa: E402
 from manifests.probe import probe_chunk, probe_rows  # noqa: E402

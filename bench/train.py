@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository first, and not this folder: bench/pipeline.py, extractors.py and motion.py would shadow the packages of
+# those names, also in Ray's workers (Ray gives them the script's folder when the driver's sys.path holds it)
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from trainer.loop import DataPosition, Dist, autocast, build_optimizer, seed_everything, train_batches  # noqa: E402
 from trainer.llm import build_model  # noqa: E402
@@ -72,7 +74,7 @@ def timed_steps(model, optimizer, batches, steps: int, device, warmup: int = 3) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", default="configs/recipes/spamo_tiny.yaml")
+    p.add_argument("--recipe", default=str(Path(__file__).resolve().parents[1] / "configs/recipes/spamo_tiny.yaml"))
     p.add_argument("--shards", help="extraction output to read (default: synthetic shards in a temp folder)")
     p.add_argument("--samples", type=int, default=512, help="synthetic shards: number of samples")
     p.add_argument("--frames", type=int, default=120, help="synthetic shards: max frames per clip (PHOENIX ~116)")

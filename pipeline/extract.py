@@ -253,6 +253,9 @@ def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan],
                     held += (" made by this config with an older signfeat, which named a local checkpoint by its path; this version "
                              "identifies it by its files (a changed checkpoint is another job): finish that output with the older "
                              "version, or --overwrite to redo it")
+                elif old:
+                    held += (" (another config or manifest, or the same ones run by another signfeat version, which may compute "
+                             "other features)")
                 raise SignfeatError(f"{store.url} holds {held}; this run has {identity['config_hash']} / {identity['plan_hash']}. "
                                     "Use another --out, or --overwrite to replace it.")
             if old:

@@ -61,7 +61,9 @@ def load_tokenizer(cfg, recipe=None, saved: Path | None = None):
     if cfg.tokenizer == "bpe" and saved is not None:
         # trained again, on whatever the training split holds now, it would be another vocabulary: every
         # prediction changed, or a misleading "base LLM differs" error
-        raise SignfeatError(f"checkpoint {saved}: its BPE tokenizer ({TOKENIZER_FILE}) is missing; copy the whole checkpoint folder")
+        raise SignfeatError(f"checkpoint {saved}: its BPE tokenizer ({TOKENIZER_FILE}) is missing: the folder was copied without "
+                            "it (copy the whole checkpoint folder), or an older signfeat made it before checkpoints held their "
+                            "tokenizer (evaluate or resume it with that version, or train again)")
     if cfg.tokenizer == "bpe":
         from trainer.data import list_shards, read_split_texts
 

@@ -242,8 +242,18 @@ def load_checkpoint(path: Path, model: SignTranslator, optimizer=None, scheduler
             if key.startswith("state."):
                 _, index, name = key.split(".", 2)
                 opt_state.setdefault(int(index), {})[name] = value
+        as_built = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]  # from the recipe
         optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
         scheduler.load_state_dict(state["scheduler"])
+        # the recipe's hyperparameters and schedule at the saved step, not the saved ones: a run resumed with a
+        # longer optim.max_steps took its first step at the old schedule's last lr (0 at its end), and a changed
+        # optim.lr or weight_decay was printed as a change but not used (unchanged, this sets what was saved)
+        for group, built in zip(optimizer.param_groups, as_built):
+            group.update(built)
+        scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
@@ -408,6 +418,10 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
             print(f"resuming {resume_from} with a changed recipe: {'; '.join(changed)}", file=sys.stderr)
         step, position = state["step"], DataPosition(**state["data_position"])
         saved_order, order = state.get("data_order"), data_order(recipe, dist.world_size)
+        if position.batch and saved_order is None and dist.main:  # state.json of an older signfeat
+            print(f"resuming mid-epoch {position.epoch} from a checkpoint that records no data order (an older signfeat): "
+                  f"if data.batch_size, shards, seed or the number of processes changed, some samples of epoch {position.epoch} "
+                  "are trained twice and others skipped", file=sys.stderr)
         if position.batch and saved_order is not None and saved_order != order:
             # replaying epoch E's new order up to the saved index would train some samples twice and skip others
             changes = ", ".join(f"{k} {saved_order.get(k)!r} -> {v!r}" for k, v in order.items() if saved_order.get(k) != v)

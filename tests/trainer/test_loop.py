@@ -74,6 +74,12 @@ def test_a_mid_epoch_resume_with_another_data_order_goes_on_with_the_next_epoch(
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert epochs[-3:] == [1, 1, 1] and resumed["data_position"] == {"epoch": 1, "batch": 3}
 
+    # a checkpoint of an older signfeat records no data order: the resume cannot check it, and says so
+    path = tmp_path / "run" / "checkpoints" / "step-000002" / "state.json"
+    path.write_text(json.dumps({k: v for k, v in state.items() if k != "data_order"}))
+    train(recipe(4), resume=path.parent)
+    assert "from a checkpoint that records no data order (an older signfeat)" in capsys.readouterr().err
+
 
 def test_base_llm_frozen_and_checkpoint_holds_only_trainable_weights(tiny_shards, tmp_path):
     recipe = recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", "qwen2", optim={"max_steps": 3}))
@@ -315,6 +321,21 @@ def test_resume_refuses_another_model_and_a_shorter_run(tiny_shards, tmp_path):
         train(recipe_from_dict(scaled), resume=tmp_path / "run")
     with pytest.raises(SignfeatError, match="at step 2, past optim.max_steps 1"):
         train(recipe_from_dict({**recipe, "optim": {**recipe["optim"], "max_steps": 1}}), resume=tmp_path / "run")
+
+
+def test_a_resumed_run_follows_the_recipe_schedule_and_hyperparameters(tiny_shards, tmp_path):
+    """A finished 4-step run resumed with optim.max_steps 6 took its step 5 at lr 0 (the old schedule's end), and
+    an optim.lr or weight_decay changed on resume was printed as a change but not used."""
+    recipe = tiny_recipe(tiny_shards, tmp_path / "run", "t5", optim={"max_steps": 4, "warmup_ratio": 0.0})
+    train(recipe_from_dict(recipe))
+    longer = {**recipe, "optim": {**recipe["optim"], "max_steps": 6, "lr": 1e-3, "weight_decay": 0.01}}
+    resumed = train(recipe_from_dict(longer), resume=tmp_path / "run")
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr"] for r in logged if "lr" in r}
+    schedule = lr_lambda(0, 6)
+    assert lrs[5] == pytest.approx(1e-3 * schedule(4)) and lrs[6] == pytest.approx(1e-3 * schedule(5)) and lrs[5] > 0, lrs
+    assert lrs[1] == pytest.approx(3e-3 * lr_lambda(0, 4)(0))  # the first run's own schedule, as it was
+    assert resumed["step"] == 6
 
 
 def test_eval_refuses_overrides_that_change_the_model_and_records_the_others(tiny_shards, tmp_path, capsys):
