@@ -28,8 +28,6 @@ from manifests.formats import normalise_split
 from manifests.schema import MANIFEST_SCHEMA, PARAMS_KIND, read_manifest, split_name_problem, write_manifest
 from pipeline.errors import SignfeatError
 
-SPLITS = ("train", "dev", "test")
-
 
 @dataclass
 class CurateOptions:
@@ -156,7 +154,8 @@ def _video_names(paths: pd.Series) -> pd.Series:
     file name (``raw_videos/x.mp4``, ``clip7/video.mp4``: by file name alone a corpus keeping one ``video.mp4`` per
     folder was one unit, and one split), longer only where two videos of the manifest share even that. A tail, not
     the whole path, so a corpus mounted elsewhere (/home/a vs /mnt/b) draws the same splits, and the same video
-    spelled two ways is one unit; a fixed tail, so adding a video does not rename (and move) the others."""
+    spelled two ways is one unit. Adding a video renames (and may move) only the videos it shares a folder and
+    file name with (a/raw/x.mp4 is raw/x.mp4 until b/raw/x.mp4 joins the manifest); every other name stays."""
     real = _real_paths(paths)
     parts = {r: Path(r).parts for r in set(real)}
     names: dict[str, str] = {}

@@ -18,7 +18,8 @@ Encoding (reversible and collision-free, readable for the ids real corpora use):
   stays (How2Sign's ids begin with one): shell globs over extracted samples need ``./*``.
 
 Decoding reads ``__`` as ``_`` and ``_hh`` as a byte, so ``id_from_key(key_from_id(x)) == x`` for every
-string, which makes the map injective: two ids can never share a key.
+non-empty id up to ``MAX_KEY`` characters of key, which makes the map injective: two ids can never share a key
+(longer ones: below).
 
 A key longer than ``MAX_KEY`` characters (27 Chinese characters already make 243: nine per character) would
 give member names over the 255 bytes a file name may have (``tar xf`` fails on them): it keeps its first

@@ -318,6 +318,8 @@ def _verify(args) -> int:
     from shards.verify import verify
 
     report = verify(args.out)
+    if report.get("not_an_output"):  # a wrong path is a user error (exit 2, as for stats), not a damaged output (1)
+        raise SignfeatError(report["problems"][0])
     for p in report["problems"]:
         print(f"PROBLEM {p}")
     for note in report.get("notes", []):
@@ -346,6 +348,8 @@ def _stats(args) -> int:
     for split, e in s["splits"].items():
         print(f"{split:<10}{e['samples']:>9}{e['failures']:>9}{e['hours']:>9.3f}{e['frames']:>10}{e['bytes'] / 2**20:>9.1f}  " + "  ".join(f"{e[x + '_rows']:>{len(x) + 5}}" for x in s["streams"]))
     print(f"{'total':<10}{s['samples']:>9}{s['failures']:>9}{s['hours']:>9.3f}{s['frames']:>10}{s['bytes'] / 2**20:>9.1f}")
+    wall = f"; the last run took {s['wall_s']:.0f} s" if isinstance(s.get("wall_s"), (int, float)) else ""
+    print(f"{s['planned']} clips planned{wall}")
     return 0
 
 

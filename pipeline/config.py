@@ -30,8 +30,9 @@ from typing import Any
 from pipeline.decode import BACKENDS, DecodeOptions
 from pipeline.errors import SignfeatError
 
-# where and how many actors run: these do not change the features, so they stay out of the output hash
-_RESOURCE_KEYS = {"actors", "num_gpus", "num_cpus", "memory_gb", "resources", "accelerator_type", "batch_size", "compile"}
+# where, how many and how fast (actors, resources, batch size, compile): these do not change the features, so they
+# stay out of the output hash
+_UNHASHED_KEYS = {"actors", "num_gpus", "num_cpus", "memory_gb", "resources", "accelerator_type", "batch_size", "compile"}
 _EXTRACTOR_CONFIG_KEYS = {"name", "model", "revision", "backend", "arch", "dtype", "batch_size", "random_weights", "tiny", "compile", "settings"}
 
 
@@ -130,7 +131,7 @@ def _built_extractor(entry: dict[str, Any], on_gpu: bool, legacy: bool = False) 
             built["arch"] = "local-dir:"
         if "model_dir" in built["settings"]:  # smplx623's model folder
             built["settings"]["model_dir"] = None
-    return {k: v for k, v in built.items() if k not in _RESOURCE_KEYS and k != "device"}
+    return {k: v for k, v in built.items() if k not in _UNHASHED_KEYS and k != "device"}
 
 
 def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
@@ -219,15 +220,15 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
     entries = data.get("extractors")
     if not isinstance(entries, list) or not entries:
         raise SignfeatError(f"{source}: 'extractors' must be a non-empty list")
-    from extractors import ExtractorConfig, build_extractor  # noqa: F401  (registry)
-    from extractors.base import REGISTRY, model_files_fingerprint, parse_settings
+    from extractors import ExtractorConfig  # importing the package registers every extractor
+    from extractors.base import REGISTRY, parse_settings
 
     streams, seen = [], set()
     for i, entry in enumerate(entries):
         where = f"{source}: extractors[{i}]"
         if not isinstance(entry, dict) or "name" not in entry:
             raise SignfeatError(f"{where} must be a mapping with a 'name'")
-        _check_keys(where, entry, _EXTRACTOR_CONFIG_KEYS | _RESOURCE_KEYS)
+        _check_keys(where, entry, _EXTRACTOR_CONFIG_KEYS | _UNHASHED_KEYS)
         ext = {k: v for k, v in entry.items() if k in _EXTRACTOR_CONFIG_KEYS}
         try:
             cfg = ExtractorConfig.from_dict({**ext, "device": "cpu"})  # validates name, dtype, batch size
@@ -243,7 +244,7 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
             actors=_positive_int(f"{where}.actors", entry.get("actors", 1)),
             num_gpus=_nonneg_number(f"{where}.num_gpus", entry.get("num_gpus", 0)),
             num_cpus=_nonneg_number(f"{where}.num_cpus", entry.get("num_cpus", 1)),
-            resources=_resources(f"{where}.resources", entry.get("resources") or {}),
+            resources=_resources(f"{where}.resources", _mapping(f"{where}.resources", entry.get("resources"))),
             accelerator_type=_optional_str(f"{where}.accelerator_type", entry.get("accelerator_type")),
             memory_gb=None if entry.get("memory_gb") is None else _positive_number(f"{where}.memory_gb", entry["memory_gb"]),
         ))
@@ -285,7 +286,8 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
         clips_per_call=_positive_int(f"{source}: clips_per_call", data.get("clips_per_call", 8)),
         decode_retries=_nonneg_int(f"{source}: decode_retries", data.get("decode_retries", 2)),
         extract_retries=_nonneg_int(f"{source}: extract_retries", data.get("extract_retries", 3)),
-        worker_env=_worker_env(f"{source}: worker_env", data["worker_env"] or {}) if "worker_env" in data else dict(DEFAULT_WORKER_ENV),
+        # `worker_env: {}` (or left empty) sets nothing; false, [] or 0 are refused, not read as {}
+        worker_env=_worker_env(f"{source}: worker_env", _mapping(f"{source}: worker_env", data["worker_env"])) if "worker_env" in data else dict(DEFAULT_WORKER_ENV),
     )
 
 

@@ -1,7 +1,8 @@
 """Decoding: any manifest clip -> RGB uint8 frames [T, H, W, 3] plus the fps actually used.
 
-Three source kinds (see manifests/schema.py): a video file, a [start_s, end_s) range inside a video, a
-folder of numbered frame images. The frames a clip is made of are chosen once, from a timeline of frame
+Three of the manifest's source kinds (manifests/schema.py): a video file, a [start_s, end_s) range inside a
+video, a folder of numbered frame images (the fourth, SMPL-X parameter files, is read by the smplx623
+extractor, not decoded). The frames a clip is made of are chosen once, from a timeline of frame
 timestamps read by demuxing the container with PyAV (no decoding), and only then does the selected
 backend (decord, torchcodec or PyAV) decode exactly those frames. So the three backends cannot disagree
 on *which* frames a clip holds, and the tests check they agree on the pixels.

@@ -2,18 +2,22 @@
 
 The data flow, in one place:
 
-    manifest ─► plan_shards (fixed up front) ─► skip complete shards (marker + tar of its size + parts)
+    manifest ─► plan_shards (fixed up front) ─► claim OUT (_signfeat/identity.json: refuse another job's output;
+        _signfeat/run.json: this run owns it) ─► delete temporaries a killed run left
+        ─► skip complete shards (marker + tar of its size + parts, written by this config)
         ─► ray.data.from_items(one row per clip, in shard order)
         ─► map_batches(decode_prepare)        CPU tasks: decode + every stream's resize/crop (uint8)
         ─► map_batches(ExtractStream) × N     one actor pool per extractor, model loaded once (GPU or CPU);
                                               the last stream reading a frames column drops it
         ─► iter_rows() in order               the driver groups rows by shard and commits each shard
            (tar + index part + failures part + marker, see shards/store.py)
-        ─► merge parts into index.parquet and failures.parquet, write job.json
+        ─► second pass: clips lost with a killed actor, one per call; their shards committed then
+        ─► merge parts into index.parquet and failures.parquet, check every ok clip is in exactly one
+           shard or one failure row, write job.json
 
-Ray Data streams the rows with backpressure, so memory stays flat as the corpus grows, retries tasks whose
-worker died, and restarts dead actors. Rows come out in plan order (``preserve_order``), so the driver
-holds at most one shard's features.
+Ray Data streams the rows with backpressure, retries tasks whose worker died, and restarts dead actors. Rows
+come out in plan order (``preserve_order``), so the driver holds one shard's features at a time, plus the
+rows of shards still waiting for a clip that a killed actor took along (they wait for the second pass).
 """
 
 from __future__ import annotations

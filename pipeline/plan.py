@@ -2,8 +2,9 @@
 
 Clips with status ``ok`` are grouped by split (a clip without one goes to ``nosplit``), kept in manifest
 order, and cut into shards of at most ``samples`` clips and at most ``max_frames`` frames as the job decodes
-them (frames are what feature bytes grow with). Same manifest + same shard settings -> same shard names -> same keys, so a
-rerun can skip complete shards.
+them (frames are what feature bytes grow with). Same manifest + same shard and decode settings (the decode's
+target_fps and max_frames set the frames counted) -> same shard names -> same keys, so a rerun can skip complete
+shards.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ShardPlan:
     rows: list[dict[str, Any]]
 
 
-def decoded_frames(row: dict[str, Any], decode: Any | None) -> int:
+def planned_frames(row: dict[str, Any], decode: Any | None) -> int:
     """Frames the job will decode from a manifest row: its own count, resampled to ``decode.target_fps`` and
     capped at ``decode.max_frames`` (a parameters clip is not decoded: the job's decode options do not touch it)."""
     n = int(row.get("num_frames") or 0)
@@ -81,7 +82,7 @@ def plan_shards(manifest_rows: list[dict[str, Any]], shards: ShardConfig, decode
             current, frames = [], 0
 
         for r in by_split[split]:
-            n = decoded_frames(r, decode)
+            n = planned_frames(r, decode)
             if current and (len(current) >= shards.samples or (shards.max_frames is not None and frames + n > shards.max_frames)):
                 close()
             current.append(r)

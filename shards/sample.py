@@ -1,4 +1,4 @@
-"""One sample = tar members sharing a key: ``KEY.json`` and ``KEY.<stream>.npy`` per stream (DESIGN.md)."""
+"""One sample = tar members sharing a key: ``KEY.json`` and ``KEY.<stream>.npy`` per stream (README, "The extraction job")."""
 
 from __future__ import annotations
 

@@ -7,13 +7,15 @@ Layout under OUT:
     job.json                               summary of the last run
     _signfeat/identity.json                manifest + config hashes: a rerun with others is refused
     _signfeat/plan.parquet                 key -> shard, fixed when the job first starts
+    _signfeat/run.json                     the run that owns OUT now (a later run on it takes over)
     _signfeat/parts/{split}/{shard}.index.parquet / .failures.parquet
     _signfeat/done/{split}/{shard}.json    written last: a shard exists iff its marker does
 
 A shard is written under a temporary name, moved to its name, its parts written, and only then its
 marker (datatrove's completion markers). A crash before the marker leaves a shard that the next run
 overwrites; after it, the shard is skipped, as long as its tar (of the size the marker records) and both
-parts are still there and readable (``complete_shards``). On S3 a move is a copy, so the marker, not the
+parts are still there and readable and its marker records this job's config (``shard_is_complete``, which
+pipeline/extract.py's ``shards_to_skip`` asks). On S3 a move is a copy, so the marker, not the
 rename, is the commit point.
 """
 
@@ -45,7 +47,7 @@ class Store:
             else:
                 import os
 
-                self.fs, root = pafs.LocalFileSystem(), os.path.abspath(self.url)
+                self.fs, root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(self.url))  # ~ as the shell would (a quoted "~/feat")
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
             raise SignfeatError(f"cannot open output location {self.url}: {exc}") from None
         self.root = root.rstrip("/")

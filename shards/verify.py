@@ -41,6 +41,10 @@ _COLUMNS = {"_signfeat/plan.parquet": ["shard", "key"], "index.parquet": ["shard
             "failures.parquet": ["key", "split"]}
 
 
+class NotAnOutput(SignfeatError):
+    """The path names no output at all (a typo, a file): a user error, not a damaged output."""
+
+
 def _load(store: Store, out: str, name: str, columns: list[str] = ()) -> Any:
     """One of the job's own files (JSON or Parquet), or a SignfeatError saying which file is missing or damaged:
     a user handed a damaged output gets a line naming the file, not a pyarrow / json traceback."""
@@ -48,8 +52,8 @@ def _load(store: Store, out: str, name: str, columns: list[str] = ()) -> Any:
         has_record = store.exists("_signfeat/identity.json")
         if not has_record and not store.list_files(""):
             if "://" not in out and Path(out).is_file():
-                raise SignfeatError(f"{out} is a file; give the folder `signfeat extract --out` wrote")
-            raise SignfeatError(f"{out}: no such folder, or an empty one (not a signfeat extract output)")
+                raise NotAnOutput(f"{out} is a file; give the folder `signfeat extract --out` wrote")
+            raise NotAnOutput(f"{out}: no such folder, or an empty one (not a signfeat extract output)")
         if has_record and name in ("_signfeat/plan.parquet", "index.parquet", "failures.parquet", "job.json"):
             raise SignfeatError(f"{out}: missing {name}: the job did not finish (killed, or still running); "
                                 "rerun the same `signfeat extract` command to complete it (complete shards are kept)")
@@ -125,7 +129,7 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
         failures = _load(store, out, "failures.parquet").to_pylist()
         _load(store, out, "job.json")
     except SignfeatError as exc:
-        return {"ok": False, "problems": [str(exc)], "samples": 0}
+        return {"ok": False, "problems": [str(exc)], "samples": 0, "not_an_output": isinstance(exc, NotAnOutput)}
     index = {r["key"]: r for r in index_rows}
     for key, n in Counter(r["key"] for r in index_rows).items():
         if n > 1:  # the dict above keeps one of them: say so, or a doubled row passes unseen

@@ -200,4 +200,8 @@ def test_num_cpus_too_small_for_the_config_is_said_before_ray_starts(demo_manife
 def test_verify_of_a_file_says_it_is_a_file(tmp_path):
     (tmp_path / "m.parquet").write_bytes(b"PAR1")
     res = run("verify", tmp_path / "m.parquet")
-    assert res.returncode != 0 and "m.parquet is a file; give the folder `signfeat extract --out` wrote" in res.stdout + res.stderr
+    assert res.returncode == 2 and "m.parquet is a file; give the folder `signfeat extract --out` wrote" in res.stderr
+    # a path with nothing there is a user error as for `stats` (exit 2), not a damaged output (exit 1)
+    for command in ("verify", "stats"):
+        res = run(command, tmp_path / "nope")
+        assert res.returncode == 2 and "no such folder" in res.stderr and "Traceback" not in res.stderr, (command, res.returncode, res.stderr)

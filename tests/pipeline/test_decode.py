@@ -800,7 +800,7 @@ def test_target_fps_on_a_frame_folder_keeps_every_instant_inside_it(tmp_path):
     0 and 0.2 s at 5 fps; the 1 ms allowed for video timestamps dropped the second. The plan counts the same."""
     from fractions import Fraction
 
-    from pipeline.plan import decoded_frames
+    from pipeline.plan import planned_frames
 
     for i in range(6):
         Image.fromarray(index_frame(i)).save(tmp_path / f"{i}.png")
@@ -811,7 +811,7 @@ def test_target_fps_on_a_frame_folder_keeps_every_instant_inside_it(tmp_path):
         expected = [int(t * Fraction("29.97")) for t in instants]  # the frame shown at each instant
         clip = decode_clip(row, DecodeOptions(target_fps=target))
         assert [frame_index(f) for f in clip.frames] == expected, target
-        assert decoded_frames(row, DecodeOptions(target_fps=target)) == len(expected), target
+        assert planned_frames(row, DecodeOptions(target_fps=target)) == len(expected), target
 
 
 def test_a_16_bit_grey_png_keeps_its_transparent_level_white(tmp_path):

@@ -180,6 +180,11 @@ def test_a_lost_shard_is_redone_on_rerun(job):
     {"extractors": [{"name": "clip_s2"}], "worker_env": {"A=B": "1"}},
     {"extractors": [{"name": "clip_s2"}], "worker_env": {"A": True}},
     {"extractors": [{"name": "clip_s2"}], "worker_env": {"A": {"b": 1}}},
+    # falsy non-mappings were read as {} (worker_env: false dropped the allocator defaults without a word)
+    {"extractors": [{"name": "clip_s2"}], "worker_env": False},
+    {"extractors": [{"name": "clip_s2"}], "worker_env": []},
+    {"extractors": [{"name": "clip_s2", "resources": 0}]},
+    {"extractors": [{"name": "clip_s2", "resources": []}]},
     # non-finite numbers pass every comparison check (`nan < 0` is False)
     {"extractors": [{"name": "clip_s2", "num_cpus": float("nan")}]},
     {"extractors": [{"name": "clip_s2", "num_cpus": float("inf")}]},
@@ -582,6 +587,11 @@ def test_a_relative_out_under_ray_job_submit_with_a_working_dir_is_refused(tmp_p
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {}, "metadata": {}}))
     with pytest.raises(SignfeatError, match="manifest"):
         run_extract(tmp_path / "no-manifest-needed.parquet", "out3rel", cfg)
+    # a quoted "~/feat" passes as absolute (the user's home), and is written there, not in a folder named "~"
+    from shards.store import Store
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Store("~/feat").where == str(tmp_path / "home" / "feat")
 
 
 def test_the_output_is_named_by_its_absolute_path_and_a_deleted_one_is_said_as_such(tmp_path, monkeypatch):

@@ -97,8 +97,10 @@ def _problems(out) -> list[str]:
 def test_pristine_output_verifies(out, capsys):
     assert verify(str(out))["ok"], verify(str(out))["problems"]
     assert main(["verify", str(out)]) == 0
+    capsys.readouterr()
     assert main(["stats", str(out)]) == 0
     assert stats(str(out))["samples"] == 5
+    assert f"{stats(str(out))['planned']} clips planned" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("damage, expected", [
