@@ -8,7 +8,8 @@ An extractor is built from an ExtractorConfig and
   processor's rescale and normalisation run on the device (``transform.normalize``);
 - ``units(T)``: what one model input is, as frame indices: one frame [[0], [1], ...] or a window of frames;
 - ``forward(batch)``: a batch of units [B, k, 3, S, S] -> features [B, width] (float32);
-- ``extract(clips)`` / ``extract_prepared(prepared)``: many clips in, one float16 array per clip out.
+- ``extract(clips)`` / ``extract_prepared(prepared)``: many clips in, one array per clip out, in the extractor's
+  ``storage_dtype`` (float16; smplx623's float32).
   Units of all clips are packed into model batches of ``batch_size`` and unpacked per clip, so short and
   long clips share forwards; a CUDA out-of-memory halves the batch and retries.
 
@@ -168,6 +169,21 @@ def model_files_fingerprint(path: str) -> str:
             while block := f.read(8 * 2**20):
                 h.update(block)
     return h.hexdigest()
+
+
+def without_location(record: dict[str, Any], model_dir: str = "drop") -> dict[str, Any]:
+    """A stream's record (``model``, ``arch``, ``settings``) as a local checkpoint counts: by what it holds
+    (``model_files``), not where it lies, so the path is left out: ``model`` None, an OpenCLIP ``local-dir:DIR``
+    arch as ``local-dir:``, and smplx623's ``model_dir`` setting dropped (``model_dir="none"``: kept as None,
+    as the job config's hash has always spelt it). The sample JSON's settings_hash, the job's config hash and
+    the trainer's check that shards hold one extraction all apply it."""
+    out = {**record, "model": None}
+    if str(out.get("arch") or "").startswith("local-dir:"):
+        out["arch"] = "local-dir:"
+    settings = out.get("settings")
+    if isinstance(settings, dict) and "model_dir" in settings:
+        out["settings"] = {k: v for k, v in settings.items() if k != "model_dir"} if model_dir == "drop" else {**settings, "model_dir": None}
+    return out
 
 
 def load_config(extractor: str, config_cls, model_id: str, revision: str | None):
@@ -409,9 +425,7 @@ class Extractor:
         hashed = identity
         if self.model_files is not None:  # a local checkpoint: what it holds, not where it lies
             identity["model_files"] = self.model_files
-            hashed = {**identity, "model": None, "arch": "local-dir:" if (self.config.arch or "").startswith("local-dir:") else self.config.arch}
-            if "model_dir" in settings:  # smplx623's model folder, however spelt or wherever moved: its file is fingerprinted
-                hashed["settings"] = {k: v for k, v in settings.items() if k != "model_dir"}
+            hashed = without_location(identity)
         digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return {**identity, "stream": self.stream, "width": self.width, "dtype": self.storage_dtype.name, "settings_hash": digest, "model_info": self.model_info}
 

@@ -1,9 +1,10 @@
 """``dinov2``: DINOv2 ViT-B/14 class token per frame, [T, 768] (a checkpoint with register tokens runs as
 ``Dinov2WithRegistersModel``; its class token is the same ``pooler_output``).
 
+``resolution=336`` (the default, DESIGN.md's "defaults that reproduce the papers"): LLaVA-SLT's procedure (its
+Appendix B): center crop the largest square, resize it to 384, center crop 336, ImageNet mean/std (bicubic).
 ``resolution=224``: the model's own image processor (``facebook/dinov2-base``: shortest side 256 bicubic,
-center crop 224, ImageNet mean/std). ``resolution=336``: LLaVA-SLT's procedure (its Appendix B): center
-crop the largest square, resize it to 384, center crop 336, ImageNet mean/std (bicubic).
+center crop 224, ImageNet mean/std).
 The feature is the model's class token after its final layernorm (``pooler_output``, DINOv2's
 ``x_norm_clstoken``); DINOv2 interpolates its position embeddings to the 24×24 grid of 336 px.
 """
@@ -26,7 +27,7 @@ PROCESSOR = dict(size={"shortest_edge": 256}, crop_size={"height": 224, "width":
 
 @dataclass(frozen=True)
 class Dinov2Settings:
-    resolution: int = 224  # 224 (the HF processor) | 336 (LLaVA-SLT: square crop, 384, crop 336)
+    resolution: int = 336  # 336 (LLaVA-SLT: square crop, 384, crop 336) | 224 (the HF processor)
     resize: str = "pil"  # pil | torch
 
     def __post_init__(self) -> None:

@@ -90,7 +90,8 @@ class Smplx623Settings:
 @dataclass(frozen=True)
 class KeepAspectTransform(FrameTransform):
     """Resize the short side to ``shortest_edge`` and keep the whole frame (``crop = 0``: no crop), so its
-    geometry key differs from every cropping transform's."""
+    geometry key differs from every cropping transform's. Bilinear through PIL, the only way ``make_transform``
+    builds it (MediaPipe gets the frames as images)."""
 
     def resize_crop(self, frames: np.ndarray) -> torch.Tensor:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -121,7 +122,8 @@ class Smplx623Extractor(Extractor):
             settings = self.settings = dataclasses.replace(settings, model_dir=config.model)
         self.body = BodyModel(settings.body_settings(), device="cpu")
         if self.body.synthetic:  # signfeat's synthetic test model: recorded as weights=random, never as real
-            self.config = dataclasses.replace(self.config, random_weights=True)
+            # (its folder may have come as `model`, now in model_dir: random_weights refuses a model beside it)
+            self.config = dataclasses.replace(self.config, random_weights=True, model=None)
         self.model_id = str(self.body.path)
         self.features = settings.feature_settings()
         self.target_joints = self._target_joints(settings.retarget)

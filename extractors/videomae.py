@@ -4,7 +4,7 @@
 ImageNet mean/std); windows of ``window`` frames every ``stride`` frames (16 / 8; SignLLM's 13 / 4 works
 too: the model is built with ``num_frames = window``, and VideoMAE's position table is computed from it).
 
-Windows (``window_starts``): a clip shorter than one window is padded to one window by repeating its last
+Windows (``window_indices``): a clip shorter than one window is padded to one window by repeating its last
 frame; windows start at 0, stride, 2·stride, ... and only whole windows are kept (``tail=drop``, the
 reference: the last (T - window) mod stride frames are not covered), or (``tail=pad``) one more window
 starts a stride later and is padded by repeating the last frame, so every frame is covered.

@@ -11,8 +11,8 @@ Objective, summed over frames:
 - temporal smoothness: squared joint velocities and squared pose differences between neighbouring frames,
   which also carries frames without detections (confidence 0) across from their neighbours.
 
-Two stages with Adam: root orientation and translation alone (initialised by a Kabsch fit of the torso), then
-everything. Frames are independent but for the smoothness term, so the whole clip is one batch.
+Two stages with L-BFGS (strong-Wolfe line search, so no learning rate to tune): root orientation and
+translation alone (initialised by a Kabsch fit of the torso), then everything. Frames are independent but for the smoothness term, so the whole clip is one batch.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ TORSO = (1, 2, 16, 17)  # hips and shoulders: enough to orient the body
 
 @dataclass(frozen=True)
 class FitSettings:
-    iterations: int = 150  # Adam steps on all unknowns
-    orient_iterations: int = 30  # Adam steps on root orientation + translation first
-    learning_rate: float = 0.05
+    iterations: int = 150  # L-BFGS iterations (max_iter) on all unknowns
+    orient_iterations: int = 30  # L-BFGS iterations on root orientation + translation first
     # Weights are relative to the data term, the mean squared keypoint error in m^2 (1 cm error = 1e-4).
     body_prior_weight: float = 1e-6  # per squared radian of body pose (summed over the pose vector)
     hand_prior_weight: float = 1e-6  # per squared radian of hand pose away from the mean hand
@@ -43,8 +42,6 @@ class FitSettings:
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.orient_iterations < 0:
             raise ValueError("iterations must be >= 0")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
 
 @dataclass

@@ -116,7 +116,7 @@ def _built_extractor(entry: dict[str, Any], on_gpu: bool, legacy: bool = False) 
     on a CPU, so the same config resumed on the other kind of machine is another job), less what only says
     where or how fast it runs."""
     from extractors import ExtractorConfig
-    from extractors.base import REGISTRY, model_files_fingerprint, parse_settings
+    from extractors.base import REGISTRY, model_files_fingerprint, parse_settings, without_location
 
     cfg = ExtractorConfig.from_dict({**entry, "device": "cpu"})  # the device is chosen per actor
     built = dataclasses.asdict(cfg)
@@ -126,11 +126,7 @@ def _built_extractor(entry: dict[str, Any], on_gpu: bool, legacy: bool = False) 
         built["dtype"] = "bf16" if on_gpu else "fp32"
     local = None if legacy else REGISTRY[cfg.name].local_files(cfg, settings)
     if local:  # what the checkpoint holds, not where: its weights or processor config replaced is another job
-        built["model"], built["model_files"] = None, model_files_fingerprint(local)
-        if built["arch"] and built["arch"].startswith("local-dir:"):
-            built["arch"] = "local-dir:"
-        if "model_dir" in built["settings"]:  # smplx623's model folder
-            built["settings"]["model_dir"] = None
+        built = {**without_location(built, model_dir="none"), "model_files": model_files_fingerprint(local)}
     return {k: v for k, v in built.items() if k not in _UNHASHED_KEYS and k != "device"}
 
 

@@ -342,7 +342,9 @@ def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: 
         if fps is not None:
             fps = fps * (max_frames - 1) / (len(pos) - 1) if max_frames > 1 else fps / len(pos)
         pos = pos[pick]
-    return pos, fps
+    # 12 significant digits: (n - 1) / span of exact k / 30 times is 29.999999999999996, which the sample JSON
+    # recorded; a rate that digits can tell apart (29.97002997) keeps them
+    return pos, float(f"{fps:.12g}") if fps is not None else None
 
 
 def _check_limits(count: int, height: int, width: int, options: DecodeOptions, what: str, memory: bool = True) -> None:

@@ -4,8 +4,8 @@ How one epoch is read (same on every rank, so ranks agree without talking to eac
 
 1. the split's shards are listed with their sample counts (``index.parquet`` next to them, else the tar
    headers) and, in training, shuffled with ``seed + epoch``;
-2. the shards' samples, end to end, get global positions 0..N-1; rank r of W owns the contiguous range
-   ``[r * N // W, (r + 1) * N // W)`` truncated to ``per_rank = N // W`` samples, then to whole batches:
+2. the shards' samples, end to end, get global positions 0..N-1; with ``per_rank = N // W``, rank r of W owns
+   the contiguous range ``[r * per_rank, (r + 1) * per_rank)``, truncated to whole batches:
    every rank has exactly ``N // W // batch_size`` batches, so DDP cannot hang on a missing batch; a rank
    reads only the shards that overlap its range (no rank reads the whole corpus), and the at most
    ``W * batch_size - 1`` samples cut off differ from epoch to epoch because the shard order does;
@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import SignfeatError
+from extractors.base import without_location
 from shards import location
 from shards.reader import member_key
 
@@ -159,14 +160,11 @@ def _features_of(meta: Any, streams: list[str]) -> dict[str, dict]:
     if not isinstance(recorded, dict):
         return {}
     out = {s: {k: recorded[s].get(k) for k in FEATURE_FIELDS} for s in streams if isinstance(recorded.get(s), dict)}
-    for made in out.values():
-        made["_model_given"] = made.get("model")  # as written in the config (not compared: see mixed_features)
+    for stream, made in out.items():
+        given = made.get("model")  # as written in the config (not compared: see mixed_features)
         if made.get("model_files"):  # a local checkpoint: what it holds counts, not the path it was read from
-            made["model"] = None
-            if str(made.get("arch") or "").startswith("local-dir:"):
-                made["arch"] = "local-dir:"
-            if isinstance(made.get("settings"), dict) and "model_dir" in made["settings"]:  # smplx623's model folder
-                made["settings"] = {k: v for k, v in made["settings"].items() if k != "model_dir"}
+            made = out[stream] = without_location(made)
+        made["_model_given"] = given
     return out
 
 
@@ -646,7 +644,7 @@ def batches(dataset: ShardStream, collate: Collate, num_workers: int, *, drop_la
         yield item
 
 
-def read_split_texts(urls: list[str], field: str = "text", limit: int | None = None) -> list[dict]:
+def read_split_texts(urls: list[str], limit: int | None = None) -> list[dict]:
     """The JSON of every sample of some shards (no arrays decoded), or of the first ``limit``: in-context
     example pools, the BPE tokenizer's training texts, the targets' token check."""
     out = []

@@ -43,7 +43,9 @@ class DataConfig:
     shard_shuffle: bool = True
     max_target_tokens: int = 64  # SpaMo release: max_txt_len 64 (targets truncated on the right)
     lowercase_targets: bool = False  # SpaMo release lowercases training targets (`sample['text'].lower()`)
-    zero_visual: bool = False  # ablation: every feature replaced by zeros (the demo's "no visual input" run)
+    # ablation: every feature replaced by zeros (the demo's "no visual input" run); clip lengths are kept, and
+    # with adapter.standardize the adapter sees the constant -mean/std
+    zero_visual: bool = False
 
     def validate(self) -> None:
         from manifests.formats import normalise_split
@@ -69,7 +71,7 @@ class AdapterConfig:
     # sign_adapter: SpaMo (per-stream linear -> joined -> K5 P2 K5 P2 -> MLP); mlp: LLaVA-SLT / SL-LLaMA
     # connector (optional local-window transformer first); motion: LSLM-style MLP over smplx623.
     kind: str = "sign_adapter"
-    hidden: int = 768  # SpaMo: common width of the projected streams (inter_hidden)
+    hidden: int = 768  # sign_adapter: common width of the projected streams (SpaMo inter_hidden); motion: its MLP width; unused by mlp
     stream_widths: dict[str, int] = field(default_factory=dict)  # overrides of STREAM_WIDTHS (tiny extractors)
     # per-dimension standardisation of every stream with its training-split mean / std (first
     # standardize_samples samples), stored with the adapter weights. Off in the paper recipes (their adapters
@@ -255,7 +257,7 @@ class EvalConfig:
 @dataclass
 class Recipe:
     name: str = "recipe"
-    follows: str = ""  # which paper / release numbers this recipe uses (documentation, printed in logs)
+    follows: str = ""  # which paper / release numbers this recipe uses (documentation, kept in recipe.json and state.json)
     out_dir: str = "runs/recipe"
     seed: int = 0
     device: str = "auto"  # auto: cuda when available

@@ -99,7 +99,7 @@ def test_dinov2_with_registers_runs_as_itself(tmp_path):
     from transformers import Dinov2Model
 
     model = _save_dinov2(tmp_path / "reg", registers=True)
-    extractor = _build("dinov2", tmp_path / "reg")
+    extractor = _build("dinov2", tmp_path / "reg", settings={"resolution": 224})  # the checkpoint's processor
     frames = _frames()
     with torch.no_grad():
         pixels = torch.as_tensor(np.asarray(_bit_processor()(list(frames), return_tensors="np")["pixel_values"]))
@@ -129,7 +129,7 @@ def test_processor_settings_signfeat_cannot_follow_are_refused(tmp_path, overrid
         FrameTransform.from_hf_processor(_bit_processor(**overrides))
     _save_dinov2(tmp_path / "d", **overrides)
     with pytest.raises(SignfeatError, match=needle):  # one line from the extractor, not a KeyError traceback
-        _build("dinov2", tmp_path / "d")
+        _build("dinov2", tmp_path / "d", settings={"resolution": 224})  # 224 px reads the checkpoint's processor
 
 
 def test_a_model_whose_processor_crops_another_size_is_refused_when_built(tmp_path):

@@ -15,7 +15,7 @@ def test_224_preprocessing_equals_the_hf_processor(resize):
     from transformers import BitImageProcessor
     from transformers.models.bit import BitImageProcessorPil
 
-    ex = build_extractor(ExtractorConfig(name="dinov2", tiny=True, settings={"resize": resize}))
+    ex = build_extractor(ExtractorConfig(name="dinov2", tiny=True, settings={"resize": resize, "resolution": 224}))
     cls = BitImageProcessorPil if resize == "pil" else BitImageProcessor
     for h, w in [(260, 210), (480, 640), (57, 81)]:
         frames = _frames(2, h, w)
@@ -24,6 +24,8 @@ def test_224_preprocessing_equals_the_hf_processor(resize):
 
 
 def test_336_crop_box_by_hand():
+    """336 px is the default (DESIGN.md: LLaVA-SLT's procedure); 224 px, the HF processor, was."""
+    assert build_extractor(ExtractorConfig(name="dinov2", tiny=True)).settings.resolution == 336
     ex = build_extractor(ExtractorConfig(name="dinov2", tiny=True, settings={"resolution": 336}))
     # 480x640 (HxW): square crop 480x480 at left = (640 - 480) // 2 = 80; resize to 384; crop 336 at (384 - 336) // 2 = 24
     frames = _frames(1, 480, 640)

@@ -39,6 +39,15 @@ def test_surface_and_metadata(extractor):
     json.dumps(meta, default=str)
 
 
+def test_the_model_folder_may_come_as_model(model_dir, extractor):
+    """`--model DIR` (a model folder like any checkpoint's) failed for the synthetic model: "random_weights ...
+    model/revision would be ignored", although the user set no random_weights."""
+    by_model = build_extractor({"name": "smplx623", "model": str(model_dir), "settings": {"fit_iterations": 40, "fit_orient_iterations": 10}})
+    assert by_model.metadata()["weights"] == "random" and by_model.model_id == extractor.model_id
+    clip = smooth_random_params(9, seed=4)
+    np.testing.assert_array_equal(by_model.extract_params([clip])[0], extractor.extract_params([clip])[0])
+
+
 def test_input_a_through_the_contract_equals_direct_calls(extractor, body):
     clips = [smooth_random_params(n, seed=n) for n in (12, 30, 2)]
     clips[1]["world_rotation"] = np.diag([1.0, -1.0, -1.0]).astype(np.float32)

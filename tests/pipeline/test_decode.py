@@ -166,6 +166,9 @@ def test_resample_indices_reference_cases():
     times = np.arange(10) / 25.0
     pos, fps = resample_indices(times, None, None)
     assert list(pos) == list(range(10)) and fps == pytest.approx(25)
+    # the rate of exact k / fps times is that fps, not 29.999999999999996 (the sample JSON recorded it so)
+    assert [resample_indices(np.arange(n) / r, None, None)[1] for n, r in ((34, 30.0), (47, 25.0), (9, 24.0))] == [30.0, 25.0, 24.0]
+    assert resample_indices(np.arange(300) * (1001 / 30000), None, None)[1] == pytest.approx(30000 / 1001, rel=1e-9)
     pos, fps = resample_indices(times, 50.0, None)  # upsampling repeats frames
     assert list(pos) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9] and fps == 50
     pos, _ = resample_indices(times, 12.5, None)
