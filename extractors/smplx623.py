@@ -252,8 +252,12 @@ class Smplx623Extractor(Extractor):
 
     def extract_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
         """Prepared uint8 [T, 3, H, W] clips -> estimate (MediaPipe + fitting) -> features (at the frames' own
-        rate; ``extract_prepared_timed`` applies ``target_fps``)."""
-        return [f for f, _, _, _ in self.extract_prepared_timed(prepared, [None] * len(prepared))]  # no fps: no resampling
+        rate; ``extract_prepared_timed`` applies ``target_fps``, which needs each clip's rate: with it set, this is
+        refused rather than giving motion at the frames' own rate under the target_fps settings hash)."""
+        if self.settings.target_fps:
+            raise SignfeatError(f"{self.name}: target_fps={self.settings.target_fps} needs each clip's frame rate: call "
+                                "extract_prepared_timed(prepared, fps) (the job and `signfeat features` do)")
+        return [f for f, _, _, _ in self.extract_prepared_timed(prepared, [None] * len(prepared))]
 
     def extract_prepared_timed(self, prepared: list[torch.Tensor], fps: list[float | None]) -> list[tuple[np.ndarray, int, float | None, dict]]:
         """Video clips at ``fps`` -> per clip (features, T, fps, detections) with the estimated motion resampled to

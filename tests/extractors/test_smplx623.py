@@ -98,6 +98,10 @@ def test_video_through_the_contract_equals_direct_calls(extractor, body, monkeyp
         built_inside = build_extractor({"name": "smplx623", "settings": dict(extractor.settings.__dict__)})
         monkeypatch.setattr(type(built_inside.estimator), "landmarks", lambda self, frames: landmarks)
         np.testing.assert_allclose(built_inside.extract_prepared([prepared])[0], array, atol=1e-5)
+    # target_fps needs each clip's rate, which extract / extract_prepared do not take: they ignored it
+    resampling = build_extractor({"name": "smplx623", "settings": {**extractor.settings.__dict__, "target_fps": 10}})
+    with pytest.raises(SignfeatError, match="target_fps=10.0 needs each clip's frame rate"):
+        resampling.extract([frames])
 
 
 def test_transform_geometry_is_its_own(extractor):
