@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from manifests.schema import PARAMS_KIND, split_name_problem
 from pipeline.config import ShardConfig
-from pipeline.decode import TIMESTAMP_SLACK_S
+from pipeline.decode import TIMESTAMP_SLACK_S, resample_indices
 from pipeline.errors import SignfeatError
 
 NO_SPLIT = "nosplit"
@@ -39,17 +40,15 @@ def planned_frames(row: dict[str, Any], decode: Any | None) -> int:
     """Frames the job will decode from a manifest row: its own count, resampled to ``decode.target_fps`` and
     capped at ``decode.max_frames`` (a parameters clip is not decoded: the job's decode options do not touch it)."""
     n = int(row.get("num_frames") or 0)
-    if decode is None or row.get("source_kind") == PARAMS_KIND:
+    if decode is None or row.get("source_kind") == PARAMS_KIND or n == 0:
         return n
     fps = row.get("fps")
-    if decode.target_fps and fps and fps > 0:
-        # the decode's rule (pipeline.decode.resample_indices): the instants inside the clip's duration (n / fps,
-        # as probed), less the timestamps' precision for a video; a frame folder's times are exact
-        slack = 0.0 if row.get("source_kind") == "frames" else TIMESTAMP_SLACK_S
-        n = max(1, math.ceil(round((n / fps - slack) * decode.target_fps, 6)))
-    if decode.max_frames:
-        n = min(n, decode.max_frames)
-    return n
+    if not (decode.target_fps or decode.max_frames) or not (fps and fps > 0):
+        return min(n, decode.max_frames) if decode.max_frames else n
+    # the decode's own rule, on the frame times the probe's count and rate imply (k / fps): the instants inside
+    # the clip, less the timestamps' precision for a video (a frame folder's times are exact)
+    slack = 0.0 if row.get("source_kind") == "frames" else TIMESTAMP_SLACK_S
+    return len(resample_indices(np.arange(n) / fps, decode.target_fps, decode.max_frames, 1.0 / fps, slack_s=slack)[0])
 
 
 def plan_shards(manifest_rows: list[dict[str, Any]], shards: ShardConfig, decode: Any | None = None) -> list[ShardPlan]:
