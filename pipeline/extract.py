@@ -494,11 +494,12 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     busy_seconds: dict[str, float] = {}  # stage -> seconds its workers spent, summed over clips
     clips_by_node: dict[str, dict[str, int]] = {}  # Ray node id -> stage -> clips it processed
 
-    def commit(k: int, arrived: dict[int, dict[str, Any]]) -> None:
+    def commit(k: int, rows_by_pos: dict[int, dict[str, Any]]) -> None:
+        """Write todo[k] with the rows that came back; a clip that never did is a `lost` failure row."""
         nonlocal t_write, failures
         plan = todo[k]
-        rows = [arrived.get(pos) or _lost_row(plan, pos) for pos in range(len(plan.rows))]
-        lost = len(plan.rows) - len(arrived)
+        rows = [rows_by_pos.get(pos) or _lost_row(plan, pos) for pos in range(len(plan.rows))]
+        lost = len(plan.rows) - len(rows_by_pos)
         failures += lost
         bar.update(lost)
         t = time.time()
@@ -515,7 +516,9 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
                 commit(next_shard, current)
             current, next_shard = {}, next_shard + 1
 
-    def arrived(row: dict[str, Any]) -> dict[str, Any]:
+    def account(row: dict[str, Any]) -> dict[str, Any]:
+        """A row back from Ray, cleaned and counted: busy seconds and clips per node, failures, the progress bar,
+        the stall watch, and now and then the check that this run still owns OUT."""
         nonlocal failures, owner_checked
         row = _clean_row(row)
         for stage in ["decode", *streams]:
@@ -547,7 +550,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     threading.Thread(target=_watch_for_stalls, args=(watch, stop_watch), name="signfeat-stall-watch", daemon=True).start()
     try:
         for row in pipeline(_ray_rows(todo), cfg.clips_per_call).iter_rows():
-            row = arrived(row)
+            row = account(row)
             k = order[row["shard"]]
             flush(k)  # rows come in plan order: a later shard's row means the earlier shards are finished
             current[int(row["pos"])] = row
@@ -562,7 +565,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
             log.warning("%d clips were dropped with Ray workers that died; retrying them one at a time", len(again))
             watch.progress()
             for row in pipeline(again, 1, calls_in_flight=1).iter_rows():
-                row = arrived(row)
+                row = account(row)
                 short[order[row["shard"]]][int(row["pos"])] = row
             for k in sorted(short):
                 commit(k, short[k])

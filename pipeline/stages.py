@@ -45,17 +45,19 @@ def geometry_key(transform) -> str:
 def stream_geometries(streams) -> dict[str, str]:
     """stream name -> prepared column name; streams with equal resize/crop geometry share one column."""
     from extractors import ExtractorConfig
-    from extractors.base import REGISTRY
+    from extractors.base import REGISTRY, check_model_exists
 
     out = {}
     for s in streams:
         cfg = ExtractorConfig.from_dict({**s.extractor, "device": "cpu"})
         try:
+            if cfg.model and not cfg.random_weights:  # also where the transform reads no processor (dinov2 at 336 px)
+                check_model_exists(cfg.name, cfg.model)
             out[s.name] = "prep_" + geometry_key(REGISTRY[cfg.name].transform_for(cfg))
         except (OSError, ValueError, SignfeatError) as exc:  # a missing folder, an unknown Hub id, no network, settings refused
             why = str(exc) if isinstance(exc, SignfeatError) else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
             raise SignfeatError(
-                f"extractor {cfg.name}: cannot load the image processor of {cfg.model or REGISTRY[cfg.name].default_model!r} "
+                f"extractor {cfg.name}: cannot load the model or image processor of {cfg.model or REGISTRY[cfg.name].default_model!r} "
                 f"({why}). The driver and the decode tasks resize frames with its settings: a local model folder must exist "
                 "on every node, driver included; a Hub id must be cached or downloadable there"
             ) from None

@@ -425,8 +425,9 @@ def test_decode_stage_resizes_chunk_by_chunk_and_limits_the_prepared_frames(tmp_
             "path": str(path), "start_s": None, "end_s": None, "fps": None, "num_frames": 10}
     rows = _ray_rows([ShardPlan(name="s", split="train", rows=[clip])])
     batch = {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
-    streams = json.dumps([{"name": "dinov2", "tiny": True}])
-    column = stream_geometries([type("S", (), {"name": "dinov2", "extractor": {"name": "dinov2", "tiny": True}})()])["dinov2"]
+    entry = {"name": "dinov2", "tiny": True, "settings": {"resolution": 224}}  # 224-pixel crops, as the numbers below say
+    streams = json.dumps([entry])
+    column = stream_geometries([type("S", (), {"name": "dinov2", "extractor": entry})()])["dinov2"]
     chunks_seen = []
     chunked = decode._video_chunks
     monkeypatch.setattr(decode, "DECODE_CHUNK_MIB", 3 * 640 * 480 * 3 / 2**20)  # 3 frames a chunk
@@ -435,7 +436,7 @@ def test_decode_stage_resizes_chunk_by_chunk_and_limits_the_prepared_frames(tmp_
     out = decode_prepare(batch, streams, DecodeOptions(backend="pyav", max_clip_mib=4))
     assert out["error_class"][0] == "", out["error_message"][0]
     assert chunks_seen == [3, 3, 3, 1]
-    transform = Dinov2Extractor.transform_for(ExtractorConfig.from_dict({"name": "dinov2", "tiny": True}))
+    transform = Dinov2Extractor.transform_for(ExtractorConfig.from_dict(entry))
     whole = decode_clip(clip, DecodeOptions(backend="pyav", max_clip_mib=100)).frames
     assert np.array_equal(out[column][0], transform.resize_crop(whole).numpy())  # resizing by chunk changes nothing
 
@@ -544,10 +545,11 @@ def test_memory_gb_is_a_resource_not_part_of_the_output():
 
 def test_a_model_folder_that_does_not_exist_stops_the_job_in_one_line_before_ray_starts(demo_manifest, tmp_path):
     """transformers' 'Repo id must be in the form...' traceback came from the driver ~12 s in, after Ray started."""
-    config = parse_job_config({"extractors": [{"name": "dinov2", "model": str(tmp_path / "no_such_model")}]})
-    with pytest.raises(SignfeatError, match=r"extractor dinov2: cannot load the image processor of .*no_such_model.*every node"):
-        run_extract(demo_manifest, str(tmp_path / "out"), config, progress=False)
-    assert not (tmp_path / "out").exists()
+    for resolution in (224, 336):  # 336 px reads no image processor: the folder was first looked for by the actors
+        config = parse_job_config({"extractors": [{"name": "dinov2", "model": str(tmp_path / "no_such_model"), "settings": {"resolution": resolution}}]})
+        with pytest.raises(SignfeatError, match=r"extractor dinov2: cannot load the model or image processor of .*no_such_model.*every node"):
+            run_extract(demo_manifest, str(tmp_path / "out"), config, progress=False)
+        assert not (tmp_path / "out").exists()
 
 
 def test_shard_frame_limits_count_the_frames_the_job_decodes():
