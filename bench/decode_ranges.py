@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--ranges", type=int, default=15)
     args = ap.parse_args()
+    if args.seconds < 5:  # ranges of 3 s start up to seconds - 4
+        ap.error("--seconds must be at least 5")
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "long.mp4")
         subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={args.size}:rate=30:duration={args.seconds}",

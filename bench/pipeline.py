@@ -176,7 +176,8 @@ def main() -> None:
     jobn = run_job(scaled, work / f"out_{args.scale}x", Path(args.config), cfg.worker_env)
 
     n, frames = len(rows), job1["frames"]
-    marginal = n * (args.scale - 1) / (jobn["wall_s"] - job1["wall_s"])
+    extra_s = jobn["wall_s"] - job1["wall_s"]
+    marginal = n * (args.scale - 1) / extra_s if extra_s > 0 else float("inf")
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "config": args.config, "worker_env": cfg.worker_env, "clips": n, "frames": frames, "failures_in_job": job1["failures"],
@@ -200,8 +201,10 @@ def main() -> None:
     # the arms run one after another: a machine busy with other work in one of them skews its ratios, and the
     # marginal rate, a difference of two wall times, can even come out negative
     warnings = []
-    if jobn["wall_s"] <= job1["wall_s"]:
-        warnings.append(f"the {args.scale}x job took no longer than the 1x job: the marginal rate and its ratios are noise")
+    if jobn["wall_s"] <= job1["wall_s"] or marginal * compute["wall_s"] / n > 1.05:
+        # the job decodes and extracts: at its margin it cannot beat the extractors' compute alone
+        warnings.append(f"the {args.scale}x job took no longer than the 1x job, or its marginal rate beat compute alone: "
+                        "the marginal rate and its ratios are noise")
     if compute["wall_s"] > naive["wall_s"]:
         warnings.append("compute alone took longer than the naive script, which also decodes: the machine was busy; rerun")
     result["warnings"] = warnings

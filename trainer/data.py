@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import shlex
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -45,9 +46,12 @@ def list_shards(source: str | list[str], split: str) -> list[str]:
     """Shard paths of ``split``: from an extraction output folder (``OUT/{split}/*.tar``), or from shards named
     without their split (a folder of tars, a list of paths, a brace pattern ``dir/demo-{000000..000003}.tar``):
     then only the shards whose samples are of ``split`` (each shard holds one split, recorded in every
-    sample's JSON), so a training pattern does not also serve as the dev and test sets. Any of these may be
-    an object-store URL (``s3://bucket/features``, with ``extract --out``'s query options: ``shards/location.py``)."""
-    root = None
+    sample's JSON), so a training pattern does not also serve as the dev and test sets (a recipe's data.shards
+    is one string; a list comes only from Python). Any of these may be an object-store URL
+    (``s3://bucket/features``, with ``extract --out``'s query options: ``shards/location.py``)."""
+    if isinstance(source, str) and source.lstrip().startswith("["):  # a YAML list given as a key=value override
+        raise SignfeatError(f"data.shards {source}: give one folder, output URL or brace pattern "
+                            "(dir/x-{000000..000003}.tar), not a list")
     if isinstance(source, (list, tuple)):
         urls = [str(u) for u in source]
     elif "{" in source:
@@ -55,10 +59,9 @@ def list_shards(source: str | list[str], split: str) -> list[str]:
 
         urls = list(braceexpand.braceexpand(source))
     else:
-        root = source
-        if source.strip() and location.is_dir(location.join(root, split)):
-            return _existing(location.list_files(location.join(root, split), ".tar"), split, source)
-        urls = location.list_files(root, ".tar") if source.strip() else []
+        if source.strip() and location.is_dir(location.join(source, split)):
+            return _existing(location.list_files(location.join(source, split), ".tar"), split, source)
+        urls = location.list_files(source, ".tar") if source.strip() else []
     urls = _existing(urls, split, source)
     splits = {u: shard_split(u) for u in urls}
     mine = [u for u in urls if splits[u] == split]
@@ -118,7 +121,7 @@ def _check_committed(urls: list[str]) -> None:
         marker = location.join(done, f"{_shard_name(url)}.json")
         if not location.is_file(marker):
             raise SignfeatError(f"{url}: not a shard the extraction in {root} committed (no completion marker): a copy or a leftover would "
-                                f"be read twice or in the wrong split; move it out of the folder (`signfeat verify {root}` lists such files)")
+                                f"be read twice or in the wrong split; move it out of the folder (`signfeat verify {shlex.quote(root)}` lists such files)")
         try:
             with location.open_stream(marker) as f:
                 recorded = json.loads(f.read().decode("utf-8")).get("bytes")
@@ -126,7 +129,7 @@ def _check_committed(urls: list[str]) -> None:
             recorded = None
         if recorded is not None and location.size(url) != recorded:
             raise SignfeatError(f"{url}: {location.size(url)} bytes, but the extraction wrote {recorded}: it changed since "
-                                f"(`signfeat verify {root}` says how); rerun the same `signfeat extract` command to write it again")
+                                f"(`signfeat verify {shlex.quote(root)}` says how); rerun the same `signfeat extract` command to write it again")
 
 
 def shard_counts(urls: list[str]) -> list[int]:
@@ -427,16 +430,21 @@ def read_pieces(pieces: list[ShardPiece], streams: list[str]) -> Iterator[dict[s
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     for piece in pieces:
-        with location.open_stream(piece.url) as stream:
-            samples = group_by_keys(tar_file_expander([{"url": piece.url, "stream": stream}]))
-            try:
+        try:
+            with location.open_stream(piece.url) as stream:
+                samples = group_by_keys(tar_file_expander([{"url": piece.url, "stream": stream}]))
                 for position, raw in enumerate(samples):
                     if position >= piece.stop:
                         break
                     if position >= piece.start:
                         yield raw
-            except tarfile.TarError as exc:  # webdataset re-raises tarfile's error (its args extended)
-                raise _damaged(piece.url, exc) from None
+        except tarfile.TarError as exc:  # webdataset re-raises tarfile's error (its args extended)
+            raise _damaged(piece.url, exc) from None
+        except OSError as exc:  # deleted or moved since the run listed it, or the object store went away mid-run
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SignfeatError(f"{piece.url}: cannot read the shard any more ({why}): deleted or moved since the run "
+                                "listed it, or its store unreachable; once it is back, resume from the last checkpoint "
+                                "(`signfeat train ... --resume OUT_DIR`; see checkpoint_every)") from None
 
 
 class ShardStream(IterableDataset):

@@ -15,6 +15,7 @@ replays the data stream to the saved position, so it continues exactly as if nev
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import SignfeatError
+from shards import location
 from trainer.data import (Batch, Collate, ShardStream, batches, batches_per_epoch, check_target_tokens, check_visual_input, list_shards,
                           read_split_texts, require_streams, shard_counts)
 from trainer.llm import TOKENIZER_FILE, InContextExamples, SignTranslator, base_checksum, build_model, load_trainable_state, trainable_state
@@ -187,17 +189,23 @@ def in_context_examples(recipe: Recipe) -> InContextExamples | None:
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def data_order(recipe: Recipe, world_size: int) -> dict[str, Any]:
+def data_order(recipe: Recipe, world_size: int, urls: list[str], counts: list[int]) -> dict[str, Any]:
     """What the order of a rank's micro-batches in an epoch depends on. A resume replays the epoch's order up
-    to the saved batch index, which means other samples once one of these changed."""
+    to the saved batch index, which means other samples once one of these changed. The training shards count
+    by their tar names and sample counts in order (``shard_list``), not by where they lie: the same output
+    copied from an object store to a local disk, or its URL spelt with a trailing slash, is the same order
+    (checkpoints before it recorded data.shards as written, ``shards``: not compared)."""
     d = recipe.data
+    listed = json.dumps([[location.name(u), int(c)] for u, c in zip(urls, counts)])
     return {"ranks": world_size, "num_workers": d.num_workers, "batch_size": d.batch_size, "shuffle_buffer": d.shuffle_buffer,
-            "shard_shuffle": d.shard_shuffle, "seed": recipe.seed, "shards": d.shards, "train_split": d.train_split}
+            "shard_shuffle": d.shard_shuffle, "seed": recipe.seed, "train_split": d.train_split,
+            "shard_list": f"{len(urls)} shards, {sum(counts)} samples, {hashlib.sha256(listed.encode()).hexdigest()[:12]}"}
 
 
 def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, step: int, position: DataPosition,
-                    rng: random.Random, recipe: Recipe, world_size: int = 1, features: dict | None = None) -> Path:
-    """``features``: what made the training shards' features (``require_streams``): eval refuses others."""
+                    rng: random.Random, recipe: Recipe, order: dict[str, Any], features: dict | None = None) -> Path:
+    """``order``: ``data_order`` of the run; ``features``: what made the training shards' features
+    (``require_streams``): eval refuses others."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -210,7 +218,7 @@ def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, ste
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     state = {
-        "step": step, "data_position": {"epoch": position.epoch, "batch": position.batch}, "data_order": data_order(recipe, world_size),
+        "step": step, "data_position": {"epoch": position.epoch, "batch": position.batch}, "data_order": order,
         "scheduler": scheduler.state_dict(), "param_groups": opt["param_groups"],
         "python_rng": _rng_to_json(rng.getstate()), "base_checksum": base_checksum(model), "recipe": recipe.to_dict(),
         "stream_features": features or {},
@@ -380,7 +388,8 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
 
     # the shards checked before the LLM loads: a missing stream, or an eval split that is missing or empty,
     # would otherwise fail after the model is built, or after the whole training run
-    train_urls, _, features = train_shards(recipe, dist)  # also before stream_statistics, which cannot take zero samples
+    train_urls, train_counts, features = train_shards(recipe, dist)  # also before stream_statistics, which cannot take zero samples
+    order = data_order(recipe, dist.world_size, train_urls, train_counts)
     check_visual_input(recipe, train_urls, recipe.data.train_split)
     if recipe.eval.at_end or recipe.eval.every:
         from trainer.evaluate import eval_shards, refuse_other_features
@@ -417,14 +426,15 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         if changed and dist.main:  # allowed (a longer run, another eval setting), but never silently
             print(f"resuming {resume_from} with a changed recipe: {'; '.join(changed)}", file=sys.stderr)
         step, position = state["step"], DataPosition(**state["data_position"])
-        saved_order, order = state.get("data_order"), data_order(recipe, dist.world_size)
+        saved_order = state.get("data_order")
         if position.batch and saved_order is None and dist.main:  # state.json of an older signfeat
             print(f"resuming mid-epoch {position.epoch} from a checkpoint that records no data order (an older signfeat): "
                   f"if data.batch_size, shards, seed or the number of processes changed, some samples of epoch {position.epoch} "
                   "are trained twice and others skipped", file=sys.stderr)
-        if position.batch and saved_order is not None and saved_order != order:
+        changed_order = [k for k, v in order.items() if saved_order is not None and k in saved_order and saved_order[k] != v]
+        if position.batch and changed_order:
             # replaying epoch E's new order up to the saved index would train some samples twice and skip others
-            changes = ", ".join(f"{k} {saved_order.get(k)!r} -> {v!r}" for k, v in order.items() if saved_order.get(k) != v)
+            changes = ", ".join(f"{k} {saved_order[k]!r} -> {order[k]!r}" for k in changed_order)
             if dist.main:
                 print(f"resuming mid-epoch {position.epoch} with another data order ({changes}): the rest of epoch {position.epoch} "
                       f"is skipped, so that no sample is trained twice in it; training goes on with epoch {position.epoch + 1}", file=sys.stderr)
@@ -493,7 +503,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
             progress.set_postfix(loss=f"{totals['loss']:.3f}", lr=f"{lr:.2e}")
         if dist.main and recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
             save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer, scheduler, step, position, rng, recipe,
-                            dist.world_size, features)
+                            order, features)
         if dist.main and recipe.eval.every and step % recipe.eval.every == 0 and step < o.max_steps:
             # sampling during eval (eval.do_sample) draws from torch's RNG: fork it, so training after the eval
             # draws what a run resumed from this step's checkpoint (saved before the eval) draws
@@ -505,7 +515,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     summary.update(step=step, data_position=position.__dict__)
     if dist.main:
         summary["checkpoint"] = str(save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer,
-                                                    scheduler, step, position, rng, recipe, dist.world_size, features))
+                                                    scheduler, step, position, rng, recipe, order, features))
         if step == o.max_steps and recipe.eval.at_end:
             summary["eval"] = _evaluate(model, recipe, out_dir / "eval" / f"step-{step:06d}")
             log.write({"step": step, "eval": summary["eval"]})

@@ -40,6 +40,10 @@ def test_missing_shards_is_a_one_line_error(tmp_path, capsys):
     assert main(["train", "--config", "configs/recipes/spamo_tiny.yaml", f"data.shards={tmp_path}", f"out_dir={tmp_path / 'o'}",
                  "progress=false"]) == 2
     assert "no shards for split 'train'" in capsys.readouterr().err
+    # a list written as an override is one string: it was taken for a URL and failed with a garbled one
+    assert main(["train", "--config", "configs/recipes/spamo_tiny.yaml", f'data.shards=["s3://b/x/train/a.tar?scheme=http"]',
+                 f"out_dir={tmp_path / 'o'}", "progress=false"]) == 2
+    assert "give one folder, output URL or brace pattern" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("workers", [0, 1])

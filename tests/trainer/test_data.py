@@ -108,6 +108,20 @@ def test_eval_reads_in_order_deterministically(tiny_shards):
     assert keys == [f"big-{i:05d}" for i in range(30)]
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_shard_gone_during_the_run_is_one_line(tiny_shards, tmp_path, workers):
+    """A shard deleted (or a store gone) after the run listed it ended training in a FileNotFoundError or pyarrow
+    OSError traceback."""
+    import shutil
+
+    shutil.copytree(tiny_shards / "big", tmp_path / "big")
+    urls = list_shards(str(tmp_path), "big")
+    stream = ShardStream(urls, shard_counts(urls), STREAMS, train=False, batch_size=4)
+    (tmp_path / "big" / "syn-000002.tar").unlink()
+    with pytest.raises(SignfeatError, match=r"syn-000002.tar: cannot read the shard any more .*resume from the last checkpoint"):
+        list(batches(stream, Collate(_Tok(), STREAMS, 64), workers, drop_last=False))
+
+
 def test_collate_pads_with_masks_lengths_and_tokenised_targets(tiny_shards):
     urls = list_shards(str(tiny_shards), "train")
     stream = ShardStream(urls, shard_counts(urls), STREAMS, train=False, batch_size=4)

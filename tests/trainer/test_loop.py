@@ -81,6 +81,20 @@ def test_a_mid_epoch_resume_with_another_data_order_goes_on_with_the_next_epoch(
     assert "from a checkpoint that records no data order (an older signfeat)" in capsys.readouterr().err
 
 
+def test_a_resume_from_a_copy_of_the_same_shards_is_exact(tiny_shards, tmp_path, capsys):
+    """The data order recorded data.shards as written: the same shards copied elsewhere (an object store's output
+    copied to a local disk) or spelt with a trailing slash skipped the rest of the epoch on resume."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_shards, copy)
+    straight = train(_resume_recipe(tiny_shards, tmp_path / "a"))
+    train(_resume_recipe(tiny_shards, tmp_path / "b"), stop_after_steps=5)
+    resumed = train(_resume_recipe(str(copy) + "/", tmp_path / "b"), resume=tmp_path / "b")
+    assert "another data order" not in capsys.readouterr().err
+    assert resumed["losses"] == pytest.approx(straight["losses"][5:], rel=0, abs=0)
+
+
 def test_base_llm_frozen_and_checkpoint_holds_only_trainable_weights(tiny_shards, tmp_path):
     recipe = recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", "qwen2", optim={"max_steps": 3}))
     before = base_checksum(build_model(recipe, torch.device("cpu")))
