@@ -65,6 +65,15 @@ class Dinov2Extractor(Extractor):
             )
         return cls.hf_transform(config, settings, "bit", "BitImageProcessor", PROCESSOR)
 
+    @classmethod
+    def transform_for(cls, config) -> FrameTransform:
+        """As the decode tasks build it; with pretrained weights also the checkpoint's config read, as the actors
+        will: at 336 px no image processor is read, so an unavailable model (offline, uncached, mistyped, another
+        family) would first fail in the actors, after Ray started."""
+        if not config.random_weights:
+            _model_class(config.model or cls.default_model, config.revision)
+        return super().transform_for(config)
+
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=batch[:, 0]).pooler_output
 

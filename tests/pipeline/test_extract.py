@@ -545,11 +545,13 @@ def test_memory_gb_is_a_resource_not_part_of_the_output():
 
 def test_a_model_folder_that_does_not_exist_stops_the_job_in_one_line_before_ray_starts(demo_manifest, tmp_path):
     """transformers' 'Repo id must be in the form...' traceback came from the driver ~12 s in, after Ray started."""
-    for resolution in (224, 336):  # 336 px reads no image processor: the folder was first looked for by the actors
-        config = parse_job_config({"extractors": [{"name": "dinov2", "model": str(tmp_path / "no_such_model"), "settings": {"resolution": resolution}}]})
-        with pytest.raises(SignfeatError, match=r"extractor dinov2: cannot load the model or image processor of .*no_such_model.*every node"):
-            run_extract(demo_manifest, str(tmp_path / "out"), config, progress=False)
-        assert not (tmp_path / "out").exists()
+    (tmp_path / "empty_model").mkdir()  # there, but no checkpoint in it (as an uncached or mistyped Hub id)
+    for model in ("no_such_model", "empty_model"):
+        for resolution in (224, 336):  # 336 px reads no image processor: the model was first looked for by the actors
+            config = parse_job_config({"extractors": [{"name": "dinov2", "model": str(tmp_path / model), "settings": {"resolution": resolution}}]})
+            with pytest.raises(SignfeatError, match=rf"extractor dinov2: cannot load the model or image processor of .*{model}.*every node"):
+                run_extract(demo_manifest, str(tmp_path / "out"), config, progress=False)
+            assert not (tmp_path / "out").exists()
 
 
 def test_shard_frame_limits_count_the_frames_the_job_decodes():
