@@ -352,6 +352,11 @@ class Extractor:
     def transform_for(cls, config: ExtractorConfig) -> "FrameTransform":
         return cls.make_transform(config, parse_settings(cls.Settings, config.settings, cls.name))
 
+    @classmethod
+    def check_loadable(cls, config: ExtractorConfig) -> None:
+        """Before Ray starts (the driver's check in ``pipeline.stages.stream_geometries``): what the transform
+        does not already read of the model. Nothing by default: most transforms read its image processor."""
+
     def units(self, num_frames: int) -> np.ndarray:
         """int64 [N, k]: the frame indices of each model input (default: one frame each)."""
         return np.arange(num_frames, dtype=np.int64)[:, None]

@@ -66,13 +66,11 @@ class Dinov2Extractor(Extractor):
         return cls.hf_transform(config, settings, "bit", "BitImageProcessor", PROCESSOR)
 
     @classmethod
-    def transform_for(cls, config) -> FrameTransform:
-        """As the decode tasks build it; with pretrained weights also the checkpoint's config read, as the actors
-        will: at 336 px no image processor is read, so an unavailable model (offline, uncached, mistyped, another
-        family) would first fail in the actors, after Ray started."""
+    def check_loadable(cls, config) -> None:
+        """The checkpoint's config, read as the actors will: at 336 px no image processor is read before Ray
+        starts, so an unavailable model (offline, uncached, mistyped, another family) failed in the actors."""
         if not config.random_weights:
             _model_class(config.model or cls.default_model, config.revision)
-        return super().transform_for(config)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=batch[:, 0]).pooler_output

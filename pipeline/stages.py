@@ -53,6 +53,7 @@ def stream_geometries(streams) -> dict[str, str]:
         try:
             if cfg.model and not cfg.random_weights:  # also where the transform reads no processor (dinov2 at 336 px)
                 check_model_exists(cfg.name, cfg.model)
+            REGISTRY[cfg.name].check_loadable(cfg)
             out[s.name] = "prep_" + geometry_key(REGISTRY[cfg.name].transform_for(cfg))
         except (OSError, ValueError, SignfeatError) as exc:  # a missing folder, an unknown Hub id, no network, settings refused
             why = str(exc) if isinstance(exc, SignfeatError) else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"

@@ -127,8 +127,9 @@ def _check_committed(urls: list[str]) -> None:
                 recorded = json.loads(f.read().decode("utf-8")).get("bytes")
         except (OSError, ValueError, AttributeError):
             recorded = None
-        if recorded is not None and location.size(url) != recorded:
-            raise SignfeatError(f"{url}: {location.size(url)} bytes, but the extraction wrote {recorded}: it changed since "
+        size = location.size(url) if recorded is not None else None  # one stat (a request on an object store)
+        if recorded is not None and size != recorded:
+            raise SignfeatError(f"{url}: {size} bytes, but the extraction wrote {recorded}: it changed since "
                                 f"(`signfeat verify {shlex.quote(root)}` says how); rerun the same `signfeat extract` command to write it again")
 
 
@@ -657,10 +658,9 @@ def read_split_texts(urls: list[str], limit: int | None = None) -> list[dict]:
     example pools, the BPE tokenizer's training texts, the targets' token check."""
     out = []
     for url in urls:
-        # a local tar is read seeking over the arrays; an object store's front to back (a ranged request per
-        # member would cost more than the arrays' bytes)
-        with (location.open_random(url) if not location.is_remote(url) else location.open_stream(url)) as f, \
-                tarfile.open(fileobj=f, mode="r:" if not location.is_remote(url) else "r|") as tar:
+        # a local tar is read seeking over the arrays (a local stream is a plain, seekable file); an object store's
+        # front to back (a ranged request per member would cost more than the arrays' bytes)
+        with location.open_stream(url) as f, tarfile.open(fileobj=f, mode="r|" if location.is_remote(url) else "r:") as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith(".json"):
                     out.append(json.loads(tar.extractfile(member).read()))
