@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from manifests.schema import OUTPUT_FILES
 from pipeline.errors import SignfeatError
 from shards.reader import group_samples, iter_members
 from shards.sample import load_npy, sample_checksum
@@ -41,6 +42,10 @@ _COLUMNS = {"_signfeat/plan.parquet": ["shard", "key"], "index.parquet": ["shard
             "failures.parquet": ["key", "split"]}
 
 
+# the files every output has once its job has started (identity) and finished (the rest)
+_JOB_FILES = ("_signfeat/identity.json", "_signfeat/plan.parquet", *OUTPUT_FILES)
+
+
 class NotAnOutput(SignfeatError):
     """The path names no output at all (a typo, a file): a user error, not a damaged output."""
 
@@ -54,6 +59,10 @@ def _load(store: Store, out: str, name: str, columns: list[str] = ()) -> Any:
             if "://" not in out and Path(out).is_file():
                 raise NotAnOutput(f"{out} is a file; give the folder `signfeat extract --out` wrote")
             raise NotAnOutput(f"{out}: no such folder, or an empty one (not a signfeat extract output)")
+        if not has_record and not any(store.exists(f) for f in _JOB_FILES):
+            # a folder holding none of the job's files (a parent folder, a corpus): a wrong path, not a damaged output
+            raise NotAnOutput(f"{out} holds no signfeat extract output (no _signfeat/identity.json, index.parquet or job.json); "
+                              "give the folder `signfeat extract --out` wrote")
         if has_record and name in ("_signfeat/plan.parquet", "index.parquet", "failures.parquet", "job.json"):
             raise SignfeatError(f"{out}: missing {name}: the job did not finish (killed, or still running); "
                                 "rerun the same `signfeat extract` command to complete it (complete shards are kept)")
@@ -309,6 +318,9 @@ def stats(out: str) -> dict[str, Any]:
             entry[f"{s}_rows"] = int(g[f"len_{s}"].sum())
         per_split[str(split)] = entry
     job = _load(store, out, "job.json")
+    # stats reads the tables, not the shards: it can still tell when they do not add up to the plan
+    unaccounted = len(set(plan["key"]) - set(index["key"]) - set(failures["key"]))
     return {"splits": per_split, "streams": streams, "samples": int(len(index)), "failures": int(len(failures)), "planned": int(len(plan)),
+            "unaccounted": unaccounted,
             "frames": int(index["num_frames"].sum()) if len(index) else 0, "bytes": int(index["bytes"].sum()) if len(index) else 0,
             "hours": float(index["duration_s"].sum() / 3600) if len(index) else 0.0, "wall_s": job.get("wall_s")}

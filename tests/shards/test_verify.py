@@ -347,7 +347,7 @@ def test_a_missing_job_record_with_complete_shards_is_refused(out):
     plans = plan_shards([_row(i, "train") for i in range(5)] + [_row(5, "test")], CONFIG.shards)
     (out / "_signfeat" / "identity.json").unlink()
     store = Store(str(out))
-    with pytest.raises(SignfeatError, match="holds complete shards of another job \(its job record _signfeat/identity.json is missing"):
+    with pytest.raises(SignfeatError, match=r"holds complete shards of another job \(its job record _signfeat/identity.json is missing"):
         claim_output(store, {"config_hash": "0123456789abcdef", "plan_hash": plan_hash(plans), "streams": STREAMS}, plans, overwrite=False)
 
 
@@ -536,3 +536,21 @@ def test_keys_other_readers_mishandle_are_noted_not_failed():
     assert notes[0].startswith("2 keys start with '__' (____dunder, __lead)") and "HuggingFace datasets skips them" in notes[0]
     assert notes[1].startswith("2 keys differ from another only by case (Case, case)")
     assert key_notes(["_5flead", "case", "_43_61_73_65", "x"]) == []  # this signfeat's keys for the same ids
+
+
+def test_a_folder_without_the_jobs_files_is_not_an_output(out, capsys):
+    """The output's parent folder (or a corpus folder) is a wrong path: exit 2 from both, as for a missing path."""
+    for command in ("verify", "stats"):
+        assert main([command, str(out.parent)]) == 2, command
+        assert "holds no signfeat extract output" in capsys.readouterr().err
+    (out / "_signfeat/identity.json").unlink()  # one job file gone, the others there: a damaged output
+    assert main(["verify", str(out)]) == 1
+    assert "missing _signfeat/identity.json" in capsys.readouterr().out
+
+
+def test_stats_notes_planned_clips_missing_from_both_tables(out, capsys):
+    _rewrite_index(out, lambda rows: [r for r in rows if r["key"] != "k0"])
+    assert main(["stats", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "NOTE 1 planned clips are in neither index.parquet nor failures.parquet" in printed
+    assert stats(str(out))["unaccounted"] == 1
