@@ -444,8 +444,7 @@ def read_pieces(pieces: list[ShardPiece], streams: list[str]) -> Iterator[dict[s
         except OSError as exc:  # deleted or moved since the run listed it, or the object store went away mid-run
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SignfeatError(f"{piece.url}: cannot read the shard any more ({why}): deleted or moved since the run "
-                                "listed it, or its store unreachable; once it is back, resume from the last checkpoint "
-                                "(`signfeat train ... --resume OUT_DIR`; see checkpoint_every)") from None
+                                "listed it, or its store unreachable") from None
 
 
 class ShardStream(IterableDataset):

@@ -385,6 +385,10 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     refuse_another_run(out_dir, resume_from, overwrite)
     # going on with this out_dir's own run (its log continues); anything else starts the out_dir afresh
     own_run = resume_from is not None and resume_from.resolve().parent == (out_dir / "checkpoints").resolve()
+    if resume_from is not None and not own_run and dist.main:  # a run started from another's checkpoint: say where it goes
+        hint = f"; to go on in its own run folder, give out_dir={resume_from.parent.parent}" if resume_from.parent.name == "checkpoints" else ""
+        print(f"resuming {resume_from} into out_dir {out_dir} (the recipe's) as a run of its own: its checkpoints and log go there{hint}",
+              file=sys.stderr)
 
     # the shards checked before the LLM loads: a missing stream, or an eval split that is missing or empty,
     # would otherwise fail after the model is built, or after the whole training run
@@ -464,11 +468,24 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
     summary: dict = {"losses": []}
+    newest_checkpoint = (step, resume_from) if resume_from is not None else None  # (step, folder) to go on from
     while step < last_step:
         warming_up = vt.enabled and step < vt.warmup_steps  # VT-Align only; the LLM is not run
         started, samples, totals = time.perf_counter(), 0, {}
+        at_step_start = _Resumable.of(model, position, rng, device)
         for micro in range(o.grad_accum):
-            position, batch = next(stream)
+            try:
+                position, batch = next(stream)
+            except SignfeatError as exc:  # a shard gone, damaged or unreachable mid-run: keep what was trained
+                if dist.main and step and (newest_checkpoint is None or newest_checkpoint[0] != step):
+                    at_step_start.restore(model, rng)  # a step's first micro-batches drew from the RNGs, moved BatchNorm's statistics
+                    newest_checkpoint = (step, save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer,
+                                                               scheduler, step, at_step_start.position, rng, recipe, order, features))
+                if newest_checkpoint is None:
+                    raise SignfeatError(f"{exc}. Training stopped before its first step: once the data is readable, "
+                                        "run the same command again") from None
+                raise SignfeatError(f"{exc}. Training stopped; checkpoint {newest_checkpoint[1]} holds step {newest_checkpoint[0]}: "
+                                    "once the data is readable, go on with the same recipe and --resume on it") from None
             batch = batch.to(device)
             extras = [examples.draw(t, rng) for t in batch.texts] if examples is not None else None
             sync = contextlib.nullcontext() if (micro == o.grad_accum - 1 or ddp is model) else ddp.no_sync()
@@ -502,8 +519,8 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
             progress.update(1)
             progress.set_postfix(loss=f"{totals['loss']:.3f}", lr=f"{lr:.2e}")
         if dist.main and recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
-            save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer, scheduler, step, position, rng, recipe,
-                            order, features)
+            newest_checkpoint = (step, save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer, scheduler,
+                                                       step, position, rng, recipe, order, features))
         if dist.main and recipe.eval.every and step % recipe.eval.every == 0 and step < o.max_steps:
             # sampling during eval (eval.do_sample) draws from torch's RNG: fork it, so training after the eval
             # draws what a run resumed from this step's checkpoint (saved before the eval) draws
@@ -523,6 +540,32 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         torch.distributed.barrier()
     summary["model"] = model
     return summary
+
+
+@dataclass
+class _Resumable:
+    """What a checkpoint holds besides the weights and optimizer, as it was when a step began: a step that
+    cannot finish is saved as the step before it, which a resume then takes again."""
+
+    position: DataPosition
+    python_rng: tuple
+    torch_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None
+    adapter_buffers: dict[str, torch.Tensor]  # BatchNorm statistics: a forward pass in train mode updates them
+
+    @classmethod
+    def of(cls, model: SignTranslator, position: DataPosition, rng: random.Random, device: torch.device) -> "_Resumable":
+        return cls(position, rng.getstate(), torch.get_rng_state(), torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                   {name: b.detach().clone() for name, b in model.adapter.named_buffers()})
+
+    def restore(self, model: SignTranslator, rng: random.Random) -> None:
+        rng.setstate(self.python_rng)
+        torch.set_rng_state(self.torch_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng)
+        with torch.no_grad():
+            for name, b in model.adapter.named_buffers():
+                b.copy_(self.adapter_buffers[name])
 
 
 def _evaluate(model: SignTranslator, recipe: Recipe, out: Path) -> dict:

@@ -56,6 +56,61 @@ def test_resume_gives_the_same_parameters_as_straight_through(tiny_shards, tmp_p
         assert torch.equal(a[key], b[key]), key
 
 
+def _failing_stream_after(monkeypatch, micro_batches: int, message: str) -> None:
+    """The training stream yields this many micro-batches, then fails as a shard deleted mid-run does."""
+    import trainer.loop as loop
+    from pipeline.errors import SignfeatError
+
+    real = loop.train_batches
+
+    def failing(*args, **kwargs):
+        for served, item in enumerate(real(*args, **kwargs)):
+            if served == micro_batches:
+                raise SignfeatError(message)
+            yield item
+
+    monkeypatch.setattr(loop, "train_batches", failing)
+
+
+def test_a_data_error_mid_run_saves_the_last_whole_step_and_a_resume_from_it_is_exact(tiny_shards, tmp_path, monkeypatch):
+    """With checkpoint_every 0 (checkpoints only at the end) a shard lost mid-run lost every step trained, and
+    its message said to resume from a checkpoint that did not exist. The step the error cuts short (its first
+    micro-batch already drew dropout masks) is saved as the step before it, and a resume is exact."""
+    from pipeline.errors import SignfeatError
+
+    straight = train(_resume_recipe(tiny_shards, tmp_path / "a"))
+    with monkeypatch.context() as patch:
+        _failing_stream_after(patch, 11, "syn-000002.tar: cannot read the shard any more")  # step 6's second micro-batch
+        with pytest.raises(SignfeatError, match=r"syn-000002.tar: cannot read the shard any more. Training stopped; checkpoint "
+                                                r".*step-000005 holds step 5: .* --resume on it"):
+            train(_resume_recipe(tiny_shards, tmp_path / "b"))
+    resumed = train(_resume_recipe(tiny_shards, tmp_path / "b"), resume=tmp_path / "b")
+    assert resumed["losses"] == pytest.approx(straight["losses"][5:], rel=0, abs=0)
+    a, b = trainable_state(straight["model"]), trainable_state(resumed["model"])
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+    # nothing trained yet: no checkpoint, and no resume to suggest
+    _failing_stream_after(monkeypatch, 0, "syn-000000.tar: cannot read the shard any more")
+    with pytest.raises(SignfeatError, match="Training stopped before its first step: .* run the same command again"):
+        train(_resume_recipe(tiny_shards, tmp_path / "c"))
+    assert not (tmp_path / "c" / "checkpoints").exists()
+
+
+def test_a_resume_into_another_out_dir_says_where_the_run_goes(tiny_shards, tmp_path, capsys):
+    """--resume on run A with a recipe whose out_dir is B trained into B without a word."""
+    def recipe(out):
+        return recipe_from_dict(tiny_recipe(tiny_shards, out, "t5", optim={"max_steps": 2}))
+
+    train(recipe(tmp_path / "a"), stop_after_steps=1)
+    capsys.readouterr()
+    train(recipe(tmp_path / "b"), resume=tmp_path / "a")
+    said = capsys.readouterr().err
+    assert f"into out_dir {tmp_path / 'b'} (the recipe's) as a run of its own" in said and f"give out_dir={tmp_path / 'a'}" in said
+    assert (tmp_path / "b" / "checkpoints" / "step-000002").is_dir() and not (tmp_path / "a" / "checkpoints" / "step-000002").exists()
+    train(recipe(tmp_path / "a"), resume=tmp_path / "a")  # its own run: nothing to say
+    assert "as a run of its own" not in capsys.readouterr().err
+
+
 def test_a_mid_epoch_resume_with_another_data_order_goes_on_with_the_next_epoch(tiny_shards, tmp_path, capsys):
     """The resume replays the epoch's order up to the saved micro-batch index; with other ranks, DataLoader
     workers or shuffle buffer that order holds other samples, and 6 of 26 were trained twice in the epoch. The
