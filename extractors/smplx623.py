@@ -118,6 +118,7 @@ class Smplx623Extractor(Extractor):
     def __init__(self, config):
         super().__init__(config)
         settings = self.settings
+        self.check_config(config, settings)
         if not settings.model_dir and config.model:
             settings = self.settings = dataclasses.replace(settings, model_dir=config.model)
         self.body = BodyModel(settings.body_settings(), device="cpu")
@@ -152,6 +153,15 @@ class Smplx623Extractor(Extractor):
         if joints.ndim != 2 or joints.shape[1] != 3 or not (joints.shape[0] == 52 or joints.shape[0] >= 55):
             raise SignfeatError(f"{path}: target joints must be [52 or >= 55, 3] (or [T, J, 3]), got {joints.shape}")
         return select_motion_joints(joints.astype(np.float64))
+
+    @classmethod
+    def check_config(cls, config, settings) -> None:
+        """The SMPL-X folder comes as the ``model_dir`` setting or as ``model`` (``--model``): given as both, and
+        naming two folders, one would be dropped without a word."""
+        super().check_config(config, settings)
+        if settings.model_dir and config.model and _folder(settings.model_dir) != _folder(config.model):
+            raise SignfeatError(f"smplx623: the SMPL-X folder is given twice, as model_dir={settings.model_dir} and as "
+                                f"model={config.model}: give one of them")
 
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:
@@ -275,3 +285,7 @@ class Smplx623Extractor(Extractor):
         detections = [{**d, "fps": rate} if d else d for d, rate in zip(detections, fps)]
         return [(f, num_frames_of(r), float(self.settings.target_fps) if r is not p else rate, d)
                 for f, r, p, rate, d in zip(feats, resampled, params, fps, detections)]
+
+
+def _folder(path: str) -> Path:
+    return Path(path).expanduser().resolve()

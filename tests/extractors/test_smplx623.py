@@ -48,6 +48,21 @@ def test_the_model_folder_may_come_as_model(model_dir, extractor):
     np.testing.assert_array_equal(by_model.extract_params([clip])[0], extractor.extract_params([clip])[0])
 
 
+def test_the_model_folder_given_twice_as_two_folders_is_refused(model_dir, tmp_path):
+    """model_dir and --model naming two folders: model_dir was used and --model dropped without a word."""
+    from pipeline.config import parse_job_config
+
+    other = tmp_path / "other"
+    other.mkdir()
+    two = {"name": "smplx623", "model": str(other), "settings": {"model_dir": str(model_dir)}}
+    with pytest.raises(SignfeatError, match=r"SMPL-X folder is given twice, as model_dir=.* and as model=.*other: give one"):
+        build_extractor(two)
+    with pytest.raises(SignfeatError, match=r"extractors\[0\]: smplx623: the SMPL-X folder is given twice"):
+        parse_job_config({"extractors": [two]})
+    same = build_extractor({**two, "model": str(model_dir) + "/"})  # one folder, spelt twice: fine
+    assert same.model_id == build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir)}}).model_id
+
+
 def test_input_a_through_the_contract_equals_direct_calls(extractor, body):
     clips = [smooth_random_params(n, seed=n) for n in (12, 30, 2)]
     clips[1]["world_rotation"] = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
