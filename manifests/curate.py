@@ -64,14 +64,15 @@ class CurateOptions:
         # The names assigned become split folders of the shards and what `train` reads: normalise them as the
         # build does (val -> dev), and refuse one that cannot be a folder name now rather than at extraction.
         ratios: dict[str, float] = {}
+        given_as: dict[str, str] = {}  # split -> the name that gave it
         for name, v in self.split_ratios.items():
             split = normalise_split(name)
             problem = "it is empty" if not split else split_name_problem(split)
             if problem:
                 raise SignfeatError(f"split_ratios: {name!r} cannot be a split name ({problem}; a plain folder name, like train, dev, test)")
             if split in ratios:
-                raise SignfeatError(f"split_ratios: {name!r} names split {split!r} twice")
-            ratios[split] = v
+                raise SignfeatError(f"split_ratios: {given_as[split]!r} and {name!r} both name split {split!r}")
+            ratios[split], given_as[split] = v, name
         self.split_ratios = ratios
         for lo, hi in [("min_duration_s", "max_duration_s"), ("min_frames", "max_frames"), ("min_fps", "max_fps"), ("min_text_chars", "max_text_chars")]:
             a, b = getattr(self, lo), getattr(self, hi)
@@ -115,9 +116,12 @@ def parse_split_ratios(text: str) -> dict[str, float]:
         try:
             if not sep or not name.strip():
                 raise ValueError
-            out[name.strip()] = float(value)
+            fraction = float(value)
         except ValueError:
             raise SignfeatError(f"bad --split-ratios {text!r}: expected NAME=FRACTION,... like train=0.8,dev=0.1,test=0.1") from None
+        if name.strip() in out:  # a dict keeps the last: train=1,train=2 would quietly mean train=2
+            raise SignfeatError(f"bad --split-ratios {text!r}: {name.strip()} is given twice")
+        out[name.strip()] = fraction
     return out
 
 

@@ -92,6 +92,18 @@ def test_split_ratio_names_are_normalised_as_the_build_does():
     assert set(assign_splits(rows, CurateOptions(split_ratios={"train": 0.5, "val": 0.5}))) == {"train", "dev"}
 
 
+def test_a_split_named_twice_is_refused_with_both_names():
+    """`--split-ratios train=1,train=2` kept the last value; `Train` and `train` were reported as "'train' names
+    split 'train' twice", quoting the normalised name, not the two the user wrote."""
+    from manifests.curate import parse_split_ratios
+
+    with pytest.raises(SignfeatError, match=r"bad --split-ratios 'train=1,train=2': train is given twice"):
+        parse_split_ratios("train=1,train=2")
+    with pytest.raises(SignfeatError, match=r"split_ratios: 'Train' and 'train' both name split 'train'"):
+        CurateOptions(split_ratios=parse_split_ratios("Train=0.5,train=0.5"))
+    assert parse_split_ratios("train=0.8, dev=0.2") == {"train": 0.8, "dev": 0.2}
+
+
 def test_a_curation_config_that_is_not_yaml_is_one_line(tmp_path, capsys):
     from pipeline.cli import main
 
