@@ -91,12 +91,15 @@ def read_manifest(path: str | Path) -> pa.Table:
     if "://" in str(path):
         import pyarrow.fs as pafs
 
+        from pipeline.errors import SignfeatError
+        from shards.location import filesystem
+
         try:
-            fs, inner = pafs.FileSystem.from_uri(str(path))
+            fs, inner = filesystem(str(path))
             if fs.get_file_info(inner).type != pafs.FileType.File:
                 raise FileNotFoundError(f"manifest not found: {path}")
             table = pq.read_table(inner, filesystem=fs)
-        except (OSError, pa.ArrowInvalid) as exc:
+        except (OSError, pa.ArrowInvalid, SignfeatError) as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
             raise FileNotFoundError(f"manifest {path}: cannot read it ({exc})") from None

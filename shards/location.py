@@ -49,22 +49,30 @@ def name(url: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _filesystem(scheme: str, bucket: str, query: str, pid: int) -> pafs.FileSystem:
+def _object_store(scheme: str, bucket: str, query: str, pid: int) -> pafs.FileSystem:
     # one per process: a DataLoader worker makes its own (``pid``), never a copy of its parent's client
     return pafs.FileSystem.from_uri(f"{scheme}://{bucket}{query}")[0]
 
 
-def _fs(url: str) -> tuple[pafs.FileSystem, str]:
-    base, query = _parts(url)
-    scheme, _, path = base.partition("://")
+def filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem ``url`` lies on and its path there (no trailing slash). A plain path is local (``~``
+    expanded as the shell would: a quoted "~/feat"); a ``file://`` URL too; an object store's client is made once
+    per process, bucket and options. Anything pyarrow cannot open is one SignfeatError line."""
     try:
-        return _filesystem(scheme, path.split("/")[0], query, os.getpid()), path.rstrip("/")
+        if not is_remote(url):
+            return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(url)).rstrip("/")
+        base, query = _parts(url)
+        scheme, _, path = base.partition("://")
+        if scheme == "file":
+            fs, path = pafs.FileSystem.from_uri(url)
+            return fs, path.rstrip("/")
+        return _object_store(scheme, path.split("/")[0], query, os.getpid()), path.rstrip("/")
     except (pa.ArrowInvalid, OSError, ValueError) as exc:
         raise SignfeatError(f"cannot open {url}: {str(exc).splitlines()[0]}") from None
 
 
 def _info(url: str) -> pafs.FileInfo:
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     try:
         return fs.get_file_info(path)
     except OSError as exc:  # credentials, endpoint, network
@@ -87,7 +95,7 @@ def list_files(folder: str, suffix: str) -> list[str]:
     """The files directly in ``folder`` whose names end in ``suffix``, sorted ([] for a missing folder)."""
     if not is_remote(folder):
         return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(suffix)) if os.path.isdir(folder) else []
-    fs, path = _fs(folder)
+    fs, path = filesystem(folder)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except OSError as exc:
@@ -99,7 +107,7 @@ def subfolders(folder: str) -> list[str]:
     """Names of the folders directly in ``folder``."""
     if not is_remote(folder):
         return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n))) if os.path.isdir(folder) else []
-    fs, path = _fs(folder)
+    fs, path = filesystem(folder)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
 
@@ -109,7 +117,7 @@ def open_random(url: str) -> IO[bytes]:
     an object store)."""
     if not is_remote(url):
         return open(url, "rb")
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     return fs.open_input_file(path)
 
 
@@ -117,7 +125,7 @@ def open_stream(url: str) -> IO[bytes]:
     """The file read front to back (buffered; one request on an object store)."""
     if not is_remote(url):
         return open(url, "rb")
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     return fs.open_input_stream(path)
 
 
@@ -126,5 +134,5 @@ def read_table(url: str, columns: list[str]) -> pa.Table:
 
     if not is_remote(url):
         return pq.read_table(url, columns=columns)
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     return pq.read_table(path, columns=columns, filesystem=fs)

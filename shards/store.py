@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from manifests.schema import OUTPUT_FILES
 from pipeline.errors import SignfeatError
+from shards import location
 
 _TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")  # write_bytes' temporary names
 MERGED_FILES = OUTPUT_FILES  # written at the end of every run
@@ -41,16 +42,7 @@ MERGED_FILES = OUTPUT_FILES  # written at the end of every run
 class Store:
     def __init__(self, out: str):
         self.url = str(out)
-        try:
-            if "://" in self.url:
-                self.fs, root = pafs.FileSystem.from_uri(self.url)
-            else:
-                import os
-
-                self.fs, root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(self.url))  # ~ as the shell would (a quoted "~/feat")
-        except (pa.ArrowInvalid, OSError, ValueError) as exc:
-            raise SignfeatError(f"cannot open output location {self.url}: {exc}") from None
-        self.root = root.rstrip("/")
+        self.fs, self.root = location.filesystem(self.url)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)  # a plain path or a file:// URL
         if not self.local and not self.root:  # "s3://": every write would go to the store's top level, and fail there
             raise SignfeatError(f"output location {self.url} names no bucket; give s3://bucket/prefix")
