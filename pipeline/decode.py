@@ -397,6 +397,8 @@ def pyav_instead(backend: str, timeline: VideoTimeline, uniq: np.ndarray) -> str
     # torchcodec follows the system FFmpeg, which did not turn an EXIF-rotated JPEG at all
     if any(timeline.orientation) or timeline.rotation:
         return "a display matrix (rotation or mirror)"
+    if has_alpha(timeline.pix_fmt):  # both drop the alpha channel, showing whatever colour lies under transparent pixels
+        return f"{timeline.pix_fmt} frames (an alpha channel: PyAV's path puts them onto white, as for images)"
     if backend == "decord":
         if len(uniq) * timeline.height * timeline.width * 3 > DECORD_MAX_CLIP_MIB * 2**20:
             return f"a clip of more than {DECORD_MAX_CLIP_MIB:g} MiB of frames (decord's decoder thread reads ahead without bound)"
@@ -606,6 +608,25 @@ def _pyav_by_timestamp(path: str, want: np.ndarray, timeline: VideoTimeline, key
                 break
 
 
+def has_alpha(pix_fmt: str) -> bool:
+    """Whether frames of this FFmpeg pixel format may carry transparency (rgba, yuva420p, ya8, a palette...)."""
+    import av
+
+    try:
+        fmt = av.VideoFormat(pix_fmt)
+    except (ValueError, TypeError):  # unknown to this FFmpeg, or no format probed
+        return False
+    return fmt.has_palette or any(c.is_alpha for c in fmt.components)
+
+
+def onto_white(rgba: np.ndarray) -> np.ndarray:
+    """RGBA uint8 [..., 4] -> RGB uint8 over a white background, rounded as PIL's ``alpha_composite`` (which the
+    image path uses, as the models' Hugging Face processors' ``convert_to_rgb`` does) rounds."""
+    alpha = rgba[..., 3:4].astype(np.uint32)
+    mixed = rgba[..., :3].astype(np.uint32) * alpha + 255 * (255 - alpha) + 128
+    return ((mixed + (mixed >> 8)) >> 8).astype(np.uint8)
+
+
 class _RgbConverter:
     """Frame -> RGB uint8 through libavfilter's pixel-format conversion, which gives FFmpeg's CLI's (and
     torchcodec's) pixels. PyAV's ``to_ndarray(format="rgb24")`` calls swscale itself and, on 10-bit or
@@ -620,6 +641,7 @@ class _RgbConverter:
         self.size = (timeline.height, timeline.width) if transposed else (timeline.width, timeline.height)
         self.graph = None
         self.params = None
+        self.alpha = False
 
     def __call__(self, frame) -> np.ndarray:
         import av
@@ -631,13 +653,16 @@ class _RgbConverter:
             chain = [src]
             if (frame.width, frame.height) != self.size:  # scaled first, then converted: the CLI's order
                 chain.append(self.graph.add("scale", f"{self.size[0]}:{self.size[1]}"))
-            chain += [self.graph.add("format", "pix_fmts=rgb24"), self.graph.add("buffersink")]
+            # transparent pixels onto white, as a frame folder's images are: rgb24 would drop the alpha
+            self.alpha = has_alpha(frame.format.name)
+            chain += [self.graph.add("format", f"pix_fmts={'rgba' if self.alpha else 'rgb24'}"), self.graph.add("buffersink")]
             for a, b in zip(chain, chain[1:]):
                 a.link_to(b)
             self.graph.configure()
             self.params = params
         self.graph.push(frame)
-        return self.graph.pull().to_ndarray()
+        rgb = self.graph.pull().to_ndarray()
+        return onto_white(rgb) if self.alpha else rgb
 
 
 _CHUNKERS = {"decord": _decord_chunks, "torchcodec": _torchcodec_chunks, "pyav": _pyav_chunks}

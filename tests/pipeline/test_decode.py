@@ -244,6 +244,34 @@ def test_frame_folder_transparency_is_composited_onto_white_as_the_hf_processors
     assert (clip.frames == 255).all(axis=-1).mean() > (0.04 if mode == "P" else 0.3)
 
 
+@pytest.mark.parametrize("codec, pix_fmt", [("png", "rgba"), ("qtrle", "argb"), ("ffv1", "yuva420p")])
+def test_a_video_with_an_alpha_channel_is_put_onto_white_as_its_frames_as_images_are(tmp_path, codec, pix_fmt):
+    """A video decoded to RGBA (PNG or QuickTime RLE in MOV, FFV1 with alpha) lost its alpha on every backend:
+    transparent pixels showed the colour under them (up to 179 levels off the same frames read as PNGs)."""
+    rng = np.random.default_rng(2)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        rgba = rng.integers(0, 256, (32, 48, 4), dtype=np.uint8)
+        rgba[..., 3] = rng.choice([0, 77, 255], (32, 48))
+        Image.fromarray(rgba, "RGBA").save(frames / f"{i:03d}.png")
+    video = tmp_path / f"alpha_{codec}.{'mkv' if codec == 'ffv1' else 'mov'}"
+    subprocess.run(["ffmpeg", "-v", "error", "-framerate", "25", "-i", str(frames / "%03d.png"), "-c:v", codec, "-pix_fmt", pix_fmt, str(video)], check=True)
+    assert read_timeline(str(video)).pix_fmt == pix_fmt
+    as_images = decode_clip({"source_kind": "frames", "path": str(frames), "fps": 25.0}).frames
+    assert (as_images == 255).all(axis=-1).mean() > 0.3  # a third of the pixels are fully transparent
+    for backend, clip in _decode_all({"source_kind": "video", "path": str(video)}).items():
+        if pix_fmt == "yuva420p":  # subsampled colour: compared to the CLI's RGBA put onto white by PIL
+            rgba = subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-f", "rawvideo", "-pix_fmt", "rgba", "-"],
+                                  check=True, capture_output=True).stdout
+            white = Image.new("RGBA", (48, 32), (255, 255, 255))
+            want = [np.asarray(Image.alpha_composite(white, Image.fromarray(f, "RGBA")).convert("RGB"))
+                    for f in np.frombuffer(rgba, np.uint8).reshape(-1, 32, 48, 4)]
+            assert np.array_equal(clip.frames, np.stack(want)), backend
+        else:
+            assert np.array_equal(clip.frames, as_images), backend
+
+
 def test_frame_folder_skips_hidden_files(tmp_path):
     # macOS writes "._NAME" AppleDouble files (not images) beside every file it copies to a foreign disk
     for i in range(3):
