@@ -104,10 +104,14 @@ def build_manifest(
 
     to_probe = [r for r in rows if r["path"] and r["status"] not in ("bad_annotation", "bad_path")]
     probed = probe_rows(to_probe, num_cpus=num_cpus, full_decode=full_decode, default_fps=frame_fps, progress=progress)
+    other_rate = []  # ids of rows whose annotation gives an fps their source overrules (a video's own rate)
     for res in probed.to_pylist():
         row = rows[res["_row"]]
         annotation_error = (row["status"], row["error"])
+        given_fps = row.get("fps")
         row.update({k: res[k] for k in PROBED})
+        if given_fps and row["fps"] and abs(given_fps - row["fps"]) > 0.001 * row["fps"]:
+            other_rate.append(row["id"])
         if annotation_error[0] is not None:  # an annotation problem outranks what the probe found
             row["status"], row["error"] = annotation_error
     for row in rows:
@@ -125,4 +129,8 @@ def build_manifest(
     table = rows_to_table(rows, build_info)
     write_manifest(table, out)
     counts = collections.Counter(r["status"] for r in rows)
-    return {"manifest": str(out), "rows": len(rows), "status": dict(sorted(counts.items()))}
+    summary = {"manifest": str(out), "rows": len(rows), "status": dict(sorted(counts.items()))}
+    if other_rate:  # not refused (the clip is fine), but never dropped without a word
+        summary["notes"] = [f"{len(other_rate)} row(s) give an fps that their video (or parameter file) overrules with its own rate, e.g. "
+                            f"{', '.join(map(str, other_rate[:3]))}: the annotation's fps is used only for frame folders and files that record none"]
+    return summary

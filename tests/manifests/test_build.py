@@ -283,3 +283,16 @@ def test_a_frame_image_the_probe_may_not_open_is_unreadable_not_corrupt(tmp_path
     monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
     got = probe_clip({"source_kind": "frames", "path": str(tmp_path / "f"), "fps": 25.0})
     assert got["status"] == "unreadable" and "Permission denied" in got["error"], got
+
+
+def test_an_fps_a_video_overrules_is_noted_not_dropped_in_silence(tmp_path):
+    """A table's fps column on a video row (50 for a 25 fps video) was replaced by the video's rate without a word."""
+    from tests.helpers import write_video
+
+    write_video(tmp_path / "v.mp4", np.zeros((5, 32, 32, 3), np.uint8), fps=25)
+    ann = tmp_path / "t.csv"
+    ann.write_text("id,path,text,fps\nwrong,v.mp4,a,50\nright,v.mp4,b,25\nnone,v.mp4,c,\n", encoding="utf-8")
+    summary = build_manifest([ann], tmp_path / "m.parquet", root=tmp_path, progress=False, num_cpus=1)
+    assert summary["notes"] == ["1 row(s) give an fps that their video (or parameter file) overrules with its own rate, e.g. wrong: "
+                                "the annotation's fps is used only for frame folders and files that record none"]
+    assert read_manifest(tmp_path / "m.parquet").column("fps").to_pylist() == [25.0, 25.0, 25.0]
