@@ -294,10 +294,9 @@ def select_range(times_s: np.ndarray, start_s: float | None, end_s: float | None
     if not (np.isfinite(start) and np.isfinite(end)) or start < 0 or end <= start:
         raise ClipError("bad_range", f"range [{start_s}, {end_s}) is empty or invalid for {path}")
     if start >= duration_s or end > duration_s + RANGE_END_TOLERANCE_S:
-        raise ClipError(
-            "range_out_of_bounds",
-            f"range [{start:.3f}, {end:.3f}) s is past the end of {path} ({duration_s:.3f} s)",
-        )
+        # the times as given, not rounded: [2.9, 3.5001) past a 3 s video read as [2.900, 3.500), which is allowed
+        why = "starts at or after its end" if start >= duration_s else f"ends more than {RANGE_END_TOLERANCE_S:g} s after its end"
+        raise ClipError("range_out_of_bounds", f"range [{start!r}, {end!r}) s {why}: {path} lasts {duration_s:.6g} s")
     eps = 1e-6  # timestamps are rationals turned into floats
     idx = np.nonzero((times_s >= start - eps) & (times_s < end - eps))[0]
     if len(idx) == 0:
@@ -342,9 +341,13 @@ def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: 
         if fps is not None:
             fps = fps * (max_frames - 1) / (len(pos) - 1) if max_frames > 1 else fps / len(pos)
         pos = pos[pick]
-    # 12 significant digits: (n - 1) / span of exact k / 30 times is 29.999999999999996, which the sample JSON
-    # recorded; a rate that digits can tell apart (29.97002997) keeps them
-    return pos, float(f"{fps:.12g}") if fps is not None else None
+    return pos, _recorded(fps) if fps is not None else None
+
+
+def _recorded(seconds_or_rate: float) -> float:
+    """12 significant digits: (n - 1) / span of exact k / 30 times is 29.999999999999996, which the sample JSON
+    recorded; a rate that digits can tell apart (29.97002997) keeps them."""
+    return float(f"{seconds_or_rate:.12g}")
 
 
 def _check_limits(count: int, height: int, width: int, options: DecodeOptions, what: str, memory: bool = True) -> None:
@@ -805,7 +808,7 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
     _check_limits(len(indices), timeline.height, timeline.width, options, path, memory=False)
     backend = "pyav" if pyav_instead(options.backend, timeline, uniq) else options.backend
     if out_fps is None:  # a single frame: report the stream's own rate
-        out_fps = 1.0 / timeline.frame_duration_s
+        out_fps = _recorded(1.0 / timeline.frame_duration_s)  # a median of float gaps: 24.99999999999998
     chunk = _chunk_frames(timeline.height, timeline.width, chunk_mib)
     if Path(path).suffix.lower() in IMAGE_EXTENSIONS and len(timeline.times_s) == 1:
         # a still image given as a clip: read as a frame folder's images are (transparency onto white, 16-bit
@@ -813,7 +816,7 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
         chunks = iter([_load_image(Path(path))[None]])
     else:
         chunks = _video_chunks(backend, path, uniq, timeline, chunk)
-    return ClipFrames(len(indices), timeline.height, timeline.width, float(out_fps), clip_times[pos], timeline.span_s(in_range),
+    return ClipFrames(len(indices), timeline.height, timeline.width, float(out_fps), clip_times[pos], _recorded(timeline.span_s(in_range)),
                       chunks, repeats)
 
 

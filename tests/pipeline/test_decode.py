@@ -101,6 +101,14 @@ def test_range_is_half_open_on_frame_timestamps(tmp_path):
     with pytest.raises(ClipError) as err:
         decode_clip({**clip, "start_s": 5.0, "end_s": 6.0})
     assert err.value.kind == "range_out_of_bounds"
+    # a one-frame range records the stream's rate and the frame's length as digits tell them (24.99999999999998 and
+    # 0.040000000000000036 at 25 fps)
+    longer = write_video(tmp_path / "25fps.mp4", np.zeros((75, 32, 32, 3), np.uint8), fps=25)
+    one = decode_clip({"source_kind": "range", "path": str(longer), "start_s": 1.0, "end_s": 1.02})
+    assert (len(one.frames), one.fps, one.source_duration_s) == (1, 25.0, 0.04)
+    # the end as given, and why: rounded to 3 decimals it read [1.900, 2.500), which is allowed
+    with pytest.raises(ClipError, match=r"range \[1.9, 2.5001\) s ends more than 0.5 s after its end: .*long.mp4 lasts 2 s"):
+        decode_clip({**clip, "start_s": 1.9, "end_s": 2.5001})
     with pytest.raises(ClipError) as err:
         decode_clip({**clip, "start_s": 1.0, "end_s": 1.0})
     assert err.value.kind == "bad_range"
