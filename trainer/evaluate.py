@@ -172,8 +172,8 @@ def eval_shards(recipe, split: str) -> tuple[list[str], list[int], dict[str, dic
     and there is a sample (a split whose clips all failed extraction has only empty shards; the scorers cannot
     take zero)."""
     urls = list_shards(recipe.data.shards, split)
+    counts = shard_counts(urls)  # first: a tar the extraction did not commit is named as such, not for lacking streams
     features = require_streams(urls, recipe.data.streams, recipe.stream_widths())
-    counts = shard_counts(urls)
     if not sum(counts):
         raise SignfeatError(f"split {split!r}: its {len(urls)} shard(s) under {recipe.data.shards} hold no samples; nothing to evaluate")
     return urls, counts, features

@@ -123,8 +123,8 @@ def train_shards(recipe: Recipe, dist: Dist) -> tuple[list[str], list[int], dict
     the recipe's streams are there, of one extraction, and they make at least one whole batch per rank."""
     d = recipe.data
     urls = list_shards(d.shards, d.train_split)
+    counts = shard_counts(urls)  # first: a tar the extraction did not commit is named as such, not for lacking streams
     features = require_streams(urls, d.streams, recipe.stream_widths())
-    counts = shard_counts(urls)
     if not sum(counts):  # every training clip failed extraction: its shards are empty
         raise SignfeatError(f"data: the {len(urls)} shard(s) of split {d.train_split!r} under {d.shards} hold no samples")
     if batches_per_epoch(counts, dist.world_size, d.batch_size) == 0:

@@ -293,6 +293,26 @@ def test_a_stray_or_changed_tar_in_an_extraction_output_is_refused(tiny_shards, 
     assert shard_counts(list_shards(str(tiny_shards), "train")) == [4]  # shards outside an extraction output: no markers to check
 
 
+def test_an_unrelated_tar_in_an_extraction_output_is_named_as_not_committed_before_streams_are_read(tiny_shards, tmp_path):
+    """A user's own tar in OUT/train was reported as "shards have no stream clip_s2, videomae": the streams were
+    checked before the completion markers."""
+    from tests.trainer.conftest import tiny_recipe
+    from trainer.evaluate import eval_shards
+    from trainer.loop import Dist, train_shards
+    from trainer.recipe import recipe_from_dict
+
+    out = tmp_path / "out"
+    _committed_copy(tiny_shards, out)
+    with tarfile.open(out / "train" / "zzz-unrelated.tar", "w") as tar:
+        info = tarfile.TarInfo("readme.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    recipe = recipe_from_dict(tiny_recipe(out, tmp_path / "run"))
+    for check in (lambda: train_shards(recipe, Dist()), lambda: eval_shards(recipe, "train")):
+        with pytest.raises(SignfeatError, match=r"zzz-unrelated.tar: not a shard the extraction in .* committed"):
+            check()
+
+
 def _shard_with_settings(path, token: str, compute_dtype: str = "float32"):
     import webdataset as wds
 
