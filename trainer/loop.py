@@ -362,6 +362,22 @@ def _rng_from_json(state):
 # ------------------------------------------------------------------------------------------------ the loop
 
 
+def keep_log_up_to(path: Path, step: int) -> None:
+    """Drop the rows of ``path`` (a run's log.jsonl) past ``step``: a resume from an earlier checkpoint would
+    otherwise log a second row for each step it trains again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row_step = json.loads(line).get("step")
+        except (ValueError, AttributeError):  # a line cut short by a kill: not a row
+            continue
+        if not isinstance(row_step, int) or row_step <= step:
+            kept.append(line)
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
 class JsonLog:
     def __init__(self, path: Path | None, append: bool):
         self.file = path.open("a" if append else "w", encoding="utf-8") if path is not None else None
@@ -385,6 +401,8 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     refuse_another_run(out_dir, resume_from, overwrite)
     # going on with this out_dir's own run (its log continues); anything else starts the out_dir afresh
     own_run = resume_from is not None and resume_from.resolve().parent == (out_dir / "checkpoints").resolve()
+    if own_run and overwrite:
+        raise SignfeatError(f"--resume {resume} goes on with the run in out_dir {out_dir}, and --overwrite would delete it: give one of them")
     if resume_from is not None and not own_run and dist.main:  # a run started from another's checkpoint: say where it goes
         hint = f"; to go on in its own run folder, give out_dir={resume_from.parent.parent}" if resume_from.parent.name == "checkpoints" else ""
         print(f"resuming {resume_from} into out_dir {out_dir} (the recipe's) as a run of its own: its checkpoints and log go there{hint}",
@@ -430,6 +448,12 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         if changed and dist.main:  # allowed (a longer run, another eval setting), but never silently
             print(f"resuming {resume_from} with a changed recipe: {'; '.join(changed)}", file=sys.stderr)
         step, position = state["step"], DataPosition(**state["data_position"])
+        if dist.main and step == recipe.optim.max_steps:
+            print(f"checkpoint {resume_from} is at optim.max_steps {step}: nothing to train (raise optim.max_steps to go on)", file=sys.stderr)
+        later = [f.name for f in _step_folders(out_dir / "checkpoints") if int(f.name[5:]) > step] if own_run else []
+        if dist.main and later:
+            print(f"resuming step {step} of this run: its later checkpoints ({', '.join(later)}) belong to the continuation this "
+                  f"resume replaces, each as training reaches its step; log.jsonl keeps its rows up to step {step}", file=sys.stderr)
         saved_order = state.get("data_order")
         if position.batch and saved_order is None and dist.main:  # state.json of an older signfeat
             print(f"resuming mid-epoch {position.epoch} from a checkpoint that records no data order (an older signfeat): "
@@ -461,7 +485,16 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
                 shutil.rmtree(old, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
+        for unfinished in (out_dir / "checkpoints").glob("step-*.tmp"):  # a save killed mid-way: never a checkpoint
+            import shutil
+
+            shutil.rmtree(unfinished, ignore_errors=True)
+        if own_run:  # rows past the checkpoint are of the continuation this resume replaces: one row per step
+            keep_log_up_to(out_dir / "log.jsonl", step)
     log = JsonLog(out_dir / "log.jsonl" if dist.main else None, append=own_run)  # a new run, a new log
+    if own_run:
+        log.write({"step": step, "resumed_from": str(resume_from)})
+    trained_from = step
     o, vt = recipe.optim, recipe.vt_align
     last_step = o.max_steps if stop_after_steps is None else min(o.max_steps, step + stop_after_steps)
     progress = _progress(recipe, dist, step, o.max_steps)
@@ -531,10 +564,14 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         progress.close()
     summary.update(step=step, data_position=position.__dict__)
     if dist.main:
-        summary["checkpoint"] = str(save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer,
-                                                    scheduler, step, position, rng, recipe, order, features))
-        if step == o.max_steps and recipe.eval.at_end:
-            summary["eval"] = _evaluate(model, recipe, out_dir / "eval" / f"step-{step:06d}")
+        if newest_checkpoint is not None and newest_checkpoint[0] == step:  # saved at this step (checkpoint_every), or resumed
+            summary["checkpoint"] = str(newest_checkpoint[1])              # with nothing to train: not rewritten (eval-* inside kept)
+        else:
+            summary["checkpoint"] = str(save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer,
+                                                        scheduler, step, position, rng, recipe, order, features))
+        scores = out_dir / "eval" / f"step-{step:06d}" / "scores.json"
+        if step == o.max_steps and recipe.eval.at_end and (step > trained_from or not scores.is_file()):
+            summary["eval"] = _evaluate(model, recipe, scores.parent)
             log.write({"step": step, "eval": summary["eval"]})
     if dist.world_size > 1:
         torch.distributed.barrier()

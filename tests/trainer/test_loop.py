@@ -111,6 +111,41 @@ def test_a_resume_into_another_out_dir_says_where_the_run_goes(tiny_shards, tmp_
     assert "as a run of its own" not in capsys.readouterr().err
 
 
+def test_resuming_a_run_keeps_one_log_row_per_step_and_rewrites_nothing_when_there_is_nothing_to_train(tiny_shards, tmp_path, capsys):
+    """A resume from an earlier checkpoint logged a second row for each step it trained again; a re-submitted
+    finished run re-saved its last checkpoint (deleting the `signfeat eval` results inside it) and evaluated again;
+    a save killed mid-way left step-N.tmp for good; --resume with --overwrite ignored --overwrite."""
+    from pipeline.errors import SignfeatError
+
+    def recipe(**optim):
+        return recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", "t5", optim={"max_steps": 4, **optim}, checkpoint_every=2,
+                                            eval={"at_end": True, "num_beams": 1, "max_new_tokens": 8}, data={"eval_split": "dev"}))
+
+    def log_rows():
+        return [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+
+    train(recipe())
+    (tmp_path / "run" / "checkpoints" / "step-000009.tmp").mkdir()  # as a save killed mid-way leaves it
+    capsys.readouterr()
+    train(recipe(lr=1e-3), resume=tmp_path / "run" / "checkpoints" / "step-000002")
+    assert "its later checkpoints (step-000004) belong to the continuation this resume replaces" in capsys.readouterr().err
+    steps = [r["step"] for r in log_rows() if "loss" in r]
+    assert steps == [1, 2, 3, 4] and [r["step"] for r in log_rows() if "eval" in r] == [4]
+    assert not (tmp_path / "run" / "checkpoints" / "step-000009.tmp").exists()
+
+    evaluated = tmp_path / "run" / "checkpoints" / "step-000004" / "eval-test" / "scores.json"
+    evaluated.parent.mkdir()
+    evaluated.write_text("{}")  # what `signfeat eval --checkpoint run` writes
+    rows = log_rows()
+    summary = train(recipe(lr=1e-3), resume=tmp_path / "run")
+    assert "is at optim.max_steps 4: nothing to train" in capsys.readouterr().err
+    assert evaluated.is_file() and summary["checkpoint"].endswith("step-000004") and "eval" not in summary
+    assert log_rows() == rows + [{"step": 4, "resumed_from": str(tmp_path / "run" / "checkpoints" / "step-000004")}]
+
+    with pytest.raises(SignfeatError, match="goes on with the run in out_dir .* and --overwrite would delete it: give one of them"):
+        train(recipe(), resume=tmp_path / "run", overwrite=True)
+
+
 def test_a_mid_epoch_resume_with_another_data_order_goes_on_with_the_next_epoch(tiny_shards, tmp_path, capsys):
     """The resume replays the epoch's order up to the saved micro-batch index; with other ranks, DataLoader
     workers or shuffle buffer that order holds other samples, and 6 of 26 were trained twice in the epoch. The
