@@ -22,8 +22,9 @@ def register(sub) -> None:
     t.set_defaults(handler=_train)
 
     e = sub.add_parser("eval", help="translate a split with a checkpoint; BLEU-1..4 and ROUGE-L")
-    e.add_argument("--checkpoint", required=True, metavar="RUN_OR_CHECKPOINT")
-    e.add_argument("--split", default="test")
+    e.add_argument("--checkpoint", required=True, metavar="RUN_OR_CHECKPOINT",
+                   help="a checkpoint folder, or a run folder (its checkpoints/latest.json)")
+    e.add_argument("--split", default="test", help="the split to translate and score (default: test, not the recipe's data.eval_split)")
     e.add_argument("--out", metavar="DIR", help="where predictions.jsonl and scores.json go (default: CHECKPOINT/eval-SPLIT)")
     e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. eval.num_beams=1 eval.do_sample=true data.shards=OUT")
     e.set_defaults(handler=_eval)

@@ -314,13 +314,13 @@ class Recipe:
 def _positive(section: str, **values) -> None:
     for key, value in values.items():
         if not 0 < value < math.inf:  # NaN and inf too (optim.lr=.inf would train on NaN)
-            raise SignfeatError(f"{section + '.' if section else ''}{key}: must be > 0, got {value!r}")
+            raise SignfeatError(f"{section + '.' if section else ''}{key}: must be a finite number > 0, got {value!r}")
 
 
 def _nonneg(section: str, **values) -> None:
     for key, value in values.items():
         if not 0 <= value < math.inf:
-            raise SignfeatError(f"{section + '.' if section else ''}{key}: must be >= 0, got {value!r}")
+            raise SignfeatError(f"{section + '.' if section else ''}{key}: must be a finite number >= 0, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------- building

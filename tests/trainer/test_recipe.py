@@ -38,7 +38,7 @@ def test_overrides_apply_and_are_typed():
     ("optim.lr_max=1", "optim.lr_max: unknown key"),
     ("optimizer.lr=1", "optimizer: unknown key"),
     ("optim.lr=fast", "optim.lr: expected a number"),
-    ("optim.lr=-1", "optim.lr: must be > 0"),
+    ("optim.lr=-1", "optim.lr: must be a finite number > 0"),
     ("vt_align.pooling=median", "vt_align.pooling"),
     ("eval.bleu_tokenize=words", "eval.bleu_tokenize"),
     ("llm.kind=decoder_only", "does not match"),
@@ -47,23 +47,23 @@ def test_overrides_apply_and_are_typed():
     ("lr", "expected key=value"),
     # accepted before, then misused: every step checkpointed / evaluated, no eval sample, NaN training,
     # negative clip_grad read as "no clipping", AdamW's own error only after the model loaded
-    ("checkpoint_every=-1", "checkpoint_every: must be >= 0"),
-    ("eval.every=-1", "eval.every: must be >= 0"),
-    ("eval.max_samples=-1", "eval.max_samples: must be >= 0"),
-    ("optim.lr=.inf", "optim.lr: must be > 0"),
-    ("optim.eps=-1", "optim.eps: must be > 0"),
-    ("optim.weight_decay=-0.1", "optim.weight_decay: must be >= 0"),
-    ("optim.clip_grad=-1", "optim.clip_grad: must be >= 0"),
+    ("checkpoint_every=-1", "checkpoint_every: must be a finite number >= 0"),
+    ("eval.every=-1", "eval.every: must be a finite number >= 0"),
+    ("eval.max_samples=-1", "eval.max_samples: must be a finite number >= 0"),
+    ("optim.lr=.inf", "optim.lr: must be a finite number > 0"),
+    ("optim.eps=-1", "optim.eps: must be a finite number > 0"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay: must be a finite number >= 0"),
+    ("optim.clip_grad=-1", "optim.clip_grad: must be a finite number >= 0"),
     ("vt_align.weight=.nan", "vt_align"),
-    ("adapter.stream_widths.clip_s2=0", "adapter.stream_widths.clip_s2: must be > 0"),
-    ("adapter.standardize_samples=0", "adapter.standardize_samples: must be > 0"),
+    ("adapter.stream_widths.clip_s2=0", "adapter.stream_widths.clip_s2: must be a finite number > 0"),
+    ("adapter.standardize_samples=0", "adapter.standardize_samples: must be a finite number > 0"),
     # accepted before: NaN logits from the first VT-Align step on
     ("vt_align.init_logit_scale=.nan", "vt_align.init_logit_scale"),
     ("vt_align.init_logit_scale=1000", "vt_align.init_logit_scale"),
     # accepted before: one stream fed as both inputs, no BPE merges, logs silently every step, the run written into
     # the current folder, an overflow in seed_everything, a tokenizer that needs extra packages failing after training
     ("data.streams=[clip_s2, clip_s2]", "data.streams: a stream named twice"),
-    ("log_every=-5", "log_every: must be > 0"),
+    ("log_every=-5", "log_every: must be a finite number > 0"),
     ("out_dir=", "out_dir: give the run's folder"),
     ("seed=99999999999999999999999", "seed: expected 0 <= seed < 2\*\*63"),
     ("eval.bleu_tokenize=ja-mecab", "eval.bleu_tokenize ja-mecab: .*(install|mecab)"),
@@ -88,9 +88,9 @@ def test_defaults_validate():
 @pytest.mark.parametrize("override, message", [
     # each gave a traceback only after the model was built (ZeroDivisionError, a negative dimension, a size
     # mismatch inside attention, "Target modules not found")
-    ("llm.tiny.hidden=0", "llm.tiny.hidden: must be > 0"),
-    ("llm.tiny.ffn=-5", "llm.tiny.ffn: must be > 0"),
-    ("llm.tiny.layers=0", "llm.tiny.layers: must be > 0"),
+    ("llm.tiny.hidden=0", "llm.tiny.hidden: must be a finite number > 0"),
+    ("llm.tiny.ffn=-5", "llm.tiny.ffn: must be a finite number > 0"),
+    ("llm.tiny.layers=0", "llm.tiny.layers: must be a finite number > 0"),
     ("llm.tiny.heads=3", "multiple of heads"),
     ("llm.tiny.kv_heads=3", "multiple of kv_heads"),
 ])
