@@ -100,7 +100,7 @@ def test_bad_tiny_llm_settings_are_clear_errors(override, message):
 
 
 def test_a_bpe_vocabulary_must_have_a_size():
-    with pytest.raises(SignfeatError, match="llm.bpe_vocab_size: must be > 0"):
+    with pytest.raises(SignfeatError, match="llm.bpe_vocab_size: must be a finite number > 0"):
         load_recipe("configs/recipes/spamo_tiny.yaml", ["llm.bpe_vocab_size=0"])
 
 
