@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -227,8 +228,6 @@ def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, ste
     if recipe.llm.tokenizer == "bpe":  # trained on this run's training texts: eval and resume must not retrain it
         model.tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_FILE))
     if path.exists():
-        import shutil
-
         shutil.rmtree(path)
     tmp.rename(path)  # a checkpoint folder exists only when complete
     (path.parent / "latest.json").write_text(json.dumps({"checkpoint": path.name, "step": step}), encoding="utf-8")
@@ -479,15 +478,11 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     stream = train_batches(recipe, model.tokenizer, dist, position)
     if dist.main:  # written only now: with --overwrite, a mistake the checks above find must not have cost the old run
         if overwrite and not own_run:
-            import shutil
-
             for old in (out_dir / "checkpoints", out_dir / "eval"):
                 shutil.rmtree(old, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
         for unfinished in (out_dir / "checkpoints").glob("step-*.tmp"):  # a save killed mid-way: never a checkpoint
-            import shutil
-
             shutil.rmtree(unfinished, ignore_errors=True)
         if own_run:  # rows past the checkpoint are of the continuation this resume replaces: one row per step
             keep_log_up_to(out_dir / "log.jsonl", step)
