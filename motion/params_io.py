@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import math
 import pickle
 import re
 import zipfile
@@ -74,6 +75,9 @@ NAMED_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose",
 NAMED_WIDTHS = {"global_orient": 3, "body_pose": 63, "left_hand_pose": 45, "right_hand_pose": 45, "jaw_pose": 3, "leye_pose": 3,
                 "reye_pose": 3, "expression": 0, "betas": 0, "transl": 3}
 PER_FRAME_SUFFIXES = (".npz", ".pkl", ".pickle")
+# every key a reader takes a value from: stored as an object array, refused rather than skipped
+READ_KEYS = frozenset({*NAMED_KEYS, *SMPLERX_KEYS, "smplx", "fps", "total_valid_index", "poses", "trans", "mocap_frame_rate",
+                       "mocap_framerate", "world_rotation"})
 # other keys a named file may carry, read (fps, world_rotation) or known not to be parameters
 NAMED_EXTRA_KEYS = ("fps", "world_rotation", "gender", "num_betas", "model_type", "keypoints", "joints", "vertices")
 
@@ -199,6 +203,8 @@ def _natural_key(path: Path) -> list:
 
 def _load_mapping(path: Path) -> dict[str, Any]:
     if path.suffix == ".npz":
+        if not zipfile.is_zipfile(path):  # np.load would call it pickled data
+            raise SignfeatError(f"{path}: not a .npz (zip) archive, or one cut short")
         out = {}
         try:
             with np.load(path, allow_pickle=False) as archive:
@@ -206,7 +212,9 @@ def _load_mapping(path: Path) -> dict[str, Any]:
                     try:
                         out[key] = archive[key]
                     except ValueError:  # an object array (AMASS's gender, a dict of marker ids): pickled, never read
-                        continue
+                        if key in READ_KEYS:  # a parameter skipped would leave its joints at rest without a word
+                            raise SignfeatError(f"{path}: {key} is an object (pickled) array; signfeat reads parameters "
+                                                "from numeric arrays only (np.stack the per-frame arrays)") from None
         except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:  # cut off, not a zip, a bad member
             raise SignfeatError(f"{path}: unreadable .npz ({type(exc).__name__}: {exc})") from None
         return out
@@ -215,7 +223,8 @@ def _load_mapping(path: Path) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise SignfeatError(f"{path}: expected a pickled dict, got {type(data).__name__}")
         return data
-    raise SignfeatError(f"{path}: unsupported parameter file type {path.suffix!r} (use .pkl, .npz or .npy)")
+    raise SignfeatError(f"{path}: a {path.suffix or 'suffixless'} file holds no named parameters: this layout reads .npz or .pkl "
+                        "(a .npy is read as Motion-X (N, 322) or SignAvatars (N, 182): params_layout auto, motionx or signavatars)")
 
 
 def per_frame_files(folder: Path) -> list[Path]:
@@ -248,7 +257,7 @@ def detect_layout(path: str | Path) -> str:
     keys = set(_load_mapping(path))
     if "smplx" in keys:
         return "signavatars"
-    if "poses" in keys and "trans" in keys:
+    if "poses" in keys:  # trans is checked by the reader, which says it is missing
         return "amass"
     if keys & set(SMPLERX_KEYS):
         return "smplerx"
@@ -271,11 +280,18 @@ def _split_columns(matrix: np.ndarray, slices: dict[str, slice]) -> dict[str, np
     return {name: np.ascontiguousarray(matrix[:, s], dtype=np.float32) for name, s in slices.items()}
 
 
-def _fps_of(value: Any) -> float | None:
+def _fps_of(value: Any, path: Path, key: str = "fps") -> float | None:
+    """The frame rate a file records, or None when it records none; one that is no rate is refused (read as
+    absent, it was then said to be missing)."""
     if value is None:
         return None
-    fps = float(np.asarray(value).reshape(-1)[0])
-    return fps if fps > 0 else None
+    try:
+        fps = float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError):
+        fps = math.nan
+    if not (math.isfinite(fps) and fps > 0):
+        raise SignfeatError(f"{path}: its {key} {np.asarray(value).tolist()!r} is not a frame rate (a positive number)")
+    return fps
 
 
 def _read_signavatars(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
@@ -284,7 +300,7 @@ def _read_signavatars(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
         matrix, fps = np.load(path, allow_pickle=False), None
     else:
         data = _load_mapping(path)
-        matrix, fps, valid = data["smplx"], _fps_of(data.get("fps")), data.get("total_valid_index")
+        matrix, fps, valid = data["smplx"], _fps_of(data.get("fps"), path), data.get("total_valid_index")
     matrix = np.asarray(matrix, dtype=np.float32)
     if matrix.ndim != 2 or matrix.shape[1] != 182:
         raise SignfeatError(f"{path}: SignAvatars 'smplx' must be (N, 182), got {matrix.shape}")
@@ -378,11 +394,22 @@ def _read_smplerx(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
             name, width = SMPLERX_KEYS.get(key) or (key, NAMED_WIDTHS.get(key))
             if width is None:
                 continue
+            shape = np.shape(value)
+            if width and len(shape) >= 3 and shape[-2:] == (3, 3):  # (1, 21, 3, 3): a rotation matrix per joint
+                raise SignfeatError(f"{file}: {key} of shape {shape} holds rotation matrices; signfeat reads SMPL-X poses "
+                                    "as axis-angle (3 values a joint)")
             rows = _rows(value, key, file)  # (21, 3), (1, 63), (persons, 63)...: one frame, the first person
-            flat = rows[0] if width == 0 else rows.reshape(-1)  # betas / expression: the first person's row
-            width = width or flat.size
-            if flat.size < width:
-                raise SignfeatError(f"{file}: {key} has {flat.size} values, expected {width}")
+            if width == 0:  # betas / expression: the first person's row, of any length
+                flat = rows[0]
+                width = flat.size
+            else:
+                flat = rows.reshape(-1)
+                persons, rest = divmod(flat.size, width)
+                # whole persons, one a row: (1, 66) or (1, 189) values are no person's, and their first 63 would be
+                # read as a pose without a word
+                if rest or not persons or (persons > 1 and persons != rows.shape[0]):
+                    raise SignfeatError(f"{file}: {key} has shape {shape}; expected {width} values a person, one person a row "
+                                        "(axis-angle)")
             found[name] = flat[None, :width]
         if "global_orient" not in found or "body_pose" not in found:
             raise SignfeatError(f"{file}: a SMPLer-X/OSX frame needs smplx_root_pose and smplx_body_pose, or global_orient "
@@ -400,11 +427,14 @@ def _read_amass(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
     if poses.shape[1] != 165:
         raise SignfeatError(f"{path}: AMASS poses of width {poses.shape[1]}; SMPL-X's are 165 (SMPL+H's 156 is another body model)")
     params = _split_columns(poses, AMASS_SLICES)
+    if "trans" not in data:
+        raise SignfeatError(f"{path}: an AMASS file needs trans (the root's path) beside poses (has {sorted(data)[:12]})")
     params["transl"] = _rows(data["trans"], "trans", path)
     if "betas" in data:
         params["betas"] = _rows(data["betas"], "betas", path)[:1]  # one shape for the clip
     params["world_rotation"] = AMASS_TO_Y_UP
-    return params, _fps_of(data.get("mocap_frame_rate", data.get("mocap_framerate")))
+    rate_key = "mocap_frame_rate" if "mocap_frame_rate" in data else "mocap_framerate"
+    return params, _fps_of(data.get(rate_key), path, rate_key)
 
 
 def _read_named(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
@@ -426,7 +456,7 @@ def _read_named(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
         if rotation.shape != (3, 3):
             raise SignfeatError(f"{path}: world_rotation must be 3x3, got {rotation.shape}")
         params["world_rotation"] = rotation
-    return params, _fps_of(data.get("fps"))
+    return params, _fps_of(data.get("fps"), path)
 
 
 READERS = {"signavatars": _read_signavatars, "smplerx": _read_smplerx, "motionx": _read_motionx, "amass": _read_amass, "named": _read_named}
@@ -443,7 +473,8 @@ def read_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, np.nd
     elif not path.exists():
         raise SignfeatError(f"no such parameters file or folder: {path}")
     params, fps = READERS[layout](path)
-    counts = {k: len(v) for k, v in params.items() if k != "world_rotation" and len(v) != 1}
+    # betas and expression may be one row for the clip; every other parameter is a row per frame
+    counts = {k: len(v) for k, v in params.items() if k != "world_rotation" and not (k in ("betas", "expression") and len(v) == 1)}
     if len(set(counts.values())) > 1:
         raise SignfeatError(f"{path}: parameters disagree on the number of frames: {counts}")
     if not counts and "global_orient" not in params:

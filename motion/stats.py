@@ -75,15 +75,25 @@ def find_shards(paths: list[str | Path]) -> list[Path]:
     return list({p.resolve(): p for p in shards}.values())
 
 
-def motion_stats(paths: list[str | Path], stream: str = "smplx623") -> dict:
-    """Mean and std over all frames of ``stream`` in the shards (clips with NaN skipped, as HumanML3D does)."""
+def _samples_of(shard: Path):
+    """A shard's samples; a file that is not a tar (a features .npy, a parameters .npz) is one line, not a traceback."""
+    import tarfile
+
     from shards.reader import read_samples
 
+    try:
+        yield from read_samples(shard)
+    except tarfile.TarError as exc:
+        raise SignfeatError(f"{shard}: not a shard tar ({exc}); give the shards (.tar) or the folder `signfeat extract --out` wrote") from None
+
+
+def motion_stats(paths: list[str | Path], stream: str = "smplx623") -> dict:
+    """Mean and std over all frames of ``stream`` in the shards (clips with NaN skipped, as HumanML3D does)."""
     moments = RunningMoments(FEATURE_WIDTH)
     clips = skipped_nan = missing = 0
     shards = find_shards(paths)
     for shard in shards:
-        for sample in read_samples(shard):
+        for sample in _samples_of(shard):
             features = sample.get(stream)
             if features is None:
                 missing += 1

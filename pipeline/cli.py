@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
     f.add_argument("--batch-size", type=_number(int, 1))
     f.add_argument("--decode-backend", default="decord", choices=["decord", "torchcodec", "pyav"])
-    f.add_argument("--fps", type=_positive_float, help="frame rate of a frame folder (default 25)")
+    f.add_argument("--fps", type=_positive_float, help="frame rate of a frame folder (default 25), or of a SMPL-X parameter file that records none")
     # the job's decode options, so one clip's array can be compared with what a job's shard holds
     f.add_argument("--target-fps", type=_positive_float, help="resample the frames in time, as the job's decode.target_fps")
     f.add_argument("--max-frames", type=_number(int, 1), help="keep at most this many frames, as the job's decode.max_frames")
@@ -258,6 +258,12 @@ def _features(args) -> int:
         extractor = build_extractor(config)
         array, frames, fps = extractor.extract_files([str(args.video)], [args.fps])[0]  # frames/fps the rows align to
         estimate = {}
+        if args.fps:  # a file that records its rate keeps it (as in a job): never a given --fps dropped without a word
+            from motion.params_io import read_clip_params
+
+            own = read_clip_params(args.video, extractor.settings.params_layout)[1]
+            if own and abs(own - args.fps) > 1e-3 * own:
+                print(f"note: {args.video} records its own rate, {own:g} fps, which is used; --fps {args.fps:g} is not", file=sys.stderr)
     else:
         clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
         try:

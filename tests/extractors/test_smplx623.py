@@ -159,6 +159,11 @@ def test_cli_features_on_a_parameters_file(model_dir, extractor, tmp_path, capsy
     assert main(["features", str(tmp_path / "clip.npz"), "--extractor", "smplx623", "--set", f"model_dir={model_dir}",
                  "--target-fps", "10", "--out", str(tmp_path / "h.npy")]) == 2
     assert "--target-fps applies to videos and frame folders" in capsys.readouterr().err and not (tmp_path / "h.npy").exists()
+    # --fps for a file that records its own rate: the file's is used (as in a job), and said (it was dropped silently)
+    np.savez(tmp_path / "rated.npz", **params, fps=np.array(30.0))
+    assert main(["features", str(tmp_path / "rated.npz"), "--extractor", "smplx623", "--set", f"model_dir={model_dir}",
+                 "--fps", "60", "--out", str(tmp_path / "r.npy")]) == 0
+    assert "records its own rate, 30 fps, which is used; --fps 60 is not" in capsys.readouterr().err
 
 
 def test_extract_files_gives_features_and_their_time_base(model_dir, tmp_path):

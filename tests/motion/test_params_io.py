@@ -424,7 +424,7 @@ def test_empty_cut_off_or_misspelt_parameter_files_are_clear_clip_errors(tmp_pat
     np.savez(tmp_path / "typo.npz", global_orient=params["global_orient"], body_pose=params["body_pose"],
              lhand_pose=np.zeros((t, 45)), transl=params["transl"])
     np.savez(tmp_path / "no_body.npz", global_orient=params["global_orient"], transl=params["transl"])
-    for name, message in [("empty", "global_orient is empty"), ("cut", "unreadable .npz"),
+    for name, message in [("empty", "global_orient is empty"), ("cut", "not a .npz \\(zip\\) archive, or one cut short"),
                           ("typo", "'lhand_pose' is not a SMPL-X parameter name; did you mean 'left_hand_pose'"),
                           ("no_body", "need body_pose")]:
         with pytest.raises(ClipError, match=message) as exc:
@@ -479,3 +479,53 @@ def test_signavatars_frames_the_estimator_skipped_are_refused_not_read_as_consec
     else:
         with pytest.raises(SignfeatError, match=error):
             read_params(path)
+
+
+@pytest.mark.parametrize("key, shape", [("body_pose", (1, 21, 3, 3)), ("body_pose", (1, 66)), ("body_pose", (1, 189)),
+                                        ("global_orient", (1, 1, 3, 3)), ("left_hand_pose", (1, 48))])
+def test_a_per_frame_pose_of_another_shape_is_refused_not_cut_to_size(tmp_path, params, key, shape):
+    """Rotation matrices, or a pose wider than one person's, were flattened and their first values read as
+    axis-angle: features of another motion, without a word."""
+    for i in range(FRAMES):
+        _smplerx_frame(tmp_path / f"{i:05}_0.npz", params, i)
+        frame = dict(np.load(tmp_path / f"{i:05}_0.npz"))
+        frame[key] = np.zeros(shape, np.float32)
+        np.savez(tmp_path / f"{i:05}_0.npz", **frame)
+    expected = "holds rotation matrices" if shape[-2:] == (3, 3) else "values a person, one person a row"
+    with pytest.raises(SignfeatError, match=f"{key} (of shape|has shape) .*{expected}"):
+        read_params(tmp_path)
+
+
+def test_two_persons_a_row_each_still_read_the_first(tmp_path, params):
+    for i in range(FRAMES):
+        np.savez(tmp_path / f"{i:05}.npz", global_orient=np.stack([params["global_orient"][i], params["global_orient"][i] + 1]),
+                 body_pose=np.stack([params["body_pose"][i], params["body_pose"][i] + 1]), transl=params["transl"][i][None])
+    read, _ = read_params(tmp_path)
+    _assert_same(read, {k: params[k].astype(np.float32) for k in ("global_orient", "body_pose", "transl")}, ["global_orient", "body_pose", "transl"])
+
+
+def test_parameter_files_with_unreadable_values_are_refused_and_named(tmp_path, params):
+    """An object-array hand pose was skipped (its joints at rest), an AMASS file without trans was said to lack
+    body_pose, garbage named .npz was called pickled data, a fps of 0 or NaN was read as no fps, and rows of another
+    count blamed the wrong parameter."""
+    hands = np.empty(FRAMES, dtype=object)
+    hands[:] = list(params["left_hand_pose"])
+    np.savez(tmp_path / "objects.npz", **{**params, "left_hand_pose": hands})
+    with pytest.raises(SignfeatError, match="left_hand_pose is an object \\(pickled\\) array"):
+        read_params(tmp_path / "objects.npz")
+    np.savez(tmp_path / "amass.npz", poses=np.zeros((FRAMES, 165)), betas=np.zeros(16), mocap_frame_rate=np.array(30.0))
+    with pytest.raises(SignfeatError, match="an AMASS file needs trans"):
+        read_params(tmp_path / "amass.npz")
+    (tmp_path / "garbage.npz").write_bytes(b"\x00" * 100)
+    with pytest.raises(SignfeatError, match="garbage.npz: not a .npz \\(zip\\) archive, or one cut short"):
+        read_params(tmp_path / "garbage.npz", "named")
+    for bad in (0.0, -30.0, np.nan):
+        np.savez(tmp_path / "rate.npz", **params, fps=np.array(bad))
+        with pytest.raises(SignfeatError, match="its fps .* is not a frame rate"):
+            read_params(tmp_path / "rate.npz")
+    np.savez(tmp_path / "rows.npz", **{**params, "global_orient": params["global_orient"][:1]})
+    with pytest.raises(SignfeatError, match=f"disagree on the number of frames: .*'global_orient': 1, 'body_pose': {FRAMES}"):
+        read_params(tmp_path / "rows.npz")
+    np.save(tmp_path / "m.npy", np.zeros((FRAMES, 322), np.float32))
+    with pytest.raises(SignfeatError, match="a .npy file holds no named parameters: this layout reads .npz or .pkl"):
+        read_params(tmp_path / "m.npy", "amass")

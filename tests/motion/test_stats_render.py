@@ -72,6 +72,10 @@ def test_motion_stats_cli(corpus, tmp_path, capsys):
     assert json.loads((tmp_path / "stats" / "stats.json").read_text())["clips"] == 7
     assert main(["motion-stats", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert "no such shard" in capsys.readouterr().err
+    # a file that is not a shard (a features .npy) was a tarfile traceback
+    np.save(tmp_path / "f.npy", np.zeros((3, 623), np.float32))
+    assert main(["motion-stats", str(tmp_path / "f.npy"), "--out", str(tmp_path / "y")]) == 2
+    assert "f.npy: not a shard tar" in capsys.readouterr().err
 
 
 def test_motion_stats_without_the_stream_is_an_error(tmp_path):
