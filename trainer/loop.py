@@ -230,8 +230,13 @@ def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, ste
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)  # a checkpoint folder exists only when complete
-    (path.parent / "latest.json").write_text(json.dumps({"checkpoint": path.name, "step": step}), encoding="utf-8")
+    point_latest(path, step)
     return path
+
+
+def point_latest(checkpoint: Path, step: int) -> None:
+    """Name ``checkpoint`` in its folder's latest.json: what ``--resume RUN`` and ``eval --checkpoint RUN`` take."""
+    (checkpoint.parent / "latest.json").write_text(json.dumps({"checkpoint": checkpoint.name, "step": step}), encoding="utf-8")
 
 
 def load_checkpoint(path: Path, model: SignTranslator, optimizer=None, scheduler=None) -> dict:
@@ -484,10 +489,11 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
         for unfinished in (out_dir / "checkpoints").glob("step-*.tmp"):  # a save killed mid-way: never a checkpoint
             shutil.rmtree(unfinished, ignore_errors=True)
-        if own_run:  # rows past the checkpoint are of the continuation this resume replaces: one row per step
-            keep_log_up_to(out_dir / "log.jsonl", step)
+        if own_run and step < recipe.optim.max_steps:  # what follows the checkpoint is the continuation this resume replaces:
+            keep_log_up_to(out_dir / "log.jsonl", step)  # one log row per step, and a kill before the next save resumes
+            point_latest(resume_from, step)              # from here, not from the replaced continuation's last checkpoint
     log = JsonLog(out_dir / "log.jsonl" if dist.main else None, append=own_run)  # a new run, a new log
-    if own_run:
+    if own_run and step < recipe.optim.max_steps:
         log.write({"step": step, "resumed_from": str(resume_from)})
     trained_from = step
     o, vt = recipe.optim, recipe.vt_align

@@ -111,7 +111,8 @@ def test_a_resume_into_another_out_dir_says_where_the_run_goes(tiny_shards, tmp_
     assert "as a run of its own" not in capsys.readouterr().err
 
 
-def test_resuming_a_run_keeps_one_log_row_per_step_and_rewrites_nothing_when_there_is_nothing_to_train(tiny_shards, tmp_path, capsys):
+def test_resuming_a_run_keeps_one_log_row_per_step_and_rewrites_nothing_when_there_is_nothing_to_train(tiny_shards, tmp_path, capsys,
+                                                                                                        monkeypatch):
     """A resume from an earlier checkpoint logged a second row for each step it trained again; a re-submitted
     finished run re-saved its last checkpoint (deleting the `signfeat eval` results inside it) and evaluated again;
     a save killed mid-way left step-N.tmp for good; --resume with --overwrite ignored --overwrite."""
@@ -127,8 +128,14 @@ def test_resuming_a_run_keeps_one_log_row_per_step_and_rewrites_nothing_when_the
     train(recipe())
     (tmp_path / "run" / "checkpoints" / "step-000009.tmp").mkdir()  # as a save killed mid-way leaves it
     capsys.readouterr()
-    train(recipe(lr=1e-3), resume=tmp_path / "run" / "checkpoints" / "step-000002")
+    # a resume from step 2 killed before its next save: `--resume RUN` then went on with the replaced step 4
+    with monkeypatch.context() as patch:
+        _failing_stream_after(patch, 0, "killed")
+        with pytest.raises(SignfeatError, match="killed. Training stopped; checkpoint .*step-000002 holds step 2"):
+            train(recipe(lr=1e-3), resume=tmp_path / "run" / "checkpoints" / "step-000002")
     assert "its later checkpoints (step-000004) belong to the continuation this resume replaces" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["checkpoint"] == "step-000002"
+    train(recipe(lr=1e-3), resume=tmp_path / "run")
     steps = [r["step"] for r in log_rows() if "loss" in r]
     assert steps == [1, 2, 3, 4] and [r["step"] for r in log_rows() if "eval" in r] == [4]
     assert not (tmp_path / "run" / "checkpoints" / "step-000009.tmp").exists()
@@ -140,7 +147,7 @@ def test_resuming_a_run_keeps_one_log_row_per_step_and_rewrites_nothing_when_the
     summary = train(recipe(lr=1e-3), resume=tmp_path / "run")
     assert "is at optim.max_steps 4: nothing to train" in capsys.readouterr().err
     assert evaluated.is_file() and summary["checkpoint"].endswith("step-000004") and "eval" not in summary
-    assert log_rows() == rows + [{"step": 4, "resumed_from": str(tmp_path / "run" / "checkpoints" / "step-000004")}]
+    assert log_rows() == rows
 
     with pytest.raises(SignfeatError, match="goes on with the run in out_dir .* and --overwrite would delete it: give one of them"):
         train(recipe(), resume=tmp_path / "run", overwrite=True)
