@@ -64,10 +64,10 @@ AMASS_SLICES = {
     "reye_pose": slice(72, 75), "left_hand_pose": slice(75, 120), "right_hand_pose": slice(120, 165),
 }
 AMASS_TO_Y_UP = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=np.float32)
-SMPLERX_KEYS = {  # key -> (normalised name, width of one person)
+SMPLERX_KEYS = {  # key -> (normalised name, width of one person; 0: a row of any length, as NAMED_WIDTHS)
     "smplx_root_pose": ("global_orient", 3), "smplx_body_pose": ("body_pose", 63), "smplx_lhand_pose": ("left_hand_pose", 45),
-    "smplx_rhand_pose": ("right_hand_pose", 45), "smplx_jaw_pose": ("jaw_pose", 3), "smplx_shape": ("betas", 10),
-    "smplx_expr": ("expression", 10), "cam_trans": ("transl", 3), "smplx_transl": ("transl", 3),
+    "smplx_rhand_pose": ("right_hand_pose", 45), "smplx_jaw_pose": ("jaw_pose", 3), "smplx_shape": ("betas", 0),
+    "smplx_expr": ("expression", 0), "cam_trans": ("transl", 3), "smplx_transl": ("transl", 3),
 }
 NAMED_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "leye_pose", "reye_pose",
               "expression", "betas", "transl")
@@ -387,7 +387,7 @@ def _read_smplerx(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
     columns: dict[str, list[np.ndarray]] = {}
     for file in files:
         frame = _load_mapping(file)
-        found = {}
+        found, persons_of = {}, {}
         for key, value in frame.items():
             # SMPLer-X / OSX's in-memory names (smplx_root_pose...), or the names its inference script saves
             # (global_orient, body_pose, ..., transl = its camera translation)
@@ -410,7 +410,12 @@ def _read_smplerx(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
                 if rest or not persons or (persons > 1 and persons != rows.shape[0]):
                     raise SignfeatError(f"{file}: {key} has shape {shape}; expected {width} values a person, one person a row "
                                         "(axis-angle)")
+                if name != "transl":  # the rotations: all of one person, or of the same persons
+                    persons_of[key] = persons
             found[name] = flat[None, :width]
+        if len(set(persons_of.values())) > 1:  # a (3, 3) root pose beside a (1, 63) body pose: a rotation matrix, not 3 persons
+            raise SignfeatError(f"{file}: its poses hold values of different numbers of persons ({persons_of}); expected axis-angle, "
+                                "3 values a joint, the same persons in every pose (a 3x3 value is a rotation matrix)")
         if "global_orient" not in found or "body_pose" not in found:
             raise SignfeatError(f"{file}: a SMPLer-X/OSX frame needs smplx_root_pose and smplx_body_pose, or global_orient "
                                 f"and body_pose (has {sorted(frame)})")

@@ -529,3 +529,21 @@ def test_parameter_files_with_unreadable_values_are_refused_and_named(tmp_path, 
     np.save(tmp_path / "m.npy", np.zeros((FRAMES, 322), np.float32))
     with pytest.raises(SignfeatError, match="a .npy file holds no named parameters: this layout reads .npz or .pkl"):
         read_params(tmp_path / "m.npy", "amass")
+
+
+def test_smplerx_frames_with_a_3x3_root_pose_or_16_betas(tmp_path, params):
+    """A (3, 3) root or jaw rotation matrix beside a one-person body pose was read as 3 persons' axis-angle;
+    SMPLer-X's smplx_shape of 16 betas (smplx_expr of 50) was refused as 'expected 10 values a person'."""
+    rotation = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], np.float32)
+    for i in range(FRAMES):
+        np.savez(tmp_path / f"{i:05}.npz", smplx_root_pose=rotation, smplx_body_pose=params["body_pose"][i][None],
+                 cam_trans=params["transl"][i][None])
+    with pytest.raises(SignfeatError, match="values of different numbers of persons .*'smplx_root_pose': 3, 'smplx_body_pose': 1"):
+        read_params(tmp_path)
+    for i in range(FRAMES):
+        np.savez(tmp_path / f"{i:05}.npz", smplx_root_pose=params["global_orient"][i][None], smplx_body_pose=params["body_pose"][i][None],
+                 cam_trans=params["transl"][i][None], smplx_shape=np.arange(16, dtype=np.float32)[None],
+                 smplx_expr=np.ones((1, 50), np.float32))
+    read, _ = read_params(tmp_path)
+    assert read["betas"].shape == (FRAMES, 16) and read["expression"].shape == (FRAMES, 50)
+    np.testing.assert_array_equal(read["betas"][0], np.arange(16))
