@@ -110,7 +110,7 @@ def build_manifest(
         annotation_error = (row["status"], row["error"])
         given_fps = row.get("fps")
         row.update({k: res[k] for k in PROBED})
-        if given_fps and row["fps"] and abs(given_fps - row["fps"]) > 0.001 * row["fps"]:
+        if given_fps and row["fps"] and abs(given_fps - row["fps"]) > 1e-4 * row["fps"]:  # 30 for NTSC 29.97 is noted
             other_rate.append(row["id"])
         if annotation_error[0] is not None:  # an annotation problem outranks what the probe found
             row["status"], row["error"] = annotation_error

@@ -291,8 +291,9 @@ def test_an_fps_a_video_overrules_is_noted_not_dropped_in_silence(tmp_path):
 
     write_video(tmp_path / "v.mp4", np.zeros((5, 32, 32, 3), np.uint8), fps=25)
     ann = tmp_path / "t.csv"
-    ann.write_text("id,path,text,fps\nwrong,v.mp4,a,50\nright,v.mp4,b,25\nnone,v.mp4,c,\n", encoding="utf-8")
+    # 25.01 for 25: as 30 for an NTSC 29.97 fps video (0.1 % off), another rate than the video's
+    ann.write_text("id,path,text,fps\nwrong,v.mp4,a,50\nright,v.mp4,b,25\nnone,v.mp4,c,\nclose,v.mp4,d,25.01\n", encoding="utf-8")
     summary = build_manifest([ann], tmp_path / "m.parquet", root=tmp_path, progress=False, num_cpus=1)
-    assert summary["notes"] == ["1 row(s) give an fps that their video (or parameter file) overrules with its own rate, e.g. wrong: "
+    assert summary["notes"] == ["2 row(s) give an fps that their video (or parameter file) overrules with its own rate, e.g. wrong, close: "
                                 "the annotation's fps is used only for frame folders and files that record none"]
-    assert read_manifest(tmp_path / "m.parquet").column("fps").to_pylist() == [25.0, 25.0, 25.0]
+    assert read_manifest(tmp_path / "m.parquet").column("fps").to_pylist() == [25.0, 25.0, 25.0, 25.0]
