@@ -1,15 +1,16 @@
 """The training loop, top to bottom. One script for one process or many (``torchrun --nproc_per_node N``).
 
     recipe -> seeds -> model (frozen LLM + LoRA + adapter) -> AdamW + warm-up/cosine -> resume?
-      -> for each optimizer step: grad_accum micro-batches (VT-Align only during its warm-up, then
+      -> for each optimizer step: its own seed (seed_step) -> grad_accum micro-batches (VT-Align only during its warm-up, then
          CE + lambda * VT-Align) -> clip -> step -> log (JSON lines) -> checkpoint / eval now and then
 
 Checkpoints (``OUT/checkpoints/step-000100/``) hold no pickle and no base weights:
 ``trainable.safetensors`` (adapter incl. BatchNorm statistics, LoRA, logit scale), ``optimizer.safetensors``
-(AdamW moments and step counts, RNG states), ``tokenizer.json`` (only for ``llm.tokenizer: bpe``, trained on
+(AdamW moments and step counts), ``tokenizer.json`` (only for ``llm.tokenizer: bpe``, trained on
 the run's training texts) and ``state.json`` (step, data position, scheduler, optimizer
-hyperparameters, Python RNG, the recipe, a checksum of the frozen base). Resuming restores all of it and
-replays the data stream to the saved position, so it continues exactly as if never stopped.
+hyperparameters, the recipe, a checksum of the frozen base). Resuming restores all of it and replays the data
+stream to the saved position; every step seeds its random draws from (seed, rank, step), so a resumed run, on
+one process or many, continues exactly as if never stopped.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def data_order(recipe: Recipe, world_size: int, urls: list[str], counts: list[in
 
 
 def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, step: int, position: DataPosition,
-                    rng: random.Random, recipe: Recipe, order: dict[str, Any], features: dict | None = None) -> Path:
+                    recipe: Recipe, order: dict[str, Any], features: dict | None = None) -> Path:
     """``order``: ``data_order`` of the run; ``features``: what made the training shards' features
     (``require_streams``): eval refuses others."""
     from safetensors.torch import save_file
@@ -214,14 +215,11 @@ def save_checkpoint(path: Path, model: SignTranslator, optimizer, scheduler, ste
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     opt = optimizer.state_dict()
     tensors = {f"state.{i}.{name}": value.detach().contiguous() for i, s in opt["state"].items() for name, value in s.items()}
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     state = {
         "step": step, "data_position": {"epoch": position.epoch, "batch": position.batch}, "data_order": order,
         "scheduler": scheduler.state_dict(), "param_groups": opt["param_groups"],
-        "python_rng": _rng_to_json(rng.getstate()), "base_checksum": base_checksum(model), "recipe": recipe.to_dict(),
+        "base_checksum": base_checksum(model), "recipe": recipe.to_dict(),
         "stream_features": features or {},
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
@@ -266,9 +264,6 @@ def load_checkpoint(path: Path, model: SignTranslator, optimizer=None, scheduler
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * factor(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
     return state
 
 
@@ -355,12 +350,13 @@ def refuse_model_changes(path: Path, changes: list[str]) -> None:
                             "(its adapter / LoRA / tokenizer); drop the override, or train a new run")
 
 
-def _rng_to_json(state):
-    return [state[0], list(state[1]), state[2]]
-
-
-def _rng_from_json(state):
-    return (state[0], tuple(state[1]), state[2])
+def seed_step(seed: int, rank: int, step: int, rng: random.Random) -> None:
+    """Seed the random draws of one optimizer step (dropout masks, in-context examples) from (seed, rank, step)
+    alone: a resumed run, on any number of ranks, draws what the uninterrupted run drew at each step. Restoring
+    saved generator states instead gave every rank rank 0's after a DDP resume."""
+    step_seed = int.from_bytes(hashlib.blake2b(f"{seed}|{rank}|{step}".encode(), digest_size=8).digest(), "little")
+    torch.manual_seed(step_seed)  # the CPU and every CUDA device
+    rng.seed(step_seed)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -445,7 +441,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     if recipe.adapter.standardize and resume is None:
         model.adapter.set_statistics(stream_statistics(recipe))
     optimizer, scheduler = build_optimizer(model, recipe)
-    rng = random.Random(recipe.seed)  # in-context example draws
+    rng = random.Random(recipe.seed)  # in-context example draws, seeded at every step (seed_step)
     step, position = 0, DataPosition()
     if resume is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
@@ -471,9 +467,6 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
                 print(f"resuming mid-epoch {position.epoch} with another data order ({changes}): the rest of epoch {position.epoch} "
                       f"is skipped, so that no sample is trained twice in it; training goes on with epoch {position.epoch + 1}", file=sys.stderr)
             position = DataPosition(position.epoch + 1, 0)
-        rng.setstate(_rng_from_json(state["python_rng"]))
-    else:
-        torch.manual_seed(recipe.seed + dist.rank)  # dropout masks differ across ranks, repeat across runs
 
     ddp = model
     if dist.world_size > 1:
@@ -506,15 +499,16 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     while step < last_step:
         warming_up = vt.enabled and step < vt.warmup_steps  # VT-Align only; the LLM is not run
         started, samples, totals = time.perf_counter(), 0, {}
-        at_step_start = _Resumable.of(model, position, rng, device)
+        seed_step(recipe.seed, dist.rank, step, rng)
+        at_step_start = _Resumable(position, {name: b.detach().clone() for name, b in model.adapter.named_buffers()})
         for micro in range(o.grad_accum):
             try:
                 position, batch = next(stream)
             except SignfeatError as exc:  # a shard gone, damaged or unreachable mid-run: keep what was trained
                 if dist.main and step and (newest_checkpoint is None or newest_checkpoint[0] != step):
-                    at_step_start.restore(model, rng)  # a step's first micro-batches drew from the RNGs, moved BatchNorm's statistics
+                    at_step_start.restore(model)  # a step's first micro-batches moved BatchNorm's statistics
                     newest_checkpoint = (step, save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer,
-                                                               scheduler, step, at_step_start.position, rng, recipe, order, features))
+                                                               scheduler, step, at_step_start.position, recipe, order, features))
                 if newest_checkpoint is None:
                     raise SignfeatError(f"{exc}. Training stopped before its first step: once the data is readable, "
                                         "run the same command again") from None
@@ -554,10 +548,9 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
             progress.set_postfix(loss=f"{totals['loss']:.3f}", lr=f"{lr:.2e}")
         if dist.main and recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
             newest_checkpoint = (step, save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer, scheduler,
-                                                       step, position, rng, recipe, order, features))
+                                                       step, position, recipe, order, features))
         if dist.main and recipe.eval.every and step % recipe.eval.every == 0 and step < o.max_steps:
-            # sampling during eval (eval.do_sample) draws from torch's RNG: fork it, so training after the eval
-            # draws what a run resumed from this step's checkpoint (saved before the eval) draws
+            # sampling during eval (eval.do_sample) draws from torch's RNG: forked, so the eval leaves it as it found it
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 log.write({"step": step, "eval": _evaluate(model, recipe, out_dir / "eval" / f"step-{step:06d}")})
             model.train()
@@ -569,7 +562,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
             summary["checkpoint"] = str(newest_checkpoint[1])              # with nothing to train: not rewritten (eval-* inside kept)
         else:
             summary["checkpoint"] = str(save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", model, optimizer,
-                                                        scheduler, step, position, rng, recipe, order, features))
+                                                        scheduler, step, position, recipe, order, features))
         scores = out_dir / "eval" / f"step-{step:06d}" / "scores.json"
         if step == o.max_steps and recipe.eval.at_end and (step > trained_from or not scores.is_file()):
             summary["eval"] = _evaluate(model, recipe, scores.parent)
@@ -583,24 +576,13 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
 @dataclass
 class _Resumable:
     """What a checkpoint holds besides the weights and optimizer, as it was when a step began: a step that
-    cannot finish is saved as the step before it, which a resume then takes again."""
+    cannot finish is saved as the step before it, which a resume then takes again (its random draws are the
+    step's own: seed_step)."""
 
     position: DataPosition
-    python_rng: tuple
-    torch_rng: torch.Tensor
-    cuda_rng: torch.Tensor | None
     adapter_buffers: dict[str, torch.Tensor]  # BatchNorm statistics: a forward pass in train mode updates them
 
-    @classmethod
-    def of(cls, model: SignTranslator, position: DataPosition, rng: random.Random, device: torch.device) -> "_Resumable":
-        return cls(position, rng.getstate(), torch.get_rng_state(), torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                   {name: b.detach().clone() for name, b in model.adapter.named_buffers()})
-
-    def restore(self, model: SignTranslator, rng: random.Random) -> None:
-        rng.setstate(self.python_rng)
-        torch.set_rng_state(self.torch_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng)
+    def restore(self, model: SignTranslator) -> None:
         with torch.no_grad():
             for name, b in model.adapter.named_buffers():
                 b.copy_(self.adapter_buffers[name])

@@ -278,12 +278,16 @@ def test_two_process_ddp_run_with_torchrun(tiny_shards, tmp_path):
            "train", "--config", str(root / "configs" / "recipes" / "spamo_tiny.yaml"),
            f"data.shards={tiny_shards}", "data.train_split=big", "adapter.stream_widths={clip_s2: 16, videomae: 8}",
            "data.batch_size=3", "optim.max_steps=6", "vt_align.warmup_steps=2", f"out_dir={out}", "progress=false", "device=cpu",
-           "eval.at_end=false"]
-    done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
-    stdout, stderr = _rank_logs(logs, "stdout"), _rank_logs(logs, "stderr")
-    if done.returncode != 0:
-        ranks = "\n".join(f"----- rank {r} stderr (last 3000 chars) -----\n{text[-3000:]}" for r, text in stderr.items())
-        pytest.fail(f"torchrun exited {done.returncode}\n{ranks}\n----- torchrun -----\n{done.stderr[-3000:]}", pytrace=False)
+           "eval.at_end=false", "checkpoint_every=3"]
+
+    def torchrun_ok(cmd, logs):
+        done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            ranks = "\n".join(f"----- rank {r} stderr (last 3000 chars) -----\n{text[-3000:]}" for r, text in _rank_logs(logs, "stderr").items())
+            pytest.fail(f"torchrun exited {done.returncode}\n{ranks}\n----- torchrun -----\n{done.stderr[-3000:]}", pytrace=False)
+
+    torchrun_ok(cmd, logs)
+    stdout = _rank_logs(logs, "stdout")
     assert sorted(stdout) == [0, 1], list(logs.rglob("*"))
     assert (out / "checkpoints" / "step-000006" / "trainable.safetensors").is_file()
     assert stdout[0].count("trained spamo_tiny: 6 steps") == 1 and "trained" not in stdout[1]  # rank 0 prints
@@ -330,6 +334,19 @@ def test_two_process_ddp_run_with_torchrun(tiny_shards, tmp_path):
     assert torch.allclose(torch.cat([vt[0]["visual_grad"], vt[1]["visual_grad"]]) / 2, visual.grad, atol=1e-6)
     assert torch.allclose(torch.cat([vt[0]["text_grad"], vt[1]["text_grad"]]) / 2, text.grad, atol=1e-6)
     assert float((vt[0]["scale_grad"] + vt[1]["scale_grad"]) / 2) == pytest.approx(float(scale.grad), rel=1e-5)
+
+    # a resume from step 3 on both ranks trains what the run trained (spamo_tiny's LoRA dropout 0.1 draws masks
+    # on each rank): only rank 0's generator states were saved, and a resume gave rank 1 rank 0's
+    again, logs2 = tmp_path / "records2", tmp_path / "logs2"
+    again.mkdir()
+    resume = [*cmd[: cmd.index("--log-dir")], "--log-dir", str(logs2), *cmd[cmd.index("--redirects"):]]
+    resume[resume.index(str(records))] = str(again)
+    resume[resume.index(f"--master_port") + 1] = str(_free_port())
+    torchrun_ok([*resume, "--resume", str(out / "checkpoints" / "step-000003")], logs2)
+    for r in (0, 1):
+        first, resumed = load_file(str(records / f"rank{r}.safetensors")), load_file(str(again / f"rank{r}.safetensors"))
+        for key in first:
+            assert torch.equal(first[key], resumed[key]), (r, key)
 
 
 def test_bpe_tokenizer_travels_with_the_checkpoint(tiny_shards, tmp_path, monkeypatch):
