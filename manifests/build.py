@@ -14,6 +14,7 @@ from manifests import formats
 from manifests.keys import case_safe_keys
 from manifests.probe import PROBED, probe_rows
 from manifests.schema import COLUMNS, MANIFEST_SCHEMA, SCHEMA_VERSION, rows_to_table, write_manifest
+from pipeline.decode import rates_differ
 from pipeline.errors import SignfeatError
 
 
@@ -110,7 +111,7 @@ def build_manifest(
         annotation_error = (row["status"], row["error"])
         given_fps = row.get("fps")
         row.update({k: res[k] for k in PROBED})
-        if given_fps and row["fps"] and abs(given_fps - row["fps"]) > 1e-4 * row["fps"]:  # 30 for NTSC 29.97 is noted
+        if given_fps and row["fps"] and rates_differ(given_fps, row["fps"]):
             other_rate.append(row["id"])
         if annotation_error[0] is not None:  # an annotation problem outranks what the probe found
             row["status"], row["error"] = annotation_error

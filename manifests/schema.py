@@ -9,6 +9,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import SignfeatError
+
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_KEY = b"signfeat.manifest.schema_version"
 BUILD_INFO_KEY = b"signfeat.manifest.build"
@@ -91,7 +93,6 @@ def read_manifest(path: str | Path) -> pa.Table:
     if "://" in str(path):
         import pyarrow.fs as pafs
 
-        from pipeline.errors import SignfeatError
         from shards.location import filesystem
 
         try:

@@ -260,9 +260,10 @@ def _features(args) -> int:
         estimate = {}
         if args.fps:  # a file that records its rate keeps it (as in a job): never a given --fps dropped without a word
             from motion.params_io import read_clip_params
+            from pipeline.decode import rates_differ
 
             own = read_clip_params(args.video, extractor.settings.params_layout)[1]
-            if own and abs(own - args.fps) > 1e-3 * own:
+            if own and rates_differ(args.fps, own):
                 print(f"note: {args.video} records its own rate, {own:g} fps, which is used; --fps {args.fps:g} is not", file=sys.stderr)
     else:
         clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}

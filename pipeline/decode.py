@@ -344,6 +344,12 @@ def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: 
     return pos, _recorded(fps) if fps is not None else None
 
 
+def rates_differ(given: float, own: float) -> bool:
+    """Whether a frame rate given by hand (an annotation, --fps) is another than a source's own: 30 for an NTSC
+    29.97 fps video (0.1 % off) is; float noise is not."""
+    return abs(given - own) > 1e-4 * own
+
+
 def _recorded(seconds_or_rate: float) -> float:
     """12 significant digits: (n - 1) / span of exact k / 30 times is 29.999999999999996, which the sample JSON
     recorded; a rate that digits can tell apart (29.97002997) keeps them."""

@@ -482,11 +482,13 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
         for unfinished in (out_dir / "checkpoints").glob("step-*.tmp"):  # a save killed mid-way: never a checkpoint
             shutil.rmtree(unfinished, ignore_errors=True)
-        if own_run and step < recipe.optim.max_steps:  # what follows the checkpoint is the continuation this resume replaces:
-            keep_log_up_to(out_dir / "log.jsonl", step)  # one log row per step, and a kill before the next save resumes
-            point_latest(resume_from, step)              # from here, not from the replaced continuation's last checkpoint
+    # going on with this run from a checkpoint: what follows it is the continuation this resume replaces
+    replaces_continuation = own_run and step < recipe.optim.max_steps
+    if dist.main and replaces_continuation:
+        keep_log_up_to(out_dir / "log.jsonl", step)  # one log row per step, and a kill before the next save resumes
+        point_latest(resume_from, step)              # from here, not from the replaced continuation's last checkpoint
     log = JsonLog(out_dir / "log.jsonl" if dist.main else None, append=own_run)  # a new run, a new log
-    if own_run and step < recipe.optim.max_steps:
+    if replaces_continuation:
         log.write({"step": step, "resumed_from": str(resume_from)})
     trained_from = step
     o, vt = recipe.optim, recipe.vt_align
@@ -500,7 +502,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
         warming_up = vt.enabled and step < vt.warmup_steps  # VT-Align only; the LLM is not run
         started, samples, totals = time.perf_counter(), 0, {}
         seed_step(recipe.seed, dist.rank, step, rng)
-        at_step_start = _Resumable(position, {name: b.detach().clone() for name, b in model.adapter.named_buffers()})
+        at_step_start = _Resumable.of(model, position)
         for micro in range(o.grad_accum):
             try:
                 position, batch = next(stream)
@@ -581,6 +583,10 @@ class _Resumable:
 
     position: DataPosition
     adapter_buffers: dict[str, torch.Tensor]  # BatchNorm statistics: a forward pass in train mode updates them
+
+    @classmethod
+    def of(cls, model: SignTranslator, position: DataPosition) -> "_Resumable":
+        return cls(position, {name: b.detach().clone() for name, b in model.adapter.named_buffers()})
 
     def restore(self, model: SignTranslator) -> None:
         with torch.no_grad():
