@@ -91,6 +91,9 @@ class VideoTimeline:
     # a rotation and any mirror (a mirrored matrix swaps the signer's hands: it must not come out rotated)
     orientation: tuple[bool, bool, bool] = (False, False, False)
     undecodable: int = 0  # leading packets before the first key frame (a stream cut mid-GOP): not in the timeline
+    # the decoder that reads the stream's alpha plane where FFmpeg's own decoder drops it (VP8 / VP9 in WebM with
+    # alpha_mode=1: libvpx); "" for the stream's usual decoder
+    alpha_decoder: str = ""
 
     def span_s(self, idx: np.ndarray) -> float:
         """Seconds the frames ``idx`` (sorted positions) are shown: the first one's start to the last one's end."""
@@ -210,12 +213,59 @@ def read_timeline(path: str) -> VideoTimeline:
         if orientation[0]:
             width, height = height, width
         video_streams = sum(1 for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic)
+        alpha_decoder = _libvpx_alpha_decoder(stream)
+        pix_fmt = str(ctx.pix_fmt or "")
         return VideoTimeline(times, width, height, rotation, stream.codec_context.name, frame_dur, container.format.name, pts=pts_arr,
-                             keyframe_pts=np.sort(np.asarray(keyframes, dtype=np.int64)), pix_fmt=str(ctx.pix_fmt or ""),
-                             video_streams=video_streams, discarded=discarded, untimed=untimed, orientation=orientation,
+                             keyframe_pts=np.sort(np.asarray(keyframes, dtype=np.int64)), pix_fmt=_alpha_pix_fmt(pix_fmt) if alpha_decoder else pix_fmt,
+                             alpha_decoder=alpha_decoder, video_streams=video_streams, discarded=discarded, untimed=untimed, orientation=orientation,
                              undecodable=undecodable)
     finally:
         container.close()
+
+
+# FFmpeg's own VP8 / VP9 decoders drop the alpha plane that WebM keeps beside each frame (Matroska BlockAdditional,
+# flagged by the track's alpha_mode tag); libvpx's decoders read it, as browsers do (and `ffmpeg -c:v libvpx-vp9 -i`)
+_LIBVPX_ALPHA_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
+
+
+def _libvpx_alpha_decoder(stream) -> str:
+    """The libvpx decoder for a VP8 / VP9 stream marked as carrying alpha, when this FFmpeg has it; else ""
+    (the frames then decode without their alpha, the colour coded under transparent pixels showing)."""
+    import av
+
+    tags = {k.lower(): str(v).strip() for k, v in (stream.metadata or {}).items()}
+    name = _LIBVPX_ALPHA_DECODERS.get(stream.codec_context.name, "")
+    if not name or tags.get("alpha_mode") != "1":
+        return ""
+    try:
+        av.codec.Codec(name, "r")
+    except Exception:  # an FFmpeg built without libvpx
+        return ""
+    return name
+
+
+def _alpha_pix_fmt(pix_fmt: str) -> str:
+    """yuv420p -> yuva420p: the format libvpx decodes an alpha stream to (the format itself when none exists)."""
+    import av
+
+    try:
+        return av.VideoFormat("yuva" + pix_fmt[3:]).name if pix_fmt.startswith("yuv") else pix_fmt
+    except (ValueError, TypeError):
+        return pix_fmt
+
+
+def _decoded(container, stream, timeline: "VideoTimeline") -> Iterator[Any]:
+    """The stream's frames as ``container.decode(stream)`` gives them, through libvpx where the stream's alpha
+    needs it (a fresh decoder: after a seek it starts on the key frame the container landed on)."""
+    import av
+
+    if not timeline.alpha_decoder:
+        yield from container.decode(stream)
+        return
+    decoder = av.CodecContext.create(timeline.alpha_decoder, "r")
+    decoder.thread_type = "AUTO"
+    for packet in container.demux(stream):  # the last packet is the empty one that flushes the decoder
+        yield from decoder.decode(packet)
 
 
 def _check_matroska_complete(stream, demuxed: int, covered_s: float, frame_dur: float, path: str) -> None:
@@ -562,7 +612,7 @@ def _pyav_from_start(path: str, want: np.ndarray, timeline: VideoTimeline) -> It
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         # Frames leave the decoder in presentation order; index them by that order, as the other backends do.
-        for i, frame in enumerate(container.decode(stream)):
+        for i, frame in enumerate(_decoded(container, stream, timeline)):
             if i in wanted:
                 yield i, orient(to_rgb(frame), timeline.orientation)
             if i >= last:
@@ -599,7 +649,7 @@ def _pyav_by_timestamp(path: str, want: np.ndarray, timeline: VideoTimeline, key
             except av.error.FFmpegError:
                 return
         reached_key = key_pts is None
-        for frame in container.decode(stream):
+        for frame in _decoded(container, stream, timeline):
             if frame.pts is None:
                 if key_pts is not None:
                     return
