@@ -414,6 +414,7 @@ def _plot_report(df_in: pd.DataFrame, kept: pd.DataFrame, report_dir: Path) -> l
         "splits": lambda ax: bars(ax, kept["split"].fillna("(none)").value_counts(), "clips per split"),
         "signers": lambda ax: bars(ax, _person(kept).where(kept["signer"].notna(), "(unknown)").value_counts(), "clips per signer (dataset/signer)"),
     }
+    assert tuple(panels) == PLOT_PANELS
     written = []
     fig, axes = plt.subplots(2, 4, figsize=(20, 9))
     for ax, (name, draw) in zip(axes.flat, panels.items()):
@@ -434,7 +435,17 @@ def _plot_report(df_in: pd.DataFrame, kept: pd.DataFrame, report_dir: Path) -> l
     return written
 
 
+# the report folder's files (curate_manifest writes them all, or removes the plots it does not draw)
+PLOT_PANELS = ("duration", "frames", "resolution", "fps", "text_length", "splits", "signers")
+PLOT_FILES = ("overview.png", *(f"{name}.png" for name in PLOT_PANELS))
+REPORT_FILES = ("excluded.parquet", "report.json", *PLOT_FILES)
+
+
 def curate_manifest(manifest: Path, out: Path, report_dir: Path, options: CurateOptions, plots: bool = True) -> dict[str, Any]:
+    # an --out inside the report folder named as one of its files was overwritten by that file (the kept rows lost)
+    if Path(os.path.abspath(out)).parent == Path(os.path.abspath(report_dir)) and out.name in REPORT_FILES:
+        raise SignfeatError(f"--out {out} is a file the report in {report_dir} writes ({', '.join(REPORT_FILES[:2])}, plots): "
+                            "name the curated manifest otherwise, or put it in another folder")
     try:
         table = read_manifest(manifest)
     except (FileNotFoundError, ValueError) as exc:
@@ -452,5 +463,7 @@ def curate_manifest(manifest: Path, out: Path, report_dir: Path, options: Curate
     pq.write_table(excluded_table.replace_schema_metadata(table.schema.metadata), report_dir / "excluded.parquet")
     report["manifest_in"], report["manifest_out"] = str(manifest), str(out)
     report["plots"] = _plot_report(df, kept, report_dir) if plots else []
+    for stale in set(PLOT_FILES) - set(report["plots"]):  # an earlier run's plots would pass for this run's
+        (report_dir / stale).unlink(missing_ok=True)
     (report_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return report

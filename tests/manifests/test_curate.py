@@ -130,6 +130,26 @@ def test_curate_demo_manifest_writes_report_and_plots(demo_manifest, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+@pytest.mark.parametrize("name", ["excluded.parquet", "report.json", "splits.png"])
+def test_an_out_named_as_a_report_file_in_the_report_folder_is_refused(demo_manifest, tmp_path, name):
+    """--out REPORT/excluded.parquet printed 'curated manifest: ...' over a file holding the excluded rows."""
+    report_dir = tmp_path / "report"
+    with pytest.raises(SignfeatError, match=f"--out .*{name}.* is a file the report"):
+        curate_manifest(demo_manifest, tmp_path / "x" / ".." / "report" / name, report_dir, CurateOptions(), plots=False)
+    assert not report_dir.exists()  # refused before anything is written
+    report = curate_manifest(demo_manifest, tmp_path / name, report_dir, CurateOptions(), plots=False)  # beside it: fine
+    assert len(pd.read_parquet(tmp_path / name)) == report["kept"]
+
+
+def test_a_run_without_plots_removes_an_earlier_runs_plots(demo_manifest, tmp_path):
+    report_dir = tmp_path / "report"
+    curate_manifest(demo_manifest, tmp_path / "a.parquet", report_dir, CurateOptions())
+    assert (report_dir / "overview.png").exists()
+    (report_dir / "notes.png").write_bytes(b"mine")  # not one of the report's files: kept
+    report = curate_manifest(demo_manifest, tmp_path / "a.parquet", report_dir, CurateOptions(), plots=False)
+    assert report["plots"] == [] and sorted(p.name for p in report_dir.iterdir()) == ["excluded.parquet", "notes.png", "report.json"]
+
+
 def test_yaml_config_is_validated_and_flags_override(tmp_path, demo_manifest):
     from pipeline.cli import main
 
