@@ -234,8 +234,17 @@ def index_videos(root: Path) -> dict[str, list[str]]:
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
             if ext.lower() in VIDEO_EXTENSIONS:
-                found.setdefault(stem, []).append(os.path.join(dirpath, name))
+                _add_once(found, stem, os.path.join(dirpath, name))
     return found
+
+
+def _add_once(found: dict[str, list[str]], name: str, path: str) -> None:
+    """``path`` under ``name``, unless a path already there is the same file or folder: a video linked into
+    raw_videos/ from a shared store that also lies under the root is one video, not two of one name."""
+    paths = found.setdefault(name, [])
+    real = os.path.realpath(path)
+    if all(os.path.realpath(p) != real for p in paths):
+        paths.append(path)
 
 
 def _only_one(videos: dict[str, list[str]], stem: str, what: str = "videos", role: str = "") -> str | None:
@@ -304,7 +313,7 @@ def index_folders(root: Path, names: set[str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for dirpath, dirs, _files in _walk(root):
         for name in [d for d in dirs if d in names]:
-            found.setdefault(name, []).append(os.path.join(dirpath, name))
+            _add_once(found, name, os.path.join(dirpath, name))
         dirs[:] = [d for d in dirs if d not in names]
     return found
 

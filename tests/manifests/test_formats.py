@@ -316,6 +316,25 @@ def test_how2sign_videos_in_a_symlinked_folder_under_root_are_found(tmp_path):
     assert set(found) == {"vidA"} and [Path(p).resolve() for p in found["vidA"]] == [(tmp_path / "shared" / "videos" / "vidA.mp4").resolve()]
 
 
+def test_a_video_or_folder_and_a_link_to_it_both_under_root_are_one(tmp_path):
+    """raw_videos/NAME.mp4 linked to a store under the same root was '2 videos named NAME.*': the row was lost."""
+    from manifests import formats
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "vidA.mp4").write_bytes(b"")
+    (tmp_path / "store" / "S01").mkdir()
+    (tmp_path / "raw_videos").mkdir()
+    (tmp_path / "raw_videos" / "vidA.mp4").symlink_to(tmp_path / "store" / "vidA.mp4")
+    (tmp_path / "raw_videos" / "S01").symlink_to(tmp_path / "store" / "S01")
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "vidA.mp4").write_bytes(b"")  # another file of the same name: still two
+    videos = formats.index_videos(tmp_path)
+    assert videos["vidA"] == [str(tmp_path / "copy" / "vidA.mp4"), str(tmp_path / "raw_videos" / "vidA.mp4")]
+    (tmp_path / "copy" / "vidA.mp4").unlink()
+    assert formats.index_videos(tmp_path)["vidA"] == [str(tmp_path / "raw_videos" / "vidA.mp4")]
+    assert formats.index_folders(tmp_path, {"S01"}) == {"S01": [str(tmp_path / "raw_videos" / "S01")]}
+
+
 def test_how2sign_tabs_inside_a_sentence_and_extra_columns_keep_the_row(tmp_path):
     """A tab inside a sentence (TSV has no quoting) or a column a user added made every such row a bad_annotation
     whose id was lost (file:line)."""
