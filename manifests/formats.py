@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -93,6 +94,24 @@ def _text(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def _invisible(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char) == "Cf"  # Cf: a zero-width space, a stray BOM, a joiner
+
+
+def _sentence(value: Any) -> str | None:
+    """A clip's text without whitespace or invisible format characters at either end; None when nothing else is
+    left ("\u200b" passed as a text, and a model would be taught to answer with nothing visible)."""
+    if value is None:
+        return None
+    text = str(value)
+    start, end = 0, len(text)
+    while start < end and _invisible(text[start]):
+        start += 1
+    while end > start and _invisible(text[end - 1]):
+        end -= 1
+    return text[start:end] or None
 
 
 def _clip_id(value: Any) -> str | None:
@@ -192,7 +211,7 @@ def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_:
                 dataset=dataset or "phoenix2014t",
                 split=split,
                 signer=_text(rec["speaker"]),
-                text=_text(rec["translation"]),
+                text=_sentence(rec["translation"]),
                 source_kind="frames",
                 path=str(_phoenix_folder(base / (split or ""), rec["video"], rec["name"].strip())),
                 fps=25.0,
@@ -284,7 +303,7 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
             if not name:
                 yield _bad_row(annotation, line_no, "no SENTENCE_NAME (the clip id)", dataset=dataset or "how2sign", split=split)
                 continue
-            common = dict(id=name, dataset=dataset or "how2sign", split=split, text=_text(rec["SENTENCE"]))
+            common = dict(id=name, dataset=dataset or "how2sign", split=split, text=_sentence(rec["SENTENCE"]))
             try:
                 clip = _only_one(videos, name)
                 raw_video = (_only_one(videos, rec["VIDEO_NAME"].strip(), role=" (this sentence's raw video)")
@@ -395,7 +414,7 @@ def parse_csldaily(annotation: Path, root: Path, dataset: str | None = None, **_
             dataset=dataset,
             split=splits.get(name),
             signer=None if signer is None else str(signer),
-            text=_text("".join(chars)) if chars else None,
+            text=_sentence("".join(chars)) if chars else None,
             source_kind="frames",
             path=folder or str(root / CSLDAILY_FRAMES_DIR / name),  # missing: the probe reports it
             fps=CSLDAILY_FPS,
@@ -614,7 +633,7 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
             continue
         except OSError as exc:  # a folder without read or search permission: this row's problem, not the build's
             yield _row(id=clip_id, dataset=_text(rec.get("dataset")) or default_dataset, split=normalise_split(rec.get("split")) or file_split,
-                       signer=_text(rec.get("signer")), text=_text(rec.get("text")), source_kind="video", path=str(path),
+                       signer=_text(rec.get("signer")), text=_sentence(rec.get("text")), source_kind="video", path=str(path),
                        status="unreadable", error=f"{path}: cannot look into it ({exc.strerror or exc})")
             continue
         split = normalise_split(rec.get("split"))
@@ -633,7 +652,7 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
             dataset=_text(rec.get("dataset")) or default_dataset,
             split=split or file_split,
             signer=_text(rec.get("signer")),
-            text=_text(rec.get("text")),
+            text=_sentence(rec.get("text")),
             source_kind=kind,
             path=str(path),
             start_s=start,

@@ -316,6 +316,18 @@ def test_how2sign_videos_in_a_symlinked_folder_under_root_are_found(tmp_path):
     assert set(found) == {"vidA"} and [Path(p).resolve() for p in found["vidA"]] == [(tmp_path / "shared" / "videos" / "vidA.mp4").resolve()]
 
 
+def test_a_text_of_only_invisible_characters_is_missing_and_invisible_ends_are_dropped(tmp_path):
+    """"\u200b" (a zero-width space) or "\ufeff" (a stray BOM) as a text was an ok row that curation kept."""
+    texts = {"zwsp": "\u200b", "bom": " \ufeff ", "mixed": "\u3000\u200b\t\u2060", "ends": "\ufeffhallo Welt\u200b ",
+             "family": "\U0001F468\u200d\U0001F469\u200d\U0001F467", "inner": "a\u200bb"}
+    ann = tmp_path / "t.jsonl"
+    ann.write_text("".join(json.dumps({"id": k, "path": "v.mp4", "text": t}) + "\n" for k, t in texts.items()), encoding="utf-8")
+    rows = {r["id"]: r for r in parse_table(ann, root=tmp_path)}
+    assert [k for k, r in rows.items() if r["status"] == "missing_text"] == ["zwsp", "bom", "mixed"]
+    assert rows["ends"]["text"] == "hallo Welt" and rows["ends"]["status"] is None
+    assert rows["family"]["text"] == texts["family"] and rows["inner"]["text"] == "a\u200bb"  # joiners inside stay
+
+
 def test_a_video_or_folder_and_a_link_to_it_both_under_root_are_one(tmp_path):
     """raw_videos/NAME.mp4 linked to a store under the same root was '2 videos named NAME.*': the row was lost."""
     from manifests import formats
