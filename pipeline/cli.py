@@ -296,7 +296,8 @@ def _extract(args) -> int:
     summary = run_extract(args.manifest, args.out, config, address=args.address, overwrite=args.overwrite, progress=not args.no_progress,
                           num_cpus=args.num_cpus or None)
     weights = {s.name: _weights_label(s.extractor) for s in config.streams}
-    print(json.dumps({k: summary[k] for k in ("output", "clips_planned", "samples", "failures", "failures_by_class", "shards", "shards_skipped_as_complete", "wall_s", "clips_per_s")}, indent=1))
+    shown = ("output", "clips_planned", "manifest_rows_not_ok", "samples", "failures", "failures_by_class", "shards", "shards_skipped_as_complete", "wall_s", "clips_per_s")
+    print(json.dumps({k: summary[k] for k in shown}, indent=1))
     print(f"streams: {weights}")
     where = summary["output"].partition("?")[0]  # an s3:// URL's options (endpoint_override=...) go after the path, not in it
     print(f"shards: {where}/{{split}}/*.tar  index: index.parquet  failures: failures.parquet  summary: job.json")

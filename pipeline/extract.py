@@ -196,6 +196,11 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
 
         import_mediapipe()
     plans = plan_shards(manifest_rows, cfg.shards, cfg.decode)
+    # rows a probe or an annotation marked bad are not the job's clips: counted and said, not dropped without a word
+    not_ok = dict(sorted(collections.Counter(str(r.get("status")) for r in manifest_rows if r.get("status") != "ok").items()))
+    if not_ok:
+        log.warning("%d manifest rows are not ok and are not extracted (%s): the manifest's error column says why",
+                    sum(not_ok.values()), ", ".join(f"{k}: {v}" for k, v in not_ok.items()))
     streams = [s.name for s in cfg.streams]
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
     store = Store(out)
@@ -214,7 +219,7 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
             with _job_data_context():
                 run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], run_id, geometries, address=address,
                                      progress=progress, num_cpus=num_cpus)
-        return finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done, run_id=run_id)
+        return finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done, run_id=run_id, rows_not_ok=not_ok)
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRNOS:
             raise
@@ -577,10 +582,11 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
 
 
 def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobConfig, identity: dict, t_start: float, run_stats: dict,
-             skipped: set[str] = frozenset(), run_id: str | None = None) -> dict[str, Any]:
+             skipped: set[str] = frozenset(), run_id: str | None = None, rows_not_ok: dict[str, int] | None = None) -> dict[str, Any]:
     """Merge the per-shard parts (plan order), check that every clip is in exactly one place and every shard
     was made with this job's config, write job.json. ``skipped``: the shards this run found complete and did
-    not redo; ``run_id``: this run, which must still own OUT."""
+    not redo; ``run_id``: this run, which must still own OUT; ``rows_not_ok``: the manifest's rows left out of
+    the plan, per status."""
     if run_id is not None:
         check_run(store, run_id)
     index_parts, failure_parts = [], []
@@ -615,6 +621,7 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
     summary = {
         "output": store.where,
         "clips_planned": len(planned),
+        "manifest_rows_not_ok": rows_not_ok or {},  # per status: rows the manifest marks bad, not planned
         "samples": index.num_rows,
         "failures": failures.num_rows,
         "failures_by_class": {k: int(v) for k, v in zip(*np.unique(failures.column("error_class").to_pylist(), return_counts=True))} if failures.num_rows else {},

@@ -1,7 +1,9 @@
 """The extraction job end to end on the demo corpus (tiny random-weight extractors), on the session's Ray."""
 
+import collections
 import glob
 import io
+import json
 import shutil
 import tarfile
 
@@ -59,6 +61,10 @@ def test_every_ok_clip_lands_exactly_once(job):
     ok = [r for r in job["rows"] if r["status"] == "ok"]
     s = job["summary"]
     assert s["clips_planned"] == len(ok) and s["samples"] + s["failures"] == len(ok)
+    # the demo manifest's bad rows are counted per status in job.json, not dropped without a word
+    not_ok = collections.Counter(r["status"] for r in job["rows"] if r["status"] != "ok")
+    assert len(not_ok) >= 3 and s["manifest_rows_not_ok"] == dict(not_ok)
+    assert json.loads((job["out"] / "job.json").read_text())["manifest_rows_not_ok"] == dict(not_ok)
     failures = {f["id"]: f for f in pq.read_table(job["out"] / "failures.parquet").to_pylist()}
     assert sorted(failures) == sorted([job["victim"]["id"], job["hostile"]["id"]])
     assert failures[job["victim"]["id"]]["error_class"] == "missing_file"
