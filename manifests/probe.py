@@ -60,8 +60,9 @@ def _probe_video(row: dict[str, Any], hashes: dict[str, str], timelines: dict[st
     if path not in hashes:
         hashes[path] = file_hash(path).hexdigest()
     digest = hashes[path]
-    if row["source_kind"] == "range":  # same file and same range -> same clip
-        digest = hashlib.blake2b(f"{digest}|{row['start_s']!r}|{row['end_s']!r}".encode(), digest_size=16).hexdigest()
+    if num < len(timeline.times_s):  # same file and same frames -> same clip, however its range is written
+        # (an open start and start 0.0 were two clips; a range over the whole video is the video)
+        digest = hashlib.blake2b(f"{digest}|frames {int(idx[0])}+{num}".encode(), digest_size=16).hexdigest()
     return {
         "fps": num / duration if duration > 0 else None,
         "num_frames": num,

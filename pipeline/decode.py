@@ -97,7 +97,16 @@ class VideoTimeline:
 
     def span_s(self, idx: np.ndarray) -> float:
         """Seconds the frames ``idx`` (sorted positions) are shown: the first one's start to the last one's end."""
-        return float(self.times_s[idx[-1]] - self.times_s[idx[0]] + self.frame_duration_s)
+        last = int(idx[-1])
+        return float(self.times_s[last] - self.times_s[idx[0]] + self.shown_s(last))
+
+    def shown_s(self, i: int) -> float:
+        """Seconds frame ``i`` is shown: until the next frame's time (a variable-rate video's gap there, where the
+        median of the whole video's gaps gave a range's duration and fps of another rate), the median gap for the
+        video's last frame."""
+        if i + 1 < len(self.times_s) and self.times_s[i + 1] > self.times_s[i]:
+            return float(self.times_s[i + 1] - self.times_s[i])
+        return self.frame_duration_s
 
     @property
     def duration_s(self) -> float:
@@ -364,8 +373,8 @@ def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: 
 
     target_fps: for each instant k / target_fps inside the clip, the last frame shown at or before it
     (works for variable frame rate, since it reads timestamps, not indices). The clip lasts from its first
-    frame to the end of its last one, shown for ``frame_duration_s`` (the video's median frame gap, as the
-    manifest's duration_s counts it; default: the clip's mean gap), less ``slack_s`` of timestamp precision (0 for
+    frame to the end of its last one, shown for ``frame_duration_s`` (until the next frame of the video, or the
+    video's median frame gap at its end, as the manifest's duration_s counts it; default: the clip's mean gap), less ``slack_s`` of timestamp precision (0 for
     a frame folder's exact times). max_frames: then keep at most that many, evenly spread, first and last included.
     """
     n = len(times_s)
@@ -858,7 +867,7 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
     start_s, end_s = (clip.get("start_s"), clip.get("end_s")) if kind == "range" else (None, None)
     in_range = select_range(timeline.times_s, start_s, end_s, timeline.duration_s, path)
     clip_times = timeline.times_s[in_range] - (float(start_s) if start_s is not None else 0.0)
-    pos, out_fps = resample_indices(clip_times, options.target_fps, options.max_frames, timeline.frame_duration_s)
+    pos, out_fps = resample_indices(clip_times, options.target_fps, options.max_frames, timeline.shown_s(int(in_range[-1])))
     indices = in_range[pos]  # non-decreasing (a frame repeats when target_fps is above the video's rate)
     uniq, repeats = np.unique(indices, return_counts=True)
     _check_limits(len(indices), timeline.height, timeline.width, options, path, memory=False)

@@ -96,6 +96,41 @@ def test_a_chunk_demuxes_and_hashes_a_long_video_once_for_all_its_ranges(tmp_pat
     assert [r["num_frames"] for r in chunk] == [10, 10, 10]
 
 
+def test_ranges_that_select_the_same_frames_share_a_content_hash(tmp_path):
+    """An open start and start 0.0 (the same frames) had two hashes, so curation kept both as distinct clips."""
+    from manifests.probe import probe_clip
+    from tests.helpers import index_frame, write_video
+
+    video = write_video(tmp_path / "v.mp4", np.stack([index_frame(i) for i in range(25)]))  # 1 s at 25 fps
+    def hash_of(**row):
+        return probe_clip({"source_kind": "range", "path": str(video), "start_s": None, "end_s": None, **row})["content_hash"]
+
+    first_half = hash_of(end_s=0.5)
+    assert hash_of(start_s=0.0, end_s=0.5) == hash_of(start_s=0.0, end_s=0.49) == first_half  # frames 0-12 all
+    assert hash_of(start_s=0.04, end_s=0.5) != first_half and hash_of(end_s=0.53) != first_half  # one frame less / more
+    whole = probe_clip({"source_kind": "video", "path": str(video)})["content_hash"]
+    assert hash_of(start_s=0.0, end_s=1.2) == whole != first_half  # a range over the whole video is the video
+
+
+def test_a_ranges_last_frame_is_shown_until_the_next_frame_of_a_variable_rate_video(tmp_path):
+    """10 fps for 2 s, then 30 fps: the range [1, 2) holds 10 frames 0.1 s apart. Its last frame took the whole
+    video's median gap (1/30 s): duration 0.933 s, fps 10.71, where the frames last 1 s at 10 fps."""
+    from manifests.probe import probe_clip
+    from pipeline.decode import DecodeOptions, decode_clip
+    from tests.helpers import index_frame, write_video
+
+    pts_ms = [100 * i for i in range(20)] + [2000 + round(1000 * i / 30) for i in range(60)]
+    video = write_video(tmp_path / "vfr.mp4", np.stack([index_frame(i % 25) for i in range(80)]), pts_ms=pts_ms)
+    row = {"source_kind": "range", "path": str(video), "start_s": 1.0, "end_s": 2.0}
+    probed = probe_clip(row)
+    assert probed["num_frames"] == 10 and probed["duration_s"] == pytest.approx(1.0, abs=1e-6) and probed["fps"] == pytest.approx(10.0)
+    clip = decode_clip(row)
+    assert len(clip.frames) == 10 and clip.fps == pytest.approx(10.0) and clip.source_duration_s == pytest.approx(1.0, abs=1e-6)
+    assert len(decode_clip(row, DecodeOptions(target_fps=5.0)).frames) == 5  # instants 0, 0.2, ..., 0.8 of a 1 s clip
+    whole_end = probe_clip({"source_kind": "range", "path": str(video), "start_s": 2.5, "end_s": 4.0})
+    assert whole_end["duration_s"] == pytest.approx(4.0 - 2.5, abs=2e-3)  # the video's last frame: its median gap, 1/30 s
+
+
 def test_a_video_that_fails_to_probe_is_read_once_for_all_its_ranges(tmp_path, monkeypatch):
     # 2000 ranges of one broken video demuxed it 2000 times (16 s for a tiny file)
     import manifests.probe as probe
