@@ -96,6 +96,37 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _as_on_disk(path: Path, listings: dict[Path, dict[str, list[str]]] | None = None) -> Path:
+    """``path``, or the one path on disk that differs from it only in Unicode normalisation: "Müller" typed (NFC)
+    and a file name macOS wrote (NFD) look the same, but a Linux file system holds other bytes, and the row was a
+    bare "no such file". ``listings``: folder -> NFC name -> names, a cache for one annotation file's rows."""
+    if os.path.lexists(path):
+        return path
+    listings = {} if listings is None else listings
+    here = Path(path.parts[0])
+    for part in path.parts[1:]:
+        step = here / part
+        if not os.path.lexists(step):
+            if here not in listings:
+                try:
+                    names = os.listdir(here)
+                except OSError:
+                    return path
+                listings[here] = {}
+                for name in names:
+                    listings[here].setdefault(_nfc(name), []).append(name)
+            same = listings[here].get(_nfc(part), [])
+            if len(same) != 1:
+                return path
+            step = here / same[0]
+        here = step
+    return here
+
+
 def _invisible(char: str) -> bool:
     return char.isspace() or unicodedata.category(char) == "Cf"  # Cf: a zero-width space, a stray BOM, a joiner
 
@@ -187,6 +218,7 @@ def phoenix_root(root: Path, annotation: Path | None = None) -> Path:
 def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_: Any) -> Iterator[dict[str, Any]]:
     split = _split_from_filename(annotation)
     base = phoenix_root(root, annotation) / PHOENIX_FRAMES_DIR
+    listings: dict[Path, dict[str, list[str]]] = {}
     with open(annotation, encoding="utf-8-sig", newline="") as f:
         header = f.readline().rstrip("\r\n").split("|")
         if header[: len(PHOENIX_HEADER)] != PHOENIX_HEADER:
@@ -213,7 +245,7 @@ def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_:
                 signer=_text(rec["speaker"]),
                 text=_sentence(rec["translation"]),
                 source_kind="frames",
-                path=str(_phoenix_folder(base / (split or ""), rec["video"], rec["name"].strip())),
+                path=str(_as_on_disk(_phoenix_folder(base / (split or ""), rec["video"], rec["name"].strip()), listings)),
                 fps=25.0,
             )
 
@@ -252,8 +284,8 @@ def index_videos(root: Path) -> dict[str, list[str]]:
     for dirpath, _dirs, files in _walk(root):
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
-            if ext.lower() in VIDEO_EXTENSIONS:
-                _add_once(found, stem, os.path.join(dirpath, name))
+            if ext.lower() in VIDEO_EXTENSIONS:  # keyed by the NFC name: a macOS (NFD) file name and a typed one match
+                _add_once(found, _nfc(stem), os.path.join(dirpath, name))
     return found
 
 
@@ -270,7 +302,7 @@ def _only_one(videos: dict[str, list[str]], stem: str, what: str = "videos", rol
     """The one video (or folder) named ``stem`` under the root, or None; a ValueError naming them when there are several (a
     sentence clip next to OpenPose's rendering of it, features/openpose_output/video/NAME.mp4; a CSL-Daily frame
     folder next to a hand-crop folder of the same name: picking one by sort order read the wrong pictures)."""
-    found = videos.get(stem) or []
+    found = videos.get(_nfc(stem)) or []
     if len(found) > 1:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         raise ValueError(f"{len(found)} {what} named {stem}{'.*' if what == 'videos' else ''}{role} under --root ({shown}); "
@@ -330,10 +362,11 @@ def index_folders(root: Path, names: set[str]) -> dict[str, list[str]]:
     """Name -> paths of the folders under root named as one of ``names``, in sorted walk order (a matching folder
     is not descended into, so a corpus of 20k frame folders is one listing of their parent)."""
     found: dict[str, list[str]] = {}
+    wanted = {_nfc(n) for n in names}  # keyed by the NFC name, as index_videos
     for dirpath, dirs, _files in _walk(root):
-        for name in [d for d in dirs if d in names]:
-            _add_once(found, name, os.path.join(dirpath, name))
-        dirs[:] = [d for d in dirs if d not in names]
+        for name in [d for d in dirs if _nfc(d) in wanted]:
+            _add_once(found, _nfc(name), os.path.join(dirpath, name))
+        dirs[:] = [d for d in dirs if _nfc(d) not in wanted]
     return found
 
 
@@ -598,6 +631,7 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
     # and test.csv were reassigned at random by curation (8 of 10 test rows went to train)
     file_split = _split_from_filename(annotation)
     file_typo = _misspelt_split_in_filename(annotation)
+    listings: dict[Path, dict[str, list[str]]] = {}
     for line_no, rec in _table_records(annotation):
         try:
             clip_id = _clip_id(rec.get("id"))
@@ -615,7 +649,7 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
             yield _bad_row(annotation, line_no, "no path", clip_id=clip_id, dataset=default_dataset)
             continue
         path = Path(raw_path).expanduser()
-        path = path if path.is_absolute() else root / path
+        path = _as_on_disk(path if path.is_absolute() else root / path, listings)
         try:
             start, end, fps = _float(rec.get("start")), _float(rec.get("end")), _float(rec.get("fps"))
         except (TypeError, ValueError) as exc:

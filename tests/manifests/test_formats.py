@@ -316,6 +316,35 @@ def test_how2sign_videos_in_a_symlinked_folder_under_root_are_found(tmp_path):
     assert set(found) == {"vidA"} and [Path(p).resolve() for p in found["vidA"]] == [(tmp_path / "shared" / "videos" / "vidA.mp4").resolve()]
 
 
+def test_names_that_differ_from_the_files_only_in_unicode_normalisation_are_found(tmp_path):
+    """A file or folder macOS named (NFD: 'u' + combining diaeresis) and an annotation typed in NFC look the same,
+    but a Linux file system holds other bytes: the rows were a bare missing_file."""
+    import unicodedata
+
+    from manifests import formats
+
+    nfc, nfd = "Müller José", unicodedata.normalize("NFD", "Müller José")
+    assert nfc != nfd
+    (tmp_path / f"v {nfd}").mkdir()
+    (tmp_path / f"v {nfd}" / f"{nfd}.mp4").write_bytes(b"")
+    ann = tmp_path / "t.jsonl"
+    rows = [{"id": "a", "path": f"v {nfc}/{nfc}.mp4", "text": "x"}, {"id": "b", "path": str(tmp_path / f"v {nfc}" / f"{nfc}.mp4"), "text": "x"},
+            {"id": "c", "path": f"v {nfc}/other.mp4", "text": "x"}]
+    ann.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    a, b, c = parse_table(ann, root=tmp_path)
+    assert a["path"] == b["path"] == str(tmp_path / f"v {nfd}" / f"{nfd}.mp4")  # the name on disk
+    assert c["path"] == str(tmp_path / f"v {nfc}" / "other.mp4")  # nothing of that name: the path as written
+    # How2Sign finds videos by name, CSL-Daily folders by name: both keyed by the NFC form
+    assert formats._only_one(formats.index_videos(tmp_path), nfc) == str(tmp_path / f"v {nfd}" / f"{nfd}.mp4")
+    assert formats._only_one(formats.index_folders(tmp_path, {f"v {nfc}"}), f"v {nfc}", what="folders") == str(tmp_path / f"v {nfd}")
+    # PHOENIX: the frame folder under the split
+    (tmp_path / "features/fullFrame-210x260px/dev" / nfd / "1").mkdir(parents=True)
+    corpus = tmp_path / "PHOENIX-2014-T.dev.corpus.csv"
+    corpus.write_text("name|video|start|end|speaker|orth|translation\n" + f"{nfc}|{nfc}/1/*.png|-1|-1|Signer01|A|a b\n", encoding="utf-8")
+    (row,) = parse_phoenix(corpus, root=tmp_path)
+    assert row["path"] == str(tmp_path / "features/fullFrame-210x260px/dev" / nfd / "1") and row["id"] == nfc
+
+
 def test_a_text_of_only_invisible_characters_is_missing_and_invisible_ends_are_dropped(tmp_path):
     """"\u200b" (a zero-width space) or "\ufeff" (a stray BOM) as a text was an ok row that curation kept."""
     texts = {"zwsp": "\u200b", "bom": " \ufeff ", "mixed": "\u3000\u200b\t\u2060", "ends": "\ufeffhallo Welt\u200b ",
