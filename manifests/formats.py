@@ -554,7 +554,10 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     csv.field_size_limit(2**31 - 1)
     with open(annotation, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.DictReader(f, delimiter=",")
-        missing = [c for c in TABLE_REQUIRED if c not in (reader.fieldnames or [])]
+        if not reader.fieldnames:
+            raise SignfeatError(f"{annotation}: the file is empty; a table annotation starts with a header naming its columns "
+                                f"({', '.join(TABLE_REQUIRED)}, and any of {', '.join(TABLE_OPTIONAL)})")
+        missing = [c for c in TABLE_REQUIRED if c not in reader.fieldnames]
         if missing:
             raise SignfeatError(f"{annotation}: table annotations need columns {list(TABLE_REQUIRED)}; missing {missing} (found {reader.fieldnames})")
         misspelled = _misspelled_columns(reader.fieldnames)

@@ -316,6 +316,14 @@ def test_how2sign_videos_in_a_symlinked_folder_under_root_are_found(tmp_path):
     assert set(found) == {"vidA"} and [Path(p).resolve() for p in found["vidA"]] == [(tmp_path / "shared" / "videos" / "vidA.mp4").resolve()]
 
 
+@pytest.mark.parametrize("name", ["empty.csv", "empty.tsv"])
+def test_an_empty_table_file_says_so(tmp_path, name):
+    ann = tmp_path / name
+    ann.write_text("\n\n" if name.endswith("tsv") else "", encoding="utf-8")
+    with pytest.raises(SignfeatError, match=f"{name}: the file is empty; a table annotation starts with a header"):
+        list(parse_table(ann, root=tmp_path))
+
+
 def test_names_that_differ_from_the_files_only_in_unicode_normalisation_are_found(tmp_path):
     """A file or folder macOS named (NFD: 'u' + combining diaeresis) and an annotation typed in NFC look the same,
     but a Linux file system holds other bytes: the rows were a bare missing_file."""
