@@ -301,6 +301,9 @@ def _extract(args) -> int:
     print(f"streams: {weights}")
     where = summary["output"].partition("?")[0]  # an s3:// URL's options (endpoint_override=...) go after the path, not in it
     print(f"shards: {where}/{{split}}/*.tar  index: index.parquet  failures: failures.parquet  summary: job.json")
+    if summary["tars_not_in_plan"]:  # the pattern above reads them too
+        print(f"WARNING: {len(summary['tars_not_in_plan'])} .tar file(s) there are not this job's shards (job.json: tars_not_in_plan); "
+              "move them out before reading {split}/*.tar", file=sys.stderr)
     return 0
 
 

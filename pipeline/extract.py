@@ -45,6 +45,7 @@ from pipeline.errors import SignfeatError
 from pipeline.plan import ShardPlan, plan_hash, plan_shards
 from shards.sample import encode_sample, sample_checksum
 from shards.store import Store
+from shards.verify import tars_not_in_plan
 
 log = logging.getLogger("signfeat.extract")
 FAILURE_SCHEMA = pa.schema([("id", pa.string()), ("key", pa.string()), ("shard", pa.string()), ("split", pa.string()),
@@ -618,8 +619,23 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
     if failures_kept:  # a rerun after fixing inputs does not retry them: said, not silent
         log.warning("%d clips failed in an earlier run, in shards this run skipped as complete; they stay in failures.parquet "
                     "(after fixing their cause, rerun with --overwrite to retry them)", failures_kept)
+    # a .tar in a split folder that the plan does not name (copied in, left from another job) is read by anything
+    # globbing {split}/*.tar: the job's own shards are complete, but the output does not verify
+    stray = tars_not_in_plan(store.list_files(""), [p.name for p in plans])
+    if stray:
+        log.warning("%d .tar file(s) in the split folders are not shards of this job (%s%s): anything globbing {split}/*.tar "
+                    "reads them, and signfeat verify fails; move them out of %s", len(stray), ", ".join(stray[:3]),
+                    ", ..." if len(stray) > 3 else "", store.where)
+    finished = time.time()
+    this_run = {  # the run's own record; job.json keeps those of earlier runs of this job (a resume's) in "runs"
+        "started_at": _utc(t_start), "finished_at": _utc(finished), "wall_s": wall, "clips_this_run": clips_this_run,
+        "frames_this_run": frames_this_run, "shards_skipped_as_complete": len(skipped),
+        "stage_seconds": run_stats.get("busy_seconds", {}), "clips_by_node": run_stats.get("clips_by_node", {}),
+    }
     summary = {
         "output": store.where,
+        "started_at": this_run["started_at"],
+        "finished_at": this_run["finished_at"],
         "clips_planned": len(planned),
         "manifest_rows_not_ok": rows_not_ok or {},  # per status: rows the manifest marks bad, not planned
         "samples": index.num_rows,
@@ -645,6 +661,26 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
         "config_hash": identity["config_hash"],
         "plan_hash": identity["plan_hash"],
         "versions": _versions(),
+        "tars_not_in_plan": stray,
+        "runs": _earlier_runs(store, identity) + [this_run],
     }
     store.write_json("job.json", summary)
     return summary
+
+
+def _utc(epoch_s: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch_s, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _earlier_runs(store: Store, identity: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run records of the job.json an earlier run of this same job (config and plan) left, oldest first."""
+    try:
+        old = store.read_json("job.json")
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict) or (old.get("config_hash"), old.get("plan_hash")) != (identity["config_hash"], identity["plan_hash"]):
+        return []  # another job's (an --overwrite), or none
+    runs = old.get("runs")
+    return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []

@@ -262,16 +262,12 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
     # of a split the plan does not have (OUT/dev/ when it has no dev) is that split to the trainer; a half-written
     # temporary means a run was killed after this output was finished
     # (a user's other files under OUT, which --overwrite keeps, are not the output's business)
-    planned_files = {f"{shard}.tar" for shard in shards}
-    # the plan's split folders, and those of the splits manifests normalise to (a trainer asks for them)
-    split_folders = {shard.rsplit("/", 1)[0] for shard in shards if "/" in shard} | {"train", "dev", "test"}
-    for rel in store.list_files(""):
-        if _TEMP_NAME.search(rel):
-            if Store._ours(_TEMP_NAME.sub("", rel), set(shards)):
-                problem(f"{rel}: half-written temporary file of an interrupted run")
-        elif rel.endswith(".tar") and rel.count("/") == 1 and rel.split("/")[0] in split_folders and rel not in planned_files:
-            problem(f"{rel}: shard not in the plan (renamed, copied or left from another job?); "
-                    f"anything globbing {{split}}/*.tar reads it as split {rel.split('/')[0]!r}")
+    files = store.list_files("")
+    for rel in files:
+        if _TEMP_NAME.search(rel) and Store._ours(_TEMP_NAME.sub("", rel), set(shards)):
+            problem(f"{rel}: half-written temporary file of an interrupted run")
+    for rel in tars_not_in_plan(files, shards):
+        problem(f"{rel}: {NOT_IN_PLAN}; anything globbing {{split}}/*.tar reads it as split {rel.split('/')[0]!r}")
     for key, n in seen.items():
         if n > 1:
             problem(f"key {key} appears in {n} samples across shards")
@@ -280,6 +276,18 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
             problem(f"index.parquet lists {key} but no shard holds it")
     return {"ok": not problems, "problems": problems, "problems_total": total, "samples": sum(seen.values()), "failures": len(failures),
             "shards": len(shards), "notes": key_notes(list(seen))}
+
+
+NOT_IN_PLAN = "shard not in the plan (renamed, copied or left from another job?)"
+
+
+def tars_not_in_plan(files: list[str], shards: list[str]) -> list[str]:
+    """The .tar files (of ``files``, paths under OUT) in a split folder that the plan's ``shards`` do not name."""
+    planned_files = {f"{shard}.tar" for shard in shards}
+    # the plan's split folders, and those of the splits manifests normalise to (a trainer asks for them)
+    split_folders = {shard.rsplit("/", 1)[0] for shard in shards if "/" in shard} | {"train", "dev", "test"}
+    return [rel for rel in files if rel.endswith(".tar") and rel.count("/") == 1 and rel.split("/")[0] in split_folders
+            and rel not in planned_files and not _TEMP_NAME.search(rel)]
 
 
 def key_notes(keys: list[str]) -> list[str]:

@@ -339,6 +339,26 @@ def test_job_rates_count_only_this_runs_clips(out):
     assert summary["clips_this_run"] == 4 and summary["frames_this_run"] == summary["frames"] - (3 + 4)
 
 
+def test_a_run_names_tars_not_in_its_plan_and_job_json_keeps_every_runs_record(out):
+    """A stray .tar in a split folder: the run said nothing, exited 0 and printed {split}/*.tar, which reads it
+    (verify failed on it). A rerun that skipped everything replaced job.json's nodes and stage seconds with {}."""
+    plans = plan_shards([_row(i, "train") for i in range(5)] + [_row(5, "test")], CONFIG.shards)
+    store = Store(str(out))
+    identity = store.read_json("_signfeat/identity.json")
+    shutil.copyfile(out / f"{SHARD}.tar", out / "train" / "extra.tar")
+    work = {"busy_seconds": {"decode": 1.5}, "clips_by_node": {"node-a": {"decode": 6}}}
+    first = finalize(store, plans, STREAMS, CONFIG, identity, 100.0, work)
+    assert first["tars_not_in_plan"] == ["train/extra.tar"] and first["started_at"] == "1970-01-01T00:01:40+00:00"
+    (out / "train" / "extra.tar").unlink()
+    second = finalize(store, plans, STREAMS, CONFIG, identity, 200.0, {}, skipped={p.name for p in plans})
+    assert second["tars_not_in_plan"] == [] and len(second["runs"]) == len(first["runs"]) + 1
+    assert second["runs"][-2] == first["runs"][-1] and first["runs"][-1]["clips_by_node"] == work["clips_by_node"]
+    assert second["runs"][-1]["started_at"] == "1970-01-01T00:03:20+00:00" and second["runs"][-1]["clips_this_run"] == 0
+    assert json.loads((out / "job.json").read_text())["runs"] == second["runs"]
+    other = dict(identity, plan_hash="another")  # another job's record is not this job's history
+    assert len(finalize(store, plans, STREAMS, CONFIG, other, 300.0, {})["runs"]) == 1
+
+
 def test_a_missing_job_record_with_complete_shards_is_refused(out):
     """With identity.json gone, the check was skipped and another job's shards were adopted as complete
     (a corrected text stayed stale, a changed config went unnoticed)."""
