@@ -55,7 +55,7 @@ def _probe_video(row: dict[str, Any], hashes: dict[str, str], timelines: dict[st
         idx = np.arange(len(timeline.times_s))
     # duration of the frames the clip holds: first shown .. last one's end (a video's first frame may be
     # shown after the file's start, when its audio starts first)
-    duration = timeline.span_s(idx)
+    duration = timeline.span_s(idx, row.get("end_s") if row["source_kind"] == "range" else None)
     num = int(len(idx))
     if path not in hashes:
         hashes[path] = file_hash(path).hexdigest()

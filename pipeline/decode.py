@@ -70,6 +70,9 @@ class DecodedClip:
 # ----------------------------------------------------------------------------------------------- timelines
 
 
+_USUAL_GAPS = 8  # the gaps before a frame that tell its usual length (the video's last frame: no next frame says it)
+
+
 @dataclass
 class VideoTimeline:
     """What demuxing a video tells without decoding it: one timestamp per frame, in presentation order."""
@@ -95,18 +98,28 @@ class VideoTimeline:
     # alpha_mode=1: libvpx); "" for the stream's usual decoder
     alpha_decoder: str = ""
 
-    def span_s(self, idx: np.ndarray) -> float:
-        """Seconds the frames ``idx`` (sorted positions) are shown: the first one's start to the last one's end."""
+    def span_s(self, idx: np.ndarray, until_s: float | None = None) -> float:
+        """Seconds the frames ``idx`` (sorted positions) are shown: the first one's start to the last one's end
+        (at most ``until_s``, a range's end)."""
         last = int(idx[-1])
-        return float(self.times_s[last] - self.times_s[idx[0]] + self.shown_s(last))
+        return float(self.times_s[last] - self.times_s[idx[0]] + self.shown_s(last, until_s))
 
-    def shown_s(self, i: int) -> float:
-        """Seconds frame ``i`` is shown: until the next frame's time (a variable-rate video's gap there, where the
-        median of the whole video's gaps gave a range's duration and fps of another rate), the median gap for the
-        video's last frame."""
-        if i + 1 < len(self.times_s) and self.times_s[i + 1] > self.times_s[i]:
-            return float(self.times_s[i + 1] - self.times_s[i])
-        return self.frame_duration_s
+    def shown_s(self, i: int, until_s: float | None = None) -> float:
+        """Seconds frame ``i`` is shown: until the next frame's time (a variable-rate video's gap there: the
+        median of the whole video's gaps gave a range's duration and fps of another rate). A longer gap than the
+        usual one around the frame (a freeze, a cut) ends at ``until_s``, a range's end, if that comes first: the
+        rest is not the clip's. The video's last frame, which has no next one, is shown for the usual gap: the
+        median of the gaps before it."""
+        t = self.times_s
+        before = np.diff(t[max(0, i - _USUAL_GAPS) : i + 1])
+        before = before[before > 0]
+        usual = float(np.median(before)) if len(before) else self.frame_duration_s
+        if i + 1 < len(t) and t[i + 1] > t[i]:
+            shown = float(t[i + 1] - t[i])
+            if until_s is not None and shown > usual:
+                shown = min(shown, max(float(until_s) - float(t[i]), usual))
+            return shown
+        return usual
 
     @property
     def duration_s(self) -> float:
@@ -867,7 +880,7 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
     start_s, end_s = (clip.get("start_s"), clip.get("end_s")) if kind == "range" else (None, None)
     in_range = select_range(timeline.times_s, start_s, end_s, timeline.duration_s, path)
     clip_times = timeline.times_s[in_range] - (float(start_s) if start_s is not None else 0.0)
-    pos, out_fps = resample_indices(clip_times, options.target_fps, options.max_frames, timeline.shown_s(int(in_range[-1])))
+    pos, out_fps = resample_indices(clip_times, options.target_fps, options.max_frames, timeline.shown_s(int(in_range[-1]), end_s))
     indices = in_range[pos]  # non-decreasing (a frame repeats when target_fps is above the video's rate)
     uniq, repeats = np.unique(indices, return_counts=True)
     _check_limits(len(indices), timeline.height, timeline.width, options, path, memory=False)
@@ -881,7 +894,7 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
         chunks = iter([_load_image(Path(path))[None]])
     else:
         chunks = _video_chunks(backend, path, uniq, timeline, chunk)
-    return ClipFrames(len(indices), timeline.height, timeline.width, float(out_fps), clip_times[pos], _recorded(timeline.span_s(in_range)),
+    return ClipFrames(len(indices), timeline.height, timeline.width, float(out_fps), clip_times[pos], _recorded(timeline.span_s(in_range, end_s)),
                       chunks, repeats)
 
 

@@ -128,7 +128,37 @@ def test_a_ranges_last_frame_is_shown_until_the_next_frame_of_a_variable_rate_vi
     assert len(clip.frames) == 10 and clip.fps == pytest.approx(10.0) and clip.source_duration_s == pytest.approx(1.0, abs=1e-6)
     assert len(decode_clip(row, DecodeOptions(target_fps=5.0)).frames) == 5  # instants 0, 0.2, ..., 0.8 of a 1 s clip
     whole_end = probe_clip({"source_kind": "range", "path": str(video), "start_s": 2.5, "end_s": 4.0})
-    assert whole_end["duration_s"] == pytest.approx(4.0 - 2.5, abs=2e-3)  # the video's last frame: its median gap, 1/30 s
+    assert whole_end["duration_s"] == pytest.approx(4.0 - 2.5, abs=2e-3)  # the video's last frame: 1/30 s, its last gaps
+
+
+def test_a_clip_at_a_variable_rate_videos_end_and_a_range_before_a_freeze_keep_their_own_duration(tmp_path):
+    """30 fps for 2 s, then 10 fps: the video's last frame was shown for the whole video's median gap (1/30 s), so
+    the range [3, 4) was 0.933 s at 10.7 fps. A frame before a gap (a freeze) was shown until the next frame even
+    past the range's end: [0, 2.5) of a video with nothing between 1.97 s and 6 s was 6 s at 10 fps."""
+    from manifests.probe import probe_clip
+    from pipeline.decode import DecodeOptions, decode_clip
+    from tests.helpers import index_frame, write_video
+
+    pts_ms = [round(1000 * i / 30) for i in range(60)] + [2000 + 100 * i for i in range(20)]
+    video = write_video(tmp_path / "vfr.mp4", np.stack([index_frame(i % 25) for i in range(80)]), pts_ms=pts_ms)
+    row = {"source_kind": "range", "path": str(video), "start_s": 3.0, "end_s": 4.0}
+    probed = probe_clip(row)
+    assert (probed["num_frames"], probed["duration_s"], probed["fps"]) == (10, pytest.approx(1.0, abs=1e-6), pytest.approx(10.0))
+    assert len(decode_clip(row, DecodeOptions(target_fps=25.0)).frames) == 25
+    pts_ms = [round(1000 * i / 30) for i in range(60)] + [6000 + round(1000 * i / 30) for i in range(30)]
+    freeze = write_video(tmp_path / "freeze.mp4", np.stack([index_frame(i % 25) for i in range(90)]), pts_ms=pts_ms)
+    row = {"source_kind": "range", "path": str(freeze), "start_s": 0.0, "end_s": 2.5}
+    probed = probe_clip(row)
+    assert (probed["num_frames"], probed["duration_s"]) == (60, pytest.approx(2.5, abs=1e-6))  # not 6 s
+    clip = decode_clip(row, DecodeOptions(target_fps=10.0))
+    assert len(clip.frames) == 25 and clip.source_duration_s == pytest.approx(2.5)  # instants 0 .. 2.4 s, none past the range
+    assert probe_clip({"source_kind": "video", "path": str(freeze)})["duration_s"] == pytest.approx(7.0, abs=2e-3)  # whole: unchanged
+    # a constant-rate range whose end falls between two frames keeps whole frames: 8 frames of 0.1 s, 10 fps
+    cfr = write_video(tmp_path / "cfr.mp4", np.stack([index_frame(i) for i in range(20)]), fps=10)
+    probed = probe_clip({"source_kind": "range", "path": str(cfr), "start_s": 0.5, "end_s": 1.25})
+    assert (probed["num_frames"], probed["duration_s"], probed["fps"]) == (8, pytest.approx(0.8), pytest.approx(10.0))
+
+
 
 
 def test_a_video_that_fails_to_probe_is_read_once_for_all_its_ranges(tmp_path, monkeypatch):
