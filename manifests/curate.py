@@ -443,7 +443,8 @@ REPORT_FILES = ("excluded.parquet", "report.json", *PLOT_FILES)
 
 def curate_manifest(manifest: Path, out: Path, report_dir: Path, options: CurateOptions, plots: bool = True) -> dict[str, Any]:
     # an --out inside the report folder named as one of its files was overwritten by that file (the kept rows lost)
-    if Path(os.path.abspath(out)).parent == Path(os.path.abspath(report_dir)) and out.name in REPORT_FILES:
+    # (through links too: realpath resolves a linked folder or file, and a path that does not exist yet as far as it does)
+    if os.path.realpath(out) in {os.path.realpath(Path(report_dir) / name) for name in REPORT_FILES}:
         raise SignfeatError(f"--out {out} is a file the report in {report_dir} writes ({', '.join(REPORT_FILES[:2])}, plots): "
                             "name the curated manifest otherwise, or put it in another folder")
     try:

@@ -127,22 +127,25 @@ def _as_on_disk(path: Path, listings: dict[Path, dict[str, list[str]]] | None = 
     return here
 
 
-def _invisible(char: str) -> bool:
-    return char.isspace() or unicodedata.category(char) == "Cf"  # Cf: a zero-width space, a stray BOM, a joiner
+# trimmed from a text's ends: whitespace and the invisible format characters that mean nothing there (zero-width
+# space and joiners, direction marks, word joiner, a stray BOM), not the tag characters or variation selectors that
+# end an emoji (the tags after a black flag make England's flag, U+FE0F after a heart makes it red)
+_TRIMMED_ENDS = re.compile(r"^[\s\u200b-\u200f\u2060\ufeff]+|[\s\u200b-\u200f\u2060\ufeff]+$")
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # Hangul fillers and the blank Braille cell: letters that show nothing
+
+
+def _shows_something(char: str) -> bool:
+    return not (char.isspace() or char in _FILLERS or unicodedata.category(char) in ("Cf", "Mn", "Me", "Cc"))
 
 
 def _sentence(value: Any) -> str | None:
-    """A clip's text without whitespace or invisible format characters at either end; None when nothing else is
-    left ("\u200b" passed as a text, and a model would be taught to answer with nothing visible)."""
+    """A clip's text without whitespace or invisible format characters at either end; None when no character of
+    it shows anything ("\u200b" or a Hangul filler passed as a text, and a model would be taught to answer with
+    nothing visible)."""
     if value is None:
         return None
-    text = str(value)
-    start, end = 0, len(text)
-    while start < end and _invisible(text[start]):
-        start += 1
-    while end > start and _invisible(text[end - 1]):
-        end -= 1
-    return text[start:end] or None
+    text = _TRIMMED_ENDS.sub("", str(value))
+    return text if any(_shows_something(c) for c in text) else None
 
 
 def _clip_id(value: Any) -> str | None:
@@ -245,18 +248,20 @@ def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_:
                 signer=_text(rec["speaker"]),
                 text=_sentence(rec["translation"]),
                 source_kind="frames",
-                path=str(_as_on_disk(_phoenix_folder(base / (split or ""), rec["video"], rec["name"].strip()), listings)),
+                path=str(_phoenix_folder(base / (split or ""), rec["video"], rec["name"].strip(), listings)),
                 fps=25.0,
             )
 
 
-def _phoenix_folder(split_dir: Path, video: str, name: str) -> Path:
+def _phoenix_folder(split_dir: Path, video: str, name: str, listings: dict[Path, dict[str, list[str]]] | None = None) -> Path:
     """The frame folder of a PHOENIX row. ``video`` is like ``NAME/1/*.png``: the folder is everything before the
     glob; but PHOENIX-2014-T's release keeps the frames in ``NAME/`` itself (``NAME/images0001.png``: no ``1/``,
     which only the older PHOENIX-2014 layout has), so a missing ``NAME/1`` falls back to ``NAME``."""
-    folder = split_dir / (video.split("*")[0].rstrip("/") or name)
-    if not folder.is_dir() and folder.name == "1" and folder.parent.is_dir():
-        return folder.parent
+    folder = _as_on_disk(split_dir / (video.split("*")[0].rstrip("/") or name), listings)
+    if not folder.is_dir() and folder.name == "1":
+        parent = _as_on_disk(folder.parent, listings)
+        if parent.is_dir():
+            return parent
     return folder
 
 
@@ -291,11 +296,18 @@ def index_videos(root: Path) -> dict[str, list[str]]:
 
 def _add_once(found: dict[str, list[str]], name: str, path: str) -> None:
     """``path`` under ``name``, unless a path already there is the same file or folder: a video linked into
-    raw_videos/ from a shared store that also lies under the root is one video, not two of one name."""
+    raw_videos/ (symbolically or hard) from a shared store that also lies under the root is one video, not two."""
     paths = found.setdefault(name, [])
-    real = os.path.realpath(path)
-    if all(os.path.realpath(p) != real for p in paths):
+    if not any(_same_file(p, path) for p in paths):
         paths.append(path)
+
+
+def _same_file(a: str, b: str) -> bool:
+    """One file or folder under two paths: a symbolic link, or a hard link (same device and inode)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # a dangling link
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _only_one(videos: dict[str, list[str]], stem: str, what: str = "videos", role: str = "") -> str | None:
@@ -304,8 +316,16 @@ def _only_one(videos: dict[str, list[str]], stem: str, what: str = "videos", rol
     folder next to a hand-crop folder of the same name: picking one by sort order read the wrong pictures)."""
     found = videos.get(_nfc(stem)) or []
     if len(found) > 1:
+        def name(path: str) -> str:
+            base = os.path.basename(path)
+            return os.path.splitext(base)[0] if what == "videos" else base
+
+        exact = [p for p in found if name(p) == stem]  # byte for byte: a name in NFC and another in NFD both exist
+        if len(exact) == 1:
+            return exact[0]
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise ValueError(f"{len(found)} {what} named {stem}{'.*' if what == 'videos' else ''}{role} under --root ({shown}); "
+        forms = " (their names differ only in Unicode normalisation)" if len({name(p) for p in found}) > 1 else ""
+        raise ValueError(f"{len(found)} {what} named {stem}{'.*' if what == 'videos' else ''}{role} under --root ({shown}){forms}; "
                          "give a --root that holds only one of them")
     return found[0] if found else None
 

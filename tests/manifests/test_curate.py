@@ -137,6 +137,11 @@ def test_an_out_named_as_a_report_file_in_the_report_folder_is_refused(demo_mani
     with pytest.raises(SignfeatError, match=f"--out .*{name}.* is a file the report"):
         curate_manifest(demo_manifest, tmp_path / "x" / ".." / "report" / name, report_dir, CurateOptions(), plots=False)
     assert not report_dir.exists()  # refused before anything is written
+    report_dir.mkdir()
+    (tmp_path / "link").symlink_to(report_dir)  # the report folder through a link
+    with pytest.raises(SignfeatError, match="is a file the report"):
+        curate_manifest(demo_manifest, tmp_path / "link" / name, report_dir, CurateOptions(), plots=False)
+    report_dir.rmdir()
     report = curate_manifest(demo_manifest, tmp_path / name, report_dir, CurateOptions(), plots=False)  # beside it: fine
     assert len(pd.read_parquet(tmp_path / name)) == report["kept"]
 

@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -345,24 +346,50 @@ def test_names_that_differ_from_the_files_only_in_unicode_normalisation_are_foun
     # How2Sign finds videos by name, CSL-Daily folders by name: both keyed by the NFC form
     assert formats._only_one(formats.index_videos(tmp_path), nfc) == str(tmp_path / f"v {nfd}" / f"{nfd}.mp4")
     assert formats._only_one(formats.index_folders(tmp_path, {f"v {nfc}"}), f"v {nfc}", what="folders") == str(tmp_path / f"v {nfd}")
-    # PHOENIX: the frame folder under the split
+    # PHOENIX: the frame folder under the split, NAME/1 (PHOENIX-2014) or NAME itself (PHOENIX-2014-T)
     (tmp_path / "features/fullFrame-210x260px/dev" / nfd / "1").mkdir(parents=True)
+    (tmp_path / "features/fullFrame-210x260px/dev" / f"T {nfd}").mkdir(parents=True)
     corpus = tmp_path / "PHOENIX-2014-T.dev.corpus.csv"
-    corpus.write_text("name|video|start|end|speaker|orth|translation\n" + f"{nfc}|{nfc}/1/*.png|-1|-1|Signer01|A|a b\n", encoding="utf-8")
-    (row,) = parse_phoenix(corpus, root=tmp_path)
+    corpus.write_text("name|video|start|end|speaker|orth|translation\n" + f"{nfc}|{nfc}/1/*.png|-1|-1|Signer01|A|a b\n"
+                      f"T {nfc}|T {nfc}/1/*.png|-1|-1|Signer01|A|a b\n", encoding="utf-8")
+    row, t_row = parse_phoenix(corpus, root=tmp_path)
     assert row["path"] == str(tmp_path / "features/fullFrame-210x260px/dev" / nfd / "1") and row["id"] == nfc
+    assert t_row["path"] == str(tmp_path / "features/fullFrame-210x260px/dev" / f"T {nfd}")
+
+
+def test_when_a_name_exists_in_both_normalisations_the_byte_exact_one_is_taken(tmp_path):
+    """Two videos (or folders) whose names differ only in normalisation: every row naming either was refused as
+    '2 videos named ...', with two paths that print alike."""
+    import unicodedata
+
+    from manifests import formats
+
+    nfc, nfd = "José-1", unicodedata.normalize("NFD", "José-1")
+    for name in (nfc, nfd):
+        (tmp_path / f"{name}.mp4").write_bytes(name.encode())
+        (tmp_path / f"S {name}").mkdir()
+    videos, folders = formats.index_videos(tmp_path), formats.index_folders(tmp_path, {f"S {nfc}"})
+    assert formats._only_one(videos, nfc) == str(tmp_path / f"{nfc}.mp4") and formats._only_one(videos, nfd) == str(tmp_path / f"{nfd}.mp4")
+    assert formats._only_one(folders, f"S {nfd}", what="folders") == str(tmp_path / f"S {nfd}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / f"{nfc}.mp4").write_bytes(b"a third")  # no longer one byte-exact match: refused, and why
+    with pytest.raises(ValueError, match="3 videos named José-1.* differ only in Unicode normalisation"):
+        formats._only_one(formats.index_videos(tmp_path), nfc)
 
 
 def test_a_text_of_only_invisible_characters_is_missing_and_invisible_ends_are_dropped(tmp_path):
     """"\u200b" (a zero-width space) or "\ufeff" (a stray BOM) as a text was an ok row that curation kept."""
-    texts = {"zwsp": "\u200b", "bom": " \ufeff ", "mixed": "\u3000\u200b\t\u2060", "ends": "\ufeffhallo Welt\u200b ",
-             "family": "\U0001F468\u200d\U0001F469\u200d\U0001F467", "inner": "a\u200bb"}
+    texts = {"zwsp": "\u200b", "bom": " \ufeff ", "mixed": "\u3000\u200b\t\u2060", "filler": "\u3164", "selector": "\ufe0f\u034f",
+             "braille": "\u2800 ", "ends": "\ufeffhallo Welt\u200b ", "family": "\U0001F468\u200d\U0001F469\u200d\U0001F467",
+             "inner": "a\u200bb", "flag": "I love \U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F",
+             "heart": "gut \u2764\ufe0f"}
     ann = tmp_path / "t.jsonl"
     ann.write_text("".join(json.dumps({"id": k, "path": "v.mp4", "text": t}) + "\n" for k, t in texts.items()), encoding="utf-8")
     rows = {r["id"]: r for r in parse_table(ann, root=tmp_path)}
-    assert [k for k, r in rows.items() if r["status"] == "missing_text"] == ["zwsp", "bom", "mixed"]
+    assert [k for k, r in rows.items() if r["status"] == "missing_text"] == ["zwsp", "bom", "mixed", "filler", "selector", "braille"]
     assert rows["ends"]["text"] == "hallo Welt" and rows["ends"]["status"] is None
     assert rows["family"]["text"] == texts["family"] and rows["inner"]["text"] == "a\u200bb"  # joiners inside stay
+    assert rows["flag"]["text"] == texts["flag"] and rows["heart"]["text"] == texts["heart"]  # an emoji's tags / selector at the end stay
 
 
 def test_a_video_or_folder_and_a_link_to_it_both_under_root_are_one(tmp_path):
@@ -375,11 +402,14 @@ def test_a_video_or_folder_and_a_link_to_it_both_under_root_are_one(tmp_path):
     (tmp_path / "raw_videos").mkdir()
     (tmp_path / "raw_videos" / "vidA.mp4").symlink_to(tmp_path / "store" / "vidA.mp4")
     (tmp_path / "raw_videos" / "S01").symlink_to(tmp_path / "store" / "S01")
+    (tmp_path / "hard").mkdir()
+    os.link(tmp_path / "store" / "vidA.mp4", tmp_path / "hard" / "vidA.mp4")  # a hard link is the same file too
     (tmp_path / "copy").mkdir()
     (tmp_path / "copy" / "vidA.mp4").write_bytes(b"")  # another file of the same name: still two
     videos = formats.index_videos(tmp_path)
-    assert videos["vidA"] == [str(tmp_path / "copy" / "vidA.mp4"), str(tmp_path / "raw_videos" / "vidA.mp4")]
+    assert videos["vidA"] == [str(tmp_path / "copy" / "vidA.mp4"), str(tmp_path / "hard" / "vidA.mp4")]  # the first of each file, in walk order
     (tmp_path / "copy" / "vidA.mp4").unlink()
+    (tmp_path / "hard" / "vidA.mp4").unlink()
     assert formats.index_videos(tmp_path)["vidA"] == [str(tmp_path / "raw_videos" / "vidA.mp4")]
     assert formats.index_folders(tmp_path, {"S01"}) == {"S01": [str(tmp_path / "raw_videos" / "S01")]}
 
