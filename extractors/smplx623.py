@@ -203,7 +203,10 @@ class Smplx623Extractor(Extractor):
 
     def joints_to_features(self, joints: np.ndarray) -> np.ndarray:
         if len(joints) < 2:
-            raise ClipError("too_short", f"a motion needs at least 2 frames, got {len(joints)}")
+            rate = self.settings.target_fps
+            raise ClipError("too_short", f"a motion needs at least 2 frames, got {len(joints)}"
+                                         + (f" at target_fps {rate:g} (the clip's frames resampled to it; "
+                                            "target_fps=0 keeps the clip's own rate)" if rate else ""))
         if not np.isfinite(joints).all():
             raise ClipError("bad_params", "SMPL-X joints are not finite (NaN/inf in the parameters)")
         return joints_to_features(joints, self.target_joints, self.features)

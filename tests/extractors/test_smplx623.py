@@ -139,11 +139,15 @@ def test_bad_settings_are_refused(model_dir):
         build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "sigma": 3}})
 
 
-def test_too_short_clip_is_a_clip_error(extractor):
+def test_too_short_clip_is_a_clip_error(extractor, model_dir):
     from pipeline.errors import ClipError
 
-    with pytest.raises(ClipError, match="at least 2 frames"):
+    with pytest.raises(ClipError, match="at least 2 frames, got 1$"):
         extractor.extract_params([smooth_random_params(1)])
+    # 2 frames at 30 fps resample to 1 at 20 fps: the message says the count is the resampled one
+    at_20 = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "target_fps": 20}})
+    with pytest.raises(ClipError, match=r"at least 2 frames, got 1 at target_fps 20 \(the clip's frames resampled to it"):
+        at_20.extract_params([smooth_random_params(2)], [30.0])
 
 
 def test_cli_features_on_a_parameters_file(model_dir, extractor, tmp_path, capsys):
