@@ -103,7 +103,8 @@ def _nfc(name: str) -> str:
 def _as_on_disk(path: Path, listings: dict[Path, dict[str, list[str]]] | None = None) -> Path:
     """``path``, or the one path on disk that differs from it only in Unicode normalisation: "Müller" typed (NFC)
     and a file name macOS wrote (NFD) look the same, but a Linux file system holds other bytes, and the row was a
-    bare "no such file". ``listings``: folder -> NFC name -> names, a cache for one annotation file's rows."""
+    bare "no such file". ``listings``: folder -> NFC name -> names, a cache for one annotation file's rows. A
+    ValueError when several names there differ from it only in normalisation."""
     if os.path.lexists(path):
         return path
     listings = {} if listings is None else listings
@@ -120,31 +121,54 @@ def _as_on_disk(path: Path, listings: dict[Path, dict[str, list[str]]] | None = 
                 for name in names:
                     listings[here].setdefault(_nfc(name), []).append(name)
             same = listings[here].get(_nfc(part), [])
-            if len(same) != 1:
+            if len(same) > 1:  # "Jürgén" typed in a third form: which of them is meant cannot be told
+                raise ValueError(f"no {step}, but {len(same)} names in {here} differ from {part!r} only in Unicode normalisation "
+                                 f"({', '.join(ascii(n) for n in sorted(same))}): write the one meant byte for byte")
+            if not same:
                 return path
             step = here / same[0]
         here = step
     return here
 
 
-# trimmed from a text's ends: whitespace and the invisible format characters that mean nothing there (zero-width
-# space and joiners, direction marks, word joiner, a stray BOM), not the tag characters or variation selectors that
-# end an emoji (the tags after a black flag make England's flag, U+FE0F after a heart makes it red)
-_TRIMMED_ENDS = re.compile(r"^[\s\u200b-\u200f\u2060\ufeff]+|[\s\u200b-\u200f\u2060\ufeff]+$")
 _FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # Hangul fillers and the blank Braille cell: letters that show nothing
+_BLACK_FLAG = "\U0001F3F4"  # a subdivision flag: the black flag, then tag characters (U+E0020-E007F), e.g. England's
 
 
 def _shows_something(char: str) -> bool:
     return not (char.isspace() or char in _FILLERS or unicodedata.category(char) in ("Cf", "Mn", "Me", "Cc"))
 
 
+def _trimmed_at_an_end(char: str) -> bool:
+    """Whitespace, fillers and invisible format characters (zero-width space and joiners, direction marks and
+    isolates, soft hyphen, a stray BOM...) mean nothing at a text's ends."""
+    return char.isspace() or char in _FILLERS or unicodedata.category(char) == "Cf"
+
+
+def _is_tag(char: str) -> bool:
+    return "\U000E0020" <= char <= "\U000E007F"
+
+
 def _sentence(value: Any) -> str | None:
-    """A clip's text without whitespace or invisible format characters at either end; None when no character of
-    it shows anything ("\u200b" or a Hangul filler passed as a text, and a model would be taught to answer with
-    nothing visible)."""
+    """A clip's text without whitespace or invisible characters at either end; None when no character of it
+    shows anything ("\u200b" or a Hangul filler passed as a text, and a model would be taught to answer with
+    nothing visible). A flag's tag characters at the end stay (the black flag and its tags are England's flag);
+    variation selectors are not format characters and stay (U+FE0F after a heart makes it red)."""
     if value is None:
         return None
-    text = _TRIMMED_ENDS.sub("", str(value))
+    text = str(value)
+    start, end = 0, len(text)
+    while start < end and _trimmed_at_an_end(text[start]):
+        start += 1
+    while end > start and _trimmed_at_an_end(text[end - 1]):
+        if _is_tag(text[end - 1]):
+            first = end - 1
+            while first > start and _is_tag(text[first - 1]):
+                first -= 1
+            if first > start and text[first - 1] == _BLACK_FLAG:
+                break
+        end -= 1
+    text = text[start:end]
     return text if any(_shows_something(c) for c in text) else None
 
 
@@ -241,6 +265,12 @@ def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_:
             if not rec["name"].strip():
                 yield _bad_row(annotation, line_no, "no name (the clip id)", dataset=dataset or "phoenix2014t", split=split, source_kind="frames")
                 continue
+            try:
+                folder = _phoenix_folder(base / (split or ""), rec["video"], rec["name"].strip(), listings)
+            except ValueError as exc:
+                yield _bad_row(annotation, line_no, str(exc), clip_id=rec["name"].strip(), dataset=dataset or "phoenix2014t",
+                               split=split, source_kind="frames")
+                continue
             yield _row(
                 id=rec["name"].strip(),
                 dataset=dataset or "phoenix2014t",
@@ -248,7 +278,7 @@ def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_:
                 signer=_text(rec["speaker"]),
                 text=_sentence(rec["translation"]),
                 source_kind="frames",
-                path=str(_phoenix_folder(base / (split or ""), rec["video"], rec["name"].strip(), listings)),
+                path=str(folder),
                 fps=25.0,
             )
 
@@ -672,7 +702,12 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
             yield _bad_row(annotation, line_no, "no path", clip_id=clip_id, dataset=default_dataset)
             continue
         path = Path(raw_path).expanduser()
-        path = _as_on_disk(path if path.is_absolute() else root / path, listings)
+        path = path if path.is_absolute() else root / path
+        try:
+            path = _as_on_disk(path, listings)
+        except ValueError as exc:
+            yield _bad_row(annotation, line_no, str(exc), clip_id=clip_id, dataset=default_dataset, path=str(path))
+            continue
         try:
             start, end, fps = _float(rec.get("start")), _float(rec.get("end")), _float(rec.get("fps"))
         except (TypeError, ValueError) as exc:

@@ -125,7 +125,7 @@ class VideoTimeline:
     def duration_s(self) -> float:
         if len(self.times_s) == 0:
             return 0.0
-        return float(self.times_s[-1] + self.frame_duration_s)
+        return float(self.times_s[-1] + self.shown_s(len(self.times_s) - 1))  # the last frame as a clip ending there shows it
 
 
 def _open_container(path: str):
@@ -886,7 +886,7 @@ def open_clip(clip: Mapping[str, Any], options: DecodeOptions = DecodeOptions(),
     _check_limits(len(indices), timeline.height, timeline.width, options, path, memory=False)
     backend = "pyav" if pyav_instead(options.backend, timeline, uniq) else options.backend
     if out_fps is None:  # a single frame: report the stream's own rate
-        out_fps = _recorded(1.0 / timeline.frame_duration_s)  # a median of float gaps: 24.99999999999998
+        out_fps = _recorded(1.0 / timeline.shown_s(int(in_range[-1]), end_s))  # its own length, as the manifest's fps; 24.99999999999998
     chunk = _chunk_frames(timeline.height, timeline.width, chunk_mib)
     if Path(path).suffix.lower() in IMAGE_EXTENSIONS and len(timeline.times_s) == 1:
         # a still image given as a clip: read as a frame folder's images are (transparency onto white, 16-bit

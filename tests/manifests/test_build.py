@@ -153,6 +153,15 @@ def test_a_clip_at_a_variable_rate_videos_end_and_a_range_before_a_freeze_keep_t
     clip = decode_clip(row, DecodeOptions(target_fps=10.0))
     assert len(clip.frames) == 25 and clip.source_duration_s == pytest.approx(2.5)  # instants 0 .. 2.4 s, none past the range
     assert probe_clip({"source_kind": "video", "path": str(freeze)})["duration_s"] == pytest.approx(7.0, abs=2e-3)  # whole: unchanged
+    # a one-frame range before the freeze: its fps is its own frame's, as the manifest's (it was the video's 30)
+    one = decode_clip({"source_kind": "range", "path": str(freeze), "start_s": 1.95, "end_s": 2.5})
+    assert len(one.frames) == 1 and one.fps == pytest.approx(1 / (2.5 - 59 / 30), rel=1e-3)
+    # a slideshow tail (frames 2 s apart after 1.6 s at 25 fps): the video lasts until its last frame's usual gap
+    # ends, so a range ending after the last frame's time but inside that was not range_out_of_bounds
+    pts_ms = [40 * i for i in range(40)] + [1600 + 2000 * i for i in range(10)]
+    slides = write_video(tmp_path / "slides.mp4", np.stack([index_frame(i % 25) for i in range(50)]), pts_ms=pts_ms)
+    tail = probe_clip({"source_kind": "range", "path": str(slides), "start_s": 19.0, "end_s": 21.2})
+    assert (tail["num_frames"], tail["duration_s"]) == (1, pytest.approx(2.0, abs=1e-3))  # 19.6 s to 21.6 s: its usual gap
     # a constant-rate range whose end falls between two frames keeps whole frames: 8 frames of 0.1 s, 10 fps
     cfr = write_video(tmp_path / "cfr.mp4", np.stack([index_frame(i) for i in range(20)]), fps=10)
     probed = probe_clip({"source_kind": "range", "path": str(cfr), "start_s": 0.5, "end_s": 1.25})

@@ -375,6 +375,14 @@ def test_when_a_name_exists_in_both_normalisations_the_byte_exact_one_is_taken(t
     (tmp_path / "sub" / f"{nfc}.mp4").write_bytes(b"a third")  # no longer one byte-exact match: refused, and why
     with pytest.raises(ValueError, match="3 videos named José-1.* differ only in Unicode normalisation"):
         formats._only_one(formats.index_videos(tmp_path), nfc)
+    # a table's path in a third form (é composed, ü not) matches both and neither byte for byte: said, not missing_file
+    mixed = "Ju\u0308rg\u00e9n"
+    for name in ("Jürgén", unicodedata.normalize("NFD", "Jürgén")):
+        (tmp_path / f"{name}.mp4").write_bytes(b"")
+    ann = tmp_path / "t.jsonl"
+    ann.write_text(json.dumps({"id": "a", "path": f"{mixed}.mp4", "text": "x"}) + "\n", encoding="utf-8")
+    (row,) = parse_table(ann, root=tmp_path)
+    assert row["status"] == "bad_annotation" and "2 names in" in row["error"] and "differ from" in row["error"]
 
 
 def test_a_text_of_only_invisible_characters_is_missing_and_invisible_ends_are_dropped(tmp_path):
@@ -382,7 +390,8 @@ def test_a_text_of_only_invisible_characters_is_missing_and_invisible_ends_are_d
     texts = {"zwsp": "\u200b", "bom": " \ufeff ", "mixed": "\u3000\u200b\t\u2060", "filler": "\u3164", "selector": "\ufe0f\u034f",
              "braille": "\u2800 ", "ends": "\ufeffhallo Welt\u200b ", "family": "\U0001F468\u200d\U0001F469\u200d\U0001F467",
              "inner": "a\u200bb", "flag": "I love \U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F",
-             "heart": "gut \u2764\ufe0f"}
+             "heart": "gut \u2764\ufe0f", "marks": "\u2066hi\u00ad\u180e\u061c\u2069", "hebrew": "\u202b\u05e9\u05dc\u05d5\u05dd\u202c",
+             "lone_tag": "hi\U000E0020", "filler_end": "hi \u115f"}
     ann = tmp_path / "t.jsonl"
     ann.write_text("".join(json.dumps({"id": k, "path": "v.mp4", "text": t}) + "\n" for k, t in texts.items()), encoding="utf-8")
     rows = {r["id"]: r for r in parse_table(ann, root=tmp_path)}
@@ -390,6 +399,8 @@ def test_a_text_of_only_invisible_characters_is_missing_and_invisible_ends_are_d
     assert rows["ends"]["text"] == "hallo Welt" and rows["ends"]["status"] is None
     assert rows["family"]["text"] == texts["family"] and rows["inner"]["text"] == "a\u200bb"  # joiners inside stay
     assert rows["flag"]["text"] == texts["flag"] and rows["heart"]["text"] == texts["heart"]  # an emoji's tags / selector at the end stay
+    # other format characters, a tag that ends no flag and a filler are trimmed at the ends (they were kept)
+    assert [rows[k]["text"] for k in ("marks", "hebrew", "lone_tag", "filler_end")] == ["hi", "\u05e9\u05dc\u05d5\u05dd", "hi", "hi"]
 
 
 def test_a_video_or_folder_and_a_link_to_it_both_under_root_are_one(tmp_path):
