@@ -82,7 +82,7 @@ class VideoTimeline:
     height: int
     rotation: int  # degrees counter-clockwise, as FFmpeg's display matrix reports it
     codec: str
-    frame_duration_s: float  # median gap between frames, the length of the last frame
+    frame_duration_s: float  # median gap between frames (a frame's length where none comes before it: shown_s)
     container: str = ""  # FFmpeg's demuxer name ("mov,mp4,m4a,3gp,3g2,mj2", "mpegts", "gif", ...)
     pts: np.ndarray | None = None  # int64 [N]: each frame's timestamp in the stream's time base (times_s's source)
     keyframe_pts: np.ndarray | None = None  # int64, sorted: timestamps of the key frames (where decoding may start)
@@ -100,7 +100,7 @@ class VideoTimeline:
 
     def span_s(self, idx: np.ndarray, until_s: float | None = None) -> float:
         """Seconds the frames ``idx`` (sorted positions) are shown: the first one's start to the last one's end
-        (at most ``until_s``, a range's end)."""
+        (``shown_s``; ``until_s``: a range's end)."""
         last = int(idx[-1])
         return float(self.times_s[last] - self.times_s[idx[0]] + self.shown_s(last, until_s))
 
@@ -125,7 +125,7 @@ class VideoTimeline:
     def duration_s(self) -> float:
         if len(self.times_s) == 0:
             return 0.0
-        return float(self.times_s[-1] + self.shown_s(len(self.times_s) - 1))  # the last frame as a clip ending there shows it
+        return float(self.times_s[-1] + self.shown_s(len(self.times_s) - 1))  # to the end of the last frame, as a clip counts it
 
 
 def _open_container(path: str):
@@ -386,9 +386,9 @@ def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: 
 
     target_fps: for each instant k / target_fps inside the clip, the last frame shown at or before it
     (works for variable frame rate, since it reads timestamps, not indices). The clip lasts from its first
-    frame to the end of its last one, shown for ``frame_duration_s`` (until the next frame of the video, or the
-    video's median frame gap at its end, as the manifest's duration_s counts it; default: the clip's mean gap), less ``slack_s`` of timestamp precision (0 for
-    a frame folder's exact times). max_frames: then keep at most that many, evenly spread, first and last included.
+    frame to the end of its last one, shown for ``frame_duration_s`` (VideoTimeline.shown_s, as the manifest's
+    duration_s counts it; default: the clip's mean gap), less ``slack_s`` of timestamp precision (0 for a frame
+    folder's exact times). max_frames: then keep at most that many, evenly spread, first and last included.
     """
     n = len(times_s)
     t0 = float(times_s[0])
