@@ -108,8 +108,8 @@ def _as_on_disk(path: Path, listings: dict[Path, dict[str, list[str]]] | None = 
     if os.path.lexists(path):
         return path
     listings = {} if listings is None else listings
-    here = Path(path.parts[0])
-    for part in path.parts[1:]:
+    here, parts = (Path(path.anchor), path.parts[1:]) if path.anchor else (Path("."), path.parts)
+    for part in parts:
         step = here / part
         if not os.path.lexists(step):
             if here not in listings:
