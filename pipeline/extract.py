@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import errno
 import contextlib
+import datetime
 import io
 import json
 import logging
@@ -669,8 +670,6 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
 
 
 def _utc(epoch_s: float) -> str:
-    import datetime
-
     return datetime.datetime.fromtimestamp(epoch_s, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
