@@ -208,7 +208,9 @@ def read_timeline(path: str) -> VideoTimeline:
             # which the demuxer never returns; a video packet's pts is its entry's number, so the last one says
             # how far the file goes (a capture with dropped frames was called truncated)
             held = max(demuxed, max(pts) + 1)
-        if ("mp4" in formats or "avi" in formats) and 0 < held < declared:
+        # (an MP4's index also counts the samples an edit list leaves out, which the demuxer never returns: a file
+        # trimmed without re-encoding was called truncated; its boxes, which all end inside the file, tell it apart)
+        if ("mp4" in formats or "avi" in formats) and 0 < held < declared and not ("mp4" in formats and _boxes_complete(path)):
             raise ClipError("corrupt", f"{path} is truncated: its index lists {declared} video frames, the file holds {demuxed}")
         pts_arr = np.sort(np.asarray(pts, dtype=np.int64))
         # Times count from the file's start (the container's start_time), as players and "ffmpeg -ss" count
@@ -243,6 +245,31 @@ def read_timeline(path: str) -> VideoTimeline:
                              undecodable=undecodable)
     finally:
         container.close()
+
+
+def _boxes_complete(path: str) -> bool:
+    """Whether an MP4 / QuickTime file's top-level boxes (ftyp, moov, mdat...) all end inside it: a file cut off
+    mid-way leaves its last box short. A box that runs to the file's end by its own account (size 0) proves
+    nothing: False."""
+    import struct
+
+    size = os.path.getsize(path)
+    at = 0
+    with open(path, "rb") as f:
+        while at < size:
+            f.seek(at)
+            header = f.read(16)
+            if len(header) < 8:
+                return False
+            box = struct.unpack(">I", header[:4])[0]
+            if box == 1:  # a 64-bit size follows the type
+                if len(header) < 16:
+                    return False
+                box = struct.unpack(">Q", header[8:16])[0]
+            if box < 8:  # 0: "to the end of the file"; anything else below a header's size: not a box
+                return False
+            at += box
+    return at == size
 
 
 # FFmpeg's own VP8 / VP9 decoders drop the alpha plane that WebM keeps beside each frame (Matroska BlockAdditional,

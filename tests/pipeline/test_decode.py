@@ -677,6 +677,33 @@ def test_a_cut_off_mp4_with_its_index_first_is_corrupt_not_shorter(tmp_path):
     assert probe_clip(row)["status"] == "corrupt"  # was range_out_of_bounds
 
 
+def test_an_mp4_trimmed_by_its_edit_list_is_not_taken_for_truncated(tmp_path):
+    """A trim without re-encoding (the edit list starts playback at 1.3 s) leaves samples in the index that the
+    demuxer never returns: the complete file was 'truncated: its index lists 75 video frames, the file holds 50'."""
+    import struct
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command (make setup installs it)")
+    base = tmp_path / "base.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=3", "-c:v", "libx264",
+                    "-g", "25", "-bf", "2", "-movflags", "faststart", str(base)], check=True)  # the index first: a cut file still opens
+    data = bytearray(base.read_bytes())
+    at = data.find(b"elst")
+    _, media_time, _ = struct.unpack(">III", data[at + 12 : at + 24])
+    struct.pack_into(">II", data, at + 12, 1700, media_time + int(1.3 * 12800))  # show 1.7 s from 1.3 s (time scale 12800)
+    trimmed = tmp_path / "trimmed.mp4"
+    trimmed.write_bytes(bytes(data))
+    want = _ffmpeg_rgb(trimmed, 64, 48)
+    assert len(want) == 42
+    results = _decode_all({"source_kind": "video", "path": str(trimmed)})
+    for backend, clip in results.items():
+        assert np.array_equal(clip.frames, want), backend
+    cut = tmp_path / "cut.mp4"  # the same file cut off is still truncated
+    cut.write_bytes(bytes(data[: len(data) * 3 // 4]))
+    with pytest.raises(ClipError, match="is truncated"):
+        read_timeline(str(cut))
+
+
 def _ffmpeg_rgb(path, width, height):
     """The ffmpeg CLI's frames (it applies the display matrix, mirrors included): the independent reference."""
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
