@@ -97,6 +97,7 @@ class VideoTimeline:
     # the decoder that reads the stream's alpha plane where FFmpeg's own decoder drops it (VP8 / VP9 in WebM with
     # alpha_mode=1: libvpx); "" for the stream's usual decoder
     alpha_decoder: str = ""
+    empty_packets: int = 0  # timed packets of no bytes (duplicate-frame placeholders): no frames, not in the timeline
 
     def span_s(self, idx: np.ndarray, until_s: float | None = None) -> float:
         """Seconds the frames ``idx`` (sorted positions) are shown: the first one's start to the last one's end
@@ -163,7 +164,7 @@ def read_timeline(path: str) -> VideoTimeline:
         is_key: list[bool] = []  # per entry of pts (decode order)
         starts_on_key: bool | None = None  # whether the first packet the decoder gets is a key frame
         keyframes: list[int] = []
-        untimed = discarded = demuxed = 0
+        untimed = discarded = demuxed = empty = 0
         try:
             for packet in container.demux(stream):
                 demuxed += packet.size > 0 or packet.pts is not None  # not the empty packet that ends a demux
@@ -172,6 +173,7 @@ def read_timeline(path: str) -> VideoTimeline:
                 # "ffmpeg -ss T -c copy" keeps the frames back to the previous keyframe): decoders drop it,
                 # so it is no frame of the video and must not shift every index after it.
                 discarded += bool(packet.is_discard and packet.size > 0)
+                empty += packet.size == 0 and packet.pts is not None  # a duplicate-frame placeholder: no frame
                 if starts_on_key is None and packet.size > 0:
                     # timed or not, discarded or not: pre-roll from a key frame decodes (an MP4 cut with "-ss T -c copy"
                     # discards the frames from the key frame to T; the frames after them were counted undecodable)
@@ -242,7 +244,7 @@ def read_timeline(path: str) -> VideoTimeline:
         return VideoTimeline(times, width, height, rotation, stream.codec_context.name, frame_dur, container.format.name, pts=pts_arr,
                              keyframe_pts=np.sort(np.asarray(keyframes, dtype=np.int64)), pix_fmt=_alpha_pix_fmt(pix_fmt) if alpha_decoder else pix_fmt,
                              alpha_decoder=alpha_decoder, video_streams=video_streams, discarded=discarded, untimed=untimed, orientation=orientation,
-                             undecodable=undecodable)
+                             undecodable=undecodable, empty_packets=empty)
     finally:
         container.close()
 
@@ -304,16 +306,21 @@ def _alpha_pix_fmt(pix_fmt: str) -> str:
 
 
 def _decoded(container, stream, timeline: "VideoTimeline") -> Iterator[Any]:
-    """The stream's frames as ``container.decode(stream)`` gives them, through libvpx where the stream's alpha
-    needs it (a fresh decoder: after a seek it starts on the key frame the container landed on)."""
+    """The stream's frames, as ``container.decode(stream)`` gives them but for two things: a timed packet of no
+    bytes (a duplicate-frame placeholder: Ogg Theora, a capture's AVI) is not the decoder's, which refused it
+    ("avcodec_send_packet() returned 22") where the ffmpeg CLI drops it, as the timeline does; and a stream whose
+    alpha needs libvpx goes through it (a fresh decoder: after a seek it starts on the key frame the container
+    landed on)."""
     import av
 
-    if not timeline.alpha_decoder:
-        yield from container.decode(stream)
-        return
-    decoder = av.CodecContext.create(timeline.alpha_decoder, "r")
-    decoder.thread_type = "AUTO"
-    for packet in container.demux(stream):  # the last packet is the empty one that flushes the decoder
+    if timeline.alpha_decoder:
+        decoder = av.CodecContext.create(timeline.alpha_decoder, "r")
+        decoder.thread_type = "AUTO"
+    else:
+        decoder = stream.codec_context
+    for packet in container.demux(stream):  # the last packet is the empty, untimed one that flushes the decoder
+        if packet.size == 0 and packet.pts is not None:
+            continue
         yield from decoder.decode(packet)
 
 
@@ -508,6 +515,8 @@ def pyav_instead(backend: str, timeline: VideoTimeline, uniq: np.ndarray) -> str
     if has_alpha(timeline.pix_fmt):  # both drop the alpha channel, showing whatever colour lies under transparent pixels
         return f"{timeline.pix_fmt} frames (an alpha channel: PyAV's path puts them onto white, as for images)"
     if backend == "decord":
+        if timeline.empty_packets:  # decord hands them to the decoder, which refuses them (the clip failed)
+            return f"{timeline.empty_packets} empty (duplicate-frame) packets"
         if len(uniq) * timeline.height * timeline.width * 3 > DECORD_MAX_CLIP_MIB * 2**20:
             return f"a clip of more than {DECORD_MAX_CLIP_MIB:g} MiB of frames (decord's decoder thread reads ahead without bound)"
         if timeline.container in _DECORD_WRONG_CONTAINERS:

@@ -704,6 +704,27 @@ def test_an_mp4_trimmed_by_its_edit_list_is_not_taken_for_truncated(tmp_path):
         read_timeline(str(cut))
 
 
+def test_an_ogg_theora_video_with_empty_duplicate_frame_packets_decodes(tmp_path):
+    """Theora in Ogg holds packets of no bytes where a frame repeats; the decoder refused them ('avcodec_send_packet()
+    returned 22') on decord and PyAV, so a clip the probe called ok failed at extraction."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command (make setup installs it)")
+    video = tmp_path / "theora.ogv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=1", "-c:v", "libtheora", str(video)], check=True)
+    timeline = read_timeline(str(video))
+    assert timeline.empty_packets > 0
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout  # each frame once (not repeated to a constant rate)
+    want = np.frombuffer(raw, np.uint8).reshape(-1, 48, 64, 3)
+    assert len(want) == len(timeline.times_s) < 25
+    for backend, clip in _decode_all({"source_kind": "video", "path": str(video)}).items():
+        assert np.array_equal(clip.frames, want), backend
+    start = float(timeline.times_s[7])  # a range: its frames are the whole clip's from there
+    for backend, clip in _decode_all({"source_kind": "range", "path": str(video), "start_s": start, "end_s": start + 0.3}).items():
+        first = int(np.searchsorted(timeline.times_s, start))
+        assert np.array_equal(clip.frames, want[first : first + len(clip.frames)]) and len(clip.frames) >= 4, backend
+
+
 def _ffmpeg_rgb(path, width, height):
     """The ffmpeg CLI's frames (it applies the display matrix, mirrors included): the independent reference."""
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
