@@ -406,7 +406,10 @@ def select_range(times_s: np.ndarray, start_s: float | None, end_s: float | None
     eps = 1e-6  # timestamps are rationals turned into floats
     idx = np.nonzero((times_s >= start - eps) & (times_s < end - eps))[0]
     if len(idx) == 0:
-        raise ClipError("bad_range", f"range [{start:.3f}, {end:.3f}) s of {path} holds no frame")
+        # the times as given (rounded, [0.0333, 0.0667) read [0.033, 0.067), which holds the frame at 0.0333667)
+        before, after = times_s[times_s < start - eps], times_s[times_s >= end - eps]
+        around = [f"{before[-1]:.6g} s" if len(before) else "none before", f"{after[0]:.6g} s" if len(after) else "none after"]
+        raise ClipError("bad_range", f"range [{start!r}, {end!r}) s of {path} holds no frame (the frames around it: {', '.join(around)})")
     return idx
 
 

@@ -112,6 +112,9 @@ def test_range_is_half_open_on_frame_timestamps(tmp_path):
     with pytest.raises(ClipError) as err:
         decode_clip({**clip, "start_s": 1.0, "end_s": 1.0})
     assert err.value.kind == "bad_range"
+    # between two frames: the range as given (it was rounded to 3 decimals) and the frames around it
+    with pytest.raises(ClipError, match=r"range \[0.5101, 0.5901\) s of .* holds no frame \(the frames around it: 0.5 s, 0.6 s\)"):
+        decode_clip({**clip, "start_s": 0.5101, "end_s": 0.5901})
 
 
 @pytest.mark.parametrize("suffix,codec", [(".mkv", "libx264"), (".webm", "libvpx-vp9"), (".avi", "mpeg4"), (".mov", "libx264")])
