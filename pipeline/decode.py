@@ -357,8 +357,17 @@ def _stream_orientation(container, stream, path: str) -> tuple[int, tuple[bool, 
                 return rotation, display_orientation(np.frombuffer(bytes(matrix), dtype=np.int32))
             return rotation, _rotation_orientation(rotation)
     except Exception as exc:
+        if stream.codec_context.name == "webp" and _is_animated_webp(path):  # FFmpeg decodes still WebP only: an intact file
+            raise ClipError("unreadable", f"cannot decode {path}: FFmpeg reads only still WebP images, not animated ones; "
+                                          f"convert it to frames or a video first (e.g. with libwebp's anim_dump)") from None
         raise ClipError("corrupt", f"cannot decode the first frame of {path}: {exc}") from None
     raise ClipError("corrupt", f"{path}: the decoder returned no frame")
+
+
+def _is_animated_webp(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(64)
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP" and b"ANIM" in head  # VP8X header, then the ANIM chunk
 
 
 def display_orientation(matrix: np.ndarray) -> tuple[bool, bool, bool]:

@@ -728,6 +728,18 @@ def test_an_ogg_theora_video_with_empty_duplicate_frame_packets_decodes(tmp_path
         assert np.array_equal(clip.frames, want[first : first + len(clip.frames)]) and len(clip.frames) >= 4, backend
 
 
+def test_an_animated_webp_is_unreadable_not_corrupt(tmp_path):
+    """FFmpeg cannot decode animated WebP: the file is sound (browsers play it), so not 'corrupt'."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command (make setup installs it)")
+    anim = tmp_path / "anim.webp"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=1", "-c:v", "libwebp_anim",
+                    "-loop", "0", str(anim)], check=True)
+    with pytest.raises(ClipError, match="FFmpeg reads only still WebP images, not animated ones") as err:
+        read_timeline(str(anim))
+    assert err.value.kind == "unreadable"
+
+
 def _ffmpeg_rgb(path, width, height):
     """The ffmpeg CLI's frames (it applies the display matrix, mirrors included): the independent reference."""
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
