@@ -109,16 +109,18 @@ def _lcs_length(a: list[str], b: list[str]) -> int:
 
 def rouge_l_coco(predictions: list[str], references: list[str], characters: bool = False, lowercase: bool = False,
                  beta: float = 1.2) -> float:
-    """ROUGE-L as the COCO caption evaluation computes it, the one signjoey, SLRT and nlg-eval report for sign
-    language translation: per sentence, the LCS of the tokens (split at each space, punctuation kept, no
-    stemming; characters, spaces dropped, with ``characters``) gives precision P and recall R, and
+    """ROUGE-L as the COCO caption evaluation computes it, the one signjoey and nlg-eval (GFSLT-VLP) report for
+    sign language translation: per sentence, the LCS of the tokens (split at each space of the text stripped at
+    its ends, as nlg-eval strips it; punctuation kept, no stemming; characters, spaces dropped, with
+    ``characters``, as COCO scores characters joined by spaces) gives precision P and recall R, and
     F = (1 + beta^2) P R / (R + beta^2 P); the mean over sentences, x100. rouge-score cannot weight recall
-    (its F is beta 1), hence this one."""
+    (its F is beta 1), hence this one. (SLRT's ROUGE-L is tf_seq2seq's, with beta = P / R: not this.)"""
     def sentence(prediction: str, reference: str) -> float:
-        if characters:
-            hyp, ref = [c for c in prediction if not c.isspace()], [c for c in reference if not c.isspace()]
+        if characters:  # COCO splits "" into [""]: an empty pair is one matching token, in both modes
+            hyp = [c for c in prediction if not c.isspace()] or [""]
+            ref = [c for c in reference if not c.isspace()] or [""]
         else:
-            hyp, ref = prediction.split(" "), reference.split(" ")
+            hyp, ref = prediction.strip().split(" "), reference.strip().split(" ")
         lcs = _lcs_length(ref, hyp) if hyp and ref else 0
         if not lcs:
             return 0.0

@@ -113,6 +113,10 @@ def test_rouge_l_coco_is_the_beta_1_2_f_of_rouge_score_s_own_lcs_precision_and_r
     assert rouge_l_coco(["a b"], ["a b c d e f"]) == pytest.approx(100 * 2.44 * (1 / 3) / (1 / 3 + 1.44))  # P 1, R 1/3
     assert rouge_l_coco(["今天很冷。"], ["今天冷。"], characters=True) == pytest.approx(100 * 2.44 * 0.8 / (1 + 1.44 * 0.8))  # P .8, R 1
     assert rouge_l_coco(["Regen"], ["regen"]) == 0.0 and rouge_l_coco(["Regen"], ["regen"], lowercase=True) == 100.0
+    # as pycocoevalcap / nlg-eval score them: an empty pair is one matching token in both modes (char mode gave 0),
+    # and spaces at a prediction's ends do not count (nlg-eval strips each line; " hello world" gave 83)
+    assert rouge_l_coco(["", "北京"], ["", "北京"], characters=True) == rouge_l_coco(["", "a b"], ["", "a b"]) == 100.0
+    assert rouge_l_coco([" hello world", "good morning "], ["hello world", "good morning"]) == 100.0
 
 
 def test_auto_bleu_tokenizer_scores_chinese_per_character_and_nfc_makes_spellings_one():
