@@ -79,7 +79,7 @@ def _existing(urls: list[str], split: str, source) -> list[str]:
             raise SignfeatError("data.shards is empty: give the extraction output folder (OUT), a folder of tars, or a brace pattern")
         folder = source if isinstance(source, str) and "{" not in source else None
         if folder is not None and not location.is_dir(folder):
-            raise SignfeatError(f"data.shards {source}: no such folder")
+            raise SignfeatError(f"data.shards {source}: " + ("a file, not a folder" if location.is_file(folder) else "no such folder"))
         held = [n for n in location.subfolders(folder) if location.list_files(location.join(folder, n), ".tar")] if folder is not None else []
         raise SignfeatError(f"no shards for split {split!r} under {source}" + (f" (it has {', '.join(held)})" if held else ""))
     missing = [u for u in urls if not location.is_file(u)]

@@ -13,17 +13,18 @@
 - ROUGE-L: the mean sentence F1 of rouge-score with Porter stemming, twice: with rouge-score's own
   tokenizer (``rougeL``: it keeps only [a-z0-9], so German umlauts split words and Chinese text vanishes)
   and with a Unicode-aware tokenizer (``rougeL_unicode``: letters of any script, CJK characters one token
-  each, stemming only for ASCII words); and ``rougeL_coco``, the ROUGE-L most SLT papers publish (signjoey,
-  SLRT, nlg-eval for GFSLT-VLP: COCO caption evaluation's, beta 1.2, tokens split at spaces, punctuation
-  kept, no stemming; per character when BLEU's tokenizer is ``char``), a mean of sentence scores.
+  each, stemming only for ASCII words); and ``rougeL_coco``, the ROUGE-L many SLT papers publish (signjoey,
+  nlg-eval for GFSLT-VLP: COCO caption evaluation's, beta 1.2, tokens split at spaces, punctuation kept, no
+  stemming; per character when BLEU's tokenizer is ``char``), a mean of sentence scores. (SLRT publishes
+  tf_seq2seq's ROUGE-L, beta = P / R: none of these.)
 - ``predictions.jsonl`` (key, reference, prediction) is written next to ``scores.json``.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import random
+import sys
 import regex
 import unicodedata
 from pathlib import Path
@@ -160,7 +161,7 @@ def score(predictions: list[str], references: list[str], tokenize: str = "auto",
     scores.update(bleu_tokenize=tokenize, lowercase=lowercase,
                   rouge="rougeL, rougeL_unicode: rouge-score, mean sentence F1, Porter stemming, case-insensitive whatever lowercase "
                   "says (both tokenizers lowercase, as rouge-score's does); rougeL: its default tokenizer ([a-z0-9] only), "
-                  "rougeL_unicode: Unicode-aware tokenizer. rougeL_coco: COCO caption evaluation's (signjoey, SLRT, nlg-eval), "
+                  "rougeL_unicode: Unicode-aware tokenizer. rougeL_coco: COCO caption evaluation's (signjoey, nlg-eval), "
                   f"mean sentence F with beta 1.2, tokens {'characters' if tokenize == 'char' else 'split at spaces'}, no stemming. "
                   "All on NFC text", samples=len(predictions))
     return scores
@@ -270,6 +271,9 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str]
     out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"
     if out.exists() and not out.is_dir():  # found after translating the whole split, the scores were lost
         raise SignfeatError(f"--out {out} is a file; give a folder for predictions.jsonl and scores.json")
+    if (out / "scores.json").is_file():  # comparing eval settings replaced the earlier results without a word
+        print(f"note: {out} holds an earlier evaluation: its predictions.jsonl and scores.json are replaced "
+              "(give --out DIR to keep both)", file=sys.stderr)
     urls, _, features = eval_shards(recipe, split)  # before the model is loaded
     refuse_other_features(state.get("stream_features") or {}, features, f"checkpoint {path}", split)
     check_visual_input(recipe, urls, split)

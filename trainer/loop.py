@@ -22,6 +22,7 @@ import math
 import os
 import random
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # setup_distributed made the process group: train() destroys it when it is done
 
     @property
     def main(self) -> bool:
@@ -60,9 +62,10 @@ def setup_distributed(device: torch.device) -> Dist:
         return Dist()
     import torch.distributed as dist_
 
-    if not dist_.is_initialized():
+    owns_group = not dist_.is_initialized()  # a caller's own group is left to the caller
+    if owns_group:
         dist_.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist_.get_rank(), dist_.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist_.get_rank(), dist_.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns_group)
 
 
 def pick_device(recipe: Recipe) -> torch.device:
@@ -296,6 +299,51 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise SignfeatError(f"checkpoint {path}: no state.json or checkpoints/latest.json there")
 
 
+class RunLock:
+    """One training run writes an out_dir at a time: an exclusive ``flock`` on ``OUT/.train.lock``, held by rank 0
+    for the run and released by the kernel when the process ends, kill -9 included. Two runs at once (a resume
+    started while the run still trained) both exited 0, with a torn log.jsonl and the same checkpoints written twice."""
+
+    NAME = ".train.lock"
+
+    def __init__(self) -> None:
+        self.file = None
+
+    def acquire(self, out_dir: Path) -> None:
+        """Take the lock of an existing out_dir (nothing when already held, or out_dir is not made yet)."""
+        import fcntl
+
+        if self.file is not None or not out_dir.is_dir():
+            return
+        file = open(out_dir / self.NAME, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "a process"
+            file.close()
+            raise SignfeatError(f"out_dir {out_dir} is in use by another training run ({holder}): wait for it to end, "
+                                "or give another out_dir") from None
+        file.truncate(0)
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        file.flush()
+        self.file = file
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing the file drops the lock
+            self.file = None
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """out_dir, or the first of its parents that exists, must be a folder (a file there was a traceback)."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise SignfeatError(f"out_dir {out_dir}: {folder} is a file, not a folder")
+            return
+
+
 def refuse_another_run(out_dir: Path, resume_from: Path | None, overwrite: bool) -> None:
     """A new run (or one resumed from elsewhere) into an out_dir holding another run's checkpoints would mix the
     two: its log appended, same-numbered checkpoints replaced, latest.json pointing at the newcomer's. Refused,
@@ -393,10 +441,21 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
     ``stop_after_steps``: stop (with a checkpoint) after this many optimizer steps of this call, as a job
     killed and resumed would. ``overwrite``: start afresh in an out_dir that holds another run (deleting it).
     Returns a summary (final step, last losses, checkpoint path, eval scores)."""
+    lock = RunLock()
+    try:
+        return _train(recipe, lock, resume=resume, stop_after_steps=stop_after_steps, overwrite=overwrite)
+    finally:
+        lock.release()
+
+
+def _train(recipe: Recipe, lock: RunLock, *, resume: str | Path | None, stop_after_steps: int | None, overwrite: bool) -> dict:
     device = pick_device(recipe)
     dist = setup_distributed(device)
     seed_everything(recipe.seed)
     out_dir = Path(recipe.out_dir)
+    check_out_dir(out_dir)
+    if dist.main:
+        lock.acquire(out_dir)  # before anything reads the run there: another process may be writing it
     resume_from = resolve_checkpoint(resume) if resume is not None else None
     refuse_another_run(out_dir, resume_from, overwrite)
     # going on with this out_dir's own run (its log continues); anything else starts the out_dir afresh
@@ -479,6 +538,7 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
             for old in (out_dir / "checkpoints", out_dir / "eval"):
                 shutil.rmtree(old, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire(out_dir)  # a new out_dir: made just now (by this run, or by one that started meanwhile)
         (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1), encoding="utf-8")
         for unfinished in (out_dir / "checkpoints").glob("step-*.tmp"):  # a save killed mid-way: never a checkpoint
             shutil.rmtree(unfinished, ignore_errors=True)
@@ -571,6 +631,12 @@ def train(recipe: Recipe, *, resume: str | Path | None = None, stop_after_steps:
             log.write({"step": step, "eval": summary["eval"]})
     if dist.world_size > 1:
         torch.distributed.barrier()
+        del ddp  # its reducer holds the process group
+        if dist.owns_group:
+            # a gloo group left for the interpreter's exit to tear down sometimes aborted a rank after a finished
+            # run ("terminate called without an active exception", SIGABRT; pytorch#190489), and torchrun then
+            # called the whole run failed
+            torch.distributed.destroy_process_group()
     summary["model"] = model
     return summary
 

@@ -1,13 +1,16 @@
 """Run under torchrun by test_loop.py's DDP test: ``signfeat train`` exactly as the CLI runs it
 (``pipeline.cli.main`` -> ``trainer.cli`` -> ``trainer.loop.train``), with per-rank records for the test.
 
-    torchrun --nproc_per_node 2 -m tests.trainer.ddp_run RECORDS_DIR train --config ... [KEY=VALUE ...]
+    torchrun --nproc_per_node 2 -m tests.trainer.ddp_run RECORDS_DIR [--own-group] train --config ... [KEY=VALUE ...]
 
-Each rank writes to RECORDS_DIR:
-  ``rank{R}.json``         the keys of every micro-batch it trained on (with its data position) and the exit code
+Without ``--own-group`` the trainer makes the process group (as under ``signfeat train``) and must destroy it;
+with it, this script makes the group before training, the trainer must leave it alone, and the VT-Align check
+runs in it after training. Each rank writes to RECORDS_DIR:
+  ``rank{R}.json``         the keys of every micro-batch it trained on (with its data position), the exit code,
+                           and whether a process group was left after training
   ``rank{R}.safetensors``  its trainable weights after the last step (rank 0's checkpoint holds only rank 0's)
-  ``vt{R}.safetensors``    VT-Align over this rank's share of a fixed global batch, through the process group
-                           the run set up: the loss and the gradients of its inputs and of the logit scale
+  ``vt{R}.safetensors``    (``--own-group``) VT-Align over this rank's share of a fixed global batch, across the
+                           ranks: the loss and the gradients of its inputs and of the logit scale
 Nothing is patched but two wrappers that watch: the batches the loop draws and the model train() returns.
 """
 
@@ -46,8 +49,13 @@ def main() -> int:
     from pipeline.cli import main as cli
     from trainer.llm import trainable_state
 
+    import torch.distributed as dist
+
     records = Path(sys.argv[1])
+    own_group = sys.argv[2] == "--own-group"
     rank = int(os.environ["RANK"])
+    if own_group:
+        dist.init_process_group("gloo")
     seen: list[dict] = []
 
     draw = loop.train_batches
@@ -65,13 +73,13 @@ def main() -> int:
         return summary
 
     loop.train_batches, loop.train = watched_batches, watched_train
-    code = cli(sys.argv[2:])
-    (records / f"rank{rank}.json").write_text(json.dumps({"exit": code, "batches": seen}), encoding="utf-8")
-    if code == 0:
-        vt_align_check(records, rank)
-    import torch.distributed as dist
-
-    if dist.is_initialized():
+    code = cli(sys.argv[3:] if own_group else sys.argv[2:])
+    record = {"exit": code, "batches": seen, "group_after_train": dist.is_initialized()}
+    (records / f"rank{rank}.json").write_text(json.dumps(record), encoding="utf-8")
+    if own_group:
+        if code == 0:
+            vt_align_check(records, rank)
+        dist.barrier()
         dist.destroy_process_group()
     return code
 

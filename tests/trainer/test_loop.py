@@ -294,6 +294,9 @@ def test_two_process_ddp_run_with_torchrun(tiny_shards, tmp_path):
 
     seen = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [s["exit"] for s in seen] == [0, 0]
+    # the trainer destroys the process group it made: one left to the interpreter's exit sometimes aborted
+    # a rank after the run had finished (SIGABRT, "terminate called without an active exception")
+    assert [s["group_after_train"] for s in seen] == [False, False]
     # equal batch counts (the same micro-batches per step on both ranks) and positions
     assert [len(s["batches"]) for s in seen] == [6, 6]
     assert [(b["epoch"], b["batch"], len(b["keys"])) for b in seen[0]["batches"]] == \
@@ -316,6 +319,21 @@ def test_two_process_ddp_run_with_torchrun(tiny_shards, tmp_path):
         assert torch.equal(a[key], saved[key]), key
     assert any(not torch.all(a[k] == 0) for k in params if "lora_B" in k)  # LoRA B starts at zero: it trained
 
+    # a resume from step 3 on both ranks trains what the run trained (spamo_tiny's LoRA dropout 0.1 draws masks
+    # on each rank): only rank 0's generator states were saved, and a resume gave rank 1 rank 0's
+    again, logs2 = tmp_path / "records2", tmp_path / "logs2"
+    again.mkdir()
+    resume = [*cmd[: cmd.index("--log-dir")], "--log-dir", str(logs2), *cmd[cmd.index("--redirects"):]]
+    resume[resume.index(str(records))] = str(again)
+    resume[resume.index(f"--master_port") + 1] = str(_free_port())
+    resume.insert(resume.index(str(again)) + 1, "--own-group")  # the script's group, kept by the trainer for the VT check
+    torchrun_ok([*resume, "--resume", str(out / "checkpoints" / "step-000003")], logs2)
+    for r in (0, 1):
+        first, resumed = load_file(str(records / f"rank{r}.safetensors")), load_file(str(again / f"rank{r}.safetensors"))
+        for key in first:
+            assert torch.equal(first[key], resumed[key]), (r, key)
+    assert [json.loads((again / f"rank{r}.json").read_text())["group_after_train"] for r in (0, 1)] == [True, True]
+
     # VT-Align across ranks: the mean of the ranks' losses (what DDP's gradient averaging optimises) is the
     # single-process loss over the concatenated global batch, and the averaged gradients are its gradients
     full = ddp_run.vt_global_batch(2)
@@ -325,7 +343,7 @@ def test_two_process_ddp_run_with_torchrun(tiny_shards, tmp_path):
     single = vt_align_loss(visual, full["visual_mask"], text, full["text_mask"], scale)
     single.backward()
     single = float(single.detach())
-    vt = [load_file(str(records / f"vt{r}.safetensors")) for r in (0, 1)]
+    vt = [load_file(str(again / f"vt{r}.safetensors")) for r in (0, 1)]
     local = vt_align_loss(full["visual"][:3], full["visual_mask"][:3], full["text"][:3], full["text_mask"][:3],
                           full["logit_scale"])
     assert abs(float(local) - float(vt[0]["loss"])) > 1e-3  # a rank alone would contrast only its own 3 rows
@@ -334,19 +352,6 @@ def test_two_process_ddp_run_with_torchrun(tiny_shards, tmp_path):
     assert torch.allclose(torch.cat([vt[0]["visual_grad"], vt[1]["visual_grad"]]) / 2, visual.grad, atol=1e-6)
     assert torch.allclose(torch.cat([vt[0]["text_grad"], vt[1]["text_grad"]]) / 2, text.grad, atol=1e-6)
     assert float((vt[0]["scale_grad"] + vt[1]["scale_grad"]) / 2) == pytest.approx(float(scale.grad), rel=1e-5)
-
-    # a resume from step 3 on both ranks trains what the run trained (spamo_tiny's LoRA dropout 0.1 draws masks
-    # on each rank): only rank 0's generator states were saved, and a resume gave rank 1 rank 0's
-    again, logs2 = tmp_path / "records2", tmp_path / "logs2"
-    again.mkdir()
-    resume = [*cmd[: cmd.index("--log-dir")], "--log-dir", str(logs2), *cmd[cmd.index("--redirects"):]]
-    resume[resume.index(str(records))] = str(again)
-    resume[resume.index(f"--master_port") + 1] = str(_free_port())
-    torchrun_ok([*resume, "--resume", str(out / "checkpoints" / "step-000003")], logs2)
-    for r in (0, 1):
-        first, resumed = load_file(str(records / f"rank{r}.safetensors")), load_file(str(again / f"rank{r}.safetensors"))
-        for key in first:
-            assert torch.equal(first[key], resumed[key]), (r, key)
 
 
 def test_bpe_tokenizer_travels_with_the_checkpoint(tiny_shards, tmp_path, monkeypatch):
@@ -478,8 +483,13 @@ def test_eval_refuses_overrides_that_change_the_model_and_records_the_others(tin
         evaluate_checkpoint(tmp_path / "run", "test", ["llm.lora.alpha=64"])  # silently other scores before
     capsys.readouterr()
     evaluate_checkpoint(tmp_path / "run", "test", ["eval.num_beams=2"], out_dir=tmp_path / "e")
-    assert "changed recipe: eval.num_beams: 1 -> 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "changed recipe: eval.num_beams: 1 -> 2" in err and "earlier evaluation" not in err
     assert json.loads((tmp_path / "e" / "scores.json").read_text())["recipe_changes"] == ["eval.num_beams: 1 -> 2"]
+    # a second eval into the same folder (comparing settings) replaced the first's files without a word
+    evaluate_checkpoint(tmp_path / "run", "test", out_dir=tmp_path / "e")
+    assert f"note: {tmp_path / 'e'} holds an earlier evaluation" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e" / "scores.json").read_text())["recipe_changes"] == []
 
 
 def test_eval_never_shows_a_sample_its_own_sentence_and_leaves_samples_without_text_unscored(tiny_shards, tmp_path, monkeypatch):
@@ -553,6 +563,52 @@ def test_a_new_run_into_an_out_dir_holding_another_is_refused_unless_overwrite(t
     train(recipe_from_dict({**recipe, "optim": {**recipe["optim"], "max_steps": 5}}), resume=tmp_path / "other", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step-*")) == ["step-000005"]
     assert [json.loads(line)["step"] for line in (tmp_path / "run/log.jsonl").read_text().splitlines()] == [5]
+
+
+def test_a_second_run_into_an_out_dir_a_live_run_writes_is_refused(tiny_shards, tmp_path):
+    """A resume started while the run still trained was accepted: both exited 0, log.jsonl was torn (NUL bytes,
+    half lines, steps twice) and both wrote step-000150. The live run holds OUT/.train.lock (flock): another
+    process (here one that holds the lock as a run's rank 0 does) makes a run, resumed or --overwrite, refuse up
+    front; the lock goes with its holder, kill -9 included."""
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.errors import SignfeatError
+
+    recipe = tiny_recipe(tiny_shards, tmp_path / "run", "t5", optim={"max_steps": 2}, checkpoint_every=1)
+    train(recipe_from_dict(recipe))
+    log = (tmp_path / "run/log.jsonl").read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.truncate(0); f.write('pid 4242 on node7'); f.flush()\n"
+                               "print('held', flush=True); time.sleep(120)", str(tmp_path / "run/.train.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        longer = recipe_from_dict({**recipe, "optim": {**recipe["optim"], "max_steps": 4}})
+        for kwargs in ({"resume": tmp_path / "run"}, {"overwrite": True}):
+            with pytest.raises(SignfeatError, match=r"out_dir .*run is in use by another training run \(pid 4242 on node7\)"):
+                train(longer, **kwargs)
+        assert (tmp_path / "run/log.jsonl").read_bytes() == log and (tmp_path / "run/checkpoints/step-000002").is_dir()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert train(longer, resume=tmp_path / "run")["step"] == 4  # the holder is gone: so is its lock
+    assert train(longer, resume=tmp_path / "run")["step"] == 4  # and a finished run left none
+
+
+def test_an_out_dir_that_is_a_file_is_a_one_line_error(tiny_shards, tmp_path):
+    from pipeline.errors import SignfeatError
+
+    (tmp_path / "afile").write_text("hi")
+    for out in ("afile", "afile/sub"):
+        recipe = tiny_recipe(tiny_shards, tmp_path / out, "t5", optim={"max_steps": 1})
+        with pytest.raises(SignfeatError, match=f"out_dir .*{out}: .*afile is a file, not a folder"):
+            train(recipe_from_dict(recipe), overwrite=True)
+    assert (tmp_path / "afile").read_text() == "hi"
+    recipe = tiny_recipe(tmp_path / "afile", tmp_path / "run", "t5", optim={"max_steps": 1})
+    with pytest.raises(SignfeatError, match="data.shards .*afile: a file, not a folder"):  # it said "no such folder"
+        train(recipe_from_dict(recipe))
 
 
 def test_a_run_whose_latest_checkpoint_was_deleted_resumes_and_evaluates_from_the_newest_left(tiny_shards, tmp_path, capsys):
