@@ -29,7 +29,7 @@ import torch
 from extractors.base import Extractor, model_files_fingerprint, refuse_empty_clips, register
 from extractors.preprocess import FrameTransform
 from motion.body_model import BodyModel, BodyModelSettings, num_frames_of
-from motion.humanml3d import FEATURE_WIDTH, LAYOUT, FeatureSettings, joints_to_features, select_motion_joints
+from motion.humanml3d import FEATURE_WIDTH, LAYOUT, FeatureSettings, bone_lengths, joints_to_features, select_motion_joints
 from motion.params_io import READERS
 from pipeline.errors import ClipError, SignfeatError
 
@@ -85,6 +85,33 @@ class Smplx623Settings:
     def feature_settings(self) -> FeatureSettings:
         names = [f.name for f in dataclasses.fields(FeatureSettings)]
         return FeatureSettings(**{n: getattr(self, n) for n in names})
+
+
+def load_target_joints(path: Path) -> np.ndarray:
+    """The ``retarget`` joints file: [52 or >= 55, 3], or a clip [T, J, 3] whose first frame is taken, as
+    HumanML3D / Motion-X take theirs from 000021.npy; returned as the 52 motion joints."""
+    try:
+        joints = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise SignfeatError(f"{path}: the retarget joints must be a .npy array ({type(exc).__name__}: {exc})") from None
+    if not isinstance(joints, np.ndarray):  # an .npz archive
+        raise SignfeatError(f"{path}: the retarget joints must be a .npy array, not an .npz archive")
+    if joints.ndim == 3:  # a clip: its first frame
+        joints = joints[0]
+    if joints.ndim != 2 or joints.shape[1] != 3 or not (joints.shape[0] == 52 or joints.shape[0] >= 55):
+        raise SignfeatError(f"{path}: target joints must be [52 or >= 55, 3] (or [T, J, 3]), got {joints.shape}")
+    if joints.dtype.kind not in "iuf" or not np.isfinite(joints).all():
+        raise SignfeatError(f"{path}: target joints must be finite real numbers (got {joints.dtype}"
+                            f"{', with NaN/inf' if joints.dtype.kind == 'f' else ''})")
+    joints = select_motion_joints(joints.astype(np.float64))
+    # each bone keeps its direction and takes the target's length: a zero-length bone puts a joint onto its
+    # parent (all-zero joints made every feature NaN), so the target must be a skeleton
+    lengths = bone_lengths(joints)
+    flat = [j for j in range(1, len(joints)) if not lengths[j] > 1e-6]
+    if flat:
+        raise SignfeatError(f"{path}: target joints are not a skeleton: {len(flat)} of {len(joints) - 1} bones have zero length "
+                            f"(motion joints {flat[:8]}{' ...' if len(flat) > 8 else ''} lie on their parents)")
+    return joints
 
 
 @dataclass(frozen=True)
@@ -147,12 +174,7 @@ class Smplx623Extractor(Extractor):
         path = Path(retarget)
         if not path.is_file():
             raise SignfeatError(f"retarget must be rest, none or a joints .npy file; no such file: {retarget}")
-        joints = np.load(path, allow_pickle=False)
-        if joints.ndim == 3:  # a clip, as HumanML3D / Motion-X take their target from 000021.npy: its first frame
-            joints = joints[0]
-        if joints.ndim != 2 or joints.shape[1] != 3 or not (joints.shape[0] == 52 or joints.shape[0] >= 55):
-            raise SignfeatError(f"{path}: target joints must be [52 or >= 55, 3] (or [T, J, 3]), got {joints.shape}")
-        return select_motion_joints(joints.astype(np.float64))
+        return load_target_joints(path)
 
     @classmethod
     def check_config(cls, config, settings) -> None:
@@ -162,6 +184,8 @@ class Smplx623Extractor(Extractor):
         if settings.model_dir and config.model and _folder(settings.model_dir) != _folder(config.model):
             raise SignfeatError(f"smplx623: the SMPL-X folder is given twice, as model_dir={settings.model_dir} and as "
                                 f"model={config.model}: give one of them")
+        if settings.retarget not in ("rest", "none") and Path(settings.retarget).is_file():  # else a cluster's workers may hold it
+            load_target_joints(Path(settings.retarget))
 
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:
@@ -242,7 +266,14 @@ class Smplx623Extractor(Extractor):
         """Input A files -> per clip (features [T-1, 623], T, fps): T and fps after resampling, which the
         pipeline writes as the sample's num_frames and fps (so verify's T-1 rule holds for them too)."""
         loaded = [self.load_path(p, f) for p, f in zip(paths, fps)]
-        feats = self.extract_params([p for p, _ in loaded])  # already resampled: no fps, no second resampling
+        try:
+            feats = self.extract_params([p for p, _ in loaded])  # already resampled: no fps, no second resampling
+        except ClipError:
+            raise
+        except SignfeatError as exc:  # parameters the body model refuses (more betas than num_betas): the clip's, with its path
+            if len(paths) > 1:
+                raise  # the job retries a failed batch clip by clip
+            raise ClipError("bad_params", f"{paths[0]}: {exc}") from None
         return [(f, num_frames_of(p), rate) for f, (p, rate) in zip(feats, loaded)]
 
     # ------------------------------------------------------------------ Input B

@@ -219,7 +219,12 @@ def _load_mapping(path: Path) -> dict[str, Any]:
             raise SignfeatError(f"{path}: unreadable .npz ({type(exc).__name__}: {exc})") from None
         return out
     if path.suffix in (".pkl", ".pickle"):
-        data = safe_load_pickle(path)
+        try:
+            data = safe_load_pickle(path)
+        except UnsafePickleError:
+            raise
+        except SignfeatError as exc:  # a cut-off or damaged pickle: say which file
+            raise SignfeatError(f"{path}: {exc}") from None
         if not isinstance(data, dict):
             raise SignfeatError(f"{path}: expected a pickled dict, got {type(data).__name__}")
         return data
@@ -456,6 +461,14 @@ def _read_named(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
     if "body_pose" not in data:
         raise SignfeatError(f"{path}: named SMPL-X parameters need body_pose (has {sorted(data)[:12]})")
     params = {k: _rows(data[k], k, path) for k in NAMED_KEYS if k in data}
+    for key, rows in params.items():  # a pose of another form passed the probe, then failed in the job without a path
+        width, shape = NAMED_WIDTHS[key], np.shape(data[key])
+        if width and len(shape) >= 3 and shape[-2:] == (3, 3):  # (T, 21, 3, 3): a rotation matrix per joint
+            raise SignfeatError(f"{path}: {key} of shape {shape} holds rotation matrices; signfeat reads SMPL-X poses "
+                                "as axis-angle (3 values a joint)")
+        if width and rows.shape[1] != width:
+            raise SignfeatError(f"{path}: {key} has shape {shape}, {rows.shape[1]} values a frame; expected {width} "
+                                f"(axis-angle, 3 values a joint; a frame a row)")
     if data.get("world_rotation") is not None:
         rotation = np.asarray(data["world_rotation"], dtype=np.float32)
         if rotation.shape != (3, 3):

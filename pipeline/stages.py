@@ -241,7 +241,8 @@ class ExtractStream:
         for i, (f, timebase, extra) in results.items():
             if not np.isfinite(f).all():
                 out["error_stage"][i], out["error_class"][i] = f"extract:{self.name}", "nonfinite"
-                out["error_message"][i] = f"{self.name} produced non-finite values (float16 overflow or NaN)"
+                cause = "overflow or NaN" if self.extractor.storage_dtype == np.float16 else "NaN or inf"
+                out["error_message"][i] = f"{self.name} produced non-finite values ({np.dtype(self.extractor.storage_dtype).name} {cause})"
                 continue
             feats[i] = f
             clip_meta[i] = json.dumps(extra, sort_keys=True) if extra else ""

@@ -97,6 +97,32 @@ def test_retarget_file(model_dir, body, tmp_path):
         build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "retarget": str(tmp_path / "bad.npy")}})
 
 
+@pytest.mark.parametrize("case", ["zeros", "one_joint_on_its_parent", "nan", "strings", "npz", "text"])
+def test_retarget_file_that_is_no_skeleton_is_refused(model_dir, body, tmp_path, case):
+    # all-zero target joints were taken: every feature of every clip came out NaN (exit 0 from `signfeat features`)
+    rest = body.rest_joints().copy()
+    if case == "one_joint_on_its_parent":
+        rest[4] = rest[1]  # left knee onto the left hip
+    target = {"zeros": np.zeros((52, 3)), "one_joint_on_its_parent": rest, "nan": np.where(np.arange(3) == 1, np.nan, rest),
+              "strings": np.full((52, 3), "0.1")}.get(case, rest)
+    np.save(tmp_path / "target.npy", target)
+    if case == "npz":
+        with open(tmp_path / "target.npy", "wb") as f:  # (given a name, np.savez would append .npz)
+            np.savez(f, joints=rest)
+    if case == "text":
+        (tmp_path / "target.npy").write_text("0.1 0.2 0.3\n")
+    message = {"nan": "finite real numbers", "strings": "finite real numbers", "npz": "not an .npz", "text": "must be a .npy array"}
+    settings = {"model_dir": str(model_dir), "retarget": str(tmp_path / "target.npy")}
+    with pytest.raises(SignfeatError, match=message.get(case, "not a skeleton")):
+        build_extractor({"name": "smplx623", "settings": settings})
+    # and a job's config refuses it up front, before Ray starts
+    from pipeline.config import load_job_config
+
+    (tmp_path / "job.yaml").write_text(json.dumps({"extractors": [{"name": "smplx623", "settings": settings}]}))
+    with pytest.raises(SignfeatError, match=message.get(case, "not a skeleton")):
+        load_job_config(tmp_path / "job.yaml")
+
+
 def test_video_through_the_contract_equals_direct_calls(extractor, body, monkeypatch):
     joints = body.joints(dict(smooth_random_params(5, seed=7), betas=np.zeros((5, 10), np.float32)))
     landmarks = landmarks_from_joints(joints)
@@ -209,6 +235,38 @@ def test_non_finite_parameters_with_target_fps_are_bad_params(model_dir, tmp_pat
     with pytest.raises(ClipError, match="not finite") as err:
         ex.extract_files([tmp_path / "nan.npz"], [None])
     assert err.value.kind == "bad_params"
+
+
+def test_parameters_the_body_model_refuses_are_the_clip_s_bad_params_with_its_path(model_dir, tmp_path):
+    # the job's failures row said class SignfeatError ("betas has 16 coefficients but the model uses 10 ..."), no path
+    from pipeline.errors import ClipError, SignfeatError
+
+    params = smooth_random_params(6, seed=5)
+    np.savez(tmp_path / "betas16.npz", **{**params, "betas": np.ones((1, 16), np.float32)}, fps=np.array(20.0))
+    np.savez(tmp_path / "ok.npz", **params, fps=np.array(20.0))
+    ex = build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir)}})
+    with pytest.raises(ClipError, match=f"^{tmp_path / 'betas16.npz'}: betas has 16 coefficients but the model uses 10") as err:
+        ex.extract_files([tmp_path / "betas16.npz"], [None])
+    assert err.value.kind == "bad_params"
+    with pytest.raises(SignfeatError) as err:  # in a batch the job retries clip by clip, so each gets its own class
+        ex.extract_files([tmp_path / "ok.npz", tmp_path / "betas16.npz"], [None, None])
+    assert not isinstance(err.value, ClipError)
+
+
+def test_a_non_finite_motion_s_failure_names_its_own_storage_dtype(model_dir, tmp_path):
+    """The failures row of smplx623 (float32) said "float16 overflow or NaN"."""
+    import json
+
+    from pipeline.stages import ExtractStream, geometry_key
+
+    entry = {"name": "smplx623", "settings": {"model_dir": str(model_dir)}}
+    stream = ExtractStream(entry, "prep_" + geometry_key(build_extractor(entry).transform), use_gpu=False)
+    stream._extract = lambda batch, idx: [(np.full((3, 623), np.nan, np.float32), None, {}) for _ in idx]
+    batch = {"key": np.array(["a"]), "path": np.array(["a.npz"]), "error_class": np.array([""], dtype=object),
+             "error_stage": np.array([""], dtype=object), "error_message": np.array([""], dtype=object)}
+    out = stream(batch)
+    assert out["error_class"][0] == "nonfinite"
+    assert out["error_message"][0] == "smplx623 produced non-finite values (float32 NaN or inf)", json.dumps(list(out["error_message"]))
 
 
 def test_target_fps_resamples_a_video_s_estimated_motion_as_a_parameter_file_s(model_dir, monkeypatch):

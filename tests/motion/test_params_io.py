@@ -437,6 +437,37 @@ def test_empty_cut_off_or_misspelt_parameter_files_are_clear_clip_errors(tmp_pat
     assert read_params(tmp_path / "extra.npz")[0]["body_pose"].shape[0] == t
 
 
+@pytest.mark.parametrize("key, shape, message", [
+    ("body_pose", (FRAMES, 21, 3, 3), "body_pose of shape \\(6, 21, 3, 3\\) holds rotation matrices"),
+    ("global_orient", (FRAMES, 3, 3), "global_orient of shape \\(6, 3, 3\\) holds rotation matrices"),
+    ("body_pose", (FRAMES, 60), "body_pose has shape \\(6, 60\\), 60 values a frame; expected 63"),
+    ("left_hand_pose", (FRAMES, 15, 4), "left_hand_pose has shape \\(6, 15, 4\\), 60 values a frame; expected 45"),
+])
+def test_named_parameters_of_another_form_are_refused_with_their_path(tmp_path, params, key, shape, message):
+    """A named .npz with rotation matrices or a pose of another width was probed ok, then failed in the job
+    as class SignfeatError ("parameter body_pose has width 189, expected 63"), without its path."""
+    from motion.params_io import read_clip_params
+    from pipeline.errors import ClipError
+
+    np.savez(tmp_path / "clip.npz", **{**params, key: np.zeros(shape, np.float32)}, fps=np.array(30.0))
+    with pytest.raises(ClipError, match=message) as exc:
+        read_clip_params(tmp_path / "clip.npz")
+    assert exc.value.kind == "bad_params" and str(tmp_path / "clip.npz") in str(exc.value)
+    # the same values as axis-angle, one frame a row ((T, 21, 3) as well as (T, 63)), read
+    np.savez(tmp_path / "ok.npz", **{**params, "body_pose": params["body_pose"].reshape(FRAMES, 21, 3)}, fps=np.array(30.0))
+    np.testing.assert_array_equal(read_clip_params(tmp_path / "ok.npz")[0]["body_pose"], params["body_pose"])
+
+
+def test_a_cut_off_pickle_is_named_in_its_error(tmp_path, params):
+    from motion.params_io import read_clip_params
+    from pipeline.errors import ClipError
+
+    (tmp_path / "clip.pkl").write_bytes(pickle.dumps(dict(params))[:100])
+    with pytest.raises(ClipError, match=f"^{tmp_path / 'clip.pkl'}: unreadable pickle") as exc:
+        read_clip_params(tmp_path / "clip.pkl", layout="named")
+    assert exc.value.kind == "bad_params"
+
+
 def test_resampling_keeps_a_one_dimensional_betas_vector_for_the_whole_clip():
     """A (10,) betas of a 10-frame clip was taken for a per-frame column and interpolated over time."""
     from motion.params_io import resample_params
