@@ -20,7 +20,7 @@ def register(sub) -> None:
     r = sub.add_parser("motion-render", help="draw a clip's recovered skeleton (body + hands) to PNG frames, a GIF or an MP4")
     r.add_argument("features", type=Path, metavar="FEATURES", help="a [T, 623] .npy file or a .tar shard")
     r.add_argument("--out", type=Path, required=True, help="OUT.gif, OUT.mp4, or a folder for PNG frames")
-    r.add_argument("--key", help="the sample's key in a shard (default: the first sample with the stream)")
+    r.add_argument("--key", help="the sample in a shard: its key or its clip id (default: the first sample with the stream)")
     r.add_argument("--stream", default="smplx623")
     r.add_argument("--fps", type=float, help="playback frame rate (default: a shard sample's own fps, else 20)")
     r.add_argument("--every", type=int, default=1, help="draw every N-th frame (default 1)")

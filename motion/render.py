@@ -109,8 +109,8 @@ def save_images(images: list[np.ndarray], out: str | Path, fps: float) -> list[P
 
 
 def load_features(path: str | Path, key: str | None = None, stream: str = "smplx623") -> tuple[np.ndarray, str, float | None]:
-    """(features [T, 623], name, fps) from a .npy file (fps None), or from a shard (.tar) sample (``key``, default:
-    the first with the stream; fps: the rate its JSON says the rows are at)."""
+    """(features [T, 623], name, fps) from a .npy file (fps None), or from a shard (.tar) sample (``key``: its key
+    or its clip id, default: the first with the stream; fps: the rate its JSON says the rows are at)."""
     path = Path(path)
     if not path.is_file():
         raise SignfeatError(f"no such features file or shard: {path}")
@@ -126,10 +126,12 @@ def load_features(path: str | Path, key: str | None = None, stream: str = "smplx
 
         try:
             for sample in read_samples(path):
-                if stream in sample and (key is None or sample["key"] == key):
-                    fps = sample.get("json", {}).get("fps") if isinstance(sample.get("json"), dict) else None
+                meta = sample.get("json") if isinstance(sample.get("json"), dict) else {}
+                # the shard key, or the clip's id as the manifest has it (its key escapes characters: a_b -> a__b)
+                if stream in sample and (key is None or key in (sample["key"], meta.get("id"))):
+                    fps = meta.get("fps")
                     return sample[stream], sample["key"], float(fps) if isinstance(fps, (int, float)) and fps > 0 else None
         except (tarfile.TarError, ValueError, OSError) as exc:
             raise SignfeatError(f"{path}: unreadable shard ({exc})") from None
-        raise SignfeatError(f"{path}: no sample {'with key ' + repr(key) + ' and ' if key else 'with '}stream {stream}")
+        raise SignfeatError(f"{path}: no sample {'with key or id ' + repr(key) + ' and ' if key else 'with '}stream {stream}")
     raise SignfeatError(f"{path}: expected a .npy features file or a .tar shard")

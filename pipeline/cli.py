@@ -364,6 +364,9 @@ def _stats(args) -> int:
     if s["unaccounted"]:
         print(f"NOTE {s['unaccounted']} planned clips are in neither index.parquet nor failures.parquet: "
               f"run `signfeat verify {args.out}` (stats reads the tables, not the shards)")
+    if s["in_both"]:
+        print(f"NOTE {s['in_both']} clips are in both index.parquet and failures.parquet (each must be in one): "
+              f"run `signfeat verify {args.out}`")
     return 0
 
 

@@ -49,6 +49,16 @@ def group_samples(members: Iterator[tuple[str, str, bytes]]) -> Iterator[tuple[s
 
 
 def decode_sample(key: str, members: dict[str, bytes]) -> dict[str, Any]:
+    """One sample's members -> {key, json, one array per stream}. A sample without its json, or without a
+    stream its json lists, is an error: a tar cut short ends on such a sample, and handing it back would pass
+    the damage on (``signfeat verify`` finds the shards that lost whole samples)."""
+    if "json" not in members:
+        raise ValueError(f"sample {key}: no {key}.json member (has {sorted(members)}): a damaged or cut-off shard; run signfeat verify")
+    meta = json.loads(members["json"])
+    streams = meta.get("streams") if isinstance(meta, dict) else None
+    missing = [f"{key}.{name}.npy" for name in (streams or {}) if f"{name}.npy" not in members]
+    if missing:
+        raise ValueError(f"sample {key}: its json lists streams whose members are missing: {missing}; run signfeat verify")
     sample: dict[str, Any] = {"key": key}
     for suffix, data in members.items():
         if suffix == "json":
@@ -59,7 +69,7 @@ def decode_sample(key: str, members: dict[str, bytes]) -> dict[str, Any]:
 
 
 def read_samples(path_or_bytes) -> Iterator[dict[str, Any]]:
-    """Samples of one shard: a local path, or the shard's bytes."""
+    """Samples of one shard: a local path, or the shard's bytes. Each sample is whole (``decode_sample``)."""
     if isinstance(path_or_bytes, (bytes, bytearray)):
         yield from (decode_sample(k, m) for k, m in group_samples(iter_members(io.BytesIO(path_or_bytes))))
         return

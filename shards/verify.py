@@ -136,9 +136,21 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
         plan = _load(store, out, "_signfeat/plan.parquet").to_pylist()
         index_rows = _load(store, out, "index.parquet", [f"len_{s}" for s in streams]).to_pylist()
         failures = _load(store, out, "failures.parquet").to_pylist()
-        _load(store, out, "job.json")
+        job = _load(store, out, "job.json")
+        identity = _load(store, out, "_signfeat/identity.json")
     except SignfeatError as exc:
         return {"ok": False, "problems": [str(exc)], "samples": 0, "not_an_output": isinstance(exc, NotAnOutput)}
+    # job.json is where people read a job's counts: an edited or stale one passed as long as it parsed
+    if not isinstance(job, dict):
+        problem(f"job.json holds a {type(job).__name__}, not the job's record")
+    else:
+        for name, held, table in (("clips_planned", len(plan), "the plan"), ("samples", len(index_rows), "index.parquet"),
+                                  ("failures", len(failures), "failures.parquet")):
+            if job.get(name) != held:
+                problem(f"job.json says {name} {job.get(name)!r}, {table} holds {held}")
+        for name in ("config_hash", "plan_hash"):
+            if job.get(name) != identity.get(name):
+                problem(f"job.json says {name} {job.get(name)!r}, _signfeat/identity.json {identity.get(name)!r}")
     index = {r["key"]: r for r in index_rows}
     for key, n in Counter(r["key"] for r in index_rows).items():
         if n > 1:  # the dict above keeps one of them: say so, or a doubled row passes unseen
@@ -328,7 +340,8 @@ def stats(out: str) -> dict[str, Any]:
     job = _load(store, out, "job.json")
     # stats reads the tables, not the shards: it can still tell when they do not add up to the plan
     unaccounted = len(set(plan["key"]) - set(index["key"]) - set(failures["key"]))
+    in_both = len(set(index["key"]) & set(failures["key"]))
     return {"splits": per_split, "streams": streams, "samples": int(len(index)), "failures": int(len(failures)), "planned": int(len(plan)),
-            "unaccounted": unaccounted,
+            "unaccounted": unaccounted, "in_both": in_both,
             "frames": int(index["num_frames"].sum()) if len(index) else 0, "bytes": int(index["bytes"].sum()) if len(index) else 0,
             "hours": float(index["duration_s"].sum() / 3600) if len(index) else 0.0, "wall_s": job.get("wall_s")}

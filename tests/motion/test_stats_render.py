@@ -173,3 +173,25 @@ def test_a_shard_sample_plays_at_its_own_frame_rate(tmp_path):
     assert main(["motion-render", str(tmp_path / "s.tar"), "--out", str(tmp_path / "m.mp4")]) == 0
     with av.open(str(tmp_path / "m.mp4")) as video:
         assert video.streams.video[0].average_rate == 25
+
+
+def test_motion_render_finds_a_sample_by_its_clip_id_as_well_as_its_key(tmp_path):
+    """--key walk_slow_z said "no sample with key 'walk_slow_z'": the shard key escapes the id (walk__slow__z)."""
+    import webdataset as wds
+
+    from manifests.keys import key_from_id
+    from motion.render import load_features
+    from shards.sample import encode_sample
+
+    features = {clip: np.full((4, FEATURE_WIDTH), i, np.float32) for i, clip in enumerate(["walk_slow_z", "b"])}
+    with wds.TarWriter(str(tmp_path / "s.tar")) as sink:
+        for clip, f in features.items():
+            key = key_from_id(clip)
+            sink.write({"__key__": key, **encode_sample(key, {"id": clip, "fps": 20.0}, {"smplx623": f})})
+    assert key_from_id("walk_slow_z") != "walk_slow_z"
+    for asked in ("walk_slow_z", key_from_id("walk_slow_z")):
+        array, name, fps = load_features(tmp_path / "s.tar", asked)
+        assert name == key_from_id("walk_slow_z") and fps == 20.0
+        np.testing.assert_array_equal(array, features["walk_slow_z"])
+    with pytest.raises(SignfeatError, match="no sample with key or id 'zz'"):
+        load_features(tmp_path / "s.tar", "zz")

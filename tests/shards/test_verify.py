@@ -574,3 +574,47 @@ def test_stats_notes_planned_clips_missing_from_both_tables(out, capsys):
     printed = capsys.readouterr().out
     assert "NOTE 1 planned clips are in neither index.parquet nor failures.parquet" in printed
     assert stats(str(out))["unaccounted"] == 1
+
+
+def test_reader_refuses_a_sample_a_cut_off_shard_left_incomplete(out):
+    """A tar cut just after k0's first stream member read as a sample of a key and one stream, no json and no
+    word (webdataset does the same): the reader the README points to for inspection now says what is missing."""
+    from shards.reader import read_samples
+
+    path = out / f"{SHARD}.tar"
+    members = _members(path)
+    whole = [s["key"] for s in read_samples(path)]
+    assert whole == [KEY, "k1"]
+    stream = next(n for n, _ in members if n.startswith(f"{KEY}.") and n.endswith(".npy"))
+    _write_tar(path, [m for m in members if m[0] == stream])  # k0's stream member alone, its json gone
+    with pytest.raises(ValueError, match=f"sample {KEY}: no {KEY}.json member"):
+        list(read_samples(path))
+    _write_tar(path, [m for m in members if m[0] == f"{KEY}.json"])  # its json alone: the streams it lists gone
+    with pytest.raises(ValueError, match=f"sample {KEY}: its json lists streams whose members are missing: \\['{stream}'"):
+        list(read_samples(path))
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ({"samples": 999}, "job.json says samples 999, index.parquet holds 5"),
+    ({"failures": 0}, "job.json says failures 0, failures.parquet holds 1"),
+    ({"clips_planned": 1}, "job.json says clips_planned 1, the plan holds 6"),
+    ({"config_hash": "deadbeef"}, "job.json says config_hash 'deadbeef', _signfeat/identity.json '"),
+    ({"plan_hash": None}, "job.json says plan_hash None, _signfeat/identity.json '"),
+])
+def test_a_job_json_that_contradicts_the_tables_is_a_problem(out, capsys, edit, expected):
+    """job.json is where people read a job's counts; an edited one (samples 999, another config hash) passed."""
+    assert main(["verify", str(out)]) == 0
+    capsys.readouterr()
+    job = json.loads((out / "job.json").read_text())
+    (out / "job.json").write_text(json.dumps({**job, **edit}))
+    assert main(["verify", str(out)]) == 1
+    assert expected in capsys.readouterr().out
+
+
+def test_stats_notes_clips_in_both_tables(out, capsys):
+    failures = pq.read_table(out / "failures.parquet")
+    doubled = {**failures.to_pylist()[0], "key": "k0", "id": "clip-0"}  # k0 is a sample too
+    pq.write_table(pa.Table.from_pylist(failures.to_pylist() + [doubled], schema=failures.schema), out / "failures.parquet")
+    assert main(["stats", str(out)]) == 0
+    assert "NOTE 1 clips are in both index.parquet and failures.parquet" in capsys.readouterr().out
+    assert stats(str(out))["in_both"] == 1
