@@ -633,9 +633,10 @@ def _train(recipe: Recipe, lock: RunLock, *, resume: str | Path | None, stop_aft
         torch.distributed.barrier()
         del ddp  # its reducer holds the process group
         if dist.owns_group:
-            # a gloo group left for the interpreter's exit to tear down sometimes aborted a rank after a finished
-            # run ("terminate called without an active exception", SIGABRT; pytorch#190489), and torchrun then
-            # called the whole run failed
+            # destroyed while the interpreter lives, after a barrier (no tensor of ours in flight): a gloo worker
+            # thread that drops a collective's tensors during the interpreter's exit needs the GIL, gets a thread
+            # exit, and aborts the rank after a finished run ("terminate called without an active exception",
+            # SIGABRT; pytorch#190489, #179291), which torchrun reports as the run failing
             torch.distributed.destroy_process_group()
     summary["model"] = model
     return summary

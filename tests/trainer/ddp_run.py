@@ -79,6 +79,8 @@ def main() -> int:
     if own_group:
         if code == 0:
             vt_align_check(records, rank)
+        # as the trainer ends: a barrier, so that no gloo worker thread still holds the all-gather's tensors (it
+        # aborted a rank now and then when it dropped them during the interpreter's exit), then the group destroyed
         dist.barrier()
         dist.destroy_process_group()
     return code

@@ -264,7 +264,8 @@ def test_two_process_ddp_run_with_torchrun(tiny_shards, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     out, records, logs = tmp_path / "ddp", tmp_path / "records", tmp_path / "logs"
     records.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WDS_SECURE": "1", "MASTER_ADDR": "127.0.0.1",
+    # PYTHONFAULTHANDLER: a rank that aborts prints where each of its threads was (in the failure's rank stderr)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WDS_SECURE": "1", "MASTER_ADDR": "127.0.0.1", "PYTHONFAULTHANDLER": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for leaked in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
