@@ -390,6 +390,11 @@ class Extractor:
         if layers is not None and hasattr(settings, "layer"):
             _check_layer(cls.name, settings.layer, layers)
 
+    @classmethod
+    def check_local_files(cls, config: ExtractorConfig, settings) -> None:
+        """For a job on a local Ray instance: files the settings name must be on this machine (a cluster's workers
+        may hold files the driver lacks, so this runs only locally). Nothing to check by default."""
+
     def _check_layer(self) -> None:
         """``settings.layer`` indexes the hidden states (embeddings + one per block): checked once the model's
         depth is known, so an out-of-range layer is one line when the extractor is built, not an IndexError

@@ -56,6 +56,11 @@ COLUMNS = [f.name for f in MANIFEST_FIELDS]
 OUTPUT_FILES = ("index.parquet", "failures.parquet", "job.json")
 
 
+# the longest name a split or a shard prefix may have: file systems take 255 bytes a name, and the job's files
+# add to them (`_signfeat/parts/{split}/{prefix}-000000.failures.parquet.tmp-1a2b3c4d`: 37 bytes and more digits)
+MAX_NAME_BYTES = 200
+
+
 def split_name_problem(split: str) -> str | None:
     """Why ``split`` cannot name a split folder of an extraction output (None if it can). ".." would put shards
     outside OUT and "." (or any hidden name) beside its own files, where verify and readers do not look; a
@@ -64,6 +69,8 @@ def split_name_problem(split: str) -> str | None:
     in its ratios, and shard planning in the manifest."""
     if not split.strip():
         return "it is empty"
+    if len(split.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:  # a file system's name limit is 255 bytes: the job died at its end
+        return f"it is {len(split.encode('utf-8', 'surrogatepass'))} bytes long; a split folder's name takes at most {MAX_NAME_BYTES}"
     if "/" in split or "\\" in split or split.startswith(("_", ".")) or split.lower() in OUTPUT_FILES or any(c in split for c in "*?[]{}"):
         return (f"a split folder of the output takes no '/', '\\' or glob characters *?[]{{}}, no leading '_' or '.', "
                 f"and is not {', '.join(OUTPUT_FILES)}")

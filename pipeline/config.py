@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from manifests.schema import MAX_NAME_BYTES
 from pipeline.decode import BACKENDS, DecodeOptions
 from pipeline.errors import SignfeatError
 
@@ -247,7 +248,7 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
     decode_raw = _mapping(f"{source}: decode", data.get("decode"))
     _check_keys(f"{source}: decode", decode_raw, {f.name for f in dataclasses.fields(DecodeOptions)})
     if decode_raw.get("backend", "decord") not in BACKENDS:
-        raise SignfeatError(f"{source}: decode.backend must be one of {BACKENDS}")
+        raise SignfeatError(f"{source}: decode.backend must be one of {BACKENDS}, got {decode_raw.get('backend')!r}")
     # types here, so that `max_frames: 2.5` or `target_fps: "25"` is named, not passed on or reported as a TypeError
     checks = {"max_frames": _positive_int, "frame_limit": _positive_int, "target_fps": _positive_number, "max_clip_mib": _positive_number,
               "frame_fps": _positive_number}
@@ -255,6 +256,10 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
     for key, check in checks.items():
         if key in decode_raw and not (decode_raw[key] is None and key in nullable):
             check(f"{source}: decode.{key}", decode_raw[key])
+    decode_raw = dict(decode_raw)
+    for key in ("target_fps", "max_clip_mib", "frame_fps"):  # 10 and 10.0 are one rate: the config hash must not tell them apart
+        if decode_raw.get(key) is not None:
+            decode_raw[key] = float(decode_raw[key])
     try:
         decode = DecodeOptions(**decode_raw)
     except (TypeError, ValueError) as exc:
@@ -275,6 +280,9 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
         _positive_int(f"{source}: shards.max_frames", shards.max_frames)
     if not isinstance(shards.prefix, str) or not shards.prefix or not all(c.isalnum() or c in "-_" for c in shards.prefix):
         raise SignfeatError(f"{source}: shards.prefix must be letters, digits, '-' or '_', got {shards.prefix!r}")
+    if len(shards.prefix.encode()) > MAX_NAME_BYTES:  # its files' names passed the file system's limit at the job's end
+        raise SignfeatError(f"{source}: shards.prefix is {len(shards.prefix.encode())} bytes long; at most {MAX_NAME_BYTES} "
+                            "(the job's file names add to it, and a file system takes 255 bytes a name)")
     return JobConfig(
         streams=streams,
         decode=decode,

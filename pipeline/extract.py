@@ -178,6 +178,8 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
 
         if not ray.is_initialized():  # said before Ray starts (a minute on a busy machine) and before OUT is claimed
             check_local_resources(cfg, {"CPU": float(num_cpus)}, only=("CPU",))
+    elif local:
+        refuse_oversized_local_instance(cfg)
     try:
         table = read_manifest(manifest)
     except (FileNotFoundError, ValueError) as exc:
@@ -190,6 +192,13 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     from pipeline.stages import stream_geometries
 
     geometries = stream_geometries(cfg.streams)  # each stream's preprocessing loads here, before Ray starts, or the job stops in one line
+    if local:
+        from extractors import ExtractorConfig
+        from extractors.base import REGISTRY, parse_settings
+
+        for s in cfg.streams:  # files a setting names must be on this machine for its own workers
+            config = ExtractorConfig.from_dict({**s.extractor, "device": "cpu"})
+            REGISTRY[config.name].check_local_files(config, parse_settings(REGISTRY[config.name].Settings, config.settings, config.name))
     if local and any(s.extractor.get("name") == "smplx623" for s in cfg.streams) and any(
             r.get("status") == "ok" and r.get("source_kind") != "smplx" for r in manifest_rows):
         # video rows take MediaPipe on this machine's workers: without it every one would fail, the job "succeed"
@@ -241,6 +250,19 @@ def _read_identity(store: Store) -> dict[str, Any]:
 
 
 RUN_FILE = "_signfeat/run.json"  # the run that owns OUT now: its id, host, pid and start time
+
+
+def refuse_oversized_local_instance(cfg: JobConfig) -> None:
+    """Without --num-cpus the local Ray instance is sized to what the config asks for, so that a few actors more
+    than cores still run; a typo (actors: 100000, num_cpus: 1000) started a Ray worker process per actor and
+    flooded the machine. Beyond 4x the machine's cores (at least 8 CPUs) it is refused; --num-cpus N runs it."""
+    cores = os.cpu_count() or 1
+    needed = 1 + sum(s.actors * s.num_cpus for s in cfg.streams)
+    if needed > max(8, 4 * cores):
+        asks = ", ".join(f"{s.name} {s.actors} x {s.num_cpus:g} CPU" for s in cfg.streams)
+        raise SignfeatError(f"the config asks for {needed:g} CPUs ({asks}, + 1 for decoding) on a machine with {cores} cores: "
+                            "the local Ray instance would start that many workers. Lower actors / num_cpus, or give "
+                            f"--num-cpus N to size the local instance yourself")
 
 
 def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan], *, overwrite: bool, legacy_hash: str | None = None) -> str:

@@ -485,6 +485,54 @@ def test_actors_a_local_ray_instance_cannot_place_are_refused(entry, total, need
     check_local_resources(cfg, {**total, "CPU": 3.0, "GPU": 1.0, "sf_extract": 1.0, "accelerator_type:L40S": 1.0, "memory": 16 * 2**30})  # enough
 
 
+def test_a_local_instance_for_far_more_cpus_than_the_machine_has_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    """actors: 100000 sized the local Ray instance to match, and Ray started workers until it was killed;
+    run_extract now refuses before Ray starts (and before the manifest is read); --num-cpus runs it anyway."""
+    import os
+
+    from pipeline.extract import refuse_oversized_local_instance, run_extract
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for entry in ({"actors": 100000}, {"num_cpus": 1000}):
+        cfg = parse_job_config({"extractors": [{"name": "dinov2", "tiny": True, **entry}]})
+        with pytest.raises(SignfeatError, match="on a machine with 2 cores: the local Ray instance would start that many workers.*--num-cpus"):
+            run_extract(tmp_path / "no_manifest_needed.parquet", str(tmp_path / "out"), cfg)
+    assert not (tmp_path / "out").exists()
+    for entry in ({"actors": 2}, {"actors": 7}):  # a few actors more than cores still run oversubscribed, as before
+        refuse_oversized_local_instance(parse_job_config({"extractors": [{"name": "dinov2", "tiny": True, **entry}]}))
+
+
+def test_decode_rates_written_as_integers_hash_as_the_same_job(tmp_path):
+    """target_fps: 10 and 10.0 (or an explicit default frame_fps: 25 / max_clip_mib: 4096) were other config hashes:
+    a resume of the same job was refused, and only --overwrite (losing complete shards) went on."""
+    base = {"extractors": [{"name": "dinov2", "tiny": True}], "decode": {"target_fps": 10.0}}
+    same = [{"target_fps": 10}, {"target_fps": 10, "frame_fps": 25, "max_clip_mib": 4096, "frame_limit": 20000}]
+    for decode in same:
+        assert parse_job_config({**base, "decode": decode}).output_hash() == parse_job_config(base).output_hash(), decode
+    assert parse_job_config({**base, "decode": {"target_fps": 12}}).output_hash() != parse_job_config(base).output_hash()
+
+
+@pytest.mark.parametrize("config, needle", [
+    ({"shards": {"prefix": "p" * 201}}, "shards.prefix is 201 bytes long; at most 200"),
+    ({"shards": {"prefix": "é" * 101}}, "shards.prefix is 202 bytes long"),
+    ({"decode": {"backend": "ffmpeg"}}, "decode.backend must be one of .*, got 'ffmpeg'"),
+])
+def test_config_values_that_would_fail_late_are_refused_up_front(config, needle):
+    """A 220-character prefix ran the whole job, then died writing its files (name too long), and left an OUT
+    that even --overwrite could not clear."""
+    with pytest.raises(SignfeatError, match=needle):
+        parse_job_config({"extractors": [{"name": "dinov2", "tiny": True}], **config})
+    parse_job_config({"extractors": [{"name": "dinov2", "tiny": True}], "shards": {"prefix": "p" * 200}})
+
+
+def test_a_split_name_longer_than_a_folder_name_may_be_is_refused_when_planning():
+    from manifests.schema import split_name_problem
+
+    assert "201 bytes long" in split_name_problem("s" * 201)
+    assert split_name_problem("s" * 200) is None
+
+
 def test_an_out_url_that_cannot_be_written_is_a_one_line_error(tmp_path):
     """A file:// URL naming a file, and an s3:// URL without a bucket, were pyarrow tracebacks."""
     from shards.store import Store
