@@ -93,10 +93,14 @@ def load_target_joints(path: Path) -> np.ndarray:
     try:
         joints = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise SignfeatError(f"{path}: the retarget joints must be a .npy array ({type(exc).__name__}: {exc})") from None
+        # numpy calls anything that is not .npy or .npz "pickled data" and suggests allow_pickle: not the way here
+        reason = "not an .npy file (a text file, or another format)" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
+        raise SignfeatError(f"{path}: the retarget joints must be a .npy array ({reason})") from None
     if not isinstance(joints, np.ndarray):  # an .npz archive
         raise SignfeatError(f"{path}: the retarget joints must be a .npy array, not an .npz archive")
     if joints.ndim == 3:  # a clip: its first frame
+        if not len(joints):
+            raise SignfeatError(f"{path}: the retarget joints clip has no frames (shape {joints.shape})")
         joints = joints[0]
     if joints.ndim != 2 or joints.shape[1] != 3 or not (joints.shape[0] == 52 or joints.shape[0] >= 55):
         raise SignfeatError(f"{path}: target joints must be [52 or >= 55, 3] (or [T, J, 3]), got {joints.shape}")
@@ -186,6 +190,12 @@ class Smplx623Extractor(Extractor):
                                 f"model={config.model}: give one of them")
         if settings.retarget not in ("rest", "none") and Path(settings.retarget).is_file():  # else a cluster's workers may hold it
             load_target_joints(Path(settings.retarget))
+
+    @classmethod
+    def check_local_files(cls, config, settings) -> None:
+        """A retarget file missing here fails every actor of a local job after Ray started (four tracebacks)."""
+        if settings.retarget not in ("rest", "none") and not Path(settings.retarget).is_file():
+            raise SignfeatError(f"smplx623: retarget must be rest, none or a joints .npy file; no such file: {settings.retarget}")
 
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:

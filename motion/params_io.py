@@ -467,8 +467,9 @@ def _read_named(path: Path) -> tuple[dict[str, np.ndarray], float | None]:
             raise SignfeatError(f"{path}: {key} of shape {shape} holds rotation matrices; signfeat reads SMPL-X poses "
                                 "as axis-angle (3 values a joint)")
         if width and rows.shape[1] != width:
+            what = "x, y, z" if key == "transl" else "axis-angle, 3 values a joint"
             raise SignfeatError(f"{path}: {key} has shape {shape}, {rows.shape[1]} values a frame; expected {width} "
-                                f"(axis-angle, 3 values a joint; a frame a row)")
+                                f"({what}; a frame a row)")
     if data.get("world_rotation") is not None:
         rotation = np.asarray(data["world_rotation"], dtype=np.float32)
         if rotation.shape != (3, 3):

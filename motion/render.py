@@ -124,14 +124,27 @@ def load_features(path: str | Path, key: str | None = None, stream: str = "smplx
 
         from shards.reader import read_samples
 
+        if key is not None and not key.strip():
+            raise SignfeatError("--key is empty: give a sample's key or clip id, or leave --key out for the first sample")
+
+        def meta(sample: dict) -> dict:
+            return sample["json"] if isinstance(sample["json"], dict) else {}
+
+        def found(sample: dict) -> tuple[np.ndarray, str, float | None]:
+            fps = meta(sample).get("fps")
+            return sample[stream], sample["key"], float(fps) if isinstance(fps, (int, float)) and fps > 0 else None
+
+        by_id = None  # the clip's id as the manifest has it (its key escapes characters: a_b -> a__b); an exact key wins
         try:
             for sample in read_samples(path):
-                meta = sample.get("json") if isinstance(sample.get("json"), dict) else {}
-                # the shard key, or the clip's id as the manifest has it (its key escapes characters: a_b -> a__b)
-                if stream in sample and (key is None or key in (sample["key"], meta.get("id"))):
-                    fps = meta.get("fps")
-                    return sample[stream], sample["key"], float(fps) if isinstance(fps, (int, float)) and fps > 0 else None
+                if stream not in sample or not (key is None or key in (sample["key"], meta(sample).get("id"))):
+                    continue
+                if key is None or sample["key"] == key:
+                    return found(sample)
+                by_id = by_id or sample
         except (tarfile.TarError, ValueError, OSError) as exc:
             raise SignfeatError(f"{path}: unreadable shard ({exc})") from None
+        if by_id is not None:
+            return found(by_id)
         raise SignfeatError(f"{path}: no sample {'with key or id ' + repr(key) + ' and ' if key else 'with '}stream {stream}")
     raise SignfeatError(f"{path}: expected a .npy features file or a .tar shard")

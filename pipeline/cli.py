@@ -267,6 +267,9 @@ def _features(args) -> int:
                 print(f"note: {args.video} records its own rate, {own:g} fps, which is used; --fps {args.fps:g} is not", file=sys.stderr)
     else:
         clip = {"source_kind": "frames" if args.video.is_dir() else "video", "path": str(args.video), "fps": args.fps}
+        if args.video.is_dir() and not args.fps:  # a 30 fps folder read at 25 gave other features than its shard's, silently
+            print(f"note: {args.video} is a frame folder and no --fps was given: read at {DecodeOptions().frame_fps:g} fps "
+                  "(a job takes the manifest's fps)", file=sys.stderr)
         try:
             decoded = decode_clip(clip, DecodeOptions(backend=args.decode_backend, target_fps=args.target_fps, max_frames=args.max_frames))
         except ClipError as exc:
@@ -280,6 +283,9 @@ def _features(args) -> int:
         else:
             array = extractor.extract([decoded.frames])[0]
             frames, fps, estimate = int(decoded.frames.shape[0]), decoded.fps, {}
+    if not np.isfinite(array).all():  # as a job sends the clip to failures (nonfinite): never a file of NaNs and exit 0
+        raise ClipError("nonfinite", f"{args.extractor} produced non-finite values ({array.dtype} NaN or inf) for {args.video}; "
+                                     f"nothing written to {args.out}")
     with open(args.out, "wb") as f:  # the name given (np.save would add .npy to any other suffix, and the summary lie)
         np.save(f, array, allow_pickle=False)
     meta = extractor.metadata()

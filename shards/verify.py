@@ -144,7 +144,9 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
     if not isinstance(job, dict):
         problem(f"job.json holds a {type(job).__name__}, not the job's record")
     else:
-        for name, held, table in (("clips_planned", len(plan), "the plan"), ("samples", len(index_rows), "index.parquet"),
+        frames = sum(int(r.get("num_frames") or 0) for r in index_rows)
+        for name, held, table in (("clips_planned", len(plan), "the plan"), ("shards", len({r["shard"] for r in plan}), "the plan"),
+                                  ("samples", len(index_rows), "index.parquet"), ("frames", frames, "index.parquet"),
                                   ("failures", len(failures), "failures.parquet")):
             if job.get(name) != held:
                 problem(f"job.json says {name} {job.get(name)!r}, {table} holds {held}")

@@ -269,8 +269,11 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str]
     split = normalise_split(split) or split  # validation -> dev, as the manifests name it
     device = pick_device(recipe)
     out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"
-    if out.exists() and not out.is_dir():  # found after translating the whole split, the scores were lost
-        raise SignfeatError(f"--out {out} is a file; give a folder for predictions.jsonl and scores.json")
+    for folder in (out, *out.parents):  # found after translating the whole split, the scores were lost (also below a file)
+        if folder.exists():
+            if not folder.is_dir():
+                raise SignfeatError(f"--out {out}: {folder} is a file; give a folder for predictions.jsonl and scores.json")
+            break
     if (out / "scores.json").is_file():  # comparing eval settings replaced the earlier results without a word
         print(f"note: {out} holds an earlier evaluation: its predictions.jsonl and scores.json are replaced "
               "(give --out DIR to keep both)", file=sys.stderr)

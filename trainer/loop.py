@@ -315,7 +315,10 @@ class RunLock:
 
         if self.file is not None or not out_dir.is_dir():
             return
-        file = open(out_dir / self.NAME, "a+", encoding="utf-8")
+        try:
+            file = open(out_dir / self.NAME, "a+", encoding="utf-8")
+        except OSError as exc:  # a folder of that name, no write permission
+            raise SignfeatError(f"out_dir {out_dir}: cannot open its run lock {self.NAME} ({exc.strerror})") from None
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -97,21 +97,22 @@ def test_retarget_file(model_dir, body, tmp_path):
         build_extractor({"name": "smplx623", "settings": {"model_dir": str(model_dir), "retarget": str(tmp_path / "bad.npy")}})
 
 
-@pytest.mark.parametrize("case", ["zeros", "one_joint_on_its_parent", "nan", "strings", "npz", "text"])
+@pytest.mark.parametrize("case", ["zeros", "one_joint_on_its_parent", "nan", "strings", "npz", "text", "no_frames"])
 def test_retarget_file_that_is_no_skeleton_is_refused(model_dir, body, tmp_path, case):
     # all-zero target joints were taken: every feature of every clip came out NaN (exit 0 from `signfeat features`)
     rest = body.rest_joints().copy()
     if case == "one_joint_on_its_parent":
         rest[4] = rest[1]  # left knee onto the left hip
     target = {"zeros": np.zeros((52, 3)), "one_joint_on_its_parent": rest, "nan": np.where(np.arange(3) == 1, np.nan, rest),
-              "strings": np.full((52, 3), "0.1")}.get(case, rest)
+              "strings": np.full((52, 3), "0.1"), "no_frames": np.zeros((0, 55, 3))}.get(case, rest)
     np.save(tmp_path / "target.npy", target)
     if case == "npz":
         with open(tmp_path / "target.npy", "wb") as f:  # (given a name, np.savez would append .npz)
             np.savez(f, joints=rest)
     if case == "text":
         (tmp_path / "target.npy").write_text("0.1 0.2 0.3\n")
-    message = {"nan": "finite real numbers", "strings": "finite real numbers", "npz": "not an .npz", "text": "must be a .npy array"}
+    message = {"nan": "finite real numbers", "strings": "finite real numbers", "npz": "not an .npz", "no_frames": "clip has no frames",
+               "text": "must be a .npy array \\(not an .npy file"}  # not numpy's advice to allow pickles
     settings = {"model_dir": str(model_dir), "retarget": str(tmp_path / "target.npy")}
     with pytest.raises(SignfeatError, match=message.get(case, "not a skeleton")):
         build_extractor({"name": "smplx623", "settings": settings})
@@ -194,6 +195,13 @@ def test_cli_features_on_a_parameters_file(model_dir, extractor, tmp_path, capsy
     assert main(["features", str(tmp_path / "rated.npz"), "--extractor", "smplx623", "--set", f"model_dir={model_dir}",
                  "--fps", "60", "--out", str(tmp_path / "r.npy")]) == 0
     assert "records its own rate, 30 fps, which is used; --fps 60 is not" in capsys.readouterr().err
+    # a finite target skeleton of absurd size (x 1e200) gave features that were NaN, written with exit 0
+    from motion.synthetic import rest_joints
+
+    np.save(tmp_path / "huge.npy", rest_joints() * 1e200)
+    assert main(["features", str(tmp_path / "clip.npz"), "--extractor", "smplx623", "--set", f"model_dir={model_dir}",
+                 "--set", f"retarget={tmp_path / 'huge.npy'}", "--out", str(tmp_path / "n.npy")]) == 2
+    assert "smplx623 produced non-finite values (float32 NaN or inf)" in capsys.readouterr().err and not (tmp_path / "n.npy").exists()
 
 
 def test_extract_files_gives_features_and_their_time_base(model_dir, tmp_path):

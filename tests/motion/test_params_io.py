@@ -441,7 +441,8 @@ def test_empty_cut_off_or_misspelt_parameter_files_are_clear_clip_errors(tmp_pat
     ("body_pose", (FRAMES, 21, 3, 3), "body_pose of shape \\(6, 21, 3, 3\\) holds rotation matrices"),
     ("global_orient", (FRAMES, 3, 3), "global_orient of shape \\(6, 3, 3\\) holds rotation matrices"),
     ("body_pose", (FRAMES, 60), "body_pose has shape \\(6, 60\\), 60 values a frame; expected 63"),
-    ("left_hand_pose", (FRAMES, 15, 4), "left_hand_pose has shape \\(6, 15, 4\\), 60 values a frame; expected 45"),
+    ("left_hand_pose", (FRAMES, 15, 4), "left_hand_pose has shape \\(6, 15, 4\\), 60 values a frame; expected 45 \\(axis-angle"),
+    ("transl", (FRAMES, 2), "transl has shape \\(6, 2\\), 2 values a frame; expected 3 \\(x, y, z;"),
 ])
 def test_named_parameters_of_another_form_are_refused_with_their_path(tmp_path, params, key, shape, message):
     """A named .npz with rotation matrices or a pose of another width was probed ok, then failed in the job

@@ -195,3 +195,13 @@ def test_motion_render_finds_a_sample_by_its_clip_id_as_well_as_its_key(tmp_path
         np.testing.assert_array_equal(array, features["walk_slow_z"])
     with pytest.raises(SignfeatError, match="no sample with key or id 'zz'"):
         load_features(tmp_path / "s.tar", "zz")
+    with pytest.raises(SignfeatError, match="--key is empty"):
+        load_features(tmp_path / "s.tar", "")
+    # clip a__b (key a____b) comes first, clip a_b has key a__b: asking for "a__b", the exact key wins over an id
+    with wds.TarWriter(str(tmp_path / "t.tar")) as sink:
+        for i, clip in enumerate(["a__b", "a_b"]):
+            key = key_from_id(clip)
+            sink.write({"__key__": key, **encode_sample(key, {"id": clip}, {"smplx623": np.full((3, FEATURE_WIDTH), i, np.float32)})})
+    assert key_from_id("a_b") == "a__b"
+    array, name, _ = load_features(tmp_path / "t.tar", "a__b")
+    assert name == "a__b" and array[0, 0] == 1

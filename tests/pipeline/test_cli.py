@@ -99,6 +99,25 @@ def test_features_refuses_a_bad_out_before_the_model_runs(tmp_path, capsys):
         assert needle in capsys.readouterr().err
 
 
+def test_features_of_a_frame_folder_without_fps_says_the_rate_it_assumed(tmp_path, capsys):
+    """A 30 fps folder read at 25 without a word gave other features than its shard's (whose manifest has 30)."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.cli import main
+    from tests.helpers import index_frame
+
+    (tmp_path / "frames").mkdir()
+    for i in range(4):
+        Image.fromarray(index_frame(i)).save(tmp_path / "frames" / f"{i:04d}.png")
+    args = ["features", str(tmp_path / "frames"), "--extractor", "dinov2", "--tiny", "--random-weights", "--out", str(tmp_path / "f.npy")]
+    assert main(args) == 0
+    assert "is a frame folder and no --fps was given: read at 25 fps" in capsys.readouterr().err
+    assert main([*args, "--fps", "30"]) == 0
+    assert "no --fps" not in capsys.readouterr().err
+    assert np.load(tmp_path / "f.npy").shape[0] == 4
+
+
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_non_finite_numbers_on_the_command_line_are_refused(value, capsys):
     """"nan" passed the bound check (every comparison with NaN is False)."""

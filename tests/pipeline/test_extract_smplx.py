@@ -216,6 +216,19 @@ def test_a_local_job_with_video_rows_and_no_mediapipe_stops_before_it_starts(cor
     assert not (tmp_path / "out").exists()
 
 
+def test_a_local_job_whose_retarget_file_is_missing_stops_before_it_starts(corpus, model_dir, tmp_path, monkeypatch):
+    """Ray started, every actor died on the missing file (four tracebacks), then the right message: now one line
+    before Ray is touched. (On a joined cluster the workers may hold the file: not checked there.)"""
+    import pipeline.ray_runtime
+
+    monkeypatch.setattr(pipeline.ray_runtime, "ensure_ray", lambda **kw: pytest.fail("Ray was started"))
+    settings = {**_settings(model_dir), "retarget": str(tmp_path / "typo.npy")}
+    cfg = parse_job_config({"extractors": [{"name": "smplx623", "num_cpus": 0.5, "settings": settings}]})
+    with pytest.raises(SignfeatError, match=f"retarget must be rest, none or a joints .npy file; no such file: {tmp_path / 'typo.npy'}"):
+        run_extract(corpus["manifest"], str(tmp_path / "out"), cfg, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_video_sample_records_the_frames_its_estimator_did_not_see(model_dir, ray_local, tmp_path):
     """Frames where MediaPipe found no person (or no hand) were filled in by the fit without a word: a sample of a
     clip with black frames read like one of a clip without gaps. The sample's smplx623 record now lists them

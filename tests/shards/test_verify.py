@@ -600,6 +600,8 @@ def test_reader_refuses_a_sample_a_cut_off_shard_left_incomplete(out):
     ({"clips_planned": 1}, "job.json says clips_planned 1, the plan holds 6"),
     ({"config_hash": "deadbeef"}, "job.json says config_hash 'deadbeef', _signfeat/identity.json '"),
     ({"plan_hash": None}, "job.json says plan_hash None, _signfeat/identity.json '"),
+    ({"shards": 7}, "job.json says shards 7, the plan holds 4"),
+    ({"frames": 999}, "job.json says frames 999, index.parquet holds "),
 ])
 def test_a_job_json_that_contradicts_the_tables_is_a_problem(out, capsys, edit, expected):
     """job.json is where people read a job's counts; an edited one (samples 999, another config hash) passed."""

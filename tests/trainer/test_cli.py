@@ -141,9 +141,10 @@ def test_eval_out_that_is_a_file_is_refused_before_the_model_loads(tiny_shards, 
 
     monkeypatch.setattr(trainer.llm, "build_model", lambda *a, **k: pytest.fail("the model was built before --out was checked"))
     (tmp_path / "scores").write_text("x")
-    assert main(["eval", "--checkpoint", str(_checkpoint_dir(tmp_path)), "--split", "test", f"data.shards={tiny_shards}",
-                 "--out", str(tmp_path / "scores")]) == 2
-    assert "is a file; give a folder" in capsys.readouterr().err
+    for out in ("scores", "scores/sub"):  # below a file as well: NotADirectoryError after the whole split
+        assert main(["eval", "--checkpoint", str(_checkpoint_dir(tmp_path)), "--split", "test", f"data.shards={tiny_shards}",
+                     "--out", str(tmp_path / out)]) == 2
+        assert f"{tmp_path / 'scores'} is a file; give a folder" in capsys.readouterr().err
 
 
 def test_shards_that_are_not_there_are_named_as_such(tmp_path, capsys):

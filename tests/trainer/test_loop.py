@@ -610,6 +610,9 @@ def test_an_out_dir_that_is_a_file_is_a_one_line_error(tiny_shards, tmp_path):
     recipe = tiny_recipe(tmp_path / "afile", tmp_path / "run", "t5", optim={"max_steps": 1})
     with pytest.raises(SignfeatError, match="data.shards .*afile: a file, not a folder"):  # it said "no such folder"
         train(recipe_from_dict(recipe))
+    (tmp_path / "locked" / ".train.lock").mkdir(parents=True)  # IsADirectoryError before
+    with pytest.raises(SignfeatError, match="cannot open its run lock .train.lock"):
+        train(recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "locked", "t5", optim={"max_steps": 1})))
 
 
 def test_a_run_whose_latest_checkpoint_was_deleted_resumes_and_evaluates_from_the_newest_left(tiny_shards, tmp_path, capsys):
