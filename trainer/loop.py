@@ -636,10 +636,10 @@ def _train(recipe: Recipe, lock: RunLock, *, resume: str | Path | None, stop_aft
         torch.distributed.barrier()
         del ddp  # its reducer holds the process group
         if dist.owns_group:
-            # destroyed while the interpreter lives, after a barrier (no tensor of ours in flight): a gloo worker
-            # thread that drops a collective's tensors during the interpreter's exit needs the GIL, gets a thread
-            # exit, and aborts the rank after a finished run ("terminate called without an active exception",
-            # SIGABRT; pytorch#190489, #179291), which torchrun reports as the run failing
+            # destroyed while the interpreter lives, after a barrier (no tensor of ours in flight), as PyTorch asks
+            # (pytorch#190489, #179291: gloo threads dropping tensors during the interpreter's exit abort the rank).
+            # A rare abort at exit after a finished run remains ("terminate called without an active exception"
+            # from a native thread; see tests/trainer/ddp_run.py): its cause is not found yet
             torch.distributed.destroy_process_group()
     summary["model"] = model
     return summary
