@@ -82,15 +82,15 @@ def _load(store: Store, out: str, name: str, columns: list[str] = ()) -> Any:
     return table
 
 
-def _streams(store: Store, out: str) -> list[str]:
-    streams = _load(store, out, "_signfeat/identity.json").get("streams")
+def _streams(identity: dict, out: str) -> list[str]:
+    streams = identity.get("streams")
     if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
         raise SignfeatError(f"{out}: _signfeat/identity.json lists no streams")
     return streams
 
 
-def _config_hash(store: Store, out: str) -> str:
-    config_hash = _load(store, out, "_signfeat/identity.json").get("config_hash")
+def _config_hash(identity: dict, out: str) -> str:
+    config_hash = identity.get("config_hash")
     if not isinstance(config_hash, str) or not config_hash:
         raise SignfeatError(f"{out}: _signfeat/identity.json records no config_hash")
     return config_hash
@@ -131,13 +131,13 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
             problems.append(msg)
 
     try:
-        streams = _streams(store, out)
-        config_hash = _config_hash(store, out)
+        identity = _load(store, out, "_signfeat/identity.json")
+        streams = _streams(identity, out)
+        config_hash = _config_hash(identity, out)
         plan = _load(store, out, "_signfeat/plan.parquet").to_pylist()
         index_rows = _load(store, out, "index.parquet", [f"len_{s}" for s in streams]).to_pylist()
         failures = _load(store, out, "failures.parquet").to_pylist()
         job = _load(store, out, "job.json")
-        identity = _load(store, out, "_signfeat/identity.json")
     except SignfeatError as exc:
         return {"ok": False, "problems": [str(exc)], "samples": 0, "not_an_output": isinstance(exc, NotAnOutput)}
     # job.json is where people read a job's counts: an edited or stale one passed as long as it parsed
@@ -326,7 +326,7 @@ def stats(out: str) -> dict[str, Any]:
     """Counts, hours, frames and bytes per split and stream, from index.parquet and job.json."""
     store = Store(out)
     store.check_reachable()
-    streams = _streams(store, out)
+    streams = _streams(_load(store, out, "_signfeat/identity.json"), out)
     index = _load(store, out, "index.parquet", [f"len_{s}" for s in streams] + ["duration_s"]).to_pandas()
     failures = _load(store, out, "failures.parquet").to_pandas()
     plan = _load(store, out, "_signfeat/plan.parquet").to_pandas()

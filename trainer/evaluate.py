@@ -253,7 +253,7 @@ def _autocast(device: torch.device):
 def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str] | None = None,
                         out_dir: str | Path | None = None) -> dict:
     """Rebuild the recipe's model from a checkpoint (recipe inside it, ``overrides`` on top), evaluate."""
-    from trainer.loop import load_checkpoint, pick_device, recipe_changes, refuse_model_changes, resolve_checkpoint
+    from trainer.loop import file_in_the_way, load_checkpoint, pick_device, recipe_changes, refuse_model_changes, resolve_checkpoint
     from trainer.llm import build_model
     from trainer.recipe import recipe_from_dict
 
@@ -269,11 +269,8 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str]
     split = normalise_split(split) or split  # validation -> dev, as the manifests name it
     device = pick_device(recipe)
     out = Path(out_dir) if out_dir is not None else path / f"eval-{split}"
-    for folder in (out, *out.parents):  # found after translating the whole split, the scores were lost (also below a file)
-        if folder.exists():
-            if not folder.is_dir():
-                raise SignfeatError(f"--out {out}: {folder} is a file; give a folder for predictions.jsonl and scores.json")
-            break
+    if (blocker := file_in_the_way(out)) is not None:  # found after translating the whole split, the scores were lost
+        raise SignfeatError(f"--out {out}: {blocker} is a file; give a folder for predictions.jsonl and scores.json")
     if (out / "scores.json").is_file():  # comparing eval settings replaced the earlier results without a word
         print(f"note: {out} holds an earlier evaluation: its predictions.jsonl and scores.json are replaced "
               "(give --out DIR to keep both)", file=sys.stderr)

@@ -338,13 +338,16 @@ class RunLock:
             self.file = None
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file that ``folder`` is, or lies below (its first existing ancestor), if one is: mkdir would fail there."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def check_out_dir(out_dir: Path) -> None:
     """out_dir, or the first of its parents that exists, must be a folder (a file there was a traceback)."""
-    for folder in (out_dir, *out_dir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise SignfeatError(f"out_dir {out_dir}: {folder} is a file, not a folder")
-            return
+    if (blocker := file_in_the_way(out_dir)) is not None:
+        raise SignfeatError(f"out_dir {out_dir}: {blocker} is a file, not a folder")
 
 
 def refuse_another_run(out_dir: Path, resume_from: Path | None, overwrite: bool) -> None:
