@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 
 def register(sub) -> None:
@@ -64,6 +63,6 @@ def format_scores(scores: dict) -> str:
 
 
 if __name__ == "__main__":  # torchrun -m trainer.cli train ...
-    from pipeline.cli import main
+    from pipeline.cli import entry
 
-    sys.exit(main())
+    entry()

@@ -155,3 +155,34 @@ def test_shards_that_are_not_there_are_named_as_such(tmp_path, capsys):
     assert "data.shards " in (err := capsys.readouterr().err) and "no such folder" in err and "eval" not in err
     assert main(base + ["data.shards="]) == 2
     assert "data.shards is empty" in capsys.readouterr().err
+
+
+
+# an atexit hook that leaves a mark when the interpreter's normal exit runs
+EXIT_PROBE = "import atexit, os, pathlib, runpy, sys\natexit.register(lambda: pathlib.Path(os.environ['EXIT_MARKER']).write_text('ran'))\n"
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m trainer.cli"])
+def test_train_and_eval_leave_without_the_native_teardown(how, tiny_shards, tmp_path):
+    """pyarrow (apache/arrow#34314) aborted now and then in the interpreter's native teardown: a finished 2-rank
+    train under torchrun exited 134. train and eval now leave through os._exit once their output is flushed: an
+    atexit hook never runs, and what they print still arrives through a pipe."""
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "teardown"
+    # sys.argv is [-c, signfeat, COMMAND, ...]; trainer.cli's __main__ reads it as the console script's argv
+    script = EXIT_PROBE + ("from pipeline.cli import entry; entry(sys.argv[2:])" if how == "console script"
+                           else "sys.argv = sys.argv[1:]; runpy.run_module('trainer.cli', run_name='__main__')")
+    env = {**os.environ, "EXIT_MARKER": str(marker)}
+    out = tmp_path / "run"
+    train = ["train", "--config", "configs/recipes/lslm_tiny.yaml", f"out_dir={out}", "optim.max_steps=2", "eval.at_end=false",
+             f"data.shards={tiny_shards}", "data.batch_size=2", "progress=false", "device=cpu"]
+    done = subprocess.run([sys.executable, "-c", script, "signfeat", *train], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained lslm_tiny: 2 steps" in done.stdout and not marker.exists()
+    assert (out / "checkpoints" / "latest.json").exists()
+    bad = subprocess.run([sys.executable, "-c", script, "signfeat", "eval", "--checkpoint", str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("signfeat: error:") and not marker.exists(), bad.stderr[-1000:]
