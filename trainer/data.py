@@ -434,11 +434,16 @@ def read_pieces(pieces: list[ShardPiece], streams: list[str]) -> Iterator[dict[s
         try:
             with location.open_stream(piece.url) as stream:
                 samples = group_by_keys(tar_file_expander([{"url": piece.url, "stream": stream}]))
+                held = 0
                 for position, raw in enumerate(samples):
                     if position >= piece.stop:
                         break
+                    held = position + 1
                     if position >= piece.start:
                         yield raw
+                if held < piece.stop:  # a tar cut at a sample boundary reads as a shorter, valid tar
+                    raise SignfeatError(f"{piece.url}: holds {held} samples where the run counted at least {piece.stop} "
+                                        "(cut short or rewritten since it was listed); `signfeat verify` lists what is damaged")
         except tarfile.TarError as exc:  # webdataset re-raises tarfile's error (its args extended)
             raise _damaged(piece.url, exc) from None
         except OSError as exc:  # deleted or moved since the run listed it, or the object store went away mid-run

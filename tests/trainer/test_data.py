@@ -198,6 +198,23 @@ def test_damaged_sample_is_a_one_line_error_also_from_a_dataloader_worker(tiny_s
 
 
 @pytest.mark.parametrize("workers", [0, 1])
+def test_a_shard_cut_at_a_sample_boundary_is_an_error_not_fewer_samples(tiny_shards, tmp_path, workers):
+    """A tar cut between two samples is a valid, shorter tar. Read as such, one DDP rank would get fewer batches
+    than the others counted from index.parquet (and wait for them forever); eval would score fewer samples."""
+    url = tmp_path / "short.tar"
+    with tarfile.open(tiny_shards / "test" / "syn-000000.tar") as src, tarfile.open(url, "w") as dst:
+        for m in src.getmembers():
+            if not m.name.startswith("test-00003."):  # the last of its 4 samples
+                dst.addfile(m, src.extractfile(m))
+    assert shard_counts([str(url)]) == [3]  # the tar itself reads fine
+    stream = ShardStream([str(url)], [4], STREAMS, train=False, batch_size=2)  # 4: as index.parquet says
+    with pytest.raises(SignfeatError) as info:
+        list(batches(stream, Collate(_Tok(), STREAMS, 64), workers, drop_last=False))
+    assert str(info.value).startswith(f"{url}: holds 3 samples where the run counted at least 4") and "\n" not in str(info.value)
+    assert len(list(ShardStream([str(url)], [3], STREAMS, train=False, batch_size=2))) == 3
+
+
+@pytest.mark.parametrize("workers", [0, 1])
 def test_truncated_shard_is_a_one_line_error(tiny_shards, tmp_path, workers):
     data = (tiny_shards / "test" / "syn-000000.tar").read_bytes()
     url = tmp_path / "test" / "syn-000000.tar"
