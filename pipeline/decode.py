@@ -345,17 +345,28 @@ def _stream_orientation(container, stream, path: str) -> tuple[int, tuple[bool, 
     that the stream is decodable at all."""
     from av.sidedata.sidedata import Type
 
+    def orientation_of(frame) -> tuple[int, tuple[bool, bool, bool]]:
+        rotation = int(round(frame.rotation or 0))
+        try:
+            matrix = frame.side_data.get(Type.DISPLAYMATRIX)
+        except ValueError:  # a side-data type PyAV cannot name (an MJPEG frame's EXIF): its rotation is all we get
+            matrix = None
+        if matrix is not None:
+            return rotation, display_orientation(np.frombuffer(bytes(matrix), dtype=np.int32))
+        return rotation, _rotation_orientation(rotation)
+
     try:
         container.seek(0)
         for frame in container.decode(stream):
-            rotation = int(round(frame.rotation or 0))
-            try:
-                matrix = frame.side_data.get(Type.DISPLAYMATRIX)
-            except ValueError:  # a side-data type PyAV cannot name (an MJPEG frame's EXIF): its rotation is all we get
-                matrix = None
-            if matrix is not None:
-                return rotation, display_orientation(np.frombuffer(bytes(matrix), dtype=np.int32))
-            return rotation, _rotation_orientation(rotation)
+            return orientation_of(frame)
+        # FFmpeg's image2 reader (a still .jpg / .jpeg given as a one-frame video) decodes nothing after a seek
+        # back to the start once its packet was read: a fresh read of the file does
+        again = _open_container(path)
+        try:
+            for frame in again.decode(again.streams.video[0]):
+                return orientation_of(frame)
+        finally:
+            again.close()
     except Exception as exc:
         if stream.codec_context.name == "webp" and _is_animated_webp(path):  # FFmpeg decodes still WebP only: an intact file
             raise ClipError("unreadable", f"cannot decode {path}: FFmpeg reads only still WebP images, not animated ones; "

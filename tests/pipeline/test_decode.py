@@ -978,6 +978,21 @@ def test_a_still_image_given_as_a_clip_reads_as_a_frame_folders_image(tmp_path):
         assert np.array_equal(as_video, as_folder), backend
 
 
+@pytest.mark.parametrize("name", ["still.jpg", "still.jpeg", "still.png"])
+def test_a_still_jpeg_given_as_a_clip_is_one_frame_not_corrupt(tmp_path, name):
+    """FFmpeg's image2 reader (.jpg, .jpeg) decodes nothing after a seek back to the start: probing a still JPEG
+    as a one-frame video row said 'corrupt: the decoder returned no frame', while PNG, BMP or WebP read."""
+    rng = np.random.default_rng(0)
+    picture = np.clip(np.linspace(0, 255, 64)[None, :, None] + rng.normal(0, 8, (48, 64, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(picture).save(tmp_path / name, quality=95)
+    timeline = read_timeline(str(tmp_path / name))
+    assert (len(timeline.times_s), timeline.width, timeline.height) == (1, 64, 48)
+    reference = np.asarray(Image.open(tmp_path / name).convert("RGB"))  # read as a frame folder's image is: by PIL
+    for backend in BACKENDS:
+        frames = decode_clip({"source_kind": "video", "path": str(tmp_path / name)}, DecodeOptions(backend=backend)).frames
+        assert frames.shape == (1, 48, 64, 3) and np.array_equal(frames[0], reference), backend
+
+
 def test_a_stream_copied_mp4_cut_keeps_the_frames_after_its_discarded_pre_roll(tmp_path):
     """`ffmpeg -ss 1.3 -c copy` into MP4 keeps the GOP from its key frame as discarded pre-roll (an edit list):
     the frames after it decode, and the CLI shows them; they were counted undecodable (3 frames lost)."""
