@@ -241,6 +241,23 @@ def _group_label(node: str, by_signer: bool) -> str:
     return node if by_signer else node[len("key:"):]
 
 
+def recordings_in_several_splits(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Recordings whose rows sit in more than one split -> those splits. A recording is what a drawn split keeps
+    together (``_groups`` without signers): a video read whole or as ranges, and the clips whose ``source`` names
+    it. Drawn splits never part one; the splits an annotation gives can (a video whole in train and a range of it
+    in test, a pre-cut clip of it in dev), which lets test scores profit from training on the same recording."""
+    if not len(df):
+        return {}
+    groups = _groups(df, _unit(df), by_signer=False)
+    splits = df["split"].astype(str).groupby(groups).unique()
+    several = splits[splits.map(len) > 1]
+    if several.empty:
+        return {}
+    paths = df["path"].astype(str).groupby(groups).min()
+    names = {g: g[len("key:video:"):] if g.startswith("key:video:") else paths[g] for g in several.index}
+    return {names[g]: sorted(v) for g, v in several.items()}
+
+
 def _no_split(split: pd.Series) -> pd.Series:
     """Rows without a split: null or blank."""
     return split.isna() | (split.astype(str).str.strip() == "")
@@ -351,6 +368,9 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
         "kept_frames": int(keep["num_frames"].sum()),
         "signers": int(_person(with_signer).nunique()),
         "signers_in_several_splits": sorted(str(s) for s in signer_splits[signer_splits > 1].index),
+        # (a corpus whose annotation gives the splits: a signer-dependent split such as PHOENIX's is by design, a
+        # recording in two splits is a leak)
+        "recordings_in_several_splits": recordings_in_several_splits(keep),
         "options": asdict(options),
     }
     return keep, excluded_df, report

@@ -203,6 +203,12 @@ def _manifest_curate(args) -> int:
     if 0 < drawn < report["kept"]:  # a split file missed (val/ground_truth.csv names no split): say it, it is not an error
         print(f"note: {drawn} of {report['kept']} kept rows had no split and got one: drawn by the ratios {options.split_ratios}, "
               "or joined from their video's or signer's other rows; the others kept the split their annotation gave", file=sys.stderr)
+    leaks = report.get("recordings_in_several_splits", {})
+    if leaks:
+        first = ", ".join(f"{name} ({' + '.join(splits)})" for name, splits in list(leaks.items())[:3])
+        print(f"note: {len(leaks)} recording(s) have kept rows in several splits, as the annotations give them: {first}"
+              f"{' ...' if len(leaks) > 3 else ''}; a test clip from a recording also trained on inflates the scores "
+              f"(all of them: recordings_in_several_splits in {args.report / 'report.json'})", file=sys.stderr)
     return 0
 
 

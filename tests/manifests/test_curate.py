@@ -369,3 +369,29 @@ def test_rows_given_a_split_and_rows_drawn_one_are_counted_and_the_cli_says_so(t
     write_manifest(rows_to_table(rows[:6]), tmp_path / "m.parquet")  # all given: nothing to say
     main(["manifest", "curate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "r"), "--no-plots"])
     assert "note:" not in capsys.readouterr().err
+
+
+def test_a_recording_the_annotations_put_in_several_splits_is_reported_and_the_cli_says_so(tmp_path, capsys):
+    """A video whole in train, a range of it in test and a clip cut from it (its ``source``) in dev were kept
+    without a word: report.json listed signers in several splits only. Splits drawn by curate never part one."""
+    from manifests.schema import rows_to_table, write_manifest
+    from pipeline.cli import main
+
+    rows = [_row(0, split="train", path="/c/raw/long.mp4"),
+            _row(1, split="test", source_kind="range", path="/c/raw/long.mp4", start_s=1.0, end_s=2.0),
+            _row(2, split="dev", path="/c/cut/long_0.mp4", source="/c/raw/long.mp4"),
+            _row(3, split="train", path="/c/raw/other.mp4"), _row(4, split="train", source_kind="range", path="/c/raw/other.mp4", start_s=0.0, end_s=1.0),
+            _row(5, split="train", signer="B", path="/c/raw/b.mp4"), _row(6, split="test", signer="B", path="/c/raw/c.mp4")]
+    _, _, report = curate(pd.DataFrame(rows), CurateOptions())
+    # other.mp4 sits in train alone; B's two recordings in two splits are a signer in several splits, not a leak
+    assert report["recordings_in_several_splits"] == {"raw/long.mp4": ["dev", "test", "train"]}
+    assert report["signers_in_several_splits"] == ["d/A", "d/B"]
+    drawn = [_row(10 + i, split=None, source_kind="range", path=f"/c/v{i % 20}.mp4", start_s=float(i), end_s=i + 1.0) for i in range(60)]
+    _, _, report = curate(pd.DataFrame(drawn), CurateOptions())
+    assert len(report["kept_per_split"]) > 1 and report["recordings_in_several_splits"] == {}
+    write_manifest(rows_to_table(rows), tmp_path / "m.parquet")
+    assert main(["manifest", "curate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "r"),
+                 "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "note: 1 recording(s) have kept rows in several splits" in err and "raw/long.mp4 (dev + test + train)" in err
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["recordings_in_several_splits"] == {"raw/long.mp4": ["dev", "test", "train"]}
