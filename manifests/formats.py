@@ -212,6 +212,8 @@ def _bad_row(source: Path, line: int, message: str, clip_id: str | None = None, 
 
 
 def sniff_format(path: Path) -> str:
+    if path.suffix.lower() == ".parquet":
+        return "table"
     with open(path, "rb") as f:
         if path.suffix.lower() in (".pkl", ".pickle") or f.read(1) == b"\x80":  # a pickle (protocol 2+ starts with 0x80)
             return "csldaily"
@@ -558,8 +560,47 @@ def _table_kind(given: str | None, path: Path, start: float | None, end: float |
     return kind
 
 
+def _table_header_problems(annotation: Path, names: list[str]) -> None:
+    """A table whose header lacks a column it needs, or names one the table reads in another spelling: refused."""
+    missing = [c for c in TABLE_REQUIRED if c not in names]
+    if missing:
+        raise SignfeatError(f"{annotation}: table annotations need columns {list(TABLE_REQUIRED)}; missing {missing} (found {names})")
+    misspelled = _misspelled_columns(names)
+    if misspelled:
+        raise SignfeatError(f"{annotation}: column(s) {', '.join(misspelled)} would be ignored; the table reads "
+                            f"{list(TABLE_REQUIRED + TABLE_OPTIONAL)} (rename them)")
+
+
+def _parquet_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A Parquet table's rows, numbered from 1, read batch by batch. Values Parquet types beyond JSON's (dates,
+    decimals, binary) are given as text, as a CSV would hold them."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(annotation)
+    except Exception as exc:  # pyarrow's ArrowInvalid / OSError: not Parquet, or cut off
+        raise SignfeatError(f"{annotation}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    _table_header_problems(annotation, table.schema_arrow.names)
+
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (str, bool, int, float, list, dict)):
+            return value
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "backslashreplace")
+        return str(value)
+
+    number = 0
+    for batch in table.iter_batches(batch_size=8192):
+        for rec in batch.to_pylist():
+            number += 1
+            yield number, _checked_record({k: plain(v) for k, v in rec.items()})
+
+
 def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = annotation.suffix.lower()
+    if suffix == ".parquet":
+        yield from _parquet_records(annotation)
+        return
     if suffix == ".json":  # a JSON array of records (or one object); JSON lines otherwise, as .jsonl
         text = annotation.read_text(encoding="utf-8-sig")
         try:
@@ -607,13 +648,7 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not reader.fieldnames:
             raise SignfeatError(f"{annotation}: the file is empty; a table annotation starts with a header naming its columns "
                                 f"({', '.join(TABLE_REQUIRED)}, and any of {', '.join(TABLE_OPTIONAL)})")
-        missing = [c for c in TABLE_REQUIRED if c not in reader.fieldnames]
-        if missing:
-            raise SignfeatError(f"{annotation}: table annotations need columns {list(TABLE_REQUIRED)}; missing {missing} (found {reader.fieldnames})")
-        misspelled = _misspelled_columns(reader.fieldnames)
-        if misspelled:
-            raise SignfeatError(f"{annotation}: column(s) {', '.join(misspelled)} would be ignored; the table reads "
-                                f"{list(TABLE_REQUIRED + TABLE_OPTIONAL)} (rename them)")
+        _table_header_problems(annotation, list(reader.fieldnames))
         for rec in reader:
             # first: an unclosed quote that ends at a later quoted field ("quoted, with comma") also leaves the row
             # with more fields than the header, and that message hid the rows the quote swallowed
@@ -667,6 +702,11 @@ def _table_dataset(annotation: Path) -> str:
     return "_".join(tokens) or annotation.parent.name or annotation.stem
 
 
+def _under(root: Path, written: str) -> Path:
+    path = Path(written).expanduser()
+    return path if path.is_absolute() else root / path
+
+
 def _table_source(source: str | None, root: Path) -> str | None:
     """A table's ``source`` as written (a YouTube id...), or, when it names a file or folder (under ``--root``,
     or absolute), that path made absolute as ``path`` is: a range's unit is its absolute video path, and a
@@ -701,8 +741,10 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
         if raw_path is None:
             yield _bad_row(annotation, line_no, "no path", clip_id=clip_id, dataset=default_dataset)
             continue
-        path = Path(raw_path).expanduser()
-        path = path if path.is_absolute() else root / path
+        path = _under(root, raw_path)
+        written = rec.get("path")
+        if isinstance(written, str) and written.strip() != written and not os.path.lexists(path) and os.path.lexists(_under(root, written)):
+            path = _under(root, written)  # a file whose own name starts or ends with a space (the field was trimmed)
         try:
             path = _as_on_disk(path, listings)
         except ValueError as exc:

@@ -705,3 +705,41 @@ def test_a_relative_table_source_naming_a_video_is_the_ranges_unit_and_wlasl_wit
     wlasl.write_text(json.dumps([{"gloss": "a", "instances": []}, {"gloss": "b", "instances": [{"video_id": "1", "frame_start": 1}]}]))
     with pytest.raises(SignfeatError, match="hold lists of records"):
         list(parse_table(wlasl, root=tmp_path))
+
+
+def test_a_parquet_table_reads_as_the_same_table_in_csv_does(tmp_path):
+    """A Parquet annotation table was 'not UTF-8 text: save it as UTF-8'. It now reads row for row as the CSV
+    of the same table (pandas writes both), nulls, numbers and the header checks included."""
+    import pandas as pd
+
+    (tmp_path / "v.mp4").write_bytes(b"")
+    (tmp_path / "frames").mkdir()
+    table = pd.DataFrame({"id": ["a", "b", "c", "d"], "path": ["v.mp4", "v.mp4", "frames", "gone.mp4"],
+                          "text": ["hallo welt", None, "guten tag", "x"], "split": ["train", "val", None, "test"],
+                          "start": [None, 1.5, None, None], "end": [None, 3.0, None, None], "fps": [None, None, 25.0, None],
+                          "signer": ["s1", "s2", None, "s1"]})
+    table.to_csv(tmp_path / "corpus_train.csv", index=False)
+    table.to_parquet(tmp_path / "corpus_train.parquet", index=False)
+    from_csv = list(parse_table(tmp_path / "corpus_train.csv", root=tmp_path))
+    from_parquet = list(parse_table(tmp_path / "corpus_train.parquet", root=tmp_path))
+    assert from_parquet == from_csv and [r["source_kind"] for r in from_parquet] == ["video", "range", "frames", "video"]
+    assert from_parquet[1]["status"] == "missing_text" and from_parquet[2]["split"] == "train"  # the file name's split word
+    assert sniff_format(tmp_path / "corpus_train.parquet") == "table"
+    pd.DataFrame({"id": ["a"], "path": ["v.mp4"], "Text": ["x"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(SignfeatError, match=r"bad.parquet: table annotations need columns .*missing \['text'\]"):
+        list(parse_table(tmp_path / "bad.parquet", root=tmp_path))
+    (tmp_path / "fake.parquet").write_text("id,path,text\n")
+    with pytest.raises(SignfeatError, match="fake.parquet: not a readable Parquet file"):
+        list(parse_table(tmp_path / "fake.parquet", root=tmp_path))
+
+
+def test_a_file_whose_name_starts_or_ends_with_a_space_is_found(tmp_path):
+    """Fields are trimmed (a CSV written 'a, v.mp4'), so ' lead.mp4' and 'trail.mp4 ' were missing files whose
+    message named another path. The name as written is taken when only it is there."""
+    for name in (" lead.mp4", "trail.mp4 ", "plain.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    ann = tmp_path / "names_train.jsonl"
+    ann.write_text("".join(json.dumps({"id": i, "path": p, "text": "t"}) + "\n" for i, p in
+                           [("a", " lead.mp4"), ("b", "trail.mp4 "), ("c", " plain.mp4"), ("d", " none.mp4")]))
+    paths = [r["path"] for r in parse_table(ann, root=tmp_path)]
+    assert paths == [str(tmp_path / " lead.mp4"), str(tmp_path / "trail.mp4 "), str(tmp_path / "plain.mp4"), str(tmp_path / "none.mp4")]
