@@ -142,6 +142,9 @@ def _open_container(path: str):
     try:
         container = av.open(str(p), metadata_errors="ignore")
     except Exception as exc:  # av raises a zoo of FFmpeg error classes
+        if _mp4_without_index(p):
+            raise ClipError("corrupt", f"{path} is truncated: an MP4 / MOV without its index (no 'moov' box; a recording or "
+                                       "download cut off before it finished, as the index is written last)") from None
         raise ClipError("unreadable", f"cannot open {path} as a video: {exc}") from None
     if not container.streams.video:
         container.close()
@@ -249,29 +252,45 @@ def read_timeline(path: str) -> VideoTimeline:
         container.close()
 
 
-def _boxes_complete(path: str) -> bool:
-    """Whether an MP4 / QuickTime file's top-level boxes (ftyp, moov, mdat...) all end inside it: a file cut off
-    mid-way leaves its last box short. A box that runs to the file's end by its own account (size 0) proves
-    nothing: False."""
+def _top_level_boxes(path: str) -> tuple[list[bytes], bool]:
+    """An MP4 / QuickTime file's top-level box types (ftyp, moov, mdat...) in order, and whether they all end
+    inside it: a file cut off mid-way leaves its last box short. A box that runs to the file's end by its own
+    account (size 0) proves nothing: not complete."""
     import struct
 
     size = os.path.getsize(path)
-    at = 0
+    at, types = 0, []
     with open(path, "rb") as f:
         while at < size:
             f.seek(at)
             header = f.read(16)
             if len(header) < 8:
-                return False
+                return types, False
             box = struct.unpack(">I", header[:4])[0]
+            types.append(header[4:8])
             if box == 1:  # a 64-bit size follows the type
                 if len(header) < 16:
-                    return False
+                    return types, False
                 box = struct.unpack(">Q", header[8:16])[0]
             if box < 8:  # 0: "to the end of the file"; anything else below a header's size: not a box
-                return False
+                return types, False
             at += box
-    return at == size
+    return types, at == size
+
+
+def _boxes_complete(path: str) -> bool:
+    return _top_level_boxes(path)[1]
+
+
+def _mp4_without_index(path: Path) -> bool:
+    """An MP4 / MOV that starts as one (ftyp) but holds no index (moov): a recording or download cut off before
+    its end, where the index is written last. FFmpeg only says 'Invalid data found when processing input'."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[4:8] != b"ftyp":
+        return False
+    types, _ = _top_level_boxes(str(path))
+    return b"moov" not in types
 
 
 # FFmpeg's own VP8 / VP9 decoders drop the alpha plane that WebM keeps beside each frame (Matroska BlockAdditional,

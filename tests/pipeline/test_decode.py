@@ -707,6 +707,29 @@ def test_an_mp4_trimmed_by_its_edit_list_is_not_taken_for_truncated(tmp_path):
         read_timeline(str(cut))
 
 
+def test_an_mp4_cut_off_before_its_index_is_said_to_be_truncated(tmp_path):
+    """An MP4 written without faststart has its index (moov) last: cut off, FFmpeg says only 'Invalid data found
+    when processing input', and the row was 'unreadable' with no word of the cut, the commonest damaged file
+    (an interrupted recording or download). Junk named .mp4 stays unreadable."""
+    from manifests.probe import probe_clip
+
+    whole = tmp_path / "whole.mp4"
+    subprocess.run(_FF + ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=2", "-c:v", "libx264", str(whole)], check=True)
+    data = whole.read_bytes()
+    assert data.rfind(b"moov") > data.find(b"mdat")  # the index comes last
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ClipError) as err:
+        read_timeline(str(cut))
+    assert err.value.kind == "corrupt" and "is truncated" in str(err.value) and "moov" in str(err.value)
+    assert probe_clip({"source_kind": "video", "path": str(cut)})["status"] == "corrupt"
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00\x01 not a video at all" * 100)
+    with pytest.raises(ClipError) as err:
+        read_timeline(str(junk))
+    assert err.value.kind == "unreadable"
+
+
 def test_an_ogg_theora_video_with_empty_duplicate_frame_packets_decodes(tmp_path):
     """Theora in Ogg holds packets of no bytes where a frame repeats; the decoder refused them ('avcodec_send_packet()
     returned 22') on decord and PyAV, so a clip the probe called ok failed at extraction."""
