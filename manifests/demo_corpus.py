@@ -210,7 +210,7 @@ def make_demo_corpus(out: Path, seed: int = 0, clips: int = 48, size: int = 64) 
     (out / "clips/bad-empty.mp4").write_bytes(b"")
     (out / "clips/bad-text.mp4").write_text("this is not a video\n")
     bad_rows = [
-        ({"id": "bad-truncated", "path": "clips/bad-truncated.mp4", "text": "hello", "split": "train", "signer": "S1"}, "unreadable"),
+        ({"id": "bad-truncated", "path": "clips/bad-truncated.mp4", "text": "hello", "split": "train", "signer": "S1"}, "corrupt"),
         ({"id": "bad-empty", "path": "clips/bad-empty.mp4", "text": "hello", "split": "train", "signer": "S1"}, "empty_file"),
         ({"id": "bad-text", "path": "clips/bad-text.mp4", "text": "hello", "split": "train", "signer": "S1"}, "unreadable"),
         ({"id": "bad-notext", "path": rows[0]["path"], "text": "", "split": "train", "signer": "S1"}, "missing_text"),

@@ -34,7 +34,7 @@ def test_bad_items_get_the_right_status(demo_manifest, demo_corpus):
         assert first["status"] == truth["status"], (clip_id, first["error"])
         if truth["status"] != "ok":
             assert first["error"], clip_id
-    expected_bad = {"bad-truncated": "unreadable", "bad-empty": "empty_file", "bad-text": "unreadable", "bad-notext": "missing_text",
+    expected_bad = {"bad-truncated": "corrupt", "bad-empty": "empty_file", "bad-text": "unreadable", "bad-notext": "missing_text",
                     "bad-empty-folder": "empty_folder", "bad-past-end": "range_out_of_bounds"}
     for clip_id, status in expected_bad.items():
         assert by_id[clip_id][0]["status"] == status
