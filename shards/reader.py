@@ -24,12 +24,20 @@ def member_key(name: str) -> tuple[str, str]:
 
 
 def iter_members(fileobj) -> Iterator[tuple[str, str, bytes]]:
-    """(key, suffix, bytes) for each file member, in tar order (keys as ``member_key`` makes them)."""
+    """(key, suffix, bytes) for each file member, in tar order (keys as ``member_key`` makes them). ``fileobj``
+    must be seekable: the tar must end on its end-of-archive block, checked there (see below)."""
     # "r|": an uncompressed tar, as signfeat writes and the trainer reads (a gzip named .tar is not a shard)
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:
         for member in tar:
             if member.isfile():
                 yield *member_key(member.name), tar.extractfile(member).read()
+        end = tar.offset
+    # tarfile ends an archive, without an error, at the first header it cannot read past the first one: a damaged
+    # header, or a tar cut between two samples, read as a whole, shorter shard. Every tar writer ends with zeros.
+    fileobj.seek(end)
+    if fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+        raise ValueError(f"no readable tar header or end-of-archive block at byte {end}: the shard is damaged or cut off "
+                         "there, and what follows cannot be read; run signfeat verify")
 
 
 def group_samples(members: Iterator[tuple[str, str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -620,3 +620,28 @@ def test_stats_notes_clips_in_both_tables(out, capsys):
     assert main(["stats", str(out)]) == 0
     assert "NOTE 1 clips are in both index.parquet and failures.parquet" in capsys.readouterr().out
     assert stats(str(out))["in_both"] == 1
+
+
+@pytest.mark.parametrize("damage", ["header byte flipped", "cut between samples", "end blocks cut off"])
+def test_reader_refuses_a_shard_that_ends_before_its_end_of_archive_block(out, damage):
+    """tarfile ends an archive without an error at the first header it cannot read past the first: one flipped
+    byte in the header of the second sample's first member, or a tar cut between two samples, read as a whole
+    shard of one sample (webdataset and tarfile alike). The reader now wants the tar's end-of-archive block."""
+    from shards.reader import read_samples
+
+    path = out / f"{SHARD}.tar"
+    data = bytearray(path.read_bytes())
+    assert [s["key"] for s in read_samples(bytes(data))] == [KEY, "k1"]
+    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+        second = next(m for m in tar.getmembers() if m.name.startswith("k1."))
+        ends = max(m.offset_data + -(-m.size // 512) * 512 for m in tar.getmembers())
+    if damage == "header byte flipped":
+        data[second.offset + 10] ^= 0x55  # inside the member's name: its checksum no longer matches
+    elif damage == "cut between samples":
+        data = data[: second.offset]
+    else:
+        data = data[:ends]  # every member whole, the closing zero blocks gone
+    with pytest.raises(ValueError, match="no readable tar header or end-of-archive block at byte"):
+        list(read_samples(bytes(data)))
+    path.write_bytes(bytes(data))
+    assert main(["verify", str(out)]) == 1
