@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.errors import ClipError, SignfeatError
+from pipeline.errors import ClipError, SignfeatError, Terminated
 
 
 PLUGIN_MODULES = ("trainer.cli", "motion.cli")
@@ -404,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     except SignfeatError as exc:
         print(f"signfeat: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("signfeat: terminated (SIGTERM); rerun the same command to go on", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("signfeat: interrupted", file=sys.stderr)
         return 130

@@ -29,3 +29,7 @@ class ClipError(SignfeatError):
 
     def __reduce__(self):  # picklable across Ray workers with both fields
         return (type(self), (self.kind, str(self)))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, Slurm, Kubernetes, systemd) while a job runs: it stops the job as Ctrl-C does."""

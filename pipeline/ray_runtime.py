@@ -36,6 +36,25 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         # Ray's own words are a traceback; on a busy machine its raylet gives up waiting for its agents
         raise SignfeatError("the local Ray instance did not start in time (its raylet gave up: a busy machine?); rerun the command, "
                             "or start Ray yourself (`ray start --head --num-cpus N`) and pass --address auto") from None
+    stop_on_sigterm()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the driver as Ctrl-C does (a clean exit, 143), in place of the failure handler Ray's core
+    worker installs in the driver, which answered SIGTERM with a native stack dump and an abort ("*** SIGTERM
+    received ... PC: @ ..."): what timeout, Slurm, Kubernetes and systemd send looked like a crash."""
+    import signal
+    import threading
+
+    from pipeline.errors import Terminated
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def check_address(address: str, timeout_s: float = 10.0) -> None:

@@ -144,3 +144,32 @@ def test_a_killed_driver_then_a_rerun_gives_every_key_once(long_manifest, tmp_pa
     # no temporary file of the killed run is left where readers look for shards
     assert sorted(p.name for p in out.rglob("*.tar")) == sorted(f"{s.split('/')[-1]}.tar" for s in Store(str(out)).done_shards())
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # half-written files of the killed run are gone
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_stops_the_driver_cleanly_and_a_rerun_completes(long_manifest, tmp_path):
+    """SIGTERM (what timeout, Slurm, Kubernetes and systemd send) to the driver alone was answered by the failure
+    handler Ray installs in it: a native stack dump ('*** SIGTERM received ... PC: @') and an abort. It now stops
+    the job as Ctrl-C does, exit 143, and the local Ray goes with it; a rerun goes on."""
+    manifest, planned = long_manifest
+    config, out, log = _write_config(tmp_path / "job.yaml"), tmp_path / "features", tmp_path / "job.log"
+    job = _start(manifest, out, config, log)
+    try:
+        _wait_for_shards(out, job, at_least=1)
+        ray_processes = _descendants(job.pid)
+        job.send_signal(signal.SIGTERM)
+        code = job.wait(timeout=120)
+        gone, alive = psutil.wait_procs(ray_processes, timeout=60)
+    finally:
+        _kill_all(_descendants(job.pid))
+        if job.poll() is None:
+            job.kill()
+    text = log.read_text(errors="replace")
+    assert code == 143, text[-3000:]
+    assert "signfeat: terminated (SIGTERM)" in text and "SIGTERM received" not in text and "Traceback" not in text, text[-3000:]
+    assert not [p for p in alive if "ray::" in " ".join(p.cmdline()) or "raylet" in " ".join(p.cmdline())], "its local Ray outlived it"
+    assert len(Store(str(out)).done_shards()) < -(-len(planned) // CONFIG["shards"]["samples"]), "the signal must land mid-job"
+    rerun = _start(manifest, out, config, log)
+    assert rerun.wait(timeout=500) == 0, log.read_text()[-4000:]
+    index, failures = _check_exactly_once(out, planned)
+    assert failures == [] and len(index) == len(planned)
