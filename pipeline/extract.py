@@ -223,7 +223,7 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
         log.warning("removed %d half-written files of an interrupted earlier run", removed)
     done = shards_to_skip(store, plans, identity["config_hash"])
     todo = [p for p in plans if p.name not in done]
-    log.warning("signfeat extract: %d clips in %d shards; %d shards already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.where)
+    log.warning("signfeat extract: %d clips in %d shards, %d of them already complete; output %s", sum(len(p.rows) for p in plans), len(plans), len(done), store.where)
     run_stats: dict[str, Any] = {}
     try:
         if todo:
