@@ -111,6 +111,9 @@ def test_metadata_and_settings_hash():
         # settings that were silently ignored
         dict(name="dinov2", tiny=True, model="facebook/dinov2-base"),
         dict(name="videomae", tiny=True, revision="main"),
+        # tiny builds its own small ViT: an arch was recorded in the sample JSON and the hash, not used
+        dict(name="clip_s2", tiny=True, arch="ViT-L-14-336"),
+        dict(name="clip_s2", tiny=True, backend="open_clip", arch="ViT-B-16"),
         dict(name="dinov2", arch="ViT-L-14"),
         dict(name="videomae", backend="open_clip"),
     ],
