@@ -40,14 +40,15 @@ def run(recipe_path: str, shards: str, out: Path, steps: int | None, extra: list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", default="demo_out/features", help="the demo extraction output")
-    parser.add_argument("--recipe", default="configs/recipes/spamo_tiny.yaml")
+    # the repository's recipe wherever the demo runs from (a relative default read from the working folder failed elsewhere)
+    parser.add_argument("--recipe", default=str(Path(__file__).resolve().parents[1] / "configs" / "recipes" / "spamo_tiny.yaml"))
     parser.add_argument("--out", type=Path, default=Path("demo_out/train"))
     parser.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     try:
         rows = run(args.recipe, args.shards, args.out, args.steps, ["progress=false", *args.overrides])
-    except SignfeatError as exc:  # a wrong --recipe / --shards path (the defaults are relative to the repository)
+    except SignfeatError as exc:  # a wrong --recipe / --shards path (--shards and --out are relative to the working folder)
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
     print(f"\ndemo: {Path(args.recipe).stem}, {args.steps or 'recipe'} steps, test split ({rows[0]['samples']} samples)")

@@ -186,3 +186,14 @@ def test_train_and_eval_leave_without_the_native_teardown(how, tiny_shards, tmp_
     bad = subprocess.run([sys.executable, "-c", script, "signfeat", "eval", "--checkpoint", str(tmp_path / "nowhere")],
                          capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("signfeat: error:") and not marker.exists(), bad.stderr[-1000:]
+
+
+def test_the_training_demo_finds_its_recipe_from_any_working_folder(tmp_path):
+    """`python -m trainer.demo` read its default recipe relative to the working folder: from anywhere but the
+    repository it said 'recipe configs/recipes/spamo_tiny.yaml: no such file' before looking at the shards."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "trainer.demo", "--shards", str(tmp_path / "nowhere")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"data.shards {tmp_path / 'nowhere'}: no such folder" in done.stderr, done.stderr[-1000:]
