@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,10 @@ class DataConfig:
         # the names the manifests give splits (validation -> dev), so a recipe may use either spelling
         self.train_split = normalise_split(self.train_split) or self.train_split
         self.eval_split = normalise_split(self.eval_split) or self.eval_split
+        # a relative folder or pattern is read from where the command runs: the run records it absolute, so an eval or
+        # a resume from another folder reads the same shards (it was "data.shards features: no such folder")
+        if isinstance(self.shards, str) and self.shards.strip() and "://" not in self.shards:
+            self.shards = os.path.join(os.getcwd(), os.path.expanduser(self.shards))  # joined, not normalised: a brace pattern stays one
         if not self.streams:
             raise SignfeatError("data.streams: name at least one stream")
         if len(set(self.streams)) != len(self.streams):  # [clip_s2, clip_s2] fed one stream as both spatial and motion input

@@ -197,3 +197,24 @@ def test_the_training_demo_finds_its_recipe_from_any_working_folder(tmp_path):
     done = subprocess.run([sys.executable, "-m", "trainer.demo", "--shards", str(tmp_path / "nowhere")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and f"data.shards {tmp_path / 'nowhere'}: no such folder" in done.stderr, done.stderr[-1000:]
+
+
+def test_a_run_trained_on_relative_shards_evaluates_from_another_folder(tiny_shards, tmp_path, monkeypatch, capsys):
+    """data.shards was recorded as typed ('features'): `signfeat eval --checkpoint RUN` from another folder said
+    'data.shards features: no such folder'. The run records it absolute."""
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "lslm_tiny.yaml"
+    monkeypatch.chdir(tiny_shards.parent)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(recipe),
+                 f"out_dir={out}", "optim.max_steps=1", "eval.at_end=false", f"data.shards={tiny_shards.name}", "data.batch_size=2",
+                 "progress=false", "device=cpu"]) == 0
+    recorded = json.loads((out / "recipe.json").read_text())["data"]["shards"]
+    assert recorded == str(tiny_shards)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--split", "test", "eval.max_new_tokens=2", "eval.num_beams=1"]) == 0
+    assert "BLEU-4" in capsys.readouterr().out

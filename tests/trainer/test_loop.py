@@ -21,7 +21,9 @@ GOLDEN_T5 = [6.493370532989502, 5.727728843688965, 5.261085510253906, 5.02896022
 
 @pytest.mark.parametrize("kind", ["t5", "qwen2"])
 def test_overfit_reaches_bleu4_90(tiny_shards, tmp_path, kind):
-    recipe = recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", kind, optim={"lr": 1e-2, "max_steps": 120},
+    # lr 5e-3: at 1e-2 the tiny T5 (dropout 0.1, as T5's config has it) ended one letter off on one CPU and not on
+    # another ('sone' for 'sonne': BLEU-4 85.7 on an AVX-512 FP16 Xeon), and 63 at 160 steps: the edge of stability
+    recipe = recipe_from_dict(tiny_recipe(tiny_shards, tmp_path / "run", kind, optim={"lr": 5e-3, "max_steps": 120},
                                           eval={"num_beams": 1, "max_new_tokens": 40}))
     summary = train(recipe)
     result = evaluate_model(summary["model"], recipe, "test", tmp_path / "eval")
