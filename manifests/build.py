@@ -35,7 +35,8 @@ def parse_annotations(annotations: list[Path], fmt: str, root: Path, dataset: st
         if kind == "how2sign" and video_index is None:
             video_index = formats.index_videos(root)
         try:
-            rows.extend(formats.PARSERS[kind](annotation, root, dataset=dataset, video_index=video_index))
+            # every row knows where it was written (FILE:LINE from the parsers; FILE at least), for duplicate ids
+            rows.extend({"_where": str(annotation), **row} for row in formats.PARSERS[kind](annotation, root, dataset=dataset, video_index=video_index))
         except UnicodeDecodeError as exc:  # e.g. a table saved as Latin-1 / Windows-1252 by a spreadsheet
             raise SignfeatError(f"{annotation} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8") from None
     return rows
@@ -64,8 +65,10 @@ def mark_duplicates(rows: list[dict[str, Any]]) -> None:
         if same in first:
             if row["status"] is None:
                 row["status"] = "duplicate_id"
-                row["error"] = f"id {row['id']!r} already used by manifest row {first[same]}" + (
-                    " (the same text in another Unicode normal form)" if rows[first[same]]["id"] != row["id"] else "")
+                earlier = rows[first[same]]
+                where = earlier.get("_where") or f"manifest row {first[same]}"  # FILE:LINE (a pickle's rows: its file)
+                row["error"] = f"id {row['id']!r} already used at {where}" + (
+                    " (the same text in another Unicode normal form)" if earlier["id"] != row["id"] else "")
         else:
             first[same] = i
 

@@ -201,6 +201,7 @@ def _row(**kw: Any) -> dict[str, Any]:
 
 def _bad_row(source: Path, line: int, message: str, clip_id: str | None = None, **kw: Any) -> dict[str, Any]:
     return _row(
+        _where=f"{source}:{line}",
         id=clip_id or f"{source.name}:{line}",
         text=None,
         source_kind=kw.pop("source_kind", "video"),
@@ -274,6 +275,7 @@ def parse_phoenix(annotation: Path, root: Path, dataset: str | None = None, **_:
                                split=split, source_kind="frames")
                 continue
             yield _row(
+                _where=f"{annotation}:{line_no}",
                 id=rec["name"].strip(),
                 dataset=dataset or "phoenix2014t",
                 split=split,
@@ -387,7 +389,7 @@ def parse_how2sign(annotation: Path, root: Path, dataset: str | None = None, vid
             if not name:
                 yield _bad_row(annotation, line_no, "no SENTENCE_NAME (the clip id)", dataset=dataset or "how2sign", split=split)
                 continue
-            common = dict(id=name, dataset=dataset or "how2sign", split=split, text=_sentence(rec["SENTENCE"]))
+            common = dict(id=name, dataset=dataset or "how2sign", split=split, text=_sentence(rec["SENTENCE"]), _where=f"{annotation}:{line_no}")
             try:
                 clip = _only_one(videos, name)
                 raw_video = (_only_one(videos, rec["VIDEO_NAME"].strip(), role=" (this sentence's raw video)")
@@ -782,6 +784,7 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
                            dataset=default_dataset, path=str(path))
             continue
         yield _row(
+            _where=f"{annotation}:{line_no}",
             id=clip_id,
             dataset=_text(rec.get("dataset")) or default_dataset,
             split=split or file_split,

@@ -40,7 +40,11 @@ def test_bad_items_get_the_right_status(demo_manifest, demo_corpus):
         assert by_id[clip_id][0]["status"] == status
     dup = [r for r in by_id["clip-0002"]]
     assert [r["status"] for r in dup] == ["ok", "duplicate_id"]
-    assert "row" in dup[1]["error"]
+    # named by the file and line of the row it clashes with (it was "manifest row 2", a 0-based index)
+    clips_csv = Path(demo_corpus["root"]) / "annotations" / "clips.csv"
+    lines = clips_csv.read_text().splitlines()
+    first_line = next(n for n, line in enumerate(lines, start=1) if line.startswith("clip-0002,"))
+    assert dup[1]["error"] == f"id 'clip-0002' already used at {clips_csv}:{first_line}"
 
 
 def test_probed_values_match_what_was_written(demo_manifest, demo_corpus):

@@ -722,6 +722,8 @@ def test_a_parquet_table_reads_as_the_same_table_in_csv_does(tmp_path):
     table.to_parquet(tmp_path / "corpus_train.parquet", index=False)
     from_csv = list(parse_table(tmp_path / "corpus_train.csv", root=tmp_path))
     from_parquet = list(parse_table(tmp_path / "corpus_train.parquet", root=tmp_path))
+    assert [r.pop("_where") for r in from_parquet] == [f"{tmp_path / 'corpus_train.parquet'}:{n}" for n in range(1, 5)]  # row numbers
+    assert [r.pop("_where") for r in from_csv] == [f"{tmp_path / 'corpus_train.csv'}:{n}" for n in range(2, 6)]  # line numbers
     assert from_parquet == from_csv and [r["source_kind"] for r in from_parquet] == ["video", "range", "frames", "video"]
     assert from_parquet[1]["status"] == "missing_text" and from_parquet[2]["split"] == "train"  # the file name's split word
     assert sniff_format(tmp_path / "corpus_train.parquet") == "table"
