@@ -652,17 +652,20 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                                 f"({', '.join(TABLE_REQUIRED)}, and any of {', '.join(TABLE_OPTIONAL)})")
         _table_header_problems(annotation, list(reader.fieldnames))
         for rec in reader:
+            # the line the row starts on (reader.line_num is where it ends: a quoted field may hold line breaks)
+            values = [v for k, v in rec.items() if k is not None] + list(rec.get(None) or [])
+            line = reader.line_num - sum(v.count("\n") for v in values if isinstance(v, str))
             # first: an unclosed quote that ends at a later quoted field ("quoted, with comma") also leaves the row
             # with more fields than the header, and that message hid the rows the quote swallowed
             swallowed = None if tsv else _swallowed_rows({k: v for k, v in rec.items() if k is not None}, len(reader.fieldnames))
             if swallowed:
-                yield reader.line_num, {"__error__": f"field {swallowed[0]!r} runs over {swallowed[1]} lines that read as rows of this "
-                                                     "table: an unclosed quote? (close it, or the rows after it are lost)", "id": rec.get("id")}
+                yield line, {"__error__": f"field {swallowed[0]!r} runs over {swallowed[1]} lines that read as rows of this "
+                                          "table: an unclosed quote? (close it, or the rows after it are lost)", "id": rec.get("id")}
                 continue
             if None in rec:
-                yield reader.line_num, {"__error__": f"more fields than the header has: {rec[None]!r}", "id": rec.get("id")}
+                yield line, {"__error__": f"more fields than the header has: {rec[None]!r}", "id": rec.get("id")}
                 continue
-            yield reader.line_num, rec
+            yield line, rec
 
 
 def _checked_record(rec: dict[str, Any]) -> dict[str, Any]:

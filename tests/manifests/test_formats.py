@@ -246,9 +246,12 @@ def test_a_csv_text_with_an_unclosed_quote_is_a_bad_annotation_not_a_merged_ok_r
     rows = list(parse_table(ann, root=tmp_path))
     assert rows[0]["status"] is None
     assert rows[1]["id"] == "b" and rows[1]["status"] == "bad_annotation" and "unclosed quote" in rows[1]["error"]
-    ann.write_text('id,path,text\ne,v.mp4,"a legit\nmulti-line text, with a comma"\n', encoding="utf-8")
-    (legit,) = parse_table(ann, root=tmp_path)
+    # named by the line the quote opens on (3), not the last line it swallowed (5)
+    assert rows[1]["error"].startswith(f"{ann}:3: field 'text' runs over")
+    ann.write_text('id,path,text\n\ne,v.mp4,"a legit\nmulti-line text, with a comma"\nf,v.mp4,after\n', encoding="utf-8")
+    legit, after = parse_table(ann, root=tmp_path)
     assert legit["status"] is None and legit["text"] == "a legit\nmulti-line text, with a comma"
+    assert (legit["_where"], after["_where"]) == (f"{ann}:3", f"{ann}:5")  # a blank line 2, a row over lines 3-4
 
 
 def test_an_unclosed_quote_before_a_long_rest_of_the_table_is_still_one_bad_row(tmp_path):
