@@ -99,6 +99,9 @@ class ExtractorConfig:
         if self.random_weights and not self.tiny and (self.model is not None or self.revision is not None):
             raise SignfeatError(f"{self.name}: random_weights builds the published architecture untrained, so model/revision "
                                 "would be ignored (drop them, or drop random_weights to load that checkpoint)")
+        if self.backend == "open_clip" and self.revision is not None:  # it was recorded (and hashed), never loaded
+            raise SignfeatError(f"{self.name}: revision names a Hugging Face revision, which backend open_clip does not take (its "
+                                "pretrained tags, checkpoint files and hf-hub: ids load as they are); drop revision")
         if self.revision is not None and self.model is not None and _is_local_folder(self.model):
             raise SignfeatError(f"{self.name}: revision {self.revision!r} names a Hub revision, but model {self.model!r} is a local "
                                 "folder, which has none (drop revision)")
@@ -192,18 +195,23 @@ def load_config(extractor: str, config_cls, model_id: str, revision: str | None)
     try:
         return config_cls.from_pretrained(model_id, revision=revision)
     except (OSError, ValueError) as exc:
-        raise SignfeatError(f"{extractor}: cannot read the config of {model_id!r} ({type(exc).__name__}: {str(exc).strip().splitlines()[0]})") from None
+        at = f" at revision {revision!r}" if revision else ""  # a cache that holds the model but not that revision said only "not cached"
+        raise SignfeatError(f"{extractor}: cannot read the config of {model_id!r}{at} ({type(exc).__name__}: {str(exc).strip().splitlines()[0]})") from None
 
 
 def load_pretrained(extractor: str, model_cls, model_id: str, revision: str | None, **kwargs):
     """``model_cls.from_pretrained`` that refuses a checkpoint lacking any weight the model needs: transformers
     only warns and initialises those at random (unseeded: each actor a different network), so another family's
     checkpoint (a CLIP folder given to dinov2) ran and was recorded as pretrained. Loading errors are one line."""
+    from safetensors import SafetensorError
+
     check_model_exists(extractor, model_id)
     try:
         model, info = model_cls.from_pretrained(model_id, revision=revision, output_loading_info=True, **kwargs)
-    except (OSError, ValueError, RuntimeError) as exc:  # no such folder / id, another model type, size mismatches
-        raise SignfeatError(f"{extractor}: cannot load {model_id!r} as {model_cls.__name__} ({type(exc).__name__}: "
+    # no such folder / id, another model type, size mismatches; a weights file cut short (an interrupted copy)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        at = f" at revision {revision!r}" if revision else ""
+        raise SignfeatError(f"{extractor}: cannot load {model_id!r}{at} as {model_cls.__name__} ({type(exc).__name__}: "
                             f"{str(exc).strip().splitlines()[0]})") from None
     missing = sorted(info.get("missing_keys") or [])
     mismatched = [k if isinstance(k, str) else k[0] for k in (info.get("mismatched_keys") or [])]

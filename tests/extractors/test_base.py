@@ -150,6 +150,29 @@ def test_real_weights_from_a_local_save_pretrained_folder(tmp_path):
     assert isinstance(loaded.model, Dinov2Model)
 
 
+def test_a_weights_file_cut_short_is_a_one_line_error(tmp_path):
+    """An interrupted copy leaves model.safetensors cut short: safetensors' SafetensorError ('incomplete metadata,
+    file not fully covered') came out as a traceback, in `features` and in every actor of a job."""
+    from transformers.models.bit import BitImageProcessorPil
+
+    from extractors.dinov2 import PROCESSOR
+
+    build_extractor(ExtractorConfig(name="dinov2", tiny=True)).model.save_pretrained(tmp_path / "dino")
+    BitImageProcessorPil(**PROCESSOR).save_pretrained(tmp_path / "dino")
+    weights = tmp_path / "dino" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(SignfeatError, match=r"dinov2: cannot load .* as Dinov2Model \(SafetensorError: "):
+        build_extractor(ExtractorConfig(name="dinov2", model=str(tmp_path / "dino")))
+
+
+@pytest.mark.parametrize("arch,model", [("hf-hub:org/clip", None), ("ViT-B-32", "openai")])
+def test_a_revision_with_the_open_clip_backend_is_refused(arch, model):
+    """open_clip takes no Hugging Face revision: one given was recorded in the sample JSON and the settings hash,
+    and the repository's main (or the tag's weights) loaded all the same."""
+    with pytest.raises(SignfeatError, match="backend open_clip does not take"):
+        ExtractorConfig(name="clip_s2", backend="open_clip", arch=arch, model=model, revision="v2")
+
+
 def test_torch_resize_path_stays_within_two_levels_of_the_pil_path():
     """resize=torch (batched torchvision) vs resize=pil (the processors SpaMo ran): bounded and measured."""
     from extractors.preprocess import FrameTransform
