@@ -189,6 +189,39 @@ def without_location(record: dict[str, Any], model_dir: str = "drop") -> dict[st
     return out
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_local_weights(extractor: str, folder: str) -> None:
+    """A save_pretrained folder holds its weights (one file, or an index and its shards) and its safetensors
+    files are whole: their headers are read, not the weights (an interrupted copy cuts a file short)."""
+    from safetensors import SafetensorError, safe_open
+
+    present = [name for name in WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
+    if not present:
+        raise SignfeatError(f"{extractor}: {folder} holds no weights file ({' or '.join(WEIGHT_FILES[::2])}, or a sharded one's index)")
+    files = []
+    for name in present:
+        if name.endswith(".index.json"):
+            try:
+                shards = sorted(set(json.loads(open(os.path.join(folder, name), encoding="utf-8").read())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise SignfeatError(f"{extractor}: {os.path.join(folder, name)} is not a weights index ({type(exc).__name__}: {exc})") from None
+            missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
+            if missing:
+                raise SignfeatError(f"{extractor}: {folder} lacks {len(missing)} weights file(s) its {name} lists (e.g. {missing[0]})")
+            files += [s for s in shards if s.endswith(".safetensors")]
+        elif name.endswith(".safetensors"):
+            files.append(name)
+    for name in files:
+        try:
+            with safe_open(os.path.join(folder, name), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise SignfeatError(f"{extractor}: {os.path.join(folder, name)} is damaged or cut short ({type(exc).__name__}: "
+                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+
+
 def load_config(extractor: str, config_cls, model_id: str, revision: str | None):
     """A checkpoint's config alone (checks that must come before the model is built), loading errors in one line."""
     check_model_exists(extractor, model_id)
@@ -309,6 +342,8 @@ class Extractor:
     # Whether the extractor reads motion-parameter files itself (manifest rows with source_kind "smplx");
     # a video-only extractor gets such a clip failed as ``needs_video`` (pipeline/stages.py).
     accepts_params: ClassVar[bool] = False
+    # config.json model types the Hugging Face loader takes; checked on the driver before Ray starts (check_loadable)
+    hf_model_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ExtractorConfig):
         self.config = config
@@ -363,7 +398,23 @@ class Extractor:
     @classmethod
     def check_loadable(cls, config: ExtractorConfig) -> None:
         """Before Ray starts (the driver's check in ``pipeline.stages.stream_geometries``): what the transform
-        does not already read of the model. Nothing by default: most transforms read its image processor."""
+        does not already read of the model. For a Hugging Face checkpoint: its model type (another family's
+        folder), an out-of-range ``layer`` from its config, and for a local folder a weights file that is there and
+        whole. Each failed in every actor after Ray had started, as pages of ActorDiedError tracebacks."""
+        if config.random_weights or config.backend != "hf" or not cls.hf_model_types:
+            return
+        from transformers import AutoConfig
+
+        model_id = config.model or cls.default_model
+        hf = load_config(cls.name, AutoConfig, model_id, config.revision)
+        if hf.model_type not in cls.hf_model_types:
+            raise SignfeatError(f"{cls.name}: {model_id!r} is a {hf.model_type!r} model, not one {cls.name} loads (model types {list(cls.hf_model_types)})")
+        vision = getattr(hf, "vision_config", None) or hf  # a whole CLIP model's config holds its vision tower's
+        settings = parse_settings(cls.Settings, config.settings, cls.name)
+        if hasattr(settings, "layer") and isinstance(getattr(vision, "num_hidden_layers", None), int):
+            _check_layer(cls.name, settings.layer, vision.num_hidden_layers)
+        if os.path.isdir(os.path.expanduser(model_id)):
+            check_local_weights(cls.name, os.path.expanduser(model_id))
 
     def units(self, num_frames: int) -> np.ndarray:
         """int64 [N, k]: the frame indices of each model input (default: one frame each)."""

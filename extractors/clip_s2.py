@@ -222,6 +222,7 @@ def _open_clip_transform(cfg: dict, resize: str) -> FrameTransform:
 @register("clip_s2")
 class ClipS2Extractor(Extractor):
     default_model = "openai/clip-vit-large-patch14"
+    hf_model_types = ("clip", "clip_vision_model")
     default_batch_size = 32  # frames per forward (each is 1 + 4 tiles at the default scales)
     Settings = ClipS2Settings
 

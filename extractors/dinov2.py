@@ -40,6 +40,7 @@ class Dinov2Settings:
 @register("dinov2")
 class Dinov2Extractor(Extractor):
     default_model = "facebook/dinov2-base"
+    hf_model_types = ("dinov2", "dinov2_with_registers")
     default_batch_size = 64
     Settings = Dinov2Settings
 
@@ -71,6 +72,7 @@ class Dinov2Extractor(Extractor):
         starts, so an unavailable model (offline, uncached, mistyped, another family) failed in the actors."""
         if not config.random_weights:
             _model_class(config.model or cls.default_model, config.revision)
+            super().check_loadable(config)  # layer and weights files
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=batch[:, 0]).pooler_output

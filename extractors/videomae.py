@@ -68,6 +68,7 @@ def window_indices(num_frames: int, window: int, stride: int, tail: str) -> np.n
 @register("videomae")
 class VideoMAEExtractor(Extractor):
     default_model = "MCG-NJU/videomae-large"
+    hf_model_types = ("videomae",)
     default_batch_size = 8  # windows per forward
     Settings = VideoMAESettings
 

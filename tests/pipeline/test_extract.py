@@ -750,3 +750,45 @@ def test_a_job_that_stands_still_says_why():
     free[0] = [{"CPU": 0.5}, {"CPU": 1.0}]
     now[0] = 1505
     assert "cannot start" not in watch.check()
+
+
+def test_a_checkpoint_the_actors_could_not_load_stops_the_job_in_one_line_before_ray_starts(demo_manifest, tmp_path):
+    """Another family's folder, a layer past the checkpoint's depth, a folder without weights and a weights file cut
+    short were found by the actors after Ray had started: exit 1 with pages of ActorDiedError tracebacks."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from extractors import ExtractorConfig, build_extractor
+    from extractors.clip_s2 import TINY
+    from extractors.dinov2 import PROCESSOR
+
+    clip = tmp_path / "clip"
+    CLIPVisionModel(CLIPVisionConfig(**TINY)).save_pretrained(clip)
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(clip)
+    dino = tmp_path / "dino"
+    build_extractor(ExtractorConfig(name="dinov2", tiny=True)).model.save_pretrained(dino)
+    from transformers.models.bit import BitImageProcessorPil
+
+    BitImageProcessorPil(**PROCESSOR).save_pretrained(dino)
+    no_weights, cut = tmp_path / "no_weights", tmp_path / "cut"
+    for folder in (no_weights, cut):
+        shutil.copytree(clip, folder)
+    (no_weights / "model.safetensors").unlink()
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+    def refused(entry, needle):
+        config = parse_job_config({"extractors": [entry]})
+        with pytest.raises(SignfeatError, match=needle):
+            run_extract(demo_manifest, str(tmp_path / "out"), config, progress=False)
+        assert not (tmp_path / "out").exists()
+
+    refused({"name": "clip_s2", "model": str(dino)}, "is a 'dinov2' model, not one clip_s2 loads")
+    refused({"name": "videomae", "model": str(clip)}, "is a 'clip_vision_model' model, not one videomae loads")
+    refused({"name": "clip_s2", "model": str(clip), "settings": {"layer": 5}}, "clip_s2 setting layer=5: the model has 2 layers")
+    refused({"name": "clip_s2", "model": str(no_weights)}, "holds no weights file")
+    refused({"name": "clip_s2", "model": str(cut)}, r"model.safetensors is damaged or cut short \(SafetensorError")
+    # the whole folders pass
+    for entry in ({"name": "clip_s2", "model": str(clip)}, {"name": "dinov2", "model": str(dino)}):
+        from extractors.base import REGISTRY
+
+        REGISTRY[entry["name"]].check_loadable(ExtractorConfig.from_dict(entry))
