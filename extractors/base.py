@@ -32,6 +32,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -204,7 +205,7 @@ def check_local_weights(extractor: str, folder: str) -> None:
     for name in present:
         if name.endswith(".index.json"):
             try:
-                shards = sorted(set(json.loads(open(os.path.join(folder, name), encoding="utf-8").read())["weight_map"].values()))
+                shards = sorted(set(json.loads(Path(folder, name).read_text(encoding="utf-8"))["weight_map"].values()))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise SignfeatError(f"{extractor}: {os.path.join(folder, name)} is not a weights index ({type(exc).__name__}: {exc})") from None
             missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]

@@ -165,6 +165,23 @@ def test_a_weights_file_cut_short_is_a_one_line_error(tmp_path):
         build_extractor(ExtractorConfig(name="dinov2", model=str(tmp_path / "dino")))
 
 
+def test_a_sharded_checkpoint_passes_the_weights_check_until_a_shard_is_missing(tmp_path):
+    """The driver's check of a local folder's weights (check_local_weights) reads a sharded save_pretrained folder
+    through its index: whole, it passes; a shard gone is named."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from extractors.base import check_local_weights
+    from extractors.clip_s2 import TINY
+
+    CLIPVisionModel(CLIPVisionConfig(**TINY)).save_pretrained(tmp_path / "sharded", max_shard_size="50KB")
+    shards = sorted((tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    check_local_weights("clip_s2", str(tmp_path / "sharded"))
+    shards[1].unlink()
+    with pytest.raises(SignfeatError, match=f"lacks 1 weights file.*{shards[1].name}"):
+        check_local_weights("clip_s2", str(tmp_path / "sharded"))
+
+
 @pytest.mark.parametrize("arch,model", [("hf-hub:org/clip", None), ("ViT-B-32", "openai")])
 def test_a_revision_with_the_open_clip_backend_is_refused(arch, model):
     """open_clip takes no Hugging Face revision: one given was recorded in the sample JSON and the settings hash,
