@@ -651,10 +651,14 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise SignfeatError(f"{annotation}: the file is empty; a table annotation starts with a header naming its columns "
                                 f"({', '.join(TABLE_REQUIRED)}, and any of {', '.join(TABLE_OPTIONAL)})")
         _table_header_problems(annotation, list(reader.fieldnames))
+        ended = reader.line_num  # the header's last line
         for rec in reader:
-            # the line the row starts on (reader.line_num is where it ends: a quoted field may hold line breaks)
+            # the line the row starts on (reader.line_num is where it ends: a quoted field may hold line breaks). Its
+            # fields' line breaks count back from its end, but an unclosed quote also swallows the file's last line
+            # break; blank lines before it, which DictReader skips, push it past the line after the previous row.
             values = [v for k, v in rec.items() if k is not None] + list(rec.get(None) or [])
-            line = reader.line_num - sum(v.count("\n") for v in values if isinstance(v, str))
+            line = max(ended + 1, reader.line_num - sum(v.count("\n") for v in values if isinstance(v, str)))
+            ended = reader.line_num
             # first: an unclosed quote that ends at a later quoted field ("quoted, with comma") also leaves the row
             # with more fields than the header, and that message hid the rows the quote swallowed
             swallowed = None if tsv else _swallowed_rows({k: v for k, v in rec.items() if k is not None}, len(reader.fieldnames))

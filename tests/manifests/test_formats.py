@@ -248,6 +248,11 @@ def test_a_csv_text_with_an_unclosed_quote_is_a_bad_annotation_not_a_merged_ok_r
     assert rows[1]["id"] == "b" and rows[1]["status"] == "bad_annotation" and "unclosed quote" in rows[1]["error"]
     # named by the line the quote opens on (3), not the last line it swallowed (5)
     assert rows[1]["error"].startswith(f"{ann}:3: field 'text' runs over")
+    for ending in ("\n", "\r\n"):  # the quote also swallows the file's last line break: it was named as line 2
+        ann.write_text(ending.join(["id,path,text", "a,v.mp4,fine", 'b,v.mp4,"never closed', "c,v.mp4,third", "d,v.mp4,fourth", ""]),
+                       encoding="utf-8", newline="")
+        bad = next(r for r in parse_table(ann, root=tmp_path) if r["id"] == "b")
+        assert bad["error"].startswith(f"{ann}:3: field 'text' runs over"), (ending, bad["error"])
     ann.write_text('id,path,text\n\ne,v.mp4,"a legit\nmulti-line text, with a comma"\nf,v.mp4,after\n', encoding="utf-8")
     legit, after = parse_table(ann, root=tmp_path)
     assert legit["status"] is None and legit["text"] == "a legit\nmulti-line text, with a comma"
