@@ -32,10 +32,16 @@ def iter_members(fileobj) -> Iterator[tuple[str, str, bytes]]:
             if member.isfile():
                 yield *member_key(member.name), tar.extractfile(member).read()
         end = tar.offset
-    # tarfile ends an archive, without an error, at the first header it cannot read past the first one: a damaged
-    # header, or a tar cut between two samples, read as a whole, shorter shard. Every tar writer ends with zeros.
+    # tarfile ends an archive, without an error, at the first header it cannot read past the first one (a damaged
+    # header, a tar cut between two samples) or at the first block of zeros (a header zeroed by a crash): either
+    # read as a whole, shorter shard. A tar ends with zero blocks and zero padding only, so from there on every
+    # byte is zero, and at least one block of them is there.
     fileobj.seek(end)
-    if fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+    rest = fileobj.read(tarfile.BLOCKSIZE)
+    whole = len(rest) == tarfile.BLOCKSIZE and not rest.strip(tarfile.NUL)
+    while whole and (block := fileobj.read(1 << 20)):
+        whole = not block.strip(tarfile.NUL)
+    if not whole:
         raise ValueError(f"no readable tar header or end-of-archive block at byte {end}: the shard is damaged or cut off "
                          "there, and what follows cannot be read; run signfeat verify")
 

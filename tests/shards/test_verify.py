@@ -622,7 +622,7 @@ def test_stats_notes_clips_in_both_tables(out, capsys):
     assert stats(str(out))["in_both"] == 1
 
 
-@pytest.mark.parametrize("damage", ["header byte flipped", "cut between samples", "end blocks cut off"])
+@pytest.mark.parametrize("damage", ["header byte flipped", "cut between samples", "end blocks cut off", "header zeroed"])
 def test_reader_refuses_a_shard_that_ends_before_its_end_of_archive_block(out, damage):
     """tarfile ends an archive without an error at the first header it cannot read past the first: one flipped
     byte in the header of the second sample's first member, or a tar cut between two samples, read as a whole
@@ -639,6 +639,8 @@ def test_reader_refuses_a_shard_that_ends_before_its_end_of_archive_block(out, d
         data[second.offset + 10] ^= 0x55  # inside the member's name: its checksum no longer matches
     elif damage == "cut between samples":
         data = data[: second.offset]
+    elif damage == "header zeroed":  # a zero block reads as the archive's end: the samples after it were dropped
+        data[second.offset : second.offset + 512] = bytes(512)
     else:
         data = data[:ends]  # every member whole, the closing zero blocks gone
     with pytest.raises(ValueError, match="no readable tar header or end-of-archive block at byte"):
