@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from pipeline.errors import ClipError, SignfeatError
+from pipeline.errors import CheckpointError, ClipError, SignfeatError
 
 log = logging.getLogger(__name__)
 REGISTRY: dict[str, type["Extractor"]] = {}
@@ -408,14 +408,17 @@ class Extractor:
 
         model_id = config.model or cls.default_model
         hf = load_config(cls.name, AutoConfig, model_id, config.revision)
-        if hf.model_type not in cls.hf_model_types:
-            raise SignfeatError(f"{cls.name}: {model_id!r} is a {hf.model_type!r} model, not one {cls.name} loads (model types {list(cls.hf_model_types)})")
-        vision = getattr(hf, "vision_config", None) or hf  # a whole CLIP model's config holds its vision tower's
-        settings = parse_settings(cls.Settings, config.settings, cls.name)
-        if hasattr(settings, "layer") and isinstance(getattr(vision, "num_hidden_layers", None), int):
-            _check_layer(cls.name, settings.layer, vision.num_hidden_layers)
-        if os.path.isdir(os.path.expanduser(model_id)):
-            check_local_weights(cls.name, os.path.expanduser(model_id))
+        try:
+            if hf.model_type not in cls.hf_model_types:
+                raise SignfeatError(f"{cls.name}: {model_id!r} is a {hf.model_type!r} model, not one {cls.name} loads (model types {list(cls.hf_model_types)})")
+            vision = getattr(hf, "vision_config", None) or hf  # a whole CLIP model's config holds its vision tower's
+            settings = parse_settings(cls.Settings, config.settings, cls.name)
+            if hasattr(settings, "layer") and isinstance(getattr(vision, "num_hidden_layers", None), int):
+                _check_layer(cls.name, settings.layer, vision.num_hidden_layers)
+            if os.path.isdir(os.path.expanduser(model_id)):
+                check_local_weights(cls.name, os.path.expanduser(model_id))
+        except SignfeatError as exc:  # the checkpoint is there: not a question of where it lies (stream_geometries)
+            raise CheckpointError(str(exc)) from None
 
     def units(self, num_frames: int) -> np.ndarray:
         """int64 [N, k]: the frame indices of each model input (default: one frame each)."""

@@ -20,6 +20,11 @@ class SignfeatError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits non-zero."""
 
 
+class CheckpointError(SignfeatError):
+    """A model checkpoint that is there but cannot be loaded as asked (another family's, a layer past its depth,
+    weights missing or cut short): not a question of where it lies."""
+
+
 class ClipError(SignfeatError):
     """One clip cannot be used. ``kind`` is a short snake_case class (``missing_file``, ``empty_folder``...)."""
 

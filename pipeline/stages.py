@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from manifests.schema import PARAMS_KIND
-from pipeline.errors import ClipError, SignfeatError, printable
+from pipeline.errors import CheckpointError, ClipError, SignfeatError, printable
 
 ERROR_COLUMNS = ("error_stage", "error_class", "error_message")
 
@@ -55,6 +55,8 @@ def stream_geometries(streams) -> dict[str, str]:
                 check_model_exists(cfg.name, cfg.model)
             REGISTRY[cfg.name].check_loadable(cfg)
             out[s.name] = "prep_" + geometry_key(REGISTRY[cfg.name].transform_for(cfg))
+        except CheckpointError as exc:  # there, but not loadable as asked: the advice below on where it lies would mislead
+            raise SignfeatError(f"extractor {cfg.name}: {exc}") from None
         except (OSError, ValueError, SignfeatError) as exc:  # a missing folder, an unknown Hub id, no network, settings refused
             why = str(exc) if isinstance(exc, SignfeatError) else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
             raise SignfeatError(
