@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pipeline.errors import SignfeatError
 
@@ -50,8 +51,13 @@ def stop_on_sigterm() -> None:
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
         return
+    received = []
 
     def terminate(signum, frame):
+        if received:  # a second SIGTERM: the first one's unwinding is stuck, or code in its way swallowed it
+            print("signfeat: terminated again (SIGTERM): leaving at once; rerun the same command to go on", file=sys.stderr, flush=True)
+            os._exit(143)
+        received.append(signum)
         raise Terminated()
 
     signal.signal(signal.SIGTERM, terminate)

@@ -173,3 +173,24 @@ def test_sigterm_stops_the_driver_cleanly_and_a_rerun_completes(long_manifest, t
     assert rerun.wait(timeout=500) == 0, log.read_text()[-4000:]
     index, failures = _check_exactly_once(out, planned)
     assert failures == [] and len(index) == len(planned)
+
+
+def test_a_second_sigterm_leaves_at_once_when_the_first_was_swallowed(tmp_path):
+    """The first SIGTERM raises Terminated in the driver's main thread; code in its way that catches everything
+    (Ray's, during start-up or shutdown) swallowed it, and the driver went on, then hung, deaf to more SIGTERMs."""
+    script = (
+        "import os, signal, time\n"
+        "from pipeline.ray_runtime import stop_on_sigterm\n"
+        "stop_on_sigterm()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "except BaseException as exc:\n"
+        "    print('swallowed', type(exc).__name__, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(5)\n"
+        "print('not reached', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 143 and done.stdout == "swallowed Terminated\n", (done.returncode, done.stdout, done.stderr)
+    assert "signfeat: terminated again (SIGTERM): leaving at once" in done.stderr
