@@ -375,3 +375,19 @@ def test_an_fps_a_video_overrules_is_noted_not_dropped_in_silence(tmp_path):
     assert summary["notes"] == ["2 row(s) give an fps that their video (or parameter file) overrules with its own rate, e.g. wrong, close: "
                                 "the annotation's fps is used only for frame folders and files that record none"]
     assert read_manifest(tmp_path / "m.parquet").column("fps").to_pylist() == [25.0, 25.0, 25.0, 25.0]
+
+
+def test_the_demo_corpus_keeps_each_how2sign_video_in_one_split(tmp_path):
+    """Its How2Sign-style raw videos held sentences of train, dev and test at once: `make demo`'s curate warned that
+    the demo's test split shares recordings with training (as How2Sign itself never does)."""
+    import csv
+
+    from manifests.demo_corpus import make_demo_corpus
+
+    summary = make_demo_corpus(tmp_path / "corpus", seed=0, clips=64, size=16)
+    splits_of: dict[str, set] = {}
+    for path in (Path(summary["root"]) / "annotations").glob("how2sign_realigned_*.csv"):
+        for row in csv.DictReader(path.open(encoding="utf-8"), delimiter="\t"):
+            splits_of.setdefault(row["VIDEO_NAME"], set()).add(path.stem.rsplit("_", 1)[1])
+    assert len(splits_of) >= 3 and all(len(s) == 1 for s in splits_of.values()), splits_of
+    assert set().union(*splits_of.values()) == {"train", "val", "test"}
