@@ -401,7 +401,9 @@ class Extractor:
         """Before Ray starts (the driver's check in ``pipeline.stages.stream_geometries``): what the transform
         does not already read of the model. For a Hugging Face checkpoint: its model type (another family's
         folder), an out-of-range ``layer`` from its config, and for a local folder a weights file that is there and
-        whole. Each failed in every actor after Ray had started, as pages of ActorDiedError tracebacks."""
+        whole. Each failed in every actor after Ray had started, as pages of ActorDiedError tracebacks. Reading the
+        config also finds a model that is not there (offline, uncached, mistyped) where the transform reads no image
+        processor (dinov2 at 336 px)."""
         if config.random_weights or config.backend != "hf" or not cls.hf_model_types:
             return
         from transformers import AutoConfig

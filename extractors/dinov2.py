@@ -66,14 +66,6 @@ class Dinov2Extractor(Extractor):
             )
         return cls.hf_transform(config, settings, "bit", "BitImageProcessor", PROCESSOR)
 
-    @classmethod
-    def check_loadable(cls, config) -> None:
-        """The checkpoint's config, read as the actors will: at 336 px no image processor is read before Ray
-        starts, so an unavailable model (offline, uncached, mistyped, another family) failed in the actors."""
-        if not config.random_weights:
-            _model_class(config.model or cls.default_model, config.revision)
-            super().check_loadable(config)  # layer and weights files
-
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=batch[:, 0]).pooler_output
 

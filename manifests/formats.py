@@ -722,8 +722,7 @@ def _table_source(source: str | None, root: Path) -> str | None:
     relative spelling of the same video would be another unit."""
     if source is None:
         return None
-    candidate = Path(source).expanduser()
-    candidate = candidate if candidate.is_absolute() else root / candidate
+    candidate = _under(root, source)
     return str(candidate.absolute()) if candidate.exists() else source
 
 
@@ -752,8 +751,9 @@ def parse_table(annotation: Path, root: Path, dataset: str | None = None, **_: A
             continue
         path = _under(root, raw_path)
         written = rec.get("path")
-        if isinstance(written, str) and written.strip() != written and not os.path.lexists(path) and os.path.lexists(_under(root, written)):
-            path = _under(root, written)  # a file whose own name starts or ends with a space (the field was trimmed)
+        if isinstance(written, str) and written.strip() != written and not os.path.lexists(path):
+            as_written = _under(root, written)  # a file whose own name starts or ends with a space (the field was trimmed)
+            path = as_written if os.path.lexists(as_written) else path
         try:
             path = _as_on_disk(path, listings)
         except ValueError as exc:

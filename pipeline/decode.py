@@ -215,7 +215,7 @@ def read_timeline(path: str) -> VideoTimeline:
             held = max(demuxed, max(pts) + 1)
         # (an MP4's index also counts the samples an edit list leaves out, which the demuxer never returns: a file
         # trimmed without re-encoding was called truncated; its boxes, which all end inside the file, tell it apart)
-        if ("mp4" in formats or "avi" in formats) and 0 < held < declared and not ("mp4" in formats and _boxes_complete(path)):
+        if ("mp4" in formats or "avi" in formats) and 0 < held < declared and not ("mp4" in formats and _top_level_boxes(path)[1]):
             raise ClipError("corrupt", f"{path} is truncated: its index lists {declared} video frames, the file holds {demuxed}")
         pts_arr = np.sort(np.asarray(pts, dtype=np.int64))
         # Times count from the file's start (the container's start_time), as players and "ffmpeg -ss" count
@@ -276,10 +276,6 @@ def _top_level_boxes(path: str) -> tuple[list[bytes], bool]:
                 return types, False
             at += box
     return types, at == size
-
-
-def _boxes_complete(path: str) -> bool:
-    return _top_level_boxes(path)[1]
 
 
 def _mp4_without_index(path: Path) -> bool:

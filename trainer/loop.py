@@ -641,8 +641,8 @@ def _train(recipe: Recipe, lock: RunLock, *, resume: str | Path | None, stop_aft
         if dist.owns_group:
             # destroyed while the interpreter lives, after a barrier (no tensor of ours in flight), as PyTorch asks
             # (pytorch#190489, #179291: gloo threads dropping tensors during the interpreter's exit abort the rank).
-            # A rare abort at exit after a finished run remains ("terminate called without an active exception"
-            # from a native thread; see tests/trainer/ddp_run.py): its cause is not found yet
+            # A rare abort at exit after a finished run remained ("terminate called without an active exception"
+            # from a native thread): `signfeat train` now leaves through os._exit (pipeline/cli.py, entry)
             torch.distributed.destroy_process_group()
     summary["model"] = model
     return summary
