@@ -140,6 +140,29 @@ def local_checkpoint(config: "ExtractorConfig") -> str | None:
     return config.model if os.path.isdir(config.model) else None
 
 
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def resolve_hub_commit(model_id: str, revision: str | None) -> str | None:
+    """The commit a Hugging Face Hub id's ``revision`` (a branch or tag; None: the default branch) is now: asked of
+    the Hub, or offline (HF_HUB_OFFLINE=1) read from the local cache's record of that revision. A commit is
+    returned as it is. None for a local folder, or when it cannot be told (an unknown id, no network and not
+    cached): loading the model then says why, in one line, before Ray starts."""
+    if revision is not None and COMMIT_SHA.fullmatch(revision):
+        return revision
+    if model_id.startswith(("/", "./", "../", "~")) or _is_local_folder(model_id):
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:  # the file every transformers checkpoint has; its cached path is .../snapshots/<commit>/config.json
+        path = hf_hub_download(model_id, "config.json", revision=revision)
+    except Exception as exc:  # noqa: BLE001  (the Hub client's errors have no common base class but Exception)
+        log.debug("cannot resolve %s at revision %s to a commit: %s", model_id, revision, exc)
+        return None
+    commit = Path(path).parent.name
+    return commit if COMMIT_SHA.fullmatch(commit) else None
+
+
 def check_model_exists(extractor: str, model_id: str) -> None:
     """A path that does not exist is said as such: transformers took "/data/modls/clip" for a Hub repo id
     ("Repo id must be in the form 'repo_name'...")."""
@@ -421,6 +444,14 @@ class Extractor:
                 check_local_weights(cls.name, os.path.expanduser(model_id))
         except SignfeatError as exc:  # the checkpoint is there: not a question of where it lies (stream_geometries)
             raise CheckpointError(str(exc)) from None
+
+    @classmethod
+    def hub_commit(cls, config: ExtractorConfig) -> str | None:
+        """The commit this config's Hugging Face Hub id resolves to now (``resolve_hub_commit``); None for random weights,
+        a local folder, OpenCLIP, and extractors that load no Hugging Face checkpoint."""
+        if config.random_weights or config.backend != "hf" or not cls.hf_model_types:
+            return None
+        return resolve_hub_commit(config.model or cls.default_model, config.revision)
 
     def units(self, num_frames: int) -> np.ndarray:
         """int64 [N, k]: the frame indices of each model input (default: one frame each)."""

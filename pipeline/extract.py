@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import errno
 import contextlib
+import dataclasses
 import datetime
 import io
 import json
@@ -189,9 +190,17 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
         statuses = dict(collections.Counter(str(r.get("status")) for r in manifest_rows))
         raise SignfeatError(f"{manifest}: no clip has status ok ({len(manifest_rows)} rows: {statuses or 'none'}); nothing to extract. "
                             f"See the manifest's error column, or `signfeat manifest curate`'s report")
-    from pipeline.stages import stream_geometries
+    from pipeline.stages import pin_hub_commits, stream_geometries
 
     geometries = stream_geometries(cfg.streams)  # each stream's preprocessing loads here, before Ray starts, or the job stops in one line
+    asked = cfg
+    pinned_streams, pins = pin_hub_commits(cfg.streams)  # a Hub id's branch or tag -> the commit every actor loads
+    if pins:
+        cfg = dataclasses.replace(cfg, streams=pinned_streams)
+        geometries = stream_geometries(cfg.streams)  # the image processors of those commits
+        for name, pin in pins.items():
+            log.warning("%s: %s at revision %s is commit %s; the job loads and records that commit", name, pin["model"],
+                        pin["revision"] or "(default branch)", pin["commit"])
     if local:
         from extractors import ExtractorConfig
         from extractors.base import REGISTRY, parse_settings
@@ -216,7 +225,9 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
     store = Store(out)
     store.make_writable()
-    run_id = claim_output(store, identity, plans, overwrite=overwrite, legacy_hash=cfg.output_hash(legacy=True))
+    # what older signfeat versions hashed this config as: their output is told apart from another job's
+    older = {asked.output_hash(legacy=True): _MADE_BEFORE_LOCAL_FINGERPRINTS, asked.output_hash(): _made_before_hub_pins(pins)}
+    run_id = claim_output(store, identity, plans, overwrite=overwrite, older_hashes=older, hub_commits=pins)
 
     removed = store.remove_temporaries({p.name for p in plans})  # a killed earlier run's half-written files
     if removed:
@@ -230,7 +241,8 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
             with _job_data_context():
                 run_stats = _run_ray(cfg, todo, store, streams, identity["config_hash"], run_id, geometries, address=address,
                                      progress=progress, num_cpus=num_cpus)
-        return finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done, run_id=run_id, rows_not_ok=not_ok)
+        return finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done, run_id=run_id, rows_not_ok=not_ok,
+                        hub_commits=pins)
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRNOS:
             raise
@@ -265,7 +277,35 @@ def refuse_oversized_local_instance(cfg: JobConfig) -> None:
                             f"--num-cpus N to size the local instance yourself")
 
 
-def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan], *, overwrite: bool, legacy_hash: str | None = None) -> str:
+_MADE_BEFORE_LOCAL_FINGERPRINTS = (
+    " made by this config with an older signfeat, which named a local checkpoint by its path; this version identifies it by "
+    "its files (a changed checkpoint is another job): finish that output with the older version, or --overwrite to redo it")
+
+
+def _made_before_hub_pins(pins: dict[str, dict[str, Any]]) -> str:
+    said = "; ".join(f"{name}'s {p['model']} at {p['revision'] or 'its default branch'} is now commit {p['commit']}" for name, p in pins.items())
+    return (f" made by this config with an older signfeat, which recorded a Hub model by its branch or tag, not by the commit it "
+            f"loaded ({said}; that output may hold another commit's features): finish it with the older version, or "
+            "--overwrite to redo it")
+
+
+def _moved_hub_revisions(store: Store, pins: dict[str, dict[str, Any]]) -> str:
+    """Said when an output's Hub model is the same id and branch or tag, at another commit now."""
+    try:
+        old = store.read_json("_signfeat/hub_commits.json")
+    except (OSError, ValueError):
+        return ""
+    moved = [f"{name}'s {p['model']} at {p['revision'] or 'its default branch'} was commit {old[name]['commit']} for that output and is "
+             f"{p['commit']} now" for name, p in pins.items() if isinstance(old, dict) and isinstance(old.get(name), dict)
+             and (old[name].get("model"), old[name].get("revision")) == (p["model"], p["revision"]) and old[name].get("commit") != p["commit"]]
+    if not moved:
+        return ""
+    return (f": the Hub revision moved ({'; '.join(moved)}). To finish that output, set each such stream's revision to its "
+            "old commit (if this machine can still load it), or --overwrite to redo it with the new one")
+
+
+def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan], *, overwrite: bool,
+                 older_hashes: dict[str, str] | None = None, hub_commits: dict[str, dict[str, Any]] | None = None) -> str:
     """Record this job (identity + plan) in OUT and this run as its owner; returns the run's id. Another job's
     output is refused while it holds a complete shard (that is work a mistyped --out would destroy); one that
     completed nothing, such as a job that died on a bad setting before its first shard, is replaced, so the
@@ -282,10 +322,12 @@ def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan],
                 held = (f"a job with config hash {old.get('config_hash')} and plan hash {old.get('plan_hash')}" if old else
                         "complete shards of another job (its job record _signfeat/identity.json is missing or damaged, and its "
                         "completion markers or plan are not this job's)")
-                if old and old.get("config_hash") == legacy_hash != identity["config_hash"] and old.get("plan_hash") == identity["plan_hash"]:
-                    held += (" made by this config with an older signfeat, which named a local checkpoint by its path; this version "
-                             "identifies it by its files (a changed checkpoint is another job): finish that output with the older "
-                             "version, or --overwrite to redo it")
+                older = (older_hashes or {}).get(old.get("config_hash")) if old.get("config_hash") != identity["config_hash"] else None
+                moved = _moved_hub_revisions(store, hub_commits or {}) if old else ""
+                if older and old.get("plan_hash") == identity["plan_hash"]:
+                    held += older
+                elif moved:
+                    held += moved
                 elif old:
                     held += (" (another config or manifest, or the same ones run by another signfeat version, which may compute "
                              "other features)")
@@ -294,6 +336,7 @@ def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan],
             if old:
                 store.clear()  # nothing complete: the old job's unfinished files would only be in the way
     store.write_json("_signfeat/identity.json", identity)
+    store.write_json("_signfeat/hub_commits.json", hub_commits or {})  # what a later run's refusal can say moved
     store.write_table("_signfeat/plan.parquet", pa.Table.from_pylist(
         [{"shard": p.name, "key": r["key"], "id": r["id"]} for p in plans for r in p.rows],
         schema=pa.schema([("shard", pa.string()), ("key", pa.string()), ("id", pa.string())])))
@@ -606,7 +649,8 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
 
 
 def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobConfig, identity: dict, t_start: float, run_stats: dict,
-             skipped: set[str] = frozenset(), run_id: str | None = None, rows_not_ok: dict[str, int] | None = None) -> dict[str, Any]:
+             skipped: set[str] = frozenset(), run_id: str | None = None, rows_not_ok: dict[str, int] | None = None,
+             hub_commits: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Merge the per-shard parts (plan order), check that every clip is in exactly one place and every shard
     was made with this job's config, write job.json. ``skipped``: the shards this run found complete and did
     not redo; ``run_id``: this run, which must still own OUT; ``rows_not_ok``: the manifest's rows left out of
@@ -680,7 +724,8 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
         "stage_seconds": run_stats.get("busy_seconds", {}),
         "clips_by_node": run_stats.get("clips_by_node", {}),
         "streams": streams,
-        "config": cfg.to_dict(),
+        "config": cfg.to_dict(),  # a Hub model's revision as the commit it was pinned to
+        "hub_commits": hub_commits or {},  # per stream: the branch or tag asked for, and that commit
         "config_hash": identity["config_hash"],
         "plan_hash": identity["plan_hash"],
         "versions": _versions(),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import signal
 import time
@@ -34,12 +35,38 @@ import numpy as np
 from manifests.schema import PARAMS_KIND
 from pipeline.errors import CheckpointError, ClipError, SignfeatError, printable
 
+log = logging.getLogger(__name__)
 ERROR_COLUMNS = ("error_stage", "error_class", "error_message")
 
 
 def geometry_key(transform) -> str:
     t = transform
     return f"g{t.shortest_edge}_{t.crop}_{t.resample}_{t.backend}_{t.crop_rounding}_{int(t.square_first)}"
+
+
+def pin_hub_commits(streams) -> tuple[list, dict[str, dict[str, Any]]]:
+    """The streams with each Hugging Face Hub id's revision (a branch, a tag, or none: the default branch) replaced by
+    the commit it is now, and per pinned stream {model, revision asked, commit}. The actors, the decode tasks'
+    image processors, the samples' records and the config hash then name one immutable model: a tag moved
+    between a cut-off run and its rerun made one output hold two models' features under one config hash."""
+    import dataclasses
+
+    from extractors import ExtractorConfig
+    from extractors.base import REGISTRY, local_checkpoint
+
+    pinned, pins = [], {}
+    for s in streams:
+        cfg = ExtractorConfig.from_dict({**s.extractor, "device": "cpu"})
+        commit = REGISTRY[cfg.name].hub_commit(cfg)
+        model = cfg.model or REGISTRY[cfg.name].default_model
+        if commit is not None and commit != cfg.revision:
+            s = dataclasses.replace(s, extractor={**s.extractor, "revision": commit})
+            pins[s.name] = {"model": model, "revision": cfg.revision, "commit": commit}
+        elif commit is None and REGISTRY[cfg.name].hf_model_types and not cfg.random_weights and local_checkpoint(cfg) is None:
+            log.warning("%s: cannot tell which commit %s%s is; it is recorded as asked, and a rerun after it moves on the "
+                        "Hub would mix two models' features", cfg.name, model, f" at revision {cfg.revision}" if cfg.revision else "")
+        pinned.append(s)
+    return pinned, pins
 
 
 def stream_geometries(streams) -> dict[str, str]:

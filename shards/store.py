@@ -7,6 +7,7 @@ Layout under OUT:
     job.json                               summary of the last run
     _signfeat/identity.json                manifest + config hashes: a rerun with others is refused
     _signfeat/plan.parquet                 key -> shard, fixed when the job first starts
+    _signfeat/hub_commits.json             the commit each Hub model's branch or tag was pinned to
     _signfeat/run.json                     the run that owns OUT now (a later run on it takes over)
     _signfeat/parts/{split}/{shard}.index.parquet / .failures.parquet
     _signfeat/done/{split}/{shard}.json    written last: a shard exists iff its marker does

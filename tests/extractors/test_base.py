@@ -236,3 +236,29 @@ def test_random_weights_are_the_same_in_every_build(name):
     torch.manual_seed(1)
     build_extractor(ExtractorConfig(name=name, tiny=True))
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left as it was
+
+
+def test_a_hub_revision_resolves_to_its_commit_from_the_cache(tmp_path, monkeypatch):
+    """What `signfeat extract` pins a Hub id to: refs/REVISION of the cache offline; a commit as it is; None for a
+    local folder, a random-weights config and an id the cache does not hold (loading then says why)."""
+    import huggingface_hub.constants
+
+    from extractors.base import REGISTRY, resolve_hub_commit
+
+    repo = tmp_path / "hub" / "models--org--model"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert resolve_hub_commit("org/model", None) == commit
+    assert resolve_hub_commit("org/model", "main") == commit
+    assert resolve_hub_commit("org/model", "v2") is None  # a tag the cache has no record of
+    assert resolve_hub_commit("org/other", None) is None
+    assert resolve_hub_commit("org/other", "f" * 40) == "f" * 40
+    assert resolve_hub_commit(str(tmp_path), None) is None  # a local folder has no commit
+    assert REGISTRY["dinov2"].hub_commit(ExtractorConfig(name="dinov2", model="org/model")) == commit
+    assert REGISTRY["dinov2"].hub_commit(ExtractorConfig(name="dinov2", tiny=True)) is None
+    assert REGISTRY["clip_s2"].hub_commit(ExtractorConfig(name="clip_s2", backend="open_clip", model="org/model")) is None

@@ -10,6 +10,7 @@ import tarfile
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline.config import parse_job_config
 from pipeline.errors import SignfeatError
@@ -793,3 +794,64 @@ def test_a_checkpoint_the_actors_could_not_load_stops_the_job_in_one_line_before
         from extractors.base import REGISTRY
 
         REGISTRY[entry["name"]].check_loadable(ExtractorConfig.from_dict(entry))
+
+
+def test_a_hub_model_is_pinned_to_its_commit_and_a_moved_tag_is_refused(demo_manifest, ray_local, tmp_path, monkeypatch):
+    """A Hub id's branch or tag was recorded and hashed as written: moved on the Hub between a cut-off run and its
+    rerun, the rerun's actors loaded the new commit into the same output, under the same config hash, and verify
+    passed. Now the driver resolves it to a commit (from the cache's refs here, offline) that the actors load,
+    the samples record and the config hash covers. The cache is a Hugging Face cache as the Hub client lays it
+    out: refs/TAG holding a commit, snapshots/COMMIT holding the files."""
+    import huggingface_hub.constants
+    import pyarrow as pa
+    from transformers import Dinov2Config, Dinov2Model
+    from transformers.models.bit import BitImageProcessorPil
+
+    from extractors.dinov2 import PROCESSOR
+    from pipeline.config import DEFAULT_WORKER_ENV
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--signfeat-test--dino"
+    first, second = "1" * 40, "2" * 40
+    for seed, commit in ((0, first), (1, second)):
+        torch.manual_seed(seed)
+        Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 patch_size=14, image_size=112)).save_pretrained(repo / "snapshots" / commit)
+        BitImageProcessorPil(**{**PROCESSOR, "size": {"shortest_edge": 128}, "crop_size": {"height": 112, "width": 112}}
+                             ).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "v1").write_text(first)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))  # the driver's; the workers' below
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    table = pq.read_table(demo_manifest)
+    picked = [r for r in table.to_pylist() if r["status"] == "ok" and r["source_kind"] == "video"][:2]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(picked, schema=table.schema), manifest)
+
+    def config(revision):
+        return parse_job_config({"extractors": [{"name": "dinov2", "model": "signfeat-test/dino", "revision": revision}],
+                                 "worker_env": {**DEFAULT_WORKER_ENV, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}})
+
+    out = str(tmp_path / "out")
+    summary = run_extract(manifest, out, config("v1"), progress=False)
+    assert summary["samples"] == 2 and summary["failures"] == 0
+    assert summary["config"]["extractors"][0]["revision"] == first
+    assert summary["hub_commits"] == {"dinov2": {"model": "signfeat-test/dino", "revision": "v1", "commit": first}}
+    records = [s["json"]["streams"]["dinov2"] for t in sorted(glob.glob(f"{out}/*/*.tar")) for s in read_samples(t)]
+    assert [r["revision"] for r in records] == [first, first] and verify(out)["ok"]
+
+    (repo / "refs" / "v1").write_text(second)  # the tag moves
+    with pytest.raises(SignfeatError, match=f"dinov2's signfeat-test/dino at v1 was commit {first} for that output and is {second} now"):
+        run_extract(manifest, out, config("v1"), progress=False)
+    # the same job with the old commit named: every shard is complete, nothing is redone
+    again = run_extract(manifest, out, config(first), progress=False)
+    assert again["shards_skipped_as_complete"] == again["shards"] and again["config_hash"] == summary["config_hash"]
+
+    # an output an older signfeat made (hashed by the tag) is told apart from another job
+    store_identity = tmp_path / "out" / "_signfeat" / "identity.json"
+    identity = json.loads(store_identity.read_text())
+    store_identity.write_text(json.dumps({**identity, "config_hash": config("v1").output_hash()}))
+    (tmp_path / "out" / "_signfeat" / "hub_commits.json").unlink()  # older versions wrote none
+    with pytest.raises(SignfeatError, match=f"recorded a Hub model by its branch or tag, not by the commit it loaded "
+                                            f"\\(dinov2's signfeat-test/dino at v1 is now commit {second}"):
+        run_extract(manifest, out, config("v1"), progress=False)

@@ -533,16 +533,16 @@ def test_samples_of_one_stream_made_by_two_models_are_a_problem(out):
 def test_an_output_an_older_signfeat_made_with_a_local_checkpoint_says_why_it_is_refused(out):
     """Local checkpoints are fingerprinted now, so such an output's config hash changed: the refusal said only
     that the hashes differ."""
-    from pipeline.extract import claim_output
+    from pipeline.extract import _MADE_BEFORE_LOCAL_FINGERPRINTS, claim_output
 
     plans = plan_shards([_row(i, "train") for i in range(5)] + [_row(5, "test")], CONFIG.shards)
     store = Store(str(out))
     old = store.read_json("_signfeat/identity.json")
     new = {**old, "config_hash": "0123456789abcdef"}
     with pytest.raises(SignfeatError, match="made by this config with an older signfeat, which named a local checkpoint by its path"):
-        claim_output(store, new, plans, overwrite=False, legacy_hash=old["config_hash"])
+        claim_output(store, new, plans, overwrite=False, older_hashes={old["config_hash"]: _MADE_BEFORE_LOCAL_FINGERPRINTS})
     with pytest.raises(SignfeatError, match="holds a job with config hash") as plain:
-        claim_output(store, new, plans, overwrite=False, legacy_hash="fedcba9876543210")
+        claim_output(store, new, plans, overwrite=False, older_hashes={"fedcba9876543210": _MADE_BEFORE_LOCAL_FINGERPRINTS})
     assert "older signfeat" not in str(plain.value) and "or the same ones run by another signfeat version" in str(plain.value)
 
 
