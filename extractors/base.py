@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -234,16 +235,30 @@ def check_local_weights(extractor: str, folder: str) -> None:
             missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
             if missing:
                 raise SignfeatError(f"{extractor}: {folder} lacks {len(missing)} weights file(s) its {name} lists (e.g. {missing[0]})")
-            files += [s for s in shards if s.endswith(".safetensors")]
-        elif name.endswith(".safetensors"):
+            files += [s for s in shards if s.endswith((".safetensors", ".bin"))]
+        else:
             files.append(name)
     for name in files:
+        path = os.path.join(folder, name)
         try:
-            with safe_open(os.path.join(folder, name), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as exc:
-            raise SignfeatError(f"{extractor}: {os.path.join(folder, name)} is damaged or cut short ({type(exc).__name__}: "
+            if name.endswith(".safetensors"):
+                with safe_open(path, framework="pt"):
+                    pass
+            else:
+                _check_torch_zip(path)
+        except (SafetensorError, OSError, zipfile.BadZipFile) as exc:
+            raise SignfeatError(f"{extractor}: {path} is damaged or cut short ({type(exc).__name__}: "
                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+
+
+def _check_torch_zip(path: str) -> None:
+    """A ``torch.save`` file (pytorch_model.bin) is a zip archive whose directory is at its end: a copy cut short has
+    none. Only the directory is read. A file of torch's legacy format (before 1.6: a pickle) is left to loading."""
+    with open(path, "rb") as f:
+        if f.read(1) == b"\x80":  # a pickle's protocol opcode
+            return
+    with zipfile.ZipFile(path):  # BadZipFile for a cut or empty file
+        pass
 
 
 def load_config(extractor: str, config_cls, model_id: str, revision: str | None):

@@ -770,12 +770,17 @@ def test_a_checkpoint_the_actors_could_not_load_stops_the_job_in_one_line_before
     from transformers.models.bit import BitImageProcessorPil
 
     BitImageProcessorPil(**PROCESSOR).save_pretrained(dino)
-    no_weights, cut = tmp_path / "no_weights", tmp_path / "cut"
-    for folder in (no_weights, cut):
+    no_weights, cut, torch_bin, cut_bin = tmp_path / "no_weights", tmp_path / "cut", tmp_path / "torch_bin", tmp_path / "cut_bin"
+    for folder in (no_weights, cut, torch_bin, cut_bin):
         shutil.copytree(clip, folder)
     (no_weights / "model.safetensors").unlink()
     data = (cut / "model.safetensors").read_bytes()
     (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    for folder in (torch_bin, cut_bin):  # the older format: torch.save's zip archive
+        (folder / "model.safetensors").unlink()
+        torch.save(CLIPVisionModel.from_pretrained(clip).state_dict(), folder / "pytorch_model.bin")
+    data = (cut_bin / "pytorch_model.bin").read_bytes()
+    (cut_bin / "pytorch_model.bin").write_bytes(data[: len(data) * 9 // 10])
 
     def refused(entry, needle):
         config = parse_job_config({"extractors": [entry]})
@@ -789,8 +794,10 @@ def test_a_checkpoint_the_actors_could_not_load_stops_the_job_in_one_line_before
     refused({"name": "clip_s2", "model": str(clip), "settings": {"layer": 5}}, "clip_s2 setting layer=5: the model has 2 layers")
     refused({"name": "clip_s2", "model": str(no_weights)}, "holds no weights file")
     refused({"name": "clip_s2", "model": str(cut)}, r"model.safetensors is damaged or cut short \(SafetensorError")
-    # the whole folders pass
-    for entry in ({"name": "clip_s2", "model": str(clip)}, {"name": "dinov2", "model": str(dino)}):
+    refused({"name": "clip_s2", "model": str(cut_bin)}, r"pytorch_model.bin is damaged or cut short \(BadZipFile")
+    # the whole folders pass, and the .bin one loads
+    build_extractor(ExtractorConfig(name="clip_s2", model=str(torch_bin), device="cpu"))
+    for entry in ({"name": "clip_s2", "model": str(clip)}, {"name": "dinov2", "model": str(dino)}, {"name": "clip_s2", "model": str(torch_bin)}):
         from extractors.base import REGISTRY
 
         REGISTRY[entry["name"]].check_loadable(ExtractorConfig.from_dict(entry))
