@@ -142,12 +142,15 @@ def _open_container(path: str):
     try:
         container = av.open(str(p), metadata_errors="ignore")
     except Exception as exc:  # av raises a zoo of FFmpeg error classes
-        if _mp4_without_index(p):
-            raise ClipError("corrupt", f"{path} is truncated: an MP4 / MOV without its index (no 'moov' box; a recording or "
-                                       "download cut off before it finished, as the index is written last)") from None
+        damage = _mp4_index_damage(p)
+        if damage:
+            raise ClipError("corrupt", f"{path} is truncated: {damage}") from None
         raise ClipError("unreadable", f"cannot open {path} as a video: {exc}") from None
     if not container.streams.video:
         container.close()
+        damage = _mp4_index_damage(p)  # a cut early in the index leaves FFmpeg a file it opens without streams
+        if damage:
+            raise ClipError("corrupt", f"{path} is truncated: {damage}")
         raise ClipError("no_video_stream", f"{path} has no video stream")
     if all(s.disposition & av.stream.Disposition.attached_pic for s in container.streams.video):
         container.close()  # an audio file's cover art is a one-picture "video stream" with no frames
@@ -278,15 +281,22 @@ def _top_level_boxes(path: str) -> tuple[list[bytes], bool]:
     return types, at == size
 
 
-def _mp4_without_index(path: Path) -> bool:
-    """An MP4 / MOV that starts as one (ftyp) but holds no index (moov): a recording or download cut off before
-    its end, where the index is written last. FFmpeg only says 'Invalid data found when processing input'."""
+def _mp4_index_damage(path: Path) -> str:
+    """What is wrong with the index (moov) of an MP4 / MOV that starts as one (ftyp), or "": none at all (a
+    recording or download cut off before its end, where the index is written last), or the file ends inside it
+    (a "faststart" file, index first, cut early). FFmpeg says only 'Invalid data found when processing input',
+    'End of file', or opens it with no streams."""
     with open(path, "rb") as f:
         head = f.read(12)
     if head[4:8] != b"ftyp":
-        return False
-    types, _ = _top_level_boxes(str(path))
-    return b"moov" not in types
+        return ""
+    types, complete = _top_level_boxes(str(path))
+    if b"moov" not in types:
+        return ("an MP4 / MOV without its index (no 'moov' box; a recording or download cut off before it finished, as "
+                "the index is written last)")
+    if not complete and types[-1] == b"moov":
+        return "an MP4 / MOV that ends inside its index (its 'moov' box is cut short: a copy or download cut off early)"
+    return ""
 
 
 # FFmpeg's own VP8 / VP9 decoders drop the alpha plane that WebM keeps beside each frame (Matroska BlockAdditional,

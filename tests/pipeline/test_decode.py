@@ -1054,3 +1054,27 @@ def test_a_long_clip_is_not_read_through_decords_unbounded_read_ahead():
     short = np.arange(int(DECORD_MAX_CLIP_MIB // frame_mib))
     assert pyav_instead("decord", timeline, short) is None
     assert "reads ahead" in pyav_instead("decord", timeline, np.arange(len(short) + 1))
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_an_mp4_cut_inside_its_index_is_said_to_be_truncated(tmp_path, fraction):
+    """A faststart MP4 (index first) cut inside its moov box: FFmpeg opened it with no streams ('no_video_stream'),
+    or said 'End of file' / 'Invalid data' ('unreadable'), with no word of the cut."""
+    import struct
+
+    from manifests.probe import probe_clip
+
+    whole = tmp_path / "whole.mp4"
+    subprocess.run(_FF + ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=2", "-c:v", "libx264", "-movflags", "faststart",
+                          str(whole)], check=True)
+    data = whole.read_bytes()
+    at = 0
+    while data[at + 4 : at + 8] != b"moov":  # the top-level boxes, to the index
+        at += struct.unpack(">I", data[at : at + 4])[0]
+    size = struct.unpack(">I", data[at : at + 4])[0]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: at + int(size * fraction)])
+    with pytest.raises(ClipError) as err:
+        read_timeline(str(cut))
+    assert err.value.kind == "corrupt" and "ends inside its index" in str(err.value)
+    assert probe_clip({"source_kind": "video", "path": str(cut)})["status"] == "corrupt"
