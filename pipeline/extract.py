@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import warnings
@@ -641,11 +642,30 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
                 short[order[row["shard"]]][int(row["pos"])] = row
             for k in sorted(short):
                 commit(k, short[k])
+    except Exception as exc:
+        said = _actor_start_failure(exc)
+        if said is None:
+            raise
+        raise SignfeatError(said) from None
     finally:
         stop_watch.set()
     bar.close()
     return {"busy_seconds": {**{f"{k}_s": round(v, 3) for k, v in busy_seconds.items()}, "write_shards_s": round(t_write, 3)},
             "clips_by_node": clips_by_node}
+
+
+def _actor_start_failure(exc: Exception) -> str | None:
+    """One line for an extractor actor that could not be built (on a cluster node without the model folder, the
+    retarget file or the pinned commit the driver has: the driver's own checks pass), from Ray's ActorDiedError,
+    whose text is pages of the creation task's traceback ending in the error; None for any other exception."""
+    text = str(exc)
+    if "error raised in its creation task" not in text:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    node = re.search(r"\bip=([^,\s)]+)", text)
+    why = re.sub(r"^(?:[\w.]+\.)?(SignfeatError|CheckpointError): ", "", lines[-1]) if lines else type(exc).__name__
+    return (f"an extractor actor could not start{f' on node {node.group(1)}' if node else ''}: {why}. Every node that runs "
+            "extractor actors must hold the models and files the config names; complete shards are kept: fix that and rerun the same command")
 
 
 def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobConfig, identity: dict, t_start: float, run_stats: dict,

@@ -251,3 +251,17 @@ def test_a_video_sample_records_the_frames_its_estimator_did_not_see(model_dir, 
     assert seen == {"frames": 8, "without_person": [[3, 5]], "without_left_hand": [[0, 8]], "without_right_hand": [[0, 8]]}
     assert sample["json"]["streams"]["smplx623"]["settings_hash"]  # the stream's own record is still there
     assert verify(str(tmp_path / "out"))["ok"]
+
+
+def test_an_actor_that_cannot_start_on_a_cluster_node_is_one_line(corpus, model_dir, tmp_path):
+    """On a cluster (--address) the driver does not check the files a setting names (the workers may hold files it
+    lacks): an actor whose node lacks them died in its constructor, and the job ended in pages of ActorDiedError
+    traceback. The session's Ray instance stands in for the cluster."""
+    cfg = parse_job_config({"extractors": [{"name": "smplx623", "num_cpus": 0.5,
+                                            "settings": {**_settings(model_dir), "retarget": str(tmp_path / "no_such_joints.npy")}}]})
+    with pytest.raises(SignfeatError) as info:
+        run_extract(corpus["manifest"], str(tmp_path / "out"), cfg, progress=False, address="auto")
+    said = str(info.value)
+    assert said.startswith("an extractor actor could not start on node ") and "\n" not in said
+    assert f"retarget must be rest, none or a joints .npy file; no such file: {tmp_path / 'no_such_joints.npy'}" in said
+    assert "Traceback" not in said and "ActorDiedError" not in said
