@@ -27,9 +27,18 @@ def register(sub) -> None:
     r.set_defaults(handler=_motion_render)
 
 
+# what --out of motion-render may be: one animation of these suffixes, or a folder of PNG frames (no suffix)
+ANIMATIONS = (".gif", ".mp4")
+IMAGE_OR_VIDEO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".npy"}
+
+
 def _motion_stats(args) -> int:
     from motion.stats import motion_stats, write_motion_stats
+    from pipeline.cli import refuse_output_over_input, writable_folder
 
+    # checked before every shard is read, not by a FileExistsError traceback after it
+    refuse_output_over_input("--out", args.out, args.shards)
+    writable_folder("--out", args.out)
     stats = motion_stats(args.shards, args.stream)
     out = write_motion_stats(stats, args.out)
     print(json.dumps({"out": str(out), **{k: stats[k] for k in ("shards", "clips", "frames", "skipped_nan", "samples_without_stream")}}, indent=1))
@@ -41,8 +50,19 @@ def _motion_render(args) -> int:
     from motion.render import load_features, render_frames, save_images
     from pipeline.errors import SignfeatError
 
+    from pipeline.cli import refuse_output_over_input, writable_file, writable_folder
+
     if args.every < 1 or (args.fps is not None and not 0 < args.fps < float("inf")):  # NaN and inf too
         raise SignfeatError("--every must be >= 1 and --fps a finite number > 0")
+    refuse_output_over_input("--out", args.out, [args.features])
+    suffix = args.out.suffix.lower()
+    if suffix in IMAGE_OR_VIDEO_SUFFIXES:  # "anything else: a folder" made a folder named clip.avi/ of PNG frames
+        raise SignfeatError(f"--out {args.out}: motion-render writes {' or '.join(ANIMATIONS)} (one animation) or a folder of PNG "
+                            f"frames (a name without {suffix})")
+    if suffix in ANIMATIONS:  # checked before every frame is drawn
+        writable_file("--out", args.out, example="skeleton.gif")
+    else:
+        writable_folder("--out", args.out)
     features, key, own_fps = load_features(args.features, args.key, args.stream)
     fps = args.fps or own_fps or 20.0  # a 25 fps video row's motion played at 20 was 20 % slow
     if features.ndim != 2 or features.shape[1] != FEATURE_WIDTH or not len(features):

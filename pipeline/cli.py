@@ -138,17 +138,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _writable_file(flag: str, path: Path) -> None:
+def writable_file(flag: str, path: Path, example: str = "manifest.parquet") -> None:
     """An output file's path checked before the work that ends in writing it (a build probes for minutes)."""
     path = Path(path)
     if path.is_dir():
-        raise SignfeatError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'manifest.parquet'})")
+        raise SignfeatError(f"{flag} {path} is a folder; give a file name (e.g. {path / example})")
     if any(p.exists() and not p.is_dir() for p in path.parents):
         raise SignfeatError(f"{flag} {path}: a file stands where one of its folders would be")
     _creatable(flag, path.parent)
 
 
-def _writable_folder(flag: str, path: Path) -> None:
+def refuse_output_over_input(flag: str, out: Path, inputs) -> None:
+    """An output path that is one of the command's inputs (or a link to it) would overwrite it, exit 0: an annotation
+    table replaced by the manifest built from it, a video by its features, a manifest by its curated subset."""
+    out = Path(out)
+    if not out.exists():
+        return
+    for given in inputs:
+        try:
+            same = Path(given).exists() and os.path.samefile(out, given)
+        except OSError:
+            same = False
+        if same:
+            raise SignfeatError(f"{flag} {out} is the input {given}: writing there would overwrite it; give another path")
+
+
+def writable_folder(flag: str, path: Path) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SignfeatError(f"{flag} {path} is a file; give a folder")
@@ -168,7 +183,8 @@ def _creatable(flag: str, folder: Path) -> None:
 def _manifest_build(args) -> int:
     from manifests.build import build_manifest
 
-    _writable_file("--out", args.out)
+    writable_file("--out", args.out)
+    refuse_output_over_input("--out", args.out, args.annotations)
     summary = build_manifest(
         args.annotations, args.out, fmt=args.format, root=args.root, dataset=args.dataset, num_cpus=args.num_cpus or None,
         full_decode=args.full_decode, frame_fps=args.frame_fps, progress=not args.no_progress,
@@ -180,9 +196,13 @@ def _manifest_build(args) -> int:
 def _manifest_curate(args) -> int:
     from manifests.curate import CurateOptions, curate_manifest, load_curate_config, parse_split_ratios
 
-    _writable_file("--out", args.out)
-    _writable_folder("--report", args.report)
+    refuse_output_over_input("--out", args.out, [args.manifest])
     settings = load_curate_config(args.config) if args.config else {}
+    if settings:
+        try:  # the file's own values first, so that an error names it
+            CurateOptions(**settings)
+        except (SignfeatError, TypeError) as exc:
+            raise SignfeatError(f"{args.config}: {exc}") from None
     flags = {
         name: getattr(args, name)
         for name in ("min_duration_s", "max_duration_s", "min_frames", "max_frames", "min_width", "min_height", "min_fps",
@@ -195,6 +215,8 @@ def _manifest_curate(args) -> int:
         options = CurateOptions(**settings)
     except TypeError as exc:
         raise SignfeatError(f"bad curation options: {exc}") from None
+    writable_file("--out", args.out)  # made once the options are known good: a bad config left two empty folders
+    writable_folder("--report", args.report)
     report = curate_manifest(args.manifest, args.out, args.report, options, plots=not args.no_plots)
     print(json.dumps({k: report[k] for k in ("input_rows", "kept", "removed", "kept_per_split")}, indent=1))
     plots = f" (plots: {args.report / 'overview.png'} and others)" if not args.no_plots else ""
@@ -217,7 +239,7 @@ def _demo_corpus(args) -> int:
 
     if args.clips < 16 or args.size < 16:
         raise SignfeatError("demo-corpus needs --clips >= 16 and --size >= 16")
-    _writable_folder("demo-corpus OUT", args.out)
+    writable_folder("demo-corpus OUT", args.out)
     summary = make_demo_corpus(args.out, seed=args.seed, clips=args.clips, size=args.size)
     print(f"demo corpus: {args.out} ({len(summary['truth'])} clips, annotations:)")
     for a in summary["annotations"]:
@@ -248,6 +270,7 @@ def _features(args) -> int:
         parse_settings(REGISTRY[args.extractor].Settings, settings, args.extractor)
     if not args.video.exists():
         raise SignfeatError(f"no such video or frame folder: {args.video}")
+    refuse_output_over_input("--out", args.out, [args.video])
     try:  # before the model loads and runs, not after: a bad --out would waste that work
         args.out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -224,3 +224,75 @@ def test_verify_of_a_file_says_it_is_a_file(tmp_path):
     for command in ("verify", "stats"):
         res = run(command, tmp_path / "nope")
         assert res.returncode == 2 and "no such folder" in res.stderr and "Traceback" not in res.stderr, (command, res.returncode, res.stderr)
+
+
+def test_an_output_that_is_the_command_s_own_input_is_refused_and_the_input_kept(tmp_path, capsys):
+    """`--out` naming the input overwrote it, exit 0: an annotation table replaced by its manifest, a video by its
+    features, a manifest by its curated subset, a features file by its rendering."""
+    import numpy as np
+
+    from pipeline.cli import main
+    from tests.helpers import index_frame, write_video
+
+    video = write_video(tmp_path / "v.mp4", np.stack([index_frame(i) for i in range(4)]))
+    annotations = tmp_path / "ann.csv"
+    annotations.write_text("id,path,text,split\na,v.mp4,hello,train\n")
+    manifest = tmp_path / "m.parquet"
+    assert main(["manifest", "build", "--annotations", str(annotations), "--root", str(tmp_path), "--out", str(manifest), "--no-progress"]) == 0
+    features = tmp_path / "f.npy"
+    np.save(features, np.zeros((3, 623), np.float32))
+    (tmp_path / "link.csv").symlink_to(annotations)  # the same file by another name
+    kept = {p: p.read_bytes() for p in (video, annotations, manifest, features)}
+    capsys.readouterr()
+    for argv, given in [
+        (["manifest", "build", "--annotations", str(annotations), "--root", str(tmp_path), "--out", str(annotations)], annotations),
+        (["manifest", "build", "--annotations", str(tmp_path / "link.csv"), "--root", str(tmp_path), "--out", str(annotations)], tmp_path / "link.csv"),
+        (["manifest", "curate", str(manifest), "--out", str(manifest), "--report", str(tmp_path / "report")], manifest),
+        (["features", str(video), "--extractor", "dinov2", "--tiny", "--out", str(video)], video),
+        (["motion-render", str(features), "--out", str(features)], features),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is the input {given}: writing there would overwrite it" in err[0], (argv, err)
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert not (tmp_path / "report").exists()
+
+
+def test_motion_outputs_are_checked_before_the_work(tmp_path, capsys):
+    """motion-render / motion-stats with --out an existing file ended in a FileExistsError traceback after every frame
+    was drawn or every shard read; `--out clip.avi` silently made a folder of that name full of PNGs."""
+    import numpy as np
+
+    from pipeline.cli import main
+
+    features = tmp_path / "f.npy"
+    np.save(features, np.zeros((3, 623), np.float32))
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    folder_gif = tmp_path / "d.gif"
+    folder_gif.mkdir()
+    for argv, needle in [
+        (["motion-render", str(features), "--out", str(afile)], f"--out {afile} is a file; give a folder"),
+        (["motion-render", str(features), "--out", str(tmp_path / "clip.avi")], "motion-render writes .gif or .mp4 (one animation) or a folder"),
+        (["motion-render", str(features), "--out", str(folder_gif)], f"--out {folder_gif} is a folder; give a file name (e.g. {folder_gif / 'skeleton.gif'})"),
+        (["motion-stats", str(tmp_path / "no_shards"), "--out", str(afile)], f"--out {afile} is a file; give a folder"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (argv, err)
+    assert afile.read_text() == "mine" and not (tmp_path / "clip.avi").exists()
+    assert main(["motion-render", str(features), "--out", str(tmp_path / "frames")]) == 0  # a folder of PNG frames
+    assert len(list((tmp_path / "frames").glob("frame_*.png"))) == 3
+
+
+def test_a_curation_config_error_names_the_file_and_leaves_no_folders(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "m.parquet").write_bytes(b"")
+    config = tmp_path / "curate.yaml"
+    config.write_text('min_frames: "8"\n')
+    assert main(["manifest", "curate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "o" / "c.parquet"), "--report",
+                 str(tmp_path / "r"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"signfeat: error: {config}: ") and "min_frames" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
