@@ -16,6 +16,7 @@ one process or many, continues exactly as if never stopped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -300,9 +301,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 class RunLock:
-    """One training run writes an out_dir at a time: an exclusive ``flock`` on ``OUT/.train.lock``, held by rank 0
-    for the run and released by the kernel when the process ends, kill -9 included. Two runs at once (a resume
-    started while the run still trained) both exited 0, with a torn log.jsonl and the same checkpoints written twice."""
+    """One training run writes an out_dir at a time: an exclusive lock on ``OUT/.train.lock``, held by rank 0 for the
+    run and released by the kernel when the process ends, kill -9 included. Two runs at once (a resume started
+    while the run still trained) both exited 0, with a torn log.jsonl and the same checkpoints written twice.
+    A POSIX record lock (``lockf``), not ``flock``: forked processes (DataLoader workers) do not inherit it, where a
+    flock held through their copy of the descriptor outlived a rank killed with -9 for seconds and refused its resume."""
 
     NAME = ".train.lock"
 
@@ -320,8 +323,10 @@ class RunLock:
         except OSError as exc:  # a folder of that name, no write permission
             raise SignfeatError(f"out_dir {out_dir}: cannot open its run lock {self.NAME} ({exc.strerror})") from None
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the whole file, wherever "a+" left the position
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             file.seek(0)
             holder = file.read().strip() or "a process"
             file.close()

@@ -1,12 +1,14 @@
 """Training loop: overfit (encoder-decoder and decoder-only), golden loss, exact resume, frozen base, checkpoints."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from pipeline.errors import SignfeatError
 from tests.trainer.conftest import tiny_recipe
 from trainer.evaluate import evaluate_model
 from trainer.llm import base_checksum, build_model, trainable_state
@@ -583,7 +585,7 @@ def test_a_second_run_into_an_out_dir_a_live_run_writes_is_refused(tiny_shards, 
     train(recipe_from_dict(recipe))
     log = (tmp_path / "run/log.jsonl").read_bytes()
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
-                               "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.truncate(0); f.write('pid 4242 on node7'); f.flush()\n"
+                               "f = open(sys.argv[1], 'a+'); fcntl.lockf(f, fcntl.LOCK_EX); f.truncate(0); f.write('pid 4242 on node7'); f.flush()\n"
                                "print('held', flush=True); time.sleep(120)", str(tmp_path / "run/.train.lock")],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -683,3 +685,37 @@ def test_a_tokenizer_that_cannot_write_the_targets_is_refused_before_training(ti
     monkeypatch.setattr(trainer.loop, "build_optimizer", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(SignfeatError, match=r"split 'train': \d+% of the targets' characters .* unknown token"):
         train(recipe)
+
+
+def test_the_run_lock_goes_with_a_killed_rank_though_its_forked_workers_live_on(tmp_path):
+    """A flock was shared with the DataLoader workers a rank forks: after kill -9 of the rank they lived on for
+    seconds, holding it, and an immediate --resume was refused, naming the dead pid."""
+    import signal
+    import subprocess
+    import sys
+
+    from trainer.loop import RunLock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import os, sys, time\n"
+                               "from pathlib import Path\nfrom trainer.loop import RunLock\n"
+                               "lock = RunLock()\nlock.acquire(Path(sys.argv[1]))\n"
+                               "child = os.fork()\n"
+                               "if child == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+                               "print(child, flush=True)\ntime.sleep(60)", str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        with pytest.raises(SignfeatError, match="in use by another training run"):
+            RunLock().acquire(tmp_path)  # held while the rank lives
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(worker, 0)  # the forked worker still lives
+        lock = RunLock()
+        lock.acquire(tmp_path)
+        assert lock.file is not None
+        lock.release()
+    finally:
+        holder.kill()
+        try:
+            os.kill(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
