@@ -32,10 +32,15 @@ def iter_members(fileobj) -> Iterator[tuple[str, str, bytes]]:
             if member.isfile():
                 yield *member_key(member.name), tar.extractfile(member).read()
         end = tar.offset
-    # tarfile ends an archive, without an error, at the first header it cannot read past the first one (a damaged
-    # header, a tar cut between two samples) or at the first block of zeros (a header zeroed by a crash): either
-    # read as a whole, shorter shard. A tar ends with zero blocks and zero padding only, so from there on every
-    # byte is zero, and at least one block of them is there.
+    check_archive_end(fileobj, end)
+
+
+def check_archive_end(fileobj, end: int) -> None:
+    """Refuse a tar whose members stop at byte ``end`` (where tarfile stopped reading: ``tar.offset``) on anything but
+    its end-of-archive block. tarfile ends an archive, without an error, at the first header it cannot read past the
+    first one (a damaged header, a tar cut between two samples) or at the first block of zeros (a header zeroed by a
+    crash): either read as a whole, shorter shard. A tar ends with zero blocks and zero padding only, so from there on
+    every byte is zero, and at least one block of them is there."""
     fileobj.seek(end)
     rest = fileobj.read(tarfile.BLOCKSIZE)
     whole = len(rest) == tarfile.BLOCKSIZE and not rest.strip(tarfile.NUL)

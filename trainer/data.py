@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.errors import SignfeatError
 from extractors.base import without_location
 from shards import location
-from shards.reader import member_key
+from shards.reader import check_archive_end, member_key
 
 # ------------------------------------------------------------------------------------------------ shards
 
@@ -144,7 +144,8 @@ def shard_counts(urls: list[str]) -> list[int]:
         try:
             with location.open_random(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:  # seeks over member headers, reads no data
                 out.append(len({member_key(m.name)[0] for m in tar.getmembers() if m.isfile()}))
-        except tarfile.TarError as exc:
+                check_archive_end(f, tar.offset)  # a tar cut between two samples counted (and trained) as a shorter shard
+        except (tarfile.TarError, ValueError) as exc:
             raise _damaged(url, exc) from None
     return out
 

@@ -214,6 +214,21 @@ def test_a_shard_cut_at_a_sample_boundary_is_an_error_not_fewer_samples(tiny_sha
     assert len(list(ShardStream([str(url)], [3], STREAMS, train=False, batch_size=2))) == 3
 
 
+def test_a_shard_cut_between_two_samples_without_its_end_block_is_not_counted_short(tiny_shards, tmp_path):
+    """A tar's bytes cut right after a sample (a copy cut off, no end-of-archive block) read as a whole, shorter
+    shard from its headers: a folder of such tars (no index.parquet) trained on fewer samples, exit 0."""
+    url = tmp_path / "cut.tar"
+    with tarfile.open(tiny_shards / "test" / "syn-000000.tar") as tar:
+        last = [m for m in tar.getmembers() if m.name.startswith("test-00001.")][-1]  # the second of its 4 samples
+    end = last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    url.write_bytes((tiny_shards / "test" / "syn-000000.tar").read_bytes()[:end])
+    with tarfile.open(url) as tar:
+        assert len({m.name.split(".")[0] for m in tar.getmembers()}) == 2  # tarfile reads it as a tar of 2 samples
+    with pytest.raises(SignfeatError) as info:
+        shard_counts([str(url)])
+    assert str(info.value).startswith(f"{url}: unreadable shard (no readable tar header or end-of-archive block at byte {end}")
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_truncated_shard_is_a_one_line_error(tiny_shards, tmp_path, workers):
     data = (tiny_shards / "test" / "syn-000000.tar").read_bytes()
