@@ -253,12 +253,12 @@ def _autocast(device: torch.device):
 def evaluate_checkpoint(checkpoint: str | Path, split: str, overrides: list[str] | None = None,
                         out_dir: str | Path | None = None) -> dict:
     """Rebuild the recipe's model from a checkpoint (recipe inside it, ``overrides`` on top), evaluate."""
-    from trainer.loop import file_in_the_way, load_checkpoint, pick_device, recipe_changes, refuse_model_changes, resolve_checkpoint
+    from trainer.loop import checkpoint_file, file_in_the_way, load_checkpoint, pick_device, recipe_changes, refuse_model_changes, resolve_checkpoint
     from trainer.llm import build_model
     from trainer.recipe import recipe_from_dict
 
     path = resolve_checkpoint(checkpoint)
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    state = checkpoint_file(path, "state.json")
     recipe = recipe_from_dict(state["recipe"], overrides)
     changed = recipe_changes(state["recipe"], recipe.to_dict())
     refuse_model_changes(path, changed)  # the scores would be of another model than the checkpoint's

@@ -241,16 +241,31 @@ def point_latest(checkpoint: Path, step: int) -> None:
     (checkpoint.parent / "latest.json").write_text(json.dumps({"checkpoint": checkpoint.name, "step": step}), encoding="utf-8")
 
 
-def load_checkpoint(path: Path, model: SignTranslator, optimizer=None, scheduler=None) -> dict:
+def checkpoint_file(path: Path, name: str):
+    """A checkpoint's JSON or safetensors file; one damaged or gone (disk trouble, a hand edit: saves are atomic)
+    is one line naming it and the checkpoint before it, not a traceback."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    try:
+        if name.endswith(".json"):
+            return json.loads((path / name).read_text(encoding="utf-8"))
+        return load_file(str(path / name))
+    except (OSError, ValueError, SafetensorError) as exc:
+        earlier = [p for p in _step_folders(path.parent) if p.name < path.name]
+        instead = f"; the one before it is {earlier[-1]}" if earlier else ""
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+        raise SignfeatError(f"checkpoint {path}: {name} is damaged or missing ({type(exc).__name__}: {why}){instead}") from None
+
+
+def load_checkpoint(path: Path, model: SignTranslator, optimizer=None, scheduler=None) -> dict:
+    state = checkpoint_file(path, "state.json")
     if state["base_checksum"] != base_checksum(model):
         raise SignfeatError(f"checkpoint {path}: the base LLM differs from the one it was trained on (checksum)")
     device = model.logit_scale.device
-    load_trainable_state(model, {k: v.to(device) for k, v in load_file(str(path / "trainable.safetensors")).items()})
+    load_trainable_state(model, {k: v.to(device) for k, v in checkpoint_file(path, "trainable.safetensors").items()})
     if optimizer is not None:
-        tensors = load_file(str(path / "optimizer.safetensors"))
+        tensors = checkpoint_file(path, "optimizer.safetensors")
         opt_state: dict[int, dict] = {}
         for key, value in tensors.items():
             if key.startswith("state."):
@@ -297,6 +312,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
                                     f"and {folder} holds no other checkpoint")
             print(f"checkpoint {latest or folder / 'latest.json'} is gone or unreadable; using {older[-1]}, the newest one there", file=sys.stderr)
             return older[-1]
+    if (path / "recipe.json").is_file() or (path / "log.jsonl").is_file():  # a run's out_dir that saved nothing
+        raise SignfeatError(f"checkpoint {path}: this run saved no checkpoint (checkpoint_every: 0, or stopped before its first); "
+                            "train it again without --resume (--overwrite replaces its log)")
     raise SignfeatError(f"checkpoint {path}: no state.json or checkpoints/latest.json there")
 
 
@@ -495,7 +513,7 @@ def _train(recipe: Recipe, lock: RunLock, *, resume: str | Path | None, stop_aft
                                 "have, or train without evaluating (eval.at_end=false eval.every=0)") from None
         check_visual_input(recipe, eval_urls, recipe.data.eval_split)  # its own advice: the split is there
     if resume_from is not None:  # what the checkpoint cannot continue, refused before the model loads
-        saved = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))
+        saved = checkpoint_file(resume_from, "state.json")
         changed = recipe_changes(saved["recipe"], recipe.to_dict())
         refuse_model_changes(resume_from, changed)
         from trainer.evaluate import refuse_other_features
@@ -602,7 +620,7 @@ def _train(recipe: Recipe, lock: RunLock, *, resume: str | Path | None, stop_aft
         # The gradient norm is the same on every rank (after DDP's all-reduce), so all ranks stop together.
         if not math.isfinite(totals["loss"]) or (grad_norm is not None and not math.isfinite(float(grad_norm))):
             raise SignfeatError(f"step {step + 1}: the loss is {totals['loss']} and the gradient norm {None if grad_norm is None else float(grad_norm)}; "
-                                f"stopped before the update (last checkpoint: step {step - step % recipe.checkpoint_every if recipe.checkpoint_every else 0}). "
+                                f"stopped before the update ({f'last checkpoint: {newest_checkpoint[1]}, step {newest_checkpoint[0]}' if newest_checkpoint else 'no checkpoint saved'}). "
                                 f"Lower optim.lr, or check the features (`signfeat verify`)")
         lr = scheduler.get_last_lr()[0]
         optimizer.step()

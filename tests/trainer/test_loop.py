@@ -431,9 +431,12 @@ def test_non_finite_features_or_loss_stop_training_with_a_clear_error(tmp_path, 
         synthetic.write_shards(tmp_path / "shards", split, [[0, 1, 2, 3], [4, 5, 6, 7, 8], [9, 2, 5, 1], [3, 7, 0, 6, 4]], per_shard=4)
     with pytest.raises(SignfeatError, match="stream clip_s2 .* non-finite"):
         train(recipe_from_dict(tiny_recipe(tmp_path / "shards", tmp_path / "a", "t5", adapter={"standardize": True})))
-    with pytest.raises(SignfeatError, match="step 1: the loss is nan"):
+    with pytest.raises(SignfeatError, match=r"step 1: the loss is nan .* stopped before the update \(no checkpoint saved\)"):
         train(recipe_from_dict(tiny_recipe(tmp_path / "shards", tmp_path / "b", "t5", adapter={"standardize": False})))
     assert not (tmp_path / "b" / "checkpoints").exists()
+    # and --resume of that run says it saved nothing (it said "no state.json or checkpoints/latest.json there")
+    with pytest.raises(SignfeatError, match="this run saved no checkpoint .* train it again without --resume"):
+        train(recipe_from_dict(tiny_recipe(tmp_path / "shards", tmp_path / "b", "t5", adapter={"standardize": False})), resume=tmp_path / "b")
 
 
 def test_a_stream_width_unlike_the_shards_fails_before_the_model_is_built(tiny_shards, tmp_path, monkeypatch):
@@ -719,3 +722,27 @@ def test_the_run_lock_goes_with_a_killed_rank_though_its_forked_workers_live_on(
             os.kill(worker, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_the_one_before(tiny_shards, tmp_path):
+    """A checkpoint file cut short or gone (saves are atomic: disk trouble or a hand edit) was a SafetensorError or
+    FileNotFoundError traceback from --resume and eval."""
+    from trainer.evaluate import evaluate_checkpoint
+
+    recipe = tiny_recipe(tiny_shards, tmp_path / "run", "t5", optim={"max_steps": 2}, checkpoint_every=1, eval={"max_new_tokens": 2})
+    train(recipe_from_dict(recipe))
+    latest, before = tmp_path / "run/checkpoints/step-000002", tmp_path / "run/checkpoints/step-000001"
+    weights = (latest / "trainable.safetensors").read_bytes()
+    (latest / "trainable.safetensors").write_bytes(weights[: len(weights) // 2])
+    longer = recipe_from_dict({**recipe, "optim": {**recipe["optim"], "max_steps": 3}})
+    for attempt in (lambda: train(longer, resume=tmp_path / "run"), lambda: evaluate_checkpoint(tmp_path / "run", "test", out_dir=tmp_path / "e")):
+        with pytest.raises(SignfeatError) as info:
+            attempt()
+        said = str(info.value)
+        assert said.startswith(f"checkpoint {latest}: trainable.safetensors is damaged or missing (SafetensorError: ") and "\n" not in said
+        assert said.endswith(f"; the one before it is {before}")
+    (latest / "trainable.safetensors").write_bytes(weights)
+    (latest / "optimizer.safetensors").unlink()
+    with pytest.raises(SignfeatError, match=f"checkpoint {latest}: optimizer.safetensors is damaged or missing \\(FileNotFoundError: "):
+        train(longer, resume=tmp_path / "run")
+    assert train(longer, resume=before)["step"] == 3  # the one before goes on
