@@ -193,7 +193,14 @@ class Smplx623Extractor(Extractor):
 
     @classmethod
     def check_local_files(cls, config, settings) -> None:
-        """A retarget file missing here fails every actor of a local job after Ray started (four tracebacks)."""
+        """The SMPL-X model file (the shipped config's placeholder model_dir, or none set) or a retarget file missing
+        here failed every actor of a local job after Ray started: pages of tracebacks behind the one line."""
+        from motion.body_model import _check_model_file, find_model_file
+
+        try:
+            _check_model_file(find_model_file(settings.model_dir or config.model or "", settings.gender))
+        except SignfeatError as exc:
+            raise SignfeatError(f"smplx623: {exc}") from None
         if settings.retarget not in ("rest", "none") and not Path(settings.retarget).is_file():
             raise SignfeatError(f"smplx623: retarget must be rest, none or a joints .npy file; no such file: {settings.retarget}")
 

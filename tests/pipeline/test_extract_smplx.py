@@ -265,3 +265,17 @@ def test_an_actor_that_cannot_start_on_a_cluster_node_is_one_line(corpus, model_
     assert said.startswith("an extractor actor could not start on node ") and "\n" not in said
     assert f"retarget must be rest, none or a joints .npy file; no such file: {tmp_path / 'no_such_joints.npy'}" in said
     assert "Traceback" not in said and "ActorDiedError" not in said
+
+
+@pytest.mark.parametrize("model_dir_setting", ["/path/to/smplx_models", None])
+def test_a_local_job_without_the_smplx_model_file_stops_before_claiming_its_output(corpus, tmp_path, model_dir_setting):
+    """configs/extract_smplx.yaml as shipped (its placeholder model_dir) or no model_dir at all: every actor of a
+    local job failed after Ray started, 245 lines of Ray logs and tracebacks, and OUT was already claimed."""
+    settings = {"target_fps": TARGET_FPS} if model_dir_setting is None else {"model_dir": model_dir_setting, "target_fps": TARGET_FPS}
+    cfg = parse_job_config({"extractors": [{"name": "smplx623", "num_cpus": 0.5, "settings": settings}]})
+    with pytest.raises(SignfeatError) as info:
+        run_extract(corpus["manifest"], str(tmp_path / "out"), cfg, progress=False)
+    said = str(info.value)
+    assert said.startswith("smplx623: ") and "https://smpl-x.is.tue.mpg.de" in said and "\n" not in said
+    assert ("no such folder: /path/to/smplx_models" in said) if model_dir_setting else ("model_dir is not set" in said)
+    assert not (tmp_path / "out").exists()
