@@ -340,6 +340,13 @@ def _extract(args) -> int:
     if summary["tars_not_in_plan"]:  # the pattern above reads them too
         print(f"WARNING: {len(summary['tars_not_in_plan'])} .tar file(s) there are not this job's shards (job.json: tars_not_in_plan); "
               "move them out before reading {split}/*.tar", file=sys.stderr)
+    if summary["samples"] == 0 and summary["failures"]:
+        # a setting that fails every clip (frame_limit below every clip's length, a model that fails on every input):
+        # the output is complete, but a pipeline that goes on to `train` on exit 0 would train on nothing
+        classes = ", ".join(f"{k}: {v}" for k, v in summary["failures_by_class"].items())
+        print(f"signfeat: error: every clip failed ({summary['failures']} failures; {classes}): see {where}/failures.parquet "
+              "for why, fix the config or the data, and rerun with --overwrite", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -296,3 +296,21 @@ def test_a_curation_config_error_names_the_file_and_leaves_no_folders(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"signfeat: error: {config}: ") and "min_frames" in err
     assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_extract_exits_non_zero_when_every_clip_failed(demo_manifest, tmp_path, capsys):
+    """`decode: {frame_limit: 1}` failed every clip as too_long, and extract exited 0: a pipeline went on to train."""
+    import pyarrow as pa
+
+    from pipeline.cli import main
+
+    table = pq.read_table(demo_manifest)
+    rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["source_kind"] == "video"][:2]
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), tmp_path / "m.parquet")
+    config = tmp_path / "c.yaml"
+    config.write_text("extractors:\n  - {name: dinov2, tiny: true}\ndecode: {frame_limit: 1}\n")
+    out = tmp_path / "out"
+    assert main(["extract", "--manifest", str(tmp_path / "m.parquet"), "--out", str(out), "--config", str(config), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"signfeat: error: every clip failed (2 failures; too_long: 2): see {out}/failures.parquet" in err
+    assert len(pq.read_table(out / "failures.parquet")) == 2 and (out / "job.json").is_file()  # the output is whole
