@@ -225,7 +225,9 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     streams = [s.name for s in cfg.streams]
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
     store = Store(out)
+    made_folder = store.local and not os.path.isdir(store.root)
     store.make_writable()
+    fresh = not _read_identity(store) and not store.done_shards()  # no job's output yet: one this run may withdraw
     # what older signfeat versions hashed this config as: their output is told apart from another job's
     older = {asked.output_hash(legacy=True): _MADE_BEFORE_LOCAL_FINGERPRINTS, asked.output_hash(): _made_before_hub_pins(pins)}
     run_id = claim_output(store, identity, plans, overwrite=overwrite, older_hashes=older, hub_commits=pins)
@@ -244,6 +246,10 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
                                      progress=progress, num_cpus=num_cpus)
         return finalize(store, plans, streams, cfg, identity, t_start, run_stats, skipped=done, run_id=run_id, rows_not_ok=not_ok,
                         hub_commits=pins)
+    except SignfeatError:
+        if fresh:  # stopped before its first shard (Ray cannot place an actor, a cluster that does not answer, ...)
+            _withdraw_claim(store, run_id, made_folder)
+        raise
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRNOS:
             raise
@@ -251,6 +257,20 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
         raise SignfeatError(f"writing {store.where} failed: {exc.strerror}{f' ({exc.filename})' if exc.filename else ''}. The job stops here; "
                             "complete shards are kept: free space or fix the permissions, then rerun the same command") from None
 
+
+
+def _withdraw_claim(store: Store, run_id: str, made_folder: bool) -> None:
+    """Remove the job record a run that stopped before committing any shard wrote into an OUT that held no job:
+    `_signfeat/` was left in the user's folder, and `verify` then advised rerunning a command that fails again.
+    Not when another run owns OUT now, or a shard is committed (a rerun goes on from it)."""
+    try:
+        if store.done_shards() or store.read_json(RUN_FILE).get("run_id") != run_id:
+            return
+        store.clear()
+        if made_folder and not os.listdir(store.root):
+            os.rmdir(store.root)
+    except (OSError, ValueError, AttributeError, SignfeatError) as exc:  # never hide the job's own error behind this one
+        log.debug("could not withdraw the claim on %s: %s", store.url, exc)
 
 
 def _read_identity(store: Store) -> dict[str, Any]:
@@ -422,6 +442,11 @@ def check_local_resources(cfg: JobConfig, total: dict[str, float], only: tuple[s
                 name, "accelerator_type" if name.startswith("accelerator_type:") else f"resources.{name}")
             if name == "memory":  # Ray counts bytes; the config says GiB
                 amount, have, name = amount / 2**30, have / 2**30, "GiB of memory"
+            if key == "accelerator_type":  # a label, not an amount: "need 0.001 accelerator_type:H100" said nothing
+                gpu_types = sorted(k.split(":", 1)[1] for k in total if k.startswith("accelerator_type:"))
+                raise SignfeatError(f"accelerator_type {name.split(':', 1)[1]} ({', '.join(users)}): the local Ray instance has "
+                                    f"{'GPUs of type ' + ', '.join(gpu_types) if gpu_types else 'no GPU of a known type'}; drop "
+                                    "accelerator_type or name one of those, or run on a cluster with --address (the job would wait forever)")
             raise SignfeatError(
                 f"the extractors' {key} need {amount:g} {name} in all ({', '.join(users)}{' + 1 decode task' if name == 'CPU' else ''}), "
                 f"but the local Ray instance has {have:g}: lower {key} or actors in the config"

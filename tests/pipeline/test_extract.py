@@ -473,7 +473,8 @@ def test_a_split_that_is_not_a_plain_folder_name_is_refused(split):
     ({"num_gpus": 1}, {"CPU": 2.0}, "num_gpus need 1 GPU"),  # a GPU config on a machine without one
     ({"num_cpus": 1, "actors": 2}, {"CPU": 2.0}, "num_cpus need 3 CPU"),  # two actors + the decode task
     ({"resources": {"sf_extract": 1}}, {"CPU": 2.0}, "resources.sf_extract need 1"),
-    ({"num_gpus": 1, "accelerator_type": "L40S"}, {"CPU": 2.0, "GPU": 1.0, "accelerator_type:H100": 1.0}, "accelerator_type need"),
+    ({"num_gpus": 1, "accelerator_type": "L40S"}, {"CPU": 2.0, "GPU": 1.0, "accelerator_type:H100": 1.0},
+     r"accelerator_type L40S \(dinov2 \(1 actor\)\): the local Ray instance has GPUs of type H100; drop accelerator_type"),
     ({"memory_gb": 8, "actors": 2}, {"CPU": 3.0, "memory": 12 * 2**30}, "memory_gb need 16 GiB of memory .* has 12"),
 ])
 def test_actors_a_local_ray_instance_cannot_place_are_refused(entry, total, needle):
@@ -862,3 +863,19 @@ def test_a_hub_model_is_pinned_to_its_commit_and_a_moved_tag_is_refused(demo_man
     with pytest.raises(SignfeatError, match=f"recorded a Hub model by its branch or tag, not by the commit it loaded "
                                             f"\\(dinov2's signfeat-test/dino at v1 is now commit {second}"):
         run_extract(manifest, out, config("v1"), progress=False)
+
+
+def test_a_job_that_stops_before_its_first_shard_leaves_no_job_record_behind(demo_manifest, ray_local, tmp_path):
+    """Unplaceable actors (a GPU config on this CPU machine) were refused after OUT was claimed: _signfeat/ stayed in
+    the user's folder, and verify advised rerunning a command that fails again."""
+    config = parse_job_config({"extractors": [{"name": "dinov2", "tiny": True, "num_gpus": 1}]})
+    new = tmp_path / "new"
+    with pytest.raises(SignfeatError, match="num_gpus need 1 GPU"):
+        run_extract(demo_manifest, str(new), config, progress=False)
+    assert not new.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(SignfeatError, match="num_gpus need 1 GPU"):
+        run_extract(demo_manifest, str(mine), config, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
