@@ -320,28 +320,33 @@ def index_videos(root: Path) -> dict[str, list[str]]:
     """Stem -> paths of the videos under root with that stem, in sorted walk order, not the file system's
     listing order, which differs between machines (one walk, shared by all annotation files of a build)."""
     found: dict[str, list[str]] = {}
+    seen: set[tuple] = set()
     for dirpath, _dirs, files in _walk(root):
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
             if ext.lower() in VIDEO_EXTENSIONS:  # keyed by the NFC name: a macOS (NFD) file name and a typed one match
-                _add_once(found, _nfc(stem), os.path.join(dirpath, name))
+                _add_once(found, seen, _nfc(stem), os.path.join(dirpath, name))
     return found
 
 
-def _add_once(found: dict[str, list[str]], name: str, path: str) -> None:
+def _add_once(found: dict[str, list[str]], seen: set[tuple], name: str, path: str) -> None:
     """``path`` under ``name``, unless a path already there is the same file or folder: a video linked into
-    raw_videos/ (symbolically or hard) from a shared store that also lies under the root is one video, not two."""
-    paths = found.setdefault(name, [])
-    if not any(_same_file(p, path) for p in paths):
-        paths.append(path)
+    raw_videos/ (symbolically or hard) from a shared store that also lies under the root is one video, not two.
+    ``seen`` holds the identities added so far (one stat per path: comparing each path with every earlier one of its
+    name took hours for 100k folders that each hold a video.mp4)."""
+    identity = (name, *_file_identity(path))
+    if identity not in seen:
+        seen.add(identity)
+        found.setdefault(name, []).append(path)
 
 
-def _same_file(a: str, b: str) -> bool:
-    """One file or folder under two paths: a symbolic link, or a hard link (same device and inode)."""
+def _file_identity(path: str) -> tuple:
+    """One file or folder under two paths, a symbolic or a hard link, has one identity: its device and inode."""
     try:
-        return os.path.samefile(a, b)
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
     except OSError:  # a dangling link
-        return os.path.realpath(a) == os.path.realpath(b)
+        return ("path", os.path.realpath(path))
 
 
 def _only_one(videos: dict[str, list[str]], stem: str, what: str = "videos", role: str = "") -> str | None:
@@ -416,10 +421,11 @@ def index_folders(root: Path, names: set[str]) -> dict[str, list[str]]:
     """Name -> paths of the folders under root named as one of ``names``, in sorted walk order (a matching folder
     is not descended into, so a corpus of 20k frame folders is one listing of their parent)."""
     found: dict[str, list[str]] = {}
+    seen: set[tuple] = set()
     wanted = {_nfc(n) for n in names}  # keyed by the NFC name, as index_videos
     for dirpath, dirs, _files in _walk(root):
         for name in [d for d in dirs if _nfc(d) in wanted]:
-            _add_once(found, _nfc(name), os.path.join(dirpath, name))
+            _add_once(found, seen, _nfc(name), os.path.join(dirpath, name))
         dirs[:] = [d for d in dirs if _nfc(d) not in wanted]
     return found
 

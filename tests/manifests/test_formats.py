@@ -433,6 +433,22 @@ def test_a_video_or_folder_and_a_link_to_it_both_under_root_are_one(tmp_path):
     assert formats.index_folders(tmp_path, {"S01"}) == {"S01": [str(tmp_path / "raw_videos" / "S01")]}
 
 
+def test_many_videos_of_one_name_are_indexed_with_one_stat_each(tmp_path, monkeypatch):
+    """Each video was compared (os.path.samefile: two stats) with every earlier one of its name: a root holding a
+    corpus of 100k folders that each hold a video.mp4 took hours, with no output, before the build's probe began."""
+    from manifests import formats
+
+    for i in range(300):
+        (tmp_path / f"clip{i:04d}").mkdir()
+        (tmp_path / f"clip{i:04d}" / "video.mp4").write_bytes(b"")
+    calls = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append(a[0]) or real_stat(*a, **k))
+    found = formats.index_videos(tmp_path)
+    assert found["video"] == [str(tmp_path / f"clip{i:04d}" / "video.mp4") for i in range(300)]
+    assert len(calls) <= 2 * 300  # was ~300 * 299 (each pair of paths)
+
+
 def test_how2sign_tabs_inside_a_sentence_and_extra_columns_keep_the_row(tmp_path):
     """A tab inside a sentence (TSV has no quoting) or a column a user added made every such row a bad_annotation
     whose id was lost (file:line)."""
