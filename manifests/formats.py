@@ -652,30 +652,39 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     # traceback instead of the row's bad_annotation (_swallowed_rows)
     csv.field_size_limit(2**31 - 1)
     with open(annotation, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.DictReader(f, delimiter=",")
-        if not reader.fieldnames:
-            raise SignfeatError(f"{annotation}: the file is empty; a table annotation starts with a header naming its columns "
-                                f"({', '.join(TABLE_REQUIRED)}, and any of {', '.join(TABLE_OPTIONAL)})")
-        _table_header_problems(annotation, list(reader.fieldnames))
-        ended = reader.line_num  # the header's last line
+        lines = list(f)  # as csv reads them (newline=""): a row after an unclosed quote is read again from its line
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"delimiter": ","}
+    header = csv.reader(iter(lines), **dialect)
+    fieldnames = next(header, None)
+    if not fieldnames:
+        raise SignfeatError(f"{annotation}: the file is empty; a table annotation starts with a header naming its columns "
+                            f"({', '.join(TABLE_REQUIRED)}, and any of {', '.join(TABLE_OPTIONAL)})")
+    _table_header_problems(annotation, list(fieldnames))
+    start = header.line_num  # lines before the rows: the header's (a quoted header name may span lines)
+    while start is not None:
+        reader = csv.DictReader(iter(lines[start:]), fieldnames=fieldnames, **dialect)
+        ended, restart = 0, None  # ended: the previous row's last line, counted from lines[start]
         for rec in reader:
             # the line the row starts on (reader.line_num is where it ends: a quoted field may hold line breaks). Its
             # fields' line breaks count back from its end, but an unclosed quote also swallows the file's last line
             # break; blank lines before it, which DictReader skips, push it past the line after the previous row.
             values = [v for k, v in rec.items() if k is not None] + list(rec.get(None) or [])
-            line = max(ended + 1, reader.line_num - sum(v.count("\n") for v in values if isinstance(v, str)))
+            line = start + max(ended + 1, reader.line_num - sum(v.count("\n") for v in values if isinstance(v, str)))
             ended = reader.line_num
             # first: an unclosed quote that ends at a later quoted field ("quoted, with comma") also leaves the row
             # with more fields than the header, and that message hid the rows the quote swallowed
-            swallowed = None if tsv else _swallowed_rows({k: v for k, v in rec.items() if k is not None}, len(reader.fieldnames))
+            swallowed = None if tsv else _swallowed_rows({k: v for k, v in rec.items() if k is not None}, len(fieldnames))
             if swallowed:
                 yield line, {"__error__": f"field {swallowed[0]!r} runs over {swallowed[1]} lines that read as rows of this "
-                                          "table: an unclosed quote? (close it, or the rows after it are lost)", "id": rec.get("id")}
-                continue
+                                          "table: an unclosed quote? (close it; the rows after it are read from the next line on)",
+                             "id": rec.get("id")}
+                restart = line  # the rows it swallowed are read again, from the line after the one it opens on
+                break
             if None in rec:
                 yield line, {"__error__": f"more fields than the header has: {rec[None]!r}", "id": rec.get("id")}
                 continue
             yield line, rec
+        start = restart
 
 
 def _checked_record(rec: dict[str, Any]) -> dict[str, Any]:

@@ -246,6 +246,8 @@ def test_a_csv_text_with_an_unclosed_quote_is_a_bad_annotation_not_a_merged_ok_r
     rows = list(parse_table(ann, root=tmp_path))
     assert rows[0]["status"] is None
     assert rows[1]["id"] == "b" and rows[1]["status"] == "bad_annotation" and "unclosed quote" in rows[1]["error"]
+    assert [(r["id"], r["status"]) for r in rows[2:]] == [("c", None), ("d", None), ("e", None)]  # read again after it
+    assert rows[4]["text"] == "a legit\nmulti-line text"
     # named by the line the quote opens on (3), not the last line it swallowed (5)
     assert rows[1]["error"].startswith(f"{ann}:3: field 'text' runs over")
     for ending in ("\n", "\r\n"):  # the quote also swallows the file's last line break: it was named as line 2
@@ -267,6 +269,9 @@ def test_an_unclosed_quote_before_a_long_rest_of_the_table_is_still_one_bad_row(
     ann.write_text('id,path,text\na,v.mp4,fine\nb,v.mp4,"unclosed text\n' + body, encoding="utf-8")
     rows = list(parse_table(ann, root=tmp_path))
     assert rows[0]["status"] is None and rows[1]["id"] == "b" and rows[1]["status"] == "bad_annotation"
+    # and the 4000 rows after it are rows again (a 100k-row table became a 2-row manifest, exit 0)
+    assert [r["id"] for r in rows[2:]] == [f"r{i}" for i in range(4000)] and all(r["status"] is None for r in rows[2:])
+    assert rows[-1]["_where"] == f"{ann}:4003"  # header, a, b, then r0 on line 4
 
 
 def test_a_quoted_multi_line_text_with_one_comma_rich_line_is_a_text(tmp_path):
@@ -496,7 +501,11 @@ def test_an_unclosed_quote_ending_at_a_later_quoted_field_with_a_comma_says_uncl
                    'b3,v.mp4,normal text,train\nc,v.mp4,"quoted, with comma",train\nd,v.mp4,normal,train\n', encoding="utf-8")
     rows = list(parse_table(ann, root=tmp_path))
     assert rows[0]["id"] == "a" and rows[0]["status"] == "bad_annotation" and "unclosed quote" in rows[0]["error"]
-    assert [r["id"] for r in rows[1:]] == ["d"]
+    # the rows it swallowed are read again from the line after it (they were lost: only d was left)
+    assert [(r["id"], r["text"], r["status"]) for r in rows[1:]] == [
+        ("b1", "normal text", None), ("b2", "normal text", None), ("b3", "normal text", None), ("c", "quoted, with comma", None),
+        ("d", "normal", None)]
+    assert [r["_where"] for r in rows] == [f"{ann}:{n}" for n in range(2, 8)]
 
 
 def test_a_json_array_with_a_syntax_error_or_a_wrapped_object_is_one_clear_error(tmp_path):
