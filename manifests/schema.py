@@ -113,6 +113,8 @@ def read_manifest(path: str | Path) -> pa.Table:
             raise FileNotFoundError(f"manifest {path}: cannot read it ({exc})") from None
     else:
         path = Path(path)
+        if path.is_dir():
+            raise FileNotFoundError(f"manifest {path} is a folder; give the manifest's .parquet file (manifest build --out)")
         if not path.is_file():
             raise FileNotFoundError(f"manifest not found: {path}")
         table = pq.read_table(path)

@@ -190,6 +190,8 @@ def _manifest_build(args) -> int:
         full_decode=args.full_decode, frame_fps=args.frame_fps, progress=not args.no_progress,
     )
     print(json.dumps(summary, indent=1))
+    if not summary.get("rows"):  # a header-only table (an export that went wrong) built an empty manifest without a word
+        print(f"note: the annotation file(s) hold no rows: {args.out} is an empty manifest", file=sys.stderr)
     return 0
 
 

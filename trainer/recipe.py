@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -178,6 +179,9 @@ class LLMConfig:
             raise SignfeatError(f"llm.family {self.family!r} does not match llm.kind {self.kind!r}")
         if self.prompt.count("{sign}") != 1:
             raise SignfeatError("llm.prompt: must contain {sign} exactly once (where the visual embeddings go)")
+        unknown = sorted(set(re.findall(r"\{[A-Za-z_]\w*\}", self.prompt)) - {"{sign}", "{language}"})
+        if unknown:  # a typo ({lang}) was trained into the prompt as written
+            raise SignfeatError(f"llm.prompt: unknown placeholder(s) {', '.join(unknown)}; the prompt takes {{sign}} and {{language}}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise SignfeatError(f"llm.dtype: expected auto, float32 or bfloat16, got {self.dtype!r}")
         if self.tiny is not None:
@@ -470,4 +474,8 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    return recipe_from_dict(_read_yaml(Path(path)), overrides)
+    data = _read_yaml(Path(path))
+    try:
+        return recipe_from_dict(data, overrides)
+    except SignfeatError as exc:  # which file (of a base chain, or an extraction config given by mistake) was meant
+        raise SignfeatError(f"recipe {path}: {exc}") from None

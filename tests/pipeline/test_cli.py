@@ -24,6 +24,7 @@ def run(*args, cwd=None):
         (["manifest", "build", "--annotations", "/no/such/file.csv", "--out", "m.parquet"], "annotation file not found"),
         (["manifest", "build", "--format", "elan", "--annotations", "a.csv", "--out", "m.parquet"], "invalid choice"),
         (["manifest", "curate", "/no/manifest.parquet", "--out", "c.parquet", "--report", "r"], "manifest not found"),
+        (["manifest", "curate", ".", "--out", "c.parquet", "--report", "r"], "manifest . is a folder; give the manifest's .parquet file"),
         (["manifest", "curate", "m.parquet", "--out", "c.parquet", "--report", "r", "--min-frames", "ten"], "expected an integer"),
         (["manifest", "curate", "m.parquet", "--out", "c.parquet", "--report", "r", "--split-ratios", "train:0.5"], "bad --split-ratios"),
         (["frobnicate"], "invalid choice"),
@@ -314,3 +315,13 @@ def test_extract_exits_non_zero_when_every_clip_failed(demo_manifest, tmp_path, 
     err = capsys.readouterr().err
     assert f"signfeat: error: every clip failed (2 failures; too_long: 2): see {out}/failures.parquet" in err
     assert len(pq.read_table(out / "failures.parquet")) == 2 and (out / "job.json").is_file()  # the output is whole
+
+
+def test_a_header_only_annotation_table_builds_an_empty_manifest_with_a_note(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "ann.csv").write_text("id,path,text\n")
+    assert main(["manifest", "build", "--annotations", str(tmp_path / "ann.csv"), "--root", str(tmp_path), "--out",
+                 str(tmp_path / "m.parquet"), "--no-progress"]) == 0
+    assert f"note: the annotation file(s) hold no rows: {tmp_path / 'm.parquet'} is an empty manifest" in capsys.readouterr().err
+    assert pq.read_table(tmp_path / "m.parquet").num_rows == 0

@@ -67,6 +67,8 @@ def test_overrides_apply_and_are_typed():
     ("out_dir=", "out_dir: give the run's folder"),
     ("seed=99999999999999999999999", "seed: expected 0 <= seed < 2\*\*63"),
     ("eval.bleu_tokenize=ja-mecab", "eval.bleu_tokenize ja-mecab: .*(install|mecab)"),
+    # a typo'd placeholder was trained into the prompt as written
+    ("llm.prompt={sign} Translate into {lang}.", r"llm.prompt: unknown placeholder\(s\) {lang}; the prompt takes {sign} and {language}"),
 ])
 def test_bad_settings_are_clear_errors(override, message):
     with pytest.raises(SignfeatError, match=message.replace("{", r"\{").replace("}", r"\}")):
@@ -121,3 +123,15 @@ def test_a_string_override_takes_its_text_as_given():
     assert load_recipe(path, ['llm.prompt="{sign}" means {language}']).llm.prompt == '"{sign}" means {language}'
     with pytest.raises(SignfeatError, match="data.streams=\\[clip_s2': value is not valid YAML"):
         load_recipe(path, ["data.streams=[clip_s2"])
+
+
+def test_a_recipe_error_names_the_file(tmp_path):
+    """`signfeat train --config extract.yaml` said only "extractors: unknown key": which file, of a base chain?"""
+    extraction = tmp_path / "extract.yaml"
+    extraction.write_text("extractors:\n  - {name: dinov2, tiny: true}\n")
+    with pytest.raises(SignfeatError, match=f"^recipe {extraction}: extractors: unknown key"):
+        load_recipe(extraction)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {Path('configs/recipes/spamo.yaml').resolve()}\noptim: {{lr: -1}}\n")
+    with pytest.raises(SignfeatError, match=f"^recipe {child}: optim.lr"):
+        load_recipe(child)
