@@ -484,7 +484,10 @@ def resample_indices(times_s: np.ndarray, target_fps: float | None, max_frames: 
         # instant gives one count, not one that float error picks)
         count = max(1, int(np.ceil(round((duration - slack_s) * target_fps, 6))))
         instants = t0 + np.arange(count) / target_fps
-        pos = np.searchsorted(times_s, instants + 1e-6, side="right") - 1
+        # a frame counts as shown at an instant when its time is that instant within half the timestamps' precision:
+        # Matroska's whole milliseconds put a 29.97 fps frame 2 at 67 ms, after the instant 66.73 ms, and resampling
+        # to the video's own rate took frame 1 twice and skipped frame 2 (a third of the frames, on every MKV / WebM)
+        pos = np.searchsorted(times_s, instants + max(1e-6, slack_s / 2), side="right") - 1
         pos = np.clip(pos, 0, n - 1)
         fps = float(target_fps)
     else:

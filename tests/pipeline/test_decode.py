@@ -1,6 +1,7 @@
 import json
 import shutil
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,13 @@ def test_resample_indices_reference_cases():
     assert counts == {51}
     # 26 frames at 25 fps last 1.04 s: instants 0 and 1.0 s (frame 25 is shown at 1.00 s), as HumanML3D's poses[::25]
     assert list(resample_indices(np.arange(26) / 25.0, 1.0, None)[0]) == [0, 25]
+    # Matroska's millisecond timestamps: 29.97 fps frames at 0, 33, 67, 100 ms... resampled to their own rate are each
+    # frame once (frame 2, at 67 ms after the instant 66.73 ms, was skipped and frame 1 taken twice), and to half of
+    # it every other frame, as on the exact times
+    ms = np.round(np.arange(90) * 1001 / 30000, 3)
+    assert list(resample_indices(ms, 30000 / 1001, None)[0]) == list(range(90))
+    assert list(resample_indices(ms, 15000 / 1001, None)[0]) == list(range(0, 90, 2))
+    assert list(resample_indices(np.round(np.arange(60) / 30, 3), 15.0, None)[0]) == list(range(0, 60, 2))
     # millisecond timestamps: a 4 s clip at 10 fps whose last frame ends at 4.0003 s has 40 instants, not 41
     assert len(resample_indices(np.round(np.arange(100) / 25.0 + 0.0003 * np.arange(100) / 99, 4), 10.0, None, 0.04)[0]) == 40
     # the clip's end is its last frame's end at the video's median frame duration (as the manifest's duration_s), not
@@ -1078,3 +1086,19 @@ def test_an_mp4_cut_inside_its_index_is_said_to_be_truncated(tmp_path, fraction)
         read_timeline(str(cut))
     assert err.value.kind == "corrupt" and "ends inside its index" in str(err.value)
     assert probe_clip({"source_kind": "video", "path": str(cut)})["status"] == "corrupt"
+
+
+@pytest.mark.parametrize("rate, container", [("30000/1001", "mkv"), ("30", "webm")])
+def test_target_fps_at_a_matroska_video_s_own_rate_keeps_every_frame_once(tmp_path, rate, container):
+    """WebM / MKV store whole milliseconds: resampled to their own 29.97 or 30 fps, a third of the frames were
+    replaced by the one before (all backends), where the MP4 of the same frames kept each once."""
+    path = tmp_path / f"v.{container}"
+    codec = ["-c:v", "libvpx-vp9", "-deadline", "realtime"] if container == "webm" else ["-c:v", "libx264"]
+    subprocess.run(_FF + ["-f", "lavfi", "-i", f"testsrc2=size=64x48:rate={rate}:duration=2", *codec, str(path)], check=True)
+    whole = decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions())
+    fps = float(Fraction(rate))
+    for backend in BACKENDS:
+        same = decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions(backend=backend, target_fps=fps))
+        assert np.array_equal(same.frames, whole.frames), backend
+        half = decode_clip({"source_kind": "video", "path": str(path)}, DecodeOptions(backend=backend, target_fps=fps / 2))
+        assert np.array_equal(half.frames, whole.frames[::2]), backend
