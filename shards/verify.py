@@ -288,8 +288,11 @@ def verify(out: str, max_problems: int = 200) -> dict[str, Any]:
     for key in index:
         if key not in seen:
             problem(f"index.parquet lists {key} but no shard holds it")
+    notes = key_notes(list(seen))
+    if not seen and len(failures):  # whole, but nothing to train on (extract exits 1 for it)
+        notes.append(f"no samples: every one of the {len(failures)} clips failed; failures.parquet says why")
     return {"ok": not problems, "problems": problems, "problems_total": total, "samples": sum(seen.values()), "failures": len(failures),
-            "shards": len(shards), "notes": key_notes(list(seen))}
+            "shards": len(shards), "notes": notes}
 
 
 NOT_IN_PLAN = "shard not in the plan (renamed, copied or left from another job?)"

@@ -315,6 +315,10 @@ def test_extract_exits_non_zero_when_every_clip_failed(demo_manifest, tmp_path, 
     err = capsys.readouterr().err
     assert f"signfeat: error: every clip failed (2 failures; too_long: 2): see {out}/failures.parquet" in err
     assert len(pq.read_table(out / "failures.parquet")) == 2 and (out / "job.json").is_file()  # the output is whole
+    from shards.verify import verify
+
+    report = verify(str(out))
+    assert report["ok"] and "no samples: every one of the 2 clips failed; failures.parquet says why" in report["notes"]
 
 
 def test_a_header_only_annotation_table_builds_an_empty_manifest_with_a_note(tmp_path, capsys):
