@@ -225,9 +225,10 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
     streams = [s.name for s in cfg.streams]
     identity = {"config_hash": cfg.output_hash(), "plan_hash": plan_hash(plans), "streams": streams}
     store = Store(out)
-    made_folder = store.local and not os.path.isdir(store.root)
+    # the first folder of OUT's path that exists now: the folders below it are this run's to remove again
+    existing_ancestor = next((p for p in (Path(store.root), *Path(store.root).parents) if p.exists()), None) if store.local else None
     store.make_writable()
-    fresh = not _read_identity(store) and not store.done_shards()  # no job's output yet: one this run may withdraw
+    fresh = not store.list_files("_signfeat")  # nothing of signfeat's job records: all of _signfeat/ will be this run's
     # what older signfeat versions hashed this config as: their output is told apart from another job's
     older = {asked.output_hash(legacy=True): _MADE_BEFORE_LOCAL_FINGERPRINTS, asked.output_hash(): _made_before_hub_pins(pins)}
     run_id = claim_output(store, identity, plans, overwrite=overwrite, older_hashes=older, hub_commits=pins)
@@ -248,7 +249,7 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
                         hub_commits=pins)
     except SignfeatError:
         if fresh:  # stopped before its first shard (Ray cannot place an actor, a cluster that does not answer, ...)
-            _withdraw_claim(store, run_id, made_folder)
+            _withdraw_claim(store, run_id, existing_ancestor)
         raise
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRNOS:
@@ -259,17 +260,21 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
 
 
 
-def _withdraw_claim(store: Store, run_id: str, made_folder: bool) -> None:
-    """Remove the job record a run that stopped before committing any shard wrote into an OUT that held no job:
-    `_signfeat/` was left in the user's folder, and `verify` then advised rerunning a command that fails again.
-    Not when another run owns OUT now, or a shard is committed (a rerun goes on from it)."""
+def _withdraw_claim(store: Store, run_id: str, existing_ancestor: Path | None) -> None:
+    """Remove the job record (``_signfeat/``) that a run which stopped before committing any shard wrote into an OUT
+    that held none: it was left in the user's folder, and `verify` then advised rerunning a command that fails again.
+    Only ``_signfeat/`` goes, and the folders the run made for OUT when they are empty: never a file of OUT's
+    (shards copied without their job record, a user's own job.json). Not when another run owns OUT now, or a
+    shard is committed (a rerun goes on from it)."""
     try:
         if store.done_shards() or store.read_json(RUN_FILE).get("run_id") != run_id:
             return
-        store.clear()
-        if made_folder and not os.listdir(store.root):
-            os.rmdir(store.root)
-    except (OSError, ValueError, AttributeError, SignfeatError) as exc:  # never hide the job's own error behind this one
+        store.delete("_signfeat")
+        folder = Path(store.root)
+        while existing_ancestor is not None and folder != existing_ancestor and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    except (OSError, ValueError, AttributeError) as exc:  # never hide the job's own error behind this one
         log.debug("could not withdraw the claim on %s: %s", store.url, exc)
 
 

@@ -873,9 +873,19 @@ def test_a_job_that_stops_before_its_first_shard_leaves_no_job_record_behind(dem
     with pytest.raises(SignfeatError, match="num_gpus need 1 GPU"):
         run_extract(demo_manifest, str(new), config, progress=False)
     assert not new.exists()
+    nested = tmp_path / "a" / "b" / "out"  # the folders made for it go too
+    with pytest.raises(SignfeatError, match="num_gpus need 1 GPU"):
+        run_extract(demo_manifest, str(nested), config, progress=False)
+    assert not (tmp_path / "a").exists()
+    # a folder of the user's, or shards copied without their job record (_signfeat/): only what this run wrote goes
+    # (the first version of this cleanup cleared the output: shards, index.parquet and job.json)
     mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("keep")
+    (mine / "train").mkdir(parents=True)
+    kept = {"notes.txt": b"keep", "job.json": b"{}", "index.parquet": b"mine", "failures.parquet": b"mine",
+            "train/shard-000000.tar": b"features"}
+    for name, data in kept.items():
+        (mine / name).write_bytes(data)
     with pytest.raises(SignfeatError, match="num_gpus need 1 GPU"):
         run_extract(demo_manifest, str(mine), config, progress=False)
-    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert {str(p.relative_to(mine)): p.read_bytes() for p in mine.rglob("*") if p.is_file()} == kept
+    assert sorted(p.name for p in mine.iterdir()) == ["failures.parquet", "index.parquet", "job.json", "notes.txt", "train"]
