@@ -665,15 +665,22 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         reader = csv.DictReader(iter(lines[start:]), fieldnames=fieldnames, **dialect)
         ended, restart = 0, None  # ended: the previous row's last line, counted from lines[start]
         for rec in reader:
-            # the line the row starts on (reader.line_num is where it ends: a quoted field may hold line breaks). Its
-            # fields' line breaks count back from its end, but an unclosed quote also swallows the file's last line
-            # break; blank lines before it, which DictReader skips, push it past the line after the previous row.
-            values = [v for k, v in rec.items() if k is not None] + list(rec.get(None) or [])
-            line = start + max(ended + 1, reader.line_num - sum(v.count("\n") for v in values if isinstance(v, str)))
+            # the line the row starts on (reader.line_num is where it ends: a quoted field may hold line breaks): the
+            # first line after the previous row that is not blank (DictReader skips blank lines)
+            line = start + ended + 1
+            while line <= len(lines) and not lines[line - 1].rstrip("\r\n"):
+                line += 1
             ended = reader.line_num
             # first: an unclosed quote that ends at a later quoted field ("quoted, with comma") also leaves the row
             # with more fields than the header, and that message hid the rows the quote swallowed
             swallowed = None if tsv else _swallowed_rows({k: v for k, v in rec.items() if k is not None}, len(fieldnames))
+            if not tsv and not swallowed and start + ended >= len(lines) and any(rec.get(k) is None for k in fieldnames) \
+                    and "".join(lines[line - 1:]).count('"') % 2:
+                # the file's last row, short of fields, with an odd number of quotes: a quote that ran to the end of
+                # the file, taking the row's other fields into its text (the row was ok, its split None)
+                yield line, {"__error__": "an unclosed quote runs to the end of the file, taking the row's other fields into "
+                                          "one (close it)", "id": rec.get("id")}
+                continue
             if swallowed:
                 yield line, {"__error__": f"field {swallowed[0]!r} runs over {swallowed[1]} lines that read as rows of this "
                                           "table: an unclosed quote? (close it; the rows after it are read from the next line on)",
@@ -715,6 +722,11 @@ def _swallowed_rows(rec: dict[str, Any], width: int) -> tuple[str, int] | None:
             # every later line a row; or, when it ran on for rows, all but the last (the rest of the row with the
             # quote that closed it). A quoted text whose lines only sometimes hold enough commas stays a text.
             if rows and (rows == len(lines) or (rows >= 2 and rows >= len(lines) - 1)):
+                return column, rows
+            # or all but the last, which with the fields read after this one makes a whole row: the start of the
+            # row whose quote closed this one ("c3,clip.mp4,rain" + "train", "S1"), a single swallowed row included
+            after = len(rec) - list(rec).index(column) - 1
+            if rows and rows == len(lines) - 1 and len(next(csv.reader([lines[-1]]), [])) + after == width:
                 return column, rows
     return None
 

@@ -778,3 +778,40 @@ def test_a_file_whose_name_starts_or_ends_with_a_space_is_found(tmp_path):
                            [("a", " lead.mp4"), ("b", "trail.mp4 "), ("c", " plain.mp4"), ("d", " none.mp4")]))
     paths = [r["path"] for r in parse_table(ann, root=tmp_path)]
     assert paths == [str(tmp_path / " lead.mp4"), str(tmp_path / "trail.mp4 "), str(tmp_path / "plain.mp4"), str(tmp_path / "none.mp4")]
+
+
+def test_unclosed_quotes_one_row_apart_at_the_end_and_among_blank_lines(tmp_path):
+    """Found after the swallowed rows were first read again: a quote that swallowed one row (its closing quote the
+    next unclosed one) went unseen, the row ok with two rows as its text and those rows gone; a quote on the last
+    line took the row's other fields into its text, ok; blank lines put the row's line one early and read it twice."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "t.csv"
+    ann.write_text('id,path,text,split,signer\nc1,v.mp4,"he is 6 ft tall,train,S1\nc2,v.mp4,hello,train,S1\n'
+                   'c3,v.mp4,"rain,train,S1\nc4,v.mp4,cold,train,S1\nc5,v.mp4,"sun,train,S1\nc6,v.mp4,warm,train,S1\n', encoding="utf-8")
+    rows = {r["id"]: r for r in parse_table(ann, root=tmp_path)}
+    assert sorted(rows) == [f"c{i}" for i in range(1, 7)]
+    assert [k for k, r in rows.items() if r["status"] == "bad_annotation"] == ["c1", "c3", "c5"]
+    assert all(rows[k]["status"] is None and rows[k]["split"] == "train" for k in ("c2", "c4", "c6"))
+    assert [rows[k]["_where"] for k in ("c1", "c3", "c5")] == [f"{ann}:{n}" for n in (2, 4, 6)]
+    # a row with a correctly quoted "a, b" after the swallowed one
+    ann.write_text('id,path,text,split,signer\nc1,v.mp4,"open,train,S1\nc2,v.mp4,hello,train,S1\nc3,v.mp4,"a, b",train,S1\n'
+                   'c4,v.mp4,bye,train,S1\n', encoding="utf-8")
+    rows = {r["id"]: r for r in parse_table(ann, root=tmp_path)}
+    assert rows["c1"]["status"] == "bad_annotation" and "unclosed quote" in rows["c1"]["error"]
+    assert [(k, rows[k]["text"], rows[k]["status"]) for k in ("c2", "c3", "c4")] == [("c2", "hello", None), ("c3", "a, b", None), ("c4", "bye", None)]
+    # the last line's quote runs to the end of the file
+    ann.write_text('id,path,text,split,signer\nc1,v.mp4,fine,train,S1\nc2,v.mp4,"rain,train,S1\n', encoding="utf-8")
+    c1, c2 = parse_table(ann, root=tmp_path)
+    assert c1["status"] is None and c2["status"] == "bad_annotation" and "unclosed quote runs to the end of the file" in c2["error"]
+    assert c2["_where"] == f"{ann}:3"
+    # blank lines around an unclosed quote: one bad row, named by its own line
+    ann.write_text('id,path,text,split,signer\n\nc1,v.mp4,hello,train,S1\n\nc2,v.mp4,"rain,train,S1\n\nc3,v.mp4,cold,train,S1\n'
+                   'c4,v.mp4,warm,train,S1\n\nc5,v.mp4,sun,train,S1\n', encoding="utf-8")
+    rows = list(parse_table(ann, root=tmp_path))
+    assert [(r["id"], r["status"], r["_where"]) for r in rows] == [
+        ("c1", None, f"{ann}:3"), ("c2", "bad_annotation", f"{ann}:5"), ("c3", None, f"{ann}:7"), ("c4", None, f"{ann}:8"),
+        ("c5", None, f"{ann}:10")]
+    # a legit text whose last line ends on a comma (one comma) stays a text
+    ann.write_text('id,path,text,split,signer\nc1,v.mp4,"Dear John,\nx,y,z,w,v\nyours,",train,S1\n', encoding="utf-8")
+    (legit,) = parse_table(ann, root=tmp_path)
+    assert legit["status"] is None and legit["text"] == "Dear John,\nx,y,z,w,v\nyours,"
