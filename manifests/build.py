@@ -73,6 +73,21 @@ def mark_duplicates(rows: list[dict[str, Any]]) -> None:
             first[same] = i
 
 
+def refuse_out_over_a_source(out: Path, rows: list[dict[str, Any]]) -> None:
+    """--out naming a video (or parameter file) the annotations list replaced it with the manifest, exit 0."""
+    if not out.is_file():
+        return
+    out_id = (out.stat().st_dev, out.stat().st_ino)
+    for path in {r["path"] for r in rows if r.get("path")}:
+        try:
+            st = os.stat(path)
+        except OSError:  # missing: the probe says so
+            continue
+        if (st.st_dev, st.st_ino) == out_id:
+            raise SignfeatError(f"--out {out} is {path}, a file the annotations name: writing the manifest there would overwrite it; "
+                                "give another path")
+
+
 def build_manifest(
     annotations: list[Path],
     out: Path,
@@ -105,6 +120,7 @@ def build_manifest(
                 if row["status"] is None:
                     row["status"], row["error"] = "bad_path", f"{shown}: the file name is not UTF-8 (bytes shown as \\x..); rename it"
     mark_duplicates(rows)
+    refuse_out_over_a_source(Path(out), rows)  # before the probe's minutes
 
     to_probe = [r for r in rows if r["path"] and r["status"] not in ("bad_annotation", "bad_path")]
     probed = probe_rows(to_probe, num_cpus=num_cpus, full_decode=full_decode, default_fps=frame_fps, progress=progress)

@@ -198,7 +198,7 @@ def _manifest_build(args) -> int:
 def _manifest_curate(args) -> int:
     from manifests.curate import CurateOptions, curate_manifest, load_curate_config, parse_split_ratios
 
-    refuse_output_over_input("--out", args.out, [args.manifest])
+    refuse_output_over_input("--out", args.out, [args.manifest, *([args.config] if args.config else [])])
     settings = load_curate_config(args.config) if args.config else {}
     if settings:
         try:  # the file's own values first, so that an error names it

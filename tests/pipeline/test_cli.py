@@ -249,6 +249,8 @@ def test_an_output_that_is_the_command_s_own_input_is_refused_and_the_input_kept
         (["manifest", "build", "--annotations", str(annotations), "--root", str(tmp_path), "--out", str(annotations)], annotations),
         (["manifest", "build", "--annotations", str(tmp_path / "link.csv"), "--root", str(tmp_path), "--out", str(annotations)], tmp_path / "link.csv"),
         (["manifest", "curate", str(manifest), "--out", str(manifest), "--report", str(tmp_path / "report")], manifest),
+        (["manifest", "curate", str(manifest), "--out", str(annotations), "--report", str(tmp_path / "report"), "--config",
+          str(annotations)], annotations),  # its --config (any file will do for this check)
         (["features", str(video), "--extractor", "dinov2", "--tiny", "--out", str(video)], video),
         (["motion-render", str(features), "--out", str(features)], features),
     ]:
@@ -257,6 +259,10 @@ def test_an_output_that_is_the_command_s_own_input_is_refused_and_the_input_kept
         assert len(err) == 1 and f"is the input {given}: writing there would overwrite it" in err[0], (argv, err)
     assert {p: p.read_bytes() for p in kept} == kept
     assert not (tmp_path / "report").exists()
+    # a video the annotations name, as --out of the build
+    assert main(["manifest", "build", "--annotations", str(annotations), "--root", str(tmp_path), "--out", str(video)]) == 2
+    assert f"--out {video} is {video}, a file the annotations name" in capsys.readouterr().err
+    assert video.read_bytes() == kept[video]
 
 
 def test_motion_outputs_are_checked_before_the_work(tmp_path, capsys):
