@@ -156,12 +156,24 @@ def resolve_hub_commit(model_id: str, revision: str | None) -> str | None:
     from huggingface_hub import hf_hub_download
 
     try:  # the file every transformers checkpoint has; its cached path is .../snapshots/<commit>/config.json
-        path = hf_hub_download(model_id, "config.json", revision=revision)
+        commit = Path(hf_hub_download(model_id, "config.json", revision=revision)).parent.name
     except Exception as exc:  # noqa: BLE001  (the Hub client's errors have no common base class but Exception)
         log.debug("cannot resolve %s at revision %s to a commit: %s", model_id, revision, exc)
+        commit = _cached_ref(model_id, revision)
+    return commit if commit and COMMIT_SHA.fullmatch(commit) else None
+
+
+def _cached_ref(model_id: str, revision: str | None) -> str | None:
+    """The commit the local cache's refs/REVISION names, read as transformers reads it (a file written by hand may end
+    in a line break, which the Hub client's own lookup does not take), when that commit's snapshot is there."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--"))
+    try:
+        commit = (repo / "refs" / (revision or "main")).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
         return None
-    commit = Path(path).parent.name
-    return commit if COMMIT_SHA.fullmatch(commit) else None
+    return commit if (repo / "snapshots" / commit).is_dir() else None
 
 
 def check_model_exists(extractor: str, model_id: str) -> None:

@@ -259,6 +259,10 @@ def test_a_hub_revision_resolves_to_its_commit_from_the_cache(tmp_path, monkeypa
     assert resolve_hub_commit("org/other", None) is None
     assert resolve_hub_commit("org/other", "f" * 40) == "f" * 40
     assert resolve_hub_commit(str(tmp_path), None) is None  # a local folder has no commit
+    (repo / "refs" / "v2").write_text(commit + "\n")  # written by hand (echo): transformers loads it, so it is pinned too
+    assert resolve_hub_commit("org/model", "v2") == commit
+    (repo / "refs" / "v3").write_text("f" * 40 + "\n")  # a commit whose snapshot is not there
+    assert resolve_hub_commit("org/model", "v3") is None
     assert REGISTRY["dinov2"].hub_commit(ExtractorConfig(name="dinov2", model="org/model")) == commit
     assert REGISTRY["dinov2"].hub_commit(ExtractorConfig(name="dinov2", tiny=True)) is None
     assert REGISTRY["clip_s2"].hub_commit(ExtractorConfig(name="clip_s2", backend="open_clip", model="org/model")) is None
