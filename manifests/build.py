@@ -8,12 +8,11 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 
 from manifests import formats
 from manifests.keys import case_safe_keys
 from manifests.probe import PROBED, probe_rows
-from manifests.schema import COLUMNS, MANIFEST_SCHEMA, SCHEMA_VERSION, rows_to_table, write_manifest
+from manifests.schema import SCHEMA_VERSION, rows_to_table, write_manifest
 from pipeline.decode import rates_differ
 from pipeline.errors import SignfeatError
 

@@ -330,7 +330,7 @@ def test_decode_stage_reads_a_range_with_only_an_end_from_the_start(tmp_path):
     from pipeline.extract import _ray_rows
     from pipeline.plan import ShardPlan
     from pipeline.stages import decode_prepare
-    from tests.helpers import frame_index, index_frame, write_video
+    from tests.helpers import index_frame, write_video
 
     path = write_video(tmp_path / "v.mp4", np.stack([index_frame(i) for i in range(10)]))
     clip = {"id": "a", "key": "a", "dataset": "d", "split": "train", "signer": None, "text": "t", "source_kind": "range",
