@@ -8,7 +8,6 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-
 from manifests import formats
 from manifests.keys import case_safe_keys
 from manifests.probe import PROBED, probe_rows
