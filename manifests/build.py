@@ -72,11 +72,12 @@ def mark_duplicates(rows: list[dict[str, Any]]) -> None:
 
 
 def refuse_out_over_a_source(out: Path, rows: list[dict[str, Any]]) -> None:
-    """--out naming a video (or parameter file) the annotations list replaced it with the manifest, exit 0."""
+    """--out naming a video (or parameter file) the annotations list, as a row's path or its source (the raw video
+    of a clip file), replaced it with the manifest, exit 0."""
     if not out.is_file():
         return
     out_id = (out.stat().st_dev, out.stat().st_ino)
-    for path in {r["path"] for r in rows if r.get("path")}:
+    for path in {r[column] for r in rows for column in ("path", "source") if isinstance(r.get(column), str) and r[column]}:
         try:
             st = os.stat(path)
         except OSError:  # missing: the probe says so

@@ -674,17 +674,18 @@ def _table_records(annotation: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             # first: an unclosed quote that ends at a later quoted field ("quoted, with comma") also leaves the row
             # with more fields than the header, and that message hid the rows the quote swallowed
             swallowed = None if tsv else _swallowed_rows({k: v for k, v in rec.items() if k is not None}, len(fieldnames))
-            if not tsv and not swallowed and start + ended >= len(lines) and any(rec.get(k) is None for k in fieldnames) \
-                    and "".join(lines[line - 1:]).count('"') % 2:
+            raw = "".join(lines[line - 1:]) if start + ended >= len(lines) else ""
+            if not tsv and not swallowed and raw and any(rec.get(k) is None for k in fieldnames) and raw.count('"') % 2 \
+                    and re.search(r'(^|,)"', raw):  # a field that opens with a quote (6" tall, unquoted, is a text)
                 # the file's last row, short of fields, with an odd number of quotes: a quote that ran to the end of
                 # the file, taking the row's other fields into its text (the row was ok, its split None)
                 yield line, {"__error__": "an unclosed quote runs to the end of the file, taking the row's other fields into "
-                                          "one (close it)", "id": rec.get("id")}
+                                          "one (close it)", "id": _id_on_line(lines[line - 1], fieldnames)}
                 continue
             if swallowed:
-                yield line, {"__error__": f"field {swallowed[0]!r} runs over {swallowed[1]} lines that read as rows of this "
+                yield line, {"__error__": f"field {swallowed[0]!r} runs over {swallowed[1]} more line(s) shaped as rows of this "
                                           "table: an unclosed quote? (close it; the rows after it are read from the next line on)",
-                             "id": rec.get("id")}
+                             "id": _id_on_line(lines[line - 1], fieldnames)}
                 restart = line  # the rows it swallowed are read again, from the line after the one it opens on
                 break
             if None in rec:
@@ -711,23 +712,41 @@ def _checked_record(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def _id_on_line(line: str, fieldnames: list[str]) -> str | None:
+    """The id a row with an unclosed quote has on its own line (the parsed row's id field may hold other rows' text
+    when the quote is in the id column or before it), its quote marks taken off."""
+    if "id" not in fieldnames:
+        return None
+    fields = next(csv.reader([line.rstrip("\r\n")], quoting=csv.QUOTE_NONE), [])
+    index = fieldnames.index("id")
+    return fields[index].strip('"') if index < len(fields) else None
+
+
 def _swallowed_rows(rec: dict[str, Any], width: int) -> tuple[str, int] | None:
     """(column, lines) when a quoted field holds lines that each parse as a whole row of the table: a text
     with an unclosed quote swallows the rows after it into itself (RFC 4180 lets a quoted field hold newlines,
     so only lines shaped like rows count)."""
+    def fields(line: str) -> int:
+        return len(next(csv.reader([line]), []))
+
     for column, value in rec.items():
         if isinstance(value, str) and "\n" in value:
+            # the row's own line must end as a whole row would: its first line holds this field and the ones after
+            # it (a text's first line "Hello, friend." does not, for a field with two after it)
+            after = len(rec) - list(rec).index(column) - 1
+            if fields(value.splitlines()[0]) != after + 1:
+                continue
             lines = [line for line in value.splitlines()[1:] if line.strip()]
-            rows = sum(1 for line in lines if len(next(csv.reader([line]), [])) == width)
+            rows = sum(1 for line in lines if fields(line) == width)
             # every later line a row; or, when it ran on for rows, all but the last (the rest of the row with the
             # quote that closed it). A quoted text whose lines only sometimes hold enough commas stays a text.
             if rows and (rows == len(lines) or (rows >= 2 and rows >= len(lines) - 1)):
                 return column, rows
-            # or all but the last, which with the fields read after this one makes a whole row: the start of the
-            # row whose quote closed this one ("c3,clip.mp4,rain" + "train", "S1"), a single swallowed row included
-            after = len(rec) - list(rec).index(column) - 1
-            if rows and rows == len(lines) - 1 and len(next(csv.reader([lines[-1]]), [])) + after == width:
-                return column, rows
+            # or every line between is a row (none, for two unclosed quotes on consecutive lines) and the last one,
+            # with the fields read after this one, makes a whole row: the start of the row whose quote closed this
+            # one ("c3,clip.mp4,rain" + "train", "S1"). A text whose lines hold commas in all these numbers is rare.
+            if after and rows == len(lines) - 1 and fields(lines[-1]) + after == width:
+                return column, len(lines)
     return None
 
 

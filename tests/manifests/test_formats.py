@@ -815,3 +815,38 @@ def test_unclosed_quotes_one_row_apart_at_the_end_and_among_blank_lines(tmp_path
     ann.write_text('id,path,text,split,signer\nc1,v.mp4,"Dear John,\nx,y,z,w,v\nyours,",train,S1\n', encoding="utf-8")
     (legit,) = parse_table(ann, root=tmp_path)
     assert legit["status"] is None and legit["text"] == "Dear John,\nx,y,z,w,v\nyours,"
+
+
+def test_consecutive_unclosed_quotes_and_legit_texts_with_many_commas(tmp_path):
+    """Two unclosed quotes on consecutive rows: the first was ok with the second's start as its text, the second gone;
+    one closed by the next row's quoted "a, b" lost that row. A legit three-line text whose lines happen to hold
+    commas, and a last row with a literal inch mark, must stay as they are."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "t.csv"
+    head = "id,path,text,split,signer\n"
+    ann.write_text(head + 'c1,v.mp4,w1,train,S1\nc2,v.mp4,"w2,train,S1\nc3,v.mp4,"w3,train,S1\nc4,v.mp4,w4,train,S1\n', encoding="utf-8")
+    rows = list(parse_table(ann, root=tmp_path))
+    assert [(r["id"], r["status"], r["_where"]) for r in rows] == [
+        ("c1", None, f"{ann}:2"), ("c2", "bad_annotation", f"{ann}:3"), ("c3", "bad_annotation", f"{ann}:4"), ("c4", None, f"{ann}:5")]
+    ann.write_text(head + 'c1,v.mp4,w1,train,S1\nc2,v.mp4,"open,train,S1\nc3,v.mp4,"a, b",train,S1\nc4,v.mp4,w4,train,S1\n', encoding="utf-8")
+    rows = {r["id"]: r for r in parse_table(ann, root=tmp_path)}
+    assert rows["c2"]["status"] == "bad_annotation" and "unclosed quote" in rows["c2"]["error"]
+    assert (rows["c3"]["status"], rows["c3"]["text"], rows["c4"]["status"]) == (None, "a, b", None)
+    text = "Good morning,\nmy name is Anna, I live in Berlin, I work as a teacher, and I sign, today.\nThanks, see you, bye"
+    ann.write_text(head + 'c1,v.mp4,w1,train,S1\nc2,v.mp4,"' + text + '",train,S1\nc3,v.mp4,w3,train,S1\n', encoding="utf-8")
+    assert [(r["id"], r["status"], r["text"]) for r in parse_table(ann, root=tmp_path)] == [
+        ("c1", None, "w1"), ("c2", None, text), ("c3", None, "w3")]
+    ann.write_text(head + 'c1,v.mp4,w1,train,S1\nc2,v.mp4,he is 6" tall,train\n', encoding="utf-8")
+    assert [(r["id"], r["status"], r["text"]) for r in parse_table(ann, root=tmp_path)] == [("c1", None, "w1"), ("c2", None, 'he is 6" tall')]
+
+
+def test_a_row_with_an_unclosed_quote_keeps_its_own_id(tmp_path):
+    """With the quote in the id column or a column before it, the bad row's id was another row's text or None."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    ann = tmp_path / "t.csv"
+    ann.write_text('text,id,path,split,signer\nw1,c1,v.mp4,train,S1\n"w2,c2,v.mp4,train,S1\n"w3,c3,v.mp4,train,S1\nw4,c4,v.mp4,train,S1\n',
+                   encoding="utf-8")
+    assert [(r["id"], r["status"]) for r in parse_table(ann, root=tmp_path)] == [
+        ("c1", None), ("c2", "bad_annotation"), ("c3", "bad_annotation"), ("c4", None)]
+    ann.write_text('id,path,text,split,signer\n"c1,v.mp4,w1,train,S1\nc2,v.mp4,w2,train,S1\nc3,v.mp4,w3,train,S1\n', encoding="utf-8")
+    assert [(r["id"], r["status"]) for r in parse_table(ann, root=tmp_path)] == [("c1", "bad_annotation"), ("c2", None), ("c3", None)]

@@ -259,10 +259,15 @@ def test_an_output_that_is_the_command_s_own_input_is_refused_and_the_input_kept
         assert len(err) == 1 and f"is the input {given}: writing there would overwrite it" in err[0], (argv, err)
     assert {p: p.read_bytes() for p in kept} == kept
     assert not (tmp_path / "report").exists()
-    # a video the annotations name, as --out of the build
+    # a video the annotations name, as --out of the build: a row's path, or its source (the raw video of a clip)
     assert main(["manifest", "build", "--annotations", str(annotations), "--root", str(tmp_path), "--out", str(video)]) == 2
     assert f"--out {video} is {video}, a file the annotations name" in capsys.readouterr().err
-    assert video.read_bytes() == kept[video]
+    raw = tmp_path / "raw.mp4"
+    raw.write_bytes(video.read_bytes())
+    (tmp_path / "with_source.csv").write_text("id,path,text,split,source\na,v.mp4,hello,train,raw.mp4\n")
+    assert main(["manifest", "build", "--annotations", str(tmp_path / "with_source.csv"), "--root", str(tmp_path), "--out", str(raw)]) == 2
+    assert f"--out {raw} is {raw}, a file the annotations name" in capsys.readouterr().err
+    assert video.read_bytes() == kept[video] == raw.read_bytes()
 
 
 def test_motion_outputs_are_checked_before_the_work(tmp_path, capsys):
