@@ -272,6 +272,12 @@ def parse_job_config(data: dict[str, Any], source: str = "config") -> JobConfig:
             raise SignfeatError(f"{source}: {s.name} settings.target_fps {motion_fps} resamples the motion, but the other streams read the "
                                 f"frames at decode.target_fps {decode.target_fps}; a sample has one frame rate: set decode.target_fps: "
                                 f"{motion_fps} too, or run smplx623 in a job of its own")
+        if s.extractor.get("name") == "smplx623" and decode.max_frames is not None:
+            # max_frames thins a video clip evenly (4 fps of a 72-frame clip for 16): smplx623 fitted those and
+            # interpolated them up to its target_fps, while the other streams kept the 16, and verify refused the shard
+            raise SignfeatError(f"{source}: decode.max_frames {decode.max_frames} thins each video clip's frames, and {s.name} "
+                                "resamples its motion to its own target_fps from them (the other streams keep the thinned "
+                                "count): drop max_frames, and set decode.target_fps for fewer frames")
     shards_raw = _mapping(f"{source}: shards", data.get("shards"))
     _check_keys(f"{source}: shards", shards_raw, {f.name for f in dataclasses.fields(ShardConfig)})
     shards = ShardConfig(**shards_raw)

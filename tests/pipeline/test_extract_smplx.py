@@ -279,3 +279,13 @@ def test_a_local_job_without_the_smplx_model_file_stops_before_claiming_its_outp
     assert said.startswith("smplx623: ") and "https://smpl-x.is.tue.mpg.de" in said and "\n" not in said
     assert ("no such folder: /path/to/smplx_models" in said) if model_dir_setting else ("model_dir is not set" in said)
     assert not (tmp_path / "out").exists()
+
+
+def test_decode_max_frames_with_smplx623_is_refused_up_front():
+    """max_frames: 16 next to smplx623 (target_fps 20) and dinov2: smplx623 fitted the 16 thinned frames (about
+    4 fps) and interpolated them up to 72, dinov2 kept 16, and verify refused the shard the job wrote."""
+    for streams in ([{"name": "smplx623", "settings": {"target_fps": 20}}],
+                    [{"name": "smplx623", "settings": {"target_fps": 20}}, {"name": "dinov2", "tiny": True}]):
+        with pytest.raises(SignfeatError, match="decode.max_frames 16 thins each video clip's frames, and smplx623 resamples"):
+            parse_job_config({"extractors": streams, "decode": {"target_fps": 20, "max_frames": 16}})
+        parse_job_config({"extractors": streams, "decode": {"target_fps": 20}})  # without it: fine
