@@ -290,8 +290,8 @@ def _fps_of(value: Any, path: Path, key: str = "fps") -> float | None:
     absent, it was then said to be missing)."""
     if value is None:
         return None
-    try:
-        fps = float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+    try:  # a bool (fps: True) is no rate: it was read as 1 fps, an 8-frame clip as 8 s
+        fps = math.nan if np.asarray(value).dtype == bool else float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
     except (TypeError, ValueError, IndexError):
         fps = math.nan
     if not (math.isfinite(fps) and fps > 0):

@@ -551,7 +551,7 @@ def test_parameter_files_with_unreadable_values_are_refused_and_named(tmp_path, 
     (tmp_path / "garbage.npz").write_bytes(b"\x00" * 100)
     with pytest.raises(SignfeatError, match="garbage.npz: not a .npz \\(zip\\) archive, or one cut short"):
         read_params(tmp_path / "garbage.npz", "named")
-    for bad in (0.0, -30.0, np.nan):
+    for bad in (0.0, -30.0, np.nan, True):  # True was read as 1 fps
         np.savez(tmp_path / "rate.npz", **params, fps=np.array(bad))
         with pytest.raises(SignfeatError, match="its fps .* is not a frame rate"):
             read_params(tmp_path / "rate.npz")
