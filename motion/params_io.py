@@ -513,6 +513,10 @@ def read_clip_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, 
         raise ClipError("bad_params", str(exc)) from None
     except Exception as exc:  # noqa: BLE001  a reader's own check missed this file: still the clip's error, said plainly
         raise ClipError("bad_params", f"{path}: unreadable SMPL-X parameters ({type(exc).__name__}: {exc})") from None
+    orient = params.get("global_orient")
+    if orient is not None and np.asarray(orient).ndim >= 1 and len(orient) == 0:
+        # an empty SignAvatars / Motion-X array: probed ok (0 frames), then a reshape ValueError in the job
+        raise ClipError("no_frames", f"{path} holds no frames of SMPL-X parameters")
     return params, fps, layout
 
 

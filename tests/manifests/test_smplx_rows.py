@@ -110,3 +110,9 @@ def test_probe_turns_bad_and_malicious_files_into_a_status(tmp_path):
     np.savez(tmp_path / "nothing.npz", colour=np.zeros(3))
     assert probe_clip(_row(tmp_path / "nothing.npz", fps=25.0))["status"] == "bad_params"
     assert probe_clip(_row(tmp_path / "missing.pkl", fps=25.0))["status"] == "missing_file"
+    # no frames at all (a SignAvatars matrix or a Motion-X array of 0 rows) was ok, and a ValueError in the job
+    (tmp_path / "empty.pkl").write_bytes(pickle.dumps({"smplx": np.zeros((0, 182), np.float32), "fps": 25.0}, protocol=4))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 322), np.float32))
+    for name in ("empty.pkl", "empty.npy"):
+        empty = probe_clip(_row(tmp_path / name, fps=25.0))
+        assert (empty["status"], empty["error"]) == ("no_frames", f"{tmp_path / name} holds no frames of SMPL-X parameters"), name
