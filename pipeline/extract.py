@@ -349,10 +349,9 @@ def claim_output(store: Store, identity: dict[str, Any], plans: list[ShardPlan],
                         "complete shards of another job (its job record _signfeat/identity.json is missing or damaged, and its "
                         "completion markers or plan are not this job's)")
                 older = (older_hashes or {}).get(old.get("config_hash")) if old.get("config_hash") != identity["config_hash"] else None
-                moved = _moved_hub_revisions(store, hub_commits or {}) if old else ""
                 if older and old.get("plan_hash") == identity["plan_hash"]:
                     held += older
-                elif moved:
+                elif old and (moved := _moved_hub_revisions(store, hub_commits or {})):  # read only when it can say something
                     held += moved
                 elif old:
                     held += (" (another config or manifest, or the same ones run by another signfeat version, which may compute "
