@@ -13,7 +13,7 @@ from manifests.keys import case_safe_keys
 from manifests.probe import PROBED, probe_rows
 from manifests.schema import SCHEMA_VERSION, rows_to_table, write_manifest
 from pipeline.decode import rates_differ
-from pipeline.errors import SignfeatError
+from pipeline.errors import SignfeatError, refuse_output_over_input
 
 
 def parse_annotations(annotations: list[Path], fmt: str, root: Path, dataset: str | None = None) -> list[dict[str, Any]]:
@@ -71,22 +71,6 @@ def mark_duplicates(rows: list[dict[str, Any]]) -> None:
             first[same] = i
 
 
-def refuse_out_over_a_source(out: Path, rows: list[dict[str, Any]]) -> None:
-    """--out naming a video (or parameter file) the annotations list, as a row's path or its source (the raw video
-    of a clip file), replaced it with the manifest, exit 0."""
-    if not out.is_file():
-        return
-    out_id = (out.stat().st_dev, out.stat().st_ino)
-    for path in {r[column] for r in rows for column in ("path", "source") if isinstance(r.get(column), str) and r[column]}:
-        try:
-            st = os.stat(path)
-        except OSError:  # missing: the probe says so
-            continue
-        if (st.st_dev, st.st_ino) == out_id:
-            raise SignfeatError(f"--out {out} is {path}, a file the annotations name: writing the manifest there would overwrite it; "
-                                "give another path")
-
-
 def build_manifest(
     annotations: list[Path],
     out: Path,
@@ -119,7 +103,10 @@ def build_manifest(
                 if row["status"] is None:
                     row["status"], row["error"] = "bad_path", f"{shown}: the file name is not UTF-8 (bytes shown as \\x..); rename it"
     mark_duplicates(rows)
-    refuse_out_over_a_source(Path(out), rows)  # before the probe's minutes
+    # --out naming a video (or parameter file) a row names as its path or its source (the raw video of a clip file)
+    # replaced it with the manifest, exit 0; checked before the probe's minutes
+    named = {r[column] for r in rows for column in ("path", "source") if isinstance(r.get(column), str) and r[column]}
+    refuse_output_over_input("--out", out, sorted(named), what="{}, a file the annotations name")
 
     to_probe = [r for r in rows if r["path"] and r["status"] not in ("bad_annotation", "bad_path")]
     probed = probe_rows(to_probe, num_cpus=num_cpus, full_decode=full_decode, default_fps=frame_fps, progress=progress)

@@ -34,7 +34,8 @@ IMAGE_OR_VIDEO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".avi", ".mov", ".m
 
 def _motion_stats(args) -> int:
     from motion.stats import motion_stats, write_motion_stats
-    from pipeline.cli import refuse_output_over_input, writable_folder
+    from pipeline.cli import writable_folder
+    from pipeline.errors import refuse_output_over_input
 
     # checked before every shard is read, not by a FileExistsError traceback after it
     refuse_output_over_input("--out", args.out, args.shards)
@@ -48,9 +49,8 @@ def _motion_stats(args) -> int:
 def _motion_render(args) -> int:
     from motion.humanml3d import FEATURE_WIDTH, recover_from_ric
     from motion.render import load_features, render_frames, save_images
-    from pipeline.errors import SignfeatError
-
-    from pipeline.cli import refuse_output_over_input, writable_file, writable_folder
+    from pipeline.cli import writable_file, writable_folder
+    from pipeline.errors import SignfeatError, refuse_output_over_input
 
     if args.every < 1 or (args.fps is not None and not 0 < args.fps < float("inf")):  # NaN and inf too
         raise SignfeatError("--every must be >= 1 and --fps a finite number > 0")

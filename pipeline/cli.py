@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.errors import ClipError, SignfeatError, Terminated
+from pipeline.errors import ClipError, SignfeatError, Terminated, refuse_output_over_input
 
 
 PLUGIN_MODULES = ("trainer.cli", "motion.cli")
@@ -146,21 +146,6 @@ def writable_file(flag: str, path: Path, example: str = "manifest.parquet") -> N
     if any(p.exists() and not p.is_dir() for p in path.parents):
         raise SignfeatError(f"{flag} {path}: a file stands where one of its folders would be")
     _creatable(flag, path.parent)
-
-
-def refuse_output_over_input(flag: str, out: Path, inputs) -> None:
-    """An output path that is one of the command's inputs (or a link to it) would overwrite it, exit 0: an annotation
-    table replaced by the manifest built from it, a video by its features, a manifest by its curated subset."""
-    out = Path(out)
-    if not out.exists():
-        return
-    for given in inputs:
-        try:
-            same = Path(given).exists() and os.path.samefile(out, given)
-        except OSError:
-            same = False
-        if same:
-            raise SignfeatError(f"{flag} {out} is the input {given}: writing there would overwrite it; give another path")
 
 
 def writable_folder(flag: str, path: Path) -> None:

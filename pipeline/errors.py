@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def printable(text: str) -> str:
     """``text`` as valid UTF-8: a file name that is not UTF-8 (a Windows zip unpacked on Linux: latin-1 'ü')
@@ -38,3 +40,20 @@ class ClipError(SignfeatError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``timeout``, Slurm, Kubernetes, systemd) while a job runs: it stops the job as Ctrl-C does."""
+
+
+def refuse_output_over_input(flag: str, out, inputs, what: str = "the input {}") -> None:
+    """An output path that is one of the command's inputs (or a link to it) would overwrite it, exit 0: an annotation
+    table replaced by the manifest built from it, a video it names, a video by its features, a manifest by its curated
+    subset. One stat of ``out``, then one per input (a build passes every path its rows name)."""
+    try:
+        out_stat = os.stat(out)
+    except OSError:  # not there yet
+        return
+    for given in inputs:
+        try:
+            given_stat = os.stat(given)
+        except OSError:  # missing: whoever reads it says so
+            continue
+        if (given_stat.st_dev, given_stat.st_ino) == (out_stat.st_dev, out_stat.st_ino):
+            raise SignfeatError(f"{flag} {out} is {what.format(given)}: writing there would overwrite it; give another path")
