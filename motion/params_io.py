@@ -498,6 +498,14 @@ def read_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, np.nd
         raise SignfeatError(f"{path}: parameters disagree on the number of frames: {counts}")
     if not counts and "global_orient" not in params:
         raise SignfeatError(f"{path}: no per-frame pose parameters")
+    for name, value in params.items():  # probed ok, then a failures row naming neither the file nor the parameter
+        value = np.asarray(value)
+        bad = ~np.isfinite(value.reshape(len(value), -1) if value.ndim > 1 else value.reshape(1, -1)).all(axis=1)
+        if bad.any():
+            frames = np.flatnonzero(bad)
+            where = f"frame {frames[0]}" if len(frames) == 1 else f"{len(frames)} of its {len(bad)} rows, the first frame {frames[0]}"
+            raise SignfeatError(f"{path}: {name} holds NaN or infinite values ({where}); the estimator lost the person "
+                                "there? cut those frames out or fill them")
     return params, fps
 
 

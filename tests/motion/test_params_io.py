@@ -579,3 +579,24 @@ def test_smplerx_frames_with_a_3x3_root_pose_or_16_betas(tmp_path, params):
     read, _ = read_params(tmp_path)
     assert read["betas"].shape == (FRAMES, 16) and read["expression"].shape == (FRAMES, 50)
     np.testing.assert_array_equal(read["betas"][0], np.arange(16))
+
+
+@pytest.mark.parametrize("key, frames, message", [
+    ("body_pose", [2], "body_pose holds NaN or infinite values \\(frame 2\\)"),
+    ("transl", [1, 4], "transl holds NaN or infinite values \\(2 of its 6 rows, the first frame 1\\)"),
+    ("betas", [0], "betas holds NaN or infinite values \\(frame 0\\)"),
+])
+def test_parameters_with_nan_are_refused_naming_the_file_the_parameter_and_the_frame(tmp_path, params, key, frames, message):
+    """NaN parameters (an estimator that lost the person) probed ok; the job's failures row then said only
+    "SMPL-X parameters are not finite", naming neither the file nor the parameter."""
+    from motion.params_io import read_clip_params
+    from pipeline.errors import ClipError
+
+    values = {k: np.array(v, np.float32) for k, v in params.items()}
+    if key == "betas":
+        values["betas"] = values["betas"][:1]  # one shape for the clip
+    values[key][frames, 0] = [np.nan, np.inf][: len(frames)]
+    np.savez(tmp_path / "clip.npz", **values, fps=np.array(30.0))
+    with pytest.raises(ClipError, match=message) as exc:
+        read_clip_params(tmp_path / "clip.npz")
+    assert exc.value.kind == "bad_params" and str(exc.value).startswith(f"{tmp_path / 'clip.npz'}: ")
