@@ -514,9 +514,10 @@ class Extractor:
             _check_layer(cls.name, settings.layer, layers)
 
     @classmethod
-    def check_local_files(cls, config: ExtractorConfig, settings) -> None:
+    def check_local_files(cls, config: ExtractorConfig, settings, rows: list[dict[str, Any]] = ()) -> None:
         """For a job on a local Ray instance: files the settings name must be on this machine (a cluster's workers
-        may hold files the driver lacks, so this runs only locally). Nothing to check by default."""
+        may hold files the driver lacks, so this runs only locally); ``rows``, the job's ok manifest rows, for a
+        look at a first clip. Nothing to check by default."""
 
     def _check_layer(self) -> None:
         """``settings.layer`` indexes the hidden states (embeddings + one per block): checked once the model's

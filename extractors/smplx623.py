@@ -192,10 +192,14 @@ class Smplx623Extractor(Extractor):
             load_target_joints(Path(settings.retarget))
 
     @classmethod
-    def check_local_files(cls, config, settings) -> None:
+    def check_local_files(cls, config, settings, rows=()) -> None:
         """The SMPL-X model file (the shipped config's placeholder model_dir, or none set) or a retarget file missing
-        here failed every actor of a local job after Ray started: pages of tracebacks behind the one line."""
+        here failed every actor of a local job after Ray started: pages of tracebacks behind the one line. So did
+        every clip of an AMASS corpus (16 betas) under the default num_betas 10, one failures row each: the first
+        parameter file is read here."""
+        from manifests.schema import PARAMS_KIND
         from motion.body_model import _check_model_file, find_model_file
+        from motion.params_io import read_clip_params
 
         try:
             _check_model_file(find_model_file(settings.model_dir or config.model or "", settings.gender))
@@ -203,6 +207,15 @@ class Smplx623Extractor(Extractor):
             raise SignfeatError(f"smplx623: {exc}") from None
         if settings.retarget not in ("rest", "none") and not Path(settings.retarget).is_file():
             raise SignfeatError(f"smplx623: retarget must be rest, none or a joints .npy file; no such file: {settings.retarget}")
+        first = next((r["path"] for r in rows if r.get("source_kind") == PARAMS_KIND and r.get("path")), None)
+        try:
+            betas = read_clip_params(first, settings.params_layout)[0].get("betas") if first else None
+        except SignfeatError:  # that clip's own failure, recorded by the job
+            betas = None
+        if betas is not None and np.asarray(betas).ndim and np.asarray(betas).reshape(len(betas), -1).shape[1] > settings.num_betas:
+            width = np.asarray(betas).reshape(len(betas), -1).shape[1]
+            raise SignfeatError(f"smplx623: {first} holds {width} betas a frame and num_betas is {settings.num_betas}: "
+                                f"its clips would fail one by one; set num_betas: {width} (AMASS's SMPL-X files hold 16)")
 
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:

@@ -208,7 +208,8 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
 
         for s in cfg.streams:  # files a setting names must be on this machine for its own workers
             config = ExtractorConfig.from_dict({**s.extractor, "device": "cpu"})
-            REGISTRY[config.name].check_local_files(config, parse_settings(REGISTRY[config.name].Settings, config.settings, config.name))
+            REGISTRY[config.name].check_local_files(config, parse_settings(REGISTRY[config.name].Settings, config.settings, config.name),
+                                                    [r for r in manifest_rows if r.get("status") == "ok"])
     if local and any(s.extractor.get("name") == "smplx623" for s in cfg.streams) and any(
             r.get("status") == "ok" and r.get("source_kind") != "smplx" for r in manifest_rows):
         # video rows take MediaPipe on this machine's workers: without it every one would fail, the job "succeed"

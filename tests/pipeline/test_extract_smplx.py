@@ -289,3 +289,24 @@ def test_decode_max_frames_with_smplx623_is_refused_up_front():
         with pytest.raises(SignfeatError, match="decode.max_frames 16 thins each video clip's frames, and smplx623 resamples"):
             parse_job_config({"extractors": streams, "decode": {"target_fps": 20, "max_frames": 16}})
         parse_job_config({"extractors": streams, "decode": {"target_fps": 20}})  # without it: fine
+
+
+def test_parameter_files_with_more_betas_than_num_betas_stop_a_local_job_before_it_starts(model_dir, ray_local, tmp_path):
+    """AMASS's SMPL-X files hold 16 betas: under the default num_betas 10 every clip failed in the job, one
+    failures row each, after the whole corpus was read."""
+    from extractors import ExtractorConfig
+    from extractors.base import REGISTRY, parse_settings
+
+    np.savez(tmp_path / "a.npz", **smooth_random_params(8, seed=1, num_betas=16), fps=np.array(30.0))
+    (tmp_path / "ann.csv").write_text("id,path,text,split\na,a.npz,text of a,train\n")
+    build_manifest([tmp_path / "ann.csv"], tmp_path / "m.parquet", root=tmp_path, progress=False)
+    cfg = parse_job_config({"extractors": [{"name": "smplx623", "num_cpus": 0.5, "settings": {"model_dir": str(model_dir)}}]})
+    with pytest.raises(SignfeatError) as info:
+        run_extract(tmp_path / "m.parquet", str(tmp_path / "out"), cfg, progress=False)
+    assert str(info.value) == (f"smplx623: {tmp_path / 'a.npz'} holds 16 betas a frame and num_betas is 10: its clips would fail "
+                               "one by one; set num_betas: 16 (AMASS's SMPL-X files hold 16)")
+    assert not (tmp_path / "out").exists()
+    rows = pq.read_table(tmp_path / "m.parquet").to_pylist()
+    for num_betas in (16, 20):  # enough: no refusal
+        config = ExtractorConfig.from_dict({"name": "smplx623", "settings": {"model_dir": str(model_dir), "num_betas": num_betas}})
+        REGISTRY["smplx623"].check_local_files(config, parse_settings(REGISTRY["smplx623"].Settings, config.settings, "smplx623"), rows)
