@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from manifests.schema import read_manifest
 from pipeline.config import JobConfig, load_job_config
+from pipeline.decode import DecodeOptions
 from pipeline.errors import SignfeatError
 from pipeline.plan import ShardPlan, plan_hash, plan_shards
 from shards.sample import encode_sample, sample_checksum
@@ -76,9 +77,10 @@ def _index_schema(streams: list[str]) -> pa.Schema:
 
 
 def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], streams: list[str], config_hash: str,
-                run_id: str | None = None) -> dict[str, Any]:
+                run_id: str | None = None, decode: DecodeOptions | None = None) -> dict[str, Any]:
     """Build the shard's tar in memory (one shard's features: small), then commit it with its parts (after
-    checking that this run, ``run_id``, still owns OUT: see ``check_run``)."""
+    checking that this run, ``run_id``, still owns OUT: see ``check_run``). ``decode``: the job's decoding,
+    whose frame choice (target_fps, max_frames) each sample records."""
     import webdataset as wds
 
     buf = io.BytesIO()
@@ -92,7 +94,10 @@ def write_shard(store: Store, plan: ShardPlan, rows: list[dict[str, Any]], strea
             meta = {
                 "id": row["id"], "key": row["key"], "text": row["text"], "split": plan.split, "signer": row["signer"], "dataset": row["dataset"],
                 "fps": row["decoded_fps"], "num_frames": row["decoded_frames"], "duration_s": _duration_s(row),
-                "source": {"path": row["path"], "kind": row["source_kind"], "start_s": row["start_s"], "end_s": row["end_s"]},
+                "source": {"path": row["path"], "kind": row["source_kind"], "start_s": row["start_s"], "end_s": row["end_s"],
+                           "fps": row["fps"]},  # the manifest's rate of the source; "fps" above is the features'
+                # which frames the streams saw: the same settings at 12.5 fps or thinned to 16 frames are other features
+                **({"decode": {"target_fps": decode.target_fps, "max_frames": decode.max_frames}} if decode is not None else {}),
                 "streams": {s: {**json.loads(row[f"meta_{s}"]), **json.loads(row.get(f"clipmeta_{s}") or "{}")} for s in streams},
                 "job": {"config_hash": config_hash, "shard": plan.name},
             }
@@ -606,7 +611,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
         failures += lost
         bar.update(lost)
         t = time.time()
-        write_shard(store, plan, rows, streams, config_hash, run_id)
+        write_shard(store, plan, rows, streams, config_hash, run_id, cfg.decode)
         t_write += time.time() - t
 
     def flush(upto: int) -> None:

@@ -63,6 +63,11 @@ def _load(store: Store, out: str, name: str, columns: list[str] = ()) -> Any:
             # a folder holding none of the job's files (a parent folder, a corpus): a wrong path, not a damaged output
             raise NotAnOutput(f"{out} holds no signfeat extract output (no _signfeat/identity.json, index.parquet or job.json); "
                               "give the folder `signfeat extract --out` wrote")
+        if not has_record and name.startswith("_signfeat/") and not store.list_files("_signfeat"):
+            # DESIGN.md names the shards and the three tables as the output: copied as that, it lost the record
+            raise NotAnOutput(f"{out} has no _signfeat/ folder, the job's record (its plan, config hash and completion markers) "
+                              "that the shards are checked against: an output copied without it? copy the whole folder, "
+                              "_signfeat/ included (the trainer reads such shards: index.parquet lists them)")
         if has_record and name in ("_signfeat/plan.parquet", "index.parquet", "failures.parquet", "job.json"):
             raise SignfeatError(f"{out}: missing {name}: the job did not finish (killed, or still running); "
                                 "rerun the same `signfeat extract` command to complete it (complete shards are kept)")

@@ -34,6 +34,10 @@ def _train(args) -> int:
     from trainer.recipe import load_recipe
 
     recipe = load_recipe(args.config, args.overrides)
+    if args.resume and not any(o.partition("=")[0].strip() == "data.shards" for o in args.overrides):
+        from trainer.loop import use_recorded_shards
+
+        use_recorded_shards(recipe, args.resume)
     summary = train(recipe, resume=args.resume, overwrite=args.overwrite)
     if "checkpoint" in summary:  # rank 0
         print(f"trained {recipe.name}: {summary['step']} steps, checkpoint {summary['checkpoint']}")

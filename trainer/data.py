@@ -113,11 +113,13 @@ def _check_committed(urls: list[str]) -> None:
     or a leftover would be trained on twice, or from the wrong split, and a tar changed since (cut off, another
     output's copied over it) does not hold the samples index.parquet counts (ranks then got unequal batches).
     A stat and a small JSON per shard (the completion marker)."""
+    listed: dict[str, set[str] | None] = {}  # output folder -> the shards its index.parquet lists
     for url in urls:
         root = location.parent(location.parent(url))
         done = location.join(root, "_signfeat", "done")
         if not location.is_dir(done):
-            continue  # not an extraction output folder (hand-made or copied-out shards)
+            _check_listed(url, root, listed)
+            continue
         marker = location.join(done, f"{_shard_name(url)}.json")
         if not location.is_file(marker):
             raise SignfeatError(f"{url}: not a shard the extraction in {root} committed (no completion marker): a copy or a leftover would "
@@ -133,21 +135,65 @@ def _check_committed(urls: list[str]) -> None:
                                 f"(`signfeat verify {shlex.quote(root)}` says how); rerun the same `signfeat extract` command to write it again")
 
 
+def _check_listed(url: str, root: str, listed: dict[str, set[str] | None]) -> None:
+    """An output handed on without its ``_signfeat/`` folder (DESIGN.md names the shards, index.parquet,
+    failures.parquet and job.json as the output): its index.parquet says which tars are the output's shards. A copy
+    (``x (copy).tar``) next to them was read twice, its samples trained and scored twice, without a word. A tar
+    whose folder is no split of the index (a folder of tars beside an output) is not the index's to judge."""
+    if root not in listed:
+        index = location.join(root, "index.parquet")
+        try:
+            listed[root] = set(location.read_table(index, columns=["shard"]).to_pydict()["shard"]) if location.is_file(index) else None
+        except (OSError, ValueError, KeyError):
+            listed[root] = None  # unreadable: _counts_from_index says so
+    shards = listed[root]
+    name = _shard_name(url)
+    if shards is None or name in shards or not any(s.startswith(name.split("/")[0] + "/") for s in shards):
+        return
+    raise SignfeatError(f"{url}: not a shard the index.parquet of {root} lists: a copy or a leftover would be read twice or in "
+                        "the wrong split; move it out of the folder")
+
+
+_KEYS_NOTED: set[tuple[str, str, str]] = set()  # said once per process (the shards are counted by train and eval)
+
+
+def note_repeated_keys(keys_by_url: dict[str, list[str]]) -> None:
+    """A sample key in two tars without an index.parquet (a folder of tars holding a copy of one, ``x (copy).tar``)
+    is read twice, trained and scored twice: said on stderr. Not refused: the tar headers tell only the key, and
+    hand-made shards of two corpora may share keys (signfeat's own outputs have unique keys: `verify` checks)."""
+    seen: dict[str, str] = {}
+    repeated: list[tuple[str, str, str]] = []
+    for url, keys in keys_by_url.items():
+        for key in keys:
+            if key in seen:
+                repeated.append((key, seen[key], url))
+            else:
+                seen[key] = url
+    if repeated and repeated[0] not in _KEYS_NOTED:
+        _KEYS_NOTED.add(repeated[0])
+        key, first, second = repeated[0]
+        print(f"note: {len(repeated)} sample key(s) are in more than one shard (first: {key} in {first} and {second}): a copied "
+              "shard is read twice; move it out of the folder unless these are other clips that share a key", file=sys.stderr)
+
+
 def shard_counts(urls: list[str]) -> list[int]:
     """Samples per shard: ``index.parquet`` of the extraction output when it lists them, else tar headers."""
     _check_committed(urls)
     counts = _counts_from_index(urls)
     if counts is not None:
         return counts
-    out = []
+    keys_by_url: dict[str, list[str]] = {}
     for url in urls:
         try:
             with location.open_random(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:  # seeks over member headers, reads no data
-                out.append(len({member_key(m.name)[0] for m in tar.getmembers() if m.isfile()}))
+                keys_by_url[url] = list(dict.fromkeys(member_key(m.name)[0] for m in tar.getmembers() if m.isfile()))
                 check_archive_end(f, tar.offset)  # a tar cut between two samples counted (and trained) as a shorter shard
         except (tarfile.TarError, ValueError) as exc:
             raise _damaged(url, exc) from None
-    return out
+    if len(keys_by_url) < len(urls):
+        raise SignfeatError(f"shard {next(u for u in urls if urls.count(u) > 1)} is named twice: a run must read each sample once")
+    note_repeated_keys(keys_by_url)
+    return [len(keys_by_url[url]) for url in urls]
 
 
 def _damaged(url: str, exc: Exception) -> SignfeatError:
@@ -166,6 +212,8 @@ def _features_of(meta: Any, streams: list[str]) -> dict[str, dict]:
         return {}
     out = {s: {k: recorded[s].get(k) for k in FEATURE_FIELDS} for s in streams if isinstance(recorded.get(s), dict)}
     for stream, made in out.items():
+        if isinstance(meta.get("decode"), dict):  # which frames each stream saw (target_fps, max_frames)
+            made["decode"] = meta["decode"]
         given = made.get("model")  # as written in the config (not compared: see mixed_features)
         if made.get("model_files"):  # a local checkpoint: what it holds counts, not the path it was read from
             made = out[stream] = without_location(made)
@@ -189,8 +237,10 @@ def mixed_features(a: dict[str, dict], b: dict[str, dict]) -> list[str]:
         unknown = any(bool(x[stream].get("model_files")) and not y[stream].get("model_files")
                       and (_older_local(y[stream].get("model")) or y[stream].get("model") == x[stream].get("_model_given"))
                       for x, y in ((a, b), (b, a)))
-        for k in FEATURE_FIELDS:
+        for k in (*FEATURE_FIELDS, "decode"):
             x, y = a[stream].get(k), b[stream].get(k)
+            if k == "decode" and (x is None or y is None):  # shards of a signfeat that did not record it
+                continue
             if unknown and k == "settings" and isinstance(x, dict) and isinstance(y, dict):  # smplx623's model folder
                 x, y = ({key: v for key, v in d.items() if key != "model_dir"} for d in (x, y))
             if x == y or (unknown and k in ("model", "model_files")):
@@ -272,6 +322,23 @@ def lengths_from_index(urls: list[str], streams: list[str]) -> list[dict[str, in
     return out
 
 
+def extraction_failures(urls: list[str], split: str) -> dict[str, int]:
+    """Clips of ``split`` that these shards' extraction planned into them but could not extract, by error class,
+    from the ``failures.parquet`` of the output each tar lies in ({} for shards without one). A split scored without
+    its failed clips is not the whole split: published test scores assume it is."""
+    wanted = {(location.parent(location.parent(url)), _shard_name(url)) for url in urls}
+    out: dict[str, int] = {}
+    for root in sorted({root for root, _ in wanted}):
+        try:
+            table = location.read_table(location.join(root, "failures.parquet"), columns=["shard", "split", "error_class"]).to_pylist()
+        except (OSError, ValueError, KeyError):  # none (hand-made shards), or unreadable: nothing to say
+            continue
+        for row in table:
+            if (root, row["shard"]) in wanted and row["split"] == split:
+                out[str(row["error_class"])] = out.get(str(row["error_class"]), 0) + 1
+    return out
+
+
 def check_visual_input(recipe, urls: list[str], split: str) -> int:
     """Samples of ``split`` (its shards ``urls``) whose features give the recipe's adapter no position: SpaMo's
     temporal CNN needs 16 rows of spatial + motion features after data.max_frames / max_len (short isolated
@@ -306,7 +373,7 @@ def check_visual_input(recipe, urls: list[str], split: str) -> int:
 def _counts_from_index(urls: list[str]) -> list[int] | None:
     """Samples per shard from the ``index.parquet`` of the extraction output each tar lies in (a brace pattern
     may span several outputs), or None when an index does not describe them all."""
-    per_root: dict[str, dict[str, int] | None] = {}
+    per_root: dict[str, dict[str, int]] = {}
     counts = []
     for url in urls:
         root = location.parent(location.parent(url))
@@ -325,6 +392,8 @@ def _counts_from_index(urls: list[str]) -> list[int] | None:
         if rel not in per_root[root]:
             return None  # the index does not describe these tars: count them
         counts.append(per_root[root][rel])
+    if len(set(urls)) < len(urls):  # a brace pattern naming one shard twice
+        raise SignfeatError(f"shard {next(u for u in urls if urls.count(u) > 1)} is named twice: a run must read each sample once")
     return counts
 
 

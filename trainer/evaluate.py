@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import SignfeatError
-from trainer.data import Collate, ShardStream, batches, check_visual_input, list_shards, mixed_features, require_streams, shard_counts
+from trainer.data import (Collate, ShardStream, batches, check_visual_input, extraction_failures, list_shards, mixed_features, require_streams,
+                          shard_counts)
 
 # ------------------------------------------------------------------------------------------------ metrics
 
@@ -204,7 +205,7 @@ def evaluate_model(model, recipe, split: str, out_dir: Path | None, extra: dict 
     examples = in_context_examples(recipe)  # training split only; fixed seed: same prompts every run
     rng = random.Random(recipe.llm.in_context.seed)
     device = model.logit_scale.device
-    keys, references, predictions = [], [], []
+    keys, ids, references, predictions = [], [], [], []
     was_training = model.training
     model.eval()
     for batch in batches(stream, collate, num_workers=0, drop_last=False):
@@ -216,9 +217,10 @@ def evaluate_model(model, recipe, split: str, out_dir: Path | None, extra: dict 
             predictions += model.generate(batch.to(device), num_beams=e.num_beams, max_new_tokens=e.max_new_tokens,
                                           do_sample=e.do_sample, top_p=e.top_p, extras=extras)
         keys += batch.keys
+        ids += [meta.get("id") for meta in batch.metas]  # the corpus's own id (the key is made safe for tar names)
         references += batch.texts
     if e.max_samples:
-        keys, references, predictions = keys[: e.max_samples], references[: e.max_samples], predictions[: e.max_samples]
+        keys, ids, references, predictions = keys[: e.max_samples], ids[: e.max_samples], references[: e.max_samples], predictions[: e.max_samples]
     model.train(was_training)
     # a sample without a text has no reference: scoring it against "" would count a perfect model wrong. It is
     # translated all the same (predictions.jsonl holds every sample; an unlabelled split is translated, not scored)
@@ -232,14 +234,21 @@ def evaluate_model(model, recipe, split: str, out_dir: Path | None, extra: dict 
         scores = {"samples": 0}
     scores["translated"] = len(keys)
     scores["unscored_without_text"] = len(keys) - len(scored)
+    failed = extraction_failures(urls, split)
+    if failed and not e.max_samples:
+        # test-set scores are compared with published ones, which assume the whole test set
+        print(f"note: eval {split}: {sum(failed.values())} clip(s) of split {split!r} failed extraction "
+              f"({', '.join(f'{k}: {v}' for k, v in sorted(failed.items()))}; the output's failures.parquet says why): "
+              f"scored on {len(keys)} of {len(keys) + sum(failed.values())} clips", file=sys.stderr)
+    scores["failed_extraction"] = dict(sorted(failed.items()))
     scores.update(split=split, decoding={"num_beams": e.num_beams, "max_new_tokens": e.max_new_tokens,
                                          "do_sample": e.do_sample, **({"top_p": e.top_p} if e.do_sample else {})},
                   in_context=recipe.llm.in_context.enabled, **(extra or {}))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
-            for key, reference, prediction in zip(keys, references, predictions):
-                f.write(json.dumps({"key": key, "reference": reference or None, "prediction": prediction}, ensure_ascii=False) + "\n")
+            for key, clip_id, reference, prediction in zip(keys, ids, references, predictions):
+                f.write(json.dumps({"key": key, "id": clip_id, "reference": reference or None, "prediction": prediction}, ensure_ascii=False) + "\n")
         (out_dir / "scores.json").write_text(json.dumps(scores, indent=1, ensure_ascii=False), encoding="utf-8")
     return {"scores": scores, "predictions": predictions, "references": references, "keys": keys}
 

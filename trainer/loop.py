@@ -36,8 +36,8 @@ from torch import nn
 
 from pipeline.errors import SignfeatError
 from shards import location
-from trainer.data import (Batch, Collate, ShardStream, batches, batches_per_epoch, check_target_tokens, check_visual_input, list_shards,
-                          read_split_texts, require_streams, shard_counts)
+from trainer.data import (Batch, Collate, ShardStream, batches, batches_per_epoch, check_target_tokens, check_visual_input, extraction_failures,
+                          list_shards, read_split_texts, require_streams, shard_counts)
 from trainer.llm import TOKENIZER_FILE, InContextExamples, SignTranslator, base_checksum, build_model, load_trainable_state, trainable_state
 from trainer.recipe import Recipe
 
@@ -373,6 +373,20 @@ def check_out_dir(out_dir: Path) -> None:
         raise SignfeatError(f"out_dir {out_dir}: {blocker} is a file, not a folder")
 
 
+def use_recorded_shards(recipe: Recipe, resume: str | Path) -> None:
+    """``--resume`` reads the shards the checkpoint's run read (recorded absolute), not the recipe file's data.shards:
+    a relative default (demo_out/features) was read from wherever the command ran, another extraction's shards
+    if one lay there. ``data.shards=...`` on the command line still names others (the caller skips this then)."""
+    try:
+        recorded = (checkpoint_file(resolve_checkpoint(resume), "state.json").get("recipe") or {}).get("data", {}).get("shards")
+    except SignfeatError:
+        return  # train() says what is wrong with the checkpoint
+    if isinstance(recorded, str) and recorded.strip() and recorded != recipe.data.shards:
+        print(f"--resume: reading data.shards {recorded}, as the checkpoint's run did (the recipe says {recipe.data.shards}; "
+              "give data.shards=... to read others)", file=sys.stderr)
+        recipe.data.shards = recorded
+
+
 def refuse_another_run(out_dir: Path, resume_from: Path | None, overwrite: bool) -> None:
     """A new run (or one resumed from elsewhere) into an out_dir holding another run's checkpoints would mix the
     two: its log appended, same-numbered checkpoints replaced, latest.json pointing at the newcomer's. Refused,
@@ -501,6 +515,11 @@ def _train(recipe: Recipe, lock: RunLock, *, resume: str | Path | None, stop_aft
     train_urls, train_counts, features = train_shards(recipe, dist)  # also before stream_statistics, which cannot take zero samples
     order = data_order(recipe, dist.world_size, train_urls, train_counts)
     check_visual_input(recipe, train_urls, recipe.data.train_split)
+    failed = extraction_failures(train_urls, recipe.data.train_split)
+    if failed and dist.main:
+        print(f"note: {sum(failed.values())} clip(s) of split {recipe.data.train_split!r} failed extraction "
+              f"({', '.join(f'{k}: {v}' for k, v in sorted(failed.items()))}; the output's failures.parquet says why): "
+              f"training on the other {sum(train_counts)}", file=sys.stderr)
     if recipe.eval.at_end or recipe.eval.every:
         from trainer.evaluate import eval_shards, refuse_other_features
 

@@ -95,6 +95,9 @@ def test_shards_read_the_same_with_webdataset_and_tarfile(job, monkeypatch):
         np.testing.assert_array_equal(sample["clip_s2"], theirs[key]["clip_s2.npy"])
         np.testing.assert_array_equal(sample["videomae"], theirs[key]["videomae.npy"])
         assert sample["json"]["streams"]["clip_s2"]["weights"] == "random"
+        # which frames the streams saw, and the source's own rate: a reader holding only the tars can tell them
+        assert sample["json"]["decode"] == {"target_fps": None, "max_frames": None}
+        assert sample["json"]["source"]["fps"] == pytest.approx(sample["json"]["fps"]) and sample["json"]["fps"] > 0
     with tarfile.open(tars[0]) as tar:  # plain tarfile: keys have no dots, members are key.suffix
         names = tar.getnames()
     assert all(n.count(".") in (1, 2) for n in names)

@@ -566,6 +566,13 @@ def test_a_folder_without_the_jobs_files_is_not_an_output(out, capsys):
     (out / "_signfeat/identity.json").unlink()  # one job file gone, the others there: a damaged output
     assert main(["verify", str(out)]) == 1
     assert "missing _signfeat/identity.json" in capsys.readouterr().out
+    # copied as DESIGN.md lists an output (shards and the three tables), without _signfeat/: said so, exit 2 (it was
+    # "missing _signfeat/identity.json ... FAILED: 0 shards, 0 samples", exit 1)
+    shutil.rmtree(out / "_signfeat")
+    for command in ("verify", "stats"):
+        assert main([command, str(out)]) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{out} has no _signfeat/ folder, the job's record" in err[0] and "copy the whole folder" in err[0], err
 
 
 def test_stats_notes_planned_clips_missing_from_both_tables(out, capsys):

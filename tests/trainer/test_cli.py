@@ -218,3 +218,37 @@ def test_a_run_trained_on_relative_shards_evaluates_from_another_folder(tiny_sha
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out), "--split", "test", "eval.max_new_tokens=2", "eval.num_beams=1"]) == 0
     assert "BLEU-4" in capsys.readouterr().out
+    # --resume reads the recorded shards too: the recipe file's relative default was read from where the command ran
+    capsys.readouterr()
+    assert main(["train", "--config", str(recipe), f"out_dir={out}", "optim.max_steps=2", "eval.at_end=false", "data.batch_size=2",
+                 "progress=false", "device=cpu", "--resume", str(out)]) == 0
+    assert f"--resume: reading data.shards {tiny_shards}, as the checkpoint's run did" in capsys.readouterr().err
+    assert json.loads((out / "recipe.json").read_text())["data"]["shards"] == str(tiny_shards)
+
+
+def test_clips_that_failed_extraction_are_said_in_training_and_in_the_scores(tiny_shards, tmp_path, capsys):
+    """A test clip the extraction could not use left the split without a word: "test (1 samples)" read as the
+    whole test set. predictions.jsonl named samples by key only (made safe for tar names), not by the corpus id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.extract import FAILURE_SCHEMA
+
+    shards = tmp_path / "out"
+    for split in ("train", "test"):
+        shutil.copytree(tiny_shards / split, shards / split)
+    failed = [{"id": f"{split}-x", "key": f"{split}-x", "shard": f"{split}/syn-000000", "split": split, "stage": "decode",
+               "error_class": kind, "message": "..."} for split, kind in [("train", "too_long"), ("test", "changed"), ("test", "changed")]]
+    failed.append({**failed[1], "shard": "test/other-000000"})  # a shard the run does not read: not counted
+    pq.write_table(pa.Table.from_pylist(failed, schema=FAILURE_SCHEMA), shards / "failures.parquet")
+    out = tmp_path / "run"
+    assert main(["train", "--config", "configs/recipes/lslm_tiny.yaml", f"out_dir={out}", "optim.max_steps=1", "eval.at_end=false",
+                 f"data.shards={shards}", "data.batch_size=2", "progress=false", "device=cpu"]) == 0
+    assert ("note: 1 clip(s) of split 'train' failed extraction (too_long: 1; the output's failures.parquet says why): "
+            "training on the other 4") in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(out), "--split", "test", "eval.max_new_tokens=2", "eval.num_beams=1", "--out", str(tmp_path / "ev")]) == 0
+    assert "note: eval test: 2 clip(s) of split 'test' failed extraction (changed: 2; " in capsys.readouterr().err
+    scores = json.loads((tmp_path / "ev" / "scores.json").read_text())
+    assert scores["failed_extraction"] == {"changed": 2} and scores["samples"] == 4
+    written = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert [w["id"] for w in written] == [f"test-{i:05d}" for i in range(4)]

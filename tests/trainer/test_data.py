@@ -345,7 +345,35 @@ def test_an_unrelated_tar_in_an_extraction_output_is_named_as_not_committed_befo
             check()
 
 
-def _shard_with_settings(path, token: str, compute_dtype: str = "float32"):
+def test_a_copied_shard_is_refused_also_where_the_output_came_without_its_job_record(tiny_shards, tmp_path, capsys):
+    """An output copied as DESIGN.md lists it (shards, index.parquet, failures.parquet, job.json; no _signfeat/)
+    with a stray "x (copy).tar" in it: the copy's samples were trained and scored twice (18 samples for 13 keys),
+    without a word. A folder of tars without any index: said, from the repeated keys."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "handed_over"
+    shutil.copytree(tiny_shards / "train", out / "train")
+    pq.write_table(pa.table({"shard": ["train/syn-000000"] * 4, "key": [f"train-{i:05d}" for i in range(4)]}), out / "index.parquet")
+    assert shard_counts(list_shards(str(out), "train")) == [4]
+    shutil.copy(out / "train" / "syn-000000.tar", out / "train" / "syn-000000 (copy).tar")
+    with pytest.raises(SignfeatError, match=r"syn-000000 \(copy\).tar: not a shard the index.parquet of .* lists"):
+        shard_counts(list_shards(str(out), "train"))
+    (out / "index.parquet").unlink()  # hand-made: nothing but the tars (which two corpora may share keys in): a note
+    capsys.readouterr()
+    assert shard_counts(list_shards(str(out), "train")) == [4, 4]
+    assert "note: 4 sample key(s) are in more than one shard (first: train-00000 in " in capsys.readouterr().err
+    with pytest.raises(SignfeatError, match="syn-000000.tar is named twice"):
+        shard_counts([str(tiny_shards / "train" / "syn-000000.tar")] * 2)
+    # tars beside an output (a folder no split of its index names) are not the index's to judge
+    pq.write_table(pa.table({"shard": ["dev/syn-000000"] * 4}), out / "index.parquet")
+    (out / "train" / "syn-000000 (copy).tar").unlink()
+    assert shard_counts(list_shards(str(out), "train")) == [4]
+
+
+def _shard_with_settings(path, token: str, compute_dtype: str = "float32", decode: dict | None = None):
     import webdataset as wds
 
     from shards.sample import encode_sample
@@ -355,7 +383,7 @@ def _shard_with_settings(path, token: str, compute_dtype: str = "float32"):
     made = {"extractor": "clip_s2", "model": "openai/clip-vit-large-patch14", "weights": "pretrained", "compute_dtype": compute_dtype,
             "settings": {"token": token, "scales": [224, 448]}, "settings_hash": f"h-{token}-{compute_dtype}"}
     with wds.TarWriter(str(path), encoder=False) as sink:
-        meta = {"id": path.stem, "text": "a b", "split": "train", "streams": {"clip_s2": made}}
+        meta = {"id": path.stem, "text": "a b", "split": "train", "streams": {"clip_s2": made}, **({"decode": decode} if decode else {})}
         sink.write({"__key__": path.stem, **encode_sample(path.stem, meta, sentence_streams([1, 2], np.random.default_rng(0)))})
     return str(path)
 
@@ -371,6 +399,18 @@ def test_shards_of_two_extractions_are_not_mixed(tmp_path):
     with pytest.raises(SignfeatError, match=r'b.tar: its features were made with other settings .*clip_s2.settings.token: "cls" vs "patch_mean"'):
         require_streams([a, b], ["clip_s2", "videomae"])
     assert require_streams([a, b], ["videomae"]) == {}  # a stream the run does not read is not compared
+
+
+def test_shards_decoded_at_another_frame_rate_are_not_mixed(tmp_path):
+    """The same extractor settings on frames at 12.5 fps and at the clips' own rate: a folder holding both
+    trained on a mix, and a model trained on one was scored on the other, without a word."""
+    own = {"target_fps": None, "max_frames": None}
+    a = _shard_with_settings(tmp_path / "a.tar", "cls", decode=own)
+    slow = _shard_with_settings(tmp_path / "slow.tar", "cls", decode={"target_fps": 12.5, "max_frames": None})
+    older = _shard_with_settings(tmp_path / "older.tar", "cls")  # a signfeat that did not record it: not compared
+    assert require_streams([a, older], ["clip_s2"])["clip_s2"]["decode"] == own
+    with pytest.raises(SignfeatError, match=r'slow.tar: its features were made with other settings .*clip_s2.decode.target_fps: null vs 12.5'):
+        require_streams([a, slow], ["clip_s2"])
 
 
 def test_a_brace_pattern_over_two_extraction_outputs_counts_each_from_its_own_index(tiny_shards, tmp_path):
