@@ -2,7 +2,8 @@
 ``Dinov2WithRegistersModel``; its class token is the same ``pooler_output``).
 
 ``resolution=336`` (the default, DESIGN.md's "defaults that reproduce the papers"): LLaVA-SLT's procedure (its
-Appendix B): center crop the largest square, resize it to 384, center crop 336, ImageNet mean/std (bicubic).
+Appendix B): center crop the largest square, resize it to 384, center crop 336, ImageNet mean/std (bicubic): the
+mean/std (and rescale) of the checkpoint's own image processor, which are ImageNet's for ``facebook/dinov2-*``.
 ``resolution=224``: the model's own image processor (``facebook/dinov2-base``: shortest side 256 bicubic,
 center crop 224, ImageNet mean/std).
 The feature is the model's class token after its final layernorm (``pooler_output``, DINOv2's
@@ -60,8 +61,20 @@ class Dinov2Extractor(Extractor):
     @classmethod
     def make_transform(cls, config, settings) -> FrameTransform:
         if settings.resolution == 336:  # LLaVA-SLT: square crop, 384, crop 336
+            # normalised as the checkpoint's own processor says (ImageNet's for facebook/dinov2-*, as LLaVA-SLT
+            # writes): a fine-tune that normalises otherwise got ImageNet's, other features without a word. A
+            # checkpoint folder without a processor file keeps ImageNet's.
+            from pipeline.errors import SignfeatError
+
+            try:
+                own = cls.hf_transform(config, settings, "bit", "BitImageProcessor", PROCESSOR)
+                mean, std, rescale = own.mean, own.std, own.rescale
+            except SignfeatError as exc:
+                if "image processor" not in str(exc) or "preprocessor_config.json" not in str(exc):
+                    raise
+                mean, std, rescale = IMAGENET_MEAN, IMAGENET_STD, 1 / 255
             return FrameTransform(
-                shortest_edge=384, crop=336, resample="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                shortest_edge=384, crop=336, resample="bicubic", mean=mean, std=std, rescale=rescale,
                 backend=settings.resize, crop_rounding="floor", square_first=True,
             )
         return cls.hf_transform(config, settings, "bit", "BitImageProcessor", PROCESSOR)

@@ -57,3 +57,24 @@ def test_full_size_dinov2_base_builds_with_width_768():
     ex = build_extractor(ExtractorConfig(name="dinov2", random_weights=True, settings={"resolution": 336}))
     assert ex.width == 768 and ex.model.config.num_hidden_layers == 12
     assert ex.extract([_frames(1, 64, 64)])[0].shape == (1, 768)
+
+
+def test_336_normalises_as_the_checkpoint_s_own_processor(tmp_path):
+    """A fine-tune whose processor normalises with mean = std = 0.5 got ImageNet's at 336 px (22 % of the
+    feature range off, a user trial's reference), while 224 px followed the processor. A folder without a
+    processor file keeps ImageNet's (LLaVA-SLT's constants, and facebook/dinov2-*'s own)."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    model = Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=14))
+    for name, mean in [("halves", [0.5] * 3), ("bare", None)]:
+        model.save_pretrained(tmp_path / name)
+        if mean is not None:
+            BitImageProcessor(**{**PROCESSOR, "image_mean": mean, "image_std": mean}).save_pretrained(tmp_path / name)
+    frames = _frames(1, 480, 640)
+    square = frames[0, :, 80:560]  # as test_336_crop_box_by_hand
+    from PIL import Image
+
+    crop = np.asarray(Image.fromarray(square).resize((384, 384), resample=Image.BICUBIC))[24:360, 24:360].astype(np.float32) / 255.0
+    for name, mean, std in [("halves", [0.5] * 3, [0.5] * 3), ("bare", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]:
+        ex = build_extractor(ExtractorConfig(name="dinov2", model=str(tmp_path / name)))
+        np.testing.assert_allclose(ex.transform(frames)[0].permute(1, 2, 0).numpy(), (crop - np.array(mean)) / np.array(std), atol=1e-5)
