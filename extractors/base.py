@@ -96,6 +96,10 @@ class ExtractorConfig:
         # settings that would be ignored are refused: a user who wrote them expects them to matter
         if self.name != "clip_s2" and (self.backend != "hf" or self.arch is not None):
             raise SignfeatError(f"{self.name}: backend and arch choose clip_s2's OpenCLIP model; {self.name} has one loader (drop them)")
+        if self.name == "clip_s2" and self.backend == "hf" and self.arch is not None:
+            # the model was then loaded as a Hugging Face folder: "not a valid JSON file ... must exist on every node"
+            raise SignfeatError(f"{self.name}: arch {self.arch!r} names an OpenCLIP architecture, which backend hf (the default) does not "
+                                "take: add backend: open_clip, or drop arch")
         if self.tiny and (self.model is not None or self.revision is not None or self.arch is not None):
             raise SignfeatError(f"{self.name}: tiny builds a small random model from a config, so model/revision/arch would be ignored (drop them, or drop tiny)")
         if self.random_weights and not self.tiny and (self.model is not None or self.revision is not None):

@@ -190,6 +190,15 @@ def test_a_revision_with_the_open_clip_backend_is_refused(arch, model):
         ExtractorConfig(name="clip_s2", backend="open_clip", arch=arch, model=model, revision="v2")
 
 
+def test_an_openclip_arch_without_backend_open_clip_is_refused():
+    """A job config with arch: ViT-S-32 and a checkpoint file, but no backend (hf by default), loaded the file as a
+    Hugging Face folder: "not a valid JSON file ... must exist on every node". `signfeat features --arch` implies
+    open_clip; a config says it."""
+    with pytest.raises(SignfeatError, match="clip_s2: arch 'ViT-S-32' names an OpenCLIP architecture, which backend hf"):
+        ExtractorConfig.from_dict({"name": "clip_s2", "arch": "ViT-S-32", "model": "/models/vits32.pt"})
+    assert ExtractorConfig.from_dict({"name": "clip_s2", "arch": "ViT-S-32", "backend": "open_clip", "model": "/models/vits32.pt"}).arch == "ViT-S-32"
+
+
 def test_torch_resize_path_stays_within_two_levels_of_the_pil_path():
     """resize=torch (batched torchvision) vs resize=pil (the processors SpaMo ran): bounded and measured."""
     from extractors.preprocess import FrameTransform
