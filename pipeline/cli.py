@@ -368,7 +368,7 @@ def _verify(args) -> int:
     print(f"{'OK' if report['ok'] else 'FAILED'}: {report.get('shards', 0)} shards, {report['samples']} samples, {report.get('failures', 0)} recorded failures, {_problem_count(report)}")
     if not report["ok"] and report.get("shards"):
         # a rerun checks a committed shard's tar by its size only (reading every tar back would double the job)
-        print("To repair: rerun the same `signfeat extract` command; it redoes shards whose tar is missing or of another size. "
+        print("To repair: rerun the `signfeat extract` command without --overwrite; it redoes shards whose tar is missing or of another size. "
               "A shard damaged in place (same size) is redone once you delete its tar; files the plan does not name are yours to remove.")
     return 0 if report["ok"] else 1
 
@@ -403,7 +403,18 @@ def _stats(args) -> int:
 COMMANDS = {("manifest", "build"): _manifest_build, ("manifest", "curate"): _manifest_curate, ("demo-corpus", None): _demo_corpus, ("features", None): _features, ("extract", None): _extract, ("verify", None): _verify, ("stats", None): _stats}
 
 
+def _keep_shards_note(args, stopped: BaseException) -> None:
+    """An extract run with --overwrite that stops midway advised "rerun the same command": with --overwrite that deletes
+    the shards this run completed (hours of GPU time on a corpus) and starts again."""
+    if getattr(args, "command", None) != "extract" or not getattr(args, "overwrite", False):
+        return
+    if isinstance(stopped, (KeyboardInterrupt, Terminated)) or "rerun the same command" in str(stopped):
+        print("signfeat: note: rerun it without --overwrite to keep the shards completed so far (with --overwrite they are "
+              "deleted and made again)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -420,12 +431,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SignfeatError as exc:
         print(f"signfeat: error: {exc}", file=sys.stderr)
+        _keep_shards_note(args, exc)
         return 2
-    except Terminated:
+    except Terminated as exc:
         print("signfeat: terminated (SIGTERM); rerun the same command to go on", file=sys.stderr)
+        _keep_shards_note(args, exc)
         return 143
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("signfeat: interrupted", file=sys.stderr)
+        _keep_shards_note(args, exc)
         return 130
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from pipeline.errors import SignfeatError
 
@@ -54,10 +55,12 @@ def stop_on_sigterm() -> None:
     received = []
 
     def terminate(signum, frame):
+        if received and time.monotonic() - received[0] < 1.0:
+            return  # the same stop: GNU timeout sends SIGTERM to the process and then to its whole process group
         if received:  # a second SIGTERM: the first one's unwinding is stuck, or code in its way swallowed it
             print("signfeat: terminated again (SIGTERM): leaving at once; rerun the same command to go on", file=sys.stderr, flush=True)
             os._exit(143)
-        received.append(signum)
+        received.append(time.monotonic())
         raise Terminated()
 
     signal.signal(signal.SIGTERM, terminate)

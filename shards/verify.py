@@ -70,7 +70,8 @@ def _load(store: Store, out: str, name: str, columns: list[str] = ()) -> Any:
                               "_signfeat/ included (the trainer reads such shards: index.parquet lists them)")
         if has_record and name in ("_signfeat/plan.parquet", "index.parquet", "failures.parquet", "job.json"):
             raise SignfeatError(f"{out}: missing {name}: the job did not finish (killed, or still running); "
-                                "rerun the same `signfeat extract` command to complete it (complete shards are kept)")
+                                "rerun the `signfeat extract` command without --overwrite to complete it (complete shards are kept; "
+                                "--overwrite deletes them)")
         raise SignfeatError(f"{out}: missing {name} (not a finished signfeat extract output?)")
     try:
         if name.endswith(".json"):

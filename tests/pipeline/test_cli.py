@@ -340,3 +340,27 @@ def test_a_header_only_annotation_table_builds_an_empty_manifest_with_a_note(tmp
                  str(tmp_path / "m.parquet"), "--no-progress"]) == 0
     assert f"note: the annotation file(s) hold no rows: {tmp_path / 'm.parquet'} is an empty manifest" in capsys.readouterr().err
     assert pq.read_table(tmp_path / "m.parquet").num_rows == 0
+
+
+def test_an_extract_run_with_overwrite_that_stops_says_to_rerun_it_without(tmp_path, capsys, monkeypatch):
+    """A run with --overwrite (make demo's) stopped by SIGTERM advised "rerun the same command to go on": with
+    --overwrite that deleted the shards it had completed and started again."""
+    import pipeline.extract
+    from pipeline.cli import main
+    from pipeline.errors import SignfeatError, Terminated
+
+    config = tmp_path / "c.yaml"
+    config.write_text("extractors: [{name: dinov2, tiny: true}]\n")
+    for stop, code in [(Terminated(), 143), (KeyboardInterrupt(), 130),
+                       (SignfeatError("the cluster went away; rerun the same command when it is back (complete shards are kept)"), 2)]:
+        def stopped(*args, stop=stop, **kwargs):
+            raise stop
+        monkeypatch.setattr(pipeline.extract, "run_extract", stopped)
+        for overwrite in (True, False):
+            argv = ["extract", "--manifest", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "o"), "--config", str(config)]
+            assert main(argv + ["--overwrite"] * overwrite) == code
+            said = "rerun it without --overwrite to keep the shards completed so far" in capsys.readouterr().err
+            assert said == overwrite, (stop, overwrite)
+    monkeypatch.setattr(pipeline.extract, "run_extract", lambda *a, **k: (_ for _ in ()).throw(SignfeatError("a bad setting")))
+    assert main(["extract", "--manifest", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "o"), "--config", str(config), "--overwrite"]) == 2
+    assert "without --overwrite" not in capsys.readouterr().err  # nothing was kept to lose

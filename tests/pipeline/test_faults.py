@@ -187,6 +187,7 @@ def test_a_second_sigterm_leaves_at_once_when_the_first_was_swallowed(tmp_path):
         "    time.sleep(5)\n"
         "except BaseException as exc:\n"
         "    print('swallowed', type(exc).__name__, flush=True)\n"
+        "time.sleep(1.2)\n"  # not the first one's echo (see below)
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "time.sleep(5)\n"
         "print('not reached', flush=True)\n"
@@ -194,3 +195,23 @@ def test_a_second_sigterm_leaves_at_once_when_the_first_was_swallowed(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 143 and done.stdout == "swallowed Terminated\n", (done.returncode, done.stdout, done.stderr)
     assert "signfeat: terminated again (SIGTERM): leaving at once" in done.stderr
+
+
+def test_sigterm_to_the_process_and_its_group_at_once_is_one_stop(tmp_path):
+    """GNU timeout sends SIGTERM to the command and then to its process group: the driver got it twice at once and
+    left at once with "terminated again", skipping the clean stop."""
+    script = (
+        "import os, signal, time\n"
+        "from pipeline.ray_runtime import stop_on_sigterm\n"
+        "stop_on_sigterm()\n"
+        "stops = 0\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(0.05)\n"
+        "    except BaseException as exc:\n"
+        "        stops += 1\n"
+        "print('stops', stops, flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and done.stdout == "stops 1\n", (done.returncode, done.stdout, done.stderr)
