@@ -391,6 +391,11 @@ def _stats(args) -> int:
     print(f"{'total':<10}{s['samples']:>9}{s['failures']:>9}{s['hours']:>9.3f}{s['frames']:>10}{s['bytes'] / 2**20:>9.1f}")
     wall = f"; the last run took {s['wall_s']:.0f} s" if isinstance(s.get("wall_s"), (int, float)) else ""
     print(f"{s['planned']} clips planned{wall}")
+    if s["unfinished_run"]:
+        run = s["unfinished_run"]
+        print(f"NOTE a later run (started {run['started']} on {run['host']}, pid {run['pid']}) has not finished: it is going on, "
+              f"or was stopped; these tables are the run's before it. Rerun the extract command (without --overwrite) to finish; "
+              f"`signfeat verify {args.out}` checks the shards")
     if s["unaccounted"]:
         print(f"NOTE {s['unaccounted']} planned clips are in neither index.parquet nor failures.parquet: "
               f"run `signfeat verify {args.out}` (stats reads the tables, not the shards)")

@@ -750,7 +750,7 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
                     ", ..." if len(stray) > 3 else "", store.where)
     finished = time.time()
     this_run = {  # the run's own record; job.json keeps those of earlier runs of this job (a resume's) in "runs"
-        "started_at": _utc(t_start), "finished_at": _utc(finished), "wall_s": wall, "clips_this_run": clips_this_run,
+        "run_id": run_id, "started_at": _utc(t_start), "finished_at": _utc(finished), "wall_s": wall, "clips_this_run": clips_this_run,
         "frames_this_run": frames_this_run, "shards_skipped_as_complete": len(skipped),
         "stage_seconds": run_stats.get("busy_seconds", {}), "clips_by_node": run_stats.get("clips_by_node", {}),
     }

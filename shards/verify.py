@@ -331,6 +331,21 @@ def key_notes(keys: list[str]) -> list[str]:
     return notes
 
 
+def _unfinished_run(store: Store, job: dict) -> dict | None:
+    """The run that owns OUT now (``_signfeat/run.json``) when it is not the one job.json records last: a rerun that
+    is going on, or was stopped, rewriting shards under tables of the run before (stats printed those as the
+    output's, exit 0). None when they agree, or for job.json of a signfeat that did not record run ids."""
+    runs = job.get("runs")
+    last = runs[-1].get("run_id") if isinstance(runs, list) and runs and isinstance(runs[-1], dict) else None
+    try:
+        owner = store.read_json("_signfeat/run.json")
+    except (OSError, ValueError):
+        return None
+    if not last or not isinstance(owner, dict) or owner.get("run_id") in (None, last):
+        return None
+    return {k: owner.get(k) for k in ("run_id", "host", "pid", "started")}
+
+
 def stats(out: str) -> dict[str, Any]:
     """Counts, hours, frames and bytes per split and stream, from index.parquet and job.json."""
     store = Store(out)
@@ -353,6 +368,6 @@ def stats(out: str) -> dict[str, Any]:
     unaccounted = len(set(plan["key"]) - set(index["key"]) - set(failures["key"]))
     in_both = len(set(index["key"]) & set(failures["key"]))
     return {"splits": per_split, "streams": streams, "samples": int(len(index)), "failures": int(len(failures)), "planned": int(len(plan)),
-            "unaccounted": unaccounted, "in_both": in_both,
+            "unaccounted": unaccounted, "in_both": in_both, "unfinished_run": _unfinished_run(store, job),
             "frames": int(index["num_frames"].sum()) if len(index) else 0, "bytes": int(index["bytes"].sum()) if len(index) else 0,
             "hours": float(index["duration_s"].sum() / 3600) if len(index) else 0.0, "wall_s": job.get("wall_s")}

@@ -66,6 +66,8 @@ def test_every_ok_clip_lands_exactly_once(job):
     not_ok = collections.Counter(r["status"] for r in job["rows"] if r["status"] != "ok")
     assert len(not_ok) >= 3 and s["manifest_rows_not_ok"] == dict(not_ok)
     assert json.loads((job["out"] / "job.json").read_text())["manifest_rows_not_ok"] == dict(not_ok)
+    # the run that owns OUT is the one job.json records last: stats reads the run as finished
+    assert json.loads((job["out"] / "job.json").read_text())["runs"][-1]["run_id"] == json.loads((job["out"] / "_signfeat" / "run.json").read_text())["run_id"]
     failures = {f["id"]: f for f in pq.read_table(job["out"] / "failures.parquet").to_pylist()}
     assert sorted(failures) == sorted([job["victim"]["id"], job["hostile"]["id"]])
     assert failures[job["victim"]["id"]]["error_class"] == "missing_file"

@@ -575,6 +575,22 @@ def test_a_folder_without_the_jobs_files_is_not_an_output(out, capsys):
         assert len(err) == 1 and f"{out} has no _signfeat/ folder, the job's record" in err[0] and "copy the whole folder" in err[0], err
 
 
+def test_stats_notes_a_later_run_that_has_not_finished(out, capsys):
+    """A rerun killed while it rewrote a shard (tar in place, no marker): stats printed the run before's tables as the
+    output's, exit 0, with no word of the unfinished run (verify saw it)."""
+    job = json.loads((out / "job.json").read_text())
+    job["runs"][-1]["run_id"] = "aaaa"
+    (out / "job.json").write_text(json.dumps(job))
+    run = {"run_id": "aaaa", "host": "node7", "pid": 4242, "started": "2026-11-25T15:00:00+0000"}
+    (out / "_signfeat" / "run.json").write_text(json.dumps(run))
+    assert main(["stats", str(out)]) == 0
+    assert "a later run" not in capsys.readouterr().out  # the run job.json records last owns OUT: finished
+    (out / "_signfeat" / "run.json").write_text(json.dumps({**run, "run_id": "bbbb"}))
+    assert main(["stats", str(out)]) == 0
+    assert ("NOTE a later run (started 2026-11-25T15:00:00+0000 on node7, pid 4242) has not finished: it is going on, or was "
+            "stopped; these tables are the run's before it") in capsys.readouterr().out
+
+
 def test_stats_notes_planned_clips_missing_from_both_tables(out, capsys):
     _rewrite_index(out, lambda rows: [r for r in rows if r["key"] != "k0"])
     assert main(["stats", str(out)]) == 0
