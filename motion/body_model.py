@@ -147,6 +147,10 @@ class BodyModel:
             if value is None:
                 out[name] = torch.zeros(num_frames, width, device=self.device)
                 continue
+            if isinstance(value, np.ndarray) and not value.flags.writeable:
+                # a broadcast view (one betas row for every frame) or a memory-mapped file: torch warned "The given
+                # NumPy array is not writable" in every smplx623 job; the parameters are small, so copied
+                value = np.array(value)
             tensor = torch.as_tensor(value, dtype=torch.float32, device=self.device)
             if tensor.ndim == 1 or (name in SHAPE_KEYS and tensor.shape[0] == 1):  # one shape vector for the whole clip
                 tensor = tensor.reshape(1, -1).expand(num_frames, -1)

@@ -121,3 +121,17 @@ def test_one_shape_vector_is_used_on_every_frame(body_model, num_frames):
         np.testing.assert_allclose(body_model.joints_many([clip, smooth_random_params(3, seed=1)])[0], tiled, atol=1e-6)
     with pytest.raises(SignfeatError, match="rows"):  # a pose with another frame count is refused, not spread over the frames
         body_model.joints_many([dict(params, left_hand_pose=np.zeros((num_frames * 3, 15), np.float32))])
+
+
+def test_read_only_parameters_raise_no_torch_warning(body_model):
+    """Read-only arrays (a memory-mapped .npy, a broadcast view of one betas row, arrays a Ray object store hands
+    over): every smplx623 job printed torch's "The given NumPy array is not writable" warning."""
+    import warnings
+
+    params = smooth_random_params(4, seed=2)
+    frozen = {k: v.copy() for k, v in params.items()}
+    for v in frozen.values():
+        v.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(body_model.joints(frozen), body_model.joints({k: np.array(v) for k, v in params.items()}), atol=0)
