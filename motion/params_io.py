@@ -500,6 +500,8 @@ def read_params(path: str | Path, layout: str = "auto") -> tuple[dict[str, np.nd
         raise SignfeatError(f"{path}: no per-frame pose parameters")
     for name, value in params.items():  # probed ok, then a failures row naming neither the file nor the parameter
         value = np.asarray(value)
+        if value.size == 0:  # no frames: read_clip_params says so
+            continue
         bad = ~np.isfinite(value.reshape(len(value), -1) if value.ndim > 1 else value.reshape(1, -1)).all(axis=1)
         if bad.any():
             frames = np.flatnonzero(bad)

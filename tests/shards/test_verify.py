@@ -516,7 +516,7 @@ def test_verify_names_a_missing_folder_and_an_unfinished_job(tmp_path):
     assert not report["ok"] and "no such folder" in report["problems"][0]
     Store(str(tmp_path / "half")).write_json("_signfeat/identity.json", {"streams": ["dinov2"], "config_hash": "x"})
     report = verify(str(tmp_path / "half"))
-    assert not report["ok"] and "the job did not finish" in report["problems"][0] and "rerun the same `signfeat extract`" in report["problems"][0]
+    assert not report["ok"] and "the job did not finish" in report["problems"][0] and "rerun the `signfeat extract` command without --overwrite" in report["problems"][0]
 
 
 def test_samples_of_one_stream_made_by_two_models_are_a_problem(out):
