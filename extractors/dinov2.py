@@ -64,15 +64,7 @@ class Dinov2Extractor(Extractor):
             # normalised as the checkpoint's own processor says (ImageNet's for facebook/dinov2-*, as LLaVA-SLT
             # writes): a fine-tune that normalises otherwise got ImageNet's, other features without a word. A
             # checkpoint folder without a processor file keeps ImageNet's.
-            from pipeline.errors import SignfeatError
-
-            try:
-                own = cls.hf_transform(config, settings, "bit", "BitImageProcessor", PROCESSOR)
-                mean, std, rescale = own.mean, own.std, own.rescale
-            except SignfeatError as exc:
-                if "image processor" not in str(exc) or "preprocessor_config.json" not in str(exc):
-                    raise
-                mean, std, rescale = IMAGENET_MEAN, IMAGENET_STD, 1 / 255
+            mean, std, rescale = _processor_normalisation(config)
             return FrameTransform(
                 shortest_edge=384, crop=336, resample="bicubic", mean=mean, std=std, rescale=rescale,
                 backend=settings.resize, crop_rounding="floor", square_first=True,
@@ -81,6 +73,30 @@ class Dinov2Extractor(Extractor):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=batch[:, 0]).pooler_output
+
+
+def _processor_normalisation(config) -> tuple[tuple, tuple, float]:
+    """(mean, std, rescale) of the checkpoint's image processor: only these, since the 336 path does its own resize
+    and crop (a processor whose resize or crop signfeat's transform could not follow refused a 336 job). ImageNet's
+    for random weights and for a checkpoint folder without a processor file."""
+    from extractors.base import check_model_exists, hf_processor_class
+    from pipeline.errors import SignfeatError
+
+    model_id = config.model or Dinov2Extractor.default_model
+    if config.random_weights:
+        return IMAGENET_MEAN, IMAGENET_STD, 1 / 255
+    check_model_exists("dinov2", model_id)
+    try:
+        proc = hf_processor_class("bit", "BitImageProcessor", "torch").from_pretrained(model_id, revision=config.revision)
+    except (OSError, ValueError) as exc:
+        if "preprocessor_config.json" in str(exc):  # a checkpoint saved without its processor
+            return IMAGENET_MEAN, IMAGENET_STD, 1 / 255
+        raise SignfeatError(f"dinov2: the image processor of {model_id!r}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+    if not getattr(proc, "do_normalize", True):
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    else:
+        mean, std = tuple(float(x) for x in proc.image_mean), tuple(float(x) for x in proc.image_std)
+    return mean, std, float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else 1.0
 
 
 def _model_class(model_id: str, revision: str | None):

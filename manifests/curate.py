@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.formats import normalise_split
+from manifests.formats import misspelt_split, normalise_split
 from manifests.schema import MANIFEST_SCHEMA, PARAMS_KIND, read_manifest, split_name_problem, write_manifest
 from pipeline.errors import SignfeatError
 
@@ -70,6 +70,9 @@ class CurateOptions:
             problem = "it is empty" if not split else split_name_problem(split)
             if problem:
                 raise SignfeatError(f"split_ratios: {name!r} cannot be a split name ({problem}; a plain folder name, like train, dev, test)")
+            if misspelt_split(split):  # tset=0.1: rows drawn into a split that training and evaluation never read
+                raise SignfeatError(f"split_ratios: {name!r} reads as a misspelling of {misspelt_split(split)!r}; "
+                                    "rows drawn into it would be a split that nothing reads")
             if split in ratios:
                 raise SignfeatError(f"split_ratios: {given_as[split]!r} and {name!r} both name split {split!r}")
             ratios[split], given_as[split] = v, name
@@ -219,6 +222,13 @@ def _groups(df: pd.DataFrame, units: pd.Series, by_signer: bool) -> pd.Series:
     for node, path, is_file in zip(nodes, real, whole):
         if is_file:
             union(node, first_of.setdefault(path, node))
+    # a clip whose source is a file another row reads whole (or as ranges): one recording with it. Linked only
+    # through a range before, so a whole-file row and a clip cut from it were drawn into train and test apart
+    if "source" in df:
+        has_source = df["source"].notna().to_numpy()
+        for node, path in zip([n for n, h in zip(nodes, has_source) if h], _real_paths(df["source"][has_source])):
+            if path in first_of:
+                union(node, first_of[path])
     if by_signer:
         person = _person(df)
         for node, who, has in zip(nodes, person, df["signer"].notna()):
@@ -281,11 +291,21 @@ def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
     if not missing.any():
         return split
     groups = _groups(df, units, options.group_by_signer)
-    # then a group whose rows already sit in exactly one split (a signer's other rows) keeps that split
+    # then a group whose rows already sit in exactly one split (a signer's other rows) keeps that split; one whose
+    # rows the annotations put in several draws among those (a video's segments in dev and test: a blank one was
+    # drawn into train, a third split, and the note blamed the annotations for it)
     given = pd.DataFrame({"group": groups, "split": split})[~missing].groupby("group")["split"].unique()
-    fixed = {g: v[0] for g, v in given.items() if len(v) == 1}
-    split[missing] = [fixed.get(g) or _split_for(_unit_hash(_group_label(g, options.group_by_signer), options.split_salt), options.split_ratios)
-                      for g in groups[missing]]
+    ratios = options.split_ratios
+
+    def draw(group: str) -> str:
+        u = _unit_hash(_group_label(group, options.group_by_signer), options.split_salt)
+        if group not in given:
+            return _split_for(u, ratios)
+        held = sorted(str(x) for x in given[group])
+        among = {name: ratios[name] for name in ratios if name in held and ratios[name] > 0}
+        return _split_for(u, among) if among else held[int(u * len(held))]
+
+    split[missing] = [draw(g) for g in groups[missing]]
     return split
 
 

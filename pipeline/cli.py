@@ -316,6 +316,10 @@ def _extract(args) -> int:
     from pipeline.extract import run_extract
 
     config = load_job_config(args.config)  # validated before Ray starts
+    if args.overwrite:  # a second SIGTERM leaves at once, past _keep_shards_note
+        import pipeline.ray_runtime
+
+        pipeline.ray_runtime.LEAVING_NOTE = " without --overwrite (with it, the shards completed so far are deleted)"
     summary = run_extract(args.manifest, args.out, config, address=args.address, overwrite=args.overwrite, progress=not args.no_progress,
                           num_cpus=args.num_cpus or None)
     weights = {s.name: _weights_label(s.extractor) for s in config.streams}

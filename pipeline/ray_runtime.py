@@ -41,6 +41,9 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     stop_on_sigterm()
 
 
+LEAVING_NOTE = ""  # what the command adds when it leaves at once (extract --overwrite: rerun without it)
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM stops the driver as Ctrl-C does (a clean exit, 143), in place of the failure handler Ray's core
     worker installs in the driver, which answered SIGTERM with a native stack dump and an abort ("*** SIGTERM
@@ -58,7 +61,7 @@ def stop_on_sigterm() -> None:
         if received and time.monotonic() - received[0] < 1.0:
             return  # the same stop: GNU timeout sends SIGTERM to the process and then to its whole process group
         if received:  # a second SIGTERM: the first one's unwinding is stuck, or code in its way swallowed it
-            print("signfeat: terminated again (SIGTERM): leaving at once; rerun the same command to go on", file=sys.stderr, flush=True)
+            print("signfeat: terminated again (SIGTERM): leaving at once; rerun the same command to go on" + LEAVING_NOTE, file=sys.stderr, flush=True)
             os._exit(143)
         received.append(time.monotonic())
         raise Terminated()

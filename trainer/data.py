@@ -64,7 +64,8 @@ def list_shards(source: str | list[str], split: str) -> list[str]:
         urls = location.list_files(source, ".tar") if source.strip() else []
     urls = _existing(urls, split, source)
     splits = {u: shard_split(u) for u in urls}
-    mine = [u for u in urls if splits[u] == split]
+    # an empty shard (every clip failed) records no split: its folder's name does (its failures are the split's)
+    mine = [u for u in urls if splits[u] == split or (splits[u] is None and location.name(location.parent(u)) == split)]
     if not mine:
         held = sorted({s or "samples that record no split" for s in splits.values() if s is not None})
         raise SignfeatError(f"no shards of split {split!r} among the {len(urls)} shard(s) of {source} (they hold "
@@ -139,11 +140,14 @@ def _check_listed(url: str, root: str, listed: dict[str, set[str] | None]) -> No
     """An output handed on without its ``_signfeat/`` folder (DESIGN.md names the shards, index.parquet,
     failures.parquet and job.json as the output): its index.parquet says which tars are the output's shards. A copy
     (``x (copy).tar``) next to them was read twice, its samples trained and scored twice, without a word. A tar
-    whose folder is no split of the index (a folder of tars beside an output) is not the index's to judge."""
+    whose folder is no split of the index (a folder of tars beside an output) is not the index's to judge. A shard
+    whose every clip failed has no index row: failures.parquet names it."""
     if root not in listed:
-        index = location.join(root, "index.parquet")
+        index, failures = location.join(root, "index.parquet"), location.join(root, "failures.parquet")
         try:
             listed[root] = set(location.read_table(index, columns=["shard"]).to_pydict()["shard"]) if location.is_file(index) else None
+            if listed[root] is not None and location.is_file(failures):  # a shard whose every clip failed: no index row
+                listed[root] |= set(location.read_table(failures, columns=["shard"]).to_pydict()["shard"])
         except (OSError, ValueError, KeyError):
             listed[root] = None  # unreadable: _counts_from_index says so
     shards = listed[root]
@@ -158,9 +162,9 @@ _KEYS_NOTED: set[tuple[str, str, str]] = set()  # said once per process (the sha
 
 
 def note_repeated_keys(keys_by_url: dict[str, list[str]]) -> None:
-    """A sample key in two tars without an index.parquet (a folder of tars holding a copy of one, ``x (copy).tar``)
-    is read twice, trained and scored twice: said on stderr. Not refused: the tar headers tell only the key, and
-    hand-made shards of two corpora may share keys (signfeat's own outputs have unique keys: `verify` checks)."""
+    """A sample key in two tars (a folder of tars without an index holding a copy of one, ``x (copy).tar``; two
+    outputs of one corpus named by one brace pattern) is read twice, trained and scored twice: said on stderr. Not
+    refused: outputs of two corpora may share keys (one output's keys are unique: `verify` checks)."""
     seen: dict[str, str] = {}
     repeated: list[tuple[str, str, str]] = []
     for url, keys in keys_by_url.items():
@@ -373,8 +377,8 @@ def check_visual_input(recipe, urls: list[str], split: str) -> int:
 def _counts_from_index(urls: list[str]) -> list[int] | None:
     """Samples per shard from the ``index.parquet`` of the extraction output each tar lies in (a brace pattern
     may span several outputs), or None when an index does not describe them all."""
-    per_root: dict[str, dict[str, int]] = {}
-    counts = []
+    per_root: dict[str, dict[str, list[str]]] = {}
+    keys_by_url: dict[str, list[str]] = {}
     for url in urls:
         root = location.parent(location.parent(url))
         if root not in per_root:
@@ -382,19 +386,23 @@ def _counts_from_index(urls: list[str]) -> list[int] | None:
             if not location.is_file(index):
                 return None
             try:
-                table = location.read_table(index, columns=["shard"]).to_pydict()["shard"]
-            except (OSError, ValueError) as exc:  # pa.ArrowInvalid is a ValueError
+                table = location.read_table(index, columns=["shard", "key"]).to_pydict()
+            except (OSError, ValueError, KeyError) as exc:  # pa.ArrowInvalid is a ValueError
                 raise SignfeatError(f"{index}: unreadable ({exc}); `signfeat verify` lists what is damaged") from None
             per_root[root] = {}
-            for shard in table:
-                per_root[root][shard] = per_root[root].get(shard, 0) + 1
+            for shard, key in zip(table["shard"], table["key"]):
+                per_root[root].setdefault(shard, []).append(key)
+            if location.is_file(location.join(root, "failures.parquet")):  # shards whose every clip failed: empty
+                for shard in location.read_table(location.join(root, "failures.parquet"), columns=["shard"]).to_pydict()["shard"]:
+                    per_root[root].setdefault(shard, [])
         rel = _shard_name(url)
         if rel not in per_root[root]:
             return None  # the index does not describe these tars: count them
-        counts.append(per_root[root][rel])
+        keys_by_url[url] = per_root[root][rel]
     if len(set(urls)) < len(urls):  # a brace pattern naming one shard twice
         raise SignfeatError(f"shard {next(u for u in urls if urls.count(u) > 1)} is named twice: a run must read each sample once")
-    return counts
+    note_repeated_keys(keys_by_url)  # two outputs of one corpus named by one pattern
+    return [len(keys_by_url[url]) for url in urls]
 
 
 @dataclass(frozen=True)

@@ -395,3 +395,38 @@ def test_a_recording_the_annotations_put_in_several_splits_is_reported_and_the_c
     err = capsys.readouterr().err
     assert "note: 1 recording(s) have kept rows in several splits" in err and "raw/long.mp4 (dev + test + train)" in err
     assert json.loads((tmp_path / "r" / "report.json").read_text())["recordings_in_several_splits"] == {"raw/long.mp4": ["dev", "test", "train"]}
+
+
+def test_a_video_read_whole_and_clips_whose_source_it_is_share_a_split_and_are_reported_when_given_apart():
+    """Linked only through a range of the video: a whole-file row (given test, or drawn) and a clip cut from it (its
+    source the video's path) were drawn into test and train, and annotations that put them apart were not reported."""
+    rows = []
+    for v in range(20):
+        rows.append(_row(2 * v, split=None, path=f"/c/raw/v{v}.mp4"))
+        rows.append(_row(2 * v + 1, split=None, path=f"/c/cut/v{v}_0.mp4", source=f"/c/raw/v{v}.mp4"))
+    df = pd.DataFrame(rows)
+    for salt in ("a", "b", "c", "signfeat"):
+        split = assign_splits(df, CurateOptions(split_salt=salt))
+        assert (split[0::2].to_numpy() == split[1::2].to_numpy()).all(), salt
+        assert split.nunique() > 1, salt
+    given = pd.DataFrame([_row(0, split="test", path="/c/raw/w.mp4"), _row(1, split=None, path="/c/cut/w_0.mp4", source="/c/raw/w.mp4")])
+    assert list(assign_splits(given, CurateOptions())) == ["test", "test"]
+    apart = pd.DataFrame([_row(0, split="train", path="/c/raw/w.mp4"), _row(1, split="dev", path="/c/cut/w_0.mp4", source="/c/raw/w.mp4")])
+    assert curate(apart, CurateOptions())[2]["recordings_in_several_splits"] == {"raw/w.mp4": ["dev", "train"]}
+
+
+def test_a_blank_segment_of_a_video_the_annotations_put_in_two_splits_joins_one_of_them():
+    """Segments given test and dev and one left blank: the blank one was drawn into train, a third split, and the
+    note then said the annotations had put the video in dev, test and train."""
+    for salt in ("signfeat", "salt1", "salt2", "a", "b", "c"):
+        rows = [_row(0, split="test", source_kind="range", path="/v/one.mp4", start_s=0.0, end_s=1.0),
+                _row(1, split="dev", source_kind="range", path="/v/one.mp4", start_s=1.0, end_s=2.0),
+                _row(2, split=None, source_kind="range", path="/v/one.mp4", start_s=2.0, end_s=3.0)]
+        assert assign_splits(pd.DataFrame(rows), CurateOptions(split_salt=salt))[2] in ("dev", "test"), salt
+
+
+def test_a_misspelt_split_ratio_name_is_refused():
+    """tset=0.1 was accepted: rows drawn into a split "tset" that training and evaluation never read."""
+    with pytest.raises(SignfeatError, match="split_ratios: 'tset' reads as a misspelling of 'test'"):
+        CurateOptions(split_ratios={"train": 0.8, "dev": 0.1, "tset": 0.1})
+    assert CurateOptions(split_ratios={"train": 0.9, "test_unseen": 0.1}).split_ratios == {"train": 0.9, "test_unseen": 0.1}

@@ -346,9 +346,11 @@ def test_an_extract_run_with_overwrite_that_stops_says_to_rerun_it_without(tmp_p
     """A run with --overwrite (make demo's) stopped by SIGTERM advised "rerun the same command to go on": with
     --overwrite that deleted the shards it had completed and started again."""
     import pipeline.extract
+    import pipeline.ray_runtime
     from pipeline.cli import main
     from pipeline.errors import SignfeatError, Terminated
 
+    monkeypatch.setattr(pipeline.ray_runtime, "LEAVING_NOTE", "")  # put back after the test: the CLI sets it
     config = tmp_path / "c.yaml"
     config.write_text("extractors: [{name: dinov2, tiny: true}]\n")
     for stop, code in [(Terminated(), 143), (KeyboardInterrupt(), 130),
@@ -361,6 +363,8 @@ def test_an_extract_run_with_overwrite_that_stops_says_to_rerun_it_without(tmp_p
             assert main(argv + ["--overwrite"] * overwrite) == code
             said = "rerun it without --overwrite to keep the shards completed so far" in capsys.readouterr().err
             assert said == overwrite, (stop, overwrite)
+    # a second SIGTERM leaves at once (os._exit), past that note: its own line says it
+    assert pipeline.ray_runtime.LEAVING_NOTE == " without --overwrite (with it, the shards completed so far are deleted)"
     monkeypatch.setattr(pipeline.extract, "run_extract", lambda *a, **k: (_ for _ in ()).throw(SignfeatError("a bad setting")))
     assert main(["extract", "--manifest", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "o"), "--config", str(config), "--overwrite"]) == 2
     assert "without --overwrite" not in capsys.readouterr().err  # nothing was kept to lose

@@ -368,9 +368,35 @@ def test_a_copied_shard_is_refused_also_where_the_output_came_without_its_job_re
     with pytest.raises(SignfeatError, match="syn-000000.tar is named twice"):
         shard_counts([str(tiny_shards / "train" / "syn-000000.tar")] * 2)
     # tars beside an output (a folder no split of its index names) are not the index's to judge
-    pq.write_table(pa.table({"shard": ["dev/syn-000000"] * 4}), out / "index.parquet")
+    pq.write_table(pa.table({"shard": ["dev/syn-000000"] * 4, "key": [f"dev-{i:05d}" for i in range(4)]}), out / "index.parquet")
     (out / "train" / "syn-000000 (copy).tar").unlink()
     assert shard_counts(list_shards(str(out), "train")) == [4]
+
+
+def test_a_shard_whose_every_clip_failed_is_the_output_s_own_in_a_copy_and_in_a_pattern(tiny_shards, tmp_path):
+    """Such a shard is an empty tar with no index.parquet row: a copy without _signfeat/ was refused as "not a shard
+    the index.parquet lists", and a brace pattern dropped it (no sample records its split), so its failures went
+    uncounted ("1 clip failed" where 12 had)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.extract import FAILURE_SCHEMA
+    from trainer.data import extraction_failures
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_shards / "train", out / "train")
+    with tarfile.open(out / "train" / "syn-000001.tar", "w"):
+        pass  # what extract writes for a shard whose clips all failed
+    pq.write_table(pa.table({"shard": ["train/syn-000000"] * 4, "key": [f"train-{i:05d}" for i in range(4)]}), out / "index.parquet")
+    failed = [{"id": f"x{i}", "key": f"x{i}", "shard": "train/syn-000001", "split": "train", "stage": "decode", "error_class": "too_long",
+               "message": "..."} for i in range(2)]
+    pq.write_table(pa.Table.from_pylist(failed, schema=FAILURE_SCHEMA), out / "failures.parquet")
+    for source in (str(out), str(out / "train" / "syn-{000000..000001}.tar")):
+        urls = list_shards(source, "train")
+        assert [u.rsplit("/", 1)[1] for u in urls] == ["syn-000000.tar", "syn-000001.tar"], source
+        assert shard_counts(urls) == [4, 0] and extraction_failures(urls, "train") == {"too_long": 2}, source
 
 
 def _shard_with_settings(path, token: str, compute_dtype: str = "float32", decode: dict | None = None):
@@ -413,16 +439,19 @@ def test_shards_decoded_at_another_frame_rate_are_not_mixed(tmp_path):
         require_streams([a, slow], ["clip_s2"])
 
 
-def test_a_brace_pattern_over_two_extraction_outputs_counts_each_from_its_own_index(tiny_shards, tmp_path):
-    """The first tar's output was taken for every tar's: a ValueError traceback ("is not in the subpath")."""
+def test_a_brace_pattern_over_two_extraction_outputs_counts_each_from_its_own_index(tiny_shards, tmp_path, capsys):
+    """The first tar's output was taken for every tar's: a ValueError traceback ("is not in the subpath"). Two
+    outputs of one corpus (the same keys) are read twice: a note says so."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     for name in ("out1", "out2"):
         _committed_copy(tiny_shards, tmp_path / name)
-        pq.write_table(pa.table({"shard": ["train/syn-000000"] * 4}), tmp_path / name / "index.parquet")
+        pq.write_table(pa.table({"shard": ["train/syn-000000"] * 4, "key": [f"train-{i:05d}" for i in range(4)]}), tmp_path / name / "index.parquet")
     urls = list_shards(str(tmp_path / "out{1,2}/train/syn-000000.tar"), "train")
+    capsys.readouterr()
     assert len(urls) == 2 and shard_counts(urls) == [4, 4]
+    assert "note: 4 sample key(s) are in more than one shard (first: train-00000 in " in capsys.readouterr().err
 
 
 def test_one_local_checkpoint_at_two_paths_is_one_extraction(tmp_path):
