@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.formats import misspelt_split, normalise_split
+from manifests.keys import key_from_id
 from manifests.schema import MANIFEST_SCHEMA, PARAMS_KIND, read_manifest, split_name_problem, write_manifest
 from pipeline.errors import SignfeatError
 
@@ -186,7 +187,9 @@ def _unit(df: pd.DataFrame) -> pd.Series:
     given = df["source"] if "source" in df else pd.Series(None, index=df.index, dtype=object)
     source = given.where(given.notna(), df["path"].where(df["source_kind"] == "range"))
     has = source.notna()
-    unit = df["key"].astype(str)
+    # the id's key as it reads alone: the manifest's key escapes the letters of an id that differs from an earlier
+    # one only by case (Case -> _43_61_73_65 once "case" joins the corpus), which moved that row's drawn split
+    unit = pd.Series([key_from_id(i) if isinstance(i, str) and i else str(k) for i, k in zip(df["id"], df["key"])], index=df.index, dtype=object)
     unit[has] = "video:" + _video_names(source[has])
     return unit
 
@@ -273,14 +276,15 @@ def _no_split(split: pd.Series) -> pd.Series:
     return split.isna() | (split.astype(str).str.strip() == "")
 
 
-def assign_splits(df: pd.DataFrame, options: CurateOptions) -> pd.Series:
+def assign_splits(df: pd.DataFrame, options: CurateOptions, units: pd.Series | None = None) -> pd.Series:
     """Splits for rows that have none, by a salted hash of their group (``_groups``): the rows of a group
-    some of which already have exactly one split join it."""
+    some of which already have exactly one split join it. ``units``: each row's ``_unit`` as named among all
+    the manifest's rows (curate names them before its filters, so that a bound does not rename, and move, a video)."""
     split = df["split"].copy()
     missing = _no_split(split)
     if not missing.any():
         return split
-    units = _unit(df)
+    units = _unit(df) if units is None else units.reindex(df.index)
     # a unit (a range's source video) some of whose rows already have exactly one split: the others join it
     # (3 segments of a video marked test and 7 blank put the video in test and train)
     given = pd.DataFrame({"unit": units, "split": split})[~missing].groupby("unit")["split"].unique()
@@ -314,6 +318,9 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
     removed_counts: dict[str, int] = {}
     excluded: list[pd.DataFrame] = []
     keep = df.copy()
+    # split units named among every row: dropping b/raw/x.mp4's ranges by a duration bound renamed a/raw/x.mp4 from
+    # a/raw/x.mp4 to raw/x.mp4, and moved its ranges to another split
+    units_before_filters = _unit(df) if len(df) else None
 
     def drop(name: str, mask: pd.Series, reason: pd.Series | str) -> None:
         nonlocal keep
@@ -368,7 +375,7 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
 
     # rows without a split: each gets one here, drawn by the ratios or joined from its video's or signer's rows
     drawn = int(_no_split(keep["split"]).sum()) if len(keep) else 0
-    keep = keep.assign(split=assign_splits(keep, options)) if len(keep) else keep
+    keep = keep.assign(split=assign_splits(keep, options, units_before_filters)) if len(keep) else keep
     excluded_df = pd.concat(excluded) if excluded else df.iloc[0:0].assign(filter=pd.Series(dtype=str), reason=pd.Series(dtype=str))
     if "_text_chars" in excluded_df.columns:
         excluded_df = excluded_df.drop(columns="_text_chars")

@@ -430,3 +430,22 @@ def test_a_misspelt_split_ratio_name_is_refused():
     with pytest.raises(SignfeatError, match="split_ratios: 'tset' reads as a misspelling of 'test'"):
         CurateOptions(split_ratios={"train": 0.8, "dev": 0.1, "tset": 0.1})
     assert CurateOptions(split_ratios={"train": 0.9, "test_unseen": 0.1}).split_ratios == {"train": 0.9, "test_unseen": 0.1}
+
+
+def test_a_row_s_drawn_split_stays_when_other_rows_join_or_are_filtered_out():
+    """Adding the id "case" escaped the key of an existing "Case" (_43_61_73_65) and moved its split; a duration
+    bound that dropped b/raw/x.mp4's ranges renamed a/raw/x.mp4's unit (to raw/x.mp4) and moved its ranges."""
+    from manifests.keys import case_safe_keys
+
+    for salt in ("s1", "s2", "s3", "signfeat"):
+        alone = pd.DataFrame([_row(0, id="Case", split=None)])
+        with_other = pd.DataFrame([_row(1, id="case", split=None), _row(0, id="Case", split=None)])
+        with_other["key"] = case_safe_keys(list(with_other["id"]))
+        assert with_other["key"][1] != alone["key"][0]  # the manifest's key changed...
+        assert assign_splits(with_other, CurateOptions(split_salt=salt))[1] == assign_splits(alone, CurateOptions(split_salt=salt))[0], salt
+        ranges = [_row(i, split=None, source_kind="range", path=f"/data/{'a' if i < 3 else 'b'}/raw/x.mp4", start_s=float(i),
+                       end_s=i + (1.0 if i < 3 else 5.0), duration_s=1.0 if i < 3 else 5.0) for i in range(6)]
+        options = CurateOptions(split_salt=salt)
+        every = curate(pd.DataFrame(ranges), options)[0].set_index("id")["split"]
+        bounded = curate(pd.DataFrame(ranges), CurateOptions(split_salt=salt, max_duration_s=2.0))[0].set_index("id")["split"]
+        assert len(bounded) == 3 and (bounded == every[bounded.index]).all(), salt
