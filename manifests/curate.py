@@ -53,6 +53,10 @@ class CurateOptions:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
                 # NaN compares false with everything: min_duration_s: .nan removed every row
                 raise SignfeatError(f"curation option {name} must be a finite number or null, got {v!r}")
+        for name in ("min_frames", "max_frames", "min_width", "min_height", "min_text_chars", "max_text_chars"):
+            v = getattr(self, name)  # counts: the flags refuse 2.5 (argparse int); a config's 8.5 passed
+            if v is not None and not float(v).is_integer():
+                raise SignfeatError(f"curation option {_option(name)} counts frames, pixels or characters: a whole number, got {v!r}")
         for name in ("dedup", "group_by_signer"):
             if not isinstance(getattr(self, name), bool):
                 raise SignfeatError(f"curation option {name} must be true or false, got {getattr(self, name)!r}")
@@ -225,6 +229,10 @@ def _groups(df: pd.DataFrame, units: pd.Series, by_signer: bool) -> pd.Series:
     for node, path, is_file in zip(nodes, real, whole):
         if is_file:
             union(node, first_of.setdefault(path, node))
+    # byte-identical files (kept by --no-dedup): one recording, or a copy of a test clip sits in train
+    for node, content in zip(nodes, df["content_hash"] if "content_hash" in df else [None] * len(nodes)):
+        if isinstance(content, str) and content:
+            union(node, first_of.setdefault("content:" + content, node))
     # a clip whose source is a file another row reads whole (or as ranges): one recording with it. Linked only
     # through a range before, so a whole-file row and a clip cut from it were drawn into train and test apart
     if "source" in df:

@@ -449,3 +449,18 @@ def test_a_row_s_drawn_split_stays_when_other_rows_join_or_are_filtered_out():
         every = curate(pd.DataFrame(ranges), options)[0].set_index("id")["split"]
         bounded = curate(pd.DataFrame(ranges), CurateOptions(split_salt=salt, max_duration_s=2.0))[0].set_index("id")["split"]
         assert len(bounded) == 3 and (bounded == every[bounded.index]).all(), salt
+
+
+def test_byte_identical_copies_kept_by_no_dedup_share_a_split_and_a_fractional_count_is_refused():
+    """--no-dedup kept c1 and its copy and drew them into test and train, without a word; a config's min_frames: 8.5
+    passed where --min-frames 2.5 is refused."""
+    rows = [_row(i, split=None, content_hash=f"same{i // 2}") for i in range(40)]  # 20 pairs of copies
+    for salt in ("a", "b", "signfeat"):
+        kept = curate(pd.DataFrame(rows), CurateOptions(dedup=False, split_salt=salt))[0]
+        assert len(kept) == 40 and (kept.groupby("content_hash")["split"].nunique() == 1).all(), salt
+        assert kept["split"].nunique() > 1, salt
+    apart = pd.DataFrame([_row(0, split="train", content_hash="h"), _row(1, split="test", content_hash="h", path="/x/copy.mp4")])
+    assert list(curate(apart, CurateOptions(dedup=False))[2]["recordings_in_several_splits"].values()) == [["test", "train"]]
+    with pytest.raises(SignfeatError, match=r"min_frames \(--min-frames\) counts frames, pixels or characters: a whole number, got 8.5"):
+        CurateOptions(min_frames=8.5)
+    assert CurateOptions(min_frames=8.0).min_frames == 8.0
