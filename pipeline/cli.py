@@ -212,6 +212,11 @@ def _manifest_curate(args) -> int:
     if 0 < drawn < report["kept"]:  # a split file missed (val/ground_truth.csv names no split): say it, it is not an error
         print(f"note: {drawn} of {report['kept']} kept rows had no split and got one: drawn by the ratios {options.split_ratios}, "
               "or joined from their video's or signer's other rows; the others kept the split their annotation gave", file=sys.stderr)
+    far = report.get("drawn_far_from_ratios", {})
+    if far:
+        print(f"note: the {drawn} rows given a split here are far from the ratios ({', '.join(f'{k}: {v[0]:.0%} of them, ratio {v[1]:.0%}' for k, v in far.items())}): "
+              "splits are drawn per recording (and per signer with --group-by-signer), so a few large groups decide the shares; "
+              "another --split-salt draws again", file=sys.stderr)
     leaks = report.get("recordings_in_several_splits", {})
     if leaks:
         first = ", ".join(f"{name} ({' + '.join(splits)})" for name, splits in list(leaks.items())[:3])

@@ -464,3 +464,22 @@ def test_byte_identical_copies_kept_by_no_dedup_share_a_split_and_a_fractional_c
     with pytest.raises(SignfeatError, match=r"min_frames \(--min-frames\) counts frames, pixels or characters: a whole number, got 8.5"):
         CurateOptions(min_frames=8.5)
     assert CurateOptions(min_frames=8.0).min_frames == 8.0
+
+
+def test_drawn_shares_far_from_the_ratios_are_reported_and_the_cli_says_so(tmp_path, capsys):
+    """One signer with 90 % of the rows under --group-by-signer put 915 of 1000 rows in test, exit 0, no word."""
+    from manifests.schema import rows_to_table, write_manifest
+    from pipeline.cli import main
+
+    rows = [_row(i, split=None, signer="big" if i < 90 else f"s{i}") for i in range(100)]
+    report = curate(pd.DataFrame(rows), CurateOptions(group_by_signer=True))[2]
+    big = report["drawn_per_split"]
+    assert sum(big.values()) == 100 and max(big.values()) >= 90
+    heavy = max(big, key=big.get)
+    assert report["drawn_far_from_ratios"][heavy][0] >= 0.9
+    even = curate(pd.DataFrame([_row(i, split=None, signer=f"s{i}") for i in range(2000)]), CurateOptions(group_by_signer=True))[2]
+    assert even["drawn_far_from_ratios"] == {}
+    write_manifest(rows_to_table(rows), tmp_path / "m.parquet")
+    assert main(["manifest", "curate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "r"),
+                 "--no-plots", "--group-by-signer"]) == 0
+    assert "note: the 100 rows given a split here are far from the ratios" in capsys.readouterr().err
