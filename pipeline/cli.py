@@ -260,6 +260,11 @@ def _features(args) -> int:
 
     if args.extractor in REGISTRY:  # --set checked before the clip is decoded (a 1080p clip: seconds and GBs), not after
         parse_settings(REGISTRY[args.extractor].Settings, settings, args.extractor)
+        # a Hub id's branch or tag loaded as the commit it is now, and said (as a job's samples record it): the
+        # array can then be compared with a shard's, whose revision is a commit
+        commit = REGISTRY[args.extractor].hub_commit(config)
+        if commit is not None and commit != config.revision:
+            config.revision = commit
     if not args.video.exists():
         raise SignfeatError(f"no such video or frame folder: {args.video}")
     refuse_output_over_input("--out", args.out, [args.video])
@@ -312,7 +317,8 @@ def _features(args) -> int:
         np.save(f, array, allow_pickle=False)
     meta = extractor.metadata()
     print(json.dumps({"out": str(args.out), "shape": list(array.shape), "dtype": str(array.dtype), "frames": frames,
-                      "fps": fps, **{k: meta[k] for k in ("stream", "model", "weights", "settings", "settings_hash")}, **estimate}, indent=1, default=str))
+                      "fps": fps, **{k: meta[k] for k in ("stream", "model", "revision", "weights", "settings", "settings_hash")}, **estimate},
+                     indent=1, default=str))
     return 0
 
 

@@ -368,3 +368,32 @@ def test_an_extract_run_with_overwrite_that_stops_says_to_rerun_it_without(tmp_p
     monkeypatch.setattr(pipeline.extract, "run_extract", lambda *a, **k: (_ for _ in ()).throw(SignfeatError("a bad setting")))
     assert main(["extract", "--manifest", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "o"), "--config", str(config), "--overwrite"]) == 2
     assert "without --overwrite" not in capsys.readouterr().err  # nothing was kept to lose
+
+
+def test_features_of_a_hub_id_load_and_name_the_commit_its_tag_is(tmp_path, capsys, monkeypatch):
+    """`signfeat features --model ID --revision TAG` loaded and printed the tag as given, where a job's samples record
+    the commit it resolves to: the array could not be matched to a shard's revision."""
+    import huggingface_hub.constants
+    import numpy as np
+    from transformers import Dinov2Config, Dinov2Model
+    from transformers.models.bit import BitImageProcessorPil
+
+    from extractors.dinov2 import PROCESSOR
+    from pipeline.cli import main
+    from tests.helpers import index_frame, write_video
+
+    repo = tmp_path / "hub" / "models--signfeat-test--dino"
+    commit = "3" * 40
+    Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=14,
+                             image_size=112)).save_pretrained(repo / "snapshots" / commit)
+    BitImageProcessorPil(**PROCESSOR).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "v1").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    video = write_video(tmp_path / "v.mp4", np.stack([index_frame(i) for i in range(3)]))
+    capsys.readouterr()
+    assert main(["features", str(video), "--extractor", "dinov2", "--model", "signfeat-test/dino", "--revision", "v1",
+                 "--out", str(tmp_path / "f.npy")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["model"] == "signfeat-test/dino" and printed["revision"] == commit and printed["shape"] == [3, 32]
