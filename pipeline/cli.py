@@ -342,6 +342,14 @@ def _extract(args) -> int:
     if summary["tars_not_in_plan"]:  # the pattern above reads them too
         print(f"WARNING: {len(summary['tars_not_in_plan'])} .tar file(s) there are not this job's shards (job.json: tars_not_in_plan); "
               "move them out before reading {split}/*.tar", file=sys.stderr)
+    missing = summary.get("missing_on_a_node") or []
+    if missing:
+        shards = sorted({m["shard"] for m in missing})
+        print(f"signfeat: error: {len(missing)} clip(s) failed as missing_file on a Ray node although this machine reads them "
+              f"(first: {missing[0]['message']}): every node must reach the videos (a shared or S3 mount). The output is "
+              f"complete, and a rerun skips complete shards: once every node has them, delete the tars of the {len(shards)} "
+              f"shard(s) listed in job.json (missing_on_a_node) and rerun the same command (without --overwrite)", file=sys.stderr)
+        return 1
     if summary["samples"] == 0 and summary["failures"]:
         # a setting that fails every clip (frame_limit below every clip's length, a model that fails on every input):
         # the output is complete, but a pipeline that goes on to `train` on exit 0 would train on nothing

@@ -154,18 +154,22 @@ def _clean_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _ray_job_working_dir() -> str | None:
+    """The working_dir of the Ray job this command runs as (`ray job submit --working-dir`), else None."""
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")  # set by Ray's job supervisor
+        return job.get("runtime_env", {}).get("working_dir") or None
+    except (ValueError, AttributeError):
+        return None
+
+
 def refuse_relative_out_in_a_ray_job(out: str) -> None:
     """Under `ray job submit --working-dir DIR` the command runs in Ray's copy of DIR inside the session folder,
     which Ray unpacks again when a node joins and deletes with the session: a relative --out landed there, its
     log said only the bare name, and the output was lost (on one machine, deleted mid-run)."""
     if "://" in out or os.path.isabs(os.path.expanduser(out)):
         return
-    try:
-        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")  # set by Ray's job supervisor
-        working_dir = job.get("runtime_env", {}).get("working_dir")
-    except (ValueError, AttributeError):
-        working_dir = None
-    if working_dir:
+    if _ray_job_working_dir():
         raise SignfeatError(f"--out {out} is relative, and this command runs as a Ray job in Ray's copy of its working_dir "
                             f"({os.getcwd()}), which Ray deletes: give an absolute path the head node keeps, or s3://bucket/prefix")
 
@@ -189,7 +193,14 @@ def run_extract(manifest: str | Path, out: str, config: JobConfig | str | Path, 
         refuse_oversized_local_instance(cfg)
     try:
         table = read_manifest(manifest)
-    except (FileNotFoundError, ValueError) as exc:
+    except FileNotFoundError as exc:
+        if _ray_job_working_dir() and "://" not in str(manifest) and not os.path.isabs(os.path.expanduser(str(manifest))):
+            # Ray uploads the working_dir without what .gitignore names (make demo's demo_out/ among it)
+            raise SignfeatError(f"{exc}: this command runs as a Ray job in Ray's copy of its working_dir ({os.getcwd()}), which "
+                                "leaves out files .gitignore names and anything over Ray's upload limit: give the manifest as an "
+                                "absolute path every node reads, or s3://bucket/manifest.parquet") from None
+        raise SignfeatError(str(exc)) from None
+    except ValueError as exc:
         raise SignfeatError(str(exc)) from None
     manifest_rows = table.to_pylist()
     if not any(r.get("status") == "ok" for r in manifest_rows):  # a job of nothing that "succeeds" hides the mistake
@@ -500,12 +511,24 @@ class StallWatch:
         nodes, total = self.resources()
         free = {name: sum(node.get(name, 0.0) for node in nodes) for name in ("CPU", "GPU")}
         most_on_one = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
-        asks = ", ".join(f"{s.name} {s.actors} x {s.num_cpus:g} CPU" + (f" + {s.num_gpus:g} GPU" if s.num_gpus else "") for s in self.cfg.streams)
-        gpus = f" and {free['GPU']:g} of {total['GPU']:g} GPUs" if total.get("GPU") else ""
+        asks = ", ".join(f"{s.name} {s.actors} x {s.num_cpus:g} CPU" + (f" + {s.num_gpus:g} GPU" if s.num_gpus else "")
+                         + (f" on an {s.accelerator_type} node" if s.accelerator_type else "")
+                         + "".join(f" + {v:g} {k}" for k, v in (s.resources or {}).items())
+                         + (f" + {s.memory_gb:g} GB memory" if s.memory_gb else "") for s in self.cfg.streams)
+        asks_gpus = any(s.num_gpus for s in self.cfg.streams)
+        # a cluster with no GPU at all was left unsaid, and the message pointed at a slow clip
+        gpus = f" and {free['GPU']:g} of {total.get('GPU', 0):g} GPUs" if total.get("GPU") or asks_gpus else ""
+        lacking = [f"{s.name}'s {what}" for s in self.cfg.streams for what, needed in (
+                   ("GPU", s.num_gpus and not total.get("GPU")),
+                   (f"accelerator_type {s.accelerator_type}", s.accelerator_type and not total.get(f"accelerator_type:{s.accelerator_type}")),
+                   *((f"resource {k}", not total.get(k)) for k in (s.resources or {}))) if needed]
         split = f" (at most {most_on_one:g} on one node)" if len(nodes) > 1 else ""
         message = (f"no clip has come back for {now - self.last:.0f} s; Ray has {free['CPU']:g} of {total.get('CPU', 0):g} CPUs{gpus} free{split}. "
                    f"This job's actors ask {asks}, and each decode task 1 CPU on one node")
-        if most_on_one < 1:
+        if lacking:
+            message += (f": no node of the cluster has {', '.join(lacking)}, so those actors cannot start until one joins (an "
+                        "autoscaler may add it); the job waits. Change the config if none will")
+        elif most_on_one < 1:
             message += (": with no whole CPU free on any node its decode tasks cannot start (actors of this or another job hold "
                         "them, or a node was lost). Add a node, stop the other job, or change actors / num_cpus so that "
                         "a whole CPU stays free on a node; the job waits")
@@ -601,6 +624,7 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
     t_write = 0.0
     busy_seconds: dict[str, float] = {}  # stage -> seconds its workers spent, summed over clips
     clips_by_node: dict[str, dict[str, int]] = {}  # Ray node id -> stage -> clips it processed
+    missing_on_a_node: list[dict[str, str]] = []  # missing_file failures whose file the driver reads
 
     def commit(k: int, rows_by_pos: dict[int, dict[str, Any]]) -> None:
         """Write todo[k] with the rows that came back; a clip that never did is a `lost` failure row."""
@@ -636,6 +660,8 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
                 per_node = clips_by_node.setdefault(str(node), {})
                 per_node[stage] = per_node.get(stage, 0) + 1
         failures += bool(row["error_class"])
+        if (missing := missing_where_decoded(row)) is not None:
+            missing_on_a_node.append(missing)
         watch.progress()
         if time.monotonic() - owner_checked >= owner_check_s:
             # a deleted OUT, or another driver's, is noticed within owner_check_s, not at the next shard commit
@@ -686,7 +712,16 @@ def _run_ray(cfg: JobConfig, todo: list[ShardPlan], store: Store, streams: list[
         stop_watch.set()
     bar.close()
     return {"busy_seconds": {**{f"{k}_s": round(v, 3) for k, v in busy_seconds.items()}, "write_shards_s": round(t_write, 3)},
-            "clips_by_node": clips_by_node}
+            "clips_by_node": clips_by_node, "missing_on_a_node": missing_on_a_node}
+
+
+def missing_where_decoded(row: dict[str, Any]) -> dict[str, str] | None:
+    """A clip that failed as missing_file although the driver reads its file: a node without the videos' mount (a
+    cluster's GPU worker), not a clip gone since the manifest was built. Committed as the failure it is, and said
+    at the end with what to redo (a rerun skips complete shards): clips went missing with exit 0 and verify OK."""
+    if row.get("error_class") == "missing_file" and row.get("path") and os.path.exists(row["path"]):
+        return {"id": row["id"], "shard": row["shard"], "message": row["error_message"]}
+    return None
 
 
 def _actor_start_failure(exc: Exception) -> str | None:
@@ -778,6 +813,8 @@ def finalize(store: Store, plans: list[ShardPlan], streams: list[str], cfg: JobC
         # and which Ray node did how many clips of each stage (this run only: skipped shards are not counted)
         "stage_seconds": run_stats.get("busy_seconds", {}),
         "clips_by_node": run_stats.get("clips_by_node", {}),
+        # this run's missing_file failures whose file the driver reads: a node without the videos (see the CLI's advice)
+        "missing_on_a_node": run_stats.get("missing_on_a_node", []),
         "streams": streams,
         "config": cfg.to_dict(),  # a Hub model's revision as the commit it was pinned to
         "hub_commits": hub_commits or {},  # per stream: the branch or tag asked for, and that commit

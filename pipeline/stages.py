@@ -196,7 +196,8 @@ def decode_prepare(batch: dict[str, np.ndarray], streams_json: str, decode_optio
             del clip, prepared
         except Exception as exc:  # ClipError or anything else decoding raised: this clip's problem only
             stage = f"extract:{_video_only_streams(streams_json)[0]}" if _error_kind(exc) == "needs_video" else "decode"
-            out["error_stage"][i], out["error_class"][i], out["error_message"][i] = stage, _error_kind(exc), printable(str(exc))[:2000]
+            said = str(exc) + (f" (on node {_node_ip()})" if _error_kind(exc) == "missing_file" else "")  # a node without the mount?
+            out["error_stage"][i], out["error_class"][i], out["error_message"][i] = stage, _error_kind(exc), printable(said)[:2000]
             for col in transforms:
                 out[col][i] = np.zeros((0, 3, 1, 1), np.uint8)
             out["decoded_frames"][i], out["decoded_fps"][i], out["decoded_duration_s"][i] = 0, 0.0, 0.0
@@ -292,6 +293,12 @@ class ExtractStream:
 def _error_kind(exc: Exception) -> str:
     """The failures table's error class: a ClipError's kind (missing_file, no_person, ...), else the exception's class."""
     return exc.kind if isinstance(exc, ClipError) else type(exc).__name__
+
+
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "local"
 
 
 def _node_id() -> str:

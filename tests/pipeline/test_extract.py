@@ -652,6 +652,11 @@ def test_a_relative_out_under_ray_job_submit_with_a_working_dir_is_refused(tmp_p
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {}, "metadata": {}}))
     with pytest.raises(SignfeatError, match="manifest"):
         run_extract(tmp_path / "no-manifest-needed.parquet", "out3rel", cfg)
+    # a relative manifest Ray did not upload (make demo's demo_out/ is git-ignored, which Ray's upload follows): said why
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}, "metadata": {}}))
+    with pytest.raises(SignfeatError, match=r"manifest not found: demo_out/curated.parquet: this command runs as a Ray job in Ray's copy "
+                                            r"of its working_dir .* leaves out files .gitignore names"):
+        run_extract("demo_out/curated.parquet", str(tmp_path / "abs"), cfg)
     # a quoted "~/feat" passes as absolute (the user's home), and is written there, not in a folder named "~"
     from shards.store import Store
 
@@ -757,6 +762,20 @@ def test_a_job_that_stands_still_says_why():
     free[0] = [{"CPU": 0.5}, {"CPU": 1.0}]
     now[0] = 1505
     assert "cannot start" not in watch.check()
+    # a cluster without the GPU or the accelerator type the config asks for: named (it said "a long clip?", and left a
+    # cluster of 0 GPUs and the accelerator type unsaid)
+    for stream, lacking, asked in [({"num_gpus": 1}, "dinov2's GPU", "dinov2 1 x 1 CPU + 1 GPU"),
+                                   ({"accelerator_type": "L40S"}, "dinov2's accelerator_type L40S", "dinov2 1 x 1 CPU on an L40S node"),
+                                   ({"resources": {"sf_big": 1}}, "dinov2's resource sf_big", "dinov2 1 x 1 CPU + 1 sf_big")]:
+        cfg = parse_job_config({"extractors": [{"name": "dinov2", "tiny": True, **stream}]})
+        now[0] = 0.0
+        watch = StallWatch(cfg, after_s=300, resources=lambda: ([{"CPU": 4.0}], {"CPU": 4.0}), clock=lambda: now[0])
+        now[0] = 301.0
+        message = watch.check()
+        assert f"no node of the cluster has {lacking}, so those actors cannot start until one joins" in message, message
+        assert asked in message and "a long clip" not in message, message
+        if "num_gpus" in stream:
+            assert "Ray has 4 of 4 CPUs and 0 of 0 GPUs free" in message
 
 
 def test_a_checkpoint_the_actors_could_not_load_stops_the_job_in_one_line_before_ray_starts(demo_manifest, tmp_path):
@@ -894,3 +913,38 @@ def test_a_job_that_stops_before_its_first_shard_leaves_no_job_record_behind(dem
         run_extract(demo_manifest, str(mine), config, progress=False)
     assert {str(p.relative_to(mine)): p.read_bytes() for p in mine.rglob("*") if p.is_file()} == kept
     assert sorted(p.name for p in mine.iterdir()) == ["failures.parquet", "index.parquet", "job.json", "notes.txt", "train"]
+
+
+def test_a_clip_missing_only_where_it_was_decoded_is_said_with_its_node_and_fails_the_command(tmp_path, capsys, monkeypatch):
+    """A cluster node without the videos' mount failed its clips as missing_file: exit 0, verify OK, and a rerun
+    skipped their complete shards, so the clips were lost without a word. The decode failure now names the node;
+    the driver, which reads the file, tells such failures from a file gone since the manifest, and the command
+    exits 1 saying what to redo."""
+    from pipeline.cli import main
+    from pipeline.decode import DecodeOptions
+    from pipeline.extract import _ray_rows, missing_where_decoded
+    from pipeline.plan import ShardPlan
+    from pipeline.stages import decode_prepare
+
+    gone = tmp_path / "gone.mp4"
+    clip = {"id": "a", "key": "a", "dataset": "d", "split": "train", "signer": None, "text": "t", "source_kind": "video",
+            "path": str(gone), "start_s": None, "end_s": None, "fps": None, "num_frames": 3}
+    rows = _ray_rows([ShardPlan(name="train/s-000000", split="train", rows=[clip])])
+    batch = {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+    out = decode_prepare(batch, json.dumps([{"name": "dinov2", "tiny": True}]), DecodeOptions(backend="pyav"))
+    row = {k: v[0] for k, v in out.items()}
+    assert row["error_class"] == "missing_file" and row["error_message"].endswith("(on node local)")
+    assert missing_where_decoded(row) is None  # gone here too: the clip's own failure
+    gone.write_bytes(b"here on the driver")
+    assert missing_where_decoded(row) == {"id": "a", "shard": "train/s-000000", "message": row["error_message"]}
+    import pipeline.extract
+
+    summary = {"output": str(tmp_path / "o"), "clips_planned": 1, "manifest_rows_not_ok": {}, "samples": 0, "failures": 1,
+               "failures_by_class": {"missing_file": 1}, "shards": 1, "shards_skipped_as_complete": 0, "wall_s": 1.0, "clips_per_s": 1.0,
+               "tars_not_in_plan": [], "missing_on_a_node": [missing_where_decoded(row)]}
+    monkeypatch.setattr(pipeline.extract, "run_extract", lambda *a, **k: summary)
+    config = tmp_path / "c.yaml"
+    config.write_text("extractors: [{name: dinov2, tiny: true}]\n")
+    assert main(["extract", "--manifest", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "o"), "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "1 clip(s) failed as missing_file on a Ray node although this machine reads them" in err and "delete the tars of the 1 shard(s)" in err
