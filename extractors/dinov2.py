@@ -12,13 +12,14 @@ The feature is the model's class token after its final layernorm (``pooler_outpu
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from extractors.base import Extractor, load_config, load_pretrained, register
-from extractors.preprocess import IMAGENET_MEAN, IMAGENET_STD, FrameTransform
+from extractors.preprocess import IMAGENET_MEAN, IMAGENET_STD, FrameTransform, per_channel
 
 DINOV2_BASE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=14, image_size=518)
 TINY = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=518)
@@ -86,16 +87,20 @@ def _processor_normalisation(config) -> tuple[tuple, tuple, float]:
     if config.random_weights:
         return IMAGENET_MEAN, IMAGENET_STD, 1 / 255
     check_model_exists("dinov2", model_id)
+    local = os.path.isdir(os.path.expanduser(model_id))
+    if local and not os.path.isfile(os.path.join(os.path.expanduser(model_id), "preprocessor_config.json")):
+        return IMAGENET_MEAN, IMAGENET_STD, 1 / 255  # a checkpoint folder saved without its processor
     try:
         proc = hf_processor_class("bit", "BitImageProcessor", "torch").from_pretrained(model_id, revision=config.revision)
     except (OSError, ValueError) as exc:
-        if "preprocessor_config.json" in str(exc):  # a checkpoint saved without its processor
+        said = str(exc)
+        if not local and "preprocessor_config.json" in said and "valid JSON" not in said:  # a Hub repo without one
             return IMAGENET_MEAN, IMAGENET_STD, 1 / 255
-        raise SignfeatError(f"dinov2: the image processor of {model_id!r}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+        raise SignfeatError(f"dinov2: the image processor of {model_id!r}: {type(exc).__name__}: {said.strip().splitlines()[0]}") from None
     if not getattr(proc, "do_normalize", True):
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     else:
-        mean, std = tuple(float(x) for x in proc.image_mean), tuple(float(x) for x in proc.image_std)
+        mean, std = per_channel(proc.image_mean), per_channel(proc.image_std)
     return mean, std, float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else 1.0
 
 

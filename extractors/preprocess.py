@@ -29,6 +29,13 @@ _PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values, as
 _RESAMPLE_NAME = {v: k for k, v in _PIL_RESAMPLE.items()}
 
 
+def per_channel(value) -> tuple[float, float, float]:
+    """An image processor's mean or std as three floats: transformers takes one number for all channels too
+    (``"image_mean": 0.5``), which was a TypeError traceback here."""
+    values = [float(v) for v in np.broadcast_to(np.asarray(value, dtype=np.float64).reshape(-1), (3,))]
+    return values[0], values[1], values[2]
+
+
 @dataclass(frozen=True)
 class FrameTransform:
     shortest_edge: int  # resize so the shorter side is this (aspect kept, long side floored)
@@ -80,8 +87,8 @@ class FrameTransform:
             shortest_edge=int(shortest),
             crop=int(crop["height"]),
             resample=_RESAMPLE_NAME[resample],
-            mean=tuple(float(v) for v in processor.image_mean) if normalize else (0.0, 0.0, 0.0),
-            std=tuple(float(v) for v in processor.image_std) if normalize else (1.0, 1.0, 1.0),
+            mean=per_channel(processor.image_mean) if normalize else (0.0, 0.0, 0.0),
+            std=per_channel(processor.image_std) if normalize else (1.0, 1.0, 1.0),
             backend=backend,
             crop_rounding="floor",
             rescale=rescale,

@@ -284,10 +284,11 @@ def _no_split(split: pd.Series) -> pd.Series:
     return split.isna() | (split.astype(str).str.strip() == "")
 
 
-def assign_splits(df: pd.DataFrame, options: CurateOptions, units: pd.Series | None = None) -> pd.Series:
+def assign_splits(df: pd.DataFrame, options: CurateOptions, units: pd.Series | None = None, drawn: dict | None = None) -> pd.Series:
     """Splits for rows that have none, by a salted hash of their group (``_groups``): the rows of a group
     some of which already have exactly one split join it. ``units``: each row's ``_unit`` as named among all
-    the manifest's rows (curate names them before its filters, so that a bound does not rename, and move, a video)."""
+    the manifest's rows (curate names them before its filters, so that a bound does not rename, and move, a video).
+    ``drawn``, when given, gets ``"mask"``: the rows drawn by the ratios (not joined to a split their group has)."""
     split = df["split"].copy()
     missing = _no_split(split)
     if not missing.any():
@@ -302,22 +303,30 @@ def assign_splits(df: pd.DataFrame, options: CurateOptions, units: pd.Series | N
     missing &= ~joins
     if not missing.any():
         return split
-    groups = _groups(df, units, options.group_by_signer)
-    # then a group whose rows already sit in exactly one split (a signer's other rows) keeps that split; one whose
-    # rows the annotations put in several draws among those (a video's segments in dev and test: a blank one was
-    # drawn into train, a third split, and the note blamed the annotations for it)
-    given = pd.DataFrame({"group": groups, "split": split})[~missing].groupby("group")["split"].unique()
     ratios = options.split_ratios
-
-    def draw(group: str) -> str:
-        u = _unit_hash(_group_label(group, options.group_by_signer), options.split_salt)
-        if group not in given:
-            return _split_for(u, ratios)
-        held = sorted(str(x) for x in given[group])
+    # a recording (a video whole, its ranges, the clips cut from it) whose rows the annotations put in several splits:
+    # its blank rows are drawn among those (a video's segments in dev and test: a blank one was drawn into train, a
+    # third split, and the note blamed the annotations for it)
+    recordings = _groups(df, units, by_signer=False)
+    held_by = pd.DataFrame({"group": recordings, "split": split})[~missing].groupby("group")["split"].unique()
+    several = {g: sorted(str(x) for x in v) for g, v in held_by.items() if len(v) > 1}
+    among_held = missing & recordings.isin(several.keys())
+    for i in split.index[among_held]:
+        held = several[recordings[i]]
+        u = _unit_hash(_group_label(recordings[i], False), options.split_salt)
         among = {name: ratios[name] for name in ratios if name in held and ratios[name] > 0}
-        return _split_for(u, among) if among else held[int(u * len(held))]
-
-    split[missing] = [draw(g) for g in groups[missing]]
+        split[i] = _split_for(u, among) if among else held[int(u * len(held))]
+    missing &= ~among_held
+    if not missing.any():
+        return split
+    groups = _groups(df, units, options.group_by_signer)
+    # then a group whose rows already sit in exactly one split (a signer's other rows) keeps that split
+    given = pd.DataFrame({"group": groups, "split": split})[~missing].groupby("group")["split"].unique()
+    fixed = {g: v[0] for g, v in given.items() if len(v) == 1}
+    if drawn is not None:
+        drawn["mask"] = missing & ~groups.isin(fixed.keys())
+    split[missing] = [fixed.get(g) or _split_for(_unit_hash(_group_label(g, options.group_by_signer), options.split_salt), ratios)
+                      for g in groups[missing]]
     return split
 
 
@@ -382,10 +391,11 @@ def curate(df: pd.DataFrame, options: CurateOptions) -> tuple[pd.DataFrame, pd.D
         drop("duplicate", dup_mask, "duplicate_of=" + first_id.reindex(keep.index).astype(str))
 
     # rows without a split: each gets one here, drawn by the ratios or joined from its video's or signer's rows
-    was_blank = _no_split(keep["split"]) if len(keep) else pd.Series(False, index=keep.index)
-    drawn = int(was_blank.sum())
-    keep = keep.assign(split=assign_splits(keep, options, units_before_filters)) if len(keep) else keep
-    drawn_per_split = {str(k): int(v) for k, v in keep["split"][was_blank].value_counts().sort_index().items()} if drawn else {}
+    drawn = int(_no_split(keep["split"]).sum()) if len(keep) else 0
+    by_ratio: dict = {}  # the rows drawn by the ratios, not joined to a split their video or signer has
+    keep = keep.assign(split=assign_splits(keep, options, units_before_filters, by_ratio)) if len(keep) else keep
+    mask = by_ratio.get("mask")
+    drawn_per_split = {str(k): int(v) for k, v in keep["split"][mask].value_counts().sort_index().items()} if mask is not None and mask.any() else {}
     excluded_df = pd.concat(excluded) if excluded else df.iloc[0:0].assign(filter=pd.Series(dtype=str), reason=pd.Series(dtype=str))
     if "_text_chars" in excluded_df.columns:
         excluded_df = excluded_df.drop(columns="_text_chars")

@@ -214,7 +214,7 @@ def _manifest_curate(args) -> int:
               "or joined from their video's or signer's other rows; the others kept the split their annotation gave", file=sys.stderr)
     far = report.get("drawn_far_from_ratios", {})
     if far:
-        print(f"note: the {drawn} rows given a split here are far from the ratios ({', '.join(f'{k}: {v[0]:.0%} of them, ratio {v[1]:.0%}' for k, v in far.items())}): "
+        print(f"note: the {sum(report['drawn_per_split'].values())} rows drawn by the ratios are far from them ({', '.join(f'{k}: {v[0]:.0%} of them, ratio {v[1]:.0%}' for k, v in far.items())}): "
               "splits are drawn per recording (and per signer with --group-by-signer), so a few large groups decide the shares; "
               "another --split-salt draws again", file=sys.stderr)
     leaks = report.get("recordings_in_several_splits", {})

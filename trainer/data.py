@@ -154,6 +154,8 @@ def _check_listed(url: str, root: str, listed: dict[str, set[str] | None]) -> No
     name = _shard_name(url)
     if shards is None or name in shards or not any(s.startswith(name.split("/")[0] + "/") for s in shards):
         return
+    if shard_split(url) is None:  # no sample in it (every clip failed; a copy without failures.parquet): read as nothing
+        return
     raise SignfeatError(f"{url}: not a shard the index.parquet of {root} lists: a copy or a leftover would be read twice or in "
                         "the wrong split; move it out of the folder")
 
@@ -177,7 +179,8 @@ def note_repeated_keys(keys_by_url: dict[str, list[str]]) -> None:
         _KEYS_NOTED.add(repeated[0])
         key, first, second = repeated[0]
         print(f"note: {len(repeated)} sample key(s) are in more than one shard (first: {key} in {first} and {second}): a copied "
-              "shard is read twice; move it out of the folder unless these are other clips that share a key", file=sys.stderr)
+              "shard or two outputs of one corpus are read twice (move the copy out, or name one output) unless these are other clips "
+              "that share a key", file=sys.stderr)
 
 
 def shard_counts(urls: list[str]) -> list[int]:

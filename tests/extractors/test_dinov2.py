@@ -81,3 +81,23 @@ def test_336_normalises_as_the_checkpoint_s_own_processor(tmp_path):
     for name, mean, std in [("halves", [0.5] * 3, [0.5] * 3), ("bare", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]:
         ex = build_extractor(ExtractorConfig(name="dinov2", model=str(tmp_path / name)))
         np.testing.assert_allclose(ex.transform(frames)[0].permute(1, 2, 0).numpy(), (crop - np.array(mean)) / np.array(std), atol=1e-5)
+
+
+def test_a_one_number_mean_std_and_a_damaged_processor_file(tmp_path):
+    """transformers takes one number for all channels ("image_mean": 0.5): a TypeError traceback at 336 and 224 px.
+    A preprocessor_config.json that is not JSON was taken for none at 336 px (ImageNet's, silently)."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    from pipeline.errors import SignfeatError
+
+    model = Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=14))
+    for name in ("scalar", "damaged"):
+        model.save_pretrained(tmp_path / name)
+    BitImageProcessor(**{**PROCESSOR, "image_mean": 0.5, "image_std": 0.25}).save_pretrained(tmp_path / "scalar")
+    for resolution in (224, 336):
+        t = build_extractor(ExtractorConfig(name="dinov2", model=str(tmp_path / "scalar"), settings={"resolution": resolution})).transform
+        assert (t.mean, t.std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), resolution
+    (tmp_path / "damaged" / "preprocessor_config.json").write_text("{not json")
+    for resolution in (224, 336):
+        with pytest.raises(SignfeatError, match="dinov2: the image processor of"):
+            build_extractor(ExtractorConfig(name="dinov2", model=str(tmp_path / "damaged"), settings={"resolution": resolution}))

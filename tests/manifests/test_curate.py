@@ -482,4 +482,20 @@ def test_drawn_shares_far_from_the_ratios_are_reported_and_the_cli_says_so(tmp_p
     write_manifest(rows_to_table(rows), tmp_path / "m.parquet")
     assert main(["manifest", "curate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "r"),
                  "--no-plots", "--group-by-signer"]) == 0
-    assert "note: the 100 rows given a split here are far from the ratios" in capsys.readouterr().err
+    assert "note: the 100 rows drawn by the ratios are far from them" in capsys.readouterr().err
+    # rows that join a split their video has are not drawn: not counted, and no salt would change them
+    joined = [_row(5 * v + k, split="test" if k == 0 else None, source_kind="range", path=f"/v/{v}.mp4", start_s=float(k), end_s=k + 1.0)
+              for v in range(10) for k in range(5)]
+    report = curate(pd.DataFrame(joined), CurateOptions())[2]
+    assert report["kept_per_split"] == {"test": 50} and report["drawn_per_split"] == {} and report["drawn_far_from_ratios"] == {}
+
+
+def test_a_signer_the_annotations_put_in_two_splits_has_its_blank_rows_drawn_as_before():
+    """The rule that draws a recording's blank rows among its given splits reached signer groups too: a signer with
+    one row in train and one in test had its blank clips drawn only into those (dev got almost nothing), and
+    --group-by-signer corpora changed splits between versions."""
+    seen = set()
+    for salt in (f"s{i}" for i in range(200)):  # a whole signer is drawn at once: dev for about one salt in ten
+        rows = [_row(0, split="train", signer="S"), _row(1, split="test", signer="S")] + [_row(2 + i, split=None, signer="S") for i in range(8)]
+        seen |= set(assign_splits(pd.DataFrame(rows), CurateOptions(group_by_signer=True, split_salt=salt))[2:])
+    assert "dev" in seen
