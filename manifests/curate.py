@@ -319,7 +319,7 @@ def assign_splits(df: pd.DataFrame, options: CurateOptions, units: pd.Series | N
     missing &= ~among_held
     if not missing.any():
         return split
-    groups = _groups(df, units, options.group_by_signer)
+    groups = _groups(df, units, by_signer=True) if options.group_by_signer else recordings  # the same union-find without signers
     # then a group whose rows already sit in exactly one split (a signer's other rows) keeps that split
     given = pd.DataFrame({"group": groups, "split": split})[~missing].groupby("group")["split"].unique()
     fixed = {g: v[0] for g, v in given.items() if len(v) == 1}
